@@ -1,1 +1,16 @@
-pub fn placeholder() {}
+//! xban: a packet-level banning agent. Log lines flow
+//! source → filter → jail → ban book → store → enforcement (XDP maps),
+//! driven by one loop in [`agent`] and controlled over a unix socket.
+
+pub mod addr;
+pub mod agent;
+pub mod ban;
+pub mod config;
+pub mod control;
+pub mod directories;
+pub mod enforce;
+pub mod filter;
+pub mod jail;
+pub mod setup;
+pub mod source;
+pub mod store;

@@ -1,1 +1,328 @@
-fn main() {}
+//! `xban`: the agent (`xban run`) and the operator's commands.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use xban::agent::{BanView, StatusView};
+use xban::config::Config;
+use xban::control::{self, Reply, Request};
+use xban::directories;
+
+#[derive(Parser)]
+#[command(
+    name = "xban",
+    version,
+    about = "Bans attackers found in logs, dropping their packets at XDP"
+)]
+struct Cli {
+    /// Config file (also gives the control socket and pin directory).
+    #[arg(short = 'c', long = "config", global = true, default_value = directories::CONFIG)]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the agent in the foreground.
+    Run,
+    /// Jails, bans, interfaces and counters (or one jail's failing addresses).
+    Status {
+        jail: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Active bans (of one jail, if given).
+    Banned {
+        jail: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Ban an address or CIDR prefix now.
+    Ban {
+        target: String,
+        /// Account the ban to this jail (its bantime and class apply).
+        #[arg(long)]
+        jail: Option<String>,
+        /// e.g. 1h, 1d, 1w, or permanent.
+        #[arg(long)]
+        bantime: Option<String>,
+        /// drop or tarpit.
+        #[arg(long)]
+        class: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Lift a ban now (all jails' bans of it, or one jail's).
+    Unban {
+        target: String,
+        #[arg(long)]
+        jail: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// XDP packet counters, summed over CPUs (works while the agent is stopped).
+    Stats {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check the config file and exit.
+    Check,
+    /// Detach XDP and remove every map and pin (stops a running agent first).
+    Teardown,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match dispatch(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xban: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Run => {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?;
+            rt.block_on(xban::agent::run(&cli.config))
+        }
+        Command::Check => {
+            let resolved = Config::load(&cli.config)?.validate()?;
+            println!(
+                "{}: ok ({} jails: {})",
+                cli.config.display(),
+                resolved.jails.len(),
+                resolved
+                    .jails
+                    .iter()
+                    .map(|j| j.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            Ok(())
+        }
+        Command::Status { jail, json } => {
+            let data = ask(&cli.config, &Request::Status { jail })?;
+            if json {
+                return print_json(&data);
+            }
+            let s: StatusView = serde_json::from_value(data)?;
+            print_status(&s);
+            Ok(())
+        }
+        Command::Banned { jail, json } => {
+            let data = ask(&cli.config, &Request::Banned { jail })?;
+            if json {
+                return print_json(&data);
+            }
+            let bans: Vec<BanView> = serde_json::from_value(data)?;
+            print_bans(&bans);
+            Ok(())
+        }
+        Command::Ban {
+            target,
+            jail,
+            bantime,
+            class,
+            json,
+        } => {
+            let data = ask(
+                &cli.config,
+                &Request::Ban {
+                    target,
+                    jail,
+                    bantime,
+                    class,
+                },
+            )?;
+            if json {
+                return print_json(&data);
+            }
+            let b: BanView = serde_json::from_value(data)?;
+            println!(
+                "banned {} (jail {}, class {}, {})",
+                b.address,
+                b.jail,
+                b.class,
+                expires_text(b.expires_at)
+            );
+            Ok(())
+        }
+        Command::Unban { target, jail, json } => {
+            let data = ask(&cli.config, &Request::Unban { target, jail })?;
+            if json {
+                return print_json(&data);
+            }
+            let removed: Vec<BanView> = serde_json::from_value(data)?;
+            for b in removed {
+                println!("unbanned {} (jail {})", b.address, b.jail);
+            }
+            Ok(())
+        }
+        Command::Stats { json } => {
+            let pin_dir = agent_config(&cli.config)?.bpf_pin_dir;
+            let stats = xban::agent::read_stats(&pin_dir)?;
+            if json {
+                return print_json(&serde_json::to_value(stats)?);
+            }
+            print_xdp(&serde_json::to_value(stats)?);
+            Ok(())
+        }
+        Command::Teardown => teardown(&cli.config),
+    }
+}
+
+/// `[agent]` of the config; commands only need paths, so a config whose jails
+/// do not validate still lets the operator reach the agent.
+fn agent_config(path: &Path) -> Result<xban::config::AgentConfig> {
+    Ok(Config::load(path)?.agent)
+}
+
+fn ask(config: &Path, req: &Request) -> Result<serde_json::Value> {
+    let socket = agent_config(config)?.socket;
+    let Reply { ok, error, data } = control::request(&socket, req)?;
+    if !ok {
+        bail!(
+            "{}",
+            error.unwrap_or_else(|| "the agent refused the request".into())
+        );
+    }
+    Ok(data)
+}
+
+fn print_json(v: &serde_json::Value) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+fn time_text(t: i64) -> String {
+    chrono::DateTime::from_timestamp(t, 0)
+        .map(|d| {
+            d.with_timezone(&chrono::Local)
+                .format("%Y-%m-%d %H:%M:%S")
+                .to_string()
+        })
+        .unwrap_or_else(|| t.to_string())
+}
+
+fn expires_text(expires_at: Option<i64>) -> String {
+    match expires_at {
+        None => "permanent".into(),
+        Some(e) => {
+            let left = (e - xban::ban::now_secs()).max(0) as u64;
+            format!(
+                "until {} (in {})",
+                time_text(e),
+                xban::config::format_duration(Duration::from_secs(left))
+            )
+        }
+    }
+}
+
+fn print_bans(bans: &[BanView]) {
+    if bans.is_empty() {
+        println!("no active bans");
+        return;
+    }
+    println!(
+        "{:<40} {:<12} {:<7} {:<20} EXPIRES",
+        "ADDRESS", "JAIL", "CLASS", "BANNED"
+    );
+    for b in bans {
+        println!(
+            "{:<40} {:<12} {:<7} {:<20} {}",
+            b.address,
+            b.jail,
+            b.class.as_str(),
+            time_text(b.banned_at),
+            expires_text(b.expires_at)
+        );
+    }
+    println!("{} ban(s)", bans.len());
+}
+
+fn print_xdp(v: &serde_json::Value) {
+    if let Some(map) = v.as_object() {
+        for (k, n) in map {
+            println!("  {k:<20} {n}");
+        }
+    }
+}
+
+fn print_status(s: &StatusView) {
+    println!("XDP on {} (mode {})", s.interfaces.join(", "), s.xdp_mode);
+    println!(
+        "bans: {} active ({} drop, {} tarpit), {} map entries",
+        s.bans_active, s.bans_drop, s.bans_tarpit, s.map_entries
+    );
+    if let Some(x) = &s.xdp {
+        println!("packets:");
+        print_xdp(x);
+    }
+    for j in &s.jails {
+        let c = &j.counters;
+        println!(
+            "jail {}: failing now {}, failures total {}, bans now {}, bans total {}, lines {}",
+            j.name, j.failing_now, c["failures_total"], j.bans_now, c["bans_total"], c["lines"]
+        );
+        for (addr, n) in &j.failing {
+            println!("  {addr:<40} {n} failure(s)");
+        }
+    }
+}
+
+fn teardown(config: &Path) -> Result<()> {
+    let agent = agent_config(config)?;
+    if control::agent_running(&agent.socket) {
+        let reply = control::request(&agent.socket, &Request::Teardown)?;
+        if !reply.ok {
+            bail!("{}", reply.error.unwrap_or_default());
+        }
+        // The agent removes its pins as it exits; wait for it.
+        for _ in 0..100 {
+            if !agent.bpf_pin_dir.exists() {
+                println!(
+                    "agent stopped; XDP detached, maps and pins removed from {}",
+                    agent.bpf_pin_dir.display()
+                );
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        bail!(
+            "the agent accepted the teardown but {} still exists after 10 s",
+            agent.bpf_pin_dir.display()
+        );
+    }
+    let removed = xban::enforce::xdp::teardown(&agent.bpf_pin_dir)
+        .with_context(|| format!("teardown of {}", agent.bpf_pin_dir.display()))?;
+    if removed.is_empty() {
+        println!(
+            "nothing to remove: {} does not exist",
+            agent.bpf_pin_dir.display()
+        );
+    } else {
+        println!(
+            "XDP detached, {} pins removed from {}",
+            removed.len(),
+            agent.bpf_pin_dir.display()
+        );
+    }
+    Ok(())
+}

@@ -1,1 +1,6 @@
-fn main(){}
+//! xban's privileged integration tests: real XDP on veth pairs in network
+//! namespaces each test creates. Run as root, serially:
+//! `cargo xtask test` (which passes `--test-threads=1`).
+
+mod ban_path;
+mod lifecycle;

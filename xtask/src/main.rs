@@ -1,1 +1,92 @@
-fn main() {}
+//! `cargo xtask`: builds, runs and tests xban (see `cargo xtask --help`).
+
+mod cmd;
+mod prereq;
+mod tasks;
+mod workspace;
+
+use std::ffi::OsString;
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+use prereq::Purpose;
+use tasks::Profile;
+use workspace::Workspace;
+
+#[derive(Parser)]
+#[command(
+    name = "cargo xtask",
+    bin_name = "cargo xtask",
+    about = "Build, run and test xban; installs missing prerequisites first"
+)]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Build the XDP program (nightly, bpfel-unknown-none) and print the object's path
+    BuildEbpf,
+    /// Build the XDP program, then the xban agent embedding it; print the agent's path
+    Build {
+        /// Build the agent with the dev profile (target/debug/xban); the XDP program is always release
+        #[arg(long)]
+        debug: bool,
+    },
+    /// Build, then run the agent as root: `xban run --config deploy/xban.toml`, or `xban ARGS...`
+    Run {
+        /// Arguments for xban instead of the default `run --config deploy/xban.toml`
+        #[arg(last = true, value_name = "ARGS")]
+        args: Vec<OsString>,
+    },
+    /// Build, run unit and doc tests, then the privileged integration tests (root)
+    Test {
+        /// Arguments for the test binaries of both runs, e.g. a test name filter
+        #[arg(last = true, value_name = "ARGS")]
+        args: Vec<OsString>,
+    },
+}
+
+fn main() -> ExitCode {
+    match dispatch(Cli::parse().task) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("xtask: error: {err:#}");
+            // Hand on a failing child's own exit code (e.g. 101 from cargo).
+            let code = err
+                .chain()
+                .find_map(|e| e.downcast_ref::<cmd::Failed>())
+                .map_or(1, cmd::Failed::exit_code);
+            ExitCode::from(code)
+        }
+    }
+}
+
+fn dispatch(task: Task) -> Result<()> {
+    if let Task::Test { .. } = task {
+        tasks::require_root_for_tests()?;
+    }
+    let purpose = match task {
+        Task::Test { .. } => Purpose::Test,
+        _ => Purpose::Build,
+    };
+    prereq::ensure(purpose)?;
+    let ws = Workspace::locate()?;
+    match task {
+        Task::BuildEbpf => println!("{}", tasks::build_ebpf(&ws)?.display()),
+        Task::Build { debug } => {
+            let profile = if debug {
+                Profile::Debug
+            } else {
+                Profile::Release
+            };
+            println!("{}", tasks::build(&ws, profile)?.display());
+        }
+        Task::Run { args } => tasks::run(&ws, &args)?,
+        Task::Test { args } => tasks::test(&ws, &args)?,
+    }
+    Ok(())
+}

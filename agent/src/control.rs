@@ -1,0 +1,262 @@
+//! The control socket: one JSON request per line, one JSON reply per line.
+//!
+//! The server only parses and forwards; the agent's main loop owns all state
+//! and answers, so requests never race with bans.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{mpsc, oneshot};
+
+/// Requests are bounded: nothing legitimate is near this.
+const MAX_REQUEST: usize = 64 * 1024;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Request {
+    Status {
+        jail: Option<String>,
+    },
+    Banned {
+        jail: Option<String>,
+    },
+    Ban {
+        target: String,
+        jail: Option<String>,
+        bantime: Option<String>,
+        class: Option<String>,
+    },
+    Unban {
+        target: String,
+        jail: Option<String>,
+    },
+    Stats,
+    /// Stop the agent and remove everything it put in the kernel.
+    Teardown,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Reply {
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default)]
+    pub data: serde_json::Value,
+}
+
+impl Reply {
+    pub fn ok(data: impl Serialize) -> Reply {
+        Reply {
+            ok: true,
+            error: None,
+            data: serde_json::to_value(data).unwrap_or(serde_json::Value::Null),
+        }
+    }
+
+    pub fn err(message: impl Into<String>) -> Reply {
+        Reply {
+            ok: false,
+            error: Some(message.into()),
+            data: serde_json::Value::Null,
+        }
+    }
+}
+
+/// A request from the socket, with where to send the answer.
+pub struct ControlMessage {
+    pub request: Request,
+    pub reply: oneshot::Sender<Reply>,
+}
+
+/// Bind the socket (owner-only permissions), replacing a stale one.
+pub fn bind(path: &Path) -> Result<UnixListener> {
+    if let Some(dir) = path.parent() {
+        crate::setup::private_dir(dir)?;
+    }
+    if path.exists() {
+        // A socket that still answers belongs to a running agent.
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            bail!(
+                "another xban agent is already listening on {}: stop it first (systemctl stop xban), or set a different [agent] socket",
+                path.display()
+            );
+        }
+        std::fs::remove_file(path)
+            .with_context(|| format!("remove stale socket {}", path.display()))?;
+    }
+    let listener = UnixListener::bind(path)
+        .with_context(|| format!("bind control socket {}", path.display()))?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("chmod 0600 {}", path.display()))?;
+    Ok(listener)
+}
+
+/// Accept connections until the channel closes.
+pub async fn serve(listener: UnixListener, tx: mpsc::Sender<ControlMessage>) {
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!("control socket accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            if let Err(e) = handle(stream, tx).await {
+                tracing::debug!("control connection: {e:#}");
+            }
+        });
+    }
+}
+
+async fn handle(stream: UnixStream, tx: mpsc::Sender<ControlMessage>) -> Result<()> {
+    // Only root (or the agent's own user) may drive the agent.
+    let cred = stream.peer_cred()?;
+    let me = nix::unistd::geteuid().as_raw();
+    let (read, mut write) = stream.into_split();
+    if cred.uid() != 0 && cred.uid() != me {
+        let reply = Reply::err(format!(
+            "permission denied: uid {} may not control xban (run the command as root)",
+            cred.uid()
+        ));
+        write_reply(&mut write, &reply).await?;
+        return Ok(());
+    }
+    let mut reader = BufReader::new(read.take(MAX_REQUEST as u64));
+    let mut line = String::new();
+    reader.read_line(&mut line).await?;
+    let reply = match serde_json::from_str::<Request>(line.trim()) {
+        Err(e) => Reply::err(format!(
+            "malformed request: {e} (see `xban --help` for the commands)"
+        )),
+        Ok(request) => {
+            let (reply_tx, reply_rx) = oneshot::channel();
+            if tx
+                .send(ControlMessage {
+                    request,
+                    reply: reply_tx,
+                })
+                .await
+                .is_err()
+            {
+                Reply::err("the agent is shutting down")
+            } else {
+                reply_rx
+                    .await
+                    .unwrap_or_else(|_| Reply::err("the agent is shutting down"))
+            }
+        }
+    };
+    write_reply(&mut write, &reply).await
+}
+
+async fn write_reply(w: &mut tokio::net::unix::OwnedWriteHalf, reply: &Reply) -> Result<()> {
+    let mut text = serde_json::to_string(reply)?;
+    text.push('\n');
+    w.write_all(text.as_bytes()).await?;
+    w.shutdown().await?;
+    Ok(())
+}
+
+/// Client side: send one request, wait for its reply.
+pub fn request(socket: &Path, req: &Request) -> Result<Reply> {
+    use std::io::{BufRead, Write};
+    let mut stream = std::os::unix::net::UnixStream::connect(socket).map_err(|e| {
+        anyhow::anyhow!(
+            "cannot reach the xban agent at {}: {e} (is it running? start it with `xban run` or `systemctl start xban`; check [agent] socket in the config)",
+            socket.display()
+        )
+    })?;
+    stream.set_read_timeout(Some(Duration::from_secs(60)))?;
+    let mut text = serde_json::to_string(req)?;
+    text.push('\n');
+    stream.write_all(text.as_bytes())?;
+    let mut line = String::new();
+    std::io::BufReader::new(stream).read_line(&mut line)?;
+    serde_json::from_str(&line)
+        .with_context(|| format!("unreadable reply from the agent: {line:?}"))
+}
+
+/// Is an agent answering on this socket?
+pub fn agent_running(socket: &Path) -> bool {
+    std::os::unix::net::UnixStream::connect(socket).is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_roundtrip_and_bad_ones_are_named() {
+        let r = Request::Ban {
+            target: "203.0.113.9".into(),
+            jail: Some("sshd".into()),
+            bantime: Some("1h".into()),
+            class: None,
+        };
+        let text = serde_json::to_string(&r).unwrap();
+        assert_eq!(serde_json::from_str::<Request>(&text).unwrap(), r);
+        let e = serde_json::from_str::<Request>(r#"{"cmd":"explode"}"#).unwrap_err();
+        assert!(e.to_string().contains("unknown variant `explode`"), "{e}");
+        let e = serde_json::from_str::<Request>(r#"{"cmd":"unban"}"#).unwrap_err();
+        assert!(e.to_string().contains("missing field `target`"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn server_answers_and_survives_garbage() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sock");
+        let listener = bind(&path).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions();
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(mode.mode() & 0o777, 0o600);
+        let (tx, mut rx) = mpsc::channel(4);
+        tokio::spawn(serve(listener, tx));
+        tokio::spawn(async move {
+            while let Some(m) = rx.recv().await {
+                let _ = m.reply.send(Reply::ok(format!("{:?}", m.request)));
+            }
+        });
+        let p = path.clone();
+        let reply = tokio::task::spawn_blocking(move || request(&p, &Request::Stats))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(reply.ok);
+        assert_eq!(reply.data, serde_json::json!("Stats"));
+        // Garbage gets an error reply; the server keeps serving.
+        let p = path.clone();
+        let garbage = tokio::task::spawn_blocking(move || {
+            use std::io::{BufRead, Write};
+            let mut s = std::os::unix::net::UnixStream::connect(&p).unwrap();
+            s.write_all(b"{not json\n").unwrap();
+            let mut line = String::new();
+            std::io::BufReader::new(s).read_line(&mut line).unwrap();
+            line
+        })
+        .await
+        .unwrap();
+        let reply: Reply = serde_json::from_str(&garbage).unwrap();
+        assert!(!reply.ok && reply.error.unwrap().starts_with("malformed request"));
+        let p = path.clone();
+        assert!(
+            tokio::task::spawn_blocking(move || request(&p, &Request::Stats))
+                .await
+                .unwrap()
+                .unwrap()
+                .ok
+        );
+        // A second agent on the same socket is refused.
+        assert!(bind(&path)
+            .unwrap_err()
+            .to_string()
+            .contains("already listening"));
+    }
+}

@@ -1,0 +1,146 @@
+//! Log sources: files followed with inotify, and the systemd journal.
+//!
+//! Both deliver [`SourceLine`]s on a bounded `tokio::sync::mpsc` channel and
+//! await when it is full, so a slow consumer slows the reader down instead of
+//! losing lines.
+
+pub mod file;
+pub mod journal;
+mod line;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+/// One line read from a source.
+#[derive(Debug, Clone)]
+pub struct SourceLine {
+    /// File path, or `"journal"`.
+    pub origin: Arc<str>,
+    /// Without the trailing newline; lossily decoded if not UTF-8.
+    pub text: String,
+    pub read_at: SystemTime,
+    /// Set by sources that know the entry time (journal); files leave `None`.
+    pub time: Option<SystemTime>,
+}
+
+/// Counters a source exposes (atomics, shared with the reading task).
+#[derive(Debug, Default)]
+pub struct SourceStats {
+    /// Lines delivered on the channel.
+    pub lines: AtomicU64,
+    /// Bytes read from the source (files: file bytes including newlines and
+    /// skipped parts of over-long lines; journal: JSON bytes from journalctl).
+    pub bytes: AtomicU64,
+    /// Lines cut to the configured maximum length (journal: also oversized
+    /// entries that had to be dropped).
+    pub truncated_lines: AtomicU64,
+    /// Lines that were not valid UTF-8 and were decoded lossily.
+    pub invalid_utf8_lines: AtomicU64,
+    /// Followed paths whose file was replaced or removed (rename rotation).
+    pub rotations: AtomicU64,
+    /// Files that shrank under us (copytruncate) and were re-read from 0.
+    pub truncations: AtomicU64,
+}
+
+impl SourceStats {
+    pub(crate) fn bump(counter: &AtomicU64, n: u64) {
+        // Counters are independent statistics; no ordering with other memory needed.
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+/// Errors from starting a source. Each message names what failed and how to fix it.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error(
+        "log pattern `{pattern}` has a glob in its directory part; only the file name may be a \
+         glob (e.g. /var/log/nginx/*.log): list each directory as its own pattern"
+    )]
+    GlobInDirectory { pattern: String },
+
+    #[error(
+        "log pattern `{pattern}` does not name a file: give a file path or a file-name glob \
+         such as /var/log/auth.log or /var/log/nginx/*.log"
+    )]
+    NoFileName { pattern: String },
+
+    #[error("log pattern `{pattern}` is not a valid glob ({source}): fix the pattern")]
+    InvalidGlob {
+        pattern: String,
+        #[source]
+        source: globset::Error,
+    },
+
+    #[error(
+        "directory {dir} (from log pattern `{pattern}`) does not exist: create it or fix the \
+         pattern; missing files are picked up when they appear, but their directory must exist \
+         at start"
+    )]
+    DirectoryMissing { dir: PathBuf, pattern: String },
+
+    #[error(
+        "{dir} (from log pattern `{pattern}`) is not a directory: fix the pattern so its \
+         directory part names a directory"
+    )]
+    NotADirectory { dir: PathBuf, pattern: String },
+
+    #[error(
+        "cannot read directory {dir}: {source}: give the agent read and search permission on it \
+         (run it as root or in the log group, e.g. adm)"
+    )]
+    ReadDir {
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error(
+        "cannot create an inotify instance: {source}: raise the limit with \
+         `sysctl fs.inotify.max_user_instances=<more>`"
+    )]
+    Inotify {
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error(
+        "cannot watch directory {dir} with inotify: {source}: check the agent can read it, or \
+         raise `sysctl fs.inotify.max_user_watches` if the limit is reached"
+    )]
+    Watch {
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error(
+        "cannot open log file {path}: {source}: give the agent read permission on it (run it as \
+         root or in the log's group, e.g. adm)"
+    )]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error(
+        "journalctl was not found in PATH: install systemd's journalctl, or configure file logs \
+         (log paths) instead of the journal"
+    )]
+    JournalctlMissing,
+
+    #[error("cannot run {program}: {source}: check that it is executable by the agent")]
+    JournalSpawn {
+        program: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error(
+        "journal match `{matched}` is not valid: use FIELD=value (e.g. \
+         _SYSTEMD_UNIT=sshd.service), `+` between match groups, or an absolute executable path"
+    )]
+    JournalMatch { matched: String },
+}

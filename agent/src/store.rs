@@ -1,0 +1,426 @@
+//! `BanStore`: the agent's state in SQLite (`state_dir/xban.sqlite3`), readable
+//! with the `sqlite3` CLI. A ban is written here before it is reported done, so
+//! a restart (or `kill -9`) loses none.
+
+use std::path::{Path, PathBuf};
+
+use rusqlite::{params, Connection, OptionalExtension};
+
+use crate::addr::Target;
+use crate::ban::{BanClass, BanRecord, UnixSecs};
+
+/// Migrations, in order. `PRAGMA user_version` records how many ran.
+const MIGRATIONS: &[&str] = &[
+    // 1: bans (one row per target and jail), ban history, file positions.
+    "CREATE TABLE bans (
+        target TEXT NOT NULL,
+        jail TEXT NOT NULL,
+        class TEXT NOT NULL CHECK (class IN ('drop', 'tarpit')),
+        banned_at INTEGER NOT NULL,
+        expires_at INTEGER,
+        failures INTEGER NOT NULL,
+        matches TEXT NOT NULL,
+        PRIMARY KEY (target, jail)
+    );
+    CREATE INDEX bans_expires ON bans (expires_at);
+    CREATE TABLE ban_history (
+        target TEXT NOT NULL,
+        jail TEXT NOT NULL,
+        banned_at INTEGER NOT NULL
+    );
+    CREATE INDEX ban_history_target ON ban_history (target, banned_at);
+    CREATE TABLE positions (
+        source TEXT PRIMARY KEY,
+        dev INTEGER NOT NULL,
+        inode INTEGER NOT NULL,
+        offset INTEGER NOT NULL
+    );
+    CREATE TABLE cursors (
+        source TEXT PRIMARY KEY,
+        cursor TEXT NOT NULL
+    );",
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("ban database {path}: {source}")]
+    Sqlite {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+    #[error("ban database {path} has schema version {found}, newer than this xban knows ({known}): upgrade xban, or move the file away to start afresh")]
+    TooNew {
+        path: PathBuf,
+        found: i64,
+        known: usize,
+    },
+    #[error("ban database {path}, row {target}/{jail}: {message}")]
+    BadRow {
+        path: PathBuf,
+        target: String,
+        jail: String,
+        message: String,
+    },
+}
+
+pub struct BanStore {
+    conn: Connection,
+    path: PathBuf,
+}
+
+impl BanStore {
+    pub fn open(state_dir: &Path) -> Result<BanStore, StoreError> {
+        let path = state_dir.join(crate::directories::STATE_DB);
+        let wrap = |source| StoreError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let conn = Connection::open(&path).map_err(wrap)?;
+        // WAL: readers (sqlite3 CLI) never block the agent; NORMAL sync is
+        // durable across process crashes, which is what kill -9 tests.
+        conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;")
+            .map_err(wrap)?;
+        let mut store = BanStore { conn, path };
+        store.migrate()?;
+        Ok(store)
+    }
+
+    fn wrap(&self) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
+        |source| StoreError::Sqlite {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    fn migrate(&mut self) -> Result<(), StoreError> {
+        let version: i64 = self
+            .conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(self.wrap())?;
+        if version as usize > MIGRATIONS.len() {
+            return Err(StoreError::TooNew {
+                path: self.path.clone(),
+                found: version,
+                known: MIGRATIONS.len(),
+            });
+        }
+        let path = self.path.clone();
+        let wrap = |source| StoreError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let tx = self.conn.transaction().map_err(wrap)?;
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+            tx.execute_batch(sql).map_err(wrap)?;
+            tx.pragma_update(None, "user_version", (i + 1) as i64)
+                .map_err(wrap)?;
+        }
+        tx.commit().map_err(wrap)
+    }
+
+    pub fn schema_version(&self) -> Result<i64, StoreError> {
+        self.conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(self.wrap())
+    }
+
+    /// Insert or replace a jail's ban, and note it in the history.
+    pub fn put_ban(&mut self, rec: &BanRecord) -> Result<(), StoreError> {
+        self.put_bans(std::slice::from_ref(rec))
+    }
+
+    /// Many bans in one transaction.
+    pub fn put_bans(&mut self, recs: &[BanRecord]) -> Result<(), StoreError> {
+        let path = self.path.clone();
+        let wrap = |source| StoreError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let tx = self.conn.transaction().map_err(wrap)?;
+        {
+            let mut put = tx
+                .prepare_cached(
+                    "INSERT OR REPLACE INTO bans (target, jail, class, banned_at, expires_at, failures, matches)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                )
+                .map_err(wrap)?;
+            let mut hist = tx
+                .prepare_cached(
+                    "INSERT INTO ban_history (target, jail, banned_at) VALUES (?1, ?2, ?3)",
+                )
+                .map_err(wrap)?;
+            for rec in recs {
+                let target = rec.target.to_string();
+                let matches = serde_json::to_string(&rec.matches).unwrap_or_else(|_| "[]".into());
+                put.execute(params![
+                    target,
+                    rec.jail,
+                    rec.class.as_str(),
+                    rec.banned_at,
+                    rec.expires_at,
+                    rec.failures,
+                    matches
+                ])
+                .map_err(wrap)?;
+                hist.execute(params![target, rec.jail, rec.banned_at])
+                    .map_err(wrap)?;
+            }
+        }
+        tx.commit().map_err(wrap)
+    }
+
+    /// Remove one jail's ban of a target, or all of them (`jail = None`).
+    pub fn delete_ban(&mut self, target: &Target, jail: Option<&str>) -> Result<usize, StoreError> {
+        let t = target.to_string();
+        match jail {
+            Some(j) => self.conn.execute(
+                "DELETE FROM bans WHERE target = ?1 AND jail = ?2",
+                params![t, j],
+            ),
+            None => self
+                .conn
+                .execute("DELETE FROM bans WHERE target = ?1", params![t]),
+        }
+        .map_err(self.wrap())
+    }
+
+    /// Remove bans that expired at or before `now`; returns how many.
+    pub fn delete_expired(&mut self, now: UnixSecs) -> Result<usize, StoreError> {
+        self.conn
+            .execute(
+                "DELETE FROM bans WHERE expires_at IS NOT NULL AND expires_at <= ?1",
+                params![now],
+            )
+            .map_err(self.wrap())
+    }
+
+    pub fn load_bans(&self) -> Result<Vec<BanRecord>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT target, jail, class, banned_at, expires_at, failures, matches FROM bans",
+            )
+            .map_err(self.wrap())?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, i64>(3)?,
+                    r.get::<_, Option<i64>>(4)?,
+                    r.get::<_, u32>(5)?,
+                    r.get::<_, String>(6)?,
+                ))
+            })
+            .map_err(self.wrap())?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (target, jail, class, banned_at, expires_at, failures, matches) =
+                row.map_err(self.wrap())?;
+            let bad = |message: String| StoreError::BadRow {
+                path: self.path.clone(),
+                target: target.clone(),
+                jail: jail.clone(),
+                message,
+            };
+            out.push(BanRecord {
+                target: target
+                    .parse()
+                    .map_err(|e: crate::addr::AddrError| bad(e.to_string()))?,
+                class: class.parse::<BanClass>().map_err(bad)?,
+                jail,
+                banned_at,
+                expires_at,
+                failures,
+                matches: serde_json::from_str(&matches).unwrap_or_default(),
+            });
+        }
+        Ok(out)
+    }
+
+    /// How many times the target was banned since `since` (all jails, or one).
+    pub fn ban_count_since(
+        &self,
+        target: &Target,
+        jail: Option<&str>,
+        since: UnixSecs,
+    ) -> Result<u32, StoreError> {
+        let t = target.to_string();
+        match jail {
+            Some(j) => self.conn.query_row(
+                "SELECT COUNT(*) FROM ban_history WHERE target = ?1 AND jail = ?2 AND banned_at >= ?3",
+                params![t, j, since],
+                |r| r.get(0),
+            ),
+            None => self.conn.query_row(
+                "SELECT COUNT(*) FROM ban_history WHERE target = ?1 AND banned_at >= ?2",
+                params![t, since],
+                |r| r.get(0),
+            ),
+        }
+        .map_err(self.wrap())
+    }
+
+    pub fn save_position(
+        &mut self,
+        source: &str,
+        dev: u64,
+        inode: u64,
+        offset: u64,
+    ) -> Result<(), StoreError> {
+        self.conn
+            .execute(
+                "INSERT OR REPLACE INTO positions (source, dev, inode, offset) VALUES (?1, ?2, ?3, ?4)",
+                params![source, dev as i64, inode as i64, offset as i64],
+            )
+            .map(|_| ())
+            .map_err(self.wrap())
+    }
+
+    /// Every saved position whose source key starts with `prefix`.
+    pub fn positions_with_prefix(
+        &self,
+        prefix: &str,
+    ) -> Result<Vec<(String, u64, u64, u64)>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT source, dev, inode, offset FROM positions WHERE substr(source, 1, length(?1)) = ?1")
+            .map_err(self.wrap())?;
+        let rows = stmt
+            .query_map(params![prefix], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, i64>(1)? as u64,
+                    r.get::<_, i64>(2)? as u64,
+                    r.get::<_, i64>(3)? as u64,
+                ))
+            })
+            .map_err(self.wrap())?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(self.wrap())
+    }
+
+    pub fn save_cursor(&mut self, source: &str, cursor: &str) -> Result<(), StoreError> {
+        self.conn
+            .execute(
+                "INSERT OR REPLACE INTO cursors (source, cursor) VALUES (?1, ?2)",
+                params![source, cursor],
+            )
+            .map(|_| ())
+            .map_err(self.wrap())
+    }
+
+    pub fn cursor(&self, source: &str) -> Result<Option<String>, StoreError> {
+        self.conn
+            .query_row(
+                "SELECT cursor FROM cursors WHERE source = ?1",
+                params![source],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(self.wrap())
+    }
+
+    pub fn position(&self, source: &str) -> Result<Option<(u64, u64, u64)>, StoreError> {
+        self.conn
+            .query_row(
+                "SELECT dev, inode, offset FROM positions WHERE source = ?1",
+                params![source],
+                |r| {
+                    Ok((
+                        r.get::<_, i64>(0)? as u64,
+                        r.get::<_, i64>(1)? as u64,
+                        r.get::<_, i64>(2)? as u64,
+                    ))
+                },
+            )
+            .optional()
+            .map_err(self.wrap())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(target: &str, jail: &str, expires: Option<i64>) -> BanRecord {
+        BanRecord {
+            target: target.parse().unwrap(),
+            jail: jail.into(),
+            class: BanClass::Drop,
+            banned_at: 100,
+            expires_at: expires,
+            failures: 3,
+            matches: vec!["line one".into(), "line two".into()],
+        }
+    }
+
+    #[test]
+    fn bans_survive_reopen_and_expire() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut s = BanStore::open(dir.path()).unwrap();
+            assert_eq!(s.schema_version().unwrap(), MIGRATIONS.len() as i64);
+            s.put_ban(&rec("203.0.113.1", "sshd", Some(200))).unwrap();
+            s.put_ban(&rec("203.0.113.1", "web", None)).unwrap();
+            s.put_ban(&rec("2001:db8::/64", "sshd", Some(50))).unwrap();
+        }
+        let mut s = BanStore::open(dir.path()).unwrap();
+        let mut bans = s.load_bans().unwrap();
+        bans.sort_by(|a, b| (a.target, &a.jail).cmp(&(b.target, &b.jail)));
+        assert_eq!(bans.len(), 3);
+        assert_eq!(bans[0], rec("203.0.113.1", "sshd", Some(200)));
+        assert_eq!(s.delete_expired(100).unwrap(), 1);
+        assert_eq!(
+            s.delete_ban(&"203.0.113.1".parse().unwrap(), Some("web"))
+                .unwrap(),
+            1
+        );
+        assert_eq!(s.load_bans().unwrap().len(), 1);
+        // History is kept for escalation even after bans end.
+        assert_eq!(
+            s.ban_count_since(&"203.0.113.1".parse().unwrap(), None, 0)
+                .unwrap(),
+            2
+        );
+        assert_eq!(
+            s.ban_count_since(&"203.0.113.1".parse().unwrap(), Some("web"), 0)
+                .unwrap(),
+            1
+        );
+        assert_eq!(
+            s.ban_count_since(&"203.0.113.1".parse().unwrap(), None, 101)
+                .unwrap(),
+            0
+        );
+    }
+
+    #[test]
+    fn positions_roundtrip() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = BanStore::open(dir.path()).unwrap();
+        assert_eq!(s.position("/var/log/auth.log").unwrap(), None);
+        s.save_position("/var/log/auth.log", 1, 2, 3).unwrap();
+        s.save_position("/var/log/auth.log", 1, 2, 30).unwrap();
+        assert_eq!(s.position("/var/log/auth.log").unwrap(), Some((1, 2, 30)));
+        s.save_position("other:/x", 1, 2, 3).unwrap();
+        assert_eq!(
+            s.positions_with_prefix("/var/").unwrap(),
+            vec![("/var/log/auth.log".to_string(), 1, 2, 30)]
+        );
+        assert_eq!(s.cursor("journal:sshd").unwrap(), None);
+        s.save_cursor("journal:sshd", "s=abc").unwrap();
+        assert_eq!(s.cursor("journal:sshd").unwrap().as_deref(), Some("s=abc"));
+    }
+
+    #[test]
+    fn newer_schema_is_refused_and_left_intact() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = BanStore::open(dir.path()).unwrap();
+            s.conn.pragma_update(None, "user_version", 99).unwrap();
+        }
+        let err = BanStore::open(dir.path()).err().unwrap().to_string();
+        assert!(err.contains("schema version 99"), "{err}");
+    }
+}

@@ -1,0 +1,180 @@
+//! The subcommands proper. Prerequisites are the caller's job (see main.rs)
+//! since `test` needs more of them than the builds.
+
+use std::env;
+use std::ffi::{OsStr, OsString};
+use std::fs;
+use std::path::PathBuf;
+use std::process::Command;
+
+use anyhow::{bail, ensure, Context, Result};
+
+use crate::cmd;
+use crate::prereq::is_root;
+use crate::workspace::{Workspace, EBPF_PACKAGE, EBPF_TARGET};
+
+/// Read by the agent's build.rs, which embeds the XDP object it names.
+const EBPF_OBJ_VAR: &str = "XBAN_EBPF_OBJ";
+/// Tells the integration tests which agent binary to drive.
+const AGENT_BIN_VAR: &str = "XBAN_BIN";
+const AGENT_PACKAGE: &str = "xban";
+const TESTS_PACKAGE: &str = "xban-tests";
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Profile {
+    Release,
+    Debug,
+}
+
+/// Builds the XDP program with nightly and returns the object's path.
+pub fn build_ebpf(ws: &Workspace) -> Result<PathBuf> {
+    cmd::run(
+        cmd::cargo_on("nightly")
+            .current_dir(&ws.root)
+            .args(["build", "-Z", "build-std=core", "--target", EBPF_TARGET])
+            .args(["--release", "-p", EBPF_PACKAGE]),
+    )
+    .context("building the eBPF program failed")?;
+    let obj = ws.ebpf_object();
+    ensure!(
+        obj.is_file(),
+        "the eBPF build succeeded but {} is missing: does {EBPF_PACKAGE} still have a bin named after it?",
+        obj.display()
+    );
+    Ok(tidy(obj))
+}
+
+/// Builds the eBPF object, then the agent that embeds it; returns the
+/// agent's path.
+pub fn build(ws: &Workspace, profile: Profile) -> Result<PathBuf> {
+    let obj = build_ebpf(ws)?;
+    eprintln!("xtask: eBPF object: {}", obj.display());
+    let mut cargo = cmd::cargo();
+    cargo.current_dir(&ws.root).arg("build");
+    if profile == Profile::Release {
+        cargo.arg("--release");
+    }
+    cargo.args(["-p", AGENT_PACKAGE]).env(EBPF_OBJ_VAR, &obj);
+    cmd::run(&mut cargo).context("building the xban agent failed")?;
+    let dir = match profile {
+        Profile::Release => "release",
+        Profile::Debug => "debug",
+    };
+    let bin = ws.agent_binary(dir);
+    ensure!(
+        bin.is_file(),
+        "the agent build succeeded but {} is missing (is build.target set in cargo config?)",
+        bin.display()
+    );
+    Ok(tidy(bin))
+}
+
+/// Builds, then replaces this process with the agent. Without `args` it runs
+/// the daemon with the repository's deploy/xban.toml.
+pub fn run(ws: &Workspace, args: &[OsString]) -> Result<()> {
+    let bin = build(ws, Profile::Release)?;
+    let mut agent = Command::new(&bin);
+    if args.is_empty() {
+        let config = ws.root.join("deploy").join("xban.toml");
+        ensure!(
+            config.is_file(),
+            "{} not found; pass xban's arguments yourself: cargo xtask run -- run --config PATH",
+            config.display()
+        );
+        agent.arg("run").arg("--config").arg(config);
+    } else {
+        agent.args(args);
+    }
+    // Always set explicitly so that the `sudo` hint below carries it too
+    // (sudo drops the environment).
+    let log = env::var_os("RUST_LOG").unwrap_or_else(|| "info".into());
+    agent.env("RUST_LOG", log);
+    if !is_root() {
+        bail!(
+            "xban attaches XDP programs and must run as root; run it with:\n  sudo {}",
+            cmd::display(&agent)
+        );
+    }
+    Err(cmd::exec(&mut agent))
+}
+
+/// Unit and doc tests of the whole workspace, then the privileged
+/// integration tests, stopping at the first failure. `args` go to the test
+/// binaries of both runs (e.g. a name filter).
+pub fn test(ws: &Workspace, args: &[OsString]) -> Result<()> {
+    let bin = build(ws, Profile::Release)?;
+    let obj = ws.ebpf_object();
+
+    // Same profile and XBAN_EBPF_OBJ as `build`, so its artifacts are reused.
+    // xban-ebpf is excluded because it only builds for the BPF target (above).
+    cmd::run(
+        cmd::cargo()
+            .current_dir(&ws.root)
+            .args(["test", "--workspace", "--release"])
+            .args(["--exclude", TESTS_PACKAGE, "--exclude", EBPF_PACKAGE])
+            .env(EBPF_OBJ_VAR, &obj)
+            .args(test_binary_args(&[], args)),
+    )
+    .context("unit/doc tests failed")?;
+
+    // One thread: the tests create network namespaces, attach XDP programs
+    // and change firewall state, which must not interleave.
+    cmd::run(
+        cmd::cargo()
+            .current_dir(&ws.root)
+            .args(["test", "--release", "-p", TESTS_PACKAGE])
+            .env(AGENT_BIN_VAR, &bin)
+            .env(EBPF_OBJ_VAR, &obj)
+            .args(test_binary_args(&["--test-threads=1"], args)),
+    )
+    .context("integration tests failed")?;
+    eprintln!("xtask: all tests passed");
+    Ok(())
+}
+
+/// Checked before anything is built: the integration tests cannot run
+/// unprivileged and must fail loudly rather than be skipped.
+pub fn require_root_for_tests() -> Result<()> {
+    if !is_root() {
+        bail!(
+            "`cargo xtask test` runs privileged integration tests (network namespaces, XDP) \
+             and must run as root, e.g.:\n  sudo -E env \"PATH=$PATH\" cargo xtask test"
+        );
+    }
+    Ok(())
+}
+
+/// Resolves `..` left by a relative CARGO_TARGET_DIR, for readable output.
+fn tidy(path: PathBuf) -> PathBuf {
+    fs::canonicalize(&path).unwrap_or(path)
+}
+
+/// `-- <fixed> <extra>`, or nothing when both are empty.
+fn test_binary_args(fixed: &[&str], extra: &[OsString]) -> Vec<OsString> {
+    let args: Vec<OsString> = fixed
+        .iter()
+        .map(OsString::from)
+        .chain(extra.iter().cloned())
+        .collect();
+    if args.is_empty() {
+        return args;
+    }
+    std::iter::once(OsStr::new("--").to_owned())
+        .chain(args)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_binary_args_only_add_separator_when_needed() {
+        assert!(test_binary_args(&[], &[]).is_empty());
+        assert_eq!(
+            test_binary_args(&["--test-threads=1"], &["ban".into()]),
+            ["--", "--test-threads=1", "ban"]
+        );
+        assert_eq!(test_binary_args(&[], &["ban".into()]), ["--", "ban"]);
+    }
+}
