@@ -4,3 +4,4 @@
 
 mod ban_path;
 mod lifecycle;
+mod xdp_parsing;
