@@ -17,6 +17,7 @@ use crate::config::{BanTime, Config, ResolvedConfig, SourceSpec};
 use crate::control::{self, ControlMessage, Reply, Request};
 use crate::enforce::xdp::{self, XdpEnforcer, XdpStats};
 use crate::enforce::Enforcer;
+use crate::escalation::{self, EscalationConfig, SubnetTracker, SUBNET_JAIL};
 use crate::jail::{BanRequest, Jail, JailVerdict};
 use crate::source::file::{FilePosition, FileSource, FileSourceOptions};
 use crate::source::journal::{JournalSource, JournalSourceOptions};
@@ -87,6 +88,9 @@ pub struct AgentCore {
     default_class: BanClass,
     interfaces: Vec<String>,
     xdp_mode: String,
+    escalation: EscalationConfig,
+    subnets: SubnetTracker,
+    dbpurgeage: Duration,
 }
 
 /// What start-up found in the store.
@@ -120,6 +124,9 @@ impl AgentCore {
             default_class: cfg.default_class,
             interfaces: Vec::new(),
             xdp_mode: cfg.agent.xdp_mode.to_string(),
+            escalation: cfg.escalation.clone(),
+            subnets: SubnetTracker::default(),
+            dbpurgeage: cfg.dbpurgeage,
         })
     }
 
@@ -136,6 +143,18 @@ impl AgentCore {
             expired: self.store.delete_expired(now)?,
             ..Default::default()
         };
+        self.purge_history(now)?;
+        let sn = &self.escalation.subnet;
+        if self.escalation.enabled && sn.enabled {
+            for (target, _jail, at) in self
+                .store
+                .history_since(now - sn.within.0.as_secs() as i64)?
+            {
+                if target.is_host() {
+                    self.subnets.record(sn, target.addr(), at);
+                }
+            }
+        }
         self.enforcer.set_allowlist(&self.allowlist)?;
         for rec in self.store.load_bans()? {
             self.book.add(rec);
@@ -190,29 +209,92 @@ impl AgentCore {
         }
     }
 
+    /// A jail's ban, escalated by the address's history. The history is in
+    /// log time, so replaying an old log escalates as watching it live did.
     fn ban_from_jail(&mut self, req: BanRequest) -> Result<BanRecord> {
         let now = now_secs();
+        let event_at = req
+            .at
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(now);
+        let target = Target::host(req.addr);
+        let per_jail = (!self.escalation.overalljails).then_some(req.jail.as_str());
+        let store = &self.store;
+        let mut lookup_error = None;
+        let decision = escalation::decide(&self.escalation, req.bantime, req.class, |window| {
+            let since = window.map(|w| event_at - w.as_secs() as i64).unwrap_or(0);
+            store
+                .ban_count_since(&target, per_jail, since)
+                .unwrap_or_else(|e| {
+                    lookup_error = Some(e);
+                    0
+                })
+        });
+        if let Some(e) = lookup_error {
+            tracing::warn!("escalation history unreadable, banning without it: {e}");
+        }
+        if let Some(step) = decision.step {
+            tracing::info!(%target, step, bantime = %decision.bantime, class = %decision.class, "escalated: repeat offender");
+        }
         let rec = BanRecord {
-            target: Target::host(req.addr),
+            target,
             jail: req.jail,
-            class: req.class,
+            class: decision.class,
             banned_at: now,
-            expires_at: expiry(now, req.bantime),
+            expires_at: expiry(now, decision.bantime),
             failures: req.failures,
             matches: req.matches,
         };
-        self.apply_ban(rec)
+        let rec = self.apply_ban(rec, event_at)?;
+        self.widen_to_subnet(req.addr, event_at, now);
+        Ok(rec)
+    }
+
+    /// Enough distinct hosts of one prefix banned: ban the prefix.
+    fn widen_to_subnet(&mut self, addr: IpAddr, event_at: UnixSecs, now: UnixSecs) {
+        let sn = self.escalation.subnet.clone();
+        if !(self.escalation.enabled && sn.enabled) {
+            return;
+        }
+        let Some(prefix) = self.subnets.record(&sn, addr, event_at) else {
+            return;
+        };
+        let rec = BanRecord {
+            target: prefix,
+            jail: SUBNET_JAIL.to_string(),
+            class: sn.class,
+            banned_at: now,
+            expires_at: expiry(now, sn.bantime),
+            failures: sn.hosts,
+            matches: Vec::new(),
+        };
+        match self.apply_ban(rec, event_at) {
+            Ok(_) => tracing::info!(%prefix, hosts = sn.hosts, "escalated to the whole prefix"),
+            Err(e) => tracing::warn!(%prefix, "prefix not banned: {e:#}"),
+        }
+    }
+
+    /// Forget ban history older than dbpurgeage.
+    pub fn purge_history(&mut self, now: UnixSecs) -> Result<usize> {
+        let purged = self
+            .store
+            .purge_history(now - self.dbpurgeage.as_secs() as i64)?;
+        if purged > 0 {
+            tracing::debug!(purged, "ban history purged (dbpurgeage)");
+        }
+        Ok(purged)
     }
 
     /// Store, then the kernel, then the log line: a ban reported is a ban kept.
-    fn apply_ban(&mut self, rec: BanRecord) -> Result<BanRecord> {
+    fn apply_ban(&mut self, rec: BanRecord, event_at: UnixSecs) -> Result<BanRecord> {
         if let Some(a) = self.allowlisted_by(&rec.target) {
             bail!(
                 "{} overlaps the allowlist entry {a} ([defaults] ignoreip): remove it from ignoreip first",
                 rec.target
             );
         }
-        self.store.put_ban(&rec)?;
+        self.store.put_ban(&rec, event_at)?;
         let change = self.book.add(rec.clone());
         self.enforcer.apply(&rec.target, change)?;
         let bantime = match rec.expires_at {
@@ -273,6 +355,11 @@ impl AgentCore {
         for j in &mut self.jails {
             j.window.prune(now);
         }
+        let secs = now
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        self.subnets.prune(&self.escalation.subnet, secs);
     }
 
     pub fn bans(&self, jail: Option<&str>) -> Vec<BanView> {
@@ -381,15 +468,18 @@ impl AgentCore {
             None => jail_class,
         };
         let now = now_secs();
-        self.apply_ban(BanRecord {
-            target,
-            jail: jail_name,
-            class,
-            banned_at: now,
-            expires_at: expiry(now, bantime),
-            failures: 0,
-            matches: Vec::new(),
-        })
+        self.apply_ban(
+            BanRecord {
+                target,
+                jail: jail_name,
+                class,
+                banned_at: now,
+                expires_at: expiry(now, bantime),
+                failures: 0,
+                matches: Vec::new(),
+            },
+            now,
+        )
     }
 
     /// Answer a control request.
@@ -639,6 +729,11 @@ pub async fn run(config_path: &Path) -> Result<()> {
                     core.prune_windows(SystemTime::now());
                     save_positions(&mut core, &sources);
                 }
+                if ticks.is_multiple_of(3600) {
+                    if let Err(e) = core.purge_history(now_secs()) {
+                        tracing::warn!("purging ban history: {e:#}");
+                    }
+                }
             }
             _ = sigterm.recv() => { tracing::info!("SIGTERM: stopping"); break; }
             _ = sigint.recv() => { tracing::info!("SIGINT: stopping"); break; }
@@ -692,4 +787,259 @@ fn save_positions(core: &mut AgentCore, sources: &[RunningSource]) {
 /// XDP counters from the pinned map, with or without a running agent.
 pub fn read_stats(pin_dir: &Path) -> Result<XdpStats> {
     xdp::XdpMaps::from_pins(pin_dir)?.stats()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+    use std::time::UNIX_EPOCH;
+
+    /// The kernel's view, as an enforcer would leave it.
+    #[derive(Clone, Default)]
+    struct Recorder(Arc<Mutex<HashMap<Target, BanClass>>>);
+
+    impl Enforcer for Recorder {
+        fn apply(&mut self, target: &Target, change: MapChange) -> Result<()> {
+            let mut m = self.0.lock().unwrap();
+            match change {
+                MapChange::Set(c) => {
+                    m.insert(*target, c);
+                }
+                MapChange::Remove => {
+                    m.remove(target);
+                }
+                MapChange::Unchanged => {}
+            }
+            Ok(())
+        }
+        fn set_allowlist(&mut self, _list: &[Target]) -> Result<()> {
+            Ok(())
+        }
+        fn entries(&self) -> Result<Vec<(Target, Option<BanClass>)>> {
+            Ok(self
+                .0
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|(t, c)| (*t, Some(*c)))
+                .collect())
+        }
+    }
+
+    struct Fixture {
+        core: AgentCore,
+        kernel: Recorder,
+        _dir: tempfile::TempDir,
+    }
+
+    fn fixture(extra: &str) -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!(
+            "[agent]\nfilters_dir = \"{}\"\n[defaults]\nmaxretry = 2\nbantime = \"10m\"\nignoreself = false\nignoreip = [\"198.51.100.0/24\"]\n\
+             [jails.ssh]\nlogpath = [\"/l\"]\nfailregex = ['ssh fail from <HOST>$']\n\
+             [jails.web]\nlogpath = [\"/l\"]\nfailregex = ['web fail from <HOST>$']\nbantime = \"1h\"\n{extra}",
+            dir.path().join("none").display()
+        );
+        let cfg = Config::parse(&text).unwrap().validate().unwrap();
+        let store = BanStore::open(dir.path()).unwrap();
+        let kernel = Recorder::default();
+        let core = AgentCore::new(&cfg, store, Box::new(kernel.clone()), &[]).unwrap();
+        Fixture {
+            core,
+            kernel,
+            _dir: dir,
+        }
+    }
+
+    impl Fixture {
+        /// Feed `jail` a failure line for `addr` logged at `log_time` (unix s).
+        fn fail(&mut self, jail: usize, addr: &str, log_time: u64) -> Option<BanRecord> {
+            let name = if jail == 0 { "ssh" } else { "web" };
+            let line = SourceLine {
+                origin: Arc::from("/l"),
+                text: format!("{name} fail from {addr}"),
+                read_at: std::time::SystemTime::now(),
+                time: Some(UNIX_EPOCH + Duration::from_secs(log_time)),
+            };
+            self.core.on_line(jail, &line).unwrap()
+        }
+
+        fn kernel(&self, t: &str) -> Option<BanClass> {
+            self.kernel
+                .0
+                .lock()
+                .unwrap()
+                .get(&t.parse::<Target>().unwrap())
+                .copied()
+        }
+    }
+
+    const T0: u64 = 1_800_000_000;
+
+    #[test]
+    fn ladder_escalates_over_several_jails_in_log_time() {
+        let mut f = fixture("");
+        let a = "203.0.113.9";
+        // Ban 1 (ssh) and ban 2 (web) within a day: the jails' own bantimes.
+        assert!(f.fail(0, a, T0).is_none());
+        let b1 = f.fail(0, a, T0 + 10).unwrap();
+        assert_eq!(b1.expires_at.unwrap() - b1.banned_at, 600);
+        f.fail(1, a, T0 + 3600);
+        let b2 = f.fail(1, a, T0 + 3610).unwrap();
+        assert_eq!(b2.expires_at.unwrap() - b2.banned_at, 3600);
+        // Ban 3 within a day, in log time: one week, whichever jail.
+        f.fail(0, a, T0 + 7200);
+        let b3 = f.fail(0, a, T0 + 7210).unwrap();
+        assert_eq!(b3.expires_at.unwrap() - b3.banned_at, 7 * 86_400);
+        assert_eq!(b3.class, BanClass::Drop);
+        // Bans 4 and 5, days later but within 30 d: the fifth is tarpit.
+        f.fail(1, a, T0 + 5 * 86_400);
+        f.fail(1, a, T0 + 5 * 86_400 + 1).unwrap();
+        f.fail(0, a, T0 + 9 * 86_400);
+        let b5 = f.fail(0, a, T0 + 9 * 86_400 + 1).unwrap();
+        assert_eq!(
+            (b5.class, b5.expires_at.unwrap() - b5.banned_at),
+            (BanClass::Tarpit, 30 * 86_400)
+        );
+        assert_eq!(f.kernel(a), Some(BanClass::Tarpit));
+    }
+
+    #[test]
+    fn per_jail_counting_when_overalljails_is_off() {
+        let mut f = fixture("[escalation]\noveralljails = false\n");
+        let a = "203.0.113.10";
+        for (jail, t) in [(0, T0), (1, T0 + 100), (1, T0 + 200)] {
+            f.fail(jail, a, t);
+            f.fail(jail, a, t + 1).unwrap();
+        }
+        // Three bans overall, but only two by web: no escalation.
+        assert_eq!(
+            f.core.bans(Some("web"))[0].expires_at.unwrap() - f.core.bans(Some("web"))[0].banned_at,
+            3600
+        );
+    }
+
+    #[test]
+    fn a_short_jails_unban_never_lifts_a_longer_ban() {
+        let mut f = fixture("[escalation]\nenabled = false\n");
+        let a = "203.0.113.11";
+        f.fail(1, a, T0);
+        f.fail(1, a, T0 + 1).unwrap(); // web: 1 h
+        f.fail(0, a, T0 + 2);
+        f.fail(0, a, T0 + 3).unwrap(); // ssh: 10 min
+        let t: Target = a.parse().unwrap();
+        assert_eq!(f.core.bans(None).len(), 2);
+        // ssh's ban ends (expiry, or an unban of that jail): web's stays in the kernel.
+        f.core.unban(&t, Some("ssh")).unwrap();
+        assert_eq!(f.kernel(a), Some(BanClass::Drop));
+        let ended = f.core.expire(now_secs() + 601).unwrap();
+        assert_eq!(ended, 0, "only web's ban is left and it runs 1 h");
+        assert_eq!(f.kernel(a), Some(BanClass::Drop));
+        assert_eq!(f.core.expire(now_secs() + 3601).unwrap(), 1);
+        assert_eq!(f.kernel(a), None);
+    }
+
+    #[test]
+    fn subnet_widening_writes_a_cidr_entry() {
+        let mut f = fixture(
+            "[escalation.subnet]\nenabled = true\nhosts = 3\nwithin = \"1h\"\nbantime = \"1d\"\n",
+        );
+        for (i, host) in ["203.0.113.1", "203.0.113.2", "203.0.113.3"]
+            .iter()
+            .enumerate()
+        {
+            f.fail(0, host, T0 + i as u64 * 10);
+            f.fail(0, host, T0 + i as u64 * 10 + 1).unwrap();
+        }
+        assert_eq!(f.kernel("203.0.113.0/24"), Some(BanClass::Drop));
+        let subnet = f.core.bans(Some(SUBNET_JAIL));
+        assert_eq!(subnet.len(), 1);
+        assert_eq!(subnet[0].address, "203.0.113.0/24");
+        assert_eq!(subnet[0].expires_at.unwrap() - subnet[0].banned_at, 86_400);
+    }
+
+    #[test]
+    fn subnet_widening_never_covers_the_allowlist() {
+        // 198.51.100.0/24 is allowlisted; its hosts are never banned anyway,
+        // and a manual ban of a prefix containing it is refused.
+        let mut f = fixture("");
+        let e = f
+            .core
+            .manual_ban("198.51.0.0/16", None, None, None)
+            .unwrap_err();
+        assert!(e.to_string().contains("allowlist"), "{e}");
+        assert!(f.fail(0, "198.51.100.7", T0).is_none());
+        assert!(
+            f.fail(0, "198.51.100.7", T0 + 1).is_none(),
+            "allowlisted: never banned"
+        );
+    }
+
+    #[test]
+    fn restore_rebuilds_the_kernel_view_and_drops_stale_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!(
+            "[agent]\nfilters_dir = \"{}\"\n[jails.ssh]\nlogpath = [\"/l\"]\nfailregex = ['x <HOST>$']\n",
+            dir.path().join("none").display()
+        );
+        let cfg = Config::parse(&text).unwrap().validate().unwrap();
+        let now = now_secs();
+        {
+            let mut store = BanStore::open(dir.path()).unwrap();
+            let rec = |t: &str, exp: Option<i64>| BanRecord {
+                target: t.parse().unwrap(),
+                jail: "ssh".into(),
+                class: BanClass::Drop,
+                banned_at: now - 100,
+                expires_at: exp,
+                failures: 5,
+                matches: vec![],
+            };
+            store
+                .put_ban(&rec("203.0.113.1", Some(now + 100)), now)
+                .unwrap();
+            store
+                .put_ban(&rec("203.0.113.2", Some(now - 1)), now)
+                .unwrap();
+            store.put_ban(&rec("2001:db8::/48", None), now).unwrap();
+        }
+        let kernel = Recorder::default();
+        // Left by a previous agent: one live ban and one that was unbanned while down.
+        kernel
+            .0
+            .lock()
+            .unwrap()
+            .insert("203.0.113.1".parse().unwrap(), BanClass::Drop);
+        kernel
+            .0
+            .lock()
+            .unwrap()
+            .insert("203.0.113.99".parse().unwrap(), BanClass::Drop);
+        let mut core = AgentCore::new(
+            &cfg,
+            BanStore::open(dir.path()).unwrap(),
+            Box::new(kernel.clone()),
+            &[],
+        )
+        .unwrap();
+        let report = core.restore(now).unwrap();
+        assert_eq!(
+            report,
+            RestoreReport {
+                restored: 2,
+                expired: 1,
+                stale_map_entries: 1
+            }
+        );
+        let mut left: Vec<String> = kernel
+            .0
+            .lock()
+            .unwrap()
+            .keys()
+            .map(|t| t.to_string())
+            .collect();
+        left.sort();
+        assert_eq!(left, vec!["2001:db8::/48", "203.0.113.1"]);
+    }
 }

@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::addr::Target;
 use crate::ban::BanClass;
 use crate::directories;
+use crate::escalation::EscalationConfig;
 use crate::filter::{FilterDef, FilterSet, UseDns};
 
 /// The whole file.
@@ -28,10 +29,11 @@ pub struct Config {
     pub defaults: JailDefaults,
     pub filters: BTreeMap<String, FilterDef>,
     pub jails: BTreeMap<String, JailConfig>,
+    pub escalation: EscalationConfig,
 }
 
 /// `[agent]`: where and how the agent runs.
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct AgentConfig {
     /// Interfaces XDP attaches to. Empty: the default route's interface.
@@ -49,6 +51,9 @@ pub struct AgentConfig {
     pub keep_on_exit: bool,
     /// Operators' filter files (`NAME.toml`), adding to the built-in library.
     pub filters_dir: PathBuf,
+    /// Ban history older than this is forgotten. Default: the longest
+    /// escalation window (at least a day).
+    pub dbpurgeage: Option<DurationSetting>,
 }
 
 impl Default for AgentConfig {
@@ -61,6 +66,7 @@ impl Default for AgentConfig {
             socket: directories::SOCKET.into(),
             keep_on_exit: true,
             filters_dir: directories::FILTERS_DIR.into(),
+            dbpurgeage: None,
         }
     }
 }
@@ -186,6 +192,9 @@ pub struct ResolvedConfig {
     /// `[defaults]` bantime and class, for manual bans outside any jail.
     pub default_bantime: BanTime,
     pub default_class: BanClass,
+    pub escalation: EscalationConfig,
+    /// History kept for escalation.
+    pub dbpurgeage: Duration,
 }
 
 /// A config error: where it is and what to do.
@@ -242,6 +251,9 @@ impl Config {
                     e.to_string(),
                 )
             })?;
+        self.escalation
+            .validate()
+            .map_err(|(place, message)| invalid(place, message))?;
         if self.defaults.maxretry == 0 {
             return Err(invalid("defaults.maxretry", "must be at least 1"));
         }
@@ -262,6 +274,12 @@ impl Config {
             jails,
             default_bantime: self.defaults.bantime,
             default_class: self.defaults.class,
+            escalation: self.escalation.clone(),
+            dbpurgeage: self
+                .agent
+                .dbpurgeage
+                .map(|d| d.0)
+                .unwrap_or_else(|| self.escalation.longest_window()),
         })
     }
 

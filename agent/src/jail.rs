@@ -99,6 +99,8 @@ pub enum JailVerdict {
 #[derive(Debug, Clone, PartialEq)]
 pub struct BanRequest {
     pub addr: IpAddr,
+    /// Log time of the failure that reached maxretry.
+    pub at: SystemTime,
     pub jail: String,
     pub class: BanClass,
     pub bantime: BanTime,
@@ -199,6 +201,7 @@ impl Jail {
                 self.counters.bans_total += 1;
                 JailVerdict::Ban(BanRequest {
                     addr,
+                    at,
                     jail: self.settings.name.clone(),
                     class: self.settings.class,
                     bantime: self.settings.bantime,

@@ -9,6 +9,7 @@ pub mod config;
 pub mod control;
 pub mod directories;
 pub mod enforce;
+pub mod escalation;
 pub mod filter;
 pub mod jail;
 pub mod setup;

@@ -124,13 +124,19 @@ impl BanStore {
             .map_err(self.wrap())
     }
 
-    /// Insert or replace a jail's ban, and note it in the history.
-    pub fn put_ban(&mut self, rec: &BanRecord) -> Result<(), StoreError> {
-        self.put_bans(std::slice::from_ref(rec))
+    /// Insert or replace a jail's ban and note it in the ban history at
+    /// `event_at` (the log time of the failure that caused it), atomically.
+    pub fn put_ban(&mut self, rec: &BanRecord, event_at: UnixSecs) -> Result<(), StoreError> {
+        self.put_bans(std::slice::from_ref(rec), Some(event_at))
     }
 
-    /// Many bans in one transaction.
-    pub fn put_bans(&mut self, recs: &[BanRecord]) -> Result<(), StoreError> {
+    /// Many bans in one transaction; with `event_at`, each goes into the
+    /// history too (bans loaded from a blocklist file do not).
+    pub fn put_bans(
+        &mut self,
+        recs: &[BanRecord],
+        event_at: Option<UnixSecs>,
+    ) -> Result<(), StoreError> {
         let path = self.path.clone();
         let wrap = |source| StoreError::Sqlite {
             path: path.clone(),
@@ -162,8 +168,9 @@ impl BanStore {
                     matches
                 ])
                 .map_err(wrap)?;
-                hist.execute(params![target, rec.jail, rec.banned_at])
-                    .map_err(wrap)?;
+                if let Some(at) = event_at {
+                    hist.execute(params![target, rec.jail, at]).map_err(wrap)?;
+                }
             }
         }
         tx.commit().map_err(wrap)
@@ -260,6 +267,45 @@ impl BanStore {
             ),
         }
         .map_err(self.wrap())
+    }
+
+    /// Host and prefix bans in the history since `since`, oldest first.
+    pub fn history_since(
+        &self,
+        since: UnixSecs,
+    ) -> Result<Vec<(Target, String, UnixSecs)>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT target, jail, banned_at FROM ban_history WHERE banned_at >= ?1 ORDER BY banned_at")
+            .map_err(self.wrap())?;
+        let rows = stmt
+            .query_map(params![since], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, i64>(2)?,
+                ))
+            })
+            .map_err(self.wrap())?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (t, jail, at) = row.map_err(self.wrap())?;
+            // A row we cannot parse is skipped: history only tunes escalation.
+            if let Ok(target) = t.parse() {
+                out.push((target, jail, at));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Forget history older than `before` (dbpurgeage); returns rows removed.
+    pub fn purge_history(&mut self, before: UnixSecs) -> Result<usize, StoreError> {
+        self.conn
+            .execute(
+                "DELETE FROM ban_history WHERE banned_at < ?1",
+                params![before],
+            )
+            .map_err(self.wrap())
     }
 
     pub fn save_position(
@@ -361,9 +407,11 @@ mod tests {
         {
             let mut s = BanStore::open(dir.path()).unwrap();
             assert_eq!(s.schema_version().unwrap(), MIGRATIONS.len() as i64);
-            s.put_ban(&rec("203.0.113.1", "sshd", Some(200))).unwrap();
-            s.put_ban(&rec("203.0.113.1", "web", None)).unwrap();
-            s.put_ban(&rec("2001:db8::/64", "sshd", Some(50))).unwrap();
+            s.put_ban(&rec("203.0.113.1", "sshd", Some(200)), 100)
+                .unwrap();
+            s.put_ban(&rec("203.0.113.1", "web", None), 100).unwrap();
+            s.put_ban(&rec("2001:db8::/64", "sshd", Some(50)), 90)
+                .unwrap();
         }
         let mut s = BanStore::open(dir.path()).unwrap();
         let mut bans = s.load_bans().unwrap();

@@ -48,7 +48,8 @@ fn verdict(dir: &AgentDir, packet: &[u8]) -> u32 {
         .arg(&pkt)
         .output()
         .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     text.lines()
         .find_map(|l| l.trim().strip_prefix("Return value: "))
         .and_then(|v| v.split(',').next())
@@ -66,7 +67,8 @@ fn parser_handles_vlans_options_ipv6_and_non_ip() {
     dir.xban_ok(&["ban", ATK_V4]).unwrap();
     dir.xban_ok(&["ban", ATK_V6]).unwrap();
     dir.xban_ok(&["ban", "203.0.113.0/24"]).unwrap();
-    dir.xban_ok(&["ban", "198.51.100.5", "--class", "tarpit"]).unwrap();
+    dir.xban_ok(&["ban", "198.51.100.5", "--class", "tarpit"])
+        .unwrap();
 
     let banned4: Ipv4Addr = ATK_V4.parse().unwrap();
     let clean4 = Ipv4Addr::new(198, 51, 100, 9);
@@ -77,12 +79,32 @@ fn parser_handles_vlans_options_ipv6_and_non_ip() {
     };
     assert_eq!(v4(&[], banned4, 0), XDP_DROP, "plain IPv4");
     assert_eq!(v4(&[0x8100], banned4, 0), XDP_DROP, "one 802.1Q tag");
-    assert_eq!(v4(&[0x88a8, 0x8100], banned4, 0), XDP_DROP, "802.1ad + 802.1Q");
-    assert_eq!(v4(&[], banned4, 10), XDP_DROP, "IPv4 with 40 bytes of options (IHL 15)");
+    assert_eq!(
+        v4(&[0x88a8, 0x8100], banned4, 0),
+        XDP_DROP,
+        "802.1ad + 802.1Q"
+    );
+    assert_eq!(
+        v4(&[], banned4, 10),
+        XDP_DROP,
+        "IPv4 with 40 bytes of options (IHL 15)"
+    );
     assert_eq!(v4(&[0x8100], clean4, 3), XDP_PASS, "unbanned source");
-    assert_eq!(v4(&[], Ipv4Addr::new(203, 0, 113, 77), 0), XDP_DROP, "inside a banned /24");
-    assert_eq!(v4(&[], Ipv4Addr::new(198, 51, 100, 3), 0), XDP_PASS, "allowlisted");
-    assert_eq!(v4(&[], Ipv4Addr::new(198, 51, 100, 5), 0), XDP_PASS, "tarpit class passes to iptables");
+    assert_eq!(
+        v4(&[], Ipv4Addr::new(203, 0, 113, 77), 0),
+        XDP_DROP,
+        "inside a banned /24"
+    );
+    assert_eq!(
+        v4(&[], Ipv4Addr::new(198, 51, 100, 3), 0),
+        XDP_PASS,
+        "allowlisted"
+    );
+    assert_eq!(
+        v4(&[], Ipv4Addr::new(198, 51, 100, 5), 0),
+        XDP_PASS,
+        "tarpit class passes to iptables"
+    );
 
     let mut v6 = |vlans: &[u16], src: Ipv6Addr| {
         let mut p = eth(0x86dd, vlans);
@@ -90,7 +112,11 @@ fn parser_handles_vlans_options_ipv6_and_non_ip() {
         verdict(&dir, &p)
     };
     assert_eq!(v6(&[], ATK_V6.parse().unwrap()), XDP_DROP, "IPv6");
-    assert_eq!(v6(&[0x88a8, 0x8100], ATK_V6.parse().unwrap()), XDP_DROP, "IPv6 behind two tags");
+    assert_eq!(
+        v6(&[0x88a8, 0x8100], ATK_V6.parse().unwrap()),
+        XDP_DROP,
+        "IPv6 behind two tags"
+    );
     assert_eq!(v6(&[], "2001:db8:100::9".parse().unwrap()), XDP_PASS);
 
     // ARP, and an IPv4 frame cut short before the source address.
@@ -99,7 +125,11 @@ fn parser_handles_vlans_options_ipv6_and_non_ip() {
     assert_eq!(verdict(&dir, &arp), XDP_PASS);
     let mut short = eth(0x0800, &[]);
     short.extend(&ipv4(banned4, 0)[..10]);
-    assert_eq!(verdict(&dir, &short), XDP_PASS, "truncated header passes, no out-of-bounds read");
+    assert_eq!(
+        verdict(&dir, &short),
+        XDP_PASS,
+        "truncated header passes, no out-of-bounds read"
+    );
 
     let stats = dir.stats().unwrap();
     assert!(stats["passed_tarpit"].as_u64().unwrap() >= 1);

@@ -151,6 +151,7 @@ impl FileSource {
                 if active.contains_key(&path) {
                     continue;
                 }
+                warn_if_linked_elsewhere(&path).await;
                 let resume = opts.resume.get(&path);
                 let t = open_existing(&path, resume, max_line, &stats, &mut retired)
                     .await
@@ -173,6 +174,23 @@ impl FileSource {
                 if let Some(pos) = opts.resume.get(&path) {
                     retired.extend(open_predecessor(&path, pos, max_line).await);
                 }
+            }
+        }
+        // A glob that also matches rotated names (`auth.log*`) follows the
+        // predecessor under its own name already: continue it there from the
+        // remembered offset rather than reading it through two handles.
+        let mut i = 0;
+        while i < retired.len() {
+            let r = &retired[i];
+            match active.values_mut().find(|a| a.id == r.id) {
+                Some(a) => {
+                    let (offset, path) = (r.read_offset, a.path.clone());
+                    a.seek(Start::At(offset))
+                        .await
+                        .map_err(|source| SourceError::Open { path, source })?;
+                    retired.remove(i);
+                }
+                None => i += 1,
             }
         }
 
@@ -440,13 +458,33 @@ async fn list_matching(dir: &Path, names: &[NameMatch]) -> io::Result<Vec<PathBu
             continue;
         }
         let path = dir.join(&name);
-        // Follows symlinks: a symlinked log is read through its link.
+        // Follows symlinks (see `warn_if_linked_elsewhere`).
         if matches!(tokio::fs::metadata(&path).await, Ok(m) if m.is_file()) {
             found.push(path);
         }
     }
     found.sort();
     Ok(found)
+}
+
+/// inotify reports writes to a file in the directory holding it, not in
+/// the directory of a symlink to it: such a log would only be read when
+/// something else happens in the link's directory.
+async fn warn_if_linked_elsewhere(path: &Path) {
+    let is_link = tokio::fs::symlink_metadata(path)
+        .await
+        .is_ok_and(|m| m.file_type().is_symlink());
+    if !is_link {
+        return;
+    }
+    let target = tokio::fs::canonicalize(path).await;
+    let dir = tokio::fs::canonicalize(path.parent().unwrap_or(Path::new("."))).await;
+    if let (Ok(target), Ok(dir)) = (target, dir) {
+        if target.parent() != Some(dir.as_path()) {
+            warn!(path = %path.display(), target = %target.display(),
+                "log file is a symlink into another directory, so its writes are not seen: configure the target path instead");
+        }
+    }
 }
 
 /// When a followed file was rotated while we were down, its old inode may
@@ -558,7 +596,9 @@ impl Tailer {
         Ok(self.file.metadata().await?.len())
     }
 
+    /// Positions the handle; any held partial line is dropped.
     async fn seek(&mut self, start: Start) -> io::Result<()> {
+        self.asm.reset();
         let offset = match start {
             Start::At(offset) => offset,
             Start::End => {
@@ -620,7 +660,6 @@ impl Tailer {
                 warn!(path = %self.path.display(), "cannot rewind truncated log file: {e}");
                 return Ok(());
             }
-            self.asm.reset();
         }
         loop {
             let n = match self.file.read(&mut ctx.buf).await {
@@ -845,6 +884,7 @@ impl Follower {
                 return Ok(());
             }
             info!(path = %path.display(), "following new log file from its start");
+            warn_if_linked_elsewhere(&path).await;
             t
         };
         t.rename(path.clone());

@@ -32,8 +32,8 @@ const MAX_MESSAGE_BYTES: usize = 64 * 1024;
 const MAX_JSON_LINE_BYTES: usize = 4 << 20;
 const RESTART_MIN: Duration = Duration::from_millis(500);
 const RESTART_MAX: Duration = Duration::from_secs(30);
-/// journalctl runs that end without a single entry before a saved cursor
-/// is considered unusable (journalctl refuses malformed cursors).
+/// Failed journalctl runs without a single entry before a saved cursor is
+/// considered unusable (journalctl refuses malformed cursors).
 const CURSOR_GIVE_UP: u32 = 3;
 
 #[derive(Debug, Clone, Default)]
@@ -69,6 +69,14 @@ impl Shared {
 
     fn set_cursor(&self, cursor: String) {
         *self.cursor.lock().unwrap_or_else(PoisonError::into_inner) = Some(cursor);
+    }
+
+    /// The cursor to persist for a new starting point.
+    fn reset_to(&self, start: &Start) {
+        *self.cursor.lock().unwrap_or_else(PoisonError::into_inner) = match start {
+            Start::AfterCursor(c) => Some(c.clone()),
+            Start::Since(_) => None,
+        };
     }
 }
 
@@ -108,10 +116,8 @@ impl JournalSource {
         };
         let child = start_journalctl(program, &opts.matches, &start)?;
         let shared = Arc::new(Shared::default());
-        if let Start::AfterCursor(c) = &start {
-            // Until an entry arrives, the starting point is what to persist.
-            shared.set_cursor(c.clone());
-        }
+        // Until an entry arrives, the starting point is what to persist.
+        shared.reset_to(&start);
         let follower = Follower {
             program: program.to_path_buf(),
             matches: opts.matches,
@@ -298,10 +304,11 @@ impl Follower {
                 Err(Closed) => return,
             };
             let status = child.wait().await;
+            let failed = !matches!(&status, Ok(s) if s.success());
             if entries > 0 {
                 backoff = RESTART_MIN;
                 empty_runs = 0;
-            } else {
+            } else if failed {
                 empty_runs += 1;
             }
             // Continue after the last delivered entry: nothing lost or repeated.
@@ -311,11 +318,12 @@ impl Follower {
             if empty_runs >= CURSOR_GIVE_UP && matches!(self.start, Start::AfterCursor(_)) {
                 warn!("journalctl keeps exiting when started after the saved cursor; continuing from the newest entry instead");
                 empty_runs = 0;
+                // A new starting point, not a retry of the failing one.
+                backoff = RESTART_MIN;
                 match tail_start(&self.program, &self.matches).await {
                     Ok(start) => {
-                        if let Start::AfterCursor(c) = &start {
-                            self.shared.set_cursor(c.clone());
-                        }
+                        // Replace the bad cursor, or it would be picked up again above.
+                        self.shared.reset_to(&start);
                         self.start = start;
                     }
                     Err(e) => error!("{e}"),

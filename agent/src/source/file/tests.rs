@@ -195,6 +195,31 @@ async fn resume_of_a_file_rotated_while_down_reads_old_rest_then_new() {
 }
 
 #[tokio::test]
+async fn glob_matching_rotated_names_resumes_the_predecessor_once() {
+    let dir = TempDir::new().unwrap();
+    let log = dir.path().join("auth.log");
+    let rotated = dir.path().join("auth.log.1");
+    append(&log, b"seen\nmissed\n");
+    let mut opts = options(&[&dir.path().join("auth.log*")]);
+    opts.resume.insert(log.clone(), position(&log, 5));
+    fs::rename(&log, &rotated).unwrap();
+    append(&log, b"new 1\n");
+    let (src, mut rx) = start(opts).await;
+    let mut got = [next(&mut rx).await, next(&mut rx).await];
+    got.sort_by(|a, b| a.text.cmp(&b.text));
+    assert_eq!(got[0].text, "missed");
+    assert_eq!(&*got[0].origin, rotated.to_str().unwrap());
+    assert_eq!(got[1].text, "new 1");
+    // One handle on the old file: a late write to it comes once.
+    append(&rotated, b"late\n");
+    expect_texts(&mut rx, &["late"]).await;
+    append(&log, b"marker\n");
+    expect_texts(&mut rx, &["marker"]).await;
+    assert_eq!(src.files(), vec![log, rotated]);
+    src.shutdown().await;
+}
+
+#[tokio::test]
 async fn rename_rotation_while_running_loses_and_repeats_nothing() {
     let dir = TempDir::new().unwrap();
     let log = dir.path().join("auth.log");

@@ -218,6 +218,58 @@ exec sleep 30
     );
 }
 
+#[tokio::test]
+async fn unusable_saved_cursor_is_dropped_for_a_fresh_start() {
+    let dir = TempDir::new().unwrap();
+    let script = dir.path().join("journalctl");
+    let d = dir.path().display();
+    // Like journalctl: a malformed cursor makes --follow exit at once.
+    fs::write(
+        &script,
+        format!(
+            r#"#!/bin/sh
+printf '%s\n' "$*" >> "{d}/args"
+case " $* " in
+  *" --after-cursor=bogus "*) echo 'Failed to seek to cursor: Invalid argument' >&2; exit 1 ;;
+  *" --follow "*)
+    # The first fresh run fails too: the bad cursor must not come back.
+    if [ ! -e "{d}/failed-once" ]; then touch "{d}/failed-once"; exit 1; fi
+    echo '{{"__CURSOR":"c1","MESSAGE":"fresh","SYSLOG_IDENTIFIER":"sshd"}}'; exec sleep 30 ;;
+esac
+# The newest-entry query finds nothing: a journal without matching entries.
+"#
+        ),
+    )
+    .unwrap();
+    fs::set_permissions(&script, fs::Permissions::from_mode(0o755)).unwrap();
+    let (tx, mut rx) = mpsc::channel(4);
+    let opts = JournalSourceOptions {
+        matches: Vec::new(),
+        cursor: Some("bogus".into()),
+    };
+    let src = spawn_retrying_busy_text(&script, opts, tx).await;
+    assert_eq!(src.cursor().as_deref(), Some("bogus"));
+    assert_eq!(next(&mut rx).await.text, "sshd: fresh");
+    timeout(WAIT, async {
+        while src.cursor().as_deref() != Some("c1") {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("cursor c1 recorded");
+    src.shutdown().await;
+    let args = fs::read_to_string(dir.path().join("args")).unwrap();
+    let bogus = args
+        .lines()
+        .filter(|l| l.contains("--after-cursor=bogus"))
+        .count();
+    assert_eq!(bogus as u32, CURSOR_GIVE_UP, "{args}");
+    // No entry to start after: from the second of the fallback on.
+    let fresh = args.lines().filter(|l| l.contains("--since=@")).count();
+    assert_eq!(fresh, 2, "{args}");
+    assert!(args.lines().last().unwrap().contains("--since=@"), "{args}");
+}
+
 /// A freshly written script can briefly be "text file busy" when another
 /// test thread forks while our write handle is open; that is not our bug.
 async fn spawn_retrying_busy_text(
