@@ -72,7 +72,7 @@ fn parser_handles_vlans_options_ipv6_and_non_ip() {
 
     let banned4: Ipv4Addr = ATK_V4.parse().unwrap();
     let clean4 = Ipv4Addr::new(198, 51, 100, 9);
-    let mut v4 = |vlans: &[u16], src: Ipv4Addr, opts: u8| {
+    let v4 = |vlans: &[u16], src: Ipv4Addr, opts: u8| {
         let mut p = eth(0x0800, vlans);
         p.extend(ipv4(src, opts));
         verdict(&dir, &p)
@@ -106,7 +106,7 @@ fn parser_handles_vlans_options_ipv6_and_non_ip() {
         "tarpit class passes to iptables"
     );
 
-    let mut v6 = |vlans: &[u16], src: Ipv6Addr| {
+    let v6 = |vlans: &[u16], src: Ipv6Addr| {
         let mut p = eth(0x86dd, vlans);
         p.extend(ipv6(src));
         verdict(&dir, &p)
