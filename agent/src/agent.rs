@@ -15,8 +15,9 @@ use crate::addr::Target;
 use crate::ban::{now_secs, BanBook, BanClass, BanRecord, MapChange, UnixSecs};
 use crate::config::{BanTime, Config, ResolvedConfig, SourceSpec};
 use crate::control::{self, ControlMessage, Reply, Request};
+use crate::enforce::iptables::TarpitSteering;
 use crate::enforce::xdp::{self, XdpEnforcer, XdpStats};
-use crate::enforce::Enforcer;
+use crate::enforce::{Enforcer, KernelEnforcer};
 use crate::escalation::{self, EscalationConfig, SubnetTracker, SUBNET_JAIL};
 use crate::jail::{BanRequest, Jail, JailVerdict};
 use crate::source::file::{FilePosition, FileSource, FileSourceOptions};
@@ -74,6 +75,8 @@ pub struct StatusView {
     pub bans_tarpit: usize,
     pub map_entries: usize,
     pub xdp: Option<serde_json::Value>,
+    /// Tarpit steering: mode, set members, chain counters.
+    pub tarpit: Option<serde_json::Value>,
     pub jails: Vec<JailStatus>,
 }
 
@@ -168,7 +171,16 @@ impl AgentCore {
                 report.stale_map_entries += 1;
             }
         }
-        for (target, class) in self.effective_bans() {
+        let effective = self.effective_bans();
+        // Steering first, so tarpit-class addresses are in the set before
+        // XDP is told to pass them.
+        let tarpit: Vec<Target> = effective
+            .iter()
+            .filter(|(_, c)| *c == BanClass::Tarpit)
+            .map(|(t, _)| *t)
+            .collect();
+        self.enforcer.sync_tarpit(&tarpit)?;
+        for (target, class) in effective {
             if in_kernel.get(&target) != Some(&Some(class)) {
                 self.enforcer.apply(&target, MapChange::Set(class))?;
             }
@@ -424,6 +436,7 @@ impl AgentCore {
                 .enforcer
                 .xdp_stats()?
                 .map(|s| serde_json::to_value(s).unwrap_or_default()),
+            tarpit: self.enforcer.steering_status(),
             jails,
         })
     }
@@ -614,7 +627,12 @@ pub async fn run(config_path: &Path) -> Result<()> {
 
     let store = BanStore::open(&agent.state_dir)?;
     let (mut program, maps) = XdpEnforcer::load(&agent.bpf_pin_dir)?;
-    let mut core = AgentCore::new(&resolved, store, Box::new(maps), &self_addresses())?;
+    let steering = setup_steering(&resolved)?;
+    let enforcer = KernelEnforcer {
+        xdp: maps,
+        steering: Some(steering),
+    };
+    let mut core = AgentCore::new(&resolved, store, Box::new(enforcer), &self_addresses())?;
     let report = core.restore(now_secs())?;
     tracing::info!(
         restored = report.restored,
@@ -750,6 +768,7 @@ pub async fn run(config_path: &Path) -> Result<()> {
     drop(core);
     drop(program);
     if teardown_requested || !agent.keep_on_exit {
+        TarpitSteering::teardown(&resolved.tarpit)?;
         let removed = xdp::teardown(&agent.bpf_pin_dir)?;
         tracing::info!(
             removed = removed.len(),
@@ -761,6 +780,24 @@ pub async fn run(config_path: &Path) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Create or adopt the tarpit chain and sets; say clearly when TARPIT is
+/// missing and what happens instead.
+fn setup_steering(cfg: &ResolvedConfig) -> Result<TarpitSteering> {
+    let steering = TarpitSteering::setup(&cfg.tarpit).context("[tarpit] steering set-up")?;
+    if let Some(notice) = steering.notice() {
+        tracing::warn!("{notice}");
+    }
+    if !steering.mode().is_active() && steering.leftovers() {
+        // Tarpit bans are now dropped at XDP; the old chain and sets would
+        // keep steering addresses that get unbanned later.
+        TarpitSteering::teardown(&cfg.tarpit)
+            .context("remove the tarpit chain and sets an earlier run left")?;
+        tracing::info!("removed the tarpit chain and sets left by an earlier run");
+    }
+    tracing::info!(mode = %steering.mode(), "tarpit steering");
+    Ok(steering)
 }
 
 fn save_positions(core: &mut AgentCore, sources: &[RunningSource]) {

@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::addr::Target;
 use crate::ban::BanClass;
 use crate::directories;
+use crate::enforce::iptables::TarpitConfig;
 use crate::escalation::EscalationConfig;
 use crate::filter::{FilterDef, FilterSet, UseDns};
 
@@ -30,6 +31,7 @@ pub struct Config {
     pub filters: BTreeMap<String, FilterDef>,
     pub jails: BTreeMap<String, JailConfig>,
     pub escalation: EscalationConfig,
+    pub tarpit: TarpitConfig,
 }
 
 /// `[agent]`: where and how the agent runs.
@@ -193,6 +195,7 @@ pub struct ResolvedConfig {
     pub default_bantime: BanTime,
     pub default_class: BanClass,
     pub escalation: EscalationConfig,
+    pub tarpit: TarpitConfig,
     /// History kept for escalation.
     pub dbpurgeage: Duration,
 }
@@ -254,6 +257,12 @@ impl Config {
         self.escalation
             .validate()
             .map_err(|(place, message)| invalid(place, message))?;
+        self.tarpit
+            .validate()
+            .map_err(|m| match m.split_once(": ") {
+                Some((place, message)) => invalid(place, message),
+                None => invalid("tarpit", m),
+            })?;
         if self.defaults.maxretry == 0 {
             return Err(invalid("defaults.maxretry", "must be at least 1"));
         }
@@ -275,6 +284,7 @@ impl Config {
             default_bantime: self.defaults.bantime,
             default_class: self.defaults.class,
             escalation: self.escalation.clone(),
+            tarpit: self.tarpit.clone(),
             dbpurgeage: self
                 .agent
                 .dbpurgeage

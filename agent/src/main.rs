@@ -275,6 +275,23 @@ fn print_status(s: &StatusView) {
         println!("packets:");
         print_xdp(x);
     }
+    if let Some(t) = &s.tarpit {
+        println!(
+            "tarpit steering: {} ({} addresses in the sets)",
+            t["mode"].as_str().unwrap_or("?"),
+            t["members"]
+        );
+        if let Some(c) = t.get("counters").filter(|c| !c.is_null()) {
+            for fam in ["v4", "v6"] {
+                println!(
+                    "  {fam}: steered {} packets, {} to the target, {} dropped over the limit",
+                    c[fam]["steered_packets"],
+                    c[fam]["limited_packets"],
+                    c[fam]["dropped_over_limit"]
+                );
+            }
+        }
+    }
     for j in &s.jails {
         let c = &j.counters;
         println!(
@@ -310,6 +327,9 @@ fn teardown(config: &Path) -> Result<()> {
             agent.bpf_pin_dir.display()
         );
     }
+    let tarpit = Config::load(config)?.tarpit;
+    xban::enforce::iptables::TarpitSteering::teardown(&tarpit)
+        .context("remove the tarpit chain and sets")?;
     let removed = xban::enforce::xdp::teardown(&agent.bpf_pin_dir)
         .with_context(|| format!("teardown of {}", agent.bpf_pin_dir.display()))?;
     if removed.is_empty() {

@@ -4,4 +4,5 @@
 
 mod ban_path;
 mod lifecycle;
+mod tarpit;
 mod xdp_parsing;

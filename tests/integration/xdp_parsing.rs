@@ -61,7 +61,7 @@ fn verdict(dir: &AgentDir, packet: &[u8]) -> u32 {
 fn parser_handles_vlans_options_ipv6_and_non_ip() {
     let lab = Lab::new().unwrap();
     let dir = AgentDir::new().unwrap();
-    dir.write_config(&lab, "[defaults]\nignoreip = [\"198.51.100.3\"]\n[jails.x]\nlogpath = [\"{LOG}\"]\nfailregex = ['fail <HOST>$']\n")
+    dir.write_config(&lab, "[tarpit]\nfallback = \"DROP\"\n[defaults]\nignoreip = [\"198.51.100.3\"]\n[jails.x]\nlogpath = [\"{LOG}\"]\nfailregex = ['fail <HOST>$']\n")
         .unwrap();
     let agent = AgentProcess::start(&lab, &dir).unwrap();
     dir.xban_ok(&["ban", ATK_V4]).unwrap();

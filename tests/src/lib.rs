@@ -233,6 +233,42 @@ impl Lab {
         }
     }
 
+    /// Connect over TCP from `src` to a listener at `dst`: Ok, or the error
+    /// kind (ConnectionRefused for a reset, TimedOut for silence).
+    pub fn tcp_connect_result(
+        &self,
+        src: &str,
+        dst: &str,
+    ) -> std::result::Result<(), std::io::ErrorKind> {
+        let dst_ip: IpAddr = dst.parse().unwrap();
+        let listener = Self::in_ns(&self.srv_ns, || {
+            TcpListener::bind(SocketAddr::new(dst_ip, 0)).expect("bind server tcp")
+        });
+        let to = listener.local_addr().unwrap();
+        let src_ip: IpAddr = src.parse().unwrap();
+        let sock = Self::in_ns(&self.atk_ns, || {
+            let domain = if src_ip.is_ipv4() {
+                socket2::Domain::IPV4
+            } else {
+                socket2::Domain::IPV6
+            };
+            let s =
+                socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))
+                    .unwrap();
+            s.bind(&SocketAddr::new(src_ip, 0).into()).unwrap();
+            s
+        });
+        sock.connect_timeout(&to.into(), Duration::from_millis(1500))
+            .map_err(|e| e.kind())
+    }
+
+    /// Run a command in the server's namespace; returns stdout.
+    pub fn in_srv(&self, cmd: &str, args: &[&str]) -> Result<String> {
+        let mut full = vec!["netns", "exec", self.srv_ns.as_str(), cmd];
+        full.extend_from_slice(args);
+        run("ip", &full)
+    }
+
     /// The XDP program attached to the server's interface, if any (`ip link`).
     pub fn xdp_attached(&self) -> bool {
         run(
@@ -272,6 +308,9 @@ impl Drop for Lab {
 pub struct AgentDir {
     pub dir: tempfile::TempDir,
     pub pin_dir: PathBuf,
+    /// The lab's server namespace: `xban` commands run there, so teardown's
+    /// firewall clean-up never touches the machine's own namespace.
+    netns: std::cell::RefCell<Option<String>>,
 }
 
 impl AgentDir {
@@ -280,6 +319,7 @@ impl AgentDir {
         Ok(AgentDir {
             dir: tempfile::Builder::new().prefix("xban-test-").tempdir()?,
             pin_dir: PathBuf::from(format!("/sys/fs/bpf/xban-test-{}-{n}", std::process::id())),
+            netns: std::cell::RefCell::new(None),
         })
     }
 
@@ -298,6 +338,7 @@ impl AgentDir {
     /// Write a config for `lab`: the `[agent]` section is filled in, `rest`
     /// holds `[defaults]`/`[jails]` (use `{LOG}` for the log path).
     pub fn write_config(&self, lab: &Lab, rest: &str) -> Result<()> {
+        *self.netns.borrow_mut() = Some(lab.srv_ns.clone());
         let text = format!(
             "[agent]\ninterfaces = [\"{}\"]\nxdp_mode = \"native\"\nbpf_pin_dir = \"{}\"\nstate_dir = \"{}\"\nsocket = \"{}\"\nfilters_dir = \"{}\"\n\n{}",
             lab.srv_if,
@@ -329,11 +370,20 @@ impl AgentDir {
     /// Run an `xban` command against this agent's config (from the root
     /// namespace: the socket and pins are files, reachable from anywhere).
     pub fn xban(&self, args: &[&str]) -> Result<std::process::Output> {
-        Ok(Command::new(xban_bin())
-            .arg("-c")
-            .arg(self.config_path())
-            .args(args)
-            .output()?)
+        Ok(self.xban_command().args(args).output()?)
+    }
+
+    fn xban_command(&self) -> Command {
+        let mut cmd = match self.netns.borrow().as_ref() {
+            Some(ns) => {
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net=/run/netns/{ns}")).arg(xban_bin());
+                c
+            }
+            None => Command::new(xban_bin()),
+        };
+        cmd.arg("-c").arg(self.config_path());
+        cmd
     }
 
     /// Run an `xban` command that must succeed; returns stdout.
@@ -372,11 +422,7 @@ impl Drop for AgentDir {
     fn drop(&mut self) {
         // Whatever a test left attached or pinned goes with it.
         if self.pin_dir.exists() {
-            let _ = Command::new(xban_bin())
-                .arg("-c")
-                .arg(self.config_path())
-                .arg("teardown")
-                .output();
+            let _ = self.xban_command().arg("teardown").output();
             let _ = std::fs::remove_dir_all(&self.pin_dir);
         }
     }

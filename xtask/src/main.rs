@@ -1,6 +1,7 @@
 //! `cargo xtask`: builds, runs and tests xban (see `cargo xtask --help`).
 
 mod cmd;
+mod journal;
 mod prereq;
 mod tasks;
 mod workspace;

@@ -21,6 +21,8 @@ pub enum Purpose {
 const BUILD_PACKAGES: &[&str] = &["llvm-22-dev", "libpolly-22-dev"];
 /// Tools the privileged integration tests drive.
 const TEST_PACKAGES: &[&str] = &[
+    // journalctl, systemd-cat and systemd-journald, for the journal source's test.
+    "systemd",
     "iproute2",
     "bpftool",
     "iptables",

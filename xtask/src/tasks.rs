@@ -104,6 +104,7 @@ pub fn run(ws: &Workspace, args: &[OsString]) -> Result<()> {
 pub fn test(ws: &Workspace, args: &[OsString]) -> Result<()> {
     let bin = build(ws, Profile::Release)?;
     let obj = ws.ebpf_object();
+    let _journald = crate::journal::JournalGuard::ensure();
 
     // Same profile and XBAN_EBPF_OBJ as `build`, so its artifacts are reused.
     // xban-ebpf is excluded because it only builds for the BPF target (above).

@@ -1,43 +1,109 @@
-//! Enforcement: turning the agent's ban decisions into kernel state.
+//! Enforcement: turning the agent's ban decisions into kernel state, in the
+//! XDP maps and, for the tarpit class, in iptables' steering set.
 
+pub mod iptables;
 pub mod xdp;
 
 use anyhow::Result;
 
 use crate::addr::Target;
-use crate::ban::MapChange;
+use crate::ban::{BanClass, MapChange};
+use iptables::TarpitSteering;
 
-/// Where ban decisions are written. The XDP maps in production; tests of the
+/// Where ban decisions are written. The kernel in production; tests of the
 /// agent's logic use a recorder.
 pub trait Enforcer: Send {
     fn apply(&mut self, target: &Target, change: MapChange) -> Result<()>;
     fn set_allowlist(&mut self, list: &[Target]) -> Result<()>;
-    /// Every target the kernel currently holds, with its class when readable.
-    fn entries(&self) -> Result<Vec<(Target, Option<crate::ban::BanClass>)>>;
+    /// Every target the XDP maps hold now, with its class when readable.
+    fn entries(&self) -> Result<Vec<(Target, Option<BanClass>)>>;
+    /// At start: the tarpit-class targets, all of them (steering set sync).
+    fn sync_tarpit(&mut self, _targets: &[Target]) -> Result<()> {
+        Ok(())
+    }
     /// The XDP counters, where there are any.
     fn xdp_stats(&self) -> Result<Option<xdp::XdpStats>> {
         Ok(None)
     }
+    /// Steering mode and counters, where there is steering.
+    fn steering_status(&self) -> Option<serde_json::Value> {
+        None
+    }
 }
 
-impl Enforcer for xdp::XdpMaps {
+/// The real thing: XDP maps, plus iptables steering for the tarpit class.
+pub struct KernelEnforcer {
+    pub xdp: xdp::XdpMaps,
+    pub steering: Option<TarpitSteering>,
+}
+
+impl KernelEnforcer {
+    /// Is the tarpit class steered (XDP passes it) or dropped at XDP?
+    fn steered(&self) -> bool {
+        self.steering.as_ref().is_some_and(|s| s.mode().is_active())
+    }
+}
+
+impl Enforcer for KernelEnforcer {
+    /// Order matters: a tarpit-class address joins the steering set before
+    /// XDP starts passing it, and leaves the set only after XDP drops it, so
+    /// it is never let through unsteered.
     fn apply(&mut self, target: &Target, change: MapChange) -> Result<()> {
+        let steered = self.steered();
         match change {
-            MapChange::Set(class) => self.set_ban(target, class),
-            MapChange::Remove => self.remove_ban(target),
+            MapChange::Set(BanClass::Tarpit) if steered => {
+                if let Some(s) = self.steering.as_mut() {
+                    s.add(target)?;
+                }
+                self.xdp.set_ban(target, BanClass::Tarpit)
+            }
+            // Without steering the tarpit class is dropped at XDP.
+            MapChange::Set(BanClass::Tarpit) => self.xdp.set_ban(target, BanClass::Drop),
+            MapChange::Set(BanClass::Drop) => {
+                self.xdp.set_ban(target, BanClass::Drop)?;
+                if let Some(s) = self.steering.as_mut() {
+                    s.remove(target)?;
+                }
+                Ok(())
+            }
+            MapChange::Remove => {
+                self.xdp.remove_ban(target)?;
+                if let Some(s) = self.steering.as_mut() {
+                    s.remove(target)?;
+                }
+                Ok(())
+            }
             MapChange::Unchanged => Ok(()),
         }
     }
 
     fn set_allowlist(&mut self, list: &[Target]) -> Result<()> {
-        xdp::XdpMaps::set_allowlist(self, list)
+        self.xdp.set_allowlist(list)
     }
 
-    fn entries(&self) -> Result<Vec<(Target, Option<crate::ban::BanClass>)>> {
-        self.bans()
+    fn entries(&self) -> Result<Vec<(Target, Option<BanClass>)>> {
+        self.xdp.bans()
+    }
+
+    fn sync_tarpit(&mut self, targets: &[Target]) -> Result<()> {
+        if let Some(s) = self.steering.as_mut() {
+            s.sync(targets)?;
+        }
+        Ok(())
     }
 
     fn xdp_stats(&self) -> Result<Option<xdp::XdpStats>> {
-        self.stats().map(Some)
+        self.xdp.stats().map(Some)
+    }
+
+    fn steering_status(&self) -> Option<serde_json::Value> {
+        let s = self.steering.as_ref()?;
+        let counters = s.counters().ok();
+        Some(serde_json::json!({
+            "mode": s.mode().to_string(),
+            "active": s.mode().is_active(),
+            "members": s.members().map(|m| m.len()).unwrap_or(0),
+            "counters": counters,
+        }))
     }
 }
