@@ -71,6 +71,26 @@ enum Command {
     },
     /// Check the config file and exit.
     Check,
+    /// Test a filter on a log file or one line, without a running agent
+    /// or root: hits per regex, matched/ignored/missed lines, hosts, times.
+    Regex {
+        /// A log file, or a literal log line.
+        input: String,
+        /// A filter name (built-in or in filters_dir), a filter file
+        /// (`.toml`), or a literal failregex with <HOST>.
+        filter: String,
+        /// Extra ignoreregex (repeatable).
+        #[arg(long)]
+        ignoreregex: Vec<String>,
+        /// The filter's mode (e.g. sshd: normal, ddos, aggressive).
+        #[arg(long)]
+        mode: Option<String>,
+        /// List the lines that matched nothing.
+        #[arg(long)]
+        print_missed: bool,
+        #[arg(long)]
+        json: bool,
+    },
     /// Detach XDP and remove every map and pin (stops a running agent first).
     Teardown,
 }
@@ -185,6 +205,32 @@ fn dispatch(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Teardown => teardown(&cli.config),
+        Command::Regex {
+            input,
+            filter,
+            ignoreregex,
+            mode,
+            print_missed,
+            json,
+        } => {
+            // The config is optional here: it only says where operators' filters live.
+            let filters_dir = Config::load(&cli.config)
+                .map(|c| c.agent.filters_dir)
+                .unwrap_or_else(|_| PathBuf::from(directories::FILTERS_DIR));
+            let report = xban::filter::regex_tool::run(&xban::filter::regex_tool::RegexToolArgs {
+                input,
+                filter,
+                ignoreregex,
+                mode,
+                print_missed,
+                filters_dir: Some(filters_dir),
+            })?;
+            if json {
+                return print_json(&serde_json::to_value(&report)?);
+            }
+            print!("{report}");
+            Ok(())
+        }
     }
 }
 

@@ -1,131 +1,452 @@
-//! TEMPORARY stand-in with the filter API; replaced by the real engine.
+//! Failure detection: turns log lines into "address X failed at time T".
+//!
+//! A jail's filter is a list of *failregexes* (any match is a failure) and
+//! *ignoreregexes* (a failure line that also matches one is dropped).
+//! [`FilterSet::compile`] builds one matcher for the whole list:
+//!
+//! 1. the line's timestamp is found by a byte scanner ([`time`]); if it is
+//!    the line's leading field it is cut off, so patterns see
+//!    `host sshd[12]: Failed ...` whether the line came from a syslog file or
+//!    (without timestamp and host) from the journal;
+//! 2. an Aho-Corasick scan for literals every failregex requires rejects
+//!    most uninteresting lines;
+//! 3. a [`regex::RegexSet`] tells which failregexes match;
+//! 4. only those are run again for captures, in list order, and the first
+//!    whose captured address survives validation wins;
+//! 5. ignoreregexes are checked only for lines that produced a failure.
+//!
+//! # Tags in patterns
+//!
+//! * `<HOST>`: an IPv4 address, an IPv6 address in any textual form
+//!   (compressed, embedded IPv4, `[bracketed]`, `%zone`), or a hostname.
+//!   The hostname is returned as [`Host::Name`]; the caller resolves it or
+//!   not according to [`UseDns`].
+//! * `<ADDR>`: an address only, never a hostname. `<IP4>` / `<IP6>`: one
+//!   family only.
+//! * `<F-USER>...</F-USER>`: captures the user name matched by the enclosed
+//!   sub-pattern. A lone `<F-USER>` (no closing tag before the next
+//!   `<F-USER>`) means `(?P<user>\S+)`.
+//! * Macros (xban's own, expanded before the tags above):
+//!   * `<PREFIX>`: the optional syslog host field, `(?:[\w.@:-]+ )?`;
+//!   * `<SSHD>`: `<PREFIX>` plus `sshd[pid]: ` (also `sshd-session`,
+//!     `sshd-auth`, `[sshd]`), Solaris `[ID n auth.info] ` and an optional
+//!     `error: `/`fatal: `;
+//!   * `<APACHE_CLIENT>`: an Apache error-log head through
+//!     `[client <HOST>(:port)] ` and an optional `AHnnnnn: `, for the log
+//!     file and for `ErrorLog syslog`;
+//!   * `<NGINX_ERROR>`: an nginx error-log head through `pid#tid: *conn `.
+//!
+//! Every captured address is parsed by `std`; a match whose capture is not a
+//! real address (`999.1.1.1`, `05:28:31`) or is glued to neighbouring
+//! characters (`1.2.3.4.5`, `1.2.3.4x`) is not a failure. `::ffff:a.b.c.d` is
+//! reported as the IPv4 address.
+//!
+//! Any other `<...>` text is literal (`from=<>`); fail2ban's other field tags
+//! (`<F-NOFAIL>`, `<F-MLFID>`, ...) are rejected because xban matches single
+//! lines only.
+
+pub mod builtin;
+pub mod host;
+mod prefilter;
+pub mod regex_tool;
+pub mod time;
+
 use std::collections::BTreeMap;
+use std::fmt;
 use std::net::IpAddr;
+use std::path::PathBuf;
 use std::time::SystemTime;
 
-pub mod builtin {
-    use super::*;
-    pub fn builtin(name: &str) -> Option<FilterDef> {
-        (name == "sshd").then(|| FilterDef {
-            failregex: vec![
-                r"sshd\[\d+\]: Failed password for (?:invalid user )?\S+ from <HOST> port \d+"
-                    .into(),
-            ],
-            ..Default::default()
-        })
-    }
-    pub fn builtin_names() -> &'static [&'static str] {
-        &["sshd"]
-    }
-    pub fn load_dir(_dir: &std::path::Path) -> Result<BTreeMap<String, FilterDef>, FilterError> {
-        Ok(BTreeMap::new())
+use regex::{Regex, RegexSet};
+use serde::{Deserialize, Serialize};
+
+use self::host::HostKind;
+use self::prefilter::Prefilter;
+use self::time::DatePattern;
+
+/// Errors from compiling filters or loading filter files. Each message names
+/// the place (regex index, file, mode) and what to do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum FilterError {
+    #[error("{place} has no <HOST> or <ADDR> tag: add one so xban knows whom to ban")]
+    NoHostTag { place: String },
+    #[error("{place} is not a valid regex: {source}; fix the pattern (after tag expansion it reads: {expanded})")]
+    BadRegex {
+        place: String,
+        expanded: String,
+        #[source]
+        source: Box<regex::Error>,
+    },
+    #[error("{place}: bad tag {tag}: {fix}")]
+    BadTag {
+        place: String,
+        tag: String,
+        fix: String,
+    },
+    #[error("the filter has no failregex: add at least one pattern with <HOST> or <ADDR>")]
+    NoFailregex,
+    #[error("unknown mode {mode:?}: {}", known_modes_hint(.known))]
+    UnknownMode { mode: String, known: Vec<String> },
+    #[error("datepattern {pattern:?} is invalid: {reason}")]
+    DatePattern { pattern: String, reason: String },
+    #[error("cannot read {}: {source}; check that the path exists and is readable", .path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}: invalid filter file: {source}; fix the TOML (keys: failregex, ignoreregex, datepattern, modes, default_mode, description)", .path.display())]
+    Toml {
+        path: PathBuf,
+        #[source]
+        source: Box<toml::de::Error>,
+    },
+    #[error("{}: {source}", .path.display())]
+    InFile {
+        path: PathBuf,
+        #[source]
+        source: Box<FilterError>,
+    },
+    #[error("--mode applies to named filters and .toml files, not to a literal regex: drop --mode or name a filter")]
+    ModeOnRegex,
+    #[error("{place}: {source}")]
+    InMode {
+        place: String,
+        #[source]
+        source: Box<FilterError>,
+    },
+}
+
+fn known_modes_hint(known: &[String]) -> String {
+    if known.is_empty() {
+        "this filter has no modes; remove the mode setting".to_string()
+    } else {
+        format!("use one of {} or leave mode unset", known.join(", "))
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct FilterError(String);
-
-#[derive(Debug, Clone, Default, serde::Deserialize, serde::Serialize, PartialEq)]
+/// A failregex/ignoreregex list added by a named mode.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FilterMode {
     pub failregex: Vec<String>,
     pub ignoreregex: Vec<String>,
 }
 
-#[derive(Debug, Clone, Default, serde::Deserialize, serde::Serialize, PartialEq)]
+/// A filter definition as written in config (`[filters.NAME]`) or a
+/// built-in TOML file.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FilterDef {
     pub failregex: Vec<String>,
     pub ignoreregex: Vec<String>,
     pub datepattern: Option<String>,
+    /// Named modes (e.g. sshd: normal, ddos, aggressive): each adds its
+    /// failregex list to the base list.
     pub modes: BTreeMap<String, FilterMode>,
     pub default_mode: Option<String>,
     pub description: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, Default, serde::Deserialize, serde::Serialize, PartialEq, Eq)]
+/// Whether hostnames captured by `<HOST>` are resolved.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum UseDns {
+    /// Resolve and ban the addresses.
     Yes,
+    /// Resolve, ban, and log a warning (names are attacker-influenced).
     #[default]
     Warn,
+    /// Ignore failures that carry only a hostname.
     No,
 }
 
-pub struct FilterSet {
-    fail: Vec<regex::Regex>,
-    ignore: Vec<regex::Regex>,
-}
-
-pub enum LineMatch {
-    NoMatch { time: TimeFound },
-    Ignored { regex: usize, time: TimeFound },
-    Failure(Failure),
-}
-pub struct Failure {
-    pub host: Host,
-    pub regex: usize,
-    pub user: Option<String>,
-    pub time: TimeFound,
-}
-pub enum TimeFound {
-    Parsed(SystemTime),
-    Missing,
-}
+/// Who failed.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Host {
     Addr(IpAddr),
+    /// A hostname captured by `<HOST>`, lower-cased.
     Name(String),
 }
 
-impl FilterSet {
-    pub fn compile(
-        failregex: &[String],
-        ignoreregex: &[String],
-        _dp: Option<&str>,
-    ) -> Result<FilterSet, FilterError> {
-        let mut fail = Vec::new();
-        for (i, r) in failregex.iter().enumerate() {
-            if !r.contains("<HOST>") {
-                return Err(FilterError(format!("failregex[{i}] has no <HOST> tag")));
-            }
-            let r = r.replace("<HOST>", r"(?P<host>[0-9A-Fa-f:.]+)");
-            fail.push(
-                regex::Regex::new(&r).map_err(|e| FilterError(format!("failregex[{i}]: {e}")))?,
-            );
-        }
-        let ignore = ignoreregex
-            .iter()
-            .map(|r| regex::Regex::new(r).map_err(|e| FilterError(e.to_string())))
-            .collect::<Result<_, _>>()?;
-        Ok(FilterSet { fail, ignore })
-    }
-    pub fn from_def(def: &FilterDef, _mode: Option<&str>) -> Result<FilterSet, FilterError> {
-        Self::compile(&def.failregex, &def.ignoreregex, None)
-    }
-    pub fn match_line(&self, line: &str, _now: SystemTime) -> LineMatch {
-        for (i, r) in self.ignore.iter().enumerate() {
-            if r.is_match(line) {
-                return LineMatch::Ignored {
-                    regex: i,
-                    time: TimeFound::Missing,
-                };
-            }
-        }
-        for (i, r) in self.fail.iter().enumerate() {
-            if let Some(c) = r.captures(line) {
-                if let Ok(ip) = c["host"].parse() {
-                    return LineMatch::Failure(Failure {
-                        host: Host::Addr(ip),
-                        regex: i,
-                        user: None,
-                        time: TimeFound::Missing,
-                    });
-                }
-            }
-        }
-        LineMatch::NoMatch {
-            time: TimeFound::Missing,
+impl fmt::Display for Host {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Host::Addr(a) => a.fmt(f),
+            Host::Name(n) => f.write_str(n),
         }
     }
 }
+
+/// The time a line carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimeFound {
+    Parsed(SystemTime),
+    /// No timestamp recognised: the caller uses the read time (and counts it).
+    Missing,
+}
+
+/// One detected failure.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    pub host: Host,
+    /// Index of the failregex that matched.
+    pub regex: usize,
+    /// From `<F-USER>`.
+    pub user: Option<String>,
+    pub time: TimeFound,
+}
+
+/// Result of [`FilterSet::match_line`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LineMatch {
+    NoMatch {
+        time: TimeFound,
+    },
+    /// A failregex matched but ignoreregex `regex` did too.
+    Ignored {
+        regex: usize,
+        time: TimeFound,
+    },
+    Failure(Failure),
+}
+
+#[derive(Debug, Clone)]
+struct FailRegex {
+    regex: Regex,
+    /// (capture index, kind) of each host tag.
+    hosts: Vec<(usize, HostKind)>,
+    users: Vec<usize>,
+}
+
+/// A compiled filter: all failregexes of a jail in one matcher.
+#[derive(Debug, Clone)]
+pub struct FilterSet {
+    fail_set: RegexSet,
+    fails: Vec<FailRegex>,
+    ignore_set: Option<RegexSet>,
+    prefilter: Prefilter,
+    datepattern: Option<DatePattern>,
+    sources: Vec<String>,
+}
+
+/// Bound on re-searches when a match's address does not validate, so that a
+/// hostile line cannot make matching quadratic.
+const MAX_ATTEMPTS: usize = 8;
+
+fn compile_one(pattern: &str, place: &str) -> Result<(Regex, host::Expanded), FilterError> {
+    let exp = host::expand(pattern, place)?;
+    let regex = Regex::new(&exp.pattern).map_err(|e| FilterError::BadRegex {
+        place: place.to_string(),
+        expanded: exp.pattern.clone(),
+        source: Box::new(e),
+    })?;
+    Ok((regex, exp))
+}
+
+impl FilterSet {
+    /// Compiles a failregex/ignoreregex list. Every failregex needs a host
+    /// tag; ignoreregexes may use tags too (their captures are unused).
+    pub fn compile(
+        failregex: &[String],
+        ignoreregex: &[String],
+        datepattern: Option<&str>,
+    ) -> Result<FilterSet, FilterError> {
+        if failregex.is_empty() {
+            return Err(FilterError::NoFailregex);
+        }
+        let mut fails = Vec::with_capacity(failregex.len());
+        let mut expanded = Vec::with_capacity(failregex.len());
+        for (i, src) in failregex.iter().enumerate() {
+            let place = format!("failregex[{i}]");
+            let (regex, exp) = compile_one(src, &place)?;
+            if exp.hosts.is_empty() {
+                return Err(FilterError::NoHostTag { place });
+            }
+            let index_of = |name: &str| -> usize {
+                regex
+                    .capture_names()
+                    .position(|n| n == Some(name))
+                    .expect("tag group exists")
+            };
+            let hosts = exp.hosts.iter().map(|(n, k)| (index_of(n), *k)).collect();
+            let users = exp.users.iter().map(|n| index_of(n)).collect();
+            fails.push(FailRegex {
+                regex,
+                hosts,
+                users,
+            });
+            expanded.push(exp.pattern);
+        }
+        let fail_set = RegexSet::new(&expanded).map_err(|e| FilterError::BadRegex {
+            place: "failregex (combined set)".to_string(),
+            expanded: "all failregexes".to_string(),
+            source: Box::new(e),
+        })?;
+
+        let mut ignore_expanded = Vec::with_capacity(ignoreregex.len());
+        for (i, src) in ignoreregex.iter().enumerate() {
+            let (_, exp) = compile_one(src, &format!("ignoreregex[{i}]"))?;
+            ignore_expanded.push(exp.pattern);
+        }
+        let ignore_set = if ignore_expanded.is_empty() {
+            None
+        } else {
+            Some(
+                RegexSet::new(&ignore_expanded).map_err(|e| FilterError::BadRegex {
+                    place: "ignoreregex (combined set)".to_string(),
+                    expanded: "all ignoreregexes".to_string(),
+                    source: Box::new(e),
+                })?,
+            )
+        };
+        let datepattern = datepattern.map(DatePattern::parse).transpose()?;
+        Ok(FilterSet {
+            prefilter: Prefilter::new(&expanded),
+            fail_set,
+            fails,
+            ignore_set,
+            datepattern,
+            sources: failregex.to_vec(),
+        })
+    }
+
+    /// Compiles a definition with its base lists plus those of `mode`
+    /// (or `default_mode` when `mode` is `None`).
+    pub fn from_def(def: &FilterDef, mode: Option<&str>) -> Result<FilterSet, FilterError> {
+        let (fail, ignore) = def.lists(mode)?;
+        let place = mode.or(def.default_mode.as_deref());
+        FilterSet::compile(&fail, &ignore, def.datepattern.as_deref()).map_err(|e| match place {
+            Some(m) => FilterError::InMode {
+                place: format!("mode {m:?}"),
+                source: Box::new(e),
+            },
+            None => e,
+        })
+    }
+
+    /// Number of failregexes (indices in [`Failure::regex`] are below it).
+    pub fn failregex_count(&self) -> usize {
+        self.fails.len()
+    }
+
+    /// The failregex sources, in index order.
+    pub fn failregex_sources(&self) -> &[String] {
+        &self.sources
+    }
+
+    /// Matches one log line. `now` is used for year inference.
+    pub fn match_line(&self, line: &str, now: SystemTime) -> LineMatch {
+        let line = line.trim_end_matches(['\n', '\r']);
+        let (time, text) = match time::parse_time(line, now, self.datepattern.as_ref()) {
+            Some((t, range)) => {
+                let text = match time::leading_stamp_end(line, &range) {
+                    Some(end) => &line[end..],
+                    None => line,
+                };
+                (TimeFound::Parsed(t), text)
+            }
+            None => (TimeFound::Missing, line),
+        };
+        if !self.prefilter.may_match(text) {
+            return LineMatch::NoMatch { time };
+        }
+        let matched = self.fail_set.matches(text);
+        if !matched.matched_any() {
+            return LineMatch::NoMatch { time };
+        }
+        for idx in matched.iter() {
+            if let Some((host, user)) = self.capture(idx, text) {
+                if let Some(ign) = &self.ignore_set {
+                    if let Some(regex) = ign.matches(text).iter().next() {
+                        return LineMatch::Ignored { regex, time };
+                    }
+                }
+                return LineMatch::Failure(Failure {
+                    host,
+                    regex: idx,
+                    user,
+                    time,
+                });
+            }
+        }
+        LineMatch::NoMatch { time }
+    }
+
+    /// Runs failregex `idx` for captures. If the address it captured is not
+    /// valid, searches again after the match start (bounded), so that a
+    /// decoy earlier in the line does not hide a real address later.
+    fn capture(&self, idx: usize, text: &str) -> Option<(Host, Option<String>)> {
+        let fr = &self.fails[idx];
+        let mut locs = fr.regex.capture_locations();
+        let mut start = 0;
+        for _ in 0..MAX_ATTEMPTS {
+            let m = fr.regex.captures_read_at(&mut locs, text, start)?;
+            let host = fr.hosts.iter().find_map(|&(g, kind)| {
+                let (s, e) = locs.get(g)?;
+                if !host::boundary_ok(text, s, e) {
+                    return None;
+                }
+                host::parse_host(&text[s..e], kind)
+            });
+            if let Some(host) = host {
+                let user = fr
+                    .users
+                    .iter()
+                    .find_map(|&g| locs.get(g))
+                    .map(|(s, e)| text[s..e].to_string());
+                return Some((host, user));
+            }
+            // Step one character past the match start.
+            let next = text[m.start()..].chars().next().map_or(1, char::len_utf8);
+            start = m.start() + next;
+            if start > text.len() {
+                return None;
+            }
+        }
+        None
+    }
+}
+
+impl FilterDef {
+    /// Base lists plus the chosen mode's lists.
+    pub fn lists(&self, mode: Option<&str>) -> Result<(Vec<String>, Vec<String>), FilterError> {
+        let mut fail = self.failregex.clone();
+        let mut ignore = self.ignoreregex.clone();
+        if let Some(m) = mode.or(self.default_mode.as_deref()) {
+            let Some(fm) = self.modes.get(m) else {
+                return Err(FilterError::UnknownMode {
+                    mode: m.to_string(),
+                    known: self.modes.keys().cloned().collect(),
+                });
+            };
+            fail.extend(fm.failregex.iter().cloned());
+            ignore.extend(fm.ignoreregex.iter().cloned());
+        }
+        Ok((fail, ignore))
+    }
+
+    /// Compiles the base lists and every mode, to report errors at load.
+    pub fn validate(&self) -> Result<(), FilterError> {
+        if self.modes.is_empty() {
+            FilterSet::from_def(self, None)?;
+        }
+        for m in self.modes.keys() {
+            FilterSet::from_def(self, Some(m))?;
+        }
+        if let Some(d) = &self.default_mode {
+            if !self.modes.contains_key(d) {
+                return Err(FilterError::UnknownMode {
+                    mode: d.clone(),
+                    known: self.modes.keys().cloned().collect(),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod corpus_tests;
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,493 @@
+//! Tag expansion (`<HOST>`, `<ADDR>`, `<F-USER>`, the built-in macros) and
+//! validation of the address a failregex captured.
+//!
+//! The regex crate has no look-around, so address boundaries are checked on
+//! the captured span's neighbours after the match ([`boundary_ok`]), and every
+//! captured address is re-parsed with `std` before it is believed
+//! ([`parse_host`]).
+
+use std::net::{IpAddr, Ipv6Addr};
+use std::str::FromStr;
+
+use super::{FilterError, Host};
+
+/// What a host tag accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostKind {
+    /// `<HOST>`: an address or a hostname.
+    Host,
+    /// `<ADDR>`: an IPv4 or IPv6 address, never a name.
+    Addr,
+    /// `<IP4>`: IPv4 only.
+    Ip4,
+    /// `<IP6>`: IPv6 only (IPv4-mapped forms are returned as IPv4).
+    Ip6,
+}
+
+const IP4: &str = r"[0-9]{1,3}(?:\.[0-9]{1,3}){3}";
+// The embedded-IPv4 tail is listed before the hex tail: leftmost-first
+// alternation would otherwise stop `::ffff:1.2.3.4` at `::ffff:1`.
+const IP6: &str = concat!(
+    r"(?:[0-9A-Fa-f]{0,4}:){2,7}",
+    r"(?:[0-9]{1,3}(?:\.[0-9]{1,3}){3}|[0-9A-Fa-f]{1,4})?",
+    r"(?:%[0-9A-Za-z_.-]+)?"
+);
+const HOSTNAME: &str = r"[A-Za-z0-9](?:[A-Za-z0-9_.-]*[A-Za-z0-9])?";
+
+fn host_body(kind: HostKind) -> String {
+    match kind {
+        HostKind::Ip4 => IP4.to_string(),
+        HostKind::Ip6 => format!(r"\[{IP6}\]|{IP6}"),
+        HostKind::Addr => format!(r"{IP4}|\[{IP6}\]|{IP6}"),
+        HostKind::Host => format!(r"{IP4}|\[{IP6}\]|{IP6}|{HOSTNAME}"),
+    }
+}
+
+/// Built-in macros, expanded before the host/user tags (they may contain
+/// them). Documented in the module docs of `filter`.
+const MACROS: &[(&str, &str)] = &[
+    // Optional syslog host field left after the leading timestamp was cut.
+    // Journal lines (`ident[pid]: msg`) simply have none.
+    ("<PREFIX>", r"(?:[\w.@:-]+ )?"),
+    // sshd / sshd-session / sshd-auth (OpenSSH >= 9.8 split the daemon),
+    // the Solaris message-id tag and the `error:`/`fatal:` level word.
+    (
+        "<SSHD>",
+        r"(?:[\w.@:-]+ )?(?:sshd(?:-session|-auth)?(?:\[[0-9]+\])?:?|\[sshd\]:?) (?:\[ID [0-9]+ [\w.]+\] )?(?:(?:error|fatal): )?",
+    ),
+    // Apache error-log head up to and including `[client ADDR(:port)] ` and
+    // an optional `AHnnnnn: ` message id. Works for the file (timestamp cut)
+    // and for `ErrorLog syslog`.
+    (
+        "<APACHE_CLIENT>",
+        r"(?:[\w.@:-]+ )?(?:(?:apache2?|httpd)(?:/[\w.-]+)?(?:\[[0-9]+\])?: )?\[(?:[\w-]*:)?[a-z]+[0-9]?\] (?:\[pid [0-9]+(?::tid [0-9]+)?\] )?\[client <HOST>(?::[0-9]{1,5})?\] (?:AH[0-9]{5}: )?",
+    ),
+    // nginx error-log head after the timestamp: `[level] pid#tid: *conn `.
+    (
+        "<NGINX_ERROR>",
+        r"(?:[\w.@:-]+ )?(?:nginx(?:\[[0-9]+\])?: )?\[[a-z]+\] [0-9]+#[0-9]+: (?:\*[0-9]+ )?",
+    ),
+];
+
+/// Names of the macros, for documentation and error messages.
+pub const MACRO_NAMES: &[&str] = &["<PREFIX>", "<SSHD>", "<APACHE_CLIENT>", "<NGINX_ERROR>"];
+
+/// A failregex after tag expansion.
+#[derive(Debug, Clone)]
+pub(crate) struct Expanded {
+    pub pattern: String,
+    /// Capture-group names of host tags, in order of appearance.
+    pub hosts: Vec<(String, HostKind)>,
+    /// Capture-group names of user tags.
+    pub users: Vec<String>,
+}
+
+/// Expands macros, host tags and `<F-USER>` in `regex`. `place` names the
+/// regex in errors (e.g. `failregex[2]`).
+pub(crate) fn expand(regex: &str, place: &str) -> Result<Expanded, FilterError> {
+    let mut src = regex.to_string();
+    // Macros may contain <HOST>, so they go first; a fixed number of passes
+    // because macros never nest more than once.
+    for _ in 0..2 {
+        for (name, body) in MACROS {
+            if src.contains(name) {
+                src = src.replace(name, body);
+            }
+        }
+    }
+
+    let mut out = String::with_capacity(src.len() * 2);
+    let mut hosts = Vec::new();
+    let mut users = Vec::new();
+    let mut open_user = false;
+    let mut rest = src.as_str();
+    while let Some(lt) = rest.find('<') {
+        out.push_str(&rest[..lt]);
+        let tail = &rest[lt..];
+        // An escaped `\<` is a literal.
+        if out.ends_with('\\') && !out.ends_with("\\\\") {
+            out.push('<');
+            rest = &tail[1..];
+            continue;
+        }
+        let Some(gt) = tail.find('>') else {
+            out.push_str(tail);
+            rest = "";
+            break;
+        };
+        let tag = &tail[..=gt];
+        let after = &tail[gt + 1..];
+        let host_kind = match tag {
+            "<HOST>" => Some(HostKind::Host),
+            "<ADDR>" => Some(HostKind::Addr),
+            "<IP4>" => Some(HostKind::Ip4),
+            "<IP6>" => Some(HostKind::Ip6),
+            _ => None,
+        };
+        if let Some(kind) = host_kind {
+            let name = format!("xban_host{}", hosts.len());
+            out.push_str(&format!("(?P<{name}>{})", host_body(kind)));
+            hosts.push((name, kind));
+        } else if tag == "<F-USER>" {
+            if open_user {
+                return Err(FilterError::BadTag {
+                    place: place.to_string(),
+                    tag: tag.to_string(),
+                    fix: "close the previous <F-USER> with </F-USER> first".to_string(),
+                });
+            }
+            let name = format!("xban_user{}", users.len());
+            // The paired form wraps a sub-pattern; a lone <F-USER> (no
+            // closing tag before the next <F-USER>) stands for one token.
+            let next_open = after.find("<F-USER>").unwrap_or(after.len());
+            if after[..next_open].contains("</F-USER>") {
+                out.push_str(&format!("(?P<{name}>"));
+                open_user = true;
+            } else {
+                out.push_str(&format!(r"(?P<{name}>\S+)"));
+            }
+            users.push(name);
+        } else if tag == "</F-USER>" {
+            if !open_user {
+                return Err(FilterError::BadTag {
+                    place: place.to_string(),
+                    tag: tag.to_string(),
+                    fix: "add the opening <F-USER> before it or remove it".to_string(),
+                });
+            }
+            out.push(')');
+            open_user = false;
+        } else if tag.starts_with("<F-") || tag.starts_with("</F-") {
+            return Err(FilterError::BadTag {
+                place: place.to_string(),
+                tag: tag.to_string(),
+                fix:
+                    "xban supports only <F-USER>...</F-USER> among fail2ban's field tags; remove it"
+                        .to_string(),
+            });
+        } else {
+            // Anything else in angle brackets is literal text (`from=<>`).
+            out.push('<');
+            rest = &tail[1..];
+            continue;
+        }
+        rest = after;
+    }
+    out.push_str(rest);
+    let out = asciify(&out);
+    if open_user {
+        return Err(FilterError::BadTag {
+            place: place.to_string(),
+            tag: "<F-USER>".to_string(),
+            fix: "close it with </F-USER>".to_string(),
+        });
+    }
+    Ok(Expanded {
+        pattern: out,
+        hosts,
+        users,
+    })
+}
+
+/// Rewrites the Perl classes `\d \w \s` (and their negations) to their
+/// ASCII sets and `\b \B` to ASCII word boundaries. The Unicode versions
+/// compile to automata many times larger (Unicode `\w` alone is hundreds of
+/// NFA states per use) and a Unicode `\b` stops the lazy DFA altogether;
+/// log formats are ASCII, and `\pN`, `\p{L}` remain for anyone who needs
+/// Unicode.
+pub(crate) fn asciify(p: &str) -> String {
+    let mut out = String::with_capacity(p.len() + 16);
+    let mut chars = p.chars().peekable();
+    let mut in_class = 0usize;
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => {
+                let Some(n) = chars.next() else {
+                    out.push('\\');
+                    break;
+                };
+                // Nested classes (`[[0-9].]`) are valid inside a class too.
+                let rep = match n {
+                    'd' => Some("[0-9]"),
+                    'D' => Some("[^0-9]"),
+                    'w' => Some("[0-9A-Za-z_]"),
+                    'W' => Some("[^0-9A-Za-z_]"),
+                    's' => Some("[\\t\\n\\x0B\\x0C\\r ]"),
+                    'S' => Some("[^\\t\\n\\x0B\\x0C\\r ]"),
+                    'b' if in_class == 0 => Some("(?-u:\\b)"),
+                    'B' if in_class == 0 => Some("(?-u:\\B)"),
+                    _ => None,
+                };
+                match rep {
+                    Some(r) => out.push_str(r),
+                    None => {
+                        out.push('\\');
+                        out.push(n);
+                    }
+                }
+            }
+            '[' => {
+                in_class += 1;
+                out.push('[');
+                // `[]...]` and `[^]...]` start with a literal `]`.
+                if chars.peek() == Some(&'^') {
+                    out.push(chars.next().unwrap());
+                }
+                if chars.peek() == Some(&']') {
+                    out.push(chars.next().unwrap());
+                }
+            }
+            ']' if in_class > 0 => {
+                in_class -= 1;
+                out.push(']');
+            }
+            _ => out.push(c),
+        }
+    }
+    out
+}
+
+fn is_word(c: char) -> bool {
+    c.is_alphanumeric() || c == '_'
+}
+
+/// Checks that the captured span `start..end` of `hay` is not a piece of a
+/// longer token: `1.2.3.4.5`, `11.2.3.4` or `1.2.3.4x` must not yield
+/// `1.2.3.4`.
+pub(crate) fn boundary_ok(hay: &str, start: usize, end: usize) -> bool {
+    let before = &hay[..start];
+    let after = &hay[end..];
+    let captured = &hay[start..end];
+    let mut back = before.chars().rev();
+    match back.next() {
+        Some(c) if is_word(c) || c == '.' => return false,
+        // `dead:1.2.3.4`: a colon glued to hex digits means we cut an IPv6.
+        Some(':') => {
+            let starts_hex = captured
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_hexdigit());
+            if starts_hex
+                && back
+                    .next()
+                    .is_some_and(|c| c.is_ascii_hexdigit() || c == ':')
+            {
+                return false;
+            }
+        }
+        _ => {}
+    }
+    let mut fwd = after.chars();
+    match fwd.next() {
+        Some(c) if is_word(c) => false,
+        // A trailing dot ends a sentence; a dot followed by more token
+        // characters continues the address.
+        Some('.') => !fwd.next().is_some_and(is_word),
+        _ => true,
+    }
+}
+
+/// Parses what a host tag captured: strips `[...]` and an IPv6 `%zone`,
+/// maps `::ffff:a.b.c.d` to IPv4, and accepts a hostname only for
+/// [`HostKind::Host`]. `None` means "not a real address": the line is then
+/// not a failure.
+pub fn parse_host(text: &str, kind: HostKind) -> Option<Host> {
+    let inner = text
+        .strip_prefix('[')
+        .and_then(|t| t.strip_suffix(']'))
+        .unwrap_or(text);
+    let addr_text = match inner.find('%') {
+        Some(p) if inner.contains(':') => &inner[..p],
+        _ => inner,
+    };
+    if let Ok(ip) = IpAddr::from_str(addr_text) {
+        let ip = match ip {
+            IpAddr::V6(v6) => canonical_v6(v6),
+            v4 => v4,
+        };
+        return match (kind, ip) {
+            (HostKind::Ip4, IpAddr::V6(_)) => None,
+            (HostKind::Ip6, IpAddr::V4(_)) if !addr_text.contains(':') => None,
+            _ => Some(Host::Addr(ip)),
+        };
+    }
+    if kind == HostKind::Host && valid_hostname(inner) {
+        return Some(Host::Name(inner.to_ascii_lowercase()));
+    }
+    None
+}
+
+fn canonical_v6(v6: Ipv6Addr) -> IpAddr {
+    match v6.to_ipv4_mapped() {
+        Some(v4) => IpAddr::V4(v4),
+        None => IpAddr::V6(v6),
+    }
+}
+
+/// A hostname worth resolving: letters somewhere, no address-looking
+/// remains (`1.2.3.4x`, `1.2.3.4.5`), sane label lengths.
+fn valid_hostname(name: &str) -> bool {
+    if name.is_empty() || name.len() > 253 || !name.bytes().any(|b| b.is_ascii_alphabetic()) {
+        return false;
+    }
+    let labels: Vec<&str> = name.trim_end_matches('.').split('.').collect();
+    if labels.iter().any(|l| {
+        l.is_empty()
+            || l.len() > 63
+            || !l
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    }) {
+        return false;
+    }
+    // A numeric final label is never a TLD; three numeric labels and a
+    // fourth starting with a digit are an IPv4 address with junk attached.
+    let numeric = |l: &&str| l.bytes().all(|b| b.is_ascii_digit());
+    if labels.last().is_some_and(numeric) {
+        return false;
+    }
+    !(labels.len() >= 4
+        && labels[..3].iter().all(numeric)
+        && labels[3].starts_with(|c: char| c.is_ascii_digit()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::Ipv4Addr;
+
+    fn v4(a: u8, b: u8, c: u8, d: u8) -> Option<Host> {
+        Some(Host::Addr(IpAddr::V4(Ipv4Addr::new(a, b, c, d))))
+    }
+    fn v6(s: &str) -> Option<Host> {
+        Some(Host::Addr(IpAddr::V6(s.parse().unwrap())))
+    }
+
+    #[test]
+    fn parse_host_forms() {
+        assert_eq!(parse_host("192.0.2.1", HostKind::Host), v4(192, 0, 2, 1));
+        assert_eq!(parse_host("2001:db8::1", HostKind::Addr), v6("2001:db8::1"));
+        assert_eq!(
+            parse_host("[2001:db8::1]", HostKind::Addr),
+            v6("2001:db8::1")
+        );
+        assert_eq!(parse_host("fe80::1%eth0", HostKind::Addr), v6("fe80::1"));
+        assert_eq!(
+            parse_host("[fe80::1%eth0.100]", HostKind::Addr),
+            v6("fe80::1")
+        );
+        assert_eq!(
+            parse_host("2001:db8:0:0:0:0:0:1", HostKind::Addr),
+            v6("2001:db8::1")
+        );
+        assert_eq!(
+            parse_host("::ffff:198.51.100.4", HostKind::Addr),
+            v4(198, 51, 100, 4)
+        );
+        assert_eq!(
+            parse_host("64:ff9b::192.0.2.33", HostKind::Addr),
+            v6("64:ff9b::c000:221")
+        );
+        assert_eq!(parse_host("::1", HostKind::Addr), v6("::1"));
+        assert_eq!(
+            parse_host("Mail.Example.COM", HostKind::Host),
+            Some(Host::Name("mail.example.com".into()))
+        );
+        assert_eq!(parse_host("mail.example.com", HostKind::Addr), None);
+        assert_eq!(parse_host("1.2.3.4x", HostKind::Host), None);
+        assert_eq!(parse_host("1.2.3.4.5", HostKind::Host), None);
+        assert_eq!(parse_host("256.1.1.1", HostKind::Addr), None);
+        assert_eq!(parse_host("05:28:31", HostKind::Addr), None);
+        assert_eq!(parse_host("2001:db8::1", HostKind::Ip4), None);
+        assert_eq!(parse_host("192.0.2.1", HostKind::Ip6), None);
+        assert_eq!(
+            parse_host("::ffff:192.0.2.1", HostKind::Ip6),
+            v4(192, 0, 2, 1)
+        );
+        assert_eq!(
+            parse_host("unknown", HostKind::Host),
+            Some(Host::Name("unknown".into()))
+        );
+        assert_eq!(parse_host("12345", HostKind::Host), None);
+    }
+
+    #[test]
+    fn boundaries() {
+        let s = "x 1.2.3.4.5 y";
+        assert!(!boundary_ok(s, 2, 9)); // followed by ".5"
+        let s = "from 1.2.3.4x";
+        assert!(!boundary_ok(s, 5, 12));
+        let s = "from 11.2.3.4";
+        assert!(!boundary_ok(s, 6, 13)); // preceded by a digit
+        let s = "from 1.2.3.4.";
+        assert!(boundary_ok(s, 5, 12)); // sentence end
+        let s = "[client 1.2.3.4:5678]";
+        assert!(boundary_ok(s, 8, 15));
+        let s = "rip=1.2.3.4, lip";
+        assert!(boundary_ok(s, 4, 11));
+        let s = "dead:1.2.3.4 ";
+        assert!(!boundary_ok(s, 5, 12));
+        let s = "host:1.2.3.4 ";
+        assert!(boundary_ok(s, 5, 12));
+    }
+
+    #[test]
+    fn expand_tags() {
+        let e = expand(r"^from <HOST> user <F-USER>$", "failregex[0]").unwrap();
+        assert_eq!(e.hosts.len(), 1);
+        assert_eq!(e.users, vec!["xban_user0".to_string()]);
+        assert!(e.pattern.contains(r"(?P<xban_user0>\S+)"));
+        let e = expand(
+            r"for <F-USER>.*</F-USER> from <ADDR> or <IP4>",
+            "failregex[1]",
+        )
+        .unwrap();
+        assert_eq!(
+            e.hosts.iter().map(|h| h.1).collect::<Vec<_>>(),
+            vec![HostKind::Addr, HostKind::Ip4]
+        );
+        assert!(e.pattern.contains("(?P<xban_user0>.*)"));
+        // Non-tags stay literal.
+        let e = expand(r"from=<> to=<x@y> <HOST>", "failregex[0]").unwrap();
+        assert!(e.pattern.starts_with("from=<> to=<x@y> (?P<xban_host0>"));
+        // Macros may carry a host tag.
+        let e = expand(r"^<APACHE_CLIENT>user \S+ not found", "failregex[0]").unwrap();
+        assert_eq!(e.hosts.len(), 1);
+    }
+
+    #[test]
+    fn asciify_classes() {
+        assert_eq!(
+            asciify(r"\d+ \w \s\S \D\W"),
+            r"[0-9]+ [0-9A-Za-z_] [\t\n\x0B\x0C\r ][^\t\n\x0B\x0C\r ] [^0-9][^0-9A-Za-z_]"
+        );
+        assert_eq!(asciify(r"\bx\B"), r"(?-u:\b)x(?-u:\B)");
+        // Escaped backslashes, classes with a leading ], other escapes.
+        assert_eq!(
+            asciify(r"\\d [\d.] []\d] [^]\w] \p{L} \[\d\]"),
+            r"\\d [[0-9].] [][0-9]] [^][0-9A-Za-z_]] \p{L} \[[0-9]\]"
+        );
+        for p in [r"[\d.]+", r"[^\s\]]+", r"\bfoo\b", r"[\w-]+"] {
+            regex::Regex::new(&asciify(p)).unwrap_or_else(|e| panic!("{p}: {e}"));
+        }
+        let re = regex::Regex::new(&asciify(r"^\d+$")).unwrap();
+        assert!(
+            re.is_match("123") && !re.is_match("١٢٣"),
+            "ASCII digits only"
+        );
+    }
+
+    #[test]
+    fn expand_rejects_unknown_field_tags() {
+        let err = expand(r"<F-NOFAIL>x</F-NOFAIL> <HOST>", "failregex[3]").unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.contains("failregex[3]") && msg.contains("<F-NOFAIL>"),
+            "{msg}"
+        );
+        let err = expand(r"<F-USER>.* <HOST> <F-USER>.*</F-USER>", "failregex[0]");
+        assert!(err.is_ok(), "lone <F-USER> then a paired one is allowed");
+        let err = expand(r"</F-USER> <HOST>", "failregex[0]").unwrap_err();
+        assert!(err.to_string().contains("</F-USER>"));
+    }
+}

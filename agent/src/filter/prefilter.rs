@@ -1,0 +1,339 @@
+//! Literal prefilter: a line that contains none of the literals some
+//! failregex requires cannot match any of them, and finding that out is one
+//! Aho-Corasick (usually SIMD "Teddy") scan instead of a regex run.
+//!
+//! The regex crate prefilters on its own only for literal *prefixes*; our
+//! patterns are anchored at `^` and start with an optional syslog header, so
+//! the useful literals (`Failed `, ` not allowed because `) sit in the
+//! middle. We compute, per pattern, a set of strings of which every match must
+//! contain at least one, and keep the most selective set.
+
+use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
+use regex_syntax::hir::{Class, Hir, HirKind};
+
+/// Upper bound on alternatives kept in one literal set; beyond that the
+/// set stops being selective and the automaton grows for nothing.
+const MAX_SET: usize = 48;
+/// Upper bound on one literal's length while building cross products.
+const MAX_LIT: usize = 64;
+
+#[derive(Debug, Clone)]
+pub(crate) struct Prefilter {
+    ac: Option<AhoCorasick>,
+}
+
+impl Prefilter {
+    /// Builds a prefilter for a set of expanded patterns. If any pattern
+    /// has no required literal, the prefilter lets every line through.
+    pub(crate) fn new(patterns: &[String]) -> Prefilter {
+        let mut all: Vec<Vec<u8>> = Vec::new();
+        let mut case_insensitive = false;
+        for p in patterns {
+            match required_literals(p) {
+                Some((set, ci)) => {
+                    case_insensitive |= ci;
+                    all.extend(set);
+                }
+                None => return Prefilter { ac: None },
+            }
+        }
+        if all.is_empty() {
+            return Prefilter { ac: None };
+        }
+        all.sort();
+        all.dedup();
+        let ac = AhoCorasickBuilder::new()
+            .match_kind(MatchKind::LeftmostFirst)
+            .ascii_case_insensitive(case_insensitive)
+            .build(&all)
+            .ok();
+        Prefilter { ac }
+    }
+
+    /// `false` means no pattern can match `line`.
+    #[inline]
+    pub(crate) fn may_match(&self, line: &str) -> bool {
+        match &self.ac {
+            Some(ac) => ac.is_match(line),
+            None => true,
+        }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn is_active(&self) -> bool {
+        self.ac.is_some()
+    }
+}
+
+/// The literal set for one pattern and whether it was derived from
+/// case-folded classes (then matching must ignore ASCII case).
+fn required_literals(pattern: &str) -> Option<(Vec<Vec<u8>>, bool)> {
+    let hir = regex_syntax::ParserBuilder::new()
+        .build()
+        .parse(pattern)
+        .ok()?;
+    let mut ci = false;
+    let info = analyze(&hir, &mut ci);
+    let best = info.best()?;
+    Some((best, ci))
+}
+
+#[derive(Debug, Default)]
+struct Info {
+    /// The node matches exactly one of these strings.
+    exact: Option<Vec<Vec<u8>>>,
+    /// Every match of the node contains one of these strings.
+    required: Option<Vec<Vec<u8>>>,
+}
+
+impl Info {
+    fn best(self) -> Option<Vec<Vec<u8>>> {
+        pick(self.exact, self.required)
+    }
+}
+
+/// Selectivity score of a literal set: the shortest member's length,
+/// with ties going to the smaller set.
+fn score(set: &[Vec<u8>]) -> (usize, std::cmp::Reverse<usize>) {
+    let min = set.iter().map(Vec::len).min().unwrap_or(0);
+    (min, std::cmp::Reverse(set.len()))
+}
+
+fn pick(a: Option<Vec<Vec<u8>>>, b: Option<Vec<Vec<u8>>>) -> Option<Vec<Vec<u8>>> {
+    let a = a.filter(|s| score(s).0 > 0);
+    let b = b.filter(|s| score(s).0 > 0);
+    match (a, b) {
+        (Some(a), Some(b)) => Some(if score(&b) > score(&a) { b } else { a }),
+        (a, b) => a.or(b),
+    }
+}
+
+fn single_char(class: &Class, ci: &mut bool) -> Option<Vec<u8>> {
+    match class {
+        Class::Unicode(u) => {
+            let r = u.ranges();
+            if r.len() == 1 && r[0].start() == r[0].end() {
+                return Some(r[0].start().to_string().into_bytes());
+            }
+            // `(?i)a` is [Aa]; anything with non-ASCII folds (k -> U+212A)
+            // is left alone so the ASCII-insensitive automaton stays exact.
+            if r.len() == 2
+                && r.iter()
+                    .all(|x| x.start() == x.end() && x.start().is_ascii())
+            {
+                let (x, y) = (r[0].start(), r[1].start());
+                if x.eq_ignore_ascii_case(&y) && x != y {
+                    *ci = true;
+                    return Some(x.to_ascii_lowercase().to_string().into_bytes());
+                }
+            }
+            None
+        }
+        Class::Bytes(b) => {
+            let r = b.ranges();
+            if r.len() == 1 && r[0].start() == r[0].end() && r[0].start().is_ascii() {
+                return Some(vec![r[0].start()]);
+            }
+            None
+        }
+    }
+}
+
+fn cross(a: &[Vec<u8>], b: &[Vec<u8>]) -> Option<Vec<Vec<u8>>> {
+    if a.len() * b.len() > MAX_SET {
+        return None;
+    }
+    let mut out = Vec::with_capacity(a.len() * b.len());
+    for x in a {
+        for y in b {
+            if x.len() + y.len() > MAX_LIT {
+                return None;
+            }
+            let mut s = x.clone();
+            s.extend_from_slice(y);
+            out.push(s);
+        }
+    }
+    Some(out)
+}
+
+fn analyze(hir: &Hir, ci: &mut bool) -> Info {
+    match hir.kind() {
+        HirKind::Empty | HirKind::Look(_) => Info {
+            exact: Some(vec![Vec::new()]),
+            required: None,
+        },
+        HirKind::Literal(lit) => Info {
+            exact: Some(vec![lit.0.to_vec()]),
+            required: None,
+        },
+        HirKind::Class(c) => Info {
+            exact: single_char(c, ci).map(|s| vec![s]),
+            required: None,
+        },
+        HirKind::Capture(cap) => analyze(&cap.sub, ci),
+        HirKind::Repetition(rep) => {
+            if rep.min == 0 {
+                return Info::default();
+            }
+            let sub = analyze(&rep.sub, ci);
+            if rep.min == 1 && rep.max == Some(1) {
+                return sub;
+            }
+            Info {
+                exact: None,
+                required: sub.best(),
+            }
+        }
+        HirKind::Concat(children) => {
+            // Runs of exact children are multiplied out into longer
+            // literals; every finished run and every child's own requirement
+            // is a candidate, and the best candidate wins.
+            let mut best: Option<Vec<Vec<u8>>> = None;
+            let mut run: Option<Vec<Vec<u8>>> = Some(vec![Vec::new()]);
+            let mut all_exact = true;
+            for child in children {
+                let info = analyze(child, ci);
+                match info.exact {
+                    Some(ex) => {
+                        run = match run.take() {
+                            Some(r) => match cross(&r, &ex) {
+                                Some(c) => Some(c),
+                                None => {
+                                    // Too big to multiply: close the run.
+                                    // The node is then no longer one of a
+                                    // known set of strings.
+                                    all_exact = false;
+                                    best = pick(best, Some(r));
+                                    Some(ex)
+                                }
+                            },
+                            None => Some(ex),
+                        };
+                    }
+                    None => {
+                        all_exact = false;
+                        best = pick(best, run.take());
+                        best = pick(best, info.required);
+                        run = Some(vec![Vec::new()]);
+                    }
+                }
+            }
+            if all_exact {
+                return Info {
+                    exact: run,
+                    required: None,
+                };
+            }
+            Info {
+                exact: None,
+                required: pick(best, run),
+            }
+        }
+        HirKind::Alternation(children) => {
+            let mut exact: Option<Vec<Vec<u8>>> = Some(Vec::new());
+            let mut required: Option<Vec<Vec<u8>>> = Some(Vec::new());
+            for child in children {
+                let info = analyze(child, ci);
+                exact = match (exact, &info.exact) {
+                    (Some(mut acc), Some(ex)) => {
+                        acc.extend(ex.iter().cloned());
+                        Some(acc)
+                    }
+                    _ => None,
+                };
+                let branch = pick(info.exact, info.required);
+                required = match (required, branch) {
+                    (Some(mut acc), Some(b)) => {
+                        acc.extend(b);
+                        Some(acc)
+                    }
+                    _ => None,
+                };
+            }
+            let exact = exact.filter(|e| e.len() <= MAX_SET);
+            let required = required.filter(|r| r.len() <= MAX_SET);
+            Info { exact, required }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lits(p: &str) -> Option<Vec<String>> {
+        required_literals(p).map(|(s, _)| {
+            s.into_iter()
+                .map(|b| String::from_utf8(b).unwrap())
+                .collect()
+        })
+    }
+
+    #[test]
+    fn picks_longest_required_literal() {
+        let l = lits(r"^(?:\S+ )?sshd\[\d+\]: Failed password for \S+ from \S+ port \d+$").unwrap();
+        assert_eq!(l, vec!["]: Failed password for ".to_string()]);
+    }
+
+    #[test]
+    fn alternation_multiplies_out() {
+        let mut l = lits(r"^x(?:Failed|Invalid) user \d+").unwrap();
+        l.sort();
+        assert_eq!(
+            l,
+            vec!["xFailed user ".to_string(), "xInvalid user ".to_string()]
+        );
+    }
+
+    #[test]
+    fn optional_parts_are_not_required() {
+        assert_eq!(lits(r"^(?:abc)?\d+$"), None);
+        assert_eq!(lits(r".*"), None);
+        assert_eq!(lits(r"(?:abc|\d+)x"), Some(vec!["x".to_string()]));
+    }
+
+    #[test]
+    fn oversized_products_are_not_exact() {
+        // Multiplying the prefix into the long alternative would exceed the
+        // length cap; the prefix must still be kept as a requirement and the
+        // alternation must not pose as the whole node.
+        let p = format!("^x: (?:a|pam failed: (?:{}|b))$", "L".repeat(70));
+        let l = lits(&p).unwrap();
+        assert!(
+            l.iter()
+                .all(|s| "x: pam failed: b".contains(s.as_str()) || "x: a".contains(s.as_str())),
+            "{l:?}"
+        );
+        let pf = Prefilter::new(std::slice::from_ref(&p));
+        assert!(pf.may_match(&format!("x: pam failed: {}", "L".repeat(70))));
+        assert!(pf.may_match("x: pam failed: b"));
+        assert!(pf.may_match("x: a"));
+    }
+
+    #[test]
+    fn case_insensitive_letters() {
+        let (set, ci) = required_literals(r"(?i)failed login \d").unwrap();
+        assert!(ci);
+        assert_eq!(set, vec![b"failed login ".to_vec()]);
+        let pf = Prefilter::new(&[r"(?i)failed login \d".to_string()]);
+        assert!(pf.may_match("FAILED LOGIN 3"));
+        assert!(!pf.may_match("accepted"));
+    }
+
+    #[test]
+    fn prefilter_rejects_lines_without_literals() {
+        let pf = Prefilter::new(&[
+            r"^Failed password for \S+ from (\S+)$".to_string(),
+            r"^Invalid user \S+ from (\S+)$".to_string(),
+        ]);
+        assert!(pf.is_active());
+        assert!(pf.may_match("Invalid user bob from 1.2.3.4"));
+        assert!(pf.may_match("Failed password for bob from 1.2.3.4"));
+        assert!(!pf.may_match("Accepted publickey for bob from 1.2.3.4"));
+        // One pattern without literals disables the prefilter.
+        let pf = Prefilter::new(&[r"^Failed (\S+)$".to_string(), r"^(\S+)$".to_string()]);
+        assert!(!pf.is_active());
+        assert!(pf.may_match("anything"));
+    }
+}

@@ -1,0 +1,567 @@
+//! Tests of the compiled matcher (tag expansion, validation, modes,
+//! ignoreregex, prefilter equivalence).
+
+use super::*;
+use std::net::{Ipv4Addr, Ipv6Addr};
+use std::time::{Duration, UNIX_EPOCH};
+
+fn now() -> SystemTime {
+    // 2026-11-22T00:00:00Z
+    UNIX_EPOCH + Duration::from_secs(1_795_305_600)
+}
+
+fn set(fail: &[&str], ignore: &[&str]) -> FilterSet {
+    let f: Vec<String> = fail.iter().map(|s| s.to_string()).collect();
+    let i: Vec<String> = ignore.iter().map(|s| s.to_string()).collect();
+    FilterSet::compile(&f, &i, None).unwrap()
+}
+
+fn host_of(fs: &FilterSet, line: &str) -> Option<Host> {
+    match fs.match_line(line, now()) {
+        LineMatch::Failure(f) => Some(f.host),
+        _ => None,
+    }
+}
+
+fn v4(s: &str) -> Option<Host> {
+    Some(Host::Addr(IpAddr::V4(s.parse::<Ipv4Addr>().unwrap())))
+}
+
+fn v6(s: &str) -> Option<Host> {
+    Some(Host::Addr(IpAddr::V6(s.parse::<Ipv6Addr>().unwrap())))
+}
+
+#[test]
+fn error_messages_name_place_and_fix() {
+    let e = FilterSet::compile(
+        &["x <HOST>".into(), "y <HOST>".into(), "no tag".into()],
+        &[],
+        None,
+    )
+    .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "failregex[2] has no <HOST> or <ADDR> tag: add one so xban knows whom to ban"
+    );
+    let e = FilterSet::compile(&["(unclosed <HOST>".into()], &[], None)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.starts_with("failregex[0] is not a valid regex") && e.contains("fix the pattern"),
+        "{e}"
+    );
+    let e = FilterSet::compile(&["<HOST>".into()], &["[".into()], None)
+        .unwrap_err()
+        .to_string();
+    assert!(e.starts_with("ignoreregex[0] is not a valid regex"), "{e}");
+    let e = FilterSet::compile(&[], &[], None).unwrap_err().to_string();
+    assert!(e.contains("add at least one"), "{e}");
+    let e = FilterSet::compile(&["<HOST>".into()], &[], Some("%Q"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("%Q"), "{e}");
+}
+
+#[test]
+fn unknown_mode_lists_known_modes() {
+    let def = builtin::builtin("sshd").unwrap();
+    let e = FilterSet::from_def(&def, Some("paranoid"))
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        e,
+        "unknown mode \"paranoid\": use one of aggressive, ddos, normal or leave mode unset"
+    );
+    let plain = FilterDef {
+        failregex: vec!["from <HOST>".into()],
+        ..Default::default()
+    };
+    let e = FilterSet::from_def(&plain, Some("normal"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("has no modes"), "{e}");
+}
+
+#[test]
+fn modes_add_to_the_base_list() {
+    let mut def = FilterDef {
+        failregex: vec!["^base <HOST>$".into()],
+        ..Default::default()
+    };
+    def.modes.insert(
+        "extra".into(),
+        FilterMode {
+            failregex: vec!["^more <HOST>$".into()],
+            ignoreregex: vec![],
+        },
+    );
+    def.modes.insert("plain".into(), FilterMode::default());
+    def.default_mode = Some("plain".into());
+    let base = FilterSet::from_def(&def, None).unwrap();
+    assert_eq!(base.failregex_count(), 1);
+    assert_eq!(host_of(&base, "more 192.0.2.1"), None);
+    let extra = FilterSet::from_def(&def, Some("extra")).unwrap();
+    assert_eq!(extra.failregex_count(), 2);
+    assert_eq!(host_of(&extra, "base 192.0.2.1"), v4("192.0.2.1"));
+    match extra.match_line("more 192.0.2.2", now()) {
+        LineMatch::Failure(f) => assert_eq!(f.regex, 1),
+        other => panic!("{other:?}"),
+    }
+    // Errors inside a mode say which mode.
+    def.modes.insert(
+        "broken".into(),
+        FilterMode {
+            failregex: vec!["no tag".into()],
+            ignoreregex: vec![],
+        },
+    );
+    let e = def.validate().unwrap_err().to_string();
+    assert!(
+        e.contains("mode \"broken\"") && e.contains("failregex[1] has no <HOST>"),
+        "{e}"
+    );
+}
+
+#[test]
+fn syslog_and_journal_lines_give_the_same_failure() {
+    let def = builtin::builtin("sshd").unwrap();
+    let fs = FilterSet::from_def(&def, None).unwrap();
+    let msg = "sshd[4242]: Failed password for invalid user admin from 203.0.113.7 port 50022 ssh2";
+    let syslog = format!("Nov 21 05:28:31 bastion {msg}");
+    let (LineMatch::Failure(a), LineMatch::Failure(b)) =
+        (fs.match_line(&syslog, now()), fs.match_line(msg, now()))
+    else {
+        panic!("both must match");
+    };
+    assert_eq!(a.host, b.host);
+    assert_eq!(a.host, v4("203.0.113.7").unwrap());
+    assert_eq!(a.user.as_deref(), Some("admin"));
+    assert_eq!(a.regex, b.regex);
+    let TimeFound::Parsed(t) = a.time else {
+        panic!("time")
+    };
+    let (expect, _) = time::parse_time("Nov 21 05:28:31", now(), None).unwrap();
+    assert_eq!(t, expect);
+    assert_eq!(b.time, TimeFound::Missing);
+}
+
+#[test]
+fn ipv6_in_every_textual_form() {
+    let fs = set(&[r"^fail from <HOST> end$", r"^addr <ADDR>:\d+$"], &[]);
+    assert_eq!(
+        host_of(&fs, "fail from 2001:db8:0:0:1:0:0:1 end"),
+        v6("2001:db8::1:0:0:1")
+    );
+    assert_eq!(host_of(&fs, "fail from 2001:db8::1 end"), v6("2001:db8::1"));
+    assert_eq!(host_of(&fs, "fail from ::1 end"), v6("::1"));
+    assert_eq!(
+        host_of(&fs, "fail from [2001:db8::7] end"),
+        v6("2001:db8::7")
+    );
+    assert_eq!(host_of(&fs, "fail from fe80::1%eth0 end"), v6("fe80::1"));
+    assert_eq!(
+        host_of(&fs, "fail from 64:ff9b::192.0.2.33 end"),
+        v6("64:ff9b::c000:221")
+    );
+    assert_eq!(
+        host_of(&fs, "fail from ::ffff:198.51.100.9 end"),
+        v4("198.51.100.9")
+    );
+    assert_eq!(
+        host_of(&fs, "fail from AAAA:bbbb:cccc:1234::1:1 end"),
+        v6("aaaa:bbbb:cccc:1234::1:1")
+    );
+    assert_eq!(host_of(&fs, "addr [2001:db8::9]:443"), v6("2001:db8::9"));
+    assert_eq!(host_of(&fs, "addr 2001:db8::9:51548"), v6("2001:db8::9"));
+    assert_eq!(host_of(&fs, "addr 192.0.2.5:22"), v4("192.0.2.5"));
+}
+
+#[test]
+fn hostnames_only_through_host() {
+    let fs = set(&[r"^a <HOST>$", r"^b <ADDR>$"], &[]);
+    assert_eq!(
+        host_of(&fs, "a Mail.Example.com"),
+        Some(Host::Name("mail.example.com".into()))
+    );
+    assert_eq!(host_of(&fs, "b mail.example.com"), None);
+    assert_eq!(host_of(&fs, "b 192.0.2.1"), v4("192.0.2.1"));
+}
+
+#[test]
+fn address_boundaries_are_strict() {
+    let fs = set(&[r"<ADDR>"], &[]);
+    assert_eq!(host_of(&fs, "x 1.2.3.4.5 y"), None);
+    assert_eq!(host_of(&fs, "x 1.2.3.4x y"), None);
+    assert_eq!(host_of(&fs, "x 11.2.3.4"), v4("11.2.3.4"));
+    assert_eq!(host_of(&fs, "x a1.2.3.4"), None);
+    assert_eq!(host_of(&fs, "x 999.2.3.4"), None);
+    let fs = set(&[r"from <HOST>"], &[]);
+    assert_eq!(host_of(&fs, "from 1.2.3.4.5"), None);
+    assert_eq!(host_of(&fs, "from 1.2.3.4x"), None);
+    assert_eq!(host_of(&fs, "from 1.2.3.4."), v4("1.2.3.4"));
+}
+
+#[test]
+fn invalid_capture_retries_later_in_the_line() {
+    // An unanchored pattern: the first candidate is a time, not an address.
+    let fs = set(&[r"<ADDR>"], &[]);
+    assert_eq!(
+        host_of(&fs, "at 05:28:31 from 192.0.2.44"),
+        v4("192.0.2.44")
+    );
+    let fs = set(&[r"client <ADDR>\b"], &[]);
+    assert_eq!(
+        host_of(&fs, "client 300.1.1.1 then client 192.0.2.45"),
+        v4("192.0.2.45")
+    );
+}
+
+#[test]
+fn user_capture_forms() {
+    let fs = set(
+        &[
+            r"^for <F-USER> from <HOST>$",
+            r"^user <F-USER>.*</F-USER> at <HOST>$",
+        ],
+        &[],
+    );
+    let LineMatch::Failure(f) = fs.match_line("for root from 192.0.2.1", now()) else {
+        panic!()
+    };
+    assert_eq!(f.user.as_deref(), Some("root"));
+    let LineMatch::Failure(f) = fs.match_line("user a b c at 192.0.2.2", now()) else {
+        panic!()
+    };
+    assert_eq!((f.regex, f.user.as_deref()), (1, Some("a b c")));
+}
+
+#[test]
+fn ignoreregex_vetoes_failures_only() {
+    let fs = set(
+        &[r"^miss <HOST> (\S+)$"],
+        &[r"robots\.txt$", r"favicon\.ico$"],
+    );
+    assert_eq!(
+        fs.match_line("miss 192.0.2.1 /favicon.ico", now()),
+        LineMatch::Ignored {
+            regex: 1,
+            time: TimeFound::Missing
+        }
+    );
+    assert_eq!(
+        host_of(&fs, "miss 192.0.2.1 /wp-login.php"),
+        v4("192.0.2.1")
+    );
+    // Matching only an ignoreregex is not "ignored": nothing failed.
+    assert_eq!(
+        fs.match_line("GET /robots.txt", now()),
+        LineMatch::NoMatch {
+            time: TimeFound::Missing
+        }
+    );
+}
+
+#[test]
+fn first_failregex_in_order_wins() {
+    let fs = set(&[r"^x (\S+) <HOST>$", r"^x <HOST> (\S+)$"], &[]);
+    let LineMatch::Failure(f) = fs.match_line("x 192.0.2.1 192.0.2.2", now()) else {
+        panic!()
+    };
+    assert_eq!((f.regex, f.host), (0, v4("192.0.2.2").unwrap()));
+}
+
+#[test]
+fn leading_timestamp_is_cut_before_matching() {
+    let fs = set(&[r"^sshd\[\d+\]: bad <HOST>$"], &[]);
+    assert_eq!(
+        host_of(&fs, "2026-11-21T05:28:31.5+01:00 sshd[1]: bad 192.0.2.3"),
+        v4("192.0.2.3")
+    );
+    assert_eq!(
+        host_of(&fs, "[1700000000] sshd[1]: bad 192.0.2.3"),
+        v4("192.0.2.3")
+    );
+    // A date that is not the leading field stays in the text.
+    let fs = set(&[r#"^<HOST> - \S+ \[[^\]]+\] "GET "#], &[]);
+    assert_eq!(
+        host_of(
+            &fs,
+            r#"192.0.2.4 - - [10/Oct/2000:13:55:36 -0700] "GET / HTTP/1.0" 404"#
+        ),
+        v4("192.0.2.4")
+    );
+}
+
+#[test]
+fn datepattern_overrides_detection() {
+    let fs = FilterSet::compile(&["bad <HOST>".into()], &[], Some("%d.%m.%Y %H:%M:%S%z")).unwrap();
+    let LineMatch::Failure(f) = fs.match_line(
+        "Nov 21 05:28:31 x 31.01.2024 10:00:00+0000 bad 192.0.2.8",
+        now(),
+    ) else {
+        panic!()
+    };
+    assert_eq!(
+        f.time,
+        TimeFound::Parsed(UNIX_EPOCH + Duration::from_secs(1_706_695_200))
+    );
+}
+
+#[test]
+fn crlf_is_trimmed() {
+    let fs = set(&[r"^bad <HOST>$"], &[]);
+    assert_eq!(host_of(&fs, "bad 192.0.2.9\r\n"), v4("192.0.2.9"));
+}
+
+/// The prefilter and the set must not change results: compare with running
+/// every failregex alone on lines that exercise each of them.
+#[test]
+fn prefilter_and_set_agree_with_plain_regexes() {
+    for name in builtin::builtin_names() {
+        let def = builtin::builtin(name).unwrap();
+        let modes: Vec<Option<&str>> = if def.modes.is_empty() {
+            vec![None]
+        } else {
+            def.modes.keys().map(|m| Some(m.as_str())).collect()
+        };
+        let sample = builtin::tests::sample(name);
+        for mode in modes {
+            let (fail, _) = def.lists(mode).unwrap();
+            let fs = FilterSet::compile(&fail, &[], def.datepattern.as_deref()).unwrap();
+            let singles: Vec<FilterSet> = fail
+                .iter()
+                .map(|r| FilterSet::compile(std::slice::from_ref(r), &[], None).unwrap())
+                .collect();
+            for line in sample
+                .lines()
+                .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+            {
+                let combined = match fs.match_line(line, now()) {
+                    LineMatch::Failure(f) => Some((f.regex, f.host)),
+                    _ => None,
+                };
+                let brute =
+                    singles
+                        .iter()
+                        .enumerate()
+                        .find_map(|(i, s)| match s.match_line(line, now()) {
+                            LineMatch::Failure(f) => Some((i, f.host)),
+                            _ => None,
+                        });
+                assert_eq!(combined, brute, "{name} {mode:?}: {line}");
+            }
+        }
+    }
+}
+
+/// Soundness of the literal prefilter: whenever a failregex matches the
+/// text `match_line` hands it, the prefilter must have let the text through.
+#[test]
+fn prefilter_never_rejects_a_matching_line() {
+    let mut matched = 0;
+    for name in builtin::builtin_names() {
+        let def = builtin::builtin(name).unwrap();
+        let sample = builtin::tests::sample(name);
+        let mut lists = vec![def.failregex.clone()];
+        lists.extend(def.modes.values().map(|m| m.failregex.clone()));
+        for list in lists.into_iter().filter(|l| !l.is_empty()) {
+            let fs = FilterSet::compile(&list, &[], None).unwrap();
+            for line in sample
+                .lines()
+                .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+            {
+                let text = match time::parse_time(line, now(), None) {
+                    Some((_, r)) => time::leading_stamp_end(line, &r).map_or(line, |e| &line[e..]),
+                    None => line,
+                };
+                for fr in &fs.fails {
+                    if fr.regex.is_match(text) {
+                        matched += 1;
+                        assert!(
+                            fs.prefilter.may_match(text),
+                            "{name}: prefilter rejected {text:?} for {}",
+                            fr.regex
+                        );
+                    }
+                }
+            }
+        }
+    }
+    assert!(matched > 150, "only {matched} matches exercised");
+}
+
+#[test]
+fn prefilter_is_active_for_builtins() {
+    for name in builtin::builtin_names() {
+        let fs = FilterSet::from_def(&builtin::builtin(name).unwrap(), None).unwrap();
+        assert!(
+            fs.prefilter.is_active(),
+            "{name}: every failregex should have a required literal"
+        );
+    }
+}
+
+#[test]
+fn usedns_serde() {
+    #[derive(Deserialize)]
+    struct T {
+        usedns: UseDns,
+    }
+    let t: T = toml::from_str("usedns = \"no\"").unwrap();
+    assert_eq!(t.usedns, UseDns::No);
+    assert_eq!(UseDns::default(), UseDns::Warn);
+    assert!(toml::from_str::<T>("usedns = \"maybe\"").is_err());
+}
+
+#[test]
+fn filterdef_rejects_unknown_keys() {
+    let e = toml::from_str::<FilterDef>("failregex = [\"<HOST>\"]\nfailregexp = []\n")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("failregexp"), "{e}");
+}
+
+#[test]
+fn zz_bench_tmp() {
+    let ips: Vec<String> = (0..5000u32)
+        .map(|i| {
+            format!(
+                "{}.{}.{}.{}",
+                1 + i % 200,
+                (i * 7) % 256,
+                (i * 13) % 256,
+                1 + i % 250
+            )
+        })
+        .collect();
+    let users = [
+        "root", "admin", "test", "oracle", "ubuntu", "user", "git", "postgres", "guest", "ftpuser",
+    ];
+    // A realistic attacked server: sessions as sshd logs them.
+    let mut lines = Vec::new();
+    let mut i = 0usize;
+    while lines.len() < 1_000_000 {
+        i += 1;
+        let ip = &ips[(i * 31) % ips.len()];
+        let u = users[i % users.len()];
+        let port = 30000 + (i % 30000);
+        let pid = 10000 + i % 50000;
+        let ts = format!(
+            "Nov 21 {:02}:{:02}:{:02} bastion sshd[{pid}]: ",
+            (i / 3600) % 24,
+            (i / 60) % 60,
+            i % 60
+        );
+        let msgs: Vec<String> = match i % 20 {
+            0..=9 => vec![
+                format!("Invalid user {u} from {ip} port {port}"),
+                "pam_unix(sshd:auth): check pass; user unknown".to_string(),
+                format!("pam_unix(sshd:auth): authentication failure; logname= uid=0 euid=0 tty=ssh ruser= rhost={ip}"),
+                format!("Failed password for invalid user {u} from {ip} port {port} ssh2"),
+                format!("Received disconnect from {ip} port {port}:11: Bye Bye [preauth]"),
+                format!("Disconnected from invalid user {u} {ip} port {port} [preauth]"),
+            ],
+            10..=15 => vec![
+                format!("pam_unix(sshd:auth): authentication failure; logname= uid=0 euid=0 tty=ssh ruser= rhost={ip}  user=root"),
+                format!("Failed password for root from {ip} port {port} ssh2"),
+                format!("Received disconnect from {ip} port {port}:11: Bye Bye [preauth]"),
+                format!("Disconnected from authenticating user root {ip} port {port} [preauth]"),
+            ],
+            16..=18 => vec![
+                "error: kex_exchange_identification: Connection closed by remote host".to_string(),
+                format!("Connection closed by {ip} port {port}"),
+            ],
+            _ => vec![
+                format!("Accepted publickey for alice from {ip} port {port} ssh2: ED25519 SHA256:7Qk4Xz9v2aQ+b3s1ZgMEu2ZkQ0m5wq1m9l2dF0y4tqA"),
+                "pam_unix(sshd:session): session opened for user alice(uid=1000) by alice(uid=0)".to_string(),
+                format!("Received disconnect from {ip} port {port}:11: disconnected by user"),
+                format!("Disconnected from user alice {ip} port {port}"),
+                "pam_unix(sshd:session): session closed for user alice".to_string(),
+            ],
+        };
+        for m in msgs {
+            lines.push(format!("{ts}{m}"));
+        }
+    }
+    let bytes: usize = lines.iter().map(|l| l.len() + 1).sum();
+    for mode in ["normal", "aggressive"] {
+        let fs = FilterSet::from_def(&builtin::builtin("sshd").unwrap(), Some(mode)).unwrap();
+        let mut fails = 0usize;
+        let t0 = std::time::Instant::now();
+        for l in &lines {
+            if let LineMatch::Failure(_) = fs.match_line(l, now()) {
+                fails += 1;
+            }
+        }
+        let el = t0.elapsed().as_secs_f64();
+        println!(
+            "sshd {mode}: {} lines ({} MB), {fails} failures, {:.3}s, {:.0} lines/s",
+            lines.len(),
+            bytes / 1_000_000,
+            el,
+            lines.len() as f64 / el
+        );
+        let texts: Vec<&str> = lines
+            .iter()
+            .map(|l| {
+                let (_, r) = time::parse_time(l, now(), None).unwrap();
+                &l[time::leading_stamp_end(l, &r).unwrap()..]
+            })
+            .collect();
+        let t0 = std::time::Instant::now();
+        let mut n = 0usize;
+        for l in &lines {
+            if time::parse_time(l, now(), None).is_some() {
+                n += 1;
+            }
+        }
+        println!("  time only: {:.3}s ({n})", t0.elapsed().as_secs_f64());
+        let t0 = std::time::Instant::now();
+        let mut n = 0usize;
+        for l in &texts {
+            if fs.prefilter.may_match(l) {
+                n += 1;
+            }
+        }
+        println!(
+            "  prefilter only: {:.3}s ({n} pass)",
+            t0.elapsed().as_secs_f64()
+        );
+        let t0 = std::time::Instant::now();
+        let mut n = 0usize;
+        for l in &texts {
+            if fs.fail_set.matches(l).matched_any() {
+                n += 1;
+            }
+        }
+        println!("  set only: {:.3}s ({n})", t0.elapsed().as_secs_f64());
+        let t0 = std::time::Instant::now();
+        let mut n = 0usize;
+        for l in &texts {
+            if let Some(i) = fs.fail_set.matches(l).iter().next() {
+                if fs.capture(i, l).is_some() {
+                    n += 1;
+                }
+            }
+        }
+        println!("  set+capture: {:.3}s ({n})", t0.elapsed().as_secs_f64());
+        let mut per = vec![(0usize, 0f64); fs.fails.len()];
+        for l in &texts {
+            if let Some(i) = fs.fail_set.matches(l).iter().next() {
+                let t = std::time::Instant::now();
+                fs.capture(i, l);
+                per[i].0 += 1;
+                per[i].1 += t.elapsed().as_secs_f64();
+            }
+        }
+        for (i, (c, t)) in per.iter().enumerate() {
+            if *c > 0 {
+                println!(
+                    "    regex {i}: {c} captures, {:.3}s, {:.2}us each",
+                    t,
+                    t / *c as f64 * 1e6
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,916 @@
+//! Log timestamp detection.
+//!
+//! This runs on every log line, so the common formats are recognised by a
+//! hand-written byte scanner, not by regexes. Detected automatically (the
+//! leftmost timestamp in the line wins):
+//!
+//! | format | example | zone |
+//! |---|---|---|
+//! | syslog / ctime | `Nov 21 05:28:31`, `Sun Jun 09 07:57:47.123 2013` | local |
+//! | ISO 8601 / RFC 3339 | `2026-11-21T05:28:31.123+01:00`, `2006-02-13 15:52:30,388` | offset, `Z`, else local |
+//! | Apache/nginx access | `10/Oct/2000:13:55:36 -0700` | offset, else local |
+//! | nginx error | `2024/01/31 12:34:56` | local |
+//! | epoch | `1700000000.123` at line start or in `[...]` | UTC |
+//! | TAI64N (multilog) | `@400000004c91b044077a9e94` at line start | UTC |
+//!
+//! Timestamps without a year take the latest year that puts them no more
+//! than one day after `now`, so a `Dec 31` line read on Jan 1 is last year.
+//! "Local" is the machine's time zone (`chrono::Local`).
+
+use std::cell::Cell;
+use std::ops::Range;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use chrono::{Datelike, LocalResult, NaiveDate, NaiveDateTime, Offset, TimeZone};
+
+use super::FilterError;
+
+const F_SYSLOG: u8 = 1;
+const F_ISO: u8 = 2;
+const F_CLF: u8 = 4;
+const F_NGINX: u8 = 8;
+const F_EPOCH: u8 = 16;
+const F_TAI64N: u8 = 32;
+const F_ALL: u8 = 63;
+
+/// How to find a line's timestamp: a named format family or a
+/// strftime-like pattern.
+///
+/// Named values: `epoch`, `iso8601`, `syslog` (includes the ctime form used
+/// by Apache error logs and vsftpd), `apache` (access-log
+/// `10/Oct/2000:13:55:36 -0700`), `nginx` (`2024/01/31 12:34:56`), `tai64n`.
+///
+/// Pattern directives: `%Y` (4-digit year), `%y` (2-digit year, 20xx), `%m`,
+/// `%d`, `%e`, `%H`, `%M`, `%S` (1–2 digits), `%b` (English month name),
+/// `%a` (English weekday name, skipped), `%z` (`Z`, `+hh`, `+hhmm`,
+/// `+hh:mm`), `%f` (fraction digits), `%s` (epoch seconds), `%%`. A space
+/// matches one or more blanks. A leading `^` anchors the pattern at the start
+/// of the line. Without `%Y`/`%y` the year is inferred as for syslog; without
+/// `%z` the time is local.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DatePattern {
+    kind: DpKind,
+    anchored: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum DpKind {
+    Formats(u8),
+    Custom(Vec<Tok>),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Tok {
+    Lit(u8),
+    Blank,
+    Year4,
+    Year2,
+    Month,
+    Day,
+    Hour,
+    Min,
+    Sec,
+    MonName,
+    DayName,
+    Zone,
+    Frac,
+    Epoch,
+}
+
+impl DatePattern {
+    /// Parses a `datepattern` value; errors say which directive is wrong.
+    pub fn parse(s: &str) -> Result<DatePattern, FilterError> {
+        let err = |reason: String| FilterError::DatePattern {
+            pattern: s.to_string(),
+            reason,
+        };
+        let (anchored, body) = match s.strip_prefix('^') {
+            Some(rest) => (true, rest),
+            None => (false, s),
+        };
+        let named = match body.to_ascii_lowercase().as_str() {
+            "epoch" => Some(F_EPOCH),
+            "iso8601" => Some(F_ISO),
+            "syslog" => Some(F_SYSLOG),
+            "apache" => Some(F_CLF),
+            "nginx" => Some(F_NGINX),
+            "tai64n" => Some(F_TAI64N),
+            _ => None,
+        };
+        if let Some(mask) = named {
+            return Ok(DatePattern {
+                kind: DpKind::Formats(mask),
+                anchored,
+            });
+        }
+        if body.is_empty() {
+            return Err(err("it is empty; use a format name (syslog, iso8601, apache, nginx, epoch) or a %-pattern".into()));
+        }
+        let mut toks = Vec::new();
+        let mut it = body.bytes();
+        while let Some(b) = it.next() {
+            if b == b'%' {
+                let d = it.next().ok_or_else(|| {
+                    err("it ends with a lone %; write %% for a literal percent sign".into())
+                })?;
+                toks.push(match d {
+                    b'Y' => Tok::Year4,
+                    b'y' => Tok::Year2,
+                    b'm' => Tok::Month,
+                    b'd' | b'e' => Tok::Day,
+                    b'H' => Tok::Hour,
+                    b'M' => Tok::Min,
+                    b'S' => Tok::Sec,
+                    b'b' => Tok::MonName,
+                    b'a' => Tok::DayName,
+                    b'z' => Tok::Zone,
+                    b'f' => Tok::Frac,
+                    b's' => Tok::Epoch,
+                    b'%' => Tok::Lit(b'%'),
+                    other => {
+                        return Err(err(format!(
+                            "unsupported directive %{}; use %Y %y %m %d %e %H %M %S %b %a %z %f %s or %%",
+                            other as char
+                        )))
+                    }
+                });
+            } else if b == b' ' {
+                if toks.last() != Some(&Tok::Blank) {
+                    toks.push(Tok::Blank);
+                }
+            } else {
+                toks.push(Tok::Lit(b));
+            }
+        }
+        let has = |t: Tok| toks.contains(&t);
+        if !has(Tok::Epoch) && !(has(Tok::Day) && (has(Tok::Month) || has(Tok::MonName))) {
+            return Err(err(
+                "it needs %s, or %d together with %m or %b, to name a day".into(),
+            ));
+        }
+        Ok(DatePattern {
+            kind: DpKind::Custom(toks),
+            anchored,
+        })
+    }
+}
+
+/// Finds the first timestamp in `line` and returns it with its byte range.
+/// `now` is the reference for year inference.
+pub fn parse_time(
+    line: &str,
+    now: SystemTime,
+    datepattern: Option<&DatePattern>,
+) -> Option<(SystemTime, Range<usize>)> {
+    let b = line.as_bytes();
+    if b.is_empty() {
+        return None;
+    }
+    let (mask, anchored, custom) = match datepattern {
+        None => (F_ALL, false, None),
+        Some(DatePattern {
+            kind: DpKind::Formats(m),
+            anchored,
+        }) => (*m, *anchored, None),
+        Some(DatePattern {
+            kind: DpKind::Custom(t),
+            anchored,
+        }) => (0, *anchored, Some(t.as_slice())),
+    };
+    let last = if anchored { 0 } else { b.len() };
+    for i in 0..=last.min(b.len().saturating_sub(1)) {
+        let c = b[i];
+        let prev = if i == 0 { b' ' } else { b[i - 1] };
+        let found = if let Some(toks) = custom {
+            let first_num = !matches!(
+                toks.first(),
+                Some(Tok::MonName | Tok::DayName | Tok::Lit(_) | Tok::Blank)
+            );
+            if (first_num && prev.is_ascii_digit()) || (!first_num && prev.is_ascii_alphabetic()) {
+                None
+            } else {
+                match_custom(b, i, toks)
+            }
+        } else if c.is_ascii_digit() {
+            if prev.is_ascii_digit() {
+                continue;
+            }
+            scan_digit(b, i, prev, mask)
+        } else if c.is_ascii_uppercase() {
+            if prev.is_ascii_alphabetic() || mask & F_SYSLOG == 0 {
+                continue;
+            }
+            scan_syslog(b, i)
+        } else if c == b'@' && i == 0 && mask & F_TAI64N != 0 {
+            scan_tai64n(b)
+        } else {
+            continue;
+        };
+        if let Some((fields, end)) = found {
+            if let Some(t) = fields.resolve(now) {
+                return Some((t, i..end));
+            }
+        }
+    }
+    None
+}
+
+/// If the timestamp at `range` is the line's leading field (only blanks or
+/// one `[` before it), returns where the rest of the line starts: the
+/// matcher then sees `host sshd[1]: ...` without the date.
+pub(crate) fn leading_stamp_end(line: &str, range: &Range<usize>) -> Option<usize> {
+    let b = line.as_bytes();
+    let head = &b[..range.start];
+    let bracket = match head.iter().rposition(|&c| !c.is_ascii_whitespace()) {
+        None => false,
+        Some(p) if head[p] == b'[' && head[..p].iter().all(u8::is_ascii_whitespace) => true,
+        Some(_) => return None,
+    };
+    let mut end = range.end;
+    if bracket {
+        if b.get(end) != Some(&b']') {
+            return None;
+        }
+        end += 1;
+    }
+    while end < b.len() && b[end].is_ascii_whitespace() {
+        end += 1;
+    }
+    Some(end)
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Fields {
+    year: Option<i32>,
+    month: u32,
+    day: u32,
+    hour: u32,
+    min: u32,
+    sec: u32,
+    nanos: u32,
+    /// Seconds east of UTC; `None` = local time.
+    offset: Option<i32>,
+    /// Absolute time (epoch, TAI64N): everything else is ignored.
+    epoch: Option<(i64, u32)>,
+}
+
+impl Fields {
+    fn resolve(&self, now: SystemTime) -> Option<SystemTime> {
+        if let Some((s, n)) = self.epoch {
+            return to_system_time(s, n);
+        }
+        let sec = self.sec.min(59); // a leap second is read as :59
+        let to_secs = |year: i32| -> Option<i64> {
+            let ndt = NaiveDate::from_ymd_opt(year, self.month, self.day)?
+                .and_hms_opt(self.hour, self.min, sec)?;
+            match self.offset {
+                Some(off) => Some(ndt.and_utc().timestamp() - i64::from(off)),
+                None => local_to_utc(ndt),
+            }
+        };
+        let secs = match self.year {
+            Some(y) => to_secs(y)?,
+            None => infer_year(now, to_secs)?,
+        };
+        to_system_time(secs, self.nanos)
+    }
+}
+
+fn unix_secs(t: SystemTime) -> i64 {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => d.as_secs() as i64,
+        Err(e) => -(e.duration().as_secs() as i64),
+    }
+}
+
+fn to_system_time(secs: i64, nanos: u32) -> Option<SystemTime> {
+    if secs >= 0 {
+        UNIX_EPOCH.checked_add(Duration::new(secs as u64, nanos))
+    } else {
+        UNIX_EPOCH
+            .checked_sub(Duration::from_secs(secs.unsigned_abs()))?
+            .checked_add(Duration::from_nanos(nanos.into()))
+    }
+}
+
+/// The latest year that puts the time at most one day after `now`. Tries a
+/// few years back so that Feb 29 finds a leap year.
+fn infer_year(now: SystemTime, to_secs: impl Fn(i32) -> Option<i64>) -> Option<i64> {
+    let now_s = unix_secs(now);
+    let limit = now_s + 86_400;
+    let year = chrono::DateTime::from_timestamp(now_s, 0)?.year();
+    (year - 8..=year + 1)
+        .rev()
+        .filter_map(&to_secs)
+        .find(|&t| t <= limit)
+}
+
+thread_local! {
+    /// (local hour index, UTC offset in seconds) of the last conversion:
+    /// log lines arrive in time order, so nearly every line hits it.
+    static LOCAL_CACHE: Cell<Option<(i64, i32)>> = const { Cell::new(None) };
+}
+
+/// Converts a local wall-clock time to Unix seconds. Ambiguous times (the
+/// repeated hour when DST ends) take the earlier instant; times in the DST
+/// gap use the offset in force just before it.
+fn local_to_utc(ndt: NaiveDateTime) -> Option<i64> {
+    let naive = ndt.and_utc().timestamp();
+    let hour = naive.div_euclid(3600);
+    if let Some((h, off)) = LOCAL_CACHE.get() {
+        if h == hour {
+            return Some(naive - i64::from(off));
+        }
+    }
+    let (off, cacheable) = match chrono::Local.from_local_datetime(&ndt) {
+        LocalResult::Single(dt) => (dt.offset().fix().local_minus_utc(), true),
+        LocalResult::Ambiguous(a, _) => (a.offset().fix().local_minus_utc(), false),
+        LocalResult::None => {
+            let before = ndt - chrono::Duration::hours(3);
+            (
+                chrono::Local
+                    .from_utc_datetime(&before)
+                    .offset()
+                    .fix()
+                    .local_minus_utc(),
+                false,
+            )
+        }
+    };
+    // Zone transitions fall on whole hours in practice, so a whole local
+    // hour shares one offset unless it is ambiguous or skipped.
+    if cacheable {
+        LOCAL_CACHE.set(Some((hour, off)));
+    }
+    Some(naive - i64::from(off))
+}
+
+// ---------------------------------------------------------------- scanners
+
+fn digits(b: &[u8], i: usize, n: usize) -> Option<u32> {
+    let s = b.get(i..i + n)?;
+    let mut v = 0u32;
+    for &c in s {
+        if !c.is_ascii_digit() {
+            return None;
+        }
+        v = v * 10 + u32::from(c - b'0');
+    }
+    Some(v)
+}
+
+/// 1 or 2 digits; returns (value, bytes used).
+fn digits12(b: &[u8], i: usize) -> Option<(u32, usize)> {
+    let d1 = digits(b, i, 1)?;
+    match digits(b, i + 1, 1) {
+        Some(d2) => Some((d1 * 10 + d2, 2)),
+        None => Some((d1, 1)),
+    }
+}
+
+fn not_digit_at(b: &[u8], i: usize) -> bool {
+    b.get(i).is_none_or(|c| !c.is_ascii_digit())
+}
+
+fn month_name(b: &[u8], i: usize) -> Option<u32> {
+    let s = b.get(i..i + 3)?;
+    let m = match [s[0], s[1].to_ascii_lowercase(), s[2].to_ascii_lowercase()] {
+        [b'J', b'a', b'n'] => 1,
+        [b'F', b'e', b'b'] => 2,
+        [b'M', b'a', b'r'] => 3,
+        [b'A', b'p', b'r'] => 4,
+        [b'M', b'a', b'y'] => 5,
+        [b'J', b'u', b'n'] => 6,
+        [b'J', b'u', b'l'] => 7,
+        [b'A', b'u', b'g'] => 8,
+        [b'S', b'e', b'p'] => 9,
+        [b'O', b'c', b't'] => 10,
+        [b'N', b'o', b'v'] => 11,
+        [b'D', b'e', b'c'] => 12,
+        _ => return None,
+    };
+    Some(m)
+}
+
+fn is_weekday(b: &[u8], i: usize) -> bool {
+    let Some(s) = b.get(i..i + 3) else {
+        return false;
+    };
+    matches!(
+        [s[0], s[1].to_ascii_lowercase(), s[2].to_ascii_lowercase()],
+        [b'M', b'o', b'n']
+            | [b'T', b'u', b'e']
+            | [b'W', b'e', b'd']
+            | [b'T', b'h', b'u']
+            | [b'F', b'r', b'i']
+            | [b'S', b'a', b't']
+            | [b'S', b'u', b'n']
+    )
+}
+
+/// `HH:MM:SS` at `i` with an optional `.fff`/`,fff`; returns the end.
+fn hms(b: &[u8], i: usize, f: &mut Fields) -> Option<usize> {
+    f.hour = digits(b, i, 2)?;
+    (b.get(i + 2) == Some(&b':')).then_some(())?;
+    f.min = digits(b, i + 3, 2)?;
+    (b.get(i + 5) == Some(&b':')).then_some(())?;
+    f.sec = digits(b, i + 6, 2)?;
+    if f.hour > 23 || f.min > 59 || f.sec > 60 {
+        return None;
+    }
+    Some(fraction(b, i + 8, f))
+}
+
+fn fraction(b: &[u8], i: usize, f: &mut Fields) -> usize {
+    if matches!(b.get(i), Some(b'.' | b',')) && b.get(i + 1).is_some_and(u8::is_ascii_digit) {
+        let mut j = i + 1;
+        let mut nanos = 0u32;
+        let mut n = 0;
+        while let Some(&c) = b.get(j) {
+            if !c.is_ascii_digit() {
+                break;
+            }
+            if n < 9 {
+                nanos = nanos * 10 + u32::from(c - b'0');
+                n += 1;
+            }
+            j += 1;
+        }
+        f.nanos = nanos * 10u32.pow(9 - n);
+        return j;
+    }
+    i
+}
+
+/// `Z`, `+hh`, `+hhmm`, `+hh:mm` at `i`; returns (offset seconds, end).
+fn zone(b: &[u8], i: usize) -> Option<(i32, usize)> {
+    match b.get(i)? {
+        b'Z' | b'z' => Some((0, i + 1)),
+        s @ (b'+' | b'-') => {
+            let sign = if *s == b'-' { -1 } else { 1 };
+            let h = digits(b, i + 1, 2)?;
+            let (m, end) = if b.get(i + 3) == Some(&b':') {
+                (digits(b, i + 4, 2)?, i + 6)
+            } else if let Some(m) = digits(b, i + 3, 2) {
+                (m, i + 5)
+            } else {
+                (0, i + 3)
+            };
+            if h > 14 || m > 59 || !not_digit_at(b, end) {
+                return None;
+            }
+            Some((sign * (h as i32 * 3600 + m as i32 * 60), end))
+        }
+        _ => None,
+    }
+}
+
+fn scan_digit(b: &[u8], i: usize, prev: u8, mask: u8) -> Option<(Fields, usize)> {
+    let mut f = Fields::default();
+    // YYYY-MM-DD[T ]HH:MM:SS or YYYY/MM/DD HH:MM:SS
+    if let Some(year) = digits(b, i, 4) {
+        let sep = b.get(i + 4).copied();
+        if (sep == Some(b'-') && mask & F_ISO != 0) || (sep == Some(b'/') && mask & F_NGINX != 0) {
+            let sep = sep.unwrap();
+            f.year = Some(year as i32);
+            f.month = digits(b, i + 5, 2)?;
+            (b.get(i + 7) == Some(&sep)).then_some(())?;
+            f.day = digits(b, i + 8, 2)?;
+            let t = b.get(i + 10)?;
+            if !(*t == b' ' || (sep == b'-' && (*t == b'T' || *t == b't'))) {
+                return None;
+            }
+            let mut end = hms(b, i + 11, &mut f)?;
+            if sep == b'-' {
+                if let Some((off, e)) = zone(b, end) {
+                    f.offset = Some(off);
+                    end = e;
+                } else if b.get(end) == Some(&b' ') && matches!(b.get(end + 1), Some(b'+' | b'-')) {
+                    // `2024-01-31 12:34:56 +0100`: only a full 4-digit
+                    // offset counts after a blank.
+                    if let (Some(_), Some((off, e))) = (digits(b, end + 2, 4), zone(b, end + 1)) {
+                        if e == end + 6 {
+                            f.offset = Some(off);
+                            end = e;
+                        }
+                    }
+                }
+            }
+            return Some((f, end));
+        }
+    }
+    // DD/Mon/YYYY:HH:MM:SS [+-]zzzz
+    if mask & F_CLF != 0 && b.get(i + 2) == Some(&b'/') {
+        f.day = digits(b, i, 2)?;
+        f.month = month_name(b, i + 3)?;
+        (b.get(i + 6) == Some(&b'/')).then_some(())?;
+        f.year = Some(digits(b, i + 7, 4)? as i32);
+        (b.get(i + 11) == Some(&b':')).then_some(())?;
+        let mut end = hms(b, i + 12, &mut f)?;
+        if b.get(end) == Some(&b' ') {
+            if let Some((off, e)) = zone(b, end + 1) {
+                f.offset = Some(off);
+                end = e;
+            }
+        }
+        return Some((f, end));
+    }
+    // Epoch seconds: at the start of the line or right after `[`.
+    if mask & F_EPOCH != 0 && (i == 0 || prev == b'[') {
+        let secs = digits(b, i, 10)?;
+        let mut end = i + 10;
+        if !not_digit_at(b, end) {
+            return None;
+        }
+        end = fraction(b, end, &mut f);
+        if b.get(end).is_some_and(|c| c.is_ascii_alphanumeric()) {
+            return None;
+        }
+        if prev == b'[' && b.get(end) != Some(&b']') {
+            return None;
+        }
+        f.epoch = Some((i64::from(secs), f.nanos));
+        return Some((f, end));
+    }
+    None
+}
+
+fn scan_syslog(b: &[u8], i: usize) -> Option<(Fields, usize)> {
+    let mut f = Fields::default();
+    let mut j = i;
+    if is_weekday(b, j) && b.get(j + 3) == Some(&b' ') {
+        j += 4;
+    }
+    f.month = month_name(b, j)?;
+    j += 3;
+    (b.get(j) == Some(&b' ')).then_some(())?;
+    j += 1;
+    if b.get(j) == Some(&b' ') {
+        j += 1; // `Jan  5`
+    }
+    let (day, n) = digits12(b, j)?;
+    f.day = day;
+    j += n;
+    (b.get(j) == Some(&b' ')).then_some(())?;
+    j += 1;
+    // `Jan 31 2024 12:34:56` (year before the time)
+    if let Some(y) = digits(b, j, 4) {
+        if b.get(j + 4) == Some(&b' ') {
+            f.year = Some(y as i32);
+            j += 5;
+        }
+    }
+    let mut end = hms(b, j, &mut f)?;
+    // ctime: `... 07:57:47 2013`
+    if f.year.is_none() && b.get(end) == Some(&b' ') {
+        if let Some(y) = digits(b, end + 1, 4) {
+            if not_digit_at(b, end + 5) {
+                f.year = Some(y as i32);
+                end += 5;
+            }
+        }
+    }
+    Some((f, end))
+}
+
+fn scan_tai64n(b: &[u8]) -> Option<(Fields, usize)> {
+    let hex = b.get(1..25)?;
+    let s = std::str::from_utf8(hex).ok()?;
+    let label = u64::from_str_radix(&s[..16], 16).ok()?;
+    let nanos = u32::from_str_radix(&s[16..], 16).ok()?;
+    // TAI64 label of the Unix epoch is 2^62 + 10 (daemontools convention).
+    let secs = label.checked_sub((1u64 << 62) + 10)?;
+    if nanos >= 1_000_000_000 {
+        return None;
+    }
+    let f = Fields {
+        epoch: Some((secs as i64, nanos)),
+        ..Fields::default()
+    };
+    Some((f, 25))
+}
+
+fn match_custom(b: &[u8], start: usize, toks: &[Tok]) -> Option<(Fields, usize)> {
+    let mut f = Fields::default();
+    let mut j = start;
+    let mut have_year = false;
+    for tok in toks {
+        match *tok {
+            Tok::Lit(c) => {
+                (b.get(j) == Some(&c)).then_some(())?;
+                j += 1;
+            }
+            Tok::Blank => {
+                let s = j;
+                while matches!(b.get(j), Some(b' ' | b'\t')) {
+                    j += 1;
+                }
+                (j > s).then_some(())?;
+            }
+            Tok::Year4 => {
+                f.year = Some(digits(b, j, 4)? as i32);
+                have_year = true;
+                j += 4;
+            }
+            Tok::Year2 => {
+                f.year = Some(2000 + digits(b, j, 2)? as i32);
+                have_year = true;
+                j += 2;
+            }
+            Tok::Month | Tok::Day | Tok::Hour | Tok::Min | Tok::Sec => {
+                let (v, n) = digits12(b, j)?;
+                match tok {
+                    Tok::Month => f.month = v,
+                    Tok::Day => f.day = v,
+                    Tok::Hour => f.hour = v,
+                    Tok::Min => f.min = v,
+                    _ => f.sec = v,
+                }
+                j += n;
+            }
+            Tok::MonName => {
+                f.month = month_name(b, j)?;
+                j += 3;
+                while b.get(j).is_some_and(u8::is_ascii_alphabetic) {
+                    j += 1; // full month names
+                }
+            }
+            Tok::DayName => {
+                is_weekday(b, j).then_some(())?;
+                j += 3;
+                while b.get(j).is_some_and(u8::is_ascii_alphabetic) {
+                    j += 1;
+                }
+            }
+            Tok::Zone => {
+                let (off, e) = zone(b, j)?;
+                f.offset = Some(off);
+                j = e;
+            }
+            Tok::Frac => {
+                let s = j;
+                let mut nanos = 0u32;
+                let mut n = 0;
+                while let Some(&c) = b.get(j) {
+                    if !c.is_ascii_digit() {
+                        break;
+                    }
+                    if n < 9 {
+                        nanos = nanos * 10 + u32::from(c - b'0');
+                        n += 1;
+                    }
+                    j += 1;
+                }
+                (j > s).then_some(())?;
+                f.nanos = nanos * 10u32.pow(9 - n);
+            }
+            Tok::Epoch => {
+                let s = j;
+                let mut v: i64 = 0;
+                while let Some(&c) = b.get(j) {
+                    if !c.is_ascii_digit() || j - s >= 12 {
+                        break;
+                    }
+                    v = v * 10 + i64::from(c - b'0');
+                    j += 1;
+                }
+                (j - s >= 9).then_some(())?;
+                f.epoch = Some((v, 0));
+            }
+        }
+    }
+    if let Some((s, _)) = f.epoch {
+        f.epoch = Some((s, f.nanos));
+    }
+    if f.hour > 23 || f.min > 59 || f.sec > 60 {
+        return None;
+    }
+    if !have_year {
+        f.year = None;
+    }
+    Some((f, j))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::{Local, TimeZone};
+
+    fn utc(s: &str) -> SystemTime {
+        let dt = chrono::DateTime::parse_from_rfc3339(s).unwrap();
+        to_system_time(dt.timestamp(), dt.timestamp_subsec_nanos()).unwrap()
+    }
+
+    /// Local wall-clock time as chrono converts it (earliest if ambiguous).
+    fn local(y: i32, mo: u32, d: u32, h: u32, mi: u32, s: u32) -> SystemTime {
+        let dt = Local
+            .with_ymd_and_hms(y, mo, d, h, mi, s)
+            .earliest()
+            .unwrap();
+        to_system_time(dt.timestamp(), 0).unwrap()
+    }
+
+    fn at(line: &str, now: SystemTime) -> (SystemTime, Range<usize>) {
+        parse_time(line, now, None).unwrap_or_else(|| panic!("no time in {line:?}"))
+    }
+
+    #[test]
+    fn syslog_current_year() {
+        let now = utc("2026-11-21T12:00:00Z");
+        let (t, r) = at("Nov 21 05:28:31 host sshd[1]: x", now);
+        assert_eq!(t, local(2026, 11, 21, 5, 28, 31));
+        assert_eq!(r, 0..15);
+        let (t, r) = at(
+            "Jan  5 01:31:41 www sshd[1643]: x",
+            utc("2026-03-01T00:00:00Z"),
+        );
+        assert_eq!(t, local(2026, 1, 5, 1, 31, 41));
+        assert_eq!(r, 0..15);
+        let (t, _) = at(
+            "Feb 7 16:01:07 linux sshd[5106]: x",
+            utc("2026-03-01T00:00:00Z"),
+        );
+        assert_eq!(t, local(2026, 2, 7, 16, 1, 7));
+    }
+
+    #[test]
+    fn syslog_across_new_year() {
+        // Read on Jan 1: a Dec 31 line is from last year ...
+        let now = utc("2027-01-01T00:30:00Z");
+        let (t, _) = at("Dec 31 23:59:58 h sshd[1]: x", now);
+        assert_eq!(t, local(2026, 12, 31, 23, 59, 58));
+        // ... and a Jan 1 line is from this year.
+        let (t, _) = at("Jan  1 00:10:00 h sshd[1]: x", now);
+        assert_eq!(t, local(2027, 1, 1, 0, 10, 0));
+        // Read on Dec 31 with a clock a little ahead: Jan 1 is next year.
+        let now = utc("2026-12-31T23:50:00Z");
+        let (t, _) = at("Jan  1 00:05:00 h sshd[1]: x", now);
+        assert_eq!(t, local(2027, 1, 1, 0, 5, 0));
+        // A line more than a day in the future is last year's.
+        let now = utc("2026-06-01T00:00:00Z");
+        let (t, _) = at("Jun 20 10:00:00 h x", now);
+        assert_eq!(t, local(2025, 6, 20, 10, 0, 0));
+    }
+
+    #[test]
+    fn syslog_feb_29_finds_a_leap_year() {
+        let now = utc("2026-03-10T00:00:00Z");
+        let (t, _) = at("Feb 29 12:00:00 h x", now);
+        assert_eq!(t, local(2024, 2, 29, 12, 0, 0));
+    }
+
+    #[test]
+    fn ctime_forms() {
+        let now = utc("2026-01-01T00:00:00Z");
+        let (t, r) = at(
+            "[Sun Jun 09 07:57:47 2013] [error] [client 192.0.2.1] x",
+            now,
+        );
+        assert_eq!(t, local(2013, 6, 9, 7, 57, 47));
+        assert_eq!(r, 1..25);
+        let line = "[Mon Dec 23 07:49:01.981912 2013] [:error] x";
+        let (t, r) = at(line, now);
+        assert_eq!(
+            t,
+            local(2013, 12, 23, 7, 49, 1) + Duration::from_nanos(981_912_000)
+        );
+        assert_eq!(leading_stamp_end(line, &r), Some(34));
+        let (t, _) = at(
+            "Thu Sep  8 00:39:49 2016 [pid 15019] [guest] FAIL LOGIN",
+            now,
+        );
+        assert_eq!(t, local(2016, 9, 8, 0, 39, 49));
+        let (t, _) = at("Jan 31 2024 12:34:56 host x", now);
+        assert_eq!(t, local(2024, 1, 31, 12, 34, 56));
+    }
+
+    #[test]
+    fn iso8601_forms() {
+        let now = utc("2026-01-01T00:00:00Z");
+        let (t, r) = at("2026-11-21T05:28:31.123456Z  INFO xban::agent: ban", now);
+        assert_eq!(t, utc("2026-11-21T05:28:31.123456Z"));
+        assert_eq!(r, 0..27);
+        let (t, _) = at("2015-04-16T18:02:50.321974+00:00 host sshd[2716]: x", now);
+        assert_eq!(t, utc("2015-04-16T18:02:50.321974Z"));
+        let (t, _) = at("2019-07-08T17:40:16-04:00 h x", now);
+        assert_eq!(t, utc("2019-07-08T21:40:16Z"));
+        let (t, _) = at("2019-07-08T17:40:16+0530 h x", now);
+        assert_eq!(t, utc("2019-07-08T12:10:16Z"));
+        let (t, _) = at("2024-01-31 12:34:56 +0100 x", now);
+        assert_eq!(t, utc("2024-01-31T11:34:56Z"));
+        // No offset: local time; comma fraction (Python logging).
+        let (t, r) = at("2006-02-13 15:52:30,388 fail2ban.actions: x", now);
+        assert_eq!(
+            t,
+            local(2006, 2, 13, 15, 52, 30) + Duration::from_millis(388)
+        );
+        assert_eq!(r, 0..23);
+    }
+
+    #[test]
+    fn apache_and_nginx_forms() {
+        let now = utc("2026-01-01T00:00:00Z");
+        let line = r#"192.0.2.7 - - [10/Oct/2000:13:55:36 -0700] "GET / HTTP/1.0" 404 0"#;
+        let (t, r) = at(line, now);
+        assert_eq!(t, utc("2000-10-10T20:55:36Z"));
+        assert_eq!(&line[r.clone()], "10/Oct/2000:13:55:36 -0700");
+        assert_eq!(leading_stamp_end(line, &r), None, "not a leading stamp");
+        let (t, r) = at("2024/01/31 12:34:56 [error] 1#0: *5 x", now);
+        assert_eq!(t, local(2024, 1, 31, 12, 34, 56));
+        assert_eq!(r, 0..19);
+    }
+
+    #[test]
+    fn epoch_and_tai64n() {
+        let now = utc("2026-01-01T00:00:00Z");
+        let (t, r) = at("1700000000.250 host x", now);
+        assert_eq!(t, UNIX_EPOCH + Duration::from_millis(1_700_000_000_250));
+        assert_eq!(r, 0..14);
+        let (t, r) = at("[1700000000] x", now);
+        assert_eq!(t, UNIX_EPOCH + Duration::from_secs(1_700_000_000));
+        assert_eq!(r, 1..11);
+        assert_eq!(leading_stamp_end("[1700000000] x", &r), Some(13));
+        // Not at line start, not in brackets: just a number.
+        assert!(parse_time("pid 1700000000 x", now, None).is_none());
+        let (t, _) = at("@400000004c91b044077a9e94 imap-login: x", now);
+        assert_eq!(t, UNIX_EPOCH + Duration::new(0x4c91b044 - 10, 0x077a9e94));
+    }
+
+    #[test]
+    fn leftmost_wins_and_rejects() {
+        let now = utc("2026-01-01T00:00:00Z");
+        // A journal line without its own stamp picks the first one inside.
+        let (t, _) = at("sshd[1]: at 2024-01-02T03:04:05Z and Nov 21 05:28:31", now);
+        assert_eq!(t, utc("2024-01-02T03:04:05Z"));
+        for bad in [
+            "no date here",
+            "Nov 32 05:28:31 x",
+            "2024-13-01T00:00:00Z",
+            "Nov 21 25:00:00",
+            "12024-01-01",
+        ] {
+            assert!(parse_time(bad, now, None).is_none(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn datepattern_named_and_custom() {
+        let now = utc("2026-06-01T00:00:00Z");
+        let line = "Nov 21 05:28:31 h 2024-01-02T03:04:05Z";
+        let iso = DatePattern::parse("iso8601").unwrap();
+        let (t, _) = parse_time(line, now, Some(&iso)).unwrap();
+        assert_eq!(t, utc("2024-01-02T03:04:05Z"));
+        let anchored = DatePattern::parse("^iso8601").unwrap();
+        assert!(parse_time(line, now, Some(&anchored)).is_none());
+
+        let dp = DatePattern::parse("%d.%m.%Y %H:%M:%S%z").unwrap();
+        let (t, r) = parse_time("x 31.01.2024 12:34:56+0200 y", now, Some(&dp)).unwrap();
+        assert_eq!(t, utc("2024-01-31T10:34:56Z"));
+        assert_eq!(r, 2..26);
+        let dp = DatePattern::parse("%a %b %d %H:%M:%S.%f %Y").unwrap();
+        let (t, _) = parse_time("Tue Jul 22 06:48:30.5 2008 x", now, Some(&dp)).unwrap();
+        assert_eq!(
+            t,
+            local(2008, 7, 22, 6, 48, 30) + Duration::from_millis(500)
+        );
+        let dp = DatePattern::parse("%b %e %H:%M:%S").unwrap();
+        let (t, _) = parse_time("Jan  5 01:02:03 x", now, Some(&dp)).unwrap();
+        assert_eq!(t, local(2026, 1, 5, 1, 2, 3));
+        let dp = DatePattern::parse("^[%s]").unwrap();
+        let (t, _) = parse_time("[1700000000] x", now, Some(&dp)).unwrap();
+        assert_eq!(t, UNIX_EPOCH + Duration::from_secs(1_700_000_000));
+        assert!(parse_time(" [1700000000] x", now, Some(&dp)).is_none());
+    }
+
+    #[test]
+    fn datepattern_errors_name_the_fix() {
+        let e = DatePattern::parse("%Y-%m-%d %Q").unwrap_err().to_string();
+        assert!(e.contains("%Q") && e.contains("%Y"), "{e}");
+        let e = DatePattern::parse("%H:%M").unwrap_err().to_string();
+        assert!(e.contains("%d together with %m or %b"), "{e}");
+        let e = DatePattern::parse("%Y%").unwrap_err().to_string();
+        assert!(e.contains("%%"), "{e}");
+    }
+
+    #[test]
+    fn local_cache_agrees_with_chrono_over_a_year() {
+        // Walk a year hour by hour (crossing any DST changes of this
+        // machine's zone) and compare the cached conversion with chrono's.
+        // The first minute of each hour fills the cache, the others hit it.
+        let start = NaiveDate::from_ymd_opt(2025, 1, 1)
+            .unwrap()
+            .and_hms_opt(0, 0, 0)
+            .unwrap();
+        for h in 0..(366 * 24) {
+            for m in [0, 30, 59] {
+                let ndt = start + chrono::Duration::hours(h) + chrono::Duration::minutes(m);
+                let expect = match Local.from_local_datetime(&ndt) {
+                    LocalResult::Single(d) => d.timestamp(),
+                    LocalResult::Ambiguous(a, _) => a.timestamp(),
+                    LocalResult::None => continue,
+                };
+                assert_eq!(local_to_utc(ndt), Some(expect), "{ndt}");
+            }
+        }
+    }
+}
