@@ -13,6 +13,7 @@ use tokio::sync::mpsc;
 
 use crate::addr::Target;
 use crate::ban::{now_secs, BanBook, BanClass, BanRecord, MapChange, UnixSecs};
+use crate::blocklist::{Blocklists, BLOCKLIST_JAIL};
 use crate::config::{BanTime, Config, ResolvedConfig, SourceSpec};
 use crate::control::{self, ControlMessage, Reply, Request};
 use crate::enforce::iptables::TarpitSteering;
@@ -94,6 +95,9 @@ pub struct AgentCore {
     escalation: EscalationConfig,
     subnets: SubnetTracker,
     dbpurgeage: Duration,
+    blocklists: Blocklists,
+    blocklist_append: bool,
+    blocklisted: std::collections::BTreeSet<Target>,
 }
 
 /// What start-up found in the store.
@@ -130,6 +134,9 @@ impl AgentCore {
             escalation: cfg.escalation.clone(),
             subnets: SubnetTracker::default(),
             dbpurgeage: cfg.dbpurgeage,
+            blocklists: Blocklists::new(cfg.agent.blocklist_files.clone()),
+            blocklist_append: cfg.agent.blocklist_append,
+            blocklisted: Default::default(),
         })
     }
 
@@ -163,6 +170,9 @@ impl AgentCore {
             self.book.add(rec);
             report.restored += 1;
         }
+        // Before the reconcile below, so blocklisted entries a previous
+        // agent left in the kernel are kept, not removed and re-added.
+        self.sync_blocklists(false)?;
         let in_kernel: HashMap<Target, Option<BanClass>> =
             self.enforcer.entries()?.into_iter().collect();
         for target in in_kernel.keys() {
@@ -287,6 +297,64 @@ impl AgentCore {
         }
     }
 
+    /// Re-read the blocklist files: new entries become permanent bans, entries
+    /// gone from the files are unbanned. `apply`: write the kernel now (at
+    /// start the restore reconcile does it).
+    pub fn sync_blocklists(&mut self, apply: bool) -> Result<()> {
+        if self.blocklists.is_empty() {
+            return Ok(());
+        }
+        let (wanted, bad) = self.blocklists.load();
+        for b in &bad {
+            tracing::warn!(
+                "blocklist {}:{}: {} (line skipped)",
+                b.path.display(),
+                b.line,
+                b.message
+            );
+        }
+        let now = now_secs();
+        let gone: Vec<Target> = self.blocklisted.difference(&wanted).copied().collect();
+        for t in gone {
+            let (_, change) = self.book.remove(&t, Some(BLOCKLIST_JAIL));
+            if apply {
+                self.enforcer.apply(&t, change)?;
+            }
+            tracing::info!("unban {t} jail={BLOCKLIST_JAIL} reason=removed-from-file");
+        }
+        let mut kept = std::collections::BTreeSet::new();
+        for t in wanted {
+            if let Some(a) = self.allowlisted_by(&t) {
+                tracing::warn!("blocklist entry {t} overlaps the allowlist entry {a}: skipped");
+                continue;
+            }
+            if !self.blocklisted.contains(&t) {
+                let change = self.book.add(BanRecord {
+                    target: t,
+                    jail: BLOCKLIST_JAIL.to_string(),
+                    class: BanClass::Drop,
+                    banned_at: now,
+                    expires_at: None,
+                    failures: 0,
+                    matches: Vec::new(),
+                });
+                if apply {
+                    self.enforcer.apply(&t, change)?;
+                }
+            }
+            kept.insert(t);
+        }
+        if kept.len() != self.blocklisted.len() || apply {
+            tracing::info!(entries = kept.len(), "blocklist files loaded");
+        }
+        self.blocklisted = kept;
+        Ok(())
+    }
+
+    pub fn blocklists_changed(&self) -> bool {
+        self.blocklists.changed()
+    }
+
     /// Forget ban history older than dbpurgeage.
     pub fn purge_history(&mut self, now: UnixSecs) -> Result<usize> {
         let purged = self
@@ -309,6 +377,18 @@ impl AgentCore {
         self.store.put_ban(&rec, event_at)?;
         let change = self.book.add(rec.clone());
         self.enforcer.apply(&rec.target, change)?;
+        if self.blocklist_append && rec.expires_at.is_none() && rec.jail != BLOCKLIST_JAIL {
+            match self
+                .blocklists
+                .append(&rec.target, &format!("jail={} permanent", rec.jail))
+            {
+                Ok(Some(path)) => {
+                    tracing::info!(target = %rec.target, file = %path.display(), "permanent ban appended to the blocklist")
+                }
+                Ok(None) => {}
+                Err(e) => tracing::warn!("{e:#}"),
+            }
+        }
         let bantime = match rec.expires_at {
             Some(e) => crate::config::format_duration(Duration::from_secs(
                 (e - rec.banned_at).max(0) as u64,
@@ -747,6 +827,11 @@ pub async fn run(config_path: &Path) -> Result<()> {
                     core.prune_windows(SystemTime::now());
                     save_positions(&mut core, &sources);
                 }
+                if core.blocklists_changed() {
+                    if let Err(e) = core.sync_blocklists(true) {
+                        tracing::error!("reloading blocklists: {e:#}");
+                    }
+                }
                 if ticks.is_multiple_of(3600) {
                     if let Err(e) = core.purge_history(now_secs()) {
                         tracing::warn!("purging ban history: {e:#}");
@@ -1011,6 +1096,89 @@ mod tests {
             f.fail(0, "198.51.100.7", T0 + 1).is_none(),
             "allowlisted: never banned"
         );
+    }
+
+    #[test]
+    fn blocklists_load_before_reconcile_reload_and_append() {
+        let dir = tempfile::tempdir().unwrap();
+        let list = dir.path().join("block.txt");
+        std::fs::write(
+            &list,
+            "# operator's list
+203.0.113.50
+203.0.113.64/26
+bogus
+198.51.100.7
+",
+        )
+        .unwrap();
+        let text = format!(
+            "[agent]\nfilters_dir = \"{}\"\nblocklist_files = [\"{}\"]\nblocklist_append = true\n\
+             [defaults]\nignoreip = [\"198.51.100.0/24\"]\n[jails.ssh]\nlogpath = [\"/l\"]\nfailregex = ['x <HOST>$']\n",
+            dir.path().join("none").display(),
+            list.display()
+        );
+        let cfg = Config::parse(&text).unwrap().validate().unwrap();
+        let kernel = Recorder::default();
+        // A previous agent left the blocklisted /26 in the kernel.
+        kernel
+            .0
+            .lock()
+            .unwrap()
+            .insert("203.0.113.64/26".parse().unwrap(), BanClass::Drop);
+        let mut core = AgentCore::new(
+            &cfg,
+            BanStore::open(dir.path()).unwrap(),
+            Box::new(kernel.clone()),
+            &[],
+        )
+        .unwrap();
+        let report = core.restore(now_secs()).unwrap();
+        assert_eq!(
+            report.stale_map_entries, 0,
+            "blocklisted entries are not removed at start"
+        );
+        let keys = |k: &Recorder| {
+            let mut v: Vec<String> = k.0.lock().unwrap().keys().map(|t| t.to_string()).collect();
+            v.sort();
+            v
+        };
+        // The allowlisted 198.51.100.7 and the bogus line are skipped.
+        assert_eq!(keys(&kernel), ["203.0.113.50", "203.0.113.64/26"]);
+        assert!(core
+            .bans(Some(BLOCKLIST_JAIL))
+            .iter()
+            .all(|b| b.expires_at.is_none()));
+
+        // Edit the file: one entry gone, one added.
+        std::fs::write(
+            &list,
+            "203.0.113.64/26
+2001:db8:bad::/48
+",
+        )
+        .unwrap();
+        assert!(core.blocklists_changed());
+        core.sync_blocklists(true).unwrap();
+        assert_eq!(keys(&kernel), ["2001:db8:bad::/48", "203.0.113.64/26"]);
+
+        // A permanent ban is appended with a dated comment, and read back.
+        core.manual_ban("203.0.113.99", None, Some("permanent"), None)
+            .unwrap();
+        let text = std::fs::read_to_string(&list).unwrap();
+        assert!(
+            text.lines().last().unwrap().starts_with("203.0.113.99  # "),
+            "{text}"
+        );
+        assert!(text.ends_with("jail=manual permanent\n"));
+        core.sync_blocklists(true).unwrap();
+        assert_eq!(core.bans(Some(BLOCKLIST_JAIL)).len(), 3);
+        // Finite bans are not appended.
+        core.manual_ban("203.0.113.98", None, Some("1h"), None)
+            .unwrap();
+        assert!(!std::fs::read_to_string(&list)
+            .unwrap()
+            .contains("203.0.113.98"));
     }
 
     #[test]

@@ -56,6 +56,11 @@ pub struct AgentConfig {
     /// Ban history older than this is forgotten. Default: the longest
     /// escalation window (at least a day).
     pub dbpurgeage: Option<DurationSetting>,
+    /// Permanent blocklists (one address or CIDR per line, `#` comments),
+    /// loaded at start and re-read when they change.
+    pub blocklist_files: Vec<PathBuf>,
+    /// Append every permanent ban to the first blocklist file.
+    pub blocklist_append: bool,
 }
 
 impl Default for AgentConfig {
@@ -69,6 +74,8 @@ impl Default for AgentConfig {
             keep_on_exit: true,
             filters_dir: directories::FILTERS_DIR.into(),
             dbpurgeage: None,
+            blocklist_files: Vec::new(),
+            blocklist_append: false,
         }
     }
 }
@@ -265,6 +272,20 @@ impl Config {
             })?;
         if self.defaults.maxretry == 0 {
             return Err(invalid("defaults.maxretry", "must be at least 1"));
+        }
+        for (i, f) in self.agent.blocklist_files.iter().enumerate() {
+            if !f.is_absolute() {
+                return Err(invalid(
+                    format!("agent.blocklist_files[{i}]"),
+                    format!("`{}` is not an absolute path", f.display()),
+                ));
+            }
+        }
+        if self.agent.blocklist_append && self.agent.blocklist_files.is_empty() {
+            return Err(invalid(
+                "agent.blocklist_append",
+                "needs a file to append to: set blocklist_files = [\"/etc/xban/blocklist.txt\"]",
+            ));
         }
         for (name, def) in &self.filters {
             FilterSet::from_def(def, None)

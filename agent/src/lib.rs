@@ -5,6 +5,7 @@
 pub mod addr;
 pub mod agent;
 pub mod ban;
+pub mod blocklist;
 pub mod config;
 pub mod control;
 pub mod directories;

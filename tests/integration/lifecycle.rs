@@ -217,11 +217,8 @@ fn teardown_leaves_nothing_attached_or_pinned() {
 fn keep_on_exit_false_tears_down_on_stop() {
     let lab = Lab::new().unwrap();
     let dir = AgentDir::new().unwrap();
-    dir.write_config(&lab, CONFIG).unwrap();
-    let text = std::fs::read_to_string(dir.config_path())
-        .unwrap()
-        .replacen("[agent]\n", "[agent]\nkeep_on_exit = false\n", 1);
-    std::fs::write(dir.config_path(), text).unwrap();
+    dir.write_config_with_agent(&lab, "keep_on_exit = false\n", CONFIG)
+        .unwrap();
     let agent = AgentProcess::start(&lab, &dir).unwrap();
     assert!(lab.xdp_attached());
     agent.stop().unwrap();

@@ -4,5 +4,6 @@
 
 mod ban_path;
 mod lifecycle;
+mod persistence;
 mod tarpit;
 mod xdp_parsing;

@@ -338,9 +338,14 @@ impl AgentDir {
     /// Write a config for `lab`: the `[agent]` section is filled in, `rest`
     /// holds `[defaults]`/`[jails]` (use `{LOG}` for the log path).
     pub fn write_config(&self, lab: &Lab, rest: &str) -> Result<()> {
+        self.write_config_with_agent(lab, "", rest)
+    }
+
+    /// As [`write_config`](Self::write_config), with more `[agent]` keys.
+    pub fn write_config_with_agent(&self, lab: &Lab, agent_keys: &str, rest: &str) -> Result<()> {
         *self.netns.borrow_mut() = Some(lab.srv_ns.clone());
         let text = format!(
-            "[agent]\ninterfaces = [\"{}\"]\nxdp_mode = \"native\"\nbpf_pin_dir = \"{}\"\nstate_dir = \"{}\"\nsocket = \"{}\"\nfilters_dir = \"{}\"\n\n{}",
+            "[agent]\ninterfaces = [\"{}\"]\nxdp_mode = \"native\"\nbpf_pin_dir = \"{}\"\nstate_dir = \"{}\"\nsocket = \"{}\"\nfilters_dir = \"{}\"\n{agent_keys}\n{}",
             lab.srv_if,
             self.pin_dir.display(),
             self.path("state").display(),
