@@ -4,25 +4,20 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
-use tokio::sync::mpsc;
 
 use crate::addr::Target;
 use crate::ban::{now_secs, BanBook, BanClass, BanRecord, MapChange, UnixSecs};
 use crate::blocklist::{Blocklists, BLOCKLIST_JAIL};
-use crate::config::{BanTime, Config, ResolvedConfig, SourceSpec};
-use crate::control::{self, ControlMessage, Reply, Request};
-use crate::enforce::iptables::TarpitSteering;
-use crate::enforce::xdp::{self, XdpEnforcer, XdpStats};
-use crate::enforce::{Enforcer, KernelEnforcer};
+use crate::config::{BanTime, ResolvedConfig};
+use crate::control::{Reply, Request};
+use crate::enforce::Enforcer;
 use crate::escalation::{self, EscalationConfig, SubnetTracker, SUBNET_JAIL};
 use crate::jail::{BanRequest, Jail, JailVerdict};
-use crate::source::file::{FilePosition, FileSource, FileSourceOptions};
-use crate::source::journal::{JournalSource, JournalSourceOptions};
+use crate::source::file::FilePosition;
 use crate::source::SourceLine;
 use crate::store::BanStore;
 
@@ -81,6 +76,21 @@ pub struct StatusView {
     pub jails: Vec<JailStatus>,
 }
 
+/// A ban or unban that happened, for actions and metrics.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BanEvent {
+    pub kind: BanEventKind,
+    pub record: BanRecord,
+    /// Unbans: why (`expired`, `request`, `removed-from-file`).
+    pub reason: &'static str,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BanEventKind {
+    Ban,
+    Unban,
+}
+
 /// Every piece of the agent's state.
 pub struct AgentCore {
     allowlist: Vec<Target>,
@@ -98,6 +108,8 @@ pub struct AgentCore {
     blocklists: Blocklists,
     blocklist_append: bool,
     blocklisted: std::collections::BTreeSet<Target>,
+    /// Bans and unbans since the last `take_events`.
+    events: Vec<BanEvent>,
 }
 
 /// What start-up found in the store.
@@ -137,11 +149,79 @@ impl AgentCore {
             blocklists: Blocklists::new(cfg.agent.blocklist_files.clone()),
             blocklist_append: cfg.agent.blocklist_append,
             blocklisted: Default::default(),
+            events: Vec::new(),
         })
     }
 
     pub fn jails(&self) -> &[Jail] {
         &self.jails
+    }
+
+    /// What `status` reports as the XDP attachment.
+    pub fn set_interfaces(&mut self, interfaces: Vec<String>, dry_run: bool) {
+        self.interfaces = interfaces;
+        if dry_run {
+            self.xdp_mode = "dry-run (nothing attached)".into();
+        }
+    }
+
+    /// Bans and unbans since the last call, oldest first.
+    pub fn take_events(&mut self) -> Vec<BanEvent> {
+        std::mem::take(&mut self.events)
+    }
+
+    fn unbanned(&mut self, record: BanRecord, reason: &'static str) {
+        tracing::info!(
+            "unban {} jail={} class={} reason={reason}",
+            record.target,
+            record.jail,
+            record.class
+        );
+        self.events.push(BanEvent {
+            kind: BanEventKind::Unban,
+            record,
+            reason,
+        });
+    }
+
+    /// Apply a new configuration: allowlist, jails (keeping their counters
+    /// and the failures they are counting), escalation, blocklists. Bans are
+    /// untouched. Returns the jails whose source must (re)start.
+    pub fn reload(&mut self, cfg: &ResolvedConfig, self_addrs: &[Target]) -> Result<Vec<String>> {
+        let mut jails = Vec::new();
+        let mut restart = Vec::new();
+        for settings in &cfg.jails {
+            let mut jail = Jail::new(settings.clone(), self_addrs)
+                .with_context(|| format!("jails.{}", settings.name))?;
+            match self.jails.iter_mut().find(|j| j.name() == settings.name) {
+                Some(old) => {
+                    jail.counters = std::mem::take(&mut old.counters);
+                    if old.settings.findtime == settings.findtime
+                        && old.settings.maxretry == settings.maxretry
+                    {
+                        std::mem::swap(&mut jail.window, &mut old.window);
+                    }
+                    if old.settings.source != settings.source {
+                        restart.push(settings.name.clone());
+                    }
+                }
+                None => restart.push(settings.name.clone()),
+            }
+            jails.push(jail);
+        }
+        self.enforcer.set_allowlist(&cfg.allowlist)?;
+        self.allowlist = cfg.allowlist.clone();
+        self.jails = jails;
+        self.default_bantime = cfg.default_bantime;
+        self.default_class = cfg.default_class;
+        self.escalation = cfg.escalation.clone();
+        self.dbpurgeage = cfg.dbpurgeage;
+        self.blocklist_append = cfg.agent.blocklist_append;
+        if self.blocklists.files() != cfg.agent.blocklist_files.as_slice() {
+            self.blocklists = Blocklists::new(cfg.agent.blocklist_files.clone());
+        }
+        self.sync_blocklists(true)?;
+        Ok(restart)
     }
 
     /// Load bans from the store (dropping expired ones), write the allowlist,
@@ -214,8 +294,12 @@ impl AgentCore {
             .find(|a| a.covers(target) || target.covers(a))
     }
 
-    /// Feed one line to a jail; ban when it asks.
-    pub fn on_line(&mut self, jail: usize, line: &SourceLine) -> Result<Option<BanRecord>> {
+    /// Feed one line to a jail; ban when it asks. Lines of a jail that a
+    /// reload removed are dropped.
+    pub fn on_line(&mut self, jail: &str, line: &SourceLine) -> Result<Option<BanRecord>> {
+        let Some(jail) = self.jails.iter().position(|j| j.name() == jail) else {
+            return Ok(None);
+        };
         let verdict = self.jails[jail].process(&line.text, line.read_at, line.time);
         match verdict {
             JailVerdict::Ban(req) => self.ban_from_jail(req).map(Some),
@@ -316,11 +400,13 @@ impl AgentCore {
         let now = now_secs();
         let gone: Vec<Target> = self.blocklisted.difference(&wanted).copied().collect();
         for t in gone {
-            let (_, change) = self.book.remove(&t, Some(BLOCKLIST_JAIL));
+            let (removed, change) = self.book.remove(&t, Some(BLOCKLIST_JAIL));
             if apply {
                 self.enforcer.apply(&t, change)?;
             }
-            tracing::info!("unban {t} jail={BLOCKLIST_JAIL} reason=removed-from-file");
+            for r in removed {
+                self.unbanned(r, "removed-from-file");
+            }
         }
         let mut kept = std::collections::BTreeSet::new();
         for t in wanted {
@@ -395,15 +481,27 @@ impl AgentCore {
             )),
             None => "permanent".into(),
         };
-        // The recidive filter reads this line: keep its shape.
+        let expires = match rec.expires_at {
+            Some(e) => chrono::DateTime::from_timestamp(e, 0)
+                .map(|d| d.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+                .unwrap_or_default(),
+            None => "never".into(),
+        };
+        // The recidive filter reads this line: keep its leading shape.
         tracing::info!(
-            "ban {} jail={} class={} bantime={} failures={}",
+            "ban {} jail={} class={} bantime={} failures={} expires={}",
             rec.target,
             rec.jail,
             rec.class,
             bantime,
-            rec.failures
+            rec.failures,
+            expires
         );
+        self.events.push(BanEvent {
+            kind: BanEventKind::Ban,
+            record: rec.clone(),
+            reason: "",
+        });
         Ok(rec)
     }
 
@@ -417,12 +515,22 @@ impl AgentCore {
             }
         }
         for r in &removed {
-            tracing::info!(
-                "unban {} jail={} class={} reason=request",
-                r.target,
-                r.jail,
-                r.class
-            );
+            self.unbanned(r.clone(), "request");
+        }
+        Ok(removed)
+    }
+
+    /// Lift every ban (of one jail, if given): `xban unban --all`.
+    pub fn unban_all(&mut self, jail: Option<&str>) -> Result<Vec<BanRecord>> {
+        let targets: std::collections::BTreeSet<Target> = self
+            .book
+            .iter()
+            .filter(|r| jail.is_none_or(|j| r.jail == j))
+            .map(|r| r.target)
+            .collect();
+        let mut removed = Vec::new();
+        for t in targets {
+            removed.extend(self.unban(&t, jail)?);
         }
         Ok(removed)
     }
@@ -430,17 +538,13 @@ impl AgentCore {
     /// End the bans that are due; returns how many ended.
     pub fn expire(&mut self, now: UnixSecs) -> Result<usize> {
         let ended = self.book.expire(now);
-        for (rec, change) in &ended {
+        let n = ended.len();
+        for (rec, change) in ended {
             self.store.delete_ban(&rec.target, Some(&rec.jail))?;
-            self.enforcer.apply(&rec.target, *change)?;
-            tracing::info!(
-                "unban {} jail={} class={} reason=expired",
-                rec.target,
-                rec.jail,
-                rec.class
-            );
+            self.enforcer.apply(&rec.target, change)?;
+            self.unbanned(rec, "expired");
         }
-        Ok(ended.len())
+        Ok(n)
     }
 
     pub fn prune_windows(&mut self, now: SystemTime) {
@@ -601,7 +705,28 @@ impl AgentCore {
                 )?;
                 Ok(serde_json::to_value(BanView::from(&rec))?)
             }
-            Request::Unban { target, jail } => {
+            Request::Unban {
+                target: None,
+                jail,
+                all: true,
+            } => {
+                let removed = self.unban_all(jail.as_deref())?;
+                let views: Vec<BanView> = removed.iter().map(BanView::from).collect();
+                Ok(serde_json::to_value(views)?)
+            }
+            Request::Unban { target: None, .. } => {
+                bail!("say which address or prefix to unban, or --all")
+            }
+            Request::Unban {
+                target: Some(_),
+                all: true,
+                ..
+            } => bail!("give an address or --all, not both"),
+            Request::Unban {
+                target: Some(target),
+                jail,
+                ..
+            } => {
                 let t: Target = target.parse()?;
                 let removed = self.unban(&t, jail.as_deref())?;
                 if removed.is_empty() {
@@ -628,7 +753,9 @@ impl AgentCore {
                 Ok(serde_json::to_value(views)?)
             }
             Request::Stats => Ok(serde_json::to_value(self.enforcer.xdp_stats()?)?),
-            Request::Teardown => Ok(serde_json::Value::Null),
+            // The daemon answers these itself (they need the config file
+            // and the running sources).
+            Request::Teardown | Request::Reload | Request::Metrics => Ok(serde_json::Value::Null),
         })();
         match result {
             Ok(v) => Reply::ok(v),
@@ -676,244 +803,10 @@ pub fn self_addresses() -> Vec<Target> {
     out
 }
 
-/// A running source, whatever its kind.
-enum RunningSource {
-    Files { jail: String, source: FileSource },
-    Journal { jail: String, source: JournalSource },
-}
-
-fn position_key(jail: &str, path: &Path) -> String {
-    format!("file:{jail}:{}", path.display())
-}
-
-/// `xban run`: set up, restore, attach, and serve until a signal.
-pub async fn run(config_path: &Path) -> Result<()> {
-    let cfg = Config::load(config_path)?;
-    let resolved = cfg
-        .validate()
-        .with_context(|| format!("config {}", config_path.display()))?;
-    let agent = &resolved.agent;
-
-    crate::setup::check_capabilities()?;
-    crate::setup::ensure_bpffs(&agent.bpf_pin_dir)?;
-    crate::setup::private_dir(&agent.state_dir)?;
-    let interfaces = if agent.interfaces.is_empty() {
-        vec![crate::setup::default_route_interface()?]
-    } else {
-        agent.interfaces.clone()
-    };
-    // Bind first: a second agent must fail before touching the kernel.
-    let listener = control::bind(&agent.socket)?;
-
-    let store = BanStore::open(&agent.state_dir)?;
-    let (mut program, maps) = XdpEnforcer::load(&agent.bpf_pin_dir)?;
-    let steering = setup_steering(&resolved)?;
-    let enforcer = KernelEnforcer {
-        xdp: maps,
-        steering: Some(steering),
-    };
-    let mut core = AgentCore::new(&resolved, store, Box::new(enforcer), &self_addresses())?;
-    let report = core.restore(now_secs())?;
-    tracing::info!(
-        restored = report.restored,
-        expired = report.expired,
-        stale = report.stale_map_entries,
-        "bans restored from {}",
-        agent.state_dir.display()
-    );
-    program.attach(&interfaces, agent.xdp_mode)?;
-    core.interfaces = interfaces.clone();
-
-    let (ctl_tx, mut ctl_rx) = mpsc::channel::<ControlMessage>(64);
-    tokio::spawn(control::serve(listener, ctl_tx));
-
-    // Every source's lines, tagged with their jail's index.
-    let (line_tx, mut line_rx) = mpsc::channel::<(usize, SourceLine)>(4096);
-    let mut sources = Vec::new();
-    for (idx, jail) in resolved.jails.iter().enumerate() {
-        let (tx, mut rx) = mpsc::channel::<SourceLine>(1024);
-        let fwd = line_tx.clone();
-        tokio::spawn(async move {
-            while let Some(l) = rx.recv().await {
-                if fwd.send((idx, l)).await.is_err() {
-                    break;
-                }
-            }
-        });
-        match &jail.source {
-            SourceSpec::Files(patterns) => {
-                let prefix = format!("file:{}:", jail.name);
-                let resume = core
-                    .store()
-                    .positions_with_prefix(&prefix)?
-                    .into_iter()
-                    .map(|(k, dev, inode, offset)| {
-                        (
-                            PathBuf::from(&k[prefix.len()..]),
-                            FilePosition { dev, inode, offset },
-                        )
-                    })
-                    .collect();
-                let source = FileSource::spawn(
-                    FileSourceOptions {
-                        patterns: patterns.clone(),
-                        resume,
-                        max_line_bytes: 64 * 1024,
-                    },
-                    tx,
-                )
-                .await
-                .with_context(|| format!("jails.{}.logpath", jail.name))?;
-                sources.push(RunningSource::Files {
-                    jail: jail.name.clone(),
-                    source,
-                });
-            }
-            SourceSpec::Journal(matches) => {
-                let key = format!("journal:{}", jail.name);
-                let cursor = core.store().cursor(&key)?;
-                let source = JournalSource::spawn(
-                    JournalSourceOptions {
-                        matches: matches.clone(),
-                        cursor,
-                    },
-                    tx,
-                )
-                .await
-                .with_context(|| format!("jails.{} (backend = \"systemd\")", jail.name))?;
-                sources.push(RunningSource::Journal {
-                    jail: jail.name.clone(),
-                    source,
-                });
-            }
-        }
-    }
-    drop(line_tx);
-    tracing::info!(
-        interfaces = ?interfaces,
-        jails = resolved.jails.len(),
-        bans = report.restored,
-        "xban ready"
-    );
-
-    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut ticks: u64 = 0;
-    let mut teardown_requested = false;
-    loop {
-        tokio::select! {
-            Some((idx, line)) = line_rx.recv() => {
-                if let Err(e) = core.on_line(idx, &line) {
-                    tracing::error!("jail {}: {e:#}", resolved.jails[idx].name);
-                }
-            }
-            Some(msg) = ctl_rx.recv() => {
-                let reply = core.handle(&msg.request);
-                let is_teardown = msg.request == Request::Teardown;
-                let _ = msg.reply.send(reply);
-                if is_teardown {
-                    teardown_requested = true;
-                    break;
-                }
-            }
-            _ = tick.tick() => {
-                ticks += 1;
-                if let Err(e) = core.expire(now_secs()) {
-                    tracing::error!("expiring bans: {e:#}");
-                }
-                if ticks.is_multiple_of(10) {
-                    core.prune_windows(SystemTime::now());
-                    save_positions(&mut core, &sources);
-                }
-                if core.blocklists_changed() {
-                    if let Err(e) = core.sync_blocklists(true) {
-                        tracing::error!("reloading blocklists: {e:#}");
-                    }
-                }
-                if ticks.is_multiple_of(3600) {
-                    if let Err(e) = core.purge_history(now_secs()) {
-                        tracing::warn!("purging ban history: {e:#}");
-                    }
-                }
-            }
-            _ = sigterm.recv() => { tracing::info!("SIGTERM: stopping"); break; }
-            _ = sigint.recv() => { tracing::info!("SIGINT: stopping"); break; }
-        }
-    }
-    save_positions(&mut core, &sources);
-    for s in sources {
-        match s {
-            RunningSource::Files { source, .. } => source.shutdown().await,
-            RunningSource::Journal { source, .. } => source.shutdown().await,
-        }
-    }
-    let _ = std::fs::remove_file(&agent.socket);
-    drop(core);
-    drop(program);
-    if teardown_requested || !agent.keep_on_exit {
-        TarpitSteering::teardown(&resolved.tarpit)?;
-        let removed = xdp::teardown(&agent.bpf_pin_dir)?;
-        tracing::info!(
-            removed = removed.len(),
-            "teardown: XDP detached, maps and pins removed"
-        );
-    } else {
-        tracing::info!(
-            "stopped; XDP stays attached and bans keep dropping until the next agent adopts them"
-        );
-    }
-    Ok(())
-}
-
-/// Create or adopt the tarpit chain and sets; say clearly when TARPIT is
-/// missing and what happens instead.
-fn setup_steering(cfg: &ResolvedConfig) -> Result<TarpitSteering> {
-    let steering = TarpitSteering::setup(&cfg.tarpit).context("[tarpit] steering set-up")?;
-    if let Some(notice) = steering.notice() {
-        tracing::warn!("{notice}");
-    }
-    if !steering.mode().is_active() && steering.leftovers() {
-        // Tarpit bans are now dropped at XDP; the old chain and sets would
-        // keep steering addresses that get unbanned later.
-        TarpitSteering::teardown(&cfg.tarpit)
-            .context("remove the tarpit chain and sets an earlier run left")?;
-        tracing::info!("removed the tarpit chain and sets left by an earlier run");
-    }
-    tracing::info!(mode = %steering.mode(), "tarpit steering");
-    Ok(steering)
-}
-
-fn save_positions(core: &mut AgentCore, sources: &[RunningSource]) {
-    for s in sources {
-        let r = match s {
-            RunningSource::Files { jail, source } => source
-                .positions()
-                .iter()
-                .try_for_each(|(path, pos)| core.save_position(&position_key(jail, path), pos)),
-            RunningSource::Journal { jail, source } => match source.cursor() {
-                Some(c) => core
-                    .store()
-                    .save_cursor(&format!("journal:{jail}"), &c)
-                    .map_err(Into::into),
-                None => Ok(()),
-            },
-        };
-        if let Err(e) = r {
-            tracing::warn!("saving source positions: {e:#}");
-        }
-    }
-}
-
-/// XDP counters from the pinned map, with or without a running agent.
-pub fn read_stats(pin_dir: &Path) -> Result<XdpStats> {
-    xdp::XdpMaps::from_pins(pin_dir)?.stats()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Config;
     use std::sync::{Arc, Mutex};
     use std::time::UNIX_EPOCH;
 
@@ -984,7 +877,7 @@ mod tests {
                 read_at: std::time::SystemTime::now(),
                 time: Some(UNIX_EPOCH + Duration::from_secs(log_time)),
             };
-            self.core.on_line(jail, &line).unwrap()
+            self.core.on_line(name, &line).unwrap()
         }
 
         fn kernel(&self, t: &str) -> Option<BanClass> {

@@ -67,6 +67,10 @@ impl Blocklists {
         Blocklists { files, stamps }
     }
 
+    pub fn files(&self) -> &[PathBuf] {
+        &self.files
+    }
+
     pub fn is_empty(&self) -> bool {
         self.files.is_empty()
     }

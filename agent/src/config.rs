@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::actions::ActionConfig;
 use crate::addr::Target;
 use crate::ban::BanClass;
 use crate::directories;
@@ -61,6 +62,9 @@ pub struct AgentConfig {
     pub blocklist_files: Vec<PathBuf>,
     /// Append every permanent ban to the first blocklist file.
     pub blocklist_append: bool,
+    /// Serve Prometheus metrics at http://ADDR/metrics (off unless set;
+    /// e.g. "127.0.0.1:9717").
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 impl Default for AgentConfig {
@@ -76,6 +80,7 @@ impl Default for AgentConfig {
             dbpurgeage: None,
             blocklist_files: Vec::new(),
             blocklist_append: false,
+            metrics_listen: None,
         }
     }
 }
@@ -117,6 +122,8 @@ pub struct JailDefaults {
     pub usedns: UseDns,
     /// What a ban does: `drop` at XDP, or `tarpit` (passed to iptables).
     pub class: BanClass,
+    /// Commands (or mail) run on ban/unban; a jail's own list replaces these.
+    pub actions: Vec<ActionConfig>,
 }
 
 impl Default for JailDefaults {
@@ -129,6 +136,7 @@ impl Default for JailDefaults {
             ignoreself: true,
             usedns: UseDns::Warn,
             class: BanClass::Drop,
+            actions: Vec::new(),
         }
     }
 }
@@ -156,6 +164,7 @@ pub struct JailConfig {
     pub ignoreself: Option<bool>,
     pub usedns: Option<UseDns>,
     pub class: Option<BanClass>,
+    pub actions: Option<Vec<ActionConfig>>,
 }
 
 /// Where a jail's lines come from.
@@ -183,12 +192,19 @@ pub struct JailSettings {
     pub source: SourceSpec,
     pub filter: FilterDef,
     pub mode: Option<String>,
+    pub actions: Vec<ActionConfig>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum SourceSpec {
     Files(Vec<String>),
     Journal(Vec<String>),
+    /// `backend = "auto"` with both: the files if any of them exists at
+    /// start, else the journal if there is one (decided by the daemon).
+    FilesOrJournal {
+        files: Vec<String>,
+        journalmatch: Vec<String>,
+    },
 }
 
 /// A checked configuration, ready to run.
@@ -203,6 +219,8 @@ pub struct ResolvedConfig {
     pub default_class: BanClass,
     pub escalation: EscalationConfig,
     pub tarpit: TarpitConfig,
+    /// `[defaults] actions`: for bans outside any jail (manual, blocklist, subnet).
+    pub default_actions: Vec<ActionConfig>,
     /// History kept for escalation.
     pub dbpurgeage: Duration,
 }
@@ -241,6 +259,28 @@ impl Config {
             },
             other => other,
         })
+    }
+
+    /// Only `[agent]`, for commands that just need the socket and pin
+    /// paths: a mistake in a jail must not stop `xban reload` from reaching
+    /// the agent (which then refuses the broken file with its errors).
+    pub fn load_agent_section(path: &Path) -> Result<AgentConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let parse_err = |message: String| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message,
+        };
+        let table: toml::Table = toml::from_str(&text).map_err(|e| parse_err(e.to_string()))?;
+        match table.get("agent") {
+            None => Ok(AgentConfig::default()),
+            Some(v) => v
+                .clone()
+                .try_into()
+                .map_err(|e: toml::de::Error| parse_err(format!("[agent]: {e}"))),
+        }
     }
 
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
@@ -306,6 +346,7 @@ impl Config {
             default_class: self.defaults.class,
             escalation: self.escalation.clone(),
             tarpit: self.tarpit.clone(),
+            default_actions: self.defaults.actions.clone(),
             dbpurgeage: self
                 .agent
                 .dbpurgeage
@@ -325,6 +366,14 @@ impl Config {
         let maxretry = jail.maxretry.unwrap_or(d.maxretry);
         if maxretry == 0 {
             return Err(invalid(place("maxretry"), "must be at least 1"));
+        }
+        let (actions, actions_place) = match &jail.actions {
+            Some(a) => (a.clone(), place("actions")),
+            None => (d.actions.clone(), "defaults.actions".to_string()),
+        };
+        for (i, a) in actions.iter().enumerate() {
+            a.validate()
+                .map_err(|m| invalid(format!("{actions_place}[{i}]"), m))?;
         }
         let ignoreip = match &jail.ignoreip {
             Some(list) => parse_targets(&place("ignoreip"), list)?,
@@ -397,7 +446,14 @@ impl Config {
                         ));
                     }
                 }
-                SourceSpec::Files(jail.logpath.clone())
+                if jail.backend == Backend::Auto && !jail.journalmatch.is_empty() {
+                    SourceSpec::FilesOrJournal {
+                        files: jail.logpath.clone(),
+                        journalmatch: jail.journalmatch.clone(),
+                    }
+                } else {
+                    SourceSpec::Files(jail.logpath.clone())
+                }
             }
         };
 
@@ -413,6 +469,7 @@ impl Config {
             source,
             filter,
             mode: jail.mode.clone(),
+            actions,
         })
     }
 }

@@ -31,10 +31,16 @@ pub enum Request {
         class: Option<String>,
     },
     Unban {
-        target: String,
+        target: Option<String>,
         jail: Option<String>,
+        #[serde(default)]
+        all: bool,
     },
     Stats,
+    /// Re-read the config; a broken one is refused and the old one kept.
+    Reload,
+    /// Prometheus text exposition.
+    Metrics,
     /// Stop the agent and remove everything it put in the kernel.
     Teardown,
 }
@@ -169,6 +175,12 @@ async fn write_reply(w: &mut tokio::net::unix::OwnedWriteHalf, reply: &Reply) ->
 pub fn request(socket: &Path, req: &Request) -> Result<Reply> {
     use std::io::{BufRead, Write};
     let mut stream = std::os::unix::net::UnixStream::connect(socket).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::PermissionDenied {
+            return anyhow::anyhow!(
+                "permission denied on {}: only root may control xban (run the command with sudo)",
+                socket.display()
+            );
+        }
         anyhow::anyhow!(
             "cannot reach the xban agent at {}: {e} (is it running? start it with `xban run` or `systemctl start xban`; check [agent] socket in the config)",
             socket.display()
@@ -177,9 +189,17 @@ pub fn request(socket: &Path, req: &Request) -> Result<Reply> {
     stream.set_read_timeout(Some(Duration::from_secs(60)))?;
     let mut text = serde_json::to_string(req)?;
     text.push('\n');
-    stream.write_all(text.as_bytes())?;
+    // The agent may answer (a refusal) and close before reading the
+    // request: a failed write is not the end, its reply is what counts.
+    let write_error = stream.write_all(text.as_bytes()).err();
     let mut line = String::new();
     std::io::BufReader::new(stream).read_line(&mut line)?;
+    if line.is_empty() {
+        return Err(match write_error {
+            Some(e) => anyhow::anyhow!("the agent closed the connection: {e}"),
+            None => anyhow::anyhow!("the agent closed the connection without a reply"),
+        });
+    }
     serde_json::from_str(&line)
         .with_context(|| format!("unreadable reply from the agent: {line:?}"))
 }
@@ -205,7 +225,7 @@ mod tests {
         assert_eq!(serde_json::from_str::<Request>(&text).unwrap(), r);
         let e = serde_json::from_str::<Request>(r#"{"cmd":"explode"}"#).unwrap_err();
         assert!(e.to_string().contains("unknown variant `explode`"), "{e}");
-        let e = serde_json::from_str::<Request>(r#"{"cmd":"unban"}"#).unwrap_err();
+        let e = serde_json::from_str::<Request>(r#"{"cmd":"ban"}"#).unwrap_err();
         assert!(e.to_string().contains("missing field `target`"), "{e}");
     }
 

@@ -2,17 +2,20 @@
 //! source → filter → jail → ban book → store → enforcement (XDP maps),
 //! driven by one loop in [`agent`] and controlled over a unix socket.
 
+pub mod actions;
 pub mod addr;
 pub mod agent;
 pub mod ban;
 pub mod blocklist;
 pub mod config;
 pub mod control;
+pub mod daemon;
 pub mod directories;
 pub mod enforce;
 pub mod escalation;
 pub mod filter;
 pub mod jail;
+pub mod metrics;
 pub mod setup;
 pub mod source;
 pub mod store;

@@ -28,7 +28,12 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the agent in the foreground.
-    Run,
+    Run {
+        /// Run and report everything, write nothing to XDP maps or iptables
+        /// (bans are kept in memory).
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Jails, bans, interfaces and counters (or one jail's failing addresses).
     Status {
         jail: Option<String>,
@@ -56,21 +61,27 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Lift a ban now (all jails' bans of it, or one jail's).
+    /// Lift a ban now (all jails' bans of it, or one jail's), or every ban with --all.
     Unban {
-        target: String,
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        target: Option<String>,
+        /// Every active ban (of --jail, if given).
+        #[arg(long)]
+        all: bool,
         #[arg(long)]
         jail: Option<String>,
         #[arg(long)]
         json: bool,
     },
+    /// Re-read the config (also on SIGHUP); a broken one is refused and the running one kept.
+    Reload,
     /// XDP packet counters, summed over CPUs (works while the agent is stopped).
     Stats {
         #[arg(long)]
         json: bool,
     },
-    /// Check the config file and exit.
-    Check,
+    /// Check a config file (default: the -c one) and exit.
+    Check { config: Option<PathBuf> },
     /// Test a filter on a log file or one line, without a running agent
     /// or root: hits per regex, matched/ignored/missed lines, hosts, times.
     Regex {
@@ -97,13 +108,17 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    // Under systemd, journald stamps each line itself: no time, no colours.
+    if std::env::var_os("JOURNAL_STREAM").is_some() {
+        logs.without_time().with_ansi(false).init();
+    } else {
+        logs.init();
+    }
     match dispatch(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -115,18 +130,24 @@ fn main() -> ExitCode {
 
 fn dispatch(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Run => {
+        Command::Run { dry_run } => {
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()
                 .build()?;
-            rt.block_on(xban::agent::run(&cli.config))
+            rt.block_on(xban::daemon::run(
+                &cli.config,
+                xban::daemon::RunOptions { dry_run },
+            ))
         }
-        Command::Check => {
-            let resolved = Config::load(&cli.config)?.validate()?;
+        Command::Check { config } => {
+            let path = config.unwrap_or(cli.config);
+            let resolved = Config::load(&path)?
+                .validate()
+                .with_context(|| format!("config {}", path.display()))?;
             println!(
                 "{}: ok ({} jails: {})",
-                cli.config.display(),
+                path.display(),
                 resolved.jails.len(),
                 resolved
                     .jails
@@ -184,8 +205,18 @@ fn dispatch(cli: Cli) -> Result<()> {
             );
             Ok(())
         }
-        Command::Unban { target, jail, json } => {
-            let data = ask(&cli.config, &Request::Unban { target, jail })?;
+        Command::Reload => {
+            let data = ask(&cli.config, &Request::Reload)?;
+            println!("reloaded: {}", data.as_str().unwrap_or_default());
+            Ok(())
+        }
+        Command::Unban {
+            target,
+            all,
+            jail,
+            json,
+        } => {
+            let data = ask(&cli.config, &Request::Unban { target, jail, all })?;
             if json {
                 return print_json(&data);
             }
@@ -197,7 +228,7 @@ fn dispatch(cli: Cli) -> Result<()> {
         }
         Command::Stats { json } => {
             let pin_dir = agent_config(&cli.config)?.bpf_pin_dir;
-            let stats = xban::agent::read_stats(&pin_dir)?;
+            let stats = xban::daemon::read_stats(&pin_dir)?;
             if json {
                 return print_json(&serde_json::to_value(stats)?);
             }
@@ -237,7 +268,7 @@ fn dispatch(cli: Cli) -> Result<()> {
 /// `[agent]` of the config; commands only need paths, so a config whose jails
 /// do not validate still lets the operator reach the agent.
 fn agent_config(path: &Path) -> Result<xban::config::AgentConfig> {
-    Ok(Config::load(path)?.agent)
+    Ok(Config::load_agent_section(path)?)
 }
 
 fn ask(config: &Path, req: &Request) -> Result<serde_json::Value> {

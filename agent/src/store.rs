@@ -85,6 +85,18 @@ impl BanStore {
         Ok(store)
     }
 
+    /// A store that lives in memory only (dry runs).
+    pub fn open_in_memory() -> Result<BanStore, StoreError> {
+        let path = PathBuf::from(":memory:");
+        let conn = Connection::open_in_memory().map_err(|source| StoreError::Sqlite {
+            path: path.clone(),
+            source,
+        })?;
+        let mut store = BanStore { conn, path };
+        store.migrate()?;
+        Ok(store)
+    }
+
     fn wrap(&self) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
         |source| StoreError::Sqlite {
             path: self.path.clone(),

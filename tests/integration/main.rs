@@ -4,6 +4,7 @@
 
 mod ban_path;
 mod lifecycle;
+mod operations;
 mod persistence;
 mod tarpit;
 mod xdp_parsing;

@@ -442,6 +442,11 @@ pub struct AgentProcess {
 impl AgentProcess {
     /// Start `xban run` in the server namespace and wait until it answers.
     pub fn start(lab: &Lab, dir: &AgentDir) -> Result<AgentProcess> {
+        Self::start_with(lab, dir, &[])
+    }
+
+    /// Start with extra arguments to `xban run` (e.g. `--dry-run`).
+    pub fn start_with(lab: &Lab, dir: &AgentDir, run_args: &[&str]) -> Result<AgentProcess> {
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
         let stderr_path = dir.path(&format!("agent-{n}.log"));
         // nsenter --net only: the agent shares our mount namespace, so its
@@ -452,6 +457,7 @@ impl AgentProcess {
             .arg("-c")
             .arg(dir.config_path())
             .arg("run")
+            .args(run_args)
             .env("RUST_LOG", "info,xban=debug")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -479,6 +485,10 @@ impl AgentProcess {
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
     }
 
     /// SIGTERM and wait for a clean exit.

@@ -23,6 +23,8 @@ const BUILD_PACKAGES: &[&str] = &["llvm-22-dev", "libpolly-22-dev"];
 const TEST_PACKAGES: &[&str] = &[
     // journalctl, systemd-cat and systemd-journald, for the journal source's test.
     "systemd",
+    // fail2ban's annotated test logs: a peer corpus the filter tests check against.
+    "fail2ban",
     "iproute2",
     "bpftool",
     "iptables",

@@ -31,6 +31,41 @@ pub trait Enforcer: Send {
     }
 }
 
+/// `--dry-run`: says what it would write, writes nothing.
+#[derive(Debug, Default)]
+pub struct DryRunEnforcer {
+    entries: std::collections::HashMap<Target, BanClass>,
+}
+
+impl Enforcer for DryRunEnforcer {
+    fn apply(&mut self, target: &Target, change: MapChange) -> Result<()> {
+        match change {
+            MapChange::Set(class) => {
+                tracing::info!("dry run: would write {target} into the XDP map as {class}");
+                self.entries.insert(*target, class);
+            }
+            MapChange::Remove => {
+                tracing::info!("dry run: would remove {target} from the XDP map");
+                self.entries.remove(target);
+            }
+            MapChange::Unchanged => {}
+        }
+        Ok(())
+    }
+
+    fn set_allowlist(&mut self, list: &[Target]) -> Result<()> {
+        tracing::info!(
+            entries = list.len(),
+            "dry run: would write the XDP allowlist"
+        );
+        Ok(())
+    }
+
+    fn entries(&self) -> Result<Vec<(Target, Option<BanClass>)>> {
+        Ok(self.entries.iter().map(|(t, c)| (*t, Some(*c))).collect())
+    }
+}
+
 /// The real thing: XDP maps, plus iptables steering for the tarpit class.
 pub struct KernelEnforcer {
     pub xdp: xdp::XdpMaps,

@@ -2,7 +2,7 @@
 //! validation of the address a failregex captured.
 //!
 //! The regex crate has no look-around, so address boundaries are checked on
-//! the captured span's neighbours after the match ([`boundary_ok`]), and every
+//! the captured span's neighbours after the match, and every
 //! captured address is re-parsed with `std` before it is believed
 //! ([`parse_host`]).
 
@@ -37,9 +37,11 @@ const HOSTNAME: &str = r"[A-Za-z0-9](?:[A-Za-z0-9_.-]*[A-Za-z0-9])?";
 fn host_body(kind: HostKind) -> String {
     match kind {
         HostKind::Ip4 => IP4.to_string(),
-        HostKind::Ip6 => format!(r"\[{IP6}\]|{IP6}"),
-        HostKind::Addr => format!(r"{IP4}|\[{IP6}\]|{IP6}"),
-        HostKind::Host => format!(r"{IP4}|\[{IP6}\]|{IP6}|{HOSTNAME}"),
+        // Brackets are optional on each side to keep the automaton small;
+        // parse_host only strips a matched pair, so `[::1` is rejected.
+        HostKind::Ip6 => format!(r"\[?{IP6}\]?"),
+        HostKind::Addr => format!(r"{IP4}|\[?{IP6}\]?"),
+        HostKind::Host => format!(r"{IP4}|\[?{IP6}\]?|{HOSTNAME}"),
     }
 }
 
@@ -85,14 +87,24 @@ pub(crate) struct Expanded {
 /// Expands macros, host tags and `<F-USER>` in `regex`. `place` names the
 /// regex in errors (e.g. `failregex[2]`).
 pub(crate) fn expand(regex: &str, place: &str) -> Result<Expanded, FilterError> {
+    // fail2ban's `%(name)s` interpolation would otherwise be literal text
+    // that never matches.
+    if let Some(p) = regex.find("%(") {
+        if let Some(q) = regex[p..].find(")s") {
+            return Err(FilterError::BadTag {
+                place: place.to_string(),
+                tag: regex[p..p + q + 2].to_string(),
+                fix: "fail2ban interpolation is not supported; write the text out or use <PREFIX>"
+                    .to_string(),
+            });
+        }
+    }
+    // Macros may contain <HOST>, so they go first. They do not contain
+    // other macros, so one pass is enough.
     let mut src = regex.to_string();
-    // Macros may contain <HOST>, so they go first; a fixed number of passes
-    // because macros never nest more than once.
-    for _ in 0..2 {
-        for (name, body) in MACROS {
-            if src.contains(name) {
-                src = src.replace(name, body);
-            }
+    for (name, body) in MACROS {
+        if src.contains(name) {
+            src = src.replace(name, body);
         }
     }
 
@@ -164,6 +176,12 @@ pub(crate) fn expand(regex: &str, place: &str) -> Result<Expanded, FilterError> 
                 fix:
                     "xban supports only <F-USER>...</F-USER> among fail2ban's field tags; remove it"
                         .to_string(),
+            });
+        } else if matches!(tag, "<CIDR>" | "<SUBNET>" | "<DNS>" | "<SKIPLINES>") {
+            return Err(FilterError::BadTag {
+                place: place.to_string(),
+                tag: tag.to_string(),
+                fix: "this fail2ban tag is not supported; use <HOST> or <ADDR>".to_string(),
             });
         } else {
             // Anything else in angle brackets is literal text (`from=<>`).
@@ -409,6 +427,8 @@ mod tests {
             Some(Host::Name("unknown".into()))
         );
         assert_eq!(parse_host("12345", HostKind::Host), None);
+        assert_eq!(parse_host("[2001:db8::1", HostKind::Addr), None);
+        assert_eq!(parse_host("2001:db8::1]", HostKind::Addr), None);
     }
 
     #[test]
@@ -436,7 +456,11 @@ mod tests {
         let e = expand(r"^from <HOST> user <F-USER>$", "failregex[0]").unwrap();
         assert_eq!(e.hosts.len(), 1);
         assert_eq!(e.users, vec!["xban_user0".to_string()]);
-        assert!(e.pattern.contains(r"(?P<xban_user0>\S+)"));
+        assert!(
+            e.pattern.contains(r"(?P<xban_user0>[^\t\n\x0B\x0C\r ]+)"),
+            "{}",
+            e.pattern
+        );
         let e = expand(
             r"for <F-USER>.*</F-USER> from <ADDR> or <IP4>",
             "failregex[1]",
@@ -487,6 +511,13 @@ mod tests {
         );
         let err = expand(r"<F-USER>.* <HOST> <F-USER>.*</F-USER>", "failregex[0]");
         assert!(err.is_ok(), "lone <F-USER> then a paired one is allowed");
+        let err = expand(r"^%(__prefix_line)sFailed from <HOST>", "failregex[4]").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "failregex[4]: bad tag %(__prefix_line)s: fail2ban interpolation is not supported; write the text out or use <PREFIX>"
+        );
+        let err = expand(r"from <SUBNET>", "failregex[0]").unwrap_err();
+        assert!(err.to_string().contains("<SUBNET>"));
         let err = expand(r"</F-USER> <HOST>", "failregex[0]").unwrap_err();
         assert!(err.to_string().contains("</F-USER>"));
     }

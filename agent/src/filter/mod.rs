@@ -11,7 +11,8 @@
 //! 2. an Aho-Corasick scan for literals every failregex requires rejects
 //!    most uninteresting lines;
 //! 3. a [`regex::RegexSet`] tells which failregexes match;
-//! 4. only those are run again for captures, in list order, and the first
+//! 4. only those are run again for captures (a bounded backtracker, no DFA
+//!    pass: the set already proved the match), in list order, and the first
 //!    whose captured address survives validation wins;
 //! 5. ignoreregexes are checked only for lines that produced a failure.
 //!
@@ -41,9 +42,15 @@
 //! characters (`1.2.3.4.5`, `1.2.3.4x`) is not a failure. `::ffff:a.b.c.d` is
 //! reported as the IPv4 address.
 //!
-//! Any other `<...>` text is literal (`from=<>`); fail2ban's other field tags
-//! (`<F-NOFAIL>`, `<F-MLFID>`, ...) are rejected because xban matches single
-//! lines only.
+//! `\d`, `\w`, `\s` (and `\D`, `\W`, `\S`) and `\b` are ASCII-only in
+//! xban patterns: the Unicode classes compile to automata many times larger
+//! and a Unicode `\b` disables the DFA. Log formats are ASCII; `\pN` or
+//! `\p{L}` are there for Unicode.
+//!
+//! Any other `<...>` text is literal (`from=<>`). fail2ban's other field
+//! tags (`<F-NOFAIL>`, `<F-MLFID>`, ...), `<CIDR>`, `<SUBNET>`, `<DNS>`,
+//! `<SKIPLINES>` and `%(name)s` interpolation are rejected with an error:
+//! xban matches single lines and has no interpolation.
 
 pub mod builtin;
 pub mod host;
@@ -57,7 +64,8 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::SystemTime;
 
-use regex::{Regex, RegexSet};
+use regex::RegexSet;
+use regex_automata::{meta, Input, PatternID};
 use serde::{Deserialize, Serialize};
 
 use self::host::HostKind;
@@ -70,12 +78,11 @@ use self::time::DatePattern;
 pub enum FilterError {
     #[error("{place} has no <HOST> or <ADDR> tag: add one so xban knows whom to ban")]
     NoHostTag { place: String },
-    #[error("{place} is not a valid regex: {source}; fix the pattern (after tag expansion it reads: {expanded})")]
+    #[error("{place} is not a valid regex: {reason}; fix the pattern (after tag expansion it reads: {expanded})")]
     BadRegex {
         place: String,
         expanded: String,
-        #[source]
-        source: Box<regex::Error>,
+        reason: String,
     },
     #[error("{place}: bad tag {tag}: {fix}")]
     BadTag {
@@ -213,7 +220,10 @@ pub enum LineMatch {
 
 #[derive(Debug, Clone)]
 struct FailRegex {
-    regex: Regex,
+    /// Built without DFAs: it only runs on lines the set already matched,
+    /// so a DFA pass to find the match bounds first would be wasted work;
+    /// the bounded backtracker resolves the groups directly.
+    regex: meta::Regex,
     /// (capture index, kind) of each host tag.
     hosts: Vec<(usize, HostKind)>,
     users: Vec<usize>,
@@ -234,14 +244,23 @@ pub struct FilterSet {
 /// hostile line cannot make matching quadratic.
 const MAX_ATTEMPTS: usize = 8;
 
-fn compile_one(pattern: &str, place: &str) -> Result<(Regex, host::Expanded), FilterError> {
+fn compile_one(pattern: &str, place: &str) -> Result<(meta::Regex, host::Expanded), FilterError> {
     let exp = host::expand(pattern, place)?;
-    let regex = Regex::new(&exp.pattern).map_err(|e| FilterError::BadRegex {
-        place: place.to_string(),
-        expanded: exp.pattern.clone(),
-        source: Box::new(e),
-    })?;
-    Ok((regex, exp))
+    let built = meta::Regex::builder()
+        .configure(meta::Config::new().hybrid(false).dfa(false))
+        .build(&exp.pattern);
+    match built {
+        Ok(regex) => Ok((regex, exp)),
+        // The regex crate words syntax errors best (with a caret).
+        Err(e) => Err(FilterError::BadRegex {
+            place: place.to_string(),
+            expanded: exp.pattern.clone(),
+            reason: match regex::Regex::new(&exp.pattern) {
+                Err(re) => re.to_string(),
+                Ok(_) => e.to_string(),
+            },
+        }),
+    }
 }
 
 impl FilterSet {
@@ -265,8 +284,8 @@ impl FilterSet {
             }
             let index_of = |name: &str| -> usize {
                 regex
-                    .capture_names()
-                    .position(|n| n == Some(name))
+                    .group_info()
+                    .to_index(PatternID::ZERO, name)
                     .expect("tag group exists")
             };
             let hosts = exp.hosts.iter().map(|(n, k)| (index_of(n), *k)).collect();
@@ -281,7 +300,7 @@ impl FilterSet {
         let fail_set = RegexSet::new(&expanded).map_err(|e| FilterError::BadRegex {
             place: "failregex (combined set)".to_string(),
             expanded: "all failregexes".to_string(),
-            source: Box::new(e),
+            reason: e.to_string(),
         })?;
 
         let mut ignore_expanded = Vec::with_capacity(ignoreregex.len());
@@ -296,7 +315,7 @@ impl FilterSet {
                 RegexSet::new(&ignore_expanded).map_err(|e| FilterError::BadRegex {
                     place: "ignoreregex (combined set)".to_string(),
                     expanded: "all ignoreregexes".to_string(),
-                    source: Box::new(e),
+                    reason: e.to_string(),
                 })?,
             )
         };
@@ -378,23 +397,25 @@ impl FilterSet {
     /// decoy earlier in the line does not hide a real address later.
     fn capture(&self, idx: usize, text: &str) -> Option<(Host, Option<String>)> {
         let fr = &self.fails[idx];
-        let mut locs = fr.regex.capture_locations();
+        let mut caps = fr.regex.create_captures();
         let mut start = 0;
         for _ in 0..MAX_ATTEMPTS {
-            let m = fr.regex.captures_read_at(&mut locs, text, start)?;
+            fr.regex
+                .search_captures(&Input::new(text).range(start..), &mut caps);
+            let m = caps.get_match()?;
             let host = fr.hosts.iter().find_map(|&(g, kind)| {
-                let (s, e) = locs.get(g)?;
-                if !host::boundary_ok(text, s, e) {
+                let span = caps.get_group(g)?;
+                if !host::boundary_ok(text, span.start, span.end) {
                     return None;
                 }
-                host::parse_host(&text[s..e], kind)
+                host::parse_host(&text[span.range()], kind)
             });
             if let Some(host) = host {
                 let user = fr
                     .users
                     .iter()
-                    .find_map(|&g| locs.get(g))
-                    .map(|(s, e)| text[s..e].to_string());
+                    .find_map(|&g| caps.get_group(g))
+                    .map(|span| text[span.range()].to_string());
                 return Some((host, user));
             }
             // Step one character past the match start.

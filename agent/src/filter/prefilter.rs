@@ -27,13 +27,9 @@ impl Prefilter {
     /// has no required literal, the prefilter lets every line through.
     pub(crate) fn new(patterns: &[String]) -> Prefilter {
         let mut all: Vec<Vec<u8>> = Vec::new();
-        let mut case_insensitive = false;
         for p in patterns {
             match required_literals(p) {
-                Some((set, ci)) => {
-                    case_insensitive |= ci;
-                    all.extend(set);
-                }
+                Some(set) => all.extend(set),
                 None => return Prefilter { ac: None },
             }
         }
@@ -44,7 +40,6 @@ impl Prefilter {
         all.dedup();
         let ac = AhoCorasickBuilder::new()
             .match_kind(MatchKind::LeftmostFirst)
-            .ascii_case_insensitive(case_insensitive)
             .build(&all)
             .ok();
         Prefilter { ac }
@@ -65,17 +60,13 @@ impl Prefilter {
     }
 }
 
-/// The literal set for one pattern and whether it was derived from
-/// case-folded classes (then matching must ignore ASCII case).
-fn required_literals(pattern: &str) -> Option<(Vec<Vec<u8>>, bool)> {
+/// The literal set for one pattern: every match contains one of them.
+fn required_literals(pattern: &str) -> Option<Vec<Vec<u8>>> {
     let hir = regex_syntax::ParserBuilder::new()
         .build()
         .parse(pattern)
         .ok()?;
-    let mut ci = false;
-    let info = analyze(&hir, &mut ci);
-    let best = info.best()?;
-    Some((best, ci))
+    analyze(&hir).best()
 }
 
 #[derive(Debug, Default)]
@@ -108,33 +99,40 @@ fn pick(a: Option<Vec<Vec<u8>>>, b: Option<Vec<Vec<u8>>>) -> Option<Vec<Vec<u8>>
     }
 }
 
-fn single_char(class: &Class, ci: &mut bool) -> Option<Vec<u8>> {
+/// A class of at most four characters (`[Aa]`, `(?i)k` = `[Kk\u{212A}]`)
+/// is as good as the literals it contains.
+fn small_class(class: &Class) -> Option<Vec<Vec<u8>>> {
+    const MAX: u32 = 4;
     match class {
         Class::Unicode(u) => {
-            let r = u.ranges();
-            if r.len() == 1 && r[0].start() == r[0].end() {
-                return Some(r[0].start().to_string().into_bytes());
+            let n: u32 = u
+                .ranges()
+                .iter()
+                .map(|r| u32::from(r.end()) - u32::from(r.start()) + 1)
+                .sum();
+            if n > MAX {
+                return None;
             }
-            // `(?i)a` is [Aa]; anything with non-ASCII folds (k -> U+212A)
-            // is left alone so the ASCII-insensitive automaton stays exact.
-            if r.len() == 2
-                && r.iter()
-                    .all(|x| x.start() == x.end() && x.start().is_ascii())
-            {
-                let (x, y) = (r[0].start(), r[1].start());
-                if x.eq_ignore_ascii_case(&y) && x != y {
-                    *ci = true;
-                    return Some(x.to_ascii_lowercase().to_string().into_bytes());
-                }
-            }
-            None
+            let chars = u.ranges().iter().flat_map(|r| {
+                (u32::from(r.start())..=u32::from(r.end())).filter_map(char::from_u32)
+            });
+            Some(chars.map(|c| c.to_string().into_bytes()).collect())
         }
         Class::Bytes(b) => {
-            let r = b.ranges();
-            if r.len() == 1 && r[0].start() == r[0].end() && r[0].start().is_ascii() {
-                return Some(vec![r[0].start()]);
+            let n: u32 = b
+                .ranges()
+                .iter()
+                .map(|r| u32::from(r.end()) - u32::from(r.start()) + 1)
+                .sum();
+            if n > MAX {
+                return None;
             }
-            None
+            Some(
+                b.ranges()
+                    .iter()
+                    .flat_map(|r| (r.start()..=r.end()).map(|c| vec![c]))
+                    .collect(),
+            )
         }
     }
 }
@@ -157,7 +155,7 @@ fn cross(a: &[Vec<u8>], b: &[Vec<u8>]) -> Option<Vec<Vec<u8>>> {
     Some(out)
 }
 
-fn analyze(hir: &Hir, ci: &mut bool) -> Info {
+fn analyze(hir: &Hir) -> Info {
     match hir.kind() {
         HirKind::Empty | HirKind::Look(_) => Info {
             exact: Some(vec![Vec::new()]),
@@ -168,15 +166,15 @@ fn analyze(hir: &Hir, ci: &mut bool) -> Info {
             required: None,
         },
         HirKind::Class(c) => Info {
-            exact: single_char(c, ci).map(|s| vec![s]),
+            exact: small_class(c),
             required: None,
         },
-        HirKind::Capture(cap) => analyze(&cap.sub, ci),
+        HirKind::Capture(cap) => analyze(&cap.sub),
         HirKind::Repetition(rep) => {
             if rep.min == 0 {
                 return Info::default();
             }
-            let sub = analyze(&rep.sub, ci);
+            let sub = analyze(&rep.sub);
             if rep.min == 1 && rep.max == Some(1) {
                 return sub;
             }
@@ -193,7 +191,7 @@ fn analyze(hir: &Hir, ci: &mut bool) -> Info {
             let mut run: Option<Vec<Vec<u8>>> = Some(vec![Vec::new()]);
             let mut all_exact = true;
             for child in children {
-                let info = analyze(child, ci);
+                let info = analyze(child);
                 match info.exact {
                     Some(ex) => {
                         run = match run.take() {
@@ -234,7 +232,7 @@ fn analyze(hir: &Hir, ci: &mut bool) -> Info {
             let mut exact: Option<Vec<Vec<u8>>> = Some(Vec::new());
             let mut required: Option<Vec<Vec<u8>>> = Some(Vec::new());
             for child in children {
-                let info = analyze(child, ci);
+                let info = analyze(child);
                 exact = match (exact, &info.exact) {
                     (Some(mut acc), Some(ex)) => {
                         acc.extend(ex.iter().cloned());
@@ -263,7 +261,7 @@ mod tests {
     use super::*;
 
     fn lits(p: &str) -> Option<Vec<String>> {
-        required_literals(p).map(|(s, _)| {
+        required_literals(p).map(|s| {
             s.into_iter()
                 .map(|b| String::from_utf8(b).unwrap())
                 .collect()
@@ -312,13 +310,28 @@ mod tests {
     }
 
     #[test]
-    fn case_insensitive_letters() {
-        let (set, ci) = required_literals(r"(?i)failed login \d").unwrap();
-        assert!(ci);
-        assert_eq!(set, vec![b"failed login ".to_vec()]);
+    fn case_insensitive_letters_become_variants() {
+        let mut set = required_literals(r"(?i)fail \d").unwrap();
+        set.sort();
+        assert_eq!(set.len(), 16, "{set:?}");
+        assert!(
+            set.contains(&b"FAIL ".to_vec()) && set.contains(&b"fail ".to_vec()),
+            "{set:?}"
+        );
         let pf = Prefilter::new(&[r"(?i)failed login \d".to_string()]);
         assert!(pf.may_match("FAILED LOGIN 3"));
+        assert!(pf.may_match("Failed Login 3"));
         assert!(!pf.may_match("accepted"));
+        // `(?i)k` includes the Kelvin sign; it must stay a match.
+        let pf = Prefilter::new(&[r"(?i)kk \d".to_string()]);
+        assert!(pf.may_match("\u{212A}k 1"));
+        // A sshd-style [Ii] pair keeps both spellings.
+        let mut set = required_literals(r"^x [Ii]nvalid user \d").unwrap();
+        set.sort();
+        assert_eq!(
+            set,
+            vec![b"x Invalid user ".to_vec(), b"x invalid user ".to_vec()]
+        );
     }
 
     #[test]

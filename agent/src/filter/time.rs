@@ -13,6 +13,12 @@
 //! | epoch | `1700000000.123` at line start or in `[...]` | UTC |
 //! | TAI64N (multilog) | `@400000004c91b044077a9e94` at line start | UTC |
 //!
+//! When guessing, an access-log date that is not at the line start counts
+//! only in its usual `[date] "` position, so a date inside the client-chosen
+//! user field is skipped. Other formats found past the start of the line may
+//! come from message text: for journal entries, whose MESSAGE carries no
+//! timestamp of its own, callers should prefer the entry's timestamp.
+//!
 //! Timestamps without a year take the latest year that puts them no more
 //! than one day after `now`, so a `Dec 31` line read on Jan 1 is last year.
 //! "Local" is the machine's time zone (`chrono::Local`).
@@ -45,8 +51,8 @@ const F_ALL: u8 = 63;
 /// `%a` (English weekday name, skipped), `%z` (`Z`, `+hh`, `+hhmm`,
 /// `+hh:mm`), `%f` (fraction digits), `%s` (epoch seconds), `%%`. A space
 /// matches one or more blanks. A leading `^` anchors the pattern at the start
-/// of the line. Without `%Y`/`%y` the year is inferred as for syslog; without
-/// `%z` the time is local.
+/// of the line (or just after a leading `[`). Without `%Y`/`%y` the year is
+/// inferred as for syslog; without `%z` the time is local.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DatePattern {
     kind: DpKind,
@@ -177,7 +183,12 @@ pub fn parse_time(
             anchored,
         }) => (0, *anchored, Some(t.as_slice())),
     };
-    let last = if anchored { 0 } else { b.len() };
+    // Anchored: the first byte, or the second after an opening `[`.
+    let last = match (anchored, b[0]) {
+        (true, b'[') => 1,
+        (true, _) => 0,
+        (false, _) => b.len(),
+    };
     for i in 0..=last.min(b.len().saturating_sub(1)) {
         let c = b[i];
         let prev = if i == 0 { b' ' } else { b[i - 1] };
@@ -270,7 +281,7 @@ impl Fields {
         };
         let secs = match self.year {
             Some(y) => to_secs(y)?,
-            None => infer_year(now, to_secs)?,
+            None => infer_year(now, self.month, self.day, to_secs)?,
         };
         to_system_time(secs, self.nanos)
     }
@@ -295,14 +306,27 @@ fn to_system_time(secs: i64, nanos: u32) -> Option<SystemTime> {
 
 /// The latest year that puts the time at most one day after `now`. Tries a
 /// few years back so that Feb 29 finds a leap year.
-fn infer_year(now: SystemTime, to_secs: impl Fn(i32) -> Option<i64>) -> Option<i64> {
+fn infer_year(
+    now: SystemTime,
+    month: u32,
+    day: u32,
+    to_secs: impl Fn(i32) -> Option<i64>,
+) -> Option<i64> {
     let now_s = unix_secs(now);
     let limit = now_s + 86_400;
     let year = chrono::DateTime::from_timestamp(now_s, 0)?.year();
-    (year - 8..=year + 1)
-        .rev()
-        .filter_map(&to_secs)
-        .find(|&t| t <= limit)
+    (year - 8..=year + 1).rev().find_map(|y| {
+        // No zone is more than 14 h ahead of UTC: a date whose midnight is
+        // further past the limit is skipped without a zone lookup.
+        let midnight = NaiveDate::from_ymd_opt(y, month, day)?
+            .and_hms_opt(0, 0, 0)?
+            .and_utc()
+            .timestamp();
+        if midnight - 14 * 3600 > limit {
+            return None;
+        }
+        to_secs(y).filter(|&t| t <= limit)
+    })
 }
 
 thread_local! {
@@ -512,6 +536,13 @@ fn scan_digit(b: &[u8], i: usize, prev: u8, mask: u8) -> Option<(Fields, usize)>
                 f.offset = Some(off);
                 end = e;
             }
+        }
+        // Access-log dates follow the client-chosen user field. When
+        // guessing (no datepattern), only `[date] "` counts there: the
+        // servers escape `"` in logged fields, so a fake date inside the
+        // user name cannot be followed by it.
+        if mask == F_ALL && i > 0 && !(prev == b'[' && b.get(end..end + 3) == Some(b"] \"")) {
+            return None;
         }
         return Some((f, end));
     }
@@ -821,6 +852,18 @@ mod tests {
     }
 
     #[test]
+    fn access_log_date_is_not_taken_from_the_user_field() {
+        let now = utc("2026-01-01T00:00:00Z");
+        let line = r#"192.0.2.7 - x [01/Jan/2020:00:00:00 +0000] y [21/Nov/2025:05:28:31 +0000] "GET / HTTP/1.1" 404 1"#;
+        let (t, _) = at(line, now);
+        assert_eq!(t, utc("2025-11-21T05:28:31Z"));
+        // With the format named explicitly the structure is not checked.
+        let dp = DatePattern::parse("apache").unwrap();
+        let (t, _) = parse_time(line, now, Some(&dp)).unwrap();
+        assert_eq!(t, utc("2020-01-01T00:00:00Z"));
+    }
+
+    #[test]
     fn epoch_and_tai64n() {
         let now = utc("2026-01-01T00:00:00Z");
         let (t, r) = at("1700000000.250 host x", now);
@@ -862,6 +905,9 @@ mod tests {
         assert_eq!(t, utc("2024-01-02T03:04:05Z"));
         let anchored = DatePattern::parse("^iso8601").unwrap();
         assert!(parse_time(line, now, Some(&anchored)).is_none());
+        let anchored = DatePattern::parse("^syslog").unwrap();
+        let (t, r) = parse_time("[Sun Jun 09 07:57:47 2013] x", now, Some(&anchored)).unwrap();
+        assert_eq!((t, r), (local(2013, 6, 9, 7, 57, 47), 1..25));
 
         let dp = DatePattern::parse("%d.%m.%Y %H:%M:%S%z").unwrap();
         let (t, r) = parse_time("x 31.01.2024 12:34:56+0200 y", now, Some(&dp)).unwrap();

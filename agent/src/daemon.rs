@@ -1,0 +1,486 @@
+//! `xban run`: privileged set-up, restore, attach, then one loop that feeds
+//! source lines to the core, answers control requests, expires bans, and
+//! reloads the config on SIGHUP or `xban reload`.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use anyhow::{Context, Result};
+use tokio::sync::mpsc;
+
+use crate::actions::{self, ActionConfig};
+use crate::agent::{self_addresses, AgentCore};
+use crate::ban::now_secs;
+use crate::config::{Config, JailSettings, ResolvedConfig, SourceSpec};
+use crate::control::{self, ControlMessage, Reply, Request};
+use crate::enforce::iptables::TarpitSteering;
+use crate::enforce::xdp::{self, XdpEnforcer, XdpStats};
+use crate::enforce::{DryRunEnforcer, Enforcer, KernelEnforcer};
+use crate::metrics::Metrics;
+use crate::source::file::{FilePosition, FileSource, FileSourceOptions};
+use crate::source::journal::{journal_available, JournalSource, JournalSourceOptions};
+use crate::source::{SourceLine, SourceStats};
+use crate::store::BanStore;
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RunOptions {
+    /// Everything runs and is reported; nothing is written to the kernel
+    /// (no XDP, no iptables) and bans live in memory only.
+    pub dry_run: bool,
+}
+
+/// A running source, whatever its kind.
+enum RunningSource {
+    Files(FileSource),
+    Journal(JournalSource),
+}
+
+impl RunningSource {
+    fn stats(&self) -> Arc<SourceStats> {
+        match self {
+            RunningSource::Files(s) => s.stats(),
+            RunningSource::Journal(s) => s.stats(),
+        }
+    }
+
+    async fn shutdown(self) {
+        match self {
+            RunningSource::Files(s) => s.shutdown().await,
+            RunningSource::Journal(s) => s.shutdown().await,
+        }
+    }
+}
+
+fn position_prefix(jail: &str) -> String {
+    format!("file:{jail}:")
+}
+
+fn journal_key(jail: &str) -> String {
+    format!("journal:{jail}")
+}
+
+/// Lines from every source, tagged with their jail's name.
+type LineSender = mpsc::Sender<(Arc<str>, SourceLine)>;
+
+struct Daemon {
+    config_path: PathBuf,
+    resolved: ResolvedConfig,
+    core: AgentCore,
+    sources: HashMap<String, RunningSource>,
+    line_tx: LineSender,
+    metrics: Metrics,
+}
+
+fn load_config(path: &Path) -> Result<ResolvedConfig> {
+    let cfg = Config::load(path)?;
+    cfg.validate()
+        .with_context(|| format!("config {}", path.display()))
+}
+
+/// Files if any of them is there now; otherwise the journal, if this
+/// machine has one; otherwise wait for the files.
+fn choose_source(spec: &SourceSpec) -> SourceSpec {
+    match spec {
+        SourceSpec::FilesOrJournal {
+            files,
+            journalmatch,
+        } => {
+            let any_file = files.iter().any(|p| {
+                let path = Path::new(p);
+                if p.contains(['*', '?', '[']) {
+                    path.parent().is_some_and(Path::exists)
+                } else {
+                    path.exists()
+                }
+            });
+            if !any_file && journal_available() {
+                SourceSpec::Journal(journalmatch.clone())
+            } else {
+                SourceSpec::Files(files.clone())
+            }
+        }
+        other => other.clone(),
+    }
+}
+
+impl Daemon {
+    async fn start_source(&mut self, jail: &JailSettings) -> Result<()> {
+        let (tx, mut rx) = mpsc::channel::<SourceLine>(1024);
+        let fwd = self.line_tx.clone();
+        let name: Arc<str> = Arc::from(jail.name.as_str());
+        tokio::spawn(async move {
+            while let Some(l) = rx.recv().await {
+                if fwd.send((name.clone(), l)).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let source = match choose_source(&jail.source) {
+            SourceSpec::Journal(matches) => {
+                let cursor = self.core.store().cursor(&journal_key(&jail.name))?;
+                let s = JournalSource::spawn(JournalSourceOptions { matches, cursor }, tx)
+                    .await
+                    .with_context(|| format!("jails.{} (journal)", jail.name))?;
+                tracing::info!(jail = %jail.name, "following the systemd journal");
+                RunningSource::Journal(s)
+            }
+            SourceSpec::Files(patterns)
+            | SourceSpec::FilesOrJournal {
+                files: patterns, ..
+            } => {
+                let prefix = position_prefix(&jail.name);
+                let resume = self
+                    .core
+                    .store()
+                    .positions_with_prefix(&prefix)?
+                    .into_iter()
+                    .map(|(k, dev, inode, offset)| {
+                        (
+                            PathBuf::from(&k[prefix.len()..]),
+                            FilePosition { dev, inode, offset },
+                        )
+                    })
+                    .collect();
+                let s = FileSource::spawn(
+                    FileSourceOptions {
+                        patterns: patterns.clone(),
+                        resume,
+                        max_line_bytes: 64 * 1024,
+                    },
+                    tx,
+                )
+                .await
+                .with_context(|| format!("jails.{}.logpath", jail.name))?;
+                tracing::info!(jail = %jail.name, files = ?patterns, "following log files");
+                RunningSource::Files(s)
+            }
+        };
+        self.sources.insert(jail.name.clone(), source);
+        Ok(())
+    }
+
+    async fn stop_source(&mut self, jail: &str) {
+        self.save_positions();
+        if let Some(s) = self.sources.remove(jail) {
+            s.shutdown().await;
+        }
+    }
+
+    fn save_positions(&mut self) {
+        for (jail, s) in &self.sources {
+            let r: Result<()> = match s {
+                RunningSource::Files(src) => src.positions().iter().try_for_each(|(path, pos)| {
+                    self.core
+                        .save_position(&format!("{}{}", position_prefix(jail), path.display()), pos)
+                }),
+                RunningSource::Journal(src) => match src.cursor() {
+                    Some(c) => self
+                        .core
+                        .store()
+                        .save_cursor(&journal_key(jail), &c)
+                        .map_err(Into::into),
+                    None => Ok(()),
+                },
+            };
+            if let Err(e) = r {
+                tracing::warn!("saving source positions: {e:#}");
+            }
+        }
+    }
+
+    fn actions_for(&self, jail: &str) -> &[ActionConfig] {
+        self.resolved
+            .jails
+            .iter()
+            .find(|j| j.name == jail)
+            .map(|j| j.actions.as_slice())
+            .unwrap_or(&self.resolved.default_actions)
+    }
+
+    /// Actions and metrics for what the core just did.
+    fn drain_events(&mut self) {
+        for ev in self.core.take_events() {
+            self.metrics.record_event(&ev);
+            actions::dispatch(self.actions_for(&ev.record.jail), &ev);
+        }
+    }
+
+    fn on_line(&mut self, jail: &str, line: SourceLine) {
+        match self.core.on_line(jail, &line) {
+            Ok(Some(_)) => {
+                let latency = SystemTime::now()
+                    .duration_since(line.read_at)
+                    .unwrap_or_default();
+                self.metrics.record_latency(latency);
+            }
+            Ok(None) => {}
+            Err(e) => tracing::error!("jail {jail}: {e:#}"),
+        }
+        self.drain_events();
+    }
+
+    /// Re-read the config. A broken one is refused with its errors and the
+    /// running one kept; a good one is applied without touching bans.
+    async fn reload(&mut self) -> Result<String> {
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Reloading]);
+        let result = self.reload_inner().await;
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+        match &result {
+            Ok(m) => tracing::info!("reload: {m}"),
+            Err(e) => tracing::error!("reload refused, running config kept: {e:#}"),
+        }
+        result
+    }
+
+    async fn reload_inner(&mut self) -> Result<String> {
+        let new = load_config(&self.config_path)?;
+        let mut notes = Vec::new();
+        let (old_a, new_a) = (&self.resolved.agent, &new.agent);
+        if old_a.interfaces != new_a.interfaces
+            || old_a.xdp_mode != new_a.xdp_mode
+            || old_a.bpf_pin_dir != new_a.bpf_pin_dir
+            || old_a.state_dir != new_a.state_dir
+            || old_a.socket != new_a.socket
+            || old_a.metrics_listen != new_a.metrics_listen
+            || self.resolved.tarpit != new.tarpit
+        {
+            notes.push(
+                "[agent] paths/interfaces/metrics and [tarpit] take effect at the next restart"
+                    .to_string(),
+            );
+        }
+        let restart = self.core.reload(&new, &self_addresses())?;
+        let removed: Vec<String> = self
+            .sources
+            .keys()
+            .filter(|name| !new.jails.iter().any(|j| &j.name == *name))
+            .cloned()
+            .collect();
+        for name in removed.iter().chain(&restart) {
+            self.stop_source(name).await;
+        }
+        self.resolved.jails = new.jails.clone();
+        self.resolved.allowlist = new.allowlist.clone();
+        self.resolved.default_actions = new.default_actions.clone();
+        for name in &restart {
+            let jail = new
+                .jails
+                .iter()
+                .find(|j| &j.name == name)
+                .expect("restart lists new jails")
+                .clone();
+            self.start_source(&jail).await?;
+        }
+        notes.insert(
+            0,
+            format!(
+                "{} jails ({} sources restarted, {} removed); bans kept",
+                new.jails.len(),
+                restart.len(),
+                removed.len()
+            ),
+        );
+        Ok(notes.join("; "))
+    }
+
+    fn metrics_text(&mut self) -> Result<String> {
+        for (jail, s) in &self.sources {
+            let st = s.stats();
+            use std::sync::atomic::Ordering::Relaxed;
+            self.metrics.source_errors.insert(
+                jail.clone(),
+                (
+                    st.truncated_lines.load(Relaxed),
+                    st.invalid_utf8_lines.load(Relaxed),
+                ),
+            );
+        }
+        let status = self.core.status(None)?;
+        Ok(self
+            .metrics
+            .render(&status, u64::from(xban_common::BANS_MAX_ENTRIES)))
+    }
+}
+
+/// Create or adopt the tarpit chain and sets; say clearly when TARPIT is
+/// missing and what happens instead.
+fn setup_steering(cfg: &ResolvedConfig) -> Result<TarpitSteering> {
+    let steering = TarpitSteering::setup(&cfg.tarpit).context("[tarpit] steering set-up")?;
+    if let Some(notice) = steering.notice() {
+        tracing::warn!("{notice}");
+    }
+    if !steering.mode().is_active() && steering.leftovers() {
+        // Tarpit bans are now dropped at XDP; the old chain and sets would
+        // keep steering addresses that get unbanned later.
+        TarpitSteering::teardown(&cfg.tarpit)
+            .context("remove the tarpit chain and sets an earlier run left")?;
+        tracing::info!("removed the tarpit chain and sets left by an earlier run");
+    }
+    tracing::info!(mode = %steering.mode(), "tarpit steering");
+    Ok(steering)
+}
+
+pub async fn run(config_path: &Path, opts: RunOptions) -> Result<()> {
+    let resolved = load_config(config_path)?;
+    let agent = resolved.agent.clone();
+    if !opts.dry_run {
+        crate::setup::check_capabilities()?;
+        crate::setup::ensure_bpffs(&agent.bpf_pin_dir)?;
+        crate::setup::private_dir(&agent.state_dir)?;
+    }
+    let interfaces = if agent.interfaces.is_empty() {
+        vec![crate::setup::default_route_interface()?]
+    } else {
+        agent.interfaces.clone()
+    };
+    // Bind first: a second agent must fail before touching the kernel.
+    let listener = control::bind(&agent.socket)?;
+
+    let (mut program, store, enforcer): (Option<XdpEnforcer>, BanStore, Box<dyn Enforcer>) =
+        if opts.dry_run {
+            tracing::warn!(
+                "dry run: nothing is written to XDP maps or iptables, bans are kept in memory"
+            );
+            (
+                None,
+                BanStore::open_in_memory()?,
+                Box::new(DryRunEnforcer::default()),
+            )
+        } else {
+            let store = BanStore::open(&agent.state_dir)?;
+            let (program, maps) = XdpEnforcer::load(&agent.bpf_pin_dir)?;
+            let steering = setup_steering(&resolved)?;
+            let enforcer = KernelEnforcer {
+                xdp: maps,
+                steering: Some(steering),
+            };
+            (Some(program), store, Box::new(enforcer))
+        };
+    let mut core = AgentCore::new(&resolved, store, enforcer, &self_addresses())?;
+    let report = core.restore(now_secs())?;
+    tracing::info!(
+        restored = report.restored,
+        expired = report.expired,
+        stale = report.stale_map_entries,
+        "bans restored"
+    );
+    core.set_interfaces(interfaces.clone(), opts.dry_run);
+    if let Some(p) = program.as_mut() {
+        p.attach(&interfaces, agent.xdp_mode)?;
+    }
+
+    let (ctl_tx, mut ctl_rx) = mpsc::channel::<ControlMessage>(64);
+    if let Some(addr) = agent.metrics_listen {
+        let l = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("[agent] metrics_listen: bind {addr}"))?;
+        tracing::info!(%addr, "serving Prometheus metrics at /metrics");
+        tokio::spawn(crate::metrics::serve(l, ctl_tx.clone()));
+    }
+    tokio::spawn(control::serve(listener, ctl_tx));
+
+    let (line_tx, mut line_rx) = mpsc::channel::<(Arc<str>, SourceLine)>(4096);
+    let mut d = Daemon {
+        config_path: config_path.to_path_buf(),
+        resolved: resolved.clone(),
+        core,
+        sources: HashMap::new(),
+        line_tx,
+        metrics: Metrics::default(),
+    };
+    for jail in &resolved.jails {
+        d.start_source(jail).await?;
+    }
+    d.drain_events();
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+    tracing::info!(interfaces = ?interfaces, jails = resolved.jails.len(), bans = report.restored, "xban ready");
+
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sighup = signal(SignalKind::hangup())?;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut ticks: u64 = 0;
+    let mut teardown_requested = false;
+    loop {
+        tokio::select! {
+            Some((jail, line)) = line_rx.recv() => d.on_line(&jail, line),
+            Some(msg) = ctl_rx.recv() => {
+                let reply = match &msg.request {
+                    Request::Reload => match d.reload().await {
+                        Ok(m) => Reply::ok(m),
+                        Err(e) => Reply::err(format!("reload refused, running config kept: {e:#}")),
+                    },
+                    Request::Metrics => match d.metrics_text() {
+                        Ok(t) => Reply::ok(t),
+                        Err(e) => Reply::err(format!("{e:#}")),
+                    },
+                    other => d.core.handle(other),
+                };
+                d.drain_events();
+                let is_teardown = msg.request == Request::Teardown;
+                let _ = msg.reply.send(reply);
+                if is_teardown {
+                    teardown_requested = true;
+                    break;
+                }
+            }
+            _ = tick.tick() => {
+                ticks += 1;
+                if let Err(e) = d.core.expire(now_secs()) {
+                    tracing::error!("expiring bans: {e:#}");
+                }
+                if d.core.blocklists_changed() {
+                    if let Err(e) = d.core.sync_blocklists(true) {
+                        tracing::error!("reloading blocklists: {e:#}");
+                    }
+                }
+                d.drain_events();
+                if ticks.is_multiple_of(10) {
+                    d.core.prune_windows(SystemTime::now());
+                    d.save_positions();
+                }
+                if ticks.is_multiple_of(3600) {
+                    if let Err(e) = d.core.purge_history(now_secs()) {
+                        tracing::warn!("purging ban history: {e:#}");
+                    }
+                }
+            }
+            _ = sighup.recv() => { let _ = d.reload().await; }
+            _ = sigterm.recv() => { tracing::info!("SIGTERM: stopping"); break; }
+            _ = sigint.recv() => { tracing::info!("SIGINT: stopping"); break; }
+        }
+    }
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    d.save_positions();
+    for (_, s) in d.sources.drain() {
+        s.shutdown().await;
+    }
+    let _ = std::fs::remove_file(&agent.socket);
+    drop(d);
+    drop(program);
+    if opts.dry_run {
+        return Ok(());
+    }
+    if teardown_requested || !agent.keep_on_exit {
+        TarpitSteering::teardown(&resolved.tarpit)?;
+        let removed = xdp::teardown(&agent.bpf_pin_dir)?;
+        tracing::info!(
+            removed = removed.len(),
+            "teardown: XDP detached, maps and pins removed"
+        );
+    } else {
+        tracing::info!(
+            "stopped; XDP stays attached and bans keep dropping until the next agent adopts them"
+        );
+    }
+    Ok(())
+}
+
+/// XDP counters from the pinned map, with or without a running agent.
+pub fn read_stats(pin_dir: &Path) -> Result<XdpStats> {
+    xdp::XdpMaps::from_pins(pin_dir)?.stats()
+}
