@@ -55,6 +55,9 @@ pub struct JailStatus {
     pub failing_now: usize,
     pub bans_now: usize,
     pub counters: JailCountersView,
+    /// What the jail reads: the files followed now, or `journal`.
+    #[serde(default)]
+    pub following: Vec<String>,
     /// With `status JAIL`: addresses failing now and their counts.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub failing: Vec<(String, usize)>,
@@ -586,6 +589,7 @@ impl AgentCore {
             failing_now: j.window.failing_count(),
             bans_now: self.book.iter().filter(|r| r.jail == j.name()).count(),
             counters: serde_json::to_value(&j.counters).unwrap_or_default(),
+            following: Vec::new(),
             failing,
         }
     }

@@ -38,6 +38,18 @@ enum RunningSource {
 }
 
 impl RunningSource {
+    fn following(&self) -> Vec<String> {
+        match self {
+            RunningSource::Files(s) => {
+                let mut f: Vec<String> =
+                    s.files().iter().map(|p| p.display().to_string()).collect();
+                f.sort();
+                f
+            }
+            RunningSource::Journal(_) => vec!["journal".into()],
+        }
+    }
+
     fn stats(&self) -> Arc<SourceStats> {
         match self {
             RunningSource::Files(s) => s.stats(),
@@ -285,6 +297,19 @@ impl Daemon {
         Ok(notes.join("; "))
     }
 
+    /// The core's status plus what only the daemon knows: the sources.
+    fn status(&self, jail: Option<&str>) -> Result<serde_json::Value> {
+        let mut st = self.core.status(jail)?;
+        for j in &mut st.jails {
+            j.following = self
+                .sources
+                .get(&j.name)
+                .map(RunningSource::following)
+                .unwrap_or_default();
+        }
+        Ok(serde_json::to_value(st)?)
+    }
+
     fn metrics_text(&mut self) -> Result<String> {
         for (jail, s) in &self.sources {
             let st = s.stats();
@@ -416,6 +441,10 @@ pub async fn run(config_path: &Path, opts: RunOptions) -> Result<()> {
                     },
                     Request::Metrics => match d.metrics_text() {
                         Ok(t) => Reply::ok(t),
+                        Err(e) => Reply::err(format!("{e:#}")),
+                    },
+                    Request::Status { jail } => match d.status(jail.as_deref()) {
+                        Ok(v) => Reply::ok(v),
                         Err(e) => Reply::err(format!("{e:#}")),
                     },
                     other => d.core.handle(other),

@@ -375,6 +375,9 @@ fn print_status(s: &StatusView) {
             "jail {}: failing now {}, failures total {}, bans now {}, bans total {}, lines {}",
             j.name, j.failing_now, c["failures_total"], j.bans_now, c["bans_total"], c["lines"]
         );
+        if !j.following.is_empty() {
+            println!("  following: {}", j.following.join(", "));
+        }
         for (addr, n) in &j.failing {
             println!("  {addr:<40} {n} failure(s)");
         }
