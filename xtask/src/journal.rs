@@ -12,15 +12,24 @@ const JOURNALD: &[&str] = &[
     "/usr/lib/systemd/systemd-journald",
 ];
 
+/// Does a journald accept datagrams on its socket?
+fn journald_answers() -> bool {
+    std::os::unix::net::UnixDatagram::unbound()
+        .and_then(|s| s.connect(SOCKET))
+        .is_ok()
+}
+
 /// Stops the journald it started when dropped; does nothing when one was
 /// already running or none is installed.
 pub struct JournalGuard(Option<Child>);
 
 impl JournalGuard {
     pub fn ensure() -> JournalGuard {
-        if Path::new(SOCKET).exists() {
+        if journald_answers() {
             return JournalGuard(None);
         }
+        // A socket left by a journald that died answers nothing: start afresh.
+        let _ = std::fs::remove_file(SOCKET);
         let Some(bin) = JOURNALD.iter().find(|p| Path::new(p).exists()) else {
             eprintln!(
                 "xtask: no systemd-journald installed; the journal test will say it is skipped"
@@ -43,7 +52,7 @@ impl JournalGuard {
             }
         };
         let deadline = Instant::now() + Duration::from_secs(5);
-        while !Path::new(SOCKET).exists() && Instant::now() < deadline {
+        while !journald_answers() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(50));
         }
         JournalGuard(Some(child))
