@@ -509,20 +509,103 @@ failregex = ['auth failure from <HOST>$']
     );
 }
 
-/// Kills a process (by id) that a failed test leaves running.
+/// Kills a process (by id) that a failed test leaves running, with its
+/// children (strace's tracee, the agent).
 struct KillOnDrop(Option<u32>);
+
+fn children_of(pid: u32) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+            // pid (comm) state ppid ...: comm may hold spaces, so split after ')'.
+            let ppid = stat.rsplit_once(')')?.1.split_whitespace().nth(1)?;
+            (ppid.parse::<u32>().ok()? == pid).then(|| e.file_name().to_str()?.parse().ok())?
+        })
+        .collect()
+}
 
 impl Drop for KillOnDrop {
     fn drop(&mut self) {
         if let Some(pid) = self.0.take() {
-            // The whole tree: strace, then the agent under it.
-            let _ = Command::new("pkill")
-                .args(["-KILL", "-P", &pid.to_string()])
-                .output();
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid as i32),
-                nix::sys::signal::Signal::SIGKILL,
-            );
+            for p in children_of(pid).into_iter().chain([pid]) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(p as i32),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+    }
+}
+
+/// The unit grants no capability the agent could do without: without any
+/// one of them, it either does not start or cannot steer the tarpit class.
+#[test]
+fn every_capability_in_the_unit_is_needed() {
+    let unit = Unit::load(&deploy("xban.service"));
+    let caps = unit.words("CapabilityBoundingSet");
+    assert!(!caps.is_empty());
+    for missing in &caps {
+        let lab = Lab::new().unwrap();
+        let dir = AgentDir::new().unwrap();
+        dir.write_config(
+            &lab,
+            "[tarpit]\nfallback = \"REJECT --reject-with tcp-reset\"\n\n[jails.sshd]\nfilter = \"sshd\"\nlogpath = [\"{LOG}\"]\n",
+        )
+        .unwrap();
+        let kept: Vec<String> = caps
+            .iter()
+            .filter(|c| *c != missing)
+            .map(|c| format!("+{}", c.strip_prefix("CAP_").unwrap().to_lowercase()))
+            .collect();
+        let stderr = dir.path("agent.log");
+        let mut agent = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", lab.srv_ns))
+            .arg("setpriv")
+            .arg(format!("--bounding-set=-all,{}", kept.join(",")))
+            .args(["--inh-caps=-all", "--no-new-privs"])
+            .arg(xban_bin())
+            .arg("-c")
+            .arg(dir.config_path())
+            .arg("run")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&stderr).unwrap())
+            .spawn()
+            .unwrap();
+        let _reaper = KillOnDrop(Some(agent.id()));
+        let log = || std::fs::read_to_string(&stderr).unwrap_or_default();
+        let mut exited = None;
+        let answered = wait_for(Duration::from_secs(30), || {
+            if let Ok(Some(status)) = agent.try_wait() {
+                exited = Some(status);
+                return true;
+            }
+            dir.xban(&["status", "--json"]).unwrap().status.success()
+        });
+        assert!(
+            answered,
+            "without {missing}: neither up nor down:\n{}",
+            log()
+        );
+        let broken = match exited {
+            Some(status) => !status.success(),
+            None => {
+                let status: serde_json::Value =
+                    serde_json::from_str(&dir.xban_ok(&["status", "--json"]).unwrap()).unwrap();
+                status["tarpit"]["active"] != true
+            }
+        };
+        assert!(
+            broken,
+            "the agent does all its work without {missing}:\n{}",
+            log()
+        );
+        // Whatever it managed to pin goes with the AgentDir (teardown).
+        if exited.is_none() {
+            dir.xban_ok(&["teardown"]).unwrap();
+            let _ = agent.wait();
         }
     }
 }
