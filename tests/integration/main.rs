@@ -3,6 +3,7 @@
 //! `cargo xtask test` (which passes `--test-threads=1`).
 
 mod ban_path;
+mod deploy;
 mod lifecycle;
 mod operations;
 mod persistence;

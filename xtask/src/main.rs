@@ -1,6 +1,8 @@
 //! `cargo xtask`: builds, runs and tests xban (see `cargo xtask --help`).
 
 mod cmd;
+mod demo;
+mod install;
 mod journal;
 mod prereq;
 mod tasks;
@@ -42,6 +44,27 @@ enum Task {
         /// Arguments for xban instead of the default `run --config deploy/xban.toml`
         #[arg(last = true, value_name = "ARGS")]
         args: Vec<OsString>,
+    },
+    /// Build, then install xban, its systemd unit and its default config (root, or --root DIR)
+    Install {
+        /// Install under DIR instead of / (staging, images); systemd is not told
+        #[arg(long, value_name = "DIR")]
+        root: Option<std::path::PathBuf>,
+        /// Install this xban binary instead of building one
+        #[arg(long, value_name = "PATH")]
+        binary: Option<std::path::PathBuf>,
+    },
+    /// Tear down XDP and the bans, then remove the binary and the unit (keeps /etc/xban, /var/lib/xban)
+    Uninstall {
+        /// Uninstall from under DIR instead of /
+        #[arg(long, value_name = "DIR")]
+        root: Option<std::path::PathBuf>,
+    },
+    /// Build, then watch xban ban, escalate and tarpit an attacker in a throwaway lab (root)
+    Demo {
+        /// Run this xban binary instead of building one
+        #[arg(long, value_name = "PATH")]
+        binary: Option<std::path::PathBuf>,
     },
     /// Build, run unit and doc tests, then the privileged integration tests (root)
     Test {
@@ -87,6 +110,9 @@ fn dispatch(task: Task) -> Result<()> {
             println!("{}", tasks::build(&ws, profile)?.display());
         }
         Task::Run { args } => tasks::run(&ws, &args)?,
+        Task::Install { root, binary } => install::install(&ws, root, binary)?,
+        Task::Uninstall { root } => install::uninstall(root)?,
+        Task::Demo { binary } => demo::demo(&ws, binary)?,
         Task::Test { args } => tasks::test(&ws, &args)?,
     }
     Ok(())
