@@ -818,6 +818,16 @@ mod tests {
     #[derive(Clone, Default)]
     struct Recorder(Arc<Mutex<HashMap<Target, BanClass>>>);
 
+    impl Recorder {
+        /// An entry a previous agent left in the kernel.
+        fn preload(&self, target: &str) {
+            self.0
+                .lock()
+                .unwrap()
+                .insert(target.parse().unwrap(), BanClass::Drop);
+        }
+    }
+
     impl Enforcer for Recorder {
         fn apply(&mut self, target: &Target, change: MapChange) -> Result<()> {
             let mut m = self.0.lock().unwrap();
@@ -1018,11 +1028,7 @@ bogus
         let cfg = Config::parse(&text).unwrap().validate().unwrap();
         let kernel = Recorder::default();
         // A previous agent left the blocklisted /26 in the kernel.
-        kernel
-            .0
-            .lock()
-            .unwrap()
-            .insert("203.0.113.64/26".parse().unwrap(), BanClass::Drop);
+        kernel.preload("203.0.113.64/26");
         let mut core = AgentCore::new(
             &cfg,
             BanStore::open(dir.path()).unwrap(),
@@ -1108,16 +1114,8 @@ bogus
         }
         let kernel = Recorder::default();
         // Left by a previous agent: one live ban and one that was unbanned while down.
-        kernel
-            .0
-            .lock()
-            .unwrap()
-            .insert("203.0.113.1".parse().unwrap(), BanClass::Drop);
-        kernel
-            .0
-            .lock()
-            .unwrap()
-            .insert("203.0.113.99".parse().unwrap(), BanClass::Drop);
+        kernel.preload("203.0.113.1");
+        kernel.preload("203.0.113.99");
         let mut core = AgentCore::new(
             &cfg,
             BanStore::open(dir.path()).unwrap(),

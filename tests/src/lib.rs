@@ -197,8 +197,12 @@ impl Lab {
         false
     }
 
-    /// Does a TCP connection from `src` to the server at `dst` complete?
-    pub fn tcp_connects(&self, src: &str, dst: &str) -> bool {
+    /// A TCP connection attempt from `src` to a fresh listener at `dst`.
+    fn tcp_attempt(
+        &self,
+        src: &str,
+        dst: &str,
+    ) -> (TcpListener, std::io::Result<std::net::TcpStream>) {
         let dst_ip: IpAddr = dst.parse().unwrap();
         let listener = Self::in_ns(&self.srv_ns, || {
             TcpListener::bind(SocketAddr::new(dst_ip, 0)).expect("bind server tcp")
@@ -217,20 +221,28 @@ impl Lab {
             s.bind(&SocketAddr::new(src_ip, 0).into()).unwrap();
             s
         });
-        match sock.connect_timeout(&to.into(), Duration::from_millis(1500)) {
-            Ok(()) => {
-                let mut stream: std::net::TcpStream = sock.into();
-                let _ = stream.write_all(b"hello");
-                listener.set_nonblocking(false).unwrap();
-                let (mut accepted, peer) = listener.accept().unwrap();
-                let mut buf = [0u8; 5];
-                accepted
-                    .set_read_timeout(Some(Duration::from_secs(1)))
-                    .unwrap();
-                peer.ip() == src_ip && accepted.read_exact(&mut buf).is_ok() && &buf == b"hello"
-            }
-            Err(_) => false,
-        }
+        let result = sock
+            .connect_timeout(&to.into(), Duration::from_millis(1500))
+            .map(|()| sock.into());
+        (listener, result)
+    }
+
+    /// Does a TCP connection from `src` to the server at `dst` complete, and
+    /// carry data from the right peer?
+    pub fn tcp_connects(&self, src: &str, dst: &str) -> bool {
+        let (listener, result) = self.tcp_attempt(src, dst);
+        let Ok(mut stream) = result else {
+            return false;
+        };
+        let _ = stream.write_all(b"hello");
+        let (mut accepted, peer) = listener.accept().unwrap();
+        let mut buf = [0u8; 5];
+        accepted
+            .set_read_timeout(Some(Duration::from_secs(1)))
+            .unwrap();
+        peer.ip() == src.parse::<IpAddr>().unwrap()
+            && accepted.read_exact(&mut buf).is_ok()
+            && &buf == b"hello"
     }
 
     /// Connect over TCP from `src` to a listener at `dst`: Ok, or the error
@@ -240,26 +252,7 @@ impl Lab {
         src: &str,
         dst: &str,
     ) -> std::result::Result<(), std::io::ErrorKind> {
-        let dst_ip: IpAddr = dst.parse().unwrap();
-        let listener = Self::in_ns(&self.srv_ns, || {
-            TcpListener::bind(SocketAddr::new(dst_ip, 0)).expect("bind server tcp")
-        });
-        let to = listener.local_addr().unwrap();
-        let src_ip: IpAddr = src.parse().unwrap();
-        let sock = Self::in_ns(&self.atk_ns, || {
-            let domain = if src_ip.is_ipv4() {
-                socket2::Domain::IPV4
-            } else {
-                socket2::Domain::IPV6
-            };
-            let s =
-                socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))
-                    .unwrap();
-            s.bind(&SocketAddr::new(src_ip, 0).into()).unwrap();
-            s
-        });
-        sock.connect_timeout(&to.into(), Duration::from_millis(1500))
-            .map_err(|e| e.kind())
+        self.tcp_attempt(src, dst).1.map(drop).map_err(|e| e.kind())
     }
 
     /// Run a command in the server's namespace; returns stdout.
