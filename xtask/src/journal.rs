@@ -23,7 +23,16 @@ fn journald_answers() -> bool {
 /// already running or none is installed.
 pub struct JournalGuard(Option<Child>);
 
+/// Set for the test run when a journald answers, so the journal test fails
+/// rather than skips.
+pub const REQUIRE_VAR: &str = "XBAN_REQUIRE_JOURNAL";
+
 impl JournalGuard {
+    /// Is a journald answering now (one we started, or the system's)?
+    pub fn available(&self) -> bool {
+        journald_answers()
+    }
+
     pub fn ensure() -> JournalGuard {
         if journald_answers() {
             return JournalGuard(None);

@@ -104,7 +104,7 @@ pub fn run(ws: &Workspace, args: &[OsString]) -> Result<()> {
 pub fn test(ws: &Workspace, args: &[OsString]) -> Result<()> {
     let bin = build(ws, Profile::Release)?;
     let obj = ws.ebpf_object();
-    let _journald = crate::journal::JournalGuard::ensure();
+    let journald = crate::journal::JournalGuard::ensure();
 
     // Same profile and XBAN_EBPF_OBJ as `build`, so its artifacts are reused.
     // xban-ebpf is excluded because it only builds for the BPF target (above).
@@ -114,6 +114,11 @@ pub fn test(ws: &Workspace, args: &[OsString]) -> Result<()> {
             .args(["test", "--workspace", "--release"])
             .args(["--exclude", TESTS_PACKAGE, "--exclude", EBPF_PACKAGE])
             .env(EBPF_OBJ_VAR, &obj)
+            .envs(
+                journald
+                    .available()
+                    .then_some((crate::journal::REQUIRE_VAR, "1")),
+            )
             .args(test_binary_args(&[], args)),
     )
     .context("unit/doc tests failed")?;
