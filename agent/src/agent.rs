@@ -823,7 +823,7 @@ fn save_positions(core: &mut AgentCore, sources: &[RunningSource]) {
 
 /// XDP counters from the pinned map, with or without a running agent.
 pub fn read_stats(pin_dir: &Path) -> Result<XdpStats> {
-    xdp::XdpMaps::from_pins(pin_dir)?.stats()
+    xdp::stats_from_pins(pin_dir)
 }
 
 #[cfg(test)]

@@ -13,6 +13,9 @@ use anyhow::{Context, Result};
 
 use crate::workspace::Workspace;
 
+pub mod flood;
+pub mod xdp;
+
 /// One area's results, rendered as a Markdown section of BENCHMARKS.md.
 #[derive(Debug, Clone)]
 pub struct Section {
