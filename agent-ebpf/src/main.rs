@@ -1,30 +1,58 @@
 //! xban's XDP program: drop packets whose source address is banned.
 //!
-//! Per packet: parse Ethernet (up to two VLAN tags), IPv4 or IPv6, then look the
-//! source up in the allowlist trie (hit: pass) and in the ban trie (hit: drop, or
-//! pass for the tarpit class, which iptables steers). Everything else passes.
+//! Per packet: parse Ethernet (up to two VLAN tags), IPv4 or IPv6, then:
+//! - the directory slot of the source's region (an array read) says whether
+//!   allowlist entries and which prefix lengths have entries there;
+//! - the allowlist trie, only where the slot says so (hit: pass);
+//! - the exact-match table for the source as a host, then for each prefix
+//!   length the slot lists, longest first: the first hit is the
+//!   longest-prefix match, and its class decides.
+//!
+//! A banned source is dropped, or passed for the tarpit class (iptables steers
+//! it). Everything else passes. See `xban_common` for the map layout; the ban
+//! tries are the agent's record and are not read here.
 #![no_std]
 #![no_main]
 
 use core::mem;
+use core::ptr::read_volatile;
 
 use aya_ebpf::{
     bindings::xdp_action,
     macros::{map, xdp},
-    maps::{lpm_trie::Key, LpmTrie, PerCpuArray},
+    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, PerCpuArray},
     programs::XdpContext,
 };
-use xban_common::{stats, AllowValue, BanClass, BanValue, ALLOW_MAX_ENTRIES, BANS_MAX_ENTRIES};
+use xban_common::{
+    dir_slot_v4, dir_slot_v6, stats, tab_bucket_v4, tab_bucket_v6, tab_key_v4, tab_match_v4,
+    tab_meta_match_v6, AllowValue, BanClass, BanValue, DirV4, DirV6, NetKey4, NetKey6, TabBucketV4,
+    TabBucketV6, ALLOW_MAX_ENTRIES, BANS_MAX_ENTRIES, BPF_F_MMAPABLE, BPF_F_NO_PREALLOC, DIR_SLOTS,
+    OVER_MAX_ENTRIES, PROBE_LENGTHS, TAB_BUCKETS,
+};
 
 // Pinned by name: a restarted agent (and bpftool) finds the same maps under the pin dir.
 #[map(name = "allow_v4")]
 static ALLOW_V4: LpmTrie<[u8; 4], AllowValue> = LpmTrie::pinned(ALLOW_MAX_ENTRIES, 0);
 #[map(name = "allow_v6")]
 static ALLOW_V6: LpmTrie<[u8; 16], AllowValue> = LpmTrie::pinned(ALLOW_MAX_ENTRIES, 0);
+// The record of every ban, kept by the agent; read here only for regions
+// that list more prefix lengths than the program probes.
 #[map(name = "bans_v4")]
 static BANS_V4: LpmTrie<[u8; 4], BanValue> = LpmTrie::pinned(BANS_MAX_ENTRIES, 0);
 #[map(name = "bans_v6")]
 static BANS_V6: LpmTrie<[u8; 16], BanValue> = LpmTrie::pinned(BANS_MAX_ENTRIES, 0);
+#[map(name = "tab_v4")]
+static TAB_V4: Array<TabBucketV4> = Array::pinned(TAB_BUCKETS, BPF_F_MMAPABLE);
+#[map(name = "tab_v6")]
+static TAB_V6: Array<TabBucketV6> = Array::pinned(TAB_BUCKETS, BPF_F_MMAPABLE);
+#[map(name = "over_v4")]
+static OVER_V4: HashMap<NetKey4, BanValue> = HashMap::pinned(OVER_MAX_ENTRIES, BPF_F_NO_PREALLOC);
+#[map(name = "over_v6")]
+static OVER_V6: HashMap<NetKey6, BanValue> = HashMap::pinned(OVER_MAX_ENTRIES, BPF_F_NO_PREALLOC);
+#[map(name = "dir_v4")]
+static DIR_V4: Array<DirV4> = Array::pinned(DIR_SLOTS, BPF_F_MMAPABLE);
+#[map(name = "dir_v6")]
+static DIR_V6: Array<DirV6> = Array::pinned(DIR_SLOTS, BPF_F_MMAPABLE);
 #[map(name = "stats")]
 static STATS: PerCpuArray<u64> = PerCpuArray::pinned(stats::COUNT, 0);
 
@@ -69,26 +97,174 @@ fn try_xban_xdp(ctx: &XdpContext) -> Result<u32, ()> {
             if ver_ihl >> 4 != 4 {
                 return Err(());
             }
-            let src = unsafe { *ptr_at::<[u8; 4]>(ctx, off + IPV4_SRC_OFF)? };
-            let key = Key::new(32, src);
-            if ALLOW_V4.get(&key).is_some() {
+            // The address bytes as one native-endian word, as the table keys
+            // them (one load instead of four).
+            let src = unsafe { *ptr_at::<u32>(ctx, off + IPV4_SRC_OFF)? };
+            let bytes = src.to_ne_bytes();
+            let slot = DIR_V4.get(dir_slot_v4(bytes)).copied().unwrap_or_default();
+            if slot.allow != 0 && ALLOW_V4.get(Key::new(32, bytes)).is_some() {
                 return Ok(allowed());
             }
-            Ok(ban_verdict(BANS_V4.get(&key).map(|v| v.class)))
+            Ok(ban_verdict(ban_v4(src, slot.nets)))
         }
         ETH_P_IPV6 => {
-            let src = unsafe { *ptr_at::<[u8; 16]>(ctx, off + IPV6_SRC_OFF)? };
-            let key = Key::new(128, src);
-            if ALLOW_V6.get(&key).is_some() {
+            let hi = unsafe { *ptr_at::<u64>(ctx, off + IPV6_SRC_OFF)? };
+            let lo = unsafe { *ptr_at::<u64>(ctx, off + IPV6_SRC_OFF + 8)? };
+            // The first 48 bits, in address order.
+            let top48 = u64::from_be(hi) >> 16;
+            let slot = DIR_V6.get(dir_slot_v6(top48)).copied().unwrap_or_default();
+            if slot.allow != 0 && ALLOW_V6.get(Key::new(128, v6_bytes(hi, lo))).is_some() {
                 return Ok(allowed());
             }
-            Ok(ban_verdict(BANS_V6.get(&key).map(|v| v.class)))
+            Ok(ban_verdict(ban_v6(hi, lo, slot.nets)))
         }
         _ => {
             count(stats::PASSED_NOT_IP);
             Ok(xdp_action::XDP_PASS)
         }
     }
+}
+
+/// The class of the most specific ban covering `src`: the host entry, else
+/// each prefix length in `lens` (bit L: length L), longest first.
+#[inline(always)]
+fn ban_v4(src: u32, mut lens: u64) -> Option<u32> {
+    if let Some(c) = find_v4(src, 32) {
+        return Some(c);
+    }
+    if lens.count_ones() > PROBE_LENGTHS {
+        return BANS_V4
+            .get(Key::new(32, src.to_ne_bytes()))
+            .map(|v| v.class);
+    }
+    // Bounded for the verifier, which walks every iteration.
+    for _ in 0..PROBE_LENGTHS {
+        if lens == 0 {
+            break;
+        }
+        let len = top_bit(lens);
+        lens &= !(1u64 << len);
+        let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
+        if let Some(c) = find_v4(src & mask.to_be(), len) {
+            return Some(c);
+        }
+    }
+    None
+}
+
+/// As [`ban_v4`], lengths 64..=127 in `lens[1]`, 0..=63 in `lens[0]`.
+#[inline(always)]
+fn ban_v6(hi: u64, lo: u64, lens: [u64; 2]) -> Option<u32> {
+    if let Some(c) = find_v6(hi, lo, 128) {
+        return Some(c);
+    }
+    let (mut upper, mut lower) = (lens[1], lens[0]);
+    if upper.count_ones() + lower.count_ones() > PROBE_LENGTHS {
+        return BANS_V6
+            .get(Key::new(128, v6_bytes(hi, lo)))
+            .map(|v| v.class);
+    }
+    for _ in 0..PROBE_LENGTHS {
+        let (h, l, len) = if upper != 0 {
+            let bit = top_bit(upper);
+            upper &= !(1u64 << bit);
+            (hi, lo & high_bits(bit).to_be(), 64 + bit)
+        } else if lower != 0 {
+            let bit = top_bit(lower);
+            lower &= !(1u64 << bit);
+            (hi & high_bits(bit).to_be(), 0, bit)
+        } else {
+            break;
+        };
+        if let Some(c) = find_v6(h, l, len) {
+            return Some(c);
+        }
+    }
+    None
+}
+
+/// The class of entry (`addr`, `len`): its bucket's ways, then the overflow
+/// hash if the bucket has spilled.
+#[inline(always)]
+fn find_v4(addr: u32, len: u32) -> Option<u32> {
+    let bucket = TAB_V4.get_ptr(tab_bucket_v4(addr, len))?;
+    let key = tab_key_v4(addr, len);
+    // Volatile: the agent writes these words while we read them; each way
+    // is read exactly once.
+    for i in 0..xban_common::TAB_V4_WAYS {
+        let way = unsafe { read_volatile(&(*bucket).ways[i]) };
+        if let Some(c) = tab_match_v4(way, key) {
+            return Some(c);
+        }
+    }
+    if unsafe { read_volatile(&(*bucket).overflow) } != 0 {
+        let key = NetKey4 {
+            prefix_len: len,
+            addr: addr.to_ne_bytes(),
+        };
+        return OVER_V4.get_ptr(key).map(|v| unsafe { (*v).class });
+    }
+    None
+}
+
+#[inline(always)]
+fn find_v6(hi: u64, lo: u64, len: u32) -> Option<u32> {
+    let bucket = TAB_V6.get_ptr(tab_bucket_v6(hi, lo, len))?;
+    for i in 0..xban_common::TAB_V6_WAYS {
+        let way = unsafe { &(*bucket).ways[i] };
+        let meta = unsafe { read_volatile(&way.meta) };
+        if tab_meta_match_v6(meta, len).is_none() {
+            continue;
+        }
+        let (h, l) = unsafe { (read_volatile(&way.hi), read_volatile(&way.lo)) };
+        // Unchanged meta: the address read belongs to that entry.
+        let again = unsafe { read_volatile(&way.meta) };
+        if h == hi && l == lo && again >> 32 == meta >> 32 {
+            if let Some(c) = tab_meta_match_v6(again, len) {
+                return Some(c);
+            }
+        }
+    }
+    if unsafe { read_volatile(&(*bucket).overflow) } != 0 {
+        let key = NetKey6 {
+            prefix_len: len,
+            addr: v6_bytes(hi, lo),
+        };
+        return OVER_V6.get_ptr(key).map(|v| unsafe { (*v).class });
+    }
+    None
+}
+
+#[inline(always)]
+fn v6_bytes(hi: u64, lo: u64) -> [u8; 16] {
+    let mut a = [0u8; 16];
+    a[..8].copy_from_slice(&hi.to_ne_bytes());
+    a[8..].copy_from_slice(&lo.to_ne_bytes());
+    a
+}
+
+/// A u64 with its `n` (0..=64) most significant bits set.
+#[inline(always)]
+fn high_bits(n: u32) -> u64 {
+    if n == 0 {
+        0
+    } else {
+        u64::MAX << (64 - n)
+    }
+}
+
+/// Index of the highest set bit of a non-zero `x`. Branch-free (smear the
+/// bits down, count them): BPF has no clz, and branches here would multiply
+/// the paths the verifier walks.
+#[inline(always)]
+fn top_bit(mut x: u64) -> u32 {
+    x |= x >> 1;
+    x |= x >> 2;
+    x |= x >> 4;
+    x |= x >> 8;
+    x |= x >> 16;
+    x |= x >> 32;
+    x.count_ones() - 1
 }
 
 #[inline(always)]

@@ -511,5 +511,5 @@ pub async fn run(config_path: &Path, opts: RunOptions) -> Result<()> {
 
 /// XDP counters from the pinned map, with or without a running agent.
 pub fn read_stats(pin_dir: &Path) -> Result<XdpStats> {
-    xdp::XdpMaps::from_pins(pin_dir)?.stats()
+    xdp::stats_from_pins(pin_dir)
 }

@@ -1,5 +1,29 @@
 //! Types shared by the XDP program and the agent: map names, value layouts and
 //! counter indices. Both sides must agree on these byte for byte.
+//!
+//! # How bans are laid out for the XDP program
+//!
+//! `bans_v4`/`bans_v6` (LPM tries) hold every ban: they are the record the
+//! agent reads back after a restart, and what bpftool shows. The program does
+//! not walk them: a trie walk costs a few ns per level, hundreds of ns over a
+//! million entries. It reads copies of the same entries instead:
+//!
+//! - `tab_v4`/`tab_v6`: an exact-match table of (prefix length, masked
+//!   address) → class, as buckets in an array map. Array lookups are inlined
+//!   by the verifier, so a probe is a hash computation and one cache line, no
+//!   helper call (a kernel hash map lookup is a call, ~30 ns with the
+//!   retpoline/return-thunk mitigations of a typical VM). The agent writes the
+//!   buckets through a shared mapping with single 8-byte stores.
+//! - `over_v4`/`over_v6`: a kernel hash holding the entries that did not fit
+//!   their bucket; a bucket's `overflow` word says when to look there.
+//! - `dir_v4`/`dir_v6`: per region of the address space (IPv4 /16, IPv6 /48
+//!   hashed), the prefix lengths that have bans there and whether allowlist
+//!   entries do. Hosts are always probed; a prefix length only where the
+//!   directory lists it, longest first, so the first hit is the
+//!   longest-prefix match. A region listing more than [`PROBE_LENGTHS`]
+//!   lengths is looked up in the ban trie instead (rare, and it keeps the
+//!   program's loops short for the verifier). The agent writes the
+//!   directory through a shared mapping too.
 #![no_std]
 
 /// Map names, as pinned under the agent's pin directory.
@@ -7,6 +31,12 @@ pub const MAP_ALLOW_V4: &str = "allow_v4";
 pub const MAP_ALLOW_V6: &str = "allow_v6";
 pub const MAP_BANS_V4: &str = "bans_v4";
 pub const MAP_BANS_V6: &str = "bans_v6";
+pub const MAP_TAB_V4: &str = "tab_v4";
+pub const MAP_TAB_V6: &str = "tab_v6";
+pub const MAP_OVER_V4: &str = "over_v4";
+pub const MAP_OVER_V6: &str = "over_v6";
+pub const MAP_DIR_V4: &str = "dir_v4";
+pub const MAP_DIR_V6: &str = "dir_v6";
 pub const MAP_STATS: &str = "stats";
 
 /// Capacity of each ban trie. LPM tries are allocated lazily, so a large
@@ -14,6 +44,207 @@ pub const MAP_STATS: &str = "stats";
 pub const BANS_MAX_ENTRIES: u32 = 2_000_000;
 /// Capacity of each allowlist trie.
 pub const ALLOW_MAX_ENTRIES: u32 = 65_536;
+
+/// Buckets of `tab_v4` (2^18, 64 bytes each: 16 MiB) and `tab_v6` (2^18,
+/// 128 bytes each: 32 MiB). Allocated when the maps are created; sized so
+/// that at a million entries a few percent of them overflow.
+pub const TAB_BITS: u32 = 18;
+pub const TAB_BUCKETS: u32 = 1 << TAB_BITS;
+pub const TAB_V4_WAYS: usize = 7;
+pub const TAB_V6_WAYS: usize = 5;
+/// Capacity of each overflow hash.
+pub const OVER_MAX_ENTRIES: u32 = 1 << 17;
+/// Slots of each directory.
+pub const DIR_SLOTS: u32 = 1 << 16;
+/// Prefix lengths probed per packet at most; beyond, one trie lookup.
+pub const PROBE_LENGTHS: u32 = 8;
+/// Region a directory slot describes: IPv4 /16 (one slot each, exact),
+/// IPv6 /48 (hashed onto the slots; a collision only costs extra probes).
+pub const DIR_V4_PREFIX: u32 = 16;
+pub const DIR_V6_PREFIX: u32 = 48;
+/// `BPF_F_NO_PREALLOC`: hash elements are allocated as inserted, and a
+/// lookup never reads an element being recycled for another key.
+pub const BPF_F_NO_PREALLOC: u32 = 1;
+/// `BPF_F_MMAPABLE`: the agent maps the array and writes it with plain
+/// (atomic, 8-byte) stores.
+pub const BPF_F_MMAPABLE: u32 = 1 << 10;
+
+/// A `tab_v4` bucket: one cache line.
+///
+/// A way is `addr | len << 32 | state << 40`, `addr` being the four address
+/// bytes (masked to `len`) read as a native-endian u32, exactly as the
+/// program loads them from the packet; `state` 0 is a free way, else the
+/// class + 1. One word per way, so a reader never sees half an entry.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct TabBucketV4 {
+    /// Non-zero: some entries of this bucket are in `over_v4`.
+    pub overflow: u64,
+    pub ways: [u64; TAB_V4_WAYS],
+}
+
+/// A `tab_v6` way: the address (masked to its length) as two native-endian
+/// words, and `meta` = `state | len << 8 | version << 32`. The agent writes
+/// `hi`/`lo` while the way is free (state 0) and `meta` last; a new key in
+/// a way bumps `version`, so a reader that sees the same `meta` before and
+/// after reading the address read one entry, not two.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct TabWayV6 {
+    pub hi: u64,
+    pub lo: u64,
+    pub meta: u64,
+}
+
+/// A `tab_v6` bucket: two cache lines.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct TabBucketV6 {
+    /// Non-zero: some entries of this bucket are in `over_v6`.
+    pub overflow: u64,
+    pub ways: [TabWayV6; TAB_V6_WAYS],
+}
+
+const STATE_MASK: u64 = 0xff;
+
+/// The `tab_v4` way of an entry (`class` as in [`BanClass`]).
+#[inline(always)]
+pub fn tab_way_v4(addr: u32, len: u32, class: u32) -> u64 {
+    tab_key_v4(addr, len) | ((class as u64 + 1) & STATE_MASK) << 40
+}
+
+/// The part of a `tab_v4` way that identifies the entry.
+#[inline(always)]
+pub fn tab_key_v4(addr: u32, len: u32) -> u64 {
+    addr as u64 | (len as u64) << 32
+}
+
+/// The class in a way, if it holds `key`.
+#[inline(always)]
+pub fn tab_match_v4(way: u64, key: u64) -> Option<u32> {
+    let state = (way >> 40) & STATE_MASK;
+    if way & 0xff_ffff_ffff == key && state != 0 {
+        Some(state as u32 - 1)
+    } else {
+        None
+    }
+}
+
+/// The `meta` word of a `tab_v6` way.
+#[inline(always)]
+pub fn tab_meta_v6(len: u32, class: u32, version: u32) -> u64 {
+    ((class as u64 + 1) & STATE_MASK) | (len as u64 & 0xff) << 8 | (version as u64) << 32
+}
+
+/// The class in a `meta` word, if its way is taken and holds length `len`.
+#[inline(always)]
+pub fn tab_meta_match_v6(meta: u64, len: u32) -> Option<u32> {
+    let state = meta & STATE_MASK;
+    if (meta >> 8) & 0xff == len as u64 && state != 0 {
+        Some(state as u32 - 1)
+    } else {
+        None
+    }
+}
+
+/// Is this way free?
+#[inline(always)]
+pub fn tab_meta_free_v6(meta: u64) -> bool {
+    meta & STATE_MASK == 0
+}
+
+/// The version of a `meta` word.
+#[inline(always)]
+pub fn tab_meta_version_v6(meta: u64) -> u32 {
+    (meta >> 32) as u32
+}
+
+/// The `tab_v4` bucket of an entry: a multiplicative hash.
+#[inline(always)]
+pub fn tab_bucket_v4(addr: u32, len: u32) -> u32 {
+    (tab_key_v4(addr, len).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - TAB_BITS)) as u32
+}
+
+/// The `tab_v6` bucket of an entry.
+#[inline(always)]
+pub fn tab_bucket_v6(hi: u64, lo: u64, len: u32) -> u32 {
+    let k = hi.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+        ^ (lo ^ len as u64).wrapping_mul(0xc2b2_ae3d_27d4_eb4f);
+    ((k ^ (k >> 31)).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - TAB_BITS)) as u32
+}
+
+/// Key of `over_v4`: the same bytes as an LPM trie key.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub struct NetKey4 {
+    pub prefix_len: u32,
+    pub addr: [u8; 4],
+}
+
+/// Key of `over_v6`, as [`NetKey4`].
+#[repr(C)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub struct NetKey6 {
+    pub prefix_len: u32,
+    pub addr: [u8; 16],
+}
+
+/// A `dir_v4` slot: what may match addresses of one /16.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct DirV4 {
+    /// Bit L set: a prefix ban of length L (0..=31) may cover addresses of
+    /// this region.
+    pub nets: u64,
+    /// Non-zero: an allowlist entry may cover addresses of this region.
+    pub allow: u64,
+}
+
+/// A `dir_v6` slot, as [`DirV4`] with lengths 0..=127 (bit L of word L / 64).
+#[repr(C)]
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct DirV6 {
+    pub nets: [u64; 2],
+    pub allow: u64,
+}
+
+/// The `dir_v4` slot of an address: its /16.
+#[inline(always)]
+pub fn dir_slot_v4(addr: [u8; 4]) -> u32 {
+    ((addr[0] as u32) << 8) | addr[1] as u32
+}
+
+/// The `dir_v6` slot of an address, from its first 48 bits (as the low 48
+/// bits of `top48`): a multiplicative hash, so that the /48s of one /32
+/// spread over the slots.
+#[inline(always)]
+pub fn dir_slot_v6(top48: u64) -> u32 {
+    (top48.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 48) as u32
+}
+
+/// The first 48 bits of an IPv6 address, as the low bits of a u64.
+#[inline(always)]
+pub fn top48(addr: &[u8; 16]) -> u64 {
+    u64::from_be_bytes([0, 0, addr[0], addr[1], addr[2], addr[3], addr[4], addr[5]])
+}
+
+/// The `dir_v4` slots of the /16s that a prefix (address already masked)
+/// covers or lies in.
+pub fn dir_slots_v4(addr: [u8; 4], prefix_len: u32) -> core::ops::Range<u32> {
+    let first = dir_slot_v4(addr);
+    first..first + (1 << DIR_V4_PREFIX.saturating_sub(prefix_len))
+}
+
+/// The /48 regions (as [`top48`] values) that a prefix (address already
+/// masked) covers or lies in, each to be hashed with [`dir_slot_v6`]; `None`
+/// when there are so many that every slot is touched anyway.
+pub fn dir_regions_v6(addr: &[u8; 16], prefix_len: u32) -> Option<core::ops::Range<u64>> {
+    if prefix_len + 16 <= DIR_V6_PREFIX {
+        return None;
+    }
+    let first = top48(addr);
+    Some(first..first + (1 << DIR_V6_PREFIX.saturating_sub(prefix_len)))
+}
 
 /// What the XDP program does with a banned source.
 #[repr(u32)]
@@ -35,7 +266,7 @@ impl BanClass {
     }
 }
 
-/// Value stored in `bans_v4` / `bans_v6`.
+/// Value stored in `bans_v4` / `bans_v6` and `over_v4` / `over_v6`.
 #[repr(C)]
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub struct BanValue {
@@ -56,13 +287,13 @@ pub struct AllowValue {
 pub mod stats {
     /// Every packet the program saw.
     pub const SEEN: u32 = 0;
-    /// Dropped: source in a ban trie with class drop.
+    /// Dropped: source banned with class drop.
     pub const DROPPED: u32 = 1;
     /// Passed: source in an allowlist trie.
     pub const PASSED_ALLOWED: u32 = 2;
     /// Passed: source banned with class tarpit (iptables steers it).
     pub const PASSED_TARPIT: u32 = 3;
-    /// Passed: IP packet whose source is in no trie.
+    /// Passed: IP packet whose source is neither allowlisted nor banned.
     pub const PASSED_CLEAN: u32 = 4;
     /// Passed: not IPv4/IPv6, or truncated headers.
     pub const PASSED_NOT_IP: u32 = 5;
@@ -84,4 +315,10 @@ mod user {
     // SAFETY: plain-old-data, repr(C), no padding holes (two u32 / one u32).
     unsafe impl aya::Pod for super::BanValue {}
     unsafe impl aya::Pod for super::AllowValue {}
+    // SAFETY: repr(C), no padding: a u32 then bytes (8 and 20 bytes, align
+    // 4), or u64 words only.
+    unsafe impl aya::Pod for super::NetKey4 {}
+    unsafe impl aya::Pod for super::NetKey6 {}
+    unsafe impl aya::Pod for super::DirV4 {}
+    unsafe impl aya::Pod for super::DirV6 {}
 }

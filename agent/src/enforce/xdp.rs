@@ -1,24 +1,30 @@
 //! The XDP side of enforcement: load (or adopt) the program and its pinned
-//! maps, attach it through pinned bpf_links, and keep the tries in step with
-//! the agent's bans.
+//! maps, attach it through pinned bpf_links, and keep the ban maps in step
+//! with the agent's bans: the LPM tries (the record) and the exact-match
+//! table, overflow hash and directory the program reads (see `xban_common`).
 //!
 //! Everything is pinned under the pin directory so that bans keep dropping
 //! while the agent is stopped: maps by name, the program as `prog_xdp`, one
-//! link per interface under `links/`. A new agent reuses the maps and swaps
-//! its program into the existing links atomically (bpf_link_update), so there
-//! is no moment without a program attached.
+//! link per interface under `links/`. A new agent reuses the maps, brings the
+//! program's maps in line with the tries (an older agent's pin directory has
+//! none of them), and only then swaps its program into the existing links
+//! atomically (bpf_link_update), so there is no moment without a program
+//! attached or with bans missing.
 
 use std::collections::HashSet;
 use std::net::IpAddr;
+use std::os::fd::{AsFd, AsRawFd};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::{bail, Context, Result};
 use aya::maps::lpm_trie::Key;
-use aya::maps::{LpmTrie, Map, MapData, PerCpuArray};
+use aya::maps::{HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray};
 use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::{Xdp, XdpMode};
+use aya::sys::SyscallError;
 use aya::{Ebpf, EbpfLoader};
-use xban_common::{stats, AllowValue, BanValue};
+use xban_common::{stats, AllowValue, BanValue, NetKey4, NetKey6};
 
 use crate::addr::Target;
 use crate::ban::BanClass;
@@ -56,13 +62,31 @@ impl XdpStats {
 type Trie4<V> = LpmTrie<MapData, [u8; 4], V>;
 type Trie6<V> = LpmTrie<MapData, [u8; 16], V>;
 
-/// The ban and allow tries, owned by the running agent.
+/// The ban and allow maps, owned by the running agent.
+///
+/// `bans_v4`/`bans_v6` (LPM tries) hold every ban and are the record the
+/// agent reads back. The XDP program reads copies laid out for speed (see
+/// `xban_common`): an exact-match bucket table per family that this agent
+/// writes through a shared mapping, an overflow hash for entries whose
+/// bucket is full, and per region a directory slot listing the prefix
+/// lengths banned there and whether the allowlist has entries there. The
+/// agent is the only writer; the counts behind the directory and the
+/// overflow flags are kept here.
 pub struct XdpMaps {
     allow_v4: Trie4<AllowValue>,
     allow_v6: Trie6<AllowValue>,
     bans_v4: Trie4<BanValue>,
     bans_v6: Trie6<BanValue>,
+    tab_v4: Table,
+    tab_v6: Table,
+    over_v4: HashMap<MapData, NetKey4, BanValue>,
+    over_v6: HashMap<MapData, NetKey6, BanValue>,
+    dir_v4: Dir,
+    dir_v6: Dir,
     stats: PerCpuArray<MapData, u64>,
+    /// (IPv6?, bucket) → how many of its entries are in the overflow hash.
+    spilled: std::collections::HashMap<(bool, u32), u32>,
+    dir: Directory,
 }
 
 /// The loaded program. Dropping it leaves pinned things in place.
@@ -81,68 +105,745 @@ fn key6(t: &Target) -> Key<[u8; 16]> {
     Key::new(t.prefix() as u32, t.v6_octets().expect("v6 target"))
 }
 
-impl XdpMaps {
-    /// Open the pinned maps of a pin directory (for commands run while the
-    /// agent is stopped, and for tests).
-    pub fn from_pins(pin_dir: &Path) -> Result<XdpMaps> {
-        let open = |name: &str| -> Result<Map> {
-            let path = pin_dir.join(name);
-            let data = MapData::from_pin(&path).with_context(|| {
-                format!(
-                    "open pinned map {} (is the agent set up? run `xban run` once)",
-                    path.display()
-                )
-            })?;
-            Map::from_map_data(data).with_context(|| format!("pinned map {}", path.display()))
+fn is_errno(e: &MapError, errno: i32) -> bool {
+    matches!(e, MapError::SyscallError(SyscallError { io_error, .. }) if io_error.raw_os_error() == Some(errno))
+}
+
+/// Removing what is not there is the state we want.
+fn gone_ok(r: Result<(), MapError>) -> Result<(), MapError> {
+    match r {
+        Err(MapError::KeyNotFound) => Ok(()),
+        Err(e) if is_errno(&e, libc::ENOENT) => Ok(()),
+        r => r,
+    }
+}
+
+fn ban_value(class: BanClass) -> BanValue {
+    BanValue {
+        class: class.to_kernel() as u32,
+        flags: 0,
+    }
+}
+
+/// A ban as the fast maps key it: the address bytes as native-endian words,
+/// as the program loads them from the packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Entry {
+    V4 { addr: u32, len: u32 },
+    V6 { hi: u64, lo: u64, len: u32 },
+}
+
+impl Entry {
+    fn of(t: &Target) -> Entry {
+        let len = t.prefix() as u32;
+        match (t.v4_octets(), t.v6_octets()) {
+            (Some(a), _) => Entry::V4 {
+                addr: u32::from_ne_bytes(a),
+                len,
+            },
+            (_, Some(a)) => Entry::V6 {
+                hi: u64::from_ne_bytes(a[..8].try_into().expect("8 bytes")),
+                lo: u64::from_ne_bytes(a[8..].try_into().expect("8 bytes")),
+                len,
+            },
+            _ => unreachable!("a target is IPv4 or IPv6"),
+        }
+    }
+
+    fn v6(&self) -> bool {
+        matches!(self, Entry::V6 { .. })
+    }
+
+    fn bucket(&self) -> u32 {
+        match *self {
+            Entry::V4 { addr, len } => xban_common::tab_bucket_v4(addr, len),
+            Entry::V6 { hi, lo, len } => xban_common::tab_bucket_v6(hi, lo, len),
+        }
+    }
+
+    fn target(&self) -> Result<Target> {
+        Ok(match *self {
+            Entry::V4 { addr, len } => Target::from_v4(addr.to_ne_bytes(), len)?,
+            Entry::V6 { hi, lo, len } => {
+                let mut a = [0u8; 16];
+                a[..8].copy_from_slice(&hi.to_ne_bytes());
+                a[8..].copy_from_slice(&lo.to_ne_bytes());
+                Target::from_v6(a, len)?
+            }
+        })
+    }
+}
+
+/// An array map (created with BPF_F_MMAPABLE) mapped into this process,
+/// as u64 words. The program reads it concurrently, so every word is
+/// written with one atomic store.
+struct Mapped {
+    /// Keeps the map (and the mapping's backing) alive.
+    _map: MapData,
+    base: *mut u64,
+    bytes: usize,
+}
+
+// SAFETY: the mapping is owned by the Mapped and only touched through
+// atomics; moving it to another thread is fine.
+unsafe impl Send for Mapped {}
+
+impl Mapped {
+    fn new(map: Map, name: &str, bytes: usize) -> Result<Mapped> {
+        let Map::Array(data) = map else {
+            bail!(
+                "map {name} is not an array: run `xban teardown` to clear maps an older xban left"
+            );
         };
-        Ok(XdpMaps {
-            allow_v4: open(xban_common::MAP_ALLOW_V4)?.try_into()?,
-            allow_v6: open(xban_common::MAP_ALLOW_V6)?.try_into()?,
-            bans_v4: open(xban_common::MAP_BANS_V4)?.try_into()?,
-            bans_v6: open(xban_common::MAP_BANS_V6)?.try_into()?,
-            stats: open(xban_common::MAP_STATS)?.try_into()?,
+        // SAFETY: a fresh shared mapping of the map's values (the kernel checks
+        // the size against the map); unmapped in Drop.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                bytes,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                data.fd().as_fd().as_raw_fd(),
+                0,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error()).with_context(|| {
+                format!("map the XDP map {name} into memory (created without BPF_F_MMAPABLE by another xban? run `xban teardown`)")
+            });
+        }
+        Ok(Mapped {
+            _map: data,
+            base: base.cast(),
+            bytes,
         })
     }
 
+    fn word(&self, i: usize) -> &AtomicU64 {
+        assert!(i < self.bytes / 8);
+        // SAFETY: in bounds (checked), 8-aligned (page-aligned base), and
+        // valid while self lives.
+        unsafe { AtomicU64::from_ptr(self.base.add(i)) }
+    }
+
+    /// Stores `v` unless the word already holds it.
+    fn set(&self, i: usize, v: u64) {
+        let w = self.word(i);
+        if w.load(Ordering::Acquire) != v {
+            w.store(v, Ordering::Release);
+        }
+    }
+}
+
+impl Drop for Mapped {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in Mapped::new, unmapped once.
+        unsafe { libc::munmap(self.base.cast(), self.bytes) };
+    }
+}
+
+/// A bucket table (`tab_v4` / `tab_v6`), laid out as `xban_common` says.
+struct Table {
+    mem: Mapped,
+    v6: bool,
+}
+
+const V4_BUCKET_WORDS: usize = std::mem::size_of::<xban_common::TabBucketV4>() / 8;
+const V6_BUCKET_WORDS: usize = std::mem::size_of::<xban_common::TabBucketV6>() / 8;
+
+impl Table {
+    fn new(map: Map, v6: bool, name: &str) -> Result<Table> {
+        let words = if v6 { V6_BUCKET_WORDS } else { V4_BUCKET_WORDS };
+        let bytes = xban_common::TAB_BUCKETS as usize * words * 8;
+        Ok(Table {
+            mem: Mapped::new(map, name, bytes)?,
+            v6,
+        })
+    }
+
+    fn word(&self, i: usize) -> &AtomicU64 {
+        self.mem.word(i)
+    }
+
+    fn bucket_words(&self) -> usize {
+        if self.v6 {
+            V6_BUCKET_WORDS
+        } else {
+            V4_BUCKET_WORDS
+        }
+    }
+
+    fn ways(&self) -> usize {
+        if self.v6 {
+            xban_common::TAB_V6_WAYS
+        } else {
+            xban_common::TAB_V4_WAYS
+        }
+    }
+
+    /// Word index of way `i` of `bucket` (for IPv6, of its `hi` word).
+    fn way(&self, bucket: u32, i: usize) -> usize {
+        let base = bucket as usize * self.bucket_words() + 1;
+        if self.v6 {
+            base + 3 * i
+        } else {
+            base + i
+        }
+    }
+
+    fn overflow(&self, bucket: u32) -> &AtomicU64 {
+        self.word(bucket as usize * self.bucket_words())
+    }
+
+    /// The way holding `e`, and its class.
+    fn find(&self, e: &Entry) -> Option<(usize, u32)> {
+        let b = e.bucket();
+        (0..self.ways()).find_map(|i| self.read(b, i, e).map(|c| (i, c)))
+    }
+
+    /// The class in way `i` of bucket `b` if it holds `e`.
+    fn read(&self, b: u32, i: usize, e: &Entry) -> Option<u32> {
+        let w = self.way(b, i);
+        match *e {
+            Entry::V4 { addr, len } => xban_common::tab_match_v4(
+                self.word(w).load(Ordering::Acquire),
+                xban_common::tab_key_v4(addr, len),
+            ),
+            Entry::V6 { hi, lo, len } => {
+                let meta = self.word(w + 2).load(Ordering::Acquire);
+                let same = self.word(w).load(Ordering::Relaxed) == hi
+                    && self.word(w + 1).load(Ordering::Relaxed) == lo;
+                xban_common::tab_meta_match_v6(meta, len).filter(|_| same)
+            }
+        }
+    }
+
+    fn free_way(&self, e: &Entry) -> Option<usize> {
+        let b = e.bucket();
+        (0..self.ways()).find(|&i| {
+            let w = self.way(b, i);
+            if self.v6 {
+                xban_common::tab_meta_free_v6(self.word(w + 2).load(Ordering::Acquire))
+            } else {
+                self.word(w).load(Ordering::Acquire) >> 40 == 0
+            }
+        })
+    }
+
+    /// Writes `e` with `class` into way `i` (free, or already holding `e`).
+    fn put(&self, e: &Entry, i: usize, class: u32) {
+        let w = self.way(e.bucket(), i);
+        match *e {
+            Entry::V4 { addr, len } => self
+                .word(w)
+                .store(xban_common::tab_way_v4(addr, len, class), Ordering::Release),
+            Entry::V6 { hi, lo, len } => {
+                let meta = self.word(w + 2).load(Ordering::Acquire);
+                let version = xban_common::tab_meta_version_v6(meta);
+                // A new key: address first (the way still reads as free),
+                // then meta with a new version. The same key: meta only.
+                let version = if xban_common::tab_meta_free_v6(meta) {
+                    self.word(w).store(hi, Ordering::Relaxed);
+                    self.word(w + 1).store(lo, Ordering::Relaxed);
+                    version.wrapping_add(1)
+                } else {
+                    version
+                };
+                self.word(w + 2).store(
+                    xban_common::tab_meta_v6(len, class, version),
+                    Ordering::Release,
+                );
+            }
+        }
+    }
+
+    fn clear(&self, e: &Entry, i: usize) {
+        let w = self.way(e.bucket(), i);
+        if self.v6 {
+            let version =
+                xban_common::tab_meta_version_v6(self.word(w + 2).load(Ordering::Acquire));
+            // Free, with a new version: a reader halfway through sees it changed.
+            self.word(w + 2)
+                .store((version.wrapping_add(1) as u64) << 32, Ordering::Release);
+        } else {
+            self.word(w).store(0, Ordering::Release);
+        }
+    }
+
+    /// Every entry in the table, with its class.
+    fn entries(&self) -> Vec<(Entry, u32)> {
+        let mut out = Vec::new();
+        for b in 0..xban_common::TAB_BUCKETS {
+            for i in 0..self.ways() {
+                let w = self.way(b, i);
+                if self.v6 {
+                    let meta = self.word(w + 2).load(Ordering::Acquire);
+                    if xban_common::tab_meta_free_v6(meta) {
+                        continue;
+                    }
+                    let len = ((meta >> 8) & 0xff) as u32;
+                    if let Some(c) = xban_common::tab_meta_match_v6(meta, len) {
+                        let hi = self.word(w).load(Ordering::Relaxed);
+                        let lo = self.word(w + 1).load(Ordering::Relaxed);
+                        out.push((Entry::V6 { hi, lo, len }, c));
+                    }
+                } else {
+                    let way = self.word(w).load(Ordering::Acquire);
+                    let (addr, len) = (way as u32, ((way >> 32) & 0xff) as u32);
+                    if let Some(c) =
+                        xban_common::tab_match_v4(way, xban_common::tab_key_v4(addr, len))
+                    {
+                        out.push((Entry::V4 { addr, len }, c));
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+/// A directory (`dir_v4`: nets, allow; `dir_v6`: nets[0], nets[1], allow).
+struct Dir {
+    mem: Mapped,
+    v6: bool,
+}
+
+impl Dir {
+    fn new(map: Map, v6: bool, name: &str) -> Result<Dir> {
+        let words = if v6 { 3 } else { 2 };
+        let bytes = xban_common::DIR_SLOTS as usize * words * 8;
+        Ok(Dir {
+            mem: Mapped::new(map, name, bytes)?,
+            v6,
+        })
+    }
+
+    /// Writes slot `slot` (words that change only).
+    fn set(&self, slot: u32, nets: [u64; 2], allow: u64) {
+        let s = slot as usize;
+        if self.v6 {
+            self.mem.set(3 * s, nets[0]);
+            self.mem.set(3 * s + 1, nets[1]);
+            self.mem.set(3 * s + 2, allow);
+        } else {
+            self.mem.set(2 * s, nets[0]);
+            self.mem.set(2 * s + 1, allow);
+        }
+    }
+}
+
+/// The directory slots whose region `t` covers or lies in.
+fn dir_slots(t: &Target) -> Vec<u32> {
+    let len = t.prefix() as u32;
+    if let Some(a) = t.v4_octets() {
+        return xban_common::dir_slots_v4(a, len).collect();
+    }
+    let a = t.v6_octets().expect("v6 target");
+    match xban_common::dir_regions_v6(&a, len) {
+        None => (0..xban_common::DIR_SLOTS).collect(),
+        Some(regions) => {
+            let mut slots: Vec<u32> = regions.map(xban_common::dir_slot_v6).collect();
+            slots.sort_unstable();
+            slots.dedup();
+            slots
+        }
+    }
+}
+
+/// Counts behind the `dir_*` slots: per slot, how many prefix bans of each
+/// length and how many allowlist entries touch its region. A bit is set
+/// while its count is non-zero.
+#[derive(Default)]
+struct Directory {
+    /// (IPv6?, slot) → counts.
+    slots: std::collections::HashMap<(bool, u32), SlotCounts>,
+}
+
+#[derive(Default)]
+struct SlotCounts {
+    /// Count per prefix length, indexed by length (0..=127).
+    lens: Vec<u32>,
+    allow: u32,
+}
+
+impl SlotCounts {
+    fn words(&self) -> ([u64; 2], u64) {
+        let mut w = [0u64; 2];
+        for (len, &n) in self.lens.iter().enumerate() {
+            if n > 0 {
+                w[len / 64] |= 1 << (len % 64);
+            }
+        }
+        (w, (self.allow > 0) as u64)
+    }
+}
+
+enum Touch {
+    Net(u8),
+    Allow,
+}
+
+impl Directory {
+    /// Adds (`up`) or removes one entry's touch on each of `slots`.
+    fn count(&mut self, v6: bool, slots: &[u32], what: &Touch, up: bool) {
+        for &slot in slots {
+            let c = self.slots.entry((v6, slot)).or_default();
+            let n = match what {
+                Touch::Net(len) => {
+                    let len = *len as usize;
+                    if c.lens.len() <= len {
+                        c.lens.resize(len + 1, 0);
+                    }
+                    &mut c.lens[len]
+                }
+                Touch::Allow => &mut c.allow,
+            };
+            *n = if up { *n + 1 } else { n.saturating_sub(1) };
+        }
+    }
+
+    fn words(&self, v6: bool, slot: u32) -> ([u64; 2], u64) {
+        self.slots
+            .get(&(v6, slot))
+            .map(SlotCounts::words)
+            .unwrap_or_default()
+    }
+}
+
+/// Where an entry is in the fast maps.
+enum Place {
+    Way(usize),
+    Over,
+    Absent,
+}
+
+impl XdpMaps {
+    /// Open the pinned maps of a pin directory (for commands run while the
+    /// agent is stopped, and for tests). The counts behind the directory and
+    /// the overflow flags are read back from the maps; nothing is written.
+    pub fn from_pins(pin_dir: &Path) -> Result<XdpMaps> {
+        let mut maps = XdpMaps::assemble(|name: &str| open_pinned(pin_dir, name))?;
+        maps.read_state()?;
+        Ok(maps)
+    }
+
+    /// The maps of a freshly loaded object (pinned ones reused), with the
+    /// fast maps brought in line with the ban tries: after an upgrade from
+    /// an agent without them they start empty, and the program must not
+    /// be swapped in before they hold every ban.
     fn from_ebpf(ebpf: &mut Ebpf) -> Result<XdpMaps> {
-        let mut take = |name: &str| -> Result<Map> {
+        let mut maps = XdpMaps::assemble(|name: &str| -> Result<Map> {
             ebpf.take_map(name)
                 .with_context(|| format!("the XDP object has no map `{name}`"))
-        };
+        })?;
+        maps.sync()?;
+        Ok(maps)
+    }
+
+    fn assemble(mut get: impl FnMut(&str) -> Result<Map>) -> Result<XdpMaps> {
+        use xban_common as c;
+        let tab_v4 = Table::new(get(c::MAP_TAB_V4)?, false, c::MAP_TAB_V4)?;
+        let tab_v6 = Table::new(get(c::MAP_TAB_V6)?, true, c::MAP_TAB_V6)?;
+        let dir_v4 = Dir::new(get(c::MAP_DIR_V4)?, false, c::MAP_DIR_V4)?;
+        let dir_v6 = Dir::new(get(c::MAP_DIR_V6)?, true, c::MAP_DIR_V6)?;
         Ok(XdpMaps {
-            allow_v4: take(xban_common::MAP_ALLOW_V4)?.try_into()?,
-            allow_v6: take(xban_common::MAP_ALLOW_V6)?.try_into()?,
-            bans_v4: take(xban_common::MAP_BANS_V4)?.try_into()?,
-            bans_v6: take(xban_common::MAP_BANS_V6)?.try_into()?,
-            stats: take(xban_common::MAP_STATS)?.try_into()?,
+            allow_v4: get(c::MAP_ALLOW_V4)?.try_into()?,
+            allow_v6: get(c::MAP_ALLOW_V6)?.try_into()?,
+            bans_v4: get(c::MAP_BANS_V4)?.try_into()?,
+            bans_v6: get(c::MAP_BANS_V6)?.try_into()?,
+            tab_v4,
+            tab_v6,
+            over_v4: get(c::MAP_OVER_V4)?.try_into()?,
+            over_v6: get(c::MAP_OVER_V6)?.try_into()?,
+            dir_v4,
+            dir_v6,
+            stats: get(c::MAP_STATS)?.try_into()?,
+            spilled: Default::default(),
+            dir: Directory::default(),
         })
+    }
+
+    fn table(&self, e: &Entry) -> &Table {
+        if e.v6() {
+            &self.tab_v6
+        } else {
+            &self.tab_v4
+        }
+    }
+
+    /// Every entry of the fast maps (table and overflow), with its class.
+    fn fast_entries(&self) -> Result<Vec<(Entry, u32)>> {
+        let mut out = self.tab_v4.entries();
+        out.extend(self.tab_v6.entries());
+        for item in self.over_v4.iter() {
+            let (k, v) = item.context("read over_v4")?;
+            let addr = u32::from_ne_bytes(k.addr);
+            out.push((
+                Entry::V4 {
+                    addr,
+                    len: k.prefix_len,
+                },
+                v.class,
+            ));
+        }
+        for item in self.over_v6.iter() {
+            let (k, v) = item.context("read over_v6")?;
+            let hi = u64::from_ne_bytes(k.addr[..8].try_into().expect("8 bytes"));
+            let lo = u64::from_ne_bytes(k.addr[8..].try_into().expect("8 bytes"));
+            out.push((
+                Entry::V6 {
+                    hi,
+                    lo,
+                    len: k.prefix_len,
+                },
+                v.class,
+            ));
+        }
+        Ok(out)
+    }
+
+    /// Rebuild the in-memory counts (directory, overflow) from the maps.
+    fn read_state(&mut self) -> Result<()> {
+        self.spilled.clear();
+        for k in self.over_v4.keys() {
+            let k = k.context("read over_v4")?;
+            let e = Entry::V4 {
+                addr: u32::from_ne_bytes(k.addr),
+                len: k.prefix_len,
+            };
+            *self.spilled.entry((false, e.bucket())).or_default() += 1;
+        }
+        for k in self.over_v6.keys() {
+            let k = k.context("read over_v6")?;
+            let t = Target::from_v6(k.addr, k.prefix_len)?;
+            *self
+                .spilled
+                .entry((true, Entry::of(&t).bucket()))
+                .or_default() += 1;
+        }
+        self.dir = Directory::default();
+        for (e, _) in self.fast_entries()? {
+            let t = e.target()?;
+            if !t.is_host() {
+                self.dir
+                    .count(e.v6(), &dir_slots(&t), &Touch::Net(t.prefix()), true);
+            }
+        }
+        for t in self.allow_entries()? {
+            self.dir
+                .count(!t.is_ipv4(), &dir_slots(&t), &Touch::Allow, true);
+        }
+        Ok(())
+    }
+
+    /// Make the table, overflow hash and directory hold exactly what the ban
+    /// and allow tries say. Only differences are written: the program may be
+    /// reading them (a restarted agent adopting its predecessor's maps).
+    fn sync(&mut self) -> Result<()> {
+        self.read_state()?;
+        let mut want: std::collections::HashMap<Entry, (Target, BanValue)> = Default::default();
+        for item in self.bans_v4.iter() {
+            let (k, v) = item.context("read bans_v4")?;
+            let t = Target::from_v4(k.data(), k.prefix_len())?;
+            want.insert(Entry::of(&t), (t, v));
+        }
+        for item in self.bans_v6.iter() {
+            let (k, v) = item.context("read bans_v6")?;
+            let t = Target::from_v6(k.data(), k.prefix_len())?;
+            want.insert(Entry::of(&t), (t, v));
+        }
+        let have: std::collections::HashMap<Entry, u32> =
+            self.fast_entries()?.into_iter().collect();
+        // Stale entries first, to make room.
+        for e in have.keys().filter(|e| !want.contains_key(e)) {
+            self.fast_remove(&e.target()?)?;
+        }
+        for (e, (t, v)) in &want {
+            if have.get(e) != Some(&v.class) {
+                self.fast_set(t, *v)?;
+            }
+        }
+        // Flags and slots as the counts say, whatever a crash left.
+        for v6 in [false, true] {
+            let tab = if v6 { &self.tab_v6 } else { &self.tab_v4 };
+            for b in 0..xban_common::TAB_BUCKETS {
+                let on = self.spilled.get(&(v6, b)).is_some_and(|&n| n > 0) as u64;
+                if tab.overflow(b).load(Ordering::Acquire) != on {
+                    tab.overflow(b).store(on, Ordering::Release);
+                }
+            }
+        }
+        for slot in 0..xban_common::DIR_SLOTS {
+            let (nets, allow) = self.dir.words(false, slot);
+            self.dir_v4.set(slot, nets, allow);
+            let (nets, allow) = self.dir.words(true, slot);
+            self.dir_v6.set(slot, nets, allow);
+        }
+        Ok(())
+    }
+
+    /// Write the directory slots of `t`'s regions from the counts.
+    fn write_slots(&mut self, t: &Target, slots: &[u32]) {
+        let dir = if t.is_ipv4() {
+            &self.dir_v4
+        } else {
+            &self.dir_v6
+        };
+        for &slot in slots {
+            let (nets, allow) = self.dir.words(!t.is_ipv4(), slot);
+            dir.set(slot, nets, allow);
+        }
+    }
+
+    /// Where `e` is: a way of its bucket, the overflow hash, or nowhere.
+    fn place(&self, e: &Entry) -> Result<Place> {
+        if let Some((i, _)) = self.table(e).find(e) {
+            return Ok(Place::Way(i));
+        }
+        if !self.spilled.contains_key(&(e.v6(), e.bucket())) {
+            return Ok(Place::Absent);
+        }
+        let r = match *e {
+            Entry::V4 { addr, len } => self.over_v4.get(
+                &NetKey4 {
+                    prefix_len: len,
+                    addr: addr.to_ne_bytes(),
+                },
+                0,
+            ),
+            Entry::V6 { .. } => {
+                let t = e.target()?;
+                self.over_v6.get(
+                    &NetKey6 {
+                        prefix_len: t.prefix() as u32,
+                        addr: t.v6_octets().expect("v6 target"),
+                    },
+                    0,
+                )
+            }
+        };
+        match r {
+            Ok(_) => Ok(Place::Over),
+            Err(MapError::KeyNotFound) => Ok(Place::Absent),
+            Err(e) => Err(e).context("read the XDP overflow hash"),
+        }
+    }
+
+    fn over_insert(&mut self, t: &Target, value: BanValue) -> Result<()> {
+        if t.is_ipv4() {
+            self.over_v4.insert(
+                NetKey4 {
+                    prefix_len: t.prefix() as u32,
+                    addr: t.v4_octets().expect("v4 target"),
+                },
+                value,
+                0,
+            )
+        } else {
+            self.over_v6.insert(
+                NetKey6 {
+                    prefix_len: t.prefix() as u32,
+                    addr: t.v6_octets().expect("v6 target"),
+                },
+                value,
+                0,
+            )
+        }
+        .with_context(|| format!("write ban of {t} into the XDP overflow hash (is it full?)"))
+    }
+
+    /// The fast-map half of `set_ban`.
+    fn fast_set(&mut self, t: &Target, value: BanValue) -> Result<()> {
+        let e = Entry::of(t);
+        match self.place(&e)? {
+            Place::Way(i) => self.table(&e).put(&e, i, value.class),
+            Place::Over => self.over_insert(t, value)?,
+            Place::Absent => {
+                match self.table(&e).free_way(&e) {
+                    Some(i) => self.table(&e).put(&e, i, value.class),
+                    None => {
+                        // Entry first, then the flag that sends readers to it.
+                        self.over_insert(t, value)?;
+                        let n = self.spilled.entry((e.v6(), e.bucket())).or_default();
+                        *n += 1;
+                        if *n == 1 {
+                            self.table(&e)
+                                .overflow(e.bucket())
+                                .store(1, Ordering::Release);
+                        }
+                    }
+                }
+                if !t.is_host() {
+                    let slots = dir_slots(t);
+                    self.dir
+                        .count(e.v6(), &slots, &Touch::Net(t.prefix()), true);
+                    self.write_slots(t, &slots);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The fast-map half of `remove_ban`.
+    fn fast_remove(&mut self, t: &Target) -> Result<()> {
+        let e = Entry::of(t);
+        match self.place(&e)? {
+            Place::Way(i) => self.table(&e).clear(&e, i),
+            Place::Over => {
+                gone_ok(if t.is_ipv4() {
+                    self.over_v4.remove(&NetKey4 {
+                        prefix_len: t.prefix() as u32,
+                        addr: t.v4_octets().expect("v4 target"),
+                    })
+                } else {
+                    self.over_v6.remove(&NetKey6 {
+                        prefix_len: t.prefix() as u32,
+                        addr: t.v6_octets().expect("v6 target"),
+                    })
+                })
+                .with_context(|| format!("remove {t} from the XDP overflow hash"))?;
+                let key = (e.v6(), e.bucket());
+                let n = self.spilled.get(&key).copied().unwrap_or(1) - 1;
+                if n == 0 {
+                    self.spilled.remove(&key);
+                    self.table(&e)
+                        .overflow(e.bucket())
+                        .store(0, Ordering::Release);
+                } else {
+                    self.spilled.insert(key, n);
+                }
+            }
+            Place::Absent => return Ok(()),
+        }
+        if !t.is_host() {
+            let slots = dir_slots(t);
+            self.dir
+                .count(e.v6(), &slots, &Touch::Net(t.prefix()), false);
+            self.write_slots(t, &slots);
+        }
+        Ok(())
     }
 
     pub fn set_ban(&mut self, target: &Target, class: BanClass) -> Result<()> {
-        let value = BanValue {
-            class: class.to_kernel() as u32,
-            flags: 0,
-        };
+        let value = ban_value(class);
+        // The trie first: it is the record a restarted agent rebuilds from.
         if target.is_ipv4() {
             self.bans_v4.insert(&key4(target), value, 0)
         } else {
             self.bans_v6.insert(&key6(target), value, 0)
         }
-        .with_context(|| format!("write ban of {target} into the XDP map (is it full?)"))
+        .with_context(|| format!("write ban of {target} into the XDP map (is it full?)"))?;
+        self.fast_set(target, value)
     }
 
     pub fn remove_ban(&mut self, target: &Target) -> Result<()> {
-        let r = if target.is_ipv4() {
+        self.fast_remove(target)?;
+        gone_ok(if target.is_ipv4() {
             self.bans_v4.remove(&key4(target))
         } else {
             self.bans_v6.remove(&key6(target))
-        };
-        match r {
-            Ok(()) => Ok(()),
-            // Already gone is the state we want.
-            Err(aya::maps::MapError::KeyNotFound) => Ok(()),
-            Err(e) => Err(e).with_context(|| format!("remove {target} from the XDP map")),
-        }
+        })
+        .with_context(|| format!("remove {target} from the XDP map"))
     }
 
     /// Every entry of the ban tries.
@@ -181,6 +882,8 @@ impl XdpMaps {
     /// stale ones, so an address on both the old and new list never drops.
     pub fn set_allowlist(&mut self, list: &[Target]) -> Result<()> {
         let value = AllowValue { reserved: 0 };
+        let have: HashSet<Target> = self.allow_entries()?.into_iter().collect();
+        let want: HashSet<Target> = list.iter().copied().collect();
         for t in list {
             if t.is_ipv4() {
                 self.allow_v4.insert(&key4(t), value, 0)
@@ -189,16 +892,22 @@ impl XdpMaps {
             }
             .with_context(|| format!("write {t} into the XDP allowlist"))?;
         }
-        let want: HashSet<&Target> = list.iter().collect();
-        for t in self.allow_entries()? {
-            if !want.contains(&t) {
-                let r = if t.is_ipv4() {
-                    self.allow_v4.remove(&key4(&t))
-                } else {
-                    self.allow_v6.remove(&key6(&t))
-                };
-                r.with_context(|| format!("remove {t} from the XDP allowlist"))?;
-            }
+        // The program looks at the allowlist only where a slot says so.
+        for t in want.difference(&have) {
+            let slots = dir_slots(t);
+            self.dir.count(!t.is_ipv4(), &slots, &Touch::Allow, true);
+            self.write_slots(t, &slots);
+        }
+        for t in have.difference(&want) {
+            let r = if t.is_ipv4() {
+                self.allow_v4.remove(&key4(t))
+            } else {
+                self.allow_v6.remove(&key6(t))
+            };
+            r.with_context(|| format!("remove {t} from the XDP allowlist"))?;
+            let slots = dir_slots(t);
+            self.dir.count(!t.is_ipv4(), &slots, &Touch::Allow, false);
+            self.write_slots(t, &slots);
         }
         Ok(())
     }
@@ -209,12 +918,7 @@ impl XdpMaps {
 
     /// Counters summed over CPUs.
     pub fn stats(&self) -> Result<XdpStats> {
-        let mut c = [0u64; stats::COUNT as usize];
-        for (i, slot) in c.iter_mut().enumerate() {
-            let per_cpu = self.stats.get(&(i as u32), 0).context("read XDP stats")?;
-            *slot = per_cpu.iter().sum();
-        }
-        Ok(XdpStats::from_counters(&c))
+        stats_of(&self.stats)
     }
 
     /// Does the XDP program see `ip` as banned (longest-prefix match)?
@@ -230,6 +934,34 @@ impl XdpMaps {
             xban_common::BanClass::Tarpit => Some(BanClass::Tarpit),
         }
     }
+}
+
+fn open_pinned(pin_dir: &Path, name: &str) -> Result<Map> {
+    let path = pin_dir.join(name);
+    let data = MapData::from_pin(&path).with_context(|| {
+        format!(
+            "open pinned map {} (is the agent set up? run `xban run` once)",
+            path.display()
+        )
+    })?;
+    Map::from_map_data(data).with_context(|| format!("pinned map {}", path.display()))
+}
+
+fn stats_of(map: &PerCpuArray<MapData, u64>) -> Result<XdpStats> {
+    let mut c = [0u64; stats::COUNT as usize];
+    for (i, slot) in c.iter_mut().enumerate() {
+        let per_cpu = map.get(&(i as u32), 0).context("read XDP stats")?;
+        *slot = per_cpu.iter().sum();
+    }
+    Ok(XdpStats::from_counters(&c))
+}
+
+/// The XDP counters of a pin directory, needing only the `stats` map (so
+/// that it also reads a pin directory an older agent left).
+pub fn stats_from_pins(pin_dir: &Path) -> Result<XdpStats> {
+    let map: PerCpuArray<MapData, u64> =
+        open_pinned(pin_dir, xban_common::MAP_STATS)?.try_into()?;
+    stats_of(&map)
 }
 
 fn link_dir(pin_dir: &Path) -> PathBuf {
