@@ -1,5 +1,6 @@
 //! `cargo xtask`: builds, runs and tests xban (see `cargo xtask --help`).
 
+mod bench;
 mod cmd;
 mod journal;
 mod prereq;
@@ -49,6 +50,15 @@ enum Task {
         #[arg(last = true, value_name = "ARGS")]
         args: Vec<OsString>,
     },
+    /// Build, then benchmark (root): log matching vs fail2ban, ban latency, scale; writes BENCHMARKS.md
+    Bench {
+        /// Areas to run (all by default); with a subset, BENCHMARKS.md holds only those
+        #[arg(value_enum, value_name = "AREA")]
+        areas: Vec<bench::Area>,
+        /// Small data sets, one run each (smoke test); writes target/BENCHMARKS-quick.md
+        #[arg(long)]
+        quick: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -67,11 +77,14 @@ fn main() -> ExitCode {
 }
 
 fn dispatch(task: Task) -> Result<()> {
-    if let Task::Test { .. } = task {
-        tasks::require_root_for_tests()?;
+    match task {
+        Task::Test { .. } => tasks::require_root_for_tests()?,
+        Task::Bench { .. } => bench::require_root()?,
+        _ => {}
     }
     let purpose = match task {
         Task::Test { .. } => Purpose::Test,
+        Task::Bench { .. } => Purpose::Bench,
         _ => Purpose::Build,
     };
     prereq::ensure(purpose)?;
@@ -88,6 +101,7 @@ fn dispatch(task: Task) -> Result<()> {
         }
         Task::Run { args } => tasks::run(&ws, &args)?,
         Task::Test { args } => tasks::test(&ws, &args)?,
+        Task::Bench { areas, quick } => bench::run(&ws, &areas, quick)?,
     }
     Ok(())
 }
