@@ -94,6 +94,10 @@ pub struct AgentCore {
     escalation: EscalationConfig,
     subnets: SubnetTracker,
     dbpurgeage: Duration,
+    /// Bans stored in the open store batch, applied once it commits
+    /// (see [`AgentCore::on_lines`]).
+    staged: Vec<BanRecord>,
+    batching: bool,
 }
 
 /// What start-up found in the store.
@@ -130,6 +134,8 @@ impl AgentCore {
             escalation: cfg.escalation.clone(),
             subnets: SubnetTracker::default(),
             dbpurgeage: cfg.dbpurgeage,
+            staged: Vec::new(),
+            batching: false,
         })
     }
 
@@ -159,10 +165,12 @@ impl AgentCore {
             }
         }
         self.enforcer.set_allowlist(&self.allowlist)?;
-        for rec in self.store.load_bans()? {
-            self.book.add(rec);
-            report.restored += 1;
-        }
+        // Streamed without the matched lines: they stay in the database, the
+        // agent never shows them, and a million bans' worth is gigabytes.
+        let book = &mut self.book;
+        report.restored = self.store.for_each_ban(|rec| {
+            book.add(rec);
+        })?;
         let in_kernel: HashMap<Target, Option<BanClass>> =
             self.enforcer.entries()?.into_iter().collect();
         for target in in_kernel.keys() {
@@ -190,11 +198,9 @@ impl AgentCore {
 
     /// Each banned target with the class its map entry must have.
     fn effective_bans(&self) -> Vec<(Target, BanClass)> {
-        let targets: std::collections::HashSet<Target> =
-            self.book.iter().map(|r| r.target).collect();
-        targets
-            .into_iter()
-            .filter_map(|t| self.book.effective(&t).map(|r| (t, r.class)))
+        self.book
+            .effective_all()
+            .map(|(t, r)| (*t, r.class))
             .collect()
     }
 
@@ -299,6 +305,8 @@ impl AgentCore {
     }
 
     /// Store, then the kernel, then the log line: a ban reported is a ban kept.
+    /// Inside [`on_lines`](Self::on_lines) the store write joins the batch's
+    /// transaction and the rest waits for its commit.
     fn apply_ban(&mut self, rec: BanRecord, event_at: UnixSecs) -> Result<BanRecord> {
         if let Some(a) = self.allowlisted_by(&rec.target) {
             bail!(
@@ -307,7 +315,22 @@ impl AgentCore {
             );
         }
         self.store.put_ban(&rec, event_at)?;
-        let change = self.book.add(rec.clone());
+        if self.batching {
+            self.staged.push(rec.clone());
+        } else {
+            self.enforce_ban(&rec)?;
+        }
+        Ok(rec)
+    }
+
+    /// The stored ban into the book and the kernel, then its log line.
+    fn enforce_ban(&mut self, rec: &BanRecord) -> Result<()> {
+        // The book keeps no matched lines (see `restore`).
+        let change = self.book.add(BanRecord {
+            jail: rec.jail.clone(),
+            matches: Vec::new(),
+            ..*rec
+        });
         self.enforcer.apply(&rec.target, change)?;
         let bantime = match rec.expires_at {
             Some(e) => crate::config::format_duration(Duration::from_secs(
@@ -324,7 +347,41 @@ impl AgentCore {
             bantime,
             rec.failures
         );
-        Ok(rec)
+        Ok(())
+    }
+
+    /// Feed a batch of lines, each to every jail of its source group
+    /// (`groups[g]` lists the jails reading source `g`). The bans they cause
+    /// are stored in one transaction, then written to the kernel and logged:
+    /// a burst of offenders costs one commit, and a ban is still in the
+    /// database before it is in the kernel. Errors are logged per line.
+    pub fn on_lines(&mut self, lines: &[(usize, SourceLine)], groups: &[Vec<usize>]) {
+        self.store.arm_batch();
+        self.batching = true;
+        for (group, line) in lines {
+            for &jail in &groups[*group] {
+                if let Err(e) = self.on_line(jail, line) {
+                    tracing::error!("jail {}: {e:#}", self.jails[jail].name());
+                }
+            }
+        }
+        self.batching = false;
+        let staged = std::mem::take(&mut self.staged);
+        if let Err(e) = self.store.commit_batch() {
+            for rec in &staged {
+                tracing::error!(
+                    "ban {} jail={} not stored, so not applied: {e:#}",
+                    rec.target,
+                    rec.jail
+                );
+            }
+            return;
+        }
+        for rec in &staged {
+            if let Err(e) = self.enforce_ban(rec) {
+                tracing::error!("jail {}: {e:#}", rec.jail);
+            }
+        }
     }
 
     pub fn unban(&mut self, target: &Target, jail: Option<&str>) -> Result<Vec<BanRecord>> {
@@ -387,7 +444,9 @@ impl AgentCore {
         v
     }
 
-    fn jail_status(&self, j: &Jail, detailed: bool) -> JailStatus {
+    /// `bans_now` is counted for all jails in one pass over the book by the
+    /// caller: per jail it would be a pass each.
+    fn jail_status(&self, j: &Jail, detailed: bool, bans_now: usize) -> JailStatus {
         let mut failing: Vec<(String, usize)> = if detailed {
             j.window
                 .failing()
@@ -400,37 +459,44 @@ impl AgentCore {
         JailStatus {
             name: j.name().to_string(),
             failing_now: j.window.failing_count(),
-            bans_now: self.book.iter().filter(|r| r.jail == j.name()).count(),
+            bans_now,
             counters: serde_json::to_value(&j.counters).unwrap_or_default(),
             failing,
         }
     }
 
     pub fn status(&self, jail: Option<&str>) -> Result<StatusView> {
+        // One pass over the book for every count: with a million bans each
+        // pass costs tens of milliseconds, and the loop waits for them.
+        let mut per_jail: HashMap<&str, usize> = HashMap::new();
+        for r in self.book.iter() {
+            *per_jail.entry(r.jail.as_str()).or_default() += 1;
+        }
+        let bans_now = |j: &Jail| per_jail.get(j.name()).copied().unwrap_or(0);
         let jails = match jail {
             Some(name) => {
                 let j = self.jail_by_name(name)?;
-                vec![self.jail_status(j, true)]
+                vec![self.jail_status(j, true, bans_now(j))]
             }
             None => self
                 .jails
                 .iter()
-                .map(|j| self.jail_status(j, false))
+                .map(|j| self.jail_status(j, false, bans_now(j)))
                 .collect(),
         };
-        let effective = self.effective_bans();
+        let (mut bans_drop, mut bans_tarpit) = (0, 0);
+        for (_, r) in self.book.effective_all() {
+            match r.class {
+                BanClass::Drop => bans_drop += 1,
+                BanClass::Tarpit => bans_tarpit += 1,
+            }
+        }
         Ok(StatusView {
             interfaces: self.interfaces.clone(),
             xdp_mode: self.xdp_mode.clone(),
-            bans_active: effective.len(),
-            bans_drop: effective
-                .iter()
-                .filter(|(_, c)| *c == BanClass::Drop)
-                .count(),
-            bans_tarpit: effective
-                .iter()
-                .filter(|(_, c)| *c == BanClass::Tarpit)
-                .count(),
+            bans_active: bans_drop + bans_tarpit,
+            bans_drop,
+            bans_tarpit,
             map_entries: self.enforcer.entries().map(|e| e.len()).unwrap_or(0),
             xdp: self
                 .enforcer
@@ -596,10 +662,82 @@ pub fn self_addresses() -> Vec<Target> {
     out
 }
 
-/// A running source, whatever its kind.
+/// Lines handled per turn of the main loop at most, so that a control
+/// request waits for at most one batch.
+const LINE_BATCH: usize = 1024;
+
+/// A running source, whatever its kind, and the jails reading it.
 enum RunningSource {
-    Files { jail: String, source: FileSource },
-    Journal { jail: String, source: JournalSource },
+    Files {
+        jails: Vec<String>,
+        source: FileSource,
+    },
+    Journal {
+        jails: Vec<String>,
+        source: JournalSource,
+    },
+}
+
+/// Where a group of jails reads: the same sources, resumed from the same
+/// place.
+#[derive(Debug, PartialEq)]
+enum GroupSpec {
+    Files {
+        patterns: Vec<String>,
+        resume: HashMap<PathBuf, FilePosition>,
+    },
+    Journal {
+        matches: Vec<String>,
+        cursor: Option<String>,
+    },
+}
+
+#[derive(Debug)]
+struct SourceGroup {
+    spec: GroupSpec,
+    /// Indices into the config's jails, in config order.
+    jails: Vec<usize>,
+}
+
+/// Groups jails that can share a reader: same log patterns (or journal
+/// matches) and the same saved positions (or cursor), so that each jail
+/// still sees every line exactly once. Jails whose saved positions differ
+/// (e.g. one added since the last run) get their own reader.
+fn source_groups(cfg: &ResolvedConfig, store: &mut BanStore) -> Result<Vec<SourceGroup>> {
+    let mut groups: Vec<SourceGroup> = Vec::new();
+    for (idx, jail) in cfg.jails.iter().enumerate() {
+        let spec = match &jail.source {
+            SourceSpec::Files(patterns) => {
+                let prefix = format!("file:{}:", jail.name);
+                let resume = store
+                    .positions_with_prefix(&prefix)?
+                    .into_iter()
+                    .map(|(k, dev, inode, offset)| {
+                        (
+                            PathBuf::from(&k[prefix.len()..]),
+                            FilePosition { dev, inode, offset },
+                        )
+                    })
+                    .collect();
+                GroupSpec::Files {
+                    patterns: patterns.clone(),
+                    resume,
+                }
+            }
+            SourceSpec::Journal(matches) => GroupSpec::Journal {
+                matches: matches.clone(),
+                cursor: store.cursor(&format!("journal:{}", jail.name))?,
+            },
+        };
+        match groups.iter_mut().find(|g| g.spec == spec) {
+            Some(g) => g.jails.push(idx),
+            None => groups.push(SourceGroup {
+                spec,
+                jails: vec![idx],
+            }),
+        }
+    }
+    Ok(groups)
 }
 
 fn position_key(jail: &str, path: &Path) -> String {
@@ -647,10 +785,15 @@ pub async fn run(config_path: &Path) -> Result<()> {
     let (ctl_tx, mut ctl_rx) = mpsc::channel::<ControlMessage>(64);
     tokio::spawn(control::serve(listener, ctl_tx));
 
-    // Every source's lines, tagged with their jail's index.
+    // Every source's lines, tagged with their group's index: jails that read
+    // the same logs from the same place share one reader, so with 20 jails on
+    // auth.log the file is read, split and sent once and each jail tests
+    // every line.
+    let groups = source_groups(&resolved, core.store())?;
+    let jails_of: Vec<Vec<usize>> = groups.iter().map(|g| g.jails.clone()).collect();
     let (line_tx, mut line_rx) = mpsc::channel::<(usize, SourceLine)>(4096);
     let mut sources = Vec::new();
-    for (idx, jail) in resolved.jails.iter().enumerate() {
+    for (idx, group) in groups.into_iter().enumerate() {
         let (tx, mut rx) = mpsc::channel::<SourceLine>(1024);
         let fwd = line_tx.clone();
         tokio::spawn(async move {
@@ -660,49 +803,34 @@ pub async fn run(config_path: &Path) -> Result<()> {
                 }
             }
         });
-        match &jail.source {
-            SourceSpec::Files(patterns) => {
-                let prefix = format!("file:{}:", jail.name);
-                let resume = core
-                    .store()
-                    .positions_with_prefix(&prefix)?
-                    .into_iter()
-                    .map(|(k, dev, inode, offset)| {
-                        (
-                            PathBuf::from(&k[prefix.len()..]),
-                            FilePosition { dev, inode, offset },
-                        )
-                    })
-                    .collect();
+        let names: Vec<String> = group
+            .jails
+            .iter()
+            .map(|&j| resolved.jails[j].name.clone())
+            .collect();
+        match group.spec {
+            GroupSpec::Files { patterns, resume } => {
                 let source = FileSource::spawn(
                     FileSourceOptions {
-                        patterns: patterns.clone(),
+                        patterns,
                         resume,
                         max_line_bytes: 64 * 1024,
                     },
                     tx,
                 )
                 .await
-                .with_context(|| format!("jails.{}.logpath", jail.name))?;
+                .with_context(|| format!("jails.{}.logpath", names[0]))?;
                 sources.push(RunningSource::Files {
-                    jail: jail.name.clone(),
+                    jails: names,
                     source,
                 });
             }
-            SourceSpec::Journal(matches) => {
-                let key = format!("journal:{}", jail.name);
-                let cursor = core.store().cursor(&key)?;
-                let source = JournalSource::spawn(
-                    JournalSourceOptions {
-                        matches: matches.clone(),
-                        cursor,
-                    },
-                    tx,
-                )
-                .await
-                .with_context(|| format!("jails.{} (backend = \"systemd\")", jail.name))?;
+            GroupSpec::Journal { matches, cursor } => {
+                let source = JournalSource::spawn(JournalSourceOptions { matches, cursor }, tx)
+                    .await
+                    .with_context(|| format!("jails.{} (backend = \"systemd\")", names[0]))?;
                 sources.push(RunningSource::Journal {
-                    jail: jail.name.clone(),
+                    jails: names,
                     source,
                 });
             }
@@ -722,11 +850,18 @@ pub async fn run(config_path: &Path) -> Result<()> {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut ticks: u64 = 0;
     let mut teardown_requested = false;
+    // Lines are taken in batches: one wake-up and one store commit per
+    // batch instead of per line, which is what keeps up with a burst.
+    let mut batch = Vec::with_capacity(LINE_BATCH);
+    let mut lines_open = true;
     loop {
         tokio::select! {
-            Some((idx, line)) = line_rx.recv() => {
-                if let Err(e) = core.on_line(idx, &line) {
-                    tracing::error!("jail {}: {e:#}", resolved.jails[idx].name);
+            n = line_rx.recv_many(&mut batch, LINE_BATCH), if lines_open => {
+                if n == 0 {
+                    lines_open = false;
+                } else {
+                    core.on_lines(&batch, &jails_of);
+                    batch.clear();
                 }
             }
             Some(msg) = ctl_rx.recv() => {
@@ -803,15 +938,20 @@ fn setup_steering(cfg: &ResolvedConfig) -> Result<TarpitSteering> {
 fn save_positions(core: &mut AgentCore, sources: &[RunningSource]) {
     for s in sources {
         let r = match s {
-            RunningSource::Files { jail, source } => source
-                .positions()
-                .iter()
-                .try_for_each(|(path, pos)| core.save_position(&position_key(jail, path), pos)),
-            RunningSource::Journal { jail, source } => match source.cursor() {
-                Some(c) => core
-                    .store()
-                    .save_cursor(&format!("journal:{jail}"), &c)
-                    .map_err(Into::into),
+            RunningSource::Files { jails, source } => {
+                let positions = source.positions();
+                jails.iter().try_for_each(|jail| {
+                    positions.iter().try_for_each(|(path, pos)| {
+                        core.save_position(&position_key(jail, path), pos)
+                    })
+                })
+            }
+            RunningSource::Journal { jails, source } => match source.cursor() {
+                Some(c) => jails.iter().try_for_each(|jail| {
+                    core.store()
+                        .save_cursor(&format!("journal:{jail}"), &c)
+                        .map_err(Into::into)
+                }),
                 None => Ok(()),
             },
         };
@@ -975,6 +1115,83 @@ mod tests {
         assert_eq!(f.kernel(a), Some(BanClass::Drop));
         assert_eq!(f.core.expire(now_secs() + 3601).unwrap(), 1);
         assert_eq!(f.kernel(a), None);
+    }
+
+    fn line(text: &str, log_time: u64) -> SourceLine {
+        SourceLine {
+            origin: Arc::from("/l"),
+            text: text.to_string(),
+            read_at: std::time::SystemTime::now(),
+            time: Some(UNIX_EPOCH + Duration::from_secs(log_time)),
+        }
+    }
+
+    #[test]
+    fn a_batch_of_lines_bans_in_one_commit_and_escalates_within_it() {
+        let mut f = fixture("");
+        let a = "203.0.113.20";
+        // Both jails read the same file: one source group, each jail sees
+        // every line. Three bans of `a` in one batch: the third must count
+        // the first two, which are not committed yet.
+        let texts = [
+            ("ssh", T0),
+            ("ssh", T0 + 1),
+            ("web", T0 + 2),
+            ("web", T0 + 3),
+            ("ssh", T0 + 4),
+            ("ssh", T0 + 5),
+        ];
+        let lines: Vec<(usize, SourceLine)> = texts
+            .iter()
+            .map(|(j, t)| (0, line(&format!("{j} fail from {a}"), *t)))
+            .collect();
+        f.core.on_lines(&lines, &[vec![0, 1]]);
+        assert_eq!(f.kernel(a), Some(BanClass::Drop));
+        let t: Target = a.parse().unwrap();
+        assert_eq!(f.core.store.ban_count_since(&t, None, 0).unwrap(), 3);
+        let ssh = &f.core.bans(Some("ssh"))[0];
+        assert_eq!(
+            ssh.expires_at.unwrap() - ssh.banned_at,
+            7 * 86_400,
+            "the third ban in a day climbs the ladder"
+        );
+        assert_eq!(f.core.bans(None).len(), 2, "one record per jail");
+        // Every jail counted every line of its group.
+        assert!(f.core.jails().iter().all(|j| j.counters.lines == 6));
+        // The book keeps no matched lines; the store has them.
+        assert!(f.core.book.iter().all(|r| r.matches.is_empty()));
+        assert_eq!(f.core.store.load_bans().unwrap()[0].matches.len(), 2);
+    }
+
+    #[test]
+    fn jails_share_a_reader_only_from_the_same_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!(
+            "[agent]\nfilters_dir = \"{}\"\n\
+             [jails.a]\nlogpath = [\"/l\"]\nfailregex = ['x <HOST>$']\n\
+             [jails.b]\nlogpath = [\"/l\"]\nfailregex = ['y <HOST>$']\n\
+             [jails.c]\nlogpath = [\"/m\"]\nfailregex = ['z <HOST>$']\n",
+            dir.path().join("none").display()
+        );
+        let cfg = Config::parse(&text).unwrap().validate().unwrap();
+        let mut store = BanStore::open(dir.path()).unwrap();
+        let jails = |g: &[SourceGroup]| g.iter().map(|g| g.jails.clone()).collect::<Vec<_>>();
+        assert_eq!(
+            jails(&source_groups(&cfg, &mut store).unwrap()),
+            vec![vec![0, 1], vec![2]]
+        );
+        // `a` read further than `b` last time: they must not share a reader.
+        store.save_position("file:a:/l", 1, 2, 300).unwrap();
+        store.save_position("file:b:/l", 1, 2, 100).unwrap();
+        assert_eq!(
+            jails(&source_groups(&cfg, &mut store).unwrap()),
+            vec![vec![0], vec![1], vec![2]]
+        );
+        store.save_position("file:b:/l", 1, 2, 300).unwrap();
+        assert_eq!(
+            jails(&source_groups(&cfg, &mut store).unwrap()),
+            vec![vec![0, 1], vec![2]]
+        );
     }
 
     #[test]
