@@ -326,24 +326,85 @@ fn met(ok: bool) -> &'static str {
     }
 }
 
-/// The real agent following the log with `jails` jails, each with the sshd
-/// filter on the same file: the file is appended in one go and the clock
-/// stops when every jail has counted every line.
-fn agent_run(ctx: &Ctx, log: &Path, lines: u64, jails: usize) -> Result<(Duration, String)> {
+/// Twenty different filters: every built-in in its default mode, plus the
+/// other modes of those that have them.
+const MIXED_FILTERS: [(&str, Option<&str>); 20] = [
+    ("sshd", None),
+    ("sshd", Some("ddos")),
+    ("sshd", Some("aggressive")),
+    ("nginx-http-auth", None),
+    ("nginx-http-auth", Some("aggressive")),
+    ("nginx-botsearch", None),
+    ("nginx-limit-req", None),
+    ("apache-auth", None),
+    ("apache-auth", Some("aggressive")),
+    ("apache-noscript", None),
+    ("apache-overflows", None),
+    ("postfix", None),
+    ("postfix", Some("ddos")),
+    ("postfix", Some("aggressive")),
+    ("dovecot", None),
+    ("dovecot", Some("aggressive")),
+    ("vsftpd", None),
+    ("pure-ftpd", None),
+    ("proftpd", None),
+    ("recidive", None),
+];
+
+/// What the jails of an agent run use.
+#[derive(Clone, Copy)]
+enum Jails {
+    /// This many jails, all with the sshd filter.
+    Sshd(usize),
+    /// The 20 jails of [`MIXED_FILTERS`].
+    Mixed,
+}
+
+impl Jails {
+    fn count(self) -> usize {
+        self.filters().len()
+    }
+
+    /// (filter, mode) of each jail.
+    fn filters(self) -> Vec<(&'static str, Option<&'static str>)> {
+        match self {
+            Jails::Sshd(n) => vec![("sshd", None); n],
+            Jails::Mixed => MIXED_FILTERS.to_vec(),
+        }
+    }
+
+    fn label(self) -> String {
+        match self {
+            Jails::Sshd(1) => "xban run, 1 jail, sshd filter".into(),
+            Jails::Sshd(n) => format!("xban run, {n} jails, all sshd filter"),
+            Jails::Mixed => "xban run, 20 jails, 20 different filters".into(),
+        }
+    }
+}
+
+/// The real agent following the log with the given jails, all on the same
+/// file: the file is appended in one go and the clock stops when every jail
+/// has counted every line.
+fn agent_run(ctx: &Ctx, log: &Path, lines: u64, jails: Jails) -> Result<(Duration, String)> {
     let mut rest = String::from(
         "[defaults]\n# Far above any address's failures: this measures the line path, not bans.\nmaxretry = 1000000\nfindtime = \"10m\"\nbantime = \"1h\"\n\n",
     );
-    for j in 0..jails {
+    for (j, (filter, mode)) in jails.filters().into_iter().enumerate() {
         rest.push_str(&format!(
-            "[jails.sshd{j:02}]\nfilter = \"sshd\"\nlogpath = [\"{{LOG}}\"]\n\n"
+            "[jails.j{j:02}]\nfilter = \"{filter}\"\nlogpath = [\"{{LOG}}\"]\n"
         ));
+        if let Some(mode) = mode {
+            rest.push_str(&format!("mode = \"{mode}\"\n"));
+        }
+        rest.push('\n');
     }
     let mut rig = Rig::new(ctx, &rest)?;
     rig.start_and_wait()?;
     let data = std::fs::read(log)?;
     let started = Instant::now();
     rig.append(&data)?;
-    let timeout = Duration::from_secs(60 + lines * jails as u64 / 20_000);
+    let jails_n = jails.count();
+    let timeout = Duration::from_secs(60 + lines * jails_n as u64 / 20_000);
     let done = super::wait_for(timeout, Duration::from_millis(50), || {
         let s = rig.status().ok()?;
         let all = s["jails"]
@@ -355,7 +416,7 @@ fn agent_run(ctx: &Ctx, log: &Path, lines: u64, jails: usize) -> Result<(Duratio
     let elapsed = started.elapsed();
     if done.is_none() {
         bail!(
-            "the agent with {jails} jails did not count {lines} lines within {timeout:?}: {}",
+            "the agent with {jails_n} jails did not count {lines} lines within {timeout:?}: {}",
             rig.status().map(|s| s.to_string()).unwrap_or_default()
         );
     }
@@ -374,35 +435,36 @@ fn agent_section(ctx: &Ctx, log: &Path, stats: &LogStats) -> Result<Section> {
     ]);
     let mut notes = Vec::new();
     let mut commands = Vec::new();
-    let mut per_jail_cost = Vec::new();
-    for jails in [1usize, 20] {
+    let mut times_of = Vec::new();
+    for jails in [Jails::Sshd(1), Jails::Sshd(20), Jails::Mixed] {
         let mut times = Vec::new();
         for r in 0..runs {
-            eprintln!("xtask: agent with {jails} jail(s), run {}/{runs}", r + 1);
+            eprintln!("xtask: {}, run {}/{runs}", jails.label(), r + 1);
             let (t, cmd) = agent_run(ctx, log, stats.lines, jails)?;
             times.push(t.as_secs_f64());
             if r == 0 {
-                commands.push(format!("{cmd}   # {jails} jail(s)"));
+                commands.push(format!("{cmd}   # {}", jails.label()));
             }
         }
         let t = median(&mut times);
-        let checks = (stats.lines * jails as u64) as f64 / t;
-        per_jail_cost.push(t);
+        let checks = (stats.lines * jails.count() as u64) as f64 / t;
+        times_of.push(t);
         table.row(vec![
-            format!("xban run, {jails} jail(s) × sshd filter"),
+            jails.label(),
             num(checks),
             num(stats.lines as f64 / t),
             format!("{t:.2} s"),
         ]);
     }
     notes.push(format!(
-        "20 jails take {:.1}× as long as 1 jail for the same lines.",
-        per_jail_cost[1] / per_jail_cost[0]
+        "20 sshd jails take {:.1}× as long as 1 for the same lines (each jail matches every line itself; jails on the same file share one reader). With 20 different filters the most lines are rejected by each filter's literal prefilter, and 20 jails take {:.1}× as long as 1 sshd jail.",
+        times_of[1] / times_of[0],
+        times_of[2] / times_of[0]
     ));
     Ok(Section {
         title: "Log matching in the agent: 1 and 20 jails on one log".into(),
         method: format!(
-            "The real agent (`xban run`, in its own network namespace, XDP on a veth) follows the same {}-line log with 1, then 20 jails, every jail using the sshd filter on that file (20 jails = every line tested by every jail, each jail reading the file itself). The whole file is appended at once; the time runs until every jail's `lines` counter (`xban status --json`, polled every 50 ms) reaches the line count. maxretry is set above any address's failure count, so this is the line path (read, match, count failures), not the ban path (see latency and scale). {} run(s) each, median; not pinned (the agent has a reader task per jail and a main loop).",
+            "The real agent (`xban run`, in its own network namespace, XDP on a veth) follows the same {}-line log with 1 jail, 20 jails all using the sshd filter (every line tested by every jail: the worst case, since sshd lines pass the sshd filter's literal prefilter), and 20 jails with 20 different filters (every built-in filter, plus the ddos/aggressive modes of those that have them), all on that one file. The whole file is appended at once; the time runs until every jail's `lines` counter (`xban status --json`, polled every 50 ms) reaches the line count. maxretry is set above any address's failure count, so this is the line path (read, match, count failures), not the ban path (see latency and scale). {} run(s) each, median; not pinned (the agent has a reader task per jail and a main loop).",
             thousands(stats.lines),
             runs
         ),
