@@ -94,6 +94,7 @@ pub struct Lab {
     pub srv_ns: String,
     pub peer_ns: String,
     pub srv_if: String,
+    pub peer_if: String,
 }
 
 impl Lab {
@@ -103,13 +104,14 @@ impl Lab {
             srv_ns: format!("{NETNS_PREFIX}{id}-s"),
             peer_ns: format!("{NETNS_PREFIX}{id}-p"),
             srv_if: format!("xbs{}", id.replace('-', "")),
+            peer_if: format!("xbp{}", id.replace('-', "")),
         };
         lab.build()?; // on error, drop removes what was made
         Ok(lab)
     }
 
     fn build(&self) -> Result<()> {
-        let peer_if = self.srv_if.replacen("xbs", "xbp", 1);
+        let peer_if = &self.peer_if;
         run("ip", &["netns", "add", &self.srv_ns])?;
         run("ip", &["netns", "add", &self.peer_ns])?;
         run(
@@ -124,14 +126,14 @@ impl Lab {
                 "veth",
                 "peer",
                 "name",
-                &peer_if,
+                peer_if,
                 "netns",
                 &self.peer_ns,
             ],
         )?;
         for (ns, ifname, v4, v6) in [
             (&self.srv_ns, &self.srv_if, SRV_V4, SRV_V6),
-            (&self.peer_ns, &peer_if, PEER_V4, PEER_V6),
+            (&self.peer_ns, peer_if, PEER_V4, PEER_V6),
         ] {
             run(
                 "ip",
@@ -155,6 +157,58 @@ impl Lab {
         }
         Ok(())
     }
+}
+
+impl Lab {
+    /// Lets the peer send from `addr` (an extra address on its veth end)
+    /// and the server route replies there, so that its packets pass the
+    /// server's reverse-path check whatever the sysctls say.
+    pub fn add_peer_v4(&self, addr: std::net::Ipv4Addr) -> Result<()> {
+        run(
+            "ip",
+            &[
+                "-n",
+                &self.peer_ns,
+                "addr",
+                "add",
+                &format!("{addr}/32"),
+                "dev",
+                &self.peer_if,
+            ],
+        )?;
+        run(
+            "ip",
+            &[
+                "-n",
+                &self.srv_ns,
+                "route",
+                "replace",
+                &format!("{addr}/32"),
+                "dev",
+                &self.srv_if,
+            ],
+        )?;
+        Ok(())
+    }
+}
+
+/// Runs `f` on a new thread that has joined network namespace `ns`: the
+/// sockets it makes live there.
+pub fn in_netns<T: Send + 'static>(
+    ns: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> std::thread::JoinHandle<Result<T>> {
+    let path = format!("/run/netns/{ns}");
+    std::thread::spawn(move || {
+        let file = File::open(&path).with_context(|| format!("open {path}"))?;
+        use std::os::fd::AsRawFd;
+        // SAFETY: setns on a valid namespace fd affects only this thread.
+        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+        if rc != 0 {
+            bail!("setns {path}: {}", std::io::Error::last_os_error());
+        }
+        Ok(f())
+    })
 }
 
 impl Drop for Lab {
