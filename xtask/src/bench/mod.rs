@@ -131,7 +131,8 @@ pub fn machine_description() -> String {
     )
 }
 
-/// `scope` is said at the top when only some areas ran (or a quick run).
+/// `scope` is said at the top: the machine's load, and whether only some
+/// areas ran (or a quick run).
 pub fn write_markdown(path: &Path, sections: &[Section], scope: Option<&str>) -> Result<()> {
     let mut out = String::new();
     let _ = writeln!(out, "# xban benchmarks\n");
@@ -141,7 +142,7 @@ pub fn write_markdown(path: &Path, sections: &[Section], scope: Option<&str>) ->
         machine_description()
     );
     if let Some(scope) = scope {
-        let _ = writeln!(out, "**{scope}**\n");
+        let _ = writeln!(out, "{scope}\n");
     }
     for s in sections {
         let _ = writeln!(out, "## {}\n\n{}\n", s.title, s.method);
@@ -223,6 +224,7 @@ pub fn run(ws: &Workspace, areas: &[Area], quick: bool) -> Result<()> {
         .collect();
     let xban = tasks::build(ws, Profile::Release)?;
     lab::reap_leftovers();
+    let load_at_start = logmatch::load_average();
     let scratch = Scratch::new()?;
     let ctx = Ctx {
         xban,
@@ -244,7 +246,12 @@ pub fn run(ws: &Workspace, areas: &[Area], quick: bool) -> Result<()> {
         sections.extend(got);
     }
     let names: Vec<&str> = chosen.iter().map(|a| a.name()).collect();
-    let mut scope = Vec::new();
+    // Other work may share the machine; wall-clock figures suffer from it.
+    let mut scope = vec![format!(
+        "1-minute load average: {load_at_start} at the start of the run, {} at the end ({} cores).",
+        logmatch::load_average(),
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    )];
     if quick {
         scope.push(
             "Quick run (--quick): small data sets and one run each; not the published figures."
@@ -253,12 +260,12 @@ pub fn run(ws: &Workspace, areas: &[Area], quick: bool) -> Result<()> {
     }
     if chosen.len() < Area::ALL.len() {
         scope.push(format!(
-            "Only these areas were run: {} (`cargo xtask bench {}`).",
+            "**Only these areas were run: {} (`cargo xtask bench {}`).**",
             names.join(", "),
             names.join(" ")
         ));
     }
-    let scope = (!scope.is_empty()).then(|| scope.join(" "));
+    let scope = Some(scope.join(" "));
     let out = if quick {
         ws.target_dir.join("BENCHMARKS-quick.md")
     } else {
@@ -487,7 +494,7 @@ mod tests {
             notes: vec!["n".into()],
         };
         let path = dir.join("B.md");
-        write_markdown(&path, &[s], Some("Only these areas were run: x.")).unwrap();
+        write_markdown(&path, &[s], Some("**Only these areas were run: x.**")).unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
         let _ = std::fs::remove_dir_all(&dir);
         assert!(text.contains("**Only these areas were run: x.**"), "{text}");
