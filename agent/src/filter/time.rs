@@ -270,7 +270,7 @@ impl Fields {
         };
         let secs = match self.year {
             Some(y) => to_secs(y)?,
-            None => infer_year(now, to_secs)?,
+            None => infer_year(now, self.month, self.day, to_secs)?,
         };
         to_system_time(secs, self.nanos)
     }
@@ -295,14 +295,27 @@ fn to_system_time(secs: i64, nanos: u32) -> Option<SystemTime> {
 
 /// The latest year that puts the time at most one day after `now`. Tries a
 /// few years back so that Feb 29 finds a leap year.
-fn infer_year(now: SystemTime, to_secs: impl Fn(i32) -> Option<i64>) -> Option<i64> {
+fn infer_year(
+    now: SystemTime,
+    month: u32,
+    day: u32,
+    to_secs: impl Fn(i32) -> Option<i64>,
+) -> Option<i64> {
     let now_s = unix_secs(now);
     let limit = now_s + 86_400;
     let year = chrono::DateTime::from_timestamp(now_s, 0)?.year();
-    (year - 8..=year + 1)
-        .rev()
-        .filter_map(&to_secs)
-        .find(|&t| t <= limit)
+    (year - 8..=year + 1).rev().find_map(|y| {
+        // No zone is more than 14 h ahead of UTC: a date whose midnight is
+        // further past the limit is skipped without a zone lookup.
+        let midnight = NaiveDate::from_ymd_opt(y, month, day)?
+            .and_hms_opt(0, 0, 0)?
+            .and_utc()
+            .timestamp();
+        if midnight - 14 * 3600 > limit {
+            return None;
+        }
+        to_secs(y).filter(|&t| t <= limit)
+    })
 }
 
 thread_local! {
