@@ -457,7 +457,7 @@ fn agent_section(ctx: &Ctx, log: &Path, stats: &LogStats) -> Result<Section> {
         ]);
     }
     notes.push(format!(
-        "20 sshd jails take {:.1}× as long as 1 for the same lines (each jail matches every line itself; jails on the same file share one reader). With 20 different filters the most lines are rejected by each filter's literal prefilter, and 20 jails take {:.1}× as long as 1 sshd jail.",
+        "20 sshd jails take {:.1}× as long as 1 for the same lines (each jail matches every line itself; jails on the same file share one reader). With 20 different filters most lines are rejected by each filter's literal prefilter, and 20 jails take {:.1}× as long as 1 sshd jail.",
         times_of[1] / times_of[0],
         times_of[2] / times_of[0]
     ));
