@@ -113,6 +113,10 @@ pub struct AgentCore {
     blocklisted: std::collections::BTreeSet<Target>,
     /// Bans and unbans since the last `take_events`.
     events: Vec<BanEvent>,
+    /// Bans stored in the open store batch, applied once it commits
+    /// (see [`AgentCore::on_lines`]).
+    staged: Vec<BanRecord>,
+    batching: bool,
 }
 
 /// What start-up found in the store.
@@ -153,6 +157,8 @@ impl AgentCore {
             blocklist_append: cfg.agent.blocklist_append,
             blocklisted: Default::default(),
             events: Vec::new(),
+            staged: Vec::new(),
+            batching: false,
         })
     }
 
@@ -249,10 +255,12 @@ impl AgentCore {
             }
         }
         self.enforcer.set_allowlist(&self.allowlist)?;
-        for rec in self.store.load_bans()? {
-            self.book.add(rec);
-            report.restored += 1;
-        }
+        // Streamed without the matched lines: they stay in the database, the
+        // agent never shows them, and a million bans' worth is gigabytes.
+        let book = &mut self.book;
+        report.restored = self.store.for_each_ban(|rec| {
+            book.add(rec);
+        })?;
         // Before the reconcile below, so blocklisted entries a previous
         // agent left in the kernel are kept, not removed and re-added.
         self.sync_blocklists(false)?;
@@ -283,11 +291,9 @@ impl AgentCore {
 
     /// Each banned target with the class its map entry must have.
     fn effective_bans(&self) -> Vec<(Target, BanClass)> {
-        let targets: std::collections::HashSet<Target> =
-            self.book.iter().map(|r| r.target).collect();
-        targets
-            .into_iter()
-            .filter_map(|t| self.book.effective(&t).map(|r| (t, r.class)))
+        self.book
+            .effective_all()
+            .map(|(t, r)| (*t, r.class))
             .collect()
     }
 
@@ -316,6 +322,41 @@ impl AgentCore {
             }
             JailVerdict::Nothing => Ok(None),
         }
+    }
+
+    /// Feed a batch of lines. The bans they cause are stored in one
+    /// transaction, then written to the kernel and logged: a burst of
+    /// offenders costs one commit, and a ban is still in the database before
+    /// it is in the kernel. Returns when each applied ban's line was read.
+    pub fn on_lines(&mut self, lines: &[(std::sync::Arc<str>, SourceLine)]) -> Vec<SystemTime> {
+        self.store.arm_batch();
+        self.batching = true;
+        let mut read_at = Vec::new();
+        for (jail, line) in lines {
+            match self.on_line(jail, line) {
+                Ok(Some(_)) => read_at.push(line.read_at),
+                Ok(None) => {}
+                Err(e) => tracing::error!("jail {jail}: {e:#}"),
+            }
+        }
+        self.batching = false;
+        let staged = std::mem::take(&mut self.staged);
+        if let Err(e) = self.store.commit_batch() {
+            for rec in &staged {
+                tracing::error!(
+                    "ban {} jail={} not stored, so not applied: {e:#}",
+                    rec.target,
+                    rec.jail
+                );
+            }
+            return Vec::new();
+        }
+        for rec in &staged {
+            if let Err(e) = self.enforce_ban(rec) {
+                tracing::error!("jail {}: {e:#}", rec.jail);
+            }
+        }
+        read_at
     }
 
     /// A jail's ban, escalated by the address's history. The history is in
@@ -464,7 +505,23 @@ impl AgentCore {
             );
         }
         self.store.put_ban(&rec, event_at)?;
-        let change = self.book.add(rec.clone());
+        if self.batching {
+            self.staged.push(rec.clone());
+        } else {
+            self.enforce_ban(&rec)?;
+        }
+        Ok(rec)
+    }
+
+    /// The stored ban into the book and the kernel, then its log line.
+    fn enforce_ban(&mut self, rec: &BanRecord) -> Result<()> {
+        // The book keeps no matched lines (see `restore`).
+        let change = self.book.add(BanRecord {
+            jail: rec.jail.clone(),
+            matches: Vec::new(),
+            ..*rec
+        });
+        let rec = rec.clone();
         self.enforcer.apply(&rec.target, change)?;
         if self.blocklist_append && rec.expires_at.is_none() && rec.jail != BLOCKLIST_JAIL {
             match self
@@ -505,7 +562,7 @@ impl AgentCore {
             record: rec.clone(),
             reason: "",
         });
-        Ok(rec)
+        Ok(())
     }
 
     pub fn unban(&mut self, target: &Target, jail: Option<&str>) -> Result<Vec<BanRecord>> {
@@ -574,7 +631,9 @@ impl AgentCore {
         v
     }
 
-    fn jail_status(&self, j: &Jail, detailed: bool) -> JailStatus {
+    /// `bans_now` is counted for all jails in one pass over the book by the
+    /// caller: per jail it would be a pass each.
+    fn jail_status(&self, j: &Jail, detailed: bool, bans_now: usize) -> JailStatus {
         let mut failing: Vec<(String, usize)> = if detailed {
             j.window
                 .failing()
@@ -587,7 +646,7 @@ impl AgentCore {
         JailStatus {
             name: j.name().to_string(),
             failing_now: j.window.failing_count(),
-            bans_now: self.book.iter().filter(|r| r.jail == j.name()).count(),
+            bans_now,
             counters: serde_json::to_value(&j.counters).unwrap_or_default(),
             following: Vec::new(),
             failing,
@@ -595,30 +654,37 @@ impl AgentCore {
     }
 
     pub fn status(&self, jail: Option<&str>) -> Result<StatusView> {
+        // One pass over the book for every count: with a million bans each
+        // pass costs tens of milliseconds, and the loop waits for them.
+        let mut per_jail: HashMap<&str, usize> = HashMap::new();
+        for r in self.book.iter() {
+            *per_jail.entry(r.jail.as_str()).or_default() += 1;
+        }
+        let bans_now = |j: &Jail| per_jail.get(j.name()).copied().unwrap_or(0);
         let jails = match jail {
             Some(name) => {
                 let j = self.jail_by_name(name)?;
-                vec![self.jail_status(j, true)]
+                vec![self.jail_status(j, true, bans_now(j))]
             }
             None => self
                 .jails
                 .iter()
-                .map(|j| self.jail_status(j, false))
+                .map(|j| self.jail_status(j, false, bans_now(j)))
                 .collect(),
         };
-        let effective = self.effective_bans();
+        let (mut bans_drop, mut bans_tarpit) = (0, 0);
+        for (_, r) in self.book.effective_all() {
+            match r.class {
+                BanClass::Drop => bans_drop += 1,
+                BanClass::Tarpit => bans_tarpit += 1,
+            }
+        }
         Ok(StatusView {
             interfaces: self.interfaces.clone(),
             xdp_mode: self.xdp_mode.clone(),
-            bans_active: effective.len(),
-            bans_drop: effective
-                .iter()
-                .filter(|(_, c)| *c == BanClass::Drop)
-                .count(),
-            bans_tarpit: effective
-                .iter()
-                .filter(|(_, c)| *c == BanClass::Tarpit)
-                .count(),
+            bans_active: bans_drop + bans_tarpit,
+            bans_drop,
+            bans_tarpit,
             map_entries: self.enforcer.entries().map(|e| e.len()).unwrap_or(0),
             xdp: self
                 .enforcer

@@ -129,6 +129,16 @@ impl BanBook {
         self.by_target.values().flatten()
     }
 
+    /// Each banned target with the record that decides its map entry, in
+    /// one pass (no per-target lookups).
+    pub fn effective_all(&self) -> impl Iterator<Item = (&Target, &BanRecord)> {
+        self.by_target.iter().filter_map(|(t, recs)| {
+            recs.iter()
+                .reduce(|best, r| if r.outlasts(best) { r } else { best })
+                .map(|r| (t, r))
+        })
+    }
+
     /// Add (or replace) `jail`'s ban of the target.
     pub fn add(&mut self, rec: BanRecord) -> MapChange {
         let before = self.effective(&rec.target).map(|r| r.class);
@@ -136,7 +146,12 @@ impl BanBook {
         if let Some(exp) = rec.expires_at {
             self.expiry.insert((exp, target, rec.jail.clone()));
         }
-        let recs = self.by_target.entry(target).or_default();
+        // Almost every target has one ban: room for exactly one, not the
+        // four a first push reserves (a million bans, a few hundred MB).
+        let recs = self
+            .by_target
+            .entry(target)
+            .or_insert_with(|| Vec::with_capacity(1));
         if let Some(old) = recs.iter_mut().find(|r| r.jail == rec.jail) {
             if let Some(exp) = old.expires_at {
                 if Some(exp) != rec.expires_at {

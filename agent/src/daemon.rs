@@ -73,6 +73,9 @@ fn journal_key(jail: &str) -> String {
     format!("journal:{jail}")
 }
 
+/// Lines handled per turn of the main loop at most.
+const LINE_BATCH: usize = 1024;
+
 /// Lines from every source, tagged with their jail's name.
 type LineSender = mpsc::Sender<(Arc<str>, SourceLine)>;
 
@@ -219,16 +222,12 @@ impl Daemon {
         }
     }
 
-    fn on_line(&mut self, jail: &str, line: SourceLine) {
-        match self.core.on_line(jail, &line) {
-            Ok(Some(_)) => {
-                let latency = SystemTime::now()
-                    .duration_since(line.read_at)
-                    .unwrap_or_default();
-                self.metrics.record_latency(latency);
-            }
-            Ok(None) => {}
-            Err(e) => tracing::error!("jail {jail}: {e:#}"),
+    /// A batch of lines: the bans they cause share one database commit.
+    fn on_lines(&mut self, lines: &[(Arc<str>, SourceLine)]) {
+        let now = SystemTime::now();
+        for read_at in self.core.on_lines(lines) {
+            self.metrics
+                .record_latency(now.duration_since(read_at).unwrap_or_default());
         }
         self.drain_events();
     }
@@ -432,7 +431,18 @@ pub async fn run(config_path: &Path, opts: RunOptions) -> Result<()> {
     let mut teardown_requested = false;
     loop {
         tokio::select! {
-            Some((jail, line)) = line_rx.recv() => d.on_line(&jail, line),
+            Some(first) = line_rx.recv() => {
+                // Whatever else is queued goes in the same batch, bounded so
+                // a control request waits for one batch at most.
+                let mut batch = vec![first];
+                while batch.len() < LINE_BATCH {
+                    match line_rx.try_recv() {
+                        Ok(l) => batch.push(l),
+                        Err(_) => break,
+                    }
+                }
+                d.on_lines(&batch);
+            }
             Some(msg) = ctl_rx.recv() => {
                 let reply = match &msg.request {
                     Request::Reload => match d.reload().await {

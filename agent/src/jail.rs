@@ -41,7 +41,12 @@ impl JailWindow {
     /// this one reaches `maxretry`, and forgets them: the ban takes over.
     pub fn record(&mut self, addr: IpAddr, at: SystemTime, line: &str) -> Option<Vec<String>> {
         let at = millis(at);
-        let q = self.failures.entry(addr).or_default();
+        // Most addresses fail once or twice: room for one, not the four a
+        // first push reserves (a million failing addresses, ~100 MB).
+        let q = self
+            .failures
+            .entry(addr)
+            .or_insert_with(|| VecDeque::with_capacity(1));
         let kept = match line.char_indices().nth(MAX_KEPT_LINE) {
             Some((cut, _)) => line[..cut].to_string(),
             None => line.to_string(),

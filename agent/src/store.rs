@@ -66,6 +66,17 @@ pub enum StoreError {
 pub struct BanStore {
     conn: Connection,
     path: PathBuf,
+    batch: Batch,
+}
+
+/// Group commit: while a batch is armed, ban writes join one transaction
+/// (opened by the first of them) that [`BanStore::commit_batch`] ends, so a
+/// burst of bans costs one commit instead of one each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Batch {
+    Off,
+    Armed,
+    Open,
 }
 
 impl BanStore {
@@ -80,7 +91,11 @@ impl BanStore {
         // durable across process crashes, which is what kill -9 tests.
         conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;")
             .map_err(wrap)?;
-        let mut store = BanStore { conn, path };
+        let mut store = BanStore {
+            conn,
+            path,
+            batch: Batch::Off,
+        };
         store.migrate()?;
         Ok(store)
     }
@@ -92,7 +107,11 @@ impl BanStore {
             path: path.clone(),
             source,
         })?;
-        let mut store = BanStore { conn, path };
+        let mut store = BanStore {
+            conn,
+            path,
+            batch: Batch::Off,
+        };
         store.migrate()?;
         Ok(store)
     }
@@ -142,8 +161,9 @@ impl BanStore {
         self.put_bans(std::slice::from_ref(rec), Some(event_at))
     }
 
-    /// Many bans in one transaction; with `event_at`, each goes into the
-    /// history too (bans loaded from a blocklist file do not).
+    /// Many bans in one transaction (or in the armed batch's); with
+    /// `event_at`, each goes into the history too (bans loaded from a
+    /// blocklist file do not).
     pub fn put_bans(
         &mut self,
         recs: &[BanRecord],
@@ -154,38 +174,47 @@ impl BanStore {
             path: path.clone(),
             source,
         };
-        let tx = self.conn.transaction().map_err(wrap)?;
-        {
-            let mut put = tx
-                .prepare_cached(
-                    "INSERT OR REPLACE INTO bans (target, jail, class, banned_at, expires_at, failures, matches)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                )
-                .map_err(wrap)?;
-            let mut hist = tx
-                .prepare_cached(
-                    "INSERT INTO ban_history (target, jail, banned_at) VALUES (?1, ?2, ?3)",
-                )
-                .map_err(wrap)?;
-            for rec in recs {
-                let target = rec.target.to_string();
-                let matches = serde_json::to_string(&rec.matches).unwrap_or_else(|_| "[]".into());
-                put.execute(params![
-                    target,
-                    rec.jail,
-                    rec.class.as_str(),
-                    rec.banned_at,
-                    rec.expires_at,
-                    rec.failures,
-                    matches
-                ])
-                .map_err(wrap)?;
-                if let Some(at) = event_at {
-                    hist.execute(params![target, rec.jail, at]).map_err(wrap)?;
+        match self.batch {
+            Batch::Off => {
+                let tx = self.conn.transaction().map_err(wrap)?;
+                write_bans(&tx, recs, event_at).map_err(wrap)?;
+                tx.commit().map_err(wrap)
+            }
+            Batch::Armed | Batch::Open => {
+                if self.batch == Batch::Armed {
+                    self.conn.execute_batch("BEGIN IMMEDIATE").map_err(wrap)?;
+                    self.batch = Batch::Open;
                 }
+                // A savepoint keeps this call all-or-nothing within the batch.
+                let sp = self.conn.savepoint().map_err(wrap)?;
+                write_bans(&sp, recs, event_at).map_err(wrap)?;
+                sp.commit().map_err(wrap)
             }
         }
-        tx.commit().map_err(wrap)
+    }
+
+    /// From now until [`commit_batch`](Self::commit_batch), ban writes share
+    /// one transaction. Reads on this connection see them before the commit.
+    pub fn arm_batch(&mut self) {
+        if self.batch == Batch::Off {
+            self.batch = Batch::Armed;
+        }
+    }
+
+    /// Commits the batch's bans, if any were written. On error the batch is
+    /// rolled back: none of its bans are stored.
+    pub fn commit_batch(&mut self) -> Result<(), StoreError> {
+        let was = std::mem::replace(&mut self.batch, Batch::Off);
+        if was != Batch::Open {
+            return Ok(());
+        }
+        self.conn.execute_batch("COMMIT").map_err(|source| {
+            let _ = self.conn.execute_batch("ROLLBACK");
+            StoreError::Sqlite {
+                path: self.path.clone(),
+                source,
+            }
+        })
     }
 
     /// Remove one jail's ban of a target, or all of them (`jail = None`).
@@ -258,6 +287,49 @@ impl BanStore {
         Ok(out)
     }
 
+    /// Every stored ban without its matched lines (`matches` is empty),
+    /// handed to `f` row by row so that all bans are never in memory twice.
+    /// Returns how many there were.
+    pub fn for_each_ban(&self, mut f: impl FnMut(BanRecord)) -> Result<usize, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT target, jail, class, banned_at, expires_at, failures FROM bans")
+            .map_err(self.wrap())?;
+        let mut rows = stmt.query([]).map_err(self.wrap())?;
+        let mut n = 0;
+        while let Some(row) = rows.next().map_err(self.wrap())? {
+            let get = |row: &rusqlite::Row| -> rusqlite::Result<_> {
+                Ok((
+                    row.get_ref(0)?.as_str()?.parse::<Target>(),
+                    row.get::<_, String>(1)?,
+                    row.get_ref(2)?.as_str()?.parse::<BanClass>(),
+                    row.get::<_, i64>(3)?,
+                    row.get::<_, Option<i64>>(4)?,
+                    row.get::<_, u32>(5)?,
+                ))
+            };
+            let (target, jail, class, banned_at, expires_at, failures) =
+                get(row).map_err(self.wrap())?;
+            let bad = |message: String| StoreError::BadRow {
+                path: self.path.clone(),
+                target: row.get::<_, String>(0).unwrap_or_default(),
+                jail: jail.clone(),
+                message,
+            };
+            f(BanRecord {
+                target: target.map_err(|e| bad(e.to_string()))?,
+                class: class.map_err(bad)?,
+                jail,
+                banned_at,
+                expires_at,
+                failures,
+                matches: Vec::new(),
+            });
+            n += 1;
+        }
+        Ok(n)
+    }
+
     /// How many times the target was banned since `since` (all jails, or one).
     pub fn ban_count_since(
         &self,
@@ -266,17 +338,21 @@ impl BanStore {
         since: UnixSecs,
     ) -> Result<u32, StoreError> {
         let t = target.to_string();
+        // Cached: this runs for every ban, and parsing it each time costs
+        // more than the indexed lookup.
         match jail {
-            Some(j) => self.conn.query_row(
-                "SELECT COUNT(*) FROM ban_history WHERE target = ?1 AND jail = ?2 AND banned_at >= ?3",
-                params![t, j, since],
-                |r| r.get(0),
-            ),
-            None => self.conn.query_row(
-                "SELECT COUNT(*) FROM ban_history WHERE target = ?1 AND banned_at >= ?2",
-                params![t, since],
-                |r| r.get(0),
-            ),
+            Some(j) => self
+                .conn
+                .prepare_cached(
+                    "SELECT COUNT(*) FROM ban_history WHERE target = ?1 AND jail = ?2 AND banned_at >= ?3",
+                )
+                .and_then(|mut s| s.query_row(params![t, j, since], |r| r.get(0))),
+            None => self
+                .conn
+                .prepare_cached(
+                    "SELECT COUNT(*) FROM ban_history WHERE target = ?1 AND banned_at >= ?2",
+                )
+                .and_then(|mut s| s.query_row(params![t, since], |r| r.get(0))),
         }
         .map_err(self.wrap())
     }
@@ -397,6 +473,38 @@ impl BanStore {
     }
 }
 
+/// The statements of [`BanStore::put_bans`], on a transaction or on the
+/// connection inside an open batch.
+fn write_bans(
+    conn: &Connection,
+    recs: &[BanRecord],
+    event_at: Option<UnixSecs>,
+) -> rusqlite::Result<()> {
+    let mut put = conn.prepare_cached(
+        "INSERT OR REPLACE INTO bans (target, jail, class, banned_at, expires_at, failures, matches)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?;
+    let mut hist = conn
+        .prepare_cached("INSERT INTO ban_history (target, jail, banned_at) VALUES (?1, ?2, ?3)")?;
+    for rec in recs {
+        let target = rec.target.to_string();
+        let matches = serde_json::to_string(&rec.matches).unwrap_or_else(|_| "[]".into());
+        put.execute(params![
+            target,
+            rec.jail,
+            rec.class.as_str(),
+            rec.banned_at,
+            rec.expires_at,
+            rec.failures,
+            matches
+        ])?;
+        if let Some(at) = event_at {
+            hist.execute(params![target, rec.jail, at])?;
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -430,6 +538,18 @@ mod tests {
         bans.sort_by(|a, b| (a.target, &a.jail).cmp(&(b.target, &b.jail)));
         assert_eq!(bans.len(), 3);
         assert_eq!(bans[0], rec("203.0.113.1", "sshd", Some(200)));
+        // The restore path streams the same rows, without the matched lines.
+        let mut streamed = Vec::new();
+        assert_eq!(s.for_each_ban(|r| streamed.push(r)).unwrap(), 3);
+        streamed.sort_by(|a, b| (a.target, &a.jail).cmp(&(b.target, &b.jail)));
+        let without_matches: Vec<BanRecord> = bans
+            .iter()
+            .map(|r| BanRecord {
+                matches: Vec::new(),
+                ..r.clone()
+            })
+            .collect();
+        assert_eq!(streamed, without_matches);
         assert_eq!(s.delete_expired(100).unwrap(), 1);
         assert_eq!(
             s.delete_ban(&"203.0.113.1".parse().unwrap(), Some("web"))
@@ -453,6 +573,38 @@ mod tests {
                 .unwrap(),
             0
         );
+    }
+
+    #[test]
+    fn batched_bans_commit_together() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = BanStore::open(dir.path()).unwrap();
+        let other = BanStore::open(dir.path()).unwrap();
+        s.arm_batch();
+        s.put_ban(&rec("203.0.113.1", "sshd", Some(200)), 100)
+            .unwrap();
+        s.put_ban(&rec("203.0.113.2", "sshd", Some(200)), 100)
+            .unwrap();
+        // This connection reads its own batch (escalation counts need it)...
+        let t1: Target = "203.0.113.1".parse().unwrap();
+        assert_eq!(s.ban_count_since(&t1, None, 0).unwrap(), 1);
+        // ... others see nothing before the commit.
+        assert!(other.load_bans().unwrap().is_empty());
+        s.commit_batch().unwrap();
+        assert_eq!(other.load_bans().unwrap().len(), 2);
+        // A batch without writes commits nothing; one never committed is lost.
+        s.arm_batch();
+        s.commit_batch().unwrap();
+        s.arm_batch();
+        s.put_ban(&rec("203.0.113.3", "sshd", Some(200)), 100)
+            .unwrap();
+        drop(s);
+        assert_eq!(other.load_bans().unwrap().len(), 2);
+        // Outside a batch every put commits at once, as before.
+        let mut s = BanStore::open(dir.path()).unwrap();
+        s.put_ban(&rec("203.0.113.4", "sshd", Some(200)), 100)
+            .unwrap();
+        assert_eq!(other.load_bans().unwrap().len(), 3);
     }
 
     #[test]

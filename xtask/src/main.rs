@@ -1,5 +1,6 @@
 //! `cargo xtask`: builds, runs and tests xban (see `cargo xtask --help`).
 
+mod bench;
 mod cmd;
 mod demo;
 mod install;
@@ -72,6 +73,15 @@ enum Task {
         #[arg(last = true, value_name = "ARGS")]
         args: Vec<OsString>,
     },
+    /// Build, then benchmark (root): log matching vs fail2ban, XDP cost, floods vs iptables/ipset/nft, ban latency, scale; writes BENCHMARKS.md
+    Bench {
+        /// Areas to run (all by default); with a subset, BENCHMARKS.md holds only those
+        #[arg(value_enum, value_name = "AREA")]
+        areas: Vec<bench::Area>,
+        /// Small data sets, one run each (smoke test); writes target/BENCHMARKS-quick.md
+        #[arg(long)]
+        quick: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -90,11 +100,14 @@ fn main() -> ExitCode {
 }
 
 fn dispatch(task: Task) -> Result<()> {
-    if let Task::Test { .. } = task {
-        tasks::require_root_for_tests()?;
+    match task {
+        Task::Test { .. } => tasks::require_root_for_tests()?,
+        Task::Bench { .. } => bench::require_root()?,
+        _ => {}
     }
     let purpose = match task {
         Task::Test { .. } => Purpose::Test,
+        Task::Bench { .. } => Purpose::Bench,
         _ => Purpose::Build,
     };
     prereq::ensure(purpose)?;
@@ -114,6 +127,7 @@ fn dispatch(task: Task) -> Result<()> {
         Task::Uninstall { root } => install::uninstall(root)?,
         Task::Demo { binary } => demo::demo(&ws, binary)?,
         Task::Test { args } => tasks::test(&ws, &args)?,
+        Task::Bench { areas, quick } => bench::run(&ws, &areas, quick)?,
     }
     Ok(())
 }

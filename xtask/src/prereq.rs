@@ -14,6 +14,8 @@ use crate::cmd;
 pub enum Purpose {
     Build,
     Test,
+    /// The tests' tools plus what the benchmarks compare against.
+    Bench,
 }
 
 /// LLVM for building bpf-linker, which must match the LLVM of the nightly
@@ -33,6 +35,8 @@ const TEST_PACKAGES: &[&str] = &[
     "sqlite3",
     "util-linux",
 ];
+/// Compared against by `cargo xtask bench` (fail2ban-regex and the daemon).
+const BENCH_PACKAGES: &[&str] = &["fail2ban"];
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 const BPF_LINKER_INSTALL: &[&str] = &[
     "install",
@@ -47,8 +51,11 @@ const BPF_LINKER_INSTALL: &[&str] = &[
 pub fn ensure(purpose: Purpose) -> Result<()> {
     add_cargo_bin_to_path();
     let mut packages = BUILD_PACKAGES.to_vec();
-    if purpose == Purpose::Test {
+    if matches!(purpose, Purpose::Test | Purpose::Bench) {
         packages.extend_from_slice(TEST_PACKAGES);
+    }
+    if purpose == Purpose::Bench {
+        packages.extend_from_slice(BENCH_PACKAGES);
     }
     let packages = ensure_packages(&packages)?;
     ensure_nightly_rust_src()?;

@@ -6,15 +6,27 @@
 //! medians and ratios. Absolute numbers depend on the machine; the ratios are
 //! the claim.
 
-use std::fmt::Write as _;
-use std::path::Path;
-
-use anyhow::{Context, Result};
-
-use crate::workspace::Workspace;
-
+mod agent;
+mod bpfmap;
 pub mod flood;
+mod lab;
+mod loggen;
+mod logmatch;
 pub mod xdp;
+
+use std::fmt::Write as _;
+use std::fs::File;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use crate::cmd;
+use crate::tasks::{self, Profile};
+use crate::workspace::Workspace;
 
 /// One area's results, rendered as a Markdown section of BENCHMARKS.md.
 #[derive(Debug, Clone)]
@@ -69,7 +81,11 @@ impl Table {
         }
         let mut out = String::new();
         for r in std::iter::once(&self.header).chain(&self.rows) {
-            let line: Vec<String> = r.iter().enumerate().map(|(i, c)| format!("{c:<w$}", w = width[i])).collect();
+            let line: Vec<String> = r
+                .iter()
+                .enumerate()
+                .map(|(i, c)| format!("{c:<w$}", w = width[i]))
+                .collect();
             let _ = writeln!(out, "  {}", line.join("  "));
         }
         out
@@ -91,12 +107,23 @@ pub fn median(xs: &mut [f64]) -> f64 {
 pub fn machine_description() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|t| t.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
         .unwrap_or_else(|| "unknown CPU".into());
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
     let mem_kb: u64 = std::fs::read_to_string("/proc/meminfo")
         .ok()
-        .and_then(|t| t.lines().next().and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok()))
+        .and_then(|t| {
+            t.lines()
+                .next()
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
         .unwrap_or(0);
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     format!(
@@ -106,7 +133,9 @@ pub fn machine_description() -> String {
     )
 }
 
-pub fn write_markdown(path: &Path, sections: &[Section]) -> Result<()> {
+/// `scope` is said at the top: the machine's load, and whether only some
+/// areas ran (or a quick run).
+pub fn write_markdown(path: &Path, sections: &[Section], scope: Option<&str>) -> Result<()> {
     let mut out = String::new();
     let _ = writeln!(out, "# xban benchmarks\n");
     let _ = writeln!(
@@ -114,6 +143,9 @@ pub fn write_markdown(path: &Path, sections: &[Section]) -> Result<()> {
         "Produced by `cargo xtask bench` (as root) on {}. Comparisons ran in the same invocation, alternating, several runs each; figures are medians. Absolute numbers depend on the machine: the ratios are the claim.\n",
         machine_description()
     );
+    if let Some(scope) = scope {
+        let _ = writeln!(out, "{scope}\n");
+    }
     for s in sections {
         let _ = writeln!(out, "## {}\n\n{}\n", s.title, s.method);
         out.push_str(&s.table.markdown());
@@ -138,8 +170,355 @@ pub fn print_section(s: &Section) {
     }
 }
 
+/// The benchmark areas, in the order they run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Area {
+    /// Log matching: `xban regex` vs `fail2ban-regex`, and the agent with 1 and 20 jails.
+    Logmatch,
+    /// Ban latency: log write to XDP map entry, over many bans (fail2ban alongside).
+    Latency,
+    /// Memory and speed at scale: 1M bans, 1M failing addresses, restore, 100k burst.
+    Scale,
+    /// Per-packet XDP cost (BPF_PROG_TEST_RUN) with up to 1M bans + 10k prefixes.
+    Xdp,
+    /// Drop under load on a veth: XDP vs iptables rules, ipset, nftables.
+    Flood,
+}
+
+impl Area {
+    pub const ALL: &'static [Area] = &[
+        Area::Logmatch,
+        Area::Xdp,
+        Area::Flood,
+        Area::Latency,
+        Area::Scale,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Area::Logmatch => "logmatch",
+            Area::Latency => "latency",
+            Area::Scale => "scale",
+            Area::Xdp => "xdp",
+            Area::Flood => "flood",
+        }
+    }
+}
+
+/// What every area needs.
+pub struct Ctx {
+    /// The release agent, with its XDP program embedded.
+    pub xban: PathBuf,
+    /// Scratch space for this run (removed at the end).
+    pub scratch: PathBuf,
+    /// Short run for a smoke test: small data sets, one run each.
+    pub quick: bool,
+}
+
+impl Ctx {
+    /// Full size, or the quick run's size.
+    pub fn size(&self, full: u64, quick: u64) -> u64 {
+        if self.quick {
+            quick
+        } else {
+            full
+        }
+    }
+}
+
 /// Which areas to run (`cargo xtask bench [AREA...]`); all by default.
-pub fn run(ws: &Workspace, areas: &[String]) -> Result<()> {
-    let _ = (ws, areas);
+/// Writes BENCHMARKS.md at the repository root; a quick run writes
+/// BENCHMARKS-quick.md in the target directory instead, so that a smoke test
+/// never replaces the committed figures.
+pub fn run(ws: &Workspace, areas: &[Area], quick: bool) -> Result<()> {
+    let chosen: Vec<Area> = Area::ALL
+        .iter()
+        .copied()
+        .filter(|a| areas.is_empty() || areas.contains(a))
+        .collect();
+    let xban = tasks::build(ws, Profile::Release)?;
+    lab::reap_leftovers();
+    let load_at_start = logmatch::load_average();
+    let scratch = Scratch::new()?;
+    let ctx = Ctx {
+        xban,
+        scratch: scratch.0.clone(),
+        quick,
+    };
+    let mut sections = Vec::new();
+    for &area in &chosen {
+        eprintln!("xtask: bench {}", area.name());
+        let got = match area {
+            Area::Logmatch => logmatch::run(&ctx),
+            Area::Latency => agent::latency(&ctx),
+            Area::Scale => agent::scale(&ctx),
+            // These build (or take XBAN_BIN) themselves; the build is fresh.
+            Area::Xdp => xdp::run(ws, quick),
+            Area::Flood => flood::run(ws, quick),
+        }
+        .with_context(|| format!("bench area {}", area.name()))?;
+        for s in &got {
+            print_section(s);
+        }
+        sections.extend(got);
+    }
+    let names: Vec<&str> = chosen.iter().map(|a| a.name()).collect();
+    // Other work may share the machine; wall-clock figures suffer from it.
+    let mut scope = vec![format!(
+        "1-minute load average: {load_at_start} at the start of the run, {} at the end ({} cores).",
+        logmatch::load_average(),
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    )];
+    if quick {
+        scope.push(
+            "Quick run (--quick): small data sets and one run each; not the published figures."
+                .to_string(),
+        );
+    }
+    if chosen.len() < Area::ALL.len() {
+        scope.push(format!(
+            "**Only these areas were run: {} (`cargo xtask bench {}`).**",
+            names.join(", "),
+            names.join(" ")
+        ));
+    }
+    let scope = Some(scope.join(" "));
+    let out = if quick {
+        ws.target_dir.join("BENCHMARKS-quick.md")
+    } else {
+        ws.root.join("BENCHMARKS.md")
+    };
+    write_markdown(&out, &sections, scope.as_deref())?;
+    eprintln!("xtask: wrote {}", out.display());
     Ok(())
+}
+
+/// Checked before anything is built or installed.
+pub fn require_root() -> Result<()> {
+    if !crate::prereq::is_root() {
+        bail!(
+            "`cargo xtask bench` creates network namespaces, attaches XDP and runs the agent, \
+             so it must run as root, e.g.:\n  sudo -E env \"PATH=$PATH\" cargo xtask bench"
+        );
+    }
+    Ok(())
+}
+
+/// A scratch directory under the system temp dir, removed on drop (also
+/// when a benchmark panics).
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new() -> Result<Scratch> {
+        let dir = std::env::temp_dir().join(format!("xban-bench-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+        Ok(Scratch(dir))
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A command that succeeded: its output, wall time from spawn to exit, and
+/// the CPU time (user + system) it used.
+pub struct Timed {
+    pub stdout: String,
+    pub wall: Duration,
+    pub cpu: Duration,
+}
+
+/// User + system time of this process's reaped children so far.
+fn children_cpu() -> Duration {
+    // SAFETY: getrusage only writes the struct we own; zeroed is a valid rusage.
+    let ru = unsafe {
+        let mut ru: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru);
+        ru
+    };
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
+/// Runs `command` to completion, killing it after `timeout`. Output goes to
+/// files, not pipes, so that a chatty child can never block on a full pipe
+/// while we wait for it.
+pub fn run_timed(command: &mut Command, scratch: &Path, timeout: Duration) -> Result<Timed> {
+    let shown = cmd::display(command);
+    let out_path = scratch.join("cmd.stdout");
+    let err_path = scratch.join("cmd.stderr");
+    command
+        .stdin(Stdio::null())
+        .stdout(File::create(&out_path)?)
+        .stderr(File::create(&err_path)?);
+    // Nothing else reaps children while this one runs, so the difference
+    // is its CPU time.
+    let cpu_before = children_cpu();
+    let started = Instant::now();
+    let mut child = command
+        .spawn()
+        .with_context(|| format!("could not start `{shown}`"))?;
+    // A watchdog, so that the wait below is exact and still bounded.
+    let pid = child.id() as libc::pid_t;
+    let (done_tx, done_rx) = mpsc::channel::<()>();
+    let watchdog = std::thread::spawn(move || {
+        if done_rx.recv_timeout(timeout) == Err(mpsc::RecvTimeoutError::Timeout) {
+            // SAFETY: kill has no memory-safety preconditions; the child is
+            // not yet reaped (we hold its Child), so the pid is still ours.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            return true;
+        }
+        false
+    });
+    let status = child.wait()?;
+    let wall = started.elapsed();
+    let cpu = children_cpu().saturating_sub(cpu_before);
+    let _ = done_tx.send(());
+    let timed_out = watchdog.join().unwrap_or(false);
+    let stdout = std::fs::read_to_string(&out_path).unwrap_or_default();
+    let stderr = std::fs::read_to_string(&err_path).unwrap_or_default();
+    if timed_out {
+        bail!("`{shown}` did not finish within {timeout:?}; killed");
+    }
+    if !status.success() {
+        bail!(
+            "`{shown}` failed ({}{}):\n{}",
+            status,
+            status
+                .signal()
+                .map(|s| format!(", signal {s}"))
+                .unwrap_or_default(),
+            tail(&stderr, 20)
+        );
+    }
+    Ok(Timed { stdout, wall, cpu })
+}
+
+/// The last `n` lines of `text`, for error messages.
+pub fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// Polls `f` every `every` until it yields a value or `timeout` passes.
+pub fn wait_for<T>(
+    timeout: Duration,
+    every: Duration,
+    mut f: impl FnMut() -> Option<T>,
+) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(every);
+    }
+}
+
+/// `1234567` → `1,234,567`.
+pub fn thousands(n: u64) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// A rate or count with a readable number of digits: `1,234,567`, `12.3`.
+pub fn num(x: f64) -> String {
+    if x >= 1000.0 {
+        thousands(x.round() as u64)
+    } else if x >= 100.0 {
+        format!("{x:.0}")
+    } else if x >= 10.0 {
+        format!("{x:.1}")
+    } else {
+        format!("{x:.2}")
+    }
+}
+
+/// A duration in the unit that suits it.
+pub fn dur(d: Duration) -> String {
+    let s = d.as_secs_f64();
+    if s >= 10.0 {
+        format!("{s:.1} s")
+    } else if s >= 1.0 {
+        format!("{s:.2} s")
+    } else if s >= 0.001 {
+        format!("{:.2} ms", s * 1e3)
+    } else {
+        format!("{:.0} µs", s * 1e6)
+    }
+}
+
+/// The `p`-th percentile (0..=100) of a sample, nearest rank.
+pub fn percentile(xs: &mut [f64], p: f64) -> f64 {
+    xs.sort_by(|a, b| a.total_cmp(b));
+    if xs.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p / 100.0) * xs.len() as f64).ceil() as usize;
+    xs[rank.clamp(1, xs.len()) - 1]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn number_formats() {
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(1000), "1,000");
+        assert_eq!(thousands(1_234_567), "1,234,567");
+        assert_eq!(num(1_234_567.4), "1,234,567");
+        assert_eq!(num(12.345), "12.3");
+        assert_eq!(dur(Duration::from_micros(250)), "250 µs");
+        assert_eq!(dur(Duration::from_millis(1500)), "1.50 s");
+    }
+
+    #[test]
+    fn stats() {
+        assert_eq!(median(&mut [3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&mut [4.0, 1.0, 2.0, 3.0]), 2.5);
+        let mut xs: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(percentile(&mut xs, 50.0), 50.0);
+        assert_eq!(percentile(&mut xs, 99.0), 99.0);
+        assert_eq!(percentile(&mut xs, 100.0), 100.0);
+    }
+
+    #[test]
+    fn markdown_says_what_ran() {
+        let dir = std::env::temp_dir().join(format!("xban-bench-md-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut table = Table::new(&["a", "b"]);
+        table.row(vec!["1".into(), "2".into()]);
+        let s = Section {
+            title: "T".into(),
+            method: "M".into(),
+            commands: vec!["cmd".into()],
+            table,
+            notes: vec!["n".into()],
+        };
+        let path = dir.join("B.md");
+        write_markdown(&path, &[s], Some("**Only these areas were run: x.**")).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(text.contains("**Only these areas were run: x.**"), "{text}");
+        assert!(text.contains("| a | b |\n|---|---|\n| 1 | 2 |\n"), "{text}");
+        assert!(
+            text.contains("- n\n") && text.contains("```sh\ncmd\n```"),
+            "{text}"
+        );
+    }
 }

@@ -1,0 +1,868 @@
+//! The agent under load: ban latency (log write to XDP map entry), memory
+//! with a million bans or failing addresses, restore of a million bans at
+//! start, and a burst of 100,000 offenders.
+
+use std::io::Write;
+use std::net::IpAddr;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context, Result};
+
+use super::bpfmap::PinnedTrie;
+use super::lab::Rig;
+use super::loggen::{attacker_addr, sshd_failure};
+use super::{dur, num, percentile, thousands, wait_for, Ctx, Section, Table};
+
+const MAXRETRY: u64 = 3;
+
+fn jail_config(maxretry: u64) -> String {
+    format!(
+        "[defaults]\nmaxretry = {maxretry}\nfindtime = \"10m\"\nbantime = \"1d\"\n\n[jails.sshd]\nfilter = \"sshd\"\nlogpath = [\"{{LOG}}\"]\n"
+    )
+}
+
+/// The current local time as syslog writes it (`Nov 21 05:28:31`): the
+/// agent takes a failure's time from its line, and `findtime` counts from
+/// there, so the lines must carry the real time.
+fn syslog_now() -> String {
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as libc::time_t)
+        .unwrap_or(0);
+    // SAFETY: localtime_r only writes the tm we own; a zeroed tm is valid.
+    let tm = unsafe {
+        let mut tm: libc::tm = std::mem::zeroed();
+        libc::localtime_r(&secs, &mut tm);
+        tm
+    };
+    format!(
+        "{} {:>2} {:02}:{:02}:{:02}",
+        MONTHS[tm.tm_mon.clamp(0, 11) as usize],
+        tm.tm_mday,
+        tm.tm_hour,
+        tm.tm_min,
+        tm.tm_sec
+    )
+}
+
+/// Sleeps in the polling loops are then as short as asked (the default
+/// timer slack of 50 µs would dominate them).
+fn fine_timer_slack() {
+    // SAFETY: PR_SET_TIMERSLACK takes a plain integer and changes only this thread.
+    unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong, 0, 0, 0) };
+}
+
+struct Tries {
+    v4: PinnedTrie,
+    v6: PinnedTrie,
+}
+
+impl Tries {
+    fn open(pin_dir: &Path) -> Result<Tries> {
+        Ok(Tries {
+            v4: PinnedTrie::open(&pin_dir.join("bans_v4"))?,
+            v6: PinnedTrie::open(&pin_dir.join("bans_v6"))?,
+        })
+    }
+
+    fn contains(&self, addr: IpAddr) -> bool {
+        match addr {
+            IpAddr::V4(_) => self.v4.contains(addr),
+            IpAddr::V6(_) => self.v6.contains(addr),
+        }
+    }
+}
+
+// ---- latency ----------------------------------------------------------------
+
+/// Attacker indices for the latency run, away from the other runs' ranges.
+const LATENCY_BASE: u32 = 3_000_000;
+
+pub fn latency(ctx: &Ctx) -> Result<Vec<Section>> {
+    let n = ctx.size(10_000, 300);
+    fine_timer_slack();
+    let mut rig = Rig::new(ctx, &jail_config(MAXRETRY))?;
+    rig.start_and_wait()?;
+    let tries = Tries::open(&rig.files.pin_dir)?;
+    let mut log = rig.log_writer()?;
+    let mut lat_us = Vec::with_capacity(n as usize);
+    let mut missing = 0u64;
+    let poll = Duration::from_micros(20);
+    let timeout = Duration::from_secs(5);
+    let started = Instant::now();
+    for i in 0..n {
+        let addr = attacker_addr(LATENCY_BASE + i as u32);
+        let stamp = syslog_now();
+        let mut first = String::new();
+        for k in 0..MAXRETRY - 1 {
+            first.push_str(&sshd_failure(&stamp, addr, i * MAXRETRY + k));
+            first.push('\n');
+        }
+        let last = format!(
+            "{}\n",
+            sshd_failure(&stamp, addr, i * MAXRETRY + MAXRETRY - 1)
+        );
+        log.write_all(first.as_bytes())?;
+        // The clock starts at the write of the failure that reaches maxretry.
+        let t0 = Instant::now();
+        log.write_all(last.as_bytes())?;
+        loop {
+            if tries.contains(addr) {
+                lat_us.push(t0.elapsed().as_secs_f64() * 1e6);
+                break;
+            }
+            if t0.elapsed() > timeout {
+                missing += 1;
+                break;
+            }
+            std::thread::sleep(poll);
+        }
+    }
+    let total = started.elapsed();
+    let active = rig.status()?["bans_active"].as_u64().unwrap_or(0);
+    let probes = ctx.size(300, 20);
+    let (mut drop_us, lost_early) = drop_latency(&rig, &tries, &mut log, probes)?;
+    let cmd = rig.run_command_text();
+    rig.stop()?;
+    drop(rig);
+    if lat_us.is_empty() {
+        bail!("no ban reached the XDP map within {timeout:?}");
+    }
+
+    let mut table = Table::new(&["", "bans", "p50", "p90", "p99", "max", "mean"]);
+    let mean = lat_us.iter().sum::<f64>() / lat_us.len() as f64;
+    let us = |x: f64| dur(Duration::from_secs_f64(x / 1e6));
+    table.row(vec![
+        "xban: failure line written → XDP map entry".into(),
+        thousands(lat_us.len() as u64),
+        us(percentile(&mut lat_us, 50.0)),
+        us(percentile(&mut lat_us, 90.0)),
+        us(percentile(&mut lat_us, 99.0)),
+        us(percentile(&mut lat_us, 100.0)),
+        us(mean),
+    ]);
+    let mut notes = vec![format!(
+        "{} of {} bans reached the map within {timeout:?}{}; the agent reported {} active bans at the end. The {} bans took {:.1} s in all, one address at a time.",
+        thousands(lat_us.len() as u64),
+        thousands(n),
+        if missing > 0 {
+            format!(" ({missing} did not: a failure)")
+        } else {
+            String::new()
+        },
+        thousands(active),
+        thousands(n),
+        total.as_secs_f64()
+    )];
+    if !drop_us.is_empty() {
+        let mean = drop_us.iter().sum::<f64>() / drop_us.len() as f64;
+        table.row(vec![
+            "xban: failure line written → first dropped packet".into(),
+            thousands(drop_us.len() as u64),
+            us(percentile(&mut drop_us, 50.0)),
+            us(percentile(&mut drop_us, 90.0)),
+            us(percentile(&mut drop_us, 99.0)),
+            us(percentile(&mut drop_us, 100.0)),
+            us(mean),
+        ]);
+    }
+    notes.push(format!(
+        "First dropped packet: for {} more IPv4 addresses (each added to the peer's end of the veth), the peer sends a numbered UDP packet from the address to the agent's side every {} µs, from before the failure lines are written until {} ms after the trie entry appears; the first dropped packet is the one after the last that arrived, and its send time minus the write time is the figure. It includes up to one packet interval.{}",
+        thousands(probes),
+        PROBE_INTERVAL.as_micros(),
+        PROBE_TAIL.as_millis(),
+        if lost_early > 0 {
+            format!(" {lost_early} address(es) lost a packet before the ban and were left out.")
+        } else {
+            String::new()
+        }
+    ));
+    let f2b = fail2ban_latency(ctx, ctx.size(300, 20));
+    match f2b {
+        Ok((mut lats, count, backend)) => {
+            let mean = lats.iter().sum::<f64>() / lats.len() as f64;
+            table.row(vec![
+                "fail2ban 1.0.2: failure line written → actionban runs".into(),
+                thousands(lats.len() as u64),
+                us(percentile(&mut lats, 50.0)),
+                us(percentile(&mut lats, 90.0)),
+                us(percentile(&mut lats, 99.0)),
+                us(percentile(&mut lats, 100.0)),
+                us(mean),
+            ]);
+            notes.push(format!(
+                "fail2ban ran as its own daemon (`fail2ban-server -f` with a private config dir, backend `{F2B_BACKEND}` which chose `{backend}`, one sshd jail, maxretry {MAXRETRY}) on its own log, with a dummy action `actionban = echo \"$(date +%s.%N) <ip>\" >> FILE`: its figure is write → the action's timestamp, i.e. before any firewall work, so it flatters fail2ban. {count} bans, fewer than xban's because each takes fail2ban far longer.",
+            ));
+        }
+        Err(e) => notes.push(format!(
+            "fail2ban's latency could not be measured in this run ({e:#}); it is left out rather than estimated."
+        )),
+    }
+    Ok(vec![Section {
+        title: "Ban latency: log line to XDP map entry".into(),
+        method: format!(
+            "The real agent in its own network namespace (XDP on a veth, native mode), one sshd jail, maxretry {MAXRETRY}. For each of {} distinct addresses (IPv4 and every 7th IPv6), {} failure lines are appended to the followed log, then the {}rd; the clock starts just before that last write(2) and stops when the address's entry is found in the pinned LPM trie (`bans_v4`/`bans_v6`, looked up with the bpf(2) syscall every 20 µs, timer slack 1 ns). Addresses go one at a time, each after the previous one's entry appeared.",
+            thousands(n),
+            MAXRETRY - 1,
+            MAXRETRY
+        ),
+        commands: vec![cmd],
+        table,
+        notes,
+    }])
+}
+
+/// Attacker indices for the packet probes, away from the other runs' ranges.
+const PROBE_BASE: u32 = 3_600_000;
+const PROBE_INTERVAL: Duration = Duration::from_micros(50);
+/// Probing goes on this long after the trie entry appeared.
+const PROBE_TAIL: Duration = Duration::from_millis(5);
+const PROBE_PORT_ANY: u16 = 0;
+
+/// What the sender in the peer namespace is told.
+enum Probe {
+    /// Send numbered packets from this address to `to` until `Stop`.
+    Start(std::net::Ipv4Addr, std::net::SocketAddr),
+    Stop,
+    Quit,
+}
+
+/// Write → first dropped packet, for `n` IPv4 addresses one at a time.
+/// Returns the latencies in µs and how many addresses lost a packet before
+/// their ban (left out).
+fn drop_latency(
+    rig: &Rig,
+    tries: &Tries,
+    log: &mut std::fs::File,
+    n: u64,
+) -> Result<(Vec<f64>, u64)> {
+    use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::{mpsc, Arc};
+
+    let addrs: Vec<Ipv4Addr> = (PROBE_BASE..)
+        .filter_map(|i| match attacker_addr(i) {
+            IpAddr::V4(a) => Some(a),
+            IpAddr::V6(_) => None,
+        })
+        .take(n as usize)
+        .collect();
+    for a in &addrs {
+        rig.lab.add_peer_v4(*a)?;
+    }
+    // The receiver keeps the (probe, sequence number) of the latest packet.
+    let latest = Arc::new(AtomicU64::new(u64::MAX));
+    let stop = Arc::new(AtomicBool::new(false));
+    let (port_tx, port_rx) = mpsc::channel();
+    let receiver = {
+        let (latest, stop) = (latest.clone(), stop.clone());
+        super::lab::in_netns(&rig.lab.srv_ns, move || -> Result<()> {
+            let sock = UdpSocket::bind((super::lab::SRV_V4, PROBE_PORT_ANY))?;
+            sock.set_read_timeout(Some(Duration::from_millis(50)))?;
+            port_tx.send(sock.local_addr()?)?;
+            let mut buf = [0u8; 16];
+            while !stop.load(Ordering::Relaxed) {
+                if let Ok((8, _)) = sock.recv_from(&mut buf) {
+                    latest.store(u64::from_le_bytes(buf[..8].try_into()?), Ordering::Relaxed);
+                }
+            }
+            Ok(())
+        })
+    };
+    let to: SocketAddr = port_rx
+        .recv_timeout(Duration::from_secs(5))
+        .context("the probe receiver did not start")?;
+    let (cmd_tx, cmd_rx) = mpsc::channel::<Probe>();
+    let (sent_tx, sent_rx) = mpsc::channel::<Vec<Instant>>();
+    let sender = super::lab::in_netns(&rig.lab.peer_ns, move || -> Result<()> {
+        fine_timer_slack();
+        loop {
+            let (from, to) = match cmd_rx.recv()? {
+                Probe::Start(from, to) => (from, to),
+                Probe::Stop => continue,
+                Probe::Quit => return Ok(()),
+            };
+            let sock = UdpSocket::bind((from, 0))?;
+            let mut sent = Vec::new();
+            // The probe index travels in the high half of the payload.
+            let probe = u64::from(u32::from(from));
+            loop {
+                let word = probe << 32 | sent.len() as u64;
+                sent.push(Instant::now());
+                sock.send_to(&word.to_le_bytes(), to)?;
+                match cmd_rx.try_recv() {
+                    Ok(_) => break,
+                    Err(mpsc::TryRecvError::Empty) => std::thread::sleep(PROBE_INTERVAL),
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            sent_tx.send(sent)?;
+        }
+    });
+
+    let mut lats = Vec::new();
+    let mut lost_early = 0;
+    let result = (|| -> Result<()> {
+        for (i, a) in addrs.iter().enumerate() {
+            let probe = u64::from(u32::from(*a));
+            cmd_tx.send(Probe::Start(*a, to))?;
+            // Packets must flow first (the first one waits for ARP).
+            wait_for(Duration::from_secs(2), Duration::from_micros(100), || {
+                (latest.load(Ordering::Relaxed) >> 32 == probe).then_some(())
+            })
+            .with_context(|| format!("no probe packet from {a} reached the agent's side"))?;
+            let stamp = syslog_now();
+            let addr = IpAddr::V4(*a);
+            let line = |k: u64| sshd_failure(&stamp, addr, (i as u64) * MAXRETRY + k) + "\n";
+            let first: String = (0..MAXRETRY - 1).map(line).collect();
+            log.write_all(first.as_bytes())?;
+            let t0 = Instant::now();
+            log.write_all(line(MAXRETRY - 1).as_bytes())?;
+            let banned = wait_for(Duration::from_secs(5), Duration::from_micros(20), || {
+                tries.contains(addr).then_some(())
+            });
+            std::thread::sleep(PROBE_TAIL);
+            cmd_tx.send(Probe::Stop)?;
+            let sent = sent_rx.recv_timeout(Duration::from_secs(5))?;
+            // Let the last packets that got through be read.
+            std::thread::sleep(Duration::from_millis(2));
+            if banned.is_none() {
+                bail!("{a} was not banned within 5 s");
+            }
+            let last = latest.load(Ordering::Relaxed);
+            if last >> 32 != probe {
+                bail!("no packet from {a} arrived at all");
+            }
+            let first_dropped = (last & 0xffff_ffff) as usize + 1;
+            match sent.get(first_dropped) {
+                Some(t) if *t >= t0 => lats.push(t.duration_since(t0).as_secs_f64() * 1e6),
+                Some(_) => lost_early += 1,
+                None => bail!("every probe packet from {a} arrived: nothing was dropped"),
+            }
+        }
+        Ok(())
+    })();
+    let _ = cmd_tx.send(Probe::Quit);
+    stop.store(true, Ordering::Relaxed);
+    let sender_result = sender.join();
+    let _ = receiver.join();
+    result?;
+    if let Ok(Ok(Err(e))) = sender_result {
+        return Err(e.context("probe sender"));
+    }
+    Ok((lats, lost_early))
+}
+
+/// fail2ban's backend: pyinotify when installed, else polling (the jail
+/// config says `auto`).
+const F2B_BACKEND: &str = "auto";
+
+/// fail2ban-server on a private config, its own log and socket; returns
+/// write → actionban latencies in µs. Runs in the root namespace: its only
+/// action is a `date` into a file, so it touches no firewall.
+fn fail2ban_latency(ctx: &Ctx, n: u64) -> Result<(Vec<f64>, u64, String)> {
+    let dir = ctx.scratch.join("fail2ban");
+    let conf = dir.join("conf");
+    std::fs::create_dir_all(conf.join("action.d"))?;
+    std::fs::create_dir_all(conf.join("filter.d"))?;
+    std::fs::create_dir_all(conf.join("jail.d"))?;
+    // The stock sshd filter and what it includes.
+    for f in ["sshd.conf", "common.conf"] {
+        std::fs::copy(
+            Path::new("/etc/fail2ban/filter.d").join(f),
+            conf.join("filter.d").join(f),
+        )
+        .with_context(|| format!("/etc/fail2ban/filter.d/{f} (is fail2ban installed?)"))?;
+    }
+    let log = dir.join("auth.log");
+    let bans = dir.join("bans.txt");
+    let sock = dir.join("fail2ban.sock");
+    let pid = dir.join("fail2ban.pid");
+    std::fs::write(&log, "")?;
+    std::fs::write(&bans, "")?;
+    std::fs::write(
+        conf.join("fail2ban.conf"),
+        format!(
+            "[Definition]\nloglevel = INFO\nlogtarget = {}\nsocket = {}\npidfile = {}\ndbfile = {}\ndbpurgeage = 1d\n",
+            dir.join("fail2ban.log").display(),
+            sock.display(),
+            pid.display(),
+            dir.join("fail2ban.sqlite3").display()
+        ),
+    )?;
+    std::fs::write(
+        conf.join("action.d").join("stamp.conf"),
+        format!(
+            "[Definition]\nactionstart =\nactionstop =\nactioncheck =\nactionban = echo \"$(date +%%s.%%N) <ip>\" >> {}\nactionunban =\n",
+            bans.display()
+        ),
+    )?;
+    std::fs::write(
+        conf.join("jail.conf"),
+        format!(
+            "[DEFAULT]\nbackend = {F2B_BACKEND}\nusedns = no\nmaxretry = {MAXRETRY}\nfindtime = 10m\nbantime = 1d\n\n[sshd]\nenabled = true\nfilter = sshd\nlogpath = {}\naction = stamp\n",
+            log.display()
+        ),
+    )?;
+    let mut server = Command::new("fail2ban-server");
+    server
+        .arg("-f")
+        .arg("-c")
+        .arg(&conf)
+        .arg("-s")
+        .arg(&sock)
+        .arg("-p")
+        .arg(&pid)
+        .arg("-x")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::fs::File::create(dir.join("server.out"))?)
+        .stderr(std::fs::File::create(dir.join("server.err"))?);
+    let child = server.spawn().context("start fail2ban-server")?;
+    let mut guard = ChildGuard(Some(child));
+    // Ready when the jail answers on the socket.
+    let ready = wait_for(Duration::from_secs(30), Duration::from_millis(100), || {
+        let out = Command::new("fail2ban-client")
+            .arg("-s")
+            .arg(&sock)
+            .args(["status", "sshd"])
+            .output()
+            .ok()?;
+        out.status.success().then_some(())
+    });
+    if ready.is_none() {
+        bail!(
+            "fail2ban-server did not answer within 30 s: {}",
+            std::fs::read_to_string(dir.join("server.err")).unwrap_or_default()
+        );
+    }
+    let mut lats = Vec::new();
+    let mut out = std::fs::OpenOptions::new().append(true).open(&log)?;
+    for i in 0..n {
+        // One line per ban in the stamp file so far.
+        let seen = i as usize;
+        let addr = attacker_addr(LATENCY_BASE + 500_000 + i as u32);
+        let stamp = syslog_now();
+        let mut first = String::new();
+        for k in 0..MAXRETRY - 1 {
+            first.push_str(&sshd_failure(&stamp, addr, i * MAXRETRY + k));
+            first.push('\n');
+        }
+        let last = format!(
+            "{}\n",
+            sshd_failure(&stamp, addr, i * MAXRETRY + MAXRETRY - 1)
+        );
+        out.write_all(first.as_bytes())?;
+        let written = SystemTime::now();
+        out.write_all(last.as_bytes())?;
+        let want = addr.to_string();
+        let stamp_line = wait_for(Duration::from_secs(10), Duration::from_millis(1), || {
+            let text = std::fs::read_to_string(&bans).ok()?;
+            let line = text.lines().nth(seen)?;
+            line.ends_with(&want).then(|| line.to_string())
+        });
+        let Some(line) = stamp_line else {
+            bail!(
+                "fail2ban did not ban {addr} within 10 s (ban {} of {n})",
+                i + 1
+            );
+        };
+        let at: f64 = line
+            .split_whitespace()
+            .next()
+            .and_then(|s| s.parse().ok())
+            .with_context(|| format!("unreadable stamp line {line:?}"))?;
+        let w = written.duration_since(UNIX_EPOCH)?.as_secs_f64();
+        lats.push((at - w) * 1e6);
+    }
+    let _ = Command::new("fail2ban-client")
+        .arg("-s")
+        .arg(&sock)
+        .arg("stop")
+        .output();
+    if let Some(mut c) = guard.0.take() {
+        let _ = wait_for(Duration::from_secs(10), Duration::from_millis(100), || {
+            c.try_wait().ok().flatten()
+        });
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    // "Initiated 'pyinotify' backend" in its log says what `auto` chose.
+    let backend = std::fs::read_to_string(dir.join("fail2ban.log"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| {
+            l.split_once("Initiated '")
+                .and_then(|(_, r)| r.split_once('\''))
+        })
+        .map_or_else(|| "?".to_string(), |(b, _)| b.to_string());
+    Ok((lats, n, backend))
+}
+
+/// Kills the child on drop (a benchmark that fails midway leaves nothing).
+struct ChildGuard(Option<std::process::Child>);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+// ---- scale ------------------------------------------------------------------
+
+fn mib(kib: u64) -> String {
+    format!("{:.0} MiB", kib as f64 / 1024.0)
+}
+
+fn bytes_mib(b: u64) -> String {
+    if b < 10 << 20 {
+        format!("{:.0} KiB", b as f64 / 1024.0)
+    } else {
+        format!("{:.0} MiB", b as f64 / 1024.0 / 1024.0)
+    }
+}
+
+/// `count` failure lines for distinct addresses from `base` on, `passes`
+/// times over (pass-major: every address fails once, then again, ...).
+fn failure_lines(base: u32, count: u64, passes: u64) -> Vec<u8> {
+    let stamp = syslog_now();
+    let mut out = Vec::with_capacity((count * passes * 110) as usize);
+    for p in 0..passes {
+        for i in 0..count {
+            let addr = attacker_addr(base + i as u32);
+            out.extend_from_slice(sshd_failure(&stamp, addr, p * count + i).as_bytes());
+            out.push(b'\n');
+        }
+    }
+    out
+}
+
+pub fn scale(ctx: &Ctx) -> Result<Vec<Section>> {
+    fine_timer_slack();
+    let mut mem = Table::new(&[
+        "agent state",
+        "VmRSS",
+        "VmHWM",
+        "ban tries in the kernel (bytes_memlock)",
+    ]);
+    let mut mem_notes = Vec::new();
+    let mut commands = Vec::new();
+
+    // Idle, then a million (quick: fewer) distinct addresses failing once.
+    let failing = ctx.size(1_000_000, 20_000);
+    let mut rig = Rig::new(ctx, &jail_config(MAXRETRY))?;
+    rig.start_and_wait()?;
+    commands.push(rig.run_command_text());
+    commands.push(rig.bpftool_command_text());
+    commands.push("grep -E 'VmRSS|VmHWM' /proc/$(pidof xban)/status".into());
+    let (rss, hwm) = rig.memory_kib()?;
+    let (m4, m6) = rig.ban_map_bytes()?;
+    mem.row(vec![
+        "idle, 1 jail, no bans".into(),
+        mib(rss),
+        mib(hwm),
+        bytes_mib(m4 + m6),
+    ]);
+    let data = failure_lines(0, failing, 1);
+    let started = Instant::now();
+    rig.append(&data)?;
+    drop(data);
+    let counted = wait_for(
+        Duration::from_secs(60 + failing / 2_000),
+        Duration::from_millis(100),
+        || (rig.jail_counter(0, "failures_total").ok()? >= failing).then_some(()),
+    );
+    let count_time = started.elapsed();
+    if counted.is_none() {
+        bail!(
+            "the agent did not count {failing} failures in time: {}",
+            rig.status()?
+        );
+    }
+    let (rss, hwm) = rig.memory_kib()?;
+    let failing_now = rig.status()?["jails"][0]["failing_now"]
+        .as_u64()
+        .unwrap_or(0);
+    mem.row(vec![
+        format!(
+            "{} distinct addresses failing once each",
+            thousands(failing)
+        ),
+        mib(rss),
+        mib(hwm),
+        "no bans".into(),
+    ]);
+    mem_notes.push(format!(
+        "{} failing addresses were held in the jail's window ({} per the agent) after {:.1} s to read and count them ({} lines/s).",
+        thousands(failing),
+        thousands(failing_now),
+        count_time.as_secs_f64(),
+        num(failing as f64 / count_time.as_secs_f64())
+    ));
+    rig.stop()?;
+    drop(rig);
+
+    // A burst: 100,000 addresses, maxretry failures each, in one write.
+    let burst = ctx.size(100_000, 5_000);
+    let mut rig = Rig::new(ctx, &jail_config(MAXRETRY))?;
+    rig.start_and_wait()?;
+    let tries = Tries::open(&rig.files.pin_dir)?;
+    let base = 1_000_000u32;
+    let last = attacker_addr(base + burst as u32 - 1);
+    let data = failure_lines(base, burst, MAXRETRY);
+    let started = Instant::now();
+    rig.append(&data)?;
+    drop(data);
+    let timeout = Duration::from_secs(60 + burst / 100);
+    // Lines are handled in order: once the last address is in the trie,
+    // all are (checked below).
+    let last_in = wait_for(timeout, Duration::from_micros(200), || {
+        tries.contains(last).then_some(())
+    });
+    let burst_time = started.elapsed();
+    if last_in.is_none() {
+        bail!(
+            "the burst of {burst} was not banned within {timeout:?}: {}",
+            rig.status()?
+        );
+    }
+    let status = rig.status()?;
+    let active = status["bans_active"].as_u64().unwrap_or(0);
+    if active != burst {
+        bail!("after the burst the agent has {active} active bans, not {burst}");
+    }
+    let (rss, hwm) = rig.memory_kib()?;
+    let (m4, m6) = rig.ban_map_bytes()?;
+    mem.row(vec![
+        format!("after a burst of {} bans", thousands(burst)),
+        mib(rss),
+        mib(hwm),
+        bytes_mib(m4 + m6),
+    ]);
+    rig.stop()?;
+    drop(rig);
+    let mut burst_table = Table::new(&["burst", "lines", "time to the last ban in XDP", "bans/s"]);
+    burst_table.row(vec![
+        format!("{} addresses × {MAXRETRY} failures", thousands(burst)),
+        thousands(burst * MAXRETRY),
+        format!("{:.2} s", burst_time.as_secs_f64()),
+        num(burst as f64 / burst_time.as_secs_f64()),
+    ]);
+
+    // A million bans restored at start.
+    let bans = ctx.size(1_000_000, 20_000);
+    let (restore_table, restore_notes) = restore(ctx, bans, &mut mem)?;
+
+    Ok(vec![
+        Section {
+            title: "Memory at scale".into(),
+            method: "The real agent (one sshd jail, maxretry 3) in its own network namespace. Agent memory is VmRSS (now) and VmHWM (peak) from /proc/PID/status; kernel memory of the two ban LPM tries is bpftool's `bytes_memlock`. Failing addresses: one failure line each for distinct addresses (IPv4 and every 7th IPv6), appended at once, read once the jail has counted them all. Bans: see the burst and restore sections.".into(),
+            commands,
+            table: mem,
+            notes: mem_notes,
+        },
+        Section {
+            title: format!("Burst: {} offenders at once", thousands(burst)),
+            method: format!(
+                "{} distinct addresses, {MAXRETRY} failure lines each (every address once, then again, then a third time), appended to the followed log in one write; the clock runs until the last address's entry is in the pinned trie (looked up with bpf(2) every 200 µs); the agent then reports exactly that many active bans (`xban status --json`). Each ban is written to SQLite, checked against the ban history (escalation), put in the XDP trie and logged.",
+                thousands(burst)
+            ),
+            commands: vec![],
+            table: burst_table,
+            notes: vec![],
+        },
+        Section {
+            title: format!("Restore: {} bans at start", thousands(bans)),
+            method: format!(
+                "The `bans` table is filled with {} active bans (90% IPv4, 10% IPv6, each with its 3 matched log lines, like real ones) with sqlite3, after an agent run created the schema. Cold: `xban teardown` first, so the agent creates the maps and inserts every entry. Warm: the agent is stopped (keep_on_exit) and started again, adopting the pinned maps that already hold the entries. Times from spawning `xban run` to its `bans restored` and `xban ready` log lines (the agent's own timestamps) and to the first answer to `status` on the control socket.",
+                thousands(bans)
+            ),
+            commands: vec![
+                "sqlite3 STATE/xban.sqlite3 'WITH RECURSIVE n(i) AS (...) INSERT INTO bans SELECT ... FROM n'".into(),
+            ],
+            table: restore_table,
+            notes: restore_notes,
+        },
+    ])
+}
+
+/// Seconds since the epoch of a tracing timestamp (`2026-11-21T06:04:23.123456Z`).
+pub fn parse_rfc3339_utc(s: &str) -> Option<f64> {
+    let s = s.strip_suffix('Z')?;
+    let (date, time) = s.split_once('T')?;
+    let mut d = date.split('-').map(|x| x.parse::<i64>());
+    let (y, m, day) = (d.next()?.ok()?, d.next()?.ok()?, d.next()?.ok()?);
+    let mut t = time.split(':');
+    let (hh, mm) = (
+        t.next()?.parse::<i64>().ok()?,
+        t.next()?.parse::<i64>().ok()?,
+    );
+    let ss: f64 = t.next()?.parse().ok()?;
+    // Days from civil (Howard Hinnant's algorithm).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (m + if m > 2 { -3 } else { 9 }) + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some((days * 86_400 + hh * 3600 + mm * 60) as f64 + ss)
+}
+
+/// When the agent logged the first line containing `needle`, as seconds
+/// after `since`.
+pub fn log_time_after(log: &str, needle: &str, since: SystemTime) -> Option<f64> {
+    let line = log.lines().find(|l| l.contains(needle))?;
+    let stamp = line.split_whitespace().next()?;
+    let at = parse_rfc3339_utc(stamp)?;
+    Some(at - since.duration_since(UNIX_EPOCH).ok()?.as_secs_f64())
+}
+
+fn restore(ctx: &Ctx, bans: u64, mem: &mut Table) -> Result<(Table, Vec<String>)> {
+    let mut rig = Rig::new(ctx, &jail_config(MAXRETRY))?;
+    // A first run creates the database and its schema (the agent's own migration).
+    rig.start_and_wait()?;
+    rig.teardown()?;
+    let db = rig.files.state.join("xban.sqlite3");
+    let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
+    let sql = prefill_sql(bans, now);
+    let started = Instant::now();
+    let out = Command::new("sqlite3")
+        .arg(&db)
+        .arg(&sql)
+        .output()
+        .context("run sqlite3")?;
+    if !out.status.success() {
+        bail!(
+            "sqlite3 prefill failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    eprintln!(
+        "xtask: {} bans written to {} in {:.1} s",
+        thousands(bans),
+        db.display(),
+        started.elapsed().as_secs_f64()
+    );
+    let mut table = Table::new(&[
+        "start",
+        "→ `bans restored` logged",
+        "→ `xban ready` logged",
+        "→ `status` answered",
+    ]);
+    let mut notes = Vec::new();
+    for (label, cold) in [("cold (empty maps)", true), ("warm (maps pinned)", false)] {
+        if !cold {
+            rig.stop()?;
+        }
+        rig.start()?;
+        let spawned = rig.spawned_at().context("just started")?;
+        let answered = rig.wait_ready(Duration::from_secs(600))?;
+        let log = rig.agent_log();
+        let restored = log_time_after(&log, "bans restored", spawned);
+        let ready = log_time_after(&log, "xban ready", spawned);
+        let line = log
+            .lines()
+            .find(|l| l.contains("bans restored"))
+            .unwrap_or("(no `bans restored` line)")
+            .to_string();
+        let status = rig.status()?;
+        let active = status["bans_active"].as_u64().unwrap_or(0);
+        let entries = status["map_entries"].as_u64().unwrap_or(0);
+        if active != bans || entries != bans {
+            bail!("after restore: {active} active bans and {entries} map entries, not {bans}");
+        }
+        let secs = |x: Option<f64>| x.map_or("?".into(), |s| format!("{s:.2} s"));
+        table.row(vec![
+            label.into(),
+            secs(restored),
+            secs(ready),
+            format!("{:.2} s", answered.as_secs_f64()),
+        ]);
+        notes.push(format!(
+            "{label}: the agent logged `{}`",
+            line.split_once("INFO")
+                .map_or(line.as_str(), |(_, r)| r.trim())
+        ));
+        let (rss, hwm) = rig.memory_kib()?;
+        let (m4, m6) = rig.ban_map_bytes()?;
+        mem.row(vec![
+            format!("{} active bans, restored {label}", thousands(bans)),
+            mib(rss),
+            mib(hwm),
+            format!(
+                "{} (v4 {}, v6 {})",
+                bytes_mib(m4 + m6),
+                bytes_mib(m4),
+                bytes_mib(m6)
+            ),
+        ]);
+    }
+    rig.stop()?;
+    drop(rig);
+    let slowest = table
+        .rows
+        .iter()
+        .filter_map(|r| r[3].trim_end_matches(" s").parse::<f64>().ok())
+        .fold(0.0, f64::max);
+    notes.push(format!(
+        "Target: {} bans restored in seconds, not minutes: {} (slowest start to `status` answered: {slowest:.1} s).",
+        thousands(bans),
+        if slowest < 60.0 { "met" } else { "MISSED" }
+    ));
+    Ok((table, notes))
+}
+
+/// `count` distinct active bans with realistic matched lines, by one
+/// recursive CTE (no data files). Textual addresses as the agent writes them.
+fn prefill_sql(count: u64, now: u64) -> String {
+    format!(
+        "BEGIN;
+WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < {last}),
+a(i, addr) AS (SELECT i, CASE WHEN i % 10 = 9
+    THEN printf('2001:db8:bad:%x::%x', i >> 16, (i & 65535) | 1)
+    ELSE printf('100.%d.%d.%d', 64 + ((i >> 16) & 63), (i >> 8) & 255, i & 255) END FROM n)
+INSERT INTO bans (target, jail, class, banned_at, expires_at, failures, matches)
+SELECT addr, 'sshd', 'drop', {now}, {exp}, 3, json_array(
+    printf('Nov 21 05:28:31 bastion sshd[%d]: Failed password for invalid user admin from %s port %d ssh2', 1000 + i % 60000, addr, 1024 + i % 64000),
+    printf('Nov 21 05:28:32 bastion sshd[%d]: Failed password for invalid user admin from %s port %d ssh2', 1000 + i % 60000, addr, 1025 + i % 64000),
+    printf('Nov 21 05:28:33 bastion sshd[%d]: Failed password for invalid user admin from %s port %d ssh2', 1000 + i % 60000, addr, 1026 + i % 64000))
+FROM a;
+COMMIT;",
+        last = count - 1,
+        exp = now + 86_400
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tracing_timestamps() {
+        assert_eq!(parse_rfc3339_utc("1970-01-01T00:00:00.000000Z"), Some(0.0));
+        assert_eq!(
+            parse_rfc3339_utc("2026-11-21T06:04:23.5Z"),
+            Some(1_795_241_063.5)
+        );
+        assert_eq!(parse_rfc3339_utc("2026-11-21 06:04:23"), None);
+        let log =
+            "2026-11-21T06:04:23.500000Z  INFO xban::agent: bans restored from /x restored=3\n";
+        let since = UNIX_EPOCH + Duration::from_secs(1_795_241_063);
+        assert_eq!(log_time_after(log, "bans restored", since), Some(0.5));
+        assert_eq!(log_time_after(log, "xban ready", since), None);
+    }
+
+    #[test]
+    fn syslog_now_shape() {
+        let s = syslog_now();
+        assert_eq!(s.len(), 15, "{s}");
+        assert_eq!(&s[9..10], ":");
+    }
+}
