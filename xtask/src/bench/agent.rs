@@ -147,9 +147,10 @@ pub fn latency(ctx: &Ctx) -> Result<Vec<Section>> {
         us(mean),
     ]);
     let mut notes = vec![format!(
-        "{} of {} bans reached the map within {timeout:?}{}; the agent reported {} active bans at the end. The {} bans took {:.1} s in all, one address at a time.",
+        "{} of {} bans reached the map within {}{}; the agent reported {} active bans at the end. The {} bans took {:.1} s in all, one address at a time.",
         thousands(lat_us.len() as u64),
         thousands(n),
+        dur(timeout),
         if missing > 0 {
             format!(" ({missing} did not: a failure)")
         } else {
@@ -786,9 +787,13 @@ fn restore(ctx: &Ctx, bans: u64, mem: &mut Table) -> Result<(Table, Vec<String>)
             format!("{:.2} s", answered.as_secs_f64()),
         ]);
         notes.push(format!(
-            "{label}: the agent logged `{}`",
+            "{label}: the agent logged `{}`; its first `status` answer came {} after `xban ready` (`status` reads every entry of the kernel tries to report `map_entries`).",
             line.split_once("INFO")
-                .map_or(line.as_str(), |(_, r)| r.trim())
+                .map_or(line.as_str(), |(_, r)| r.trim()),
+            match ready {
+                Some(r) => format!("{:.2} s", answered.as_secs_f64() - r),
+                None => "?".into(),
+            }
         ));
         let (rss, hwm) = rig.memory_kib()?;
         let (m4, m6) = rig.ban_map_bytes()?;

@@ -290,12 +290,12 @@ fn regex_section(
     Ok(Section {
         title: "Log matching: sshd filter, xban vs fail2ban".into(),
         method: format!(
-            "One generated auth.log of {} lines ({:.0} MB, seed {SEED:#x}): {:.1}% failures from {} IPv4/IPv6 attacker addresses, the rest attack noise (PAM, pre-auth disconnects) and ordinary sshd/PAM/cron/logind/systemd/sudo/kernel lines. Each tool ran {} time(s) on it, alternating, pinned to CPU 0 (`taskset -c 0`), file in the page cache. lines/s (wall) = lines / wall time of the whole process (start, filter compilation, reading, matching); CPU time = the process's user + system time (getrusage); own timer = xban's `lines_per_sec`, fail2ban's `[processed in S sec]`. Medians.",
+            "One generated auth.log of {} lines ({:.0} MB, seed {SEED:#x}): {:.1}% failures from {} IPv4/IPv6 attacker addresses, the rest attack noise (PAM, pre-auth disconnects) and ordinary sshd/PAM/cron/logind/systemd/sudo/kernel lines. Each tool ran {} on it, alternating, pinned to CPU 0 (`taskset -c 0`), file in the page cache. lines/s (wall) = lines / wall time of the whole process (start, filter compilation, reading, matching); CPU time = the process's user + system time (getrusage); own timer = xban's `lines_per_sec`, fail2ban's `[processed in S sec]`. Medians.",
             thousands(stats.lines),
             stats.bytes as f64 / 1e6,
             100.0 * (stats.failures_both + stats.failures_xban_only) as f64 / stats.lines as f64,
             thousands(stats.attackers),
-            xban.len()
+            super::times(xban.len())
         ),
         commands: vec![
             format!(
@@ -464,9 +464,9 @@ fn agent_section(ctx: &Ctx, log: &Path, stats: &LogStats) -> Result<Section> {
     Ok(Section {
         title: "Log matching in the agent: 1 and 20 jails on one log".into(),
         method: format!(
-            "The real agent (`xban run`, in its own network namespace, XDP on a veth) follows the same {}-line log with 1 jail, 20 jails all using the sshd filter (every line tested by every jail: the worst case, since sshd lines pass the sshd filter's literal prefilter), and 20 jails with 20 different filters (every built-in filter, plus the ddos/aggressive modes of those that have them), all on that one file. The whole file is appended at once; the time runs until every jail's `lines` counter (`xban status --json`, polled every 50 ms) reaches the line count. maxretry is set above any address's failure count, so this is the line path (read, match, count failures), not the ban path (see latency and scale). {} run(s) each, median; not pinned (the agent has a reader task per jail and a main loop).",
+            "The real agent (`xban run`, in its own network namespace, XDP on a veth) follows the same {}-line log with 1 jail, 20 jails all using the sshd filter (every line tested by every jail: the worst case, since sshd lines pass the sshd filter's literal prefilter), and 20 jails with 20 different filters (every built-in filter, plus the ddos/aggressive modes of those that have them), all on that one file. The whole file is appended at once; the time runs until every jail's `lines` counter (`xban status --json`, polled every 50 ms) reaches the line count. maxretry is set above any address's failure count, so this is the line path (read, match, count failures), not the ban path (see latency and scale). Each configuration ran {}, median; not pinned (the agent reads the file in one task and matches in its main loop).",
             thousands(stats.lines),
-            runs
+            super::times(runs)
         ),
         commands,
         table,

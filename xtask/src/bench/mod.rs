@@ -157,7 +157,11 @@ pub fn write_markdown(path: &Path, sections: &[Section], scope: Option<&str>) ->
             out.push('\n');
         }
         if !s.commands.is_empty() {
-            let _ = writeln!(out, "Commands:\n\n```sh\n{}\n```\n", s.commands.join("\n"));
+            let _ = writeln!(
+                out,
+                "Commands (paths are this run's scratch files, which `cargo xtask bench` creates again):\n\n```sh\n{}\n```\n",
+                s.commands.join("\n")
+            );
         }
     }
     std::fs::write(path, out).with_context(|| format!("write {}", path.display()))
@@ -418,6 +422,15 @@ pub fn wait_for<T>(
             return None;
         }
         std::thread::sleep(every);
+    }
+}
+
+/// `once`, `twice`, `3 times`.
+pub fn times(n: usize) -> String {
+    match n {
+        1 => "once".into(),
+        2 => "twice".into(),
+        n => format!("{n} times"),
     }
 }
 
