@@ -17,6 +17,23 @@ use super::{dur, num, percentile, thousands, wait_for, Ctx, Section, Table};
 
 const MAXRETRY: u64 = 3;
 
+/// The failure lines that ban `addr` (the `i`th address of a run): the
+/// first maxretry - 1, and the one that reaches maxretry, written apart so
+/// the clock can start at the last.
+fn ban_lines(addr: IpAddr, i: u64) -> (String, String) {
+    let stamp = syslog_now();
+    let mut first = String::new();
+    for k in 0..MAXRETRY - 1 {
+        first.push_str(&sshd_failure(&stamp, addr, i * MAXRETRY + k));
+        first.push('\n');
+    }
+    let last = format!(
+        "{}\n",
+        sshd_failure(&stamp, addr, i * MAXRETRY + MAXRETRY - 1)
+    );
+    (first, last)
+}
+
 fn jail_config(maxretry: u64) -> String {
     format!(
         "[defaults]\nmaxretry = {maxretry}\nfindtime = \"10m\"\nbantime = \"1d\"\n\n[jails.sshd]\nfilter = \"sshd\"\nlogpath = [\"{{LOG}}\"]\n"
@@ -97,16 +114,7 @@ pub fn latency(ctx: &Ctx) -> Result<Vec<Section>> {
     let started = Instant::now();
     for i in 0..n {
         let addr = attacker_addr(LATENCY_BASE + i as u32);
-        let stamp = syslog_now();
-        let mut first = String::new();
-        for k in 0..MAXRETRY - 1 {
-            first.push_str(&sshd_failure(&stamp, addr, i * MAXRETRY + k));
-            first.push('\n');
-        }
-        let last = format!(
-            "{}\n",
-            sshd_failure(&stamp, addr, i * MAXRETRY + MAXRETRY - 1)
-        );
+        let (first, last) = ban_lines(addr, i);
         log.write_all(first.as_bytes())?;
         // The clock starts at the write of the failure that reaches maxretry.
         let t0 = Instant::now();
@@ -447,16 +455,7 @@ fn fail2ban_latency(ctx: &Ctx, n: u64) -> Result<(Vec<f64>, u64, String)> {
         // One line per ban in the stamp file so far.
         let seen = i as usize;
         let addr = attacker_addr(LATENCY_BASE + 500_000 + i as u32);
-        let stamp = syslog_now();
-        let mut first = String::new();
-        for k in 0..MAXRETRY - 1 {
-            first.push_str(&sshd_failure(&stamp, addr, i * MAXRETRY + k));
-            first.push('\n');
-        }
-        let last = format!(
-            "{}\n",
-            sshd_failure(&stamp, addr, i * MAXRETRY + MAXRETRY - 1)
-        );
+        let (first, last) = ban_lines(addr, i);
         out.write_all(first.as_bytes())?;
         let written = SystemTime::now();
         out.write_all(last.as_bytes())?;
