@@ -224,8 +224,10 @@ impl Daemon {
 
     /// A batch of lines: the bans they cause share one database commit.
     fn on_lines(&mut self, lines: &[(Arc<str>, SourceLine)]) {
+        let banned = self.core.on_lines(lines);
+        // After on_lines: the bans are in the kernel now.
         let now = SystemTime::now();
-        for read_at in self.core.on_lines(lines) {
+        for read_at in banned {
             self.metrics
                 .record_latency(now.duration_since(read_at).unwrap_or_default());
         }
