@@ -16,6 +16,7 @@ use crate::config::{BanTime, ResolvedConfig};
 use crate::control::{Reply, Request};
 use crate::enforce::Enforcer;
 use crate::escalation::{self, EscalationConfig, SubnetTracker, SUBNET_JAIL};
+use crate::guard::{BanGuard, BanOrigin, HostAddrs, Refusal};
 use crate::jail::{BanRequest, Jail, JailVerdict};
 use crate::source::file::FilePosition;
 use crate::source::SourceLine;
@@ -77,6 +78,18 @@ pub struct StatusView {
     /// Tarpit steering: mode, set members, chain counters.
     pub tarpit: Option<serde_json::Value>,
     pub jails: Vec<JailStatus>,
+    /// Bans the guard refused since start, by rule and origin.
+    #[serde(default)]
+    pub ban_refusals: Vec<RefusalCount>,
+}
+
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
+pub struct RefusalCount {
+    /// `min_prefix`, `allowlist` or `host_address`.
+    pub rule: String,
+    /// `manual`, `jail`, `blocklist` or `subnet`.
+    pub origin: String,
+    pub count: u64,
 }
 
 /// A ban or unban that happened, for actions and metrics.
@@ -116,7 +129,13 @@ pub struct AgentCore {
     /// Bans stored in the open store batch, applied once it commits
     /// (see [`AgentCore::on_lines`]).
     staged: Vec<BanRecord>,
+    /// (target, jail) of `staged`: a jail's failures for an address it has
+    /// just banned in this batch do not count either.
+    staged_keys: std::collections::HashSet<(Target, String)>,
     batching: bool,
+    /// What a ban may cover (min prefix, allowlist, this host's addresses).
+    guard: BanGuard,
+    refusals: std::collections::BTreeMap<(&'static str, &'static str), u64>,
 }
 
 /// What start-up found in the store.
@@ -128,16 +147,30 @@ pub struct RestoreReport {
 }
 
 impl AgentCore {
+    /// A core whose idea of this host's addresses is `self_addrs` (plus
+    /// loopback), fixed; the daemon uses [`with_host`](Self::with_host).
     pub fn new(
         cfg: &ResolvedConfig,
         store: BanStore,
         enforcer: Box<dyn Enforcer>,
         self_addrs: &[Target],
     ) -> Result<AgentCore> {
+        AgentCore::with_host(cfg, store, enforcer, HostAddrs::fixed(self_addrs.to_vec()))
+    }
+
+    /// A core following `host` (the live view: [`HostAddrs::live`]) for
+    /// `ignoreself` and the ban guard.
+    pub fn with_host(
+        cfg: &ResolvedConfig,
+        store: BanStore,
+        enforcer: Box<dyn Enforcer>,
+        host: HostAddrs,
+    ) -> Result<AgentCore> {
         let mut jails = Vec::new();
         for j in &cfg.jails {
             jails.push(
-                Jail::new(j.clone(), self_addrs).with_context(|| format!("jails.{}", j.name))?,
+                Jail::with_host(j.clone(), host.clone())
+                    .with_context(|| format!("jails.{}", j.name))?,
             );
         }
         Ok(AgentCore {
@@ -158,8 +191,47 @@ impl AgentCore {
             blocklisted: Default::default(),
             events: Vec::new(),
             staged: Vec::new(),
+            staged_keys: Default::default(),
             batching: false,
+            guard: BanGuard {
+                min_prefix_v4: cfg.agent.min_prefix_v4,
+                min_prefix_v6: cfg.agent.min_prefix_v6,
+                allowlist: cfg.allowlist.clone(),
+                host,
+            },
+            refusals: Default::default(),
         })
+    }
+
+    /// May `target` be banned? `extra_allow`: the banning jail's own
+    /// ignoreip; `force` lifts the min-prefix rule only. The one question
+    /// every ban asks (also for code adding new kinds of bans).
+    pub fn may_ban(
+        &self,
+        target: &Target,
+        extra_allow: &[Target],
+        force: bool,
+    ) -> Result<(), Refusal> {
+        self.guard.check(target, extra_allow, force)
+    }
+
+    /// [`may_ban`](Self::may_ban), with a refusal logged and counted.
+    fn guard_ban(
+        &mut self,
+        target: &Target,
+        origin: BanOrigin,
+        extra_allow: &[Target],
+        force: bool,
+    ) -> Result<(), Refusal> {
+        let verdict = self.may_ban(target, extra_allow, force);
+        if let Err(r) = &verdict {
+            *self
+                .refusals
+                .entry((r.rule(), origin.as_str()))
+                .or_default() += 1;
+            tracing::warn!(rule = r.rule(), origin = origin.as_str(), "{r}");
+        }
+        verdict
     }
 
     pub fn jails(&self) -> &[Jail] {
@@ -196,11 +268,11 @@ impl AgentCore {
     /// Apply a new configuration: allowlist, jails (keeping their counters
     /// and the failures they are counting), escalation, blocklists. Bans are
     /// untouched. Returns the jails whose source must (re)start.
-    pub fn reload(&mut self, cfg: &ResolvedConfig, self_addrs: &[Target]) -> Result<Vec<String>> {
+    pub fn reload(&mut self, cfg: &ResolvedConfig) -> Result<Vec<String>> {
         let mut jails = Vec::new();
         let mut restart = Vec::new();
         for settings in &cfg.jails {
-            let mut jail = Jail::new(settings.clone(), self_addrs)
+            let mut jail = Jail::with_host(settings.clone(), self.guard.host.clone())
                 .with_context(|| format!("jails.{}", settings.name))?;
             match self.jails.iter_mut().find(|j| j.name() == settings.name) {
                 Some(old) => {
@@ -209,6 +281,7 @@ impl AgentCore {
                         && old.settings.maxretry == settings.maxretry
                     {
                         std::mem::swap(&mut jail.window, &mut old.window);
+                        jail.window.set_max_tracked(settings.max_tracked);
                     }
                     if old.settings.source != settings.source {
                         restart.push(settings.name.clone());
@@ -220,6 +293,9 @@ impl AgentCore {
         }
         self.enforcer.set_allowlist(&cfg.allowlist)?;
         self.allowlist = cfg.allowlist.clone();
+        self.guard.allowlist = cfg.allowlist.clone();
+        self.guard.min_prefix_v4 = cfg.agent.min_prefix_v4;
+        self.guard.min_prefix_v6 = cfg.agent.min_prefix_v6;
         self.jails = jails;
         self.default_bantime = cfg.default_bantime;
         self.default_class = cfg.default_class;
@@ -297,21 +373,27 @@ impl AgentCore {
             .collect()
     }
 
-    fn allowlisted_by(&self, target: &Target) -> Option<&Target> {
-        self.allowlist
-            .iter()
-            .find(|a| a.covers(target) || target.covers(a))
-    }
-
     /// Feed one line to a jail; ban when it asks. Lines of a jail that a
     /// reload removed are dropped.
     pub fn on_line(&mut self, jail: &str, line: &SourceLine) -> Result<Option<BanRecord>> {
         let Some(jail) = self.jails.iter().position(|j| j.name() == jail) else {
             return Ok(None);
         };
-        let verdict = self.jails[jail].process(&line.text, line.read_at, line.time);
+        let now = now_secs();
+        let (book, staged) = (&self.book, &self.staged_keys);
+        let j = &mut self.jails[jail];
+        let name = j.settings.name.clone();
+        let banned = |addr: IpAddr| {
+            let t = Target::host(addr);
+            book.has_active(&t, &name, now) || staged.contains(&(t, name.clone()))
+        };
+        let verdict = j.process_with(&line.text, line.read_at, line.time, &banned);
         match verdict {
-            JailVerdict::Ban(req) => self.ban_from_jail(req).map(Some),
+            JailVerdict::Ban(req) => self.ban_from_jail(req),
+            JailVerdict::AlreadyBanned(addr) => {
+                tracing::debug!(jail = %name, %addr, "failure by an address the jail has banned already: not counted");
+                Ok(None)
+            }
             JailVerdict::Failure(addr) => {
                 tracing::debug!(jail = %self.jails[jail].name(), %addr, "failure");
                 Ok(None)
@@ -340,6 +422,7 @@ impl AgentCore {
             }
         }
         self.batching = false;
+        self.staged_keys.clear();
         let staged = std::mem::take(&mut self.staged);
         if let Err(e) = self.store.commit_batch() {
             for rec in &staged {
@@ -361,7 +444,7 @@ impl AgentCore {
 
     /// A jail's ban, escalated by the address's history. The history is in
     /// log time, so replaying an old log escalates as watching it live did.
-    fn ban_from_jail(&mut self, req: BanRequest) -> Result<BanRecord> {
+    fn ban_from_jail(&mut self, req: BanRequest) -> Result<Option<BanRecord>> {
         let now = now_secs();
         let event_at = req
             .at
@@ -369,13 +452,26 @@ impl AgentCore {
             .map(|d| d.as_secs() as i64)
             .unwrap_or(now);
         let target = Target::host(req.addr);
+        let jail_allow: Vec<Target> = self
+            .jails
+            .iter()
+            .find(|j| j.name() == req.jail)
+            .map(|j| j.ignoreip().to_vec())
+            .unwrap_or_default();
+        if self
+            .guard_ban(&target, BanOrigin::Jail, &jail_allow, false)
+            .is_err()
+        {
+            return Ok(None);
+        }
         let per_jail = (!self.escalation.overalljails).then_some(req.jail.as_str());
         let store = &self.store;
         let mut lookup_error = None;
+        let jail_name = req.jail.clone();
         let decision = escalation::decide(&self.escalation, req.bantime, req.class, |window| {
             let since = window.map(|w| event_at - w.as_secs() as i64).unwrap_or(0);
             store
-                .ban_count_since(&target, per_jail, since)
+                .earlier_ban_count(&target, per_jail, since, &jail_name, event_at)
                 .unwrap_or_else(|e| {
                     lookup_error = Some(e);
                     0
@@ -398,7 +494,7 @@ impl AgentCore {
         };
         let rec = self.apply_ban(rec, event_at)?;
         self.widen_to_subnet(req.addr, event_at, now);
-        Ok(rec)
+        Ok(Some(rec))
     }
 
     /// Enough distinct hosts of one prefix banned: ban the prefix.
@@ -410,6 +506,12 @@ impl AgentCore {
         let Some(prefix) = self.subnets.record(&sn, addr, event_at) else {
             return;
         };
+        if self
+            .guard_ban(&prefix, BanOrigin::Subnet, &[], false)
+            .is_err()
+        {
+            return;
+        }
         let rec = BanRecord {
             target: prefix,
             jail: SUBNET_JAIL.to_string(),
@@ -454,11 +556,29 @@ impl AgentCore {
         }
         let mut kept = std::collections::BTreeSet::new();
         for t in wanted {
-            if let Some(a) = self.allowlisted_by(&t) {
-                tracing::warn!("blocklist entry {t} overlaps the allowlist entry {a}: skipped");
+            let known = self.blocklisted.contains(&t);
+            // A refusal is logged once per entry, when it first appears.
+            let verdict = if known {
+                self.may_ban(&t, &[], false)
+            } else {
+                self.guard_ban(&t, BanOrigin::Blocklist, &[], false)
+            };
+            if let Err(r) = verdict {
+                if known {
+                    tracing::warn!("blocklist entry {t}: {r}; unbanned");
+                    let (removed, change) = self.book.remove(&t, Some(BLOCKLIST_JAIL));
+                    if apply {
+                        self.enforcer.apply(&t, change)?;
+                    }
+                    for r in removed {
+                        self.unbanned(r, "refused");
+                    }
+                } else {
+                    tracing::warn!("blocklist entry {t} skipped");
+                }
                 continue;
             }
-            if !self.blocklisted.contains(&t) {
+            if !known {
                 let change = self.book.add(BanRecord {
                     target: t,
                     jail: BLOCKLIST_JAIL.to_string(),
@@ -497,15 +617,11 @@ impl AgentCore {
     }
 
     /// Store, then the kernel, then the log line: a ban reported is a ban kept.
+    /// Callers have asked the guard ([`guard_ban`](Self::guard_ban)).
     fn apply_ban(&mut self, rec: BanRecord, event_at: UnixSecs) -> Result<BanRecord> {
-        if let Some(a) = self.allowlisted_by(&rec.target) {
-            bail!(
-                "{} overlaps the allowlist entry {a} ([defaults] ignoreip): remove it from ignoreip first",
-                rec.target
-            );
-        }
         self.store.put_ban(&rec, event_at)?;
         if self.batching {
+            self.staged_keys.insert((rec.target, rec.jail.clone()));
             self.staged.push(rec.clone());
         } else {
             self.enforce_ban(&rec)?;
@@ -692,6 +808,15 @@ impl AgentCore {
                 .map(|s| serde_json::to_value(s).unwrap_or_default()),
             tarpit: self.enforcer.steering_status(),
             jails,
+            ban_refusals: self
+                .refusals
+                .iter()
+                .map(|((rule, origin), count)| RefusalCount {
+                    rule: rule.to_string(),
+                    origin: origin.to_string(),
+                    count: *count,
+                })
+                .collect(),
         })
     }
 
@@ -702,6 +827,25 @@ impl AgentCore {
         })
     }
 
+    /// `--jail NAME` of `banned`/`unban`: a configured jail, one of the
+    /// agent's own ban owners (manual, blocklist, subnet), or a jail that a
+    /// reload removed whose bans are still active. Anything else is a typo,
+    /// and saying "nothing to unban" would hide it.
+    fn known_ban_owner(&self, name: &str) -> Result<()> {
+        if self.jails.iter().any(|j| j.name() == name)
+            || crate::guard::RESERVED_JAIL_NAMES.contains(&name)
+            || self.book.iter().any(|r| r.jail == name)
+        {
+            return Ok(());
+        }
+        let mut names: Vec<&str> = self.jails.iter().map(|j| j.name()).collect();
+        names.extend([MANUAL_JAIL, BLOCKLIST_JAIL, SUBNET_JAIL]);
+        bail!(
+            "no jail named `{name}` (jails: {}): check the name with `xban status`",
+            names.join(", ")
+        )
+    }
+
     /// A manual ban (`xban ban`).
     pub fn manual_ban(
         &mut self,
@@ -710,22 +854,46 @@ impl AgentCore {
         bantime: Option<&str>,
         class: Option<&str>,
     ) -> Result<BanRecord> {
+        self.manual_ban_with(target, jail, bantime, class, false)
+    }
+
+    /// `xban ban [--force]`: `force` lifts the min-prefix rule only.
+    pub fn manual_ban_with(
+        &mut self,
+        target: &str,
+        jail: Option<&str>,
+        bantime: Option<&str>,
+        class: Option<&str>,
+        force: bool,
+    ) -> Result<BanRecord> {
         let target: Target = target.parse()?;
-        let (jail_name, jail_bantime, jail_class) = match jail {
+        let (jail_name, jail_bantime, jail_class, jail_allow) = match jail {
             Some(name) => {
                 let j = self.jail_by_name(name)?;
-                (name.to_string(), j.settings.bantime, j.settings.class)
+                (
+                    name.to_string(),
+                    j.settings.bantime,
+                    j.settings.class,
+                    j.ignoreip().to_vec(),
+                )
             }
             None => (
                 MANUAL_JAIL.to_string(),
                 self.default_bantime,
                 self.default_class,
+                Vec::new(),
             ),
         };
         let bantime = match bantime {
-            Some(b) => b
-                .parse::<BanTime>()
-                .map_err(|e| anyhow::anyhow!("--bantime: {e}"))?,
+            Some(b) => {
+                let b = b
+                    .parse::<BanTime>()
+                    .map_err(|e| anyhow::anyhow!("--bantime: {e}"))?;
+                if b == BanTime::Finite(Duration::ZERO) {
+                    bail!("--bantime: a ban of 0 s ends as it starts: give a duration like 1h, or permanent");
+                }
+                b
+            }
             None => jail_bantime,
         };
         let class = match class {
@@ -734,6 +902,10 @@ impl AgentCore {
                 .map_err(|e| anyhow::anyhow!("--class: {e}"))?,
             None => jail_class,
         };
+        // An operator's ban is checked against the host's addresses of this
+        // very moment.
+        self.guard.host.refresh();
+        self.guard_ban(&target, BanOrigin::Manual, &jail_allow, force)?;
         let now = now_secs();
         self.apply_ban(
             BanRecord {
@@ -755,9 +927,7 @@ impl AgentCore {
             Request::Status { jail } => Ok(serde_json::to_value(self.status(jail.as_deref())?)?),
             Request::Banned { jail } => {
                 if let Some(j) = jail {
-                    if j != MANUAL_JAIL {
-                        self.jail_by_name(j)?;
-                    }
+                    self.known_ban_owner(j)?;
                 }
                 Ok(serde_json::to_value(self.bans(jail.as_deref()))?)
             }
@@ -766,12 +936,14 @@ impl AgentCore {
                 jail,
                 bantime,
                 class,
+                force,
             } => {
-                let rec = self.manual_ban(
+                let rec = self.manual_ban_with(
                     target,
                     jail.as_deref(),
                     bantime.as_deref(),
                     class.as_deref(),
+                    *force,
                 )?;
                 Ok(serde_json::to_value(BanView::from(&rec))?)
             }
@@ -780,6 +952,9 @@ impl AgentCore {
                 jail,
                 all: true,
             } => {
+                if let Some(j) = jail {
+                    self.known_ban_owner(j)?;
+                }
                 let removed = self.unban_all(jail.as_deref())?;
                 let views: Vec<BanView> = removed.iter().map(BanView::from).collect();
                 Ok(serde_json::to_value(views)?)
@@ -798,6 +973,9 @@ impl AgentCore {
                 ..
             } => {
                 let t: Target = target.parse()?;
+                if let Some(j) = jail {
+                    self.known_ban_owner(j)?;
+                }
                 let removed = self.unban(&t, jail.as_deref())?;
                 if removed.is_empty() {
                     let covering: Vec<String> = self
@@ -846,31 +1024,18 @@ impl AgentCore {
 
 fn expiry(now: UnixSecs, bantime: BanTime) -> Option<UnixSecs> {
     match bantime {
-        BanTime::Finite(d) => Some(now + d.as_secs() as i64),
+        // Saturating: a duration can never wrap the expiry into the past.
+        BanTime::Finite(d) => {
+            Some(now.saturating_add(i64::try_from(d.as_secs()).unwrap_or(i64::MAX)))
+        }
         BanTime::Permanent => None,
     }
 }
 
-/// This machine's addresses (and loopback), for `ignoreself`.
+/// This machine's addresses (and loopback) now: a snapshot. The agent
+/// itself follows changes through [`HostAddrs::live`].
 pub fn self_addresses() -> Vec<Target> {
-    let mut out: Vec<Target> = vec![
-        "127.0.0.0/8".parse().expect("literal"),
-        "::1".parse().expect("literal"),
-    ];
-    if let Ok(addrs) = nix::ifaddrs::getifaddrs() {
-        for ifa in addrs {
-            let Some(a) = ifa.address else { continue };
-            let ip: Option<IpAddr> = if let Some(v4) = a.as_sockaddr_in() {
-                Some(IpAddr::V4(v4.ip()))
-            } else {
-                a.as_sockaddr_in6().map(|v6| IpAddr::V6(v6.ip()))
-            };
-            if let Some(ip) = ip {
-                out.push(Target::host(ip));
-            }
-        }
-    }
-    out
+    crate::guard::read_host_addresses()
 }
 
 #[cfg(test)]
@@ -960,6 +1125,11 @@ mod tests {
             self.core.on_line(name, &line).unwrap()
         }
 
+        /// Every finite ban runs out (as time passes between offences).
+        fn bans_run_out(&mut self) {
+            self.core.expire(now_secs() + 20 * 365 * 86_400).unwrap();
+        }
+
         fn kernel(&self, t: &str) -> Option<BanClass> {
             self.kernel
                 .0
@@ -983,14 +1153,17 @@ mod tests {
         f.fail(1, a, T0 + 3600);
         let b2 = f.fail(1, a, T0 + 3610).unwrap();
         assert_eq!(b2.expires_at.unwrap() - b2.banned_at, 3600);
+        f.bans_run_out();
         // Ban 3 within a day, in log time: one week, whichever jail.
         f.fail(0, a, T0 + 7200);
         let b3 = f.fail(0, a, T0 + 7210).unwrap();
         assert_eq!(b3.expires_at.unwrap() - b3.banned_at, 7 * 86_400);
         assert_eq!(b3.class, BanClass::Drop);
+        f.bans_run_out();
         // Bans 4 and 5, days later but within 30 d: the fifth is tarpit.
         f.fail(1, a, T0 + 5 * 86_400);
         f.fail(1, a, T0 + 5 * 86_400 + 1).unwrap();
+        f.bans_run_out();
         f.fail(0, a, T0 + 9 * 86_400);
         let b5 = f.fail(0, a, T0 + 9 * 86_400 + 1).unwrap();
         assert_eq!(
@@ -1005,6 +1178,7 @@ mod tests {
         let mut f = fixture("[escalation]\noveralljails = false\n");
         let a = "203.0.113.10";
         for (jail, t) in [(0, T0), (1, T0 + 100), (1, T0 + 200)] {
+            f.bans_run_out();
             f.fail(jail, a, t);
             f.fail(jail, a, t + 1).unwrap();
         }
@@ -1207,5 +1381,326 @@ bogus
             .collect();
         left.sort();
         assert_eq!(left, vec!["2001:db8::/48", "203.0.113.1"]);
+    }
+
+    /// A core on `config` (after an `[agent]` header), with this host's
+    /// addresses fixed to `host`.
+    fn core_on(config: &str, host: &[&str]) -> (AgentCore, Recorder, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!(
+            "[agent]\nfilters_dir = \"{}\"\n{config}",
+            dir.path().join("none").display()
+        );
+        let cfg = Config::parse(&text).unwrap().validate().unwrap();
+        let kernel = Recorder::default();
+        let host: Vec<Target> = host.iter().map(|h| h.parse().unwrap()).collect();
+        let core = AgentCore::with_host(
+            &cfg,
+            BanStore::open(dir.path()).unwrap(),
+            Box::new(kernel.clone()),
+            HostAddrs::fixed(host),
+        )
+        .unwrap();
+        (core, kernel, dir)
+    }
+
+    fn line(text: String, log_time: u64) -> (Arc<str>, SourceLine) {
+        (
+            Arc::from("ssh"),
+            SourceLine {
+                origin: Arc::from("/l"),
+                text,
+                read_at: std::time::SystemTime::now(),
+                time: Some(UNIX_EPOCH + Duration::from_secs(log_time)),
+            },
+        )
+    }
+
+    const SSH: &str = "[defaults]\nmaxretry = 3\nbantime = \"10m\"\n\
+        [jails.ssh]\nlogpath = [\"/l\"]\nfailregex = ['ssh fail from <HOST>$']\n";
+
+    #[test]
+    fn a_burst_is_one_ban_and_a_replay_records_nothing_twice() {
+        let (mut core, _k, dir) = core_on(SSH, &[]);
+        let a = "203.0.113.40";
+        // 15 failures written at once, read in one batch.
+        let burst: Vec<_> = (0..15)
+            .map(|i| line(format!("ssh fail from {a}"), T0 + i / 5))
+            .collect();
+        core.on_lines(&burst);
+        let bans = core.bans(None);
+        assert_eq!(bans.len(), 1, "{bans:?}");
+        assert_eq!(
+            bans[0].expires_at.unwrap() - bans[0].banned_at,
+            600,
+            "not escalated"
+        );
+        let t: Target = a.parse().unwrap();
+        assert_eq!(core.store().ban_count_since(&t, None, 0).unwrap(), 1);
+        let st = core.status(Some("ssh")).unwrap();
+        assert_eq!(st.jails[0].counters["failures_while_banned"], 12);
+        assert_eq!(
+            st.jails[0].failing_now, 0,
+            "failures while banned are not kept"
+        );
+        drop(core);
+
+        // A crash before the file position was saved: the next agent reads
+        // the same lines again. The ban is restored; nothing is added.
+        let reopen = || {
+            let text = format!(
+                "[agent]\nfilters_dir = \"{}\"\n{SSH}",
+                dir.path().join("none").display()
+            );
+            let cfg = Config::parse(&text).unwrap().validate().unwrap();
+            let mut core = AgentCore::new(
+                &cfg,
+                BanStore::open(dir.path()).unwrap(),
+                Box::new(Recorder::default()),
+                &[],
+            )
+            .unwrap();
+            core.restore(now_secs()).unwrap();
+            core
+        };
+        let mut core = reopen();
+        core.on_lines(&burst);
+        assert_eq!(core.bans(None).len(), 1);
+        assert_eq!(core.store().ban_count_since(&t, None, 0).unwrap(), 1);
+        // Even when the ban has run out by then, the replay's ban is the
+        // same offence: the history holds it once and it is not escalated.
+        core.expire(now_secs() + 601).unwrap();
+        assert!(core.bans(None).is_empty());
+        core.on_lines(&burst);
+        let bans = core.bans(None);
+        assert_eq!(bans.len(), 1);
+        assert_eq!(bans[0].expires_at.unwrap() - bans[0].banned_at, 600);
+        assert_eq!(core.store().ban_count_since(&t, None, 0).unwrap(), 1);
+    }
+
+    #[test]
+    fn the_guard_refuses_wide_allowlisted_and_own_addresses() {
+        let (mut core, kernel, _d) = core_on(SSH, &["203.0.113.1", "2001:db8:1::1"]);
+        let refused = |core: &mut AgentCore, t: &str, force: bool| {
+            core.manual_ban_with(t, None, None, None, force)
+                .unwrap_err()
+                .to_string()
+        };
+        // With an empty ignoreip, the whole Internet is still refused.
+        for wide in ["0.0.0.0/0", "::/0", "2000::/3", "8000::/1", "10.0.0.0/7"] {
+            let e = refused(&mut core, wide, false);
+            assert!(
+                e.contains("min_prefix_v") && e.contains("--force"),
+                "{wide}: {e}"
+            );
+        }
+        // --force lifts the width rule only.
+        core.manual_ban_with("4000::/3", None, None, None, true)
+            .unwrap();
+        let e = refused(&mut core, "0.0.0.0/0", true);
+        assert!(e.contains("own address"), "{e}");
+        // This host's own address, or a prefix holding it.
+        for own in [
+            "203.0.113.1",
+            "203.0.113.0/24",
+            "127.0.0.1",
+            "2001:db8:1::/64",
+        ] {
+            let e = refused(&mut core, own, false);
+            assert!(e.contains("own address"), "{own}: {e}");
+        }
+        core.manual_ban("203.0.113.2", None, None, None).unwrap();
+        let st = core.status(None).unwrap();
+        let count = |rule: &str| {
+            st.ban_refusals
+                .iter()
+                .filter(|r| r.rule == rule && r.origin == "manual")
+                .map(|r| r.count)
+                .sum::<u64>()
+        };
+        assert_eq!((count("min_prefix"), count("host_address")), (5, 5));
+        assert_eq!(
+            kernel.0.lock().unwrap().len(),
+            2,
+            "only the two allowed bans"
+        );
+    }
+
+    #[test]
+    fn jail_subnet_and_blocklist_bans_pass_the_guard_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let list = dir.path().join("block.txt");
+        std::fs::write(&list, "0.0.0.0/1\n203.0.113.1\n198.51.100.0/24\n").unwrap();
+        let (mut core, kernel, _d) = core_on(
+            &format!(
+                "blocklist_files = [\"{}\"]\n[defaults]\nmaxretry = 1\nignoreself = false\n\
+                 [escalation.subnet]\nenabled = true\nhosts = 2\n\
+                 [jails.ssh]\nlogpath = [\"/l\"]\nfailregex = ['ssh fail from <HOST>$']\n",
+                list.display()
+            ),
+            &["203.0.113.1"],
+        );
+        core.restore(now_secs()).unwrap();
+        // Blocklist: the /1 and the host's own address are skipped.
+        let keys = || {
+            let mut v: Vec<String> = kernel
+                .0
+                .lock()
+                .unwrap()
+                .keys()
+                .map(|t| t.to_string())
+                .collect();
+            v.sort();
+            v
+        };
+        assert_eq!(keys(), ["198.51.100.0/24"]);
+        // A jail with ignoreself = false still never bans this host.
+        core.on_lines(&[line("ssh fail from 203.0.113.1".into(), T0)]);
+        assert!(core.bans(Some("ssh")).is_empty());
+        // Two hosts of the host's own /24 banned: the /24 would cover it.
+        core.on_lines(&[line("ssh fail from 203.0.113.7".into(), T0)]);
+        core.on_lines(&[line("ssh fail from 203.0.113.8".into(), T0 + 1)]);
+        assert!(core.bans(Some(SUBNET_JAIL)).is_empty());
+        assert_eq!(keys(), ["198.51.100.0/24", "203.0.113.7", "203.0.113.8"]);
+        let st = core.status(None).unwrap();
+        let mut seen: Vec<(String, String)> = st
+            .ban_refusals
+            .iter()
+            .map(|r| (r.rule.clone(), r.origin.clone()))
+            .collect();
+        seen.sort();
+        assert_eq!(
+            seen,
+            [
+                ("host_address".into(), "blocklist".into()),
+                ("host_address".into(), "jail".into()),
+                ("host_address".into(), "subnet".into()),
+                ("min_prefix".into(), "blocklist".into()),
+            ]
+        );
+        let text = crate::metrics::Metrics::default().render(&st, 1);
+        assert!(
+            text.contains("xban_ban_refusals_total{rule=\"host_address\",origin=\"subnet\"} 1"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn ignoreself_follows_the_hosts_addresses() {
+        let (mut core, _k, _d) = core_on(
+            "[defaults]\nmaxretry = 1\n[jails.ssh]\nlogpath = [\"/l\"]\nfailregex = ['ssh fail from <HOST>$']\n",
+            &[],
+        );
+        core.guard
+            .host
+            .set_fixed(vec!["203.0.113.50".parse().unwrap()]);
+        core.on_lines(&[line("ssh fail from 203.0.113.50".into(), T0)]);
+        assert!(core.bans(None).is_empty());
+        let st = core.status(Some("ssh")).unwrap();
+        assert_eq!(st.jails[0].counters["ignored_addresses"], 1);
+        assert!(st.ban_refusals.is_empty(), "ignored, not even asked");
+        // The address moves away: its failures count again.
+        core.guard.host.set_fixed(vec![]);
+        core.on_lines(&[line("ssh fail from 203.0.113.50".into(), T0 + 1)]);
+        assert_eq!(core.bans(None).len(), 1);
+    }
+
+    #[test]
+    fn unknown_jails_in_unban_and_banned_are_named() {
+        let (mut core, _k, _d) = core_on(SSH, &[]);
+        core.manual_ban("203.0.113.9", None, None, None).unwrap();
+        for req in [
+            Request::Unban {
+                target: None,
+                jail: Some("nope".into()),
+                all: true,
+            },
+            Request::Unban {
+                target: Some("203.0.113.9".into()),
+                jail: Some("nope".into()),
+                all: false,
+            },
+            Request::Banned {
+                jail: Some("nope".into()),
+            },
+        ] {
+            let r = core.handle(&req);
+            let e = r.error.unwrap_or_default();
+            assert!(
+                !r.ok && e.contains("no jail named `nope`") && e.contains("ssh"),
+                "{req:?}: {e}"
+            );
+        }
+        assert_eq!(core.bans(None).len(), 1, "nothing was unbanned");
+        for ok in ["ssh", MANUAL_JAIL, BLOCKLIST_JAIL, SUBNET_JAIL] {
+            let r = core.handle(&Request::Unban {
+                target: None,
+                jail: Some(ok.into()),
+                all: true,
+            });
+            assert!(r.ok, "{ok}: {:?}", r.error);
+        }
+    }
+
+    #[test]
+    fn ban_lengths_are_bounded() {
+        let (mut core, _k, _d) = core_on(SSH, &[]);
+        for huge in ["18446744073709551615", "9223372036854775807", "3651d"] {
+            let e = core
+                .manual_ban("203.0.113.9", None, Some(huge), None)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.starts_with("--bantime:") && e.contains("maximum") && e.contains("permanent"),
+                "{e}"
+            );
+        }
+        let e = core
+            .manual_ban("203.0.113.9", None, Some("0"), None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("--bantime:"), "{e}");
+        let b = core
+            .manual_ban("203.0.113.9", None, Some("3650d"), None)
+            .unwrap();
+        assert_eq!(b.expires_at.unwrap() - b.banned_at, 3650 * 86_400);
+        assert!(b.expires_at.unwrap() > now_secs());
+        assert_eq!(
+            expiry(i64::MAX - 5, BanTime::Finite(Duration::from_secs(600))),
+            Some(i64::MAX)
+        );
+    }
+
+    #[test]
+    fn max_tracked_keeps_repeat_offenders_under_a_flood() {
+        let (mut core, _k, _d) = core_on(
+            "[defaults]\nmaxretry = 3\nmax_tracked = 1000\n\
+             [jails.ssh]\nlogpath = [\"/l\"]\nfailregex = ['ssh fail from <HOST>$']\n",
+            &[],
+        );
+        let attacker = "203.0.113.66";
+        let mut lines = vec![line(format!("ssh fail from {attacker}"), T0)];
+        lines.push(line(format!("ssh fail from {attacker}"), T0 + 1));
+        // 50,000 one-time addresses, fifty times the cap.
+        for i in 0..50_000u32 {
+            let ip = std::net::Ipv6Addr::from((0x2001_0db8u128 << 96) | u128::from(i));
+            lines.push(line(format!("ssh fail from {ip}"), T0 + 2));
+        }
+        lines.push(line(format!("ssh fail from {attacker}"), T0 + 3));
+        for chunk in lines.chunks(1024) {
+            core.on_lines(chunk);
+        }
+        let bans = core.bans(None);
+        assert_eq!(bans.len(), 1);
+        assert_eq!(bans[0].address, attacker);
+        let st = core.status(Some("ssh")).unwrap();
+        assert!(st.jails[0].failing_now <= 1000);
+        // 50,001 addresses tracked in all, 1,000 at a time.
+        assert_eq!(st.jails[0].counters["window_evictions"], 50_001 - 1000);
+        let text = crate::metrics::Metrics::default().render(&st, 1);
+        assert!(
+            text.contains("xban_window_evictions_total{jail=\"ssh\"} 49001"),
+            "{text}"
+        );
     }
 }

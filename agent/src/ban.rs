@@ -125,6 +125,14 @@ impl BanBook {
         self.by_target.get(target).map(Vec::as_slice).unwrap_or(&[])
     }
 
+    /// Has `jail` an active (not yet due) ban of exactly `target`?
+    pub fn has_active(&self, target: &Target, jail: &str, now: UnixSecs) -> bool {
+        self.by_target.get(target).is_some_and(|recs| {
+            recs.iter()
+                .any(|r| r.jail == jail && r.expires_at.is_none_or(|e| e > now))
+        })
+    }
+
     pub fn iter(&self) -> impl Iterator<Item = &BanRecord> {
         self.by_target.values().flatten()
     }

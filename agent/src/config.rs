@@ -65,6 +65,11 @@ pub struct AgentConfig {
     /// Serve Prometheus metrics at http://ADDR/metrics (off unless set;
     /// e.g. "127.0.0.1:9717").
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// No ban (manual, jail, blocklist, escalation) may cover a wider IPv4
+    /// prefix than this (`xban ban --force` overrides it for one ban).
+    pub min_prefix_v4: u8,
+    /// The same for IPv6 (/32 is a whole provider's allocation).
+    pub min_prefix_v6: u8,
 }
 
 impl Default for AgentConfig {
@@ -81,6 +86,8 @@ impl Default for AgentConfig {
             blocklist_files: Vec::new(),
             blocklist_append: false,
             metrics_listen: None,
+            min_prefix_v4: 8,
+            min_prefix_v6: 32,
         }
     }
 }
@@ -124,6 +131,11 @@ pub struct JailDefaults {
     pub class: BanClass,
     /// Commands (or mail) run on ban/unban; a jail's own list replaces these.
     pub actions: Vec<ActionConfig>,
+    /// Addresses whose failures a jail counts at once, at most. Beyond it
+    /// the oldest one-failure address is forgotten first (then the least
+    /// recently failing), so a flood of one-time addresses cannot push out
+    /// a repeat offender or grow memory without bound (~300 bytes each).
+    pub max_tracked: usize,
 }
 
 impl Default for JailDefaults {
@@ -137,9 +149,17 @@ impl Default for JailDefaults {
             usedns: UseDns::Warn,
             class: BanClass::Drop,
             actions: Vec::new(),
+            max_tracked: DEFAULT_MAX_TRACKED,
         }
     }
 }
+
+/// `max_tracked` when not set: 100,000 addresses per jail (about 30 MB).
+pub const DEFAULT_MAX_TRACKED: usize = 100_000;
+
+/// The longest finite duration xban takes (10 years): anything longer is a
+/// mistake or means "forever", which is `"permanent"`.
+pub const MAX_DURATION: Duration = Duration::from_secs(3650 * 86_400);
 
 /// `[jails.NAME]`: a log source, a filter, and optional overrides of `[defaults]`.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
@@ -165,6 +185,7 @@ pub struct JailConfig {
     pub usedns: Option<UseDns>,
     pub class: Option<BanClass>,
     pub actions: Option<Vec<ActionConfig>>,
+    pub max_tracked: Option<usize>,
 }
 
 /// Where a jail's lines come from.
@@ -193,6 +214,7 @@ pub struct JailSettings {
     pub filter: FilterDef,
     pub mode: Option<String>,
     pub actions: Vec<ActionConfig>,
+    pub max_tracked: usize,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -223,6 +245,9 @@ pub struct ResolvedConfig {
     pub default_actions: Vec<ActionConfig>,
     /// History kept for escalation.
     pub dbpurgeage: Duration,
+    /// Accepted but worth a look (e.g. an ignoreip that allows everyone):
+    /// logged at start and reload, printed by `xban check`.
+    pub warnings: Vec<String>,
 }
 
 /// A config error: where it is and what to do.
@@ -294,6 +319,24 @@ impl Config {
     /// filters compile, addresses parse, sources make sense.
     pub fn validate(&self) -> Result<ResolvedConfig, ConfigError> {
         let allowlist = parse_targets("defaults.ignoreip", &self.defaults.ignoreip)?;
+        let mut warnings = Vec::new();
+        crate::preflight::check_agent_section(&self.agent)
+            .map_err(|(place, message)| invalid(place, message))?;
+        crate::preflight::check_escalation_widths(&self.agent, &self.escalation)
+            .map_err(|(place, message)| invalid(place, message))?;
+        warnings.extend(crate::preflight::allowlist_warnings(
+            "defaults.ignoreip",
+            &allowlist,
+            &self.agent,
+        ));
+        check_bantime("defaults.bantime", self.defaults.bantime)?;
+        check_window("defaults.findtime", self.defaults.findtime.0)?;
+        if self.defaults.max_tracked == 0 {
+            return Err(invalid(
+                "defaults.max_tracked",
+                format!("must be at least 1 (default {DEFAULT_MAX_TRACKED})"),
+            ));
+        }
         let user_filters =
             crate::filter::builtin::load_dir(&self.agent.filters_dir).map_err(|e| {
                 invalid(
@@ -333,10 +376,20 @@ impl Config {
         }
         let mut jails = Vec::new();
         for (name, jail) in &self.jails {
+            crate::preflight::check_jail_name(name)
+                .map_err(|m| invalid(format!("jails.{name}"), m))?;
             if jail.enabled == Some(false) {
                 continue;
             }
-            jails.push(self.resolve_jail(name, jail, &user_filters)?);
+            let settings = self.resolve_jail(name, jail, &user_filters)?;
+            if jail.ignoreip.is_some() {
+                warnings.extend(crate::preflight::allowlist_warnings(
+                    &format!("jails.{name}.ignoreip"),
+                    &settings.ignoreip,
+                    &self.agent,
+                ));
+            }
+            jails.push(settings);
         }
         Ok(ResolvedConfig {
             agent: self.agent.clone(),
@@ -352,6 +405,7 @@ impl Config {
                 .dbpurgeage
                 .map(|d| d.0)
                 .unwrap_or_else(|| self.escalation.longest_window()),
+            warnings,
         })
     }
 
@@ -366,6 +420,19 @@ impl Config {
         let maxretry = jail.maxretry.unwrap_or(d.maxretry);
         if maxretry == 0 {
             return Err(invalid(place("maxretry"), "must be at least 1"));
+        }
+        if let Some(b) = jail.bantime {
+            check_bantime(&place("bantime"), b)?;
+        }
+        if let Some(f) = jail.findtime {
+            check_window(&place("findtime"), f.0)?;
+        }
+        let max_tracked = jail.max_tracked.unwrap_or(d.max_tracked);
+        if max_tracked == 0 {
+            return Err(invalid(
+                place("max_tracked"),
+                format!("must be at least 1 (default {DEFAULT_MAX_TRACKED})"),
+            ));
         }
         let (actions, actions_place) = match &jail.actions {
             Some(a) => (a.clone(), place("actions")),
@@ -445,6 +512,8 @@ impl Config {
                             format!("`{p}` is not an absolute path"),
                         ));
                     }
+                    crate::preflight::check_logpath_shape(p)
+                        .map_err(|m| invalid(format!("jails.{name}.logpath[{i}]"), m))?;
                 }
                 if jail.backend == Backend::Auto && !jail.journalmatch.is_empty() {
                     SourceSpec::FilesOrJournal {
@@ -470,8 +539,47 @@ impl Config {
             filter,
             mode: jail.mode.clone(),
             actions,
+            max_tracked,
         })
     }
+}
+
+/// A ban time of 0 bans nothing: refused, with the way to say what was meant.
+fn check_bantime(place: &str, b: BanTime) -> Result<(), ConfigError> {
+    match b {
+        BanTime::Finite(d) if d.is_zero() => Err(invalid(
+            place,
+            "a ban of 0 s ends as it starts: set a duration like \"10m\", or \"permanent\"; to stop a jail banning, set enabled = false",
+        )),
+        BanTime::Finite(d) if d > MAX_DURATION => Err(invalid(place, over_max_text(d.as_secs(), true))),
+        _ => Ok(()),
+    }
+}
+
+/// A counting window of 0 never holds two failures: refused.
+fn check_window(place: &str, d: Duration) -> Result<(), ConfigError> {
+    if d.is_zero() {
+        return Err(invalid(
+            place,
+            "a window of 0 s never holds two failures: set a duration like \"10m\"",
+        ));
+    }
+    if d > MAX_DURATION {
+        return Err(invalid(place, over_max_text(d.as_secs(), false)));
+    }
+    Ok(())
+}
+
+fn over_max_text(secs: u64, permanent_ok: bool) -> String {
+    format!(
+        "`{secs}` seconds is longer than the maximum, {} (10 years){}",
+        format_duration(MAX_DURATION),
+        if permanent_ok {
+            ": for longer, write \"permanent\""
+        } else {
+            ""
+        }
+    )
 }
 
 fn parse_targets(place: &str, list: &[String]) -> Result<Vec<Target>, ConfigError> {
@@ -499,7 +607,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         return Err(err());
     }
     if let Ok(secs) = t.parse::<u64>() {
-        return Ok(Duration::from_secs(secs));
+        return bounded(Duration::from_secs(secs), text);
     }
     let mut total: u64 = 0;
     let mut rest = t;
@@ -527,7 +635,18 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             .ok_or_else(err)?;
         rest = rest[unit_len..].trim_start();
     }
-    Ok(Duration::from_secs(total))
+    bounded(Duration::from_secs(total), text)
+}
+
+fn bounded(d: Duration, text: &str) -> Result<Duration, String> {
+    if d > MAX_DURATION {
+        return Err(format!(
+            "`{}` is longer than the maximum duration, {} (10 years): for a ban that never ends, write \"permanent\"",
+            text.trim(),
+            format_duration(MAX_DURATION)
+        ));
+    }
+    Ok(d)
 }
 
 /// Formats a duration the way it is written in config (`1d12h`, `10m`).
@@ -561,7 +680,9 @@ impl<'de> Deserialize<'de> for DurationSetting {
             Text(String),
         }
         match Raw::deserialize(d)? {
-            Raw::Secs(s) => Ok(DurationSetting(Duration::from_secs(s))),
+            Raw::Secs(s) => bounded(Duration::from_secs(s), &s.to_string())
+                .map(DurationSetting)
+                .map_err(serde::de::Error::custom),
             Raw::Text(t) => parse_duration(&t)
                 .map(DurationSetting)
                 .map_err(serde::de::Error::custom),
@@ -607,7 +728,9 @@ impl<'de> Deserialize<'de> for BanTime {
         }
         match Raw::deserialize(d)? {
             Raw::Secs(-1) => Ok(BanTime::Permanent),
-            Raw::Secs(s) if s >= 0 => Ok(BanTime::Finite(Duration::from_secs(s as u64))),
+            Raw::Secs(s) if s >= 0 => bounded(Duration::from_secs(s as u64), &s.to_string())
+                .map(BanTime::Finite)
+                .map_err(serde::de::Error::custom),
             Raw::Secs(s) => Err(serde::de::Error::custom(format!(
                 "`{s}` is not a ban time: use seconds, a duration like \"1h\", or -1 / \"permanent\""
             ))),

@@ -29,6 +29,10 @@ pub enum Request {
         jail: Option<String>,
         bantime: Option<String>,
         class: Option<String>,
+        /// Lift the `[agent] min_prefix_v4/v6` rule for this ban (never the
+        /// allowlist or this host's addresses).
+        #[serde(default)]
+        force: bool,
     },
     Unban {
         target: Option<String>,
@@ -83,7 +87,16 @@ pub fn bind(path: &Path) -> Result<UnixListener> {
     if let Some(dir) = path.parent() {
         crate::setup::private_dir(dir)?;
     }
-    if path.exists() {
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        use std::os::unix::fs::FileTypeExt;
+        // Never delete what is not a socket (a mistyped path to a file).
+        if !meta.file_type().is_socket() {
+            bail!(
+                "[agent] socket: {} exists and is not a socket: set socket to a path of its own, e.g. {}",
+                path.display(),
+                crate::directories::SOCKET
+            );
+        }
         // A socket that still answers belongs to a running agent.
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
             bail!(
@@ -136,12 +149,10 @@ async fn handle(stream: UnixStream, tx: mpsc::Sender<ControlMessage>) -> Result<
         return Ok(());
     }
     let mut reader = BufReader::new(read.take(MAX_REQUEST as u64));
-    let mut line = String::new();
-    reader.read_line(&mut line).await?;
-    let reply = match serde_json::from_str::<Request>(line.trim()) {
-        Err(e) => Reply::err(format!(
-            "malformed request: {e} (see `xban --help` for the commands)"
-        )),
+    let mut raw = Vec::new();
+    reader.read_until(b'\n', &mut raw).await?;
+    let reply = match parse_request(&raw) {
+        Err(message) => Reply::err(message),
         Ok(request) => {
             let (reply_tx, reply_rx) = oneshot::channel();
             if tx
@@ -161,6 +172,18 @@ async fn handle(stream: UnixStream, tx: mpsc::Sender<ControlMessage>) -> Result<
         }
     };
     write_reply(&mut write, &reply).await
+}
+
+/// One request line as bytes: JSON in UTF-8, or an error reply's text.
+fn parse_request(raw: &[u8]) -> Result<Request, String> {
+    let text = std::str::from_utf8(raw).map_err(|e| {
+        format!(
+            "malformed request: not UTF-8 text (invalid byte at offset {}); send one JSON object per line (see `xban --help` for the commands)",
+            e.valid_up_to()
+        )
+    })?;
+    serde_json::from_str::<Request>(text.trim())
+        .map_err(|e| format!("malformed request: {e} (see `xban --help` for the commands)"))
 }
 
 async fn write_reply(w: &mut tokio::net::unix::OwnedWriteHalf, reply: &Reply) -> Result<()> {
@@ -220,6 +243,7 @@ mod tests {
             jail: Some("sshd".into()),
             bantime: Some("1h".into()),
             class: None,
+            force: false,
         };
         let text = serde_json::to_string(&r).unwrap();
         assert_eq!(serde_json::from_str::<Request>(&text).unwrap(), r);
@@ -265,6 +289,24 @@ mod tests {
         .unwrap();
         let reply: Reply = serde_json::from_str(&garbage).unwrap();
         assert!(!reply.ok && reply.error.unwrap().starts_with("malformed request"));
+        // Bytes that are not UTF-8 get an error reply too, not silence.
+        let p = path.clone();
+        let binary = tokio::task::spawn_blocking(move || {
+            use std::io::{BufRead, Write};
+            let mut s = std::os::unix::net::UnixStream::connect(&p).unwrap();
+            s.write_all(b"{\"cmd\":\"stat\xff\xfes\"}\n").unwrap();
+            let mut line = String::new();
+            std::io::BufReader::new(s).read_line(&mut line).unwrap();
+            line
+        })
+        .await
+        .unwrap();
+        let reply: Reply = serde_json::from_str(&binary).expect("a reply to non-UTF-8 bytes");
+        let e = reply.error.unwrap();
+        assert!(
+            !reply.ok && e.contains("not UTF-8") && e.contains("offset 12"),
+            "{e}"
+        );
         let p = path.clone();
         assert!(
             tokio::task::spawn_blocking(move || request(&p, &Request::Stats))

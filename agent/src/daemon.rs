@@ -11,7 +11,7 @@ use anyhow::{Context, Result};
 use tokio::sync::mpsc;
 
 use crate::actions::{self, ActionConfig};
-use crate::agent::{self_addresses, AgentCore};
+use crate::agent::AgentCore;
 use crate::ban::now_secs;
 use crate::config::{Config, JailSettings, ResolvedConfig, SourceSpec};
 use crate::control::{self, ControlMessage, Reply, Request};
@@ -264,7 +264,10 @@ impl Daemon {
                     .to_string(),
             );
         }
-        let restart = self.core.reload(&new, &self_addresses())?;
+        for w in &new.warnings {
+            tracing::warn!("config: {w}");
+        }
+        let restart = self.core.reload(&new)?;
         let removed: Vec<String> = self
             .sources
             .keys()
@@ -350,6 +353,20 @@ fn setup_steering(cfg: &ResolvedConfig) -> Result<TarpitSteering> {
 
 pub async fn run(config_path: &Path, opts: RunOptions) -> Result<()> {
     let resolved = load_config(config_path)?;
+    for w in &resolved.warnings {
+        tracing::warn!("config: {w}");
+    }
+    // Everything that would fail once XDP is attached, found first.
+    let checked = crate::preflight::preflight(
+        &resolved,
+        crate::preflight::PreflightOptions {
+            bind_metrics: true,
+            kernel_side: !opts.dry_run,
+        },
+    )?;
+    for note in &checked.notes {
+        tracing::warn!("{note}");
+    }
     let agent = resolved.agent.clone();
     if !opts.dry_run {
         crate::setup::check_capabilities()?;
@@ -384,7 +401,8 @@ pub async fn run(config_path: &Path, opts: RunOptions) -> Result<()> {
             };
             (Some(program), store, Box::new(enforcer))
         };
-    let mut core = AgentCore::new(&resolved, store, enforcer, &self_addresses())?;
+    let mut core =
+        AgentCore::with_host(&resolved, store, enforcer, crate::guard::HostAddrs::live())?;
     let report = core.restore(now_secs())?;
     tracing::info!(
         restored = report.restored,
@@ -398,10 +416,9 @@ pub async fn run(config_path: &Path, opts: RunOptions) -> Result<()> {
     }
 
     let (ctl_tx, mut ctl_rx) = mpsc::channel::<ControlMessage>(64);
-    if let Some(addr) = agent.metrics_listen {
-        let l = tokio::net::TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("[agent] metrics_listen: bind {addr}"))?;
+    if let (Some(addr), Some(l)) = (agent.metrics_listen, checked.metrics) {
+        let l = tokio::net::TcpListener::from_std(l)
+            .with_context(|| format!("[agent] metrics_listen: {addr}"))?;
         tracing::info!(%addr, "serving Prometheus metrics at /metrics");
         tokio::spawn(crate::metrics::serve(l, ctl_tx.clone()));
     }

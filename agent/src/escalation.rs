@@ -148,6 +148,13 @@ impl EscalationConfig {
                     "must be at least 2 (the first ban is the jail's own)".into(),
                 );
             }
+            if s.bantime == BanTime::Finite(Duration::ZERO) {
+                return err(
+                    format!("escalation.steps[{i}].bantime"),
+                    "a ban of 0 s ends as it starts: set a duration like \"1w\", or \"permanent\""
+                        .into(),
+                );
+            }
             if s.within.0.is_zero() {
                 return err(
                     format!("escalation.steps[{i}].within"),
@@ -179,6 +186,19 @@ impl EscalationConfig {
             return err(
                 "escalation.subnet.v6_prefix".into(),
                 format!("{} is out of range (16 to 128)", sn.v6_prefix),
+            );
+        }
+        if sn.bantime == BanTime::Finite(Duration::ZERO) {
+            return err(
+                "escalation.subnet.bantime".into(),
+                "a ban of 0 s ends as it starts: set a duration like \"1d\", or \"permanent\""
+                    .into(),
+            );
+        }
+        if sn.within.0.is_zero() {
+            return err(
+                "escalation.subnet.within".into(),
+                "must be longer than 0".into(),
             );
         }
         if sn.hosts < 2 {
@@ -283,7 +303,11 @@ fn increment(inc: &IncrementConfig, base: Duration, previous: u32) -> Duration {
     } else {
         fastrand::f64() * inc.rndtime.0.as_secs_f64()
     };
-    Duration::from_secs_f64(capped + jitter)
+    // Saturating: whatever the factor, never past maxtime + rndtime, nor
+    // past the longest duration xban takes.
+    Duration::try_from_secs_f64(capped + jitter)
+        .unwrap_or(crate::config::MAX_DURATION)
+        .min(crate::config::MAX_DURATION)
 }
 
 /// Recent host bans grouped by prefix, for subnet widening.
@@ -407,6 +431,31 @@ mod tests {
         assert!((3000..3060).contains(&t.as_secs()), "{t:?}");
         cfg.enabled = false;
         assert_eq!(decide_with(&cfg, &[1; 9]).bantime, d(600));
+    }
+
+    #[test]
+    fn growth_saturates_at_maxtime_whatever_the_factor() {
+        let mut cfg = EscalationConfig {
+            steps: vec![],
+            ..Default::default()
+        };
+        cfg.increment.enabled = true;
+        cfg.increment.factor = 1e300;
+        cfg.increment.maxtime = DurationSetting(crate::config::MAX_DURATION);
+        let dec = decide(
+            &cfg,
+            d(crate::config::MAX_DURATION.as_secs()),
+            BanClass::Drop,
+            |_| 1_000,
+        );
+        assert_eq!(dec.bantime, d(crate::config::MAX_DURATION.as_secs()));
+        cfg.increment.multipliers = vec![u32::MAX];
+        cfg.increment.rndtime = DurationSetting(crate::config::MAX_DURATION);
+        let BanTime::Finite(t) = decide(&cfg, d(u32::MAX as u64), BanClass::Drop, |_| 7).bantime
+        else {
+            panic!()
+        };
+        assert!(t <= crate::config::MAX_DURATION, "{t:?}");
     }
 
     #[test]

@@ -20,12 +20,33 @@ fn millis(t: SystemTime) -> i64 {
         .unwrap_or(0)
 }
 
-/// Failures per address within `findtime`, in log time.
+/// Failures per address within `findtime`, in log time, for at most
+/// `max_tracked` addresses.
+///
+/// At the cap, the address to forget is the oldest one with a single
+/// failure; only when there is none, the least recently failing one. So a
+/// flood of one-time (spoofed, random) addresses churns among themselves
+/// and an address failing repeatedly keeps its count.
 #[derive(Debug)]
 pub struct JailWindow {
     findtime_ms: i64,
     maxretry: u32,
-    failures: HashMap<IpAddr, VecDeque<(i64, String)>>,
+    max_tracked: usize,
+    failures: HashMap<IpAddr, Tracked>,
+    /// Eviction order, oldest first: `(seq, addr)` of addresses with one
+    /// failure, and of those with more. An entry whose address has been
+    /// touched since (another `seq`) is stale and skipped.
+    singles: VecDeque<(u64, IpAddr)>,
+    repeats: VecDeque<(u64, IpAddr)>,
+    next_seq: u64,
+    /// Addresses forgotten at the cap since the last `take_evictions`.
+    evicted: u64,
+}
+
+#[derive(Debug)]
+struct Tracked {
+    seq: u64,
+    failures: VecDeque<(i64, String)>,
 }
 
 impl JailWindow {
@@ -33,20 +54,80 @@ impl JailWindow {
         JailWindow {
             findtime_ms: findtime.as_millis() as i64,
             maxretry,
+            max_tracked: crate::config::DEFAULT_MAX_TRACKED,
             failures: HashMap::new(),
+            singles: VecDeque::new(),
+            repeats: VecDeque::new(),
+            next_seq: 0,
+            evicted: 0,
         }
+    }
+
+    /// Cap the addresses tracked at once (evicting down to it now).
+    pub fn set_max_tracked(&mut self, max: usize) {
+        self.max_tracked = max.max(1);
+        while self.failures.len() > self.max_tracked {
+            if !self.evict_one() {
+                break;
+            }
+        }
+    }
+
+    /// Evictions since the last call.
+    pub fn take_evictions(&mut self) -> u64 {
+        std::mem::take(&mut self.evicted)
+    }
+
+    /// Forget the address that matters least (see the type's doc).
+    fn evict_one(&mut self) -> bool {
+        for queue in [&mut self.singles, &mut self.repeats] {
+            while let Some((seq, addr)) = queue.pop_front() {
+                if self.failures.get(&addr).is_some_and(|t| t.seq == seq) {
+                    self.failures.remove(&addr);
+                    self.evicted += 1;
+                    return true;
+                }
+            }
+        }
+        false
+    }
+
+    /// Drop stale queue entries once they outnumber the live ones.
+    fn compact(&mut self) {
+        if self.singles.len() + self.repeats.len() <= 2 * self.failures.len() + 64 {
+            return;
+        }
+        let mut live: Vec<(u64, IpAddr, bool)> = self
+            .failures
+            .iter()
+            .map(|(a, t)| (t.seq, *a, t.failures.len() == 1))
+            .collect();
+        live.sort_unstable_by_key(|(seq, _, _)| *seq);
+        self.singles = live.iter().filter(|l| l.2).map(|l| (l.0, l.1)).collect();
+        self.repeats = live.iter().filter(|l| !l.2).map(|l| (l.0, l.1)).collect();
+    }
+
+    pub fn max_tracked(&self) -> usize {
+        self.max_tracked
     }
 
     /// Count one failure at `at` (log time). Returns the failures' lines when
     /// this one reaches `maxretry`, and forgets them: the ban takes over.
     pub fn record(&mut self, addr: IpAddr, at: SystemTime, line: &str) -> Option<Vec<String>> {
         let at = millis(at);
+        if !self.failures.contains_key(&addr) && self.failures.len() >= self.max_tracked {
+            self.evict_one();
+        }
+        let seq = self.next_seq;
+        self.next_seq += 1;
         // Most addresses fail once or twice: room for one, not the four a
         // first push reserves (a million failing addresses, ~100 MB).
-        let q = self
-            .failures
-            .entry(addr)
-            .or_insert_with(|| VecDeque::with_capacity(1));
+        let tracked = self.failures.entry(addr).or_insert_with(|| Tracked {
+            seq,
+            failures: VecDeque::with_capacity(1),
+        });
+        tracked.seq = seq;
+        let q = &mut tracked.failures;
         let kept = match line.char_indices().nth(MAX_KEPT_LINE) {
             Some((cut, _)) => line[..cut].to_string(),
             None => line.to_string(),
@@ -61,10 +142,16 @@ impl JailWindow {
             let lines = self
                 .failures
                 .remove(&addr)
-                .map(|q| q.into_iter().map(|(_, l)| l).collect())
+                .map(|t| t.failures.into_iter().map(|(_, l)| l).collect())
                 .unwrap_or_default();
             return Some(lines);
         }
+        if q.len() == 1 {
+            self.singles.push_back((seq, addr));
+        } else {
+            self.repeats.push_back((seq, addr));
+        }
+        self.compact();
         None
     }
 
@@ -72,8 +159,14 @@ impl JailWindow {
     pub fn prune(&mut self, now: SystemTime) {
         let now = millis(now);
         let findtime = self.findtime_ms;
-        self.failures
-            .retain(|_, q| q.back().is_some_and(|(t, _)| now - *t <= findtime));
+        self.failures.retain(|_, t| {
+            t.failures
+                .iter()
+                .map(|(t, _)| *t)
+                .max()
+                .is_some_and(|t| now - t <= findtime)
+        });
+        self.compact();
     }
 
     pub fn forget(&mut self, addr: &IpAddr) {
@@ -82,7 +175,7 @@ impl JailWindow {
 
     /// Addresses failing now, with their failure counts.
     pub fn failing(&self) -> impl Iterator<Item = (IpAddr, usize)> + '_ {
-        self.failures.iter().map(|(a, q)| (*a, q.len()))
+        self.failures.iter().map(|(a, t)| (*a, t.failures.len()))
     }
 
     pub fn failing_count(&self) -> usize {
@@ -98,6 +191,9 @@ pub enum JailVerdict {
     Failure(IpAddr),
     /// A failure by an ignored address (ignoreip / self).
     Ignored(IpAddr),
+    /// A failure by an address this jail has banned already: not counted,
+    /// so a burst (or a re-read) cannot turn one offence into several bans.
+    AlreadyBanned(IpAddr),
     Ban(BanRequest),
 }
 
@@ -124,34 +220,58 @@ pub struct JailCounters {
     pub bans_total: u64,
     pub lines_without_time: u64,
     pub hostnames_skipped: u64,
+    /// Failures by addresses the jail had banned already (not counted).
+    #[serde(default)]
+    pub failures_while_banned: u64,
+    /// Addresses forgotten because the jail tracked `max_tracked` already.
+    #[serde(default)]
+    pub window_evictions: u64,
 }
 
 pub struct Jail {
     pub settings: JailSettings,
     filter: FilterSet,
     pub window: JailWindow,
-    /// ignoreip of the jail plus, with ignoreself, this machine's addresses.
+    /// ignoreip of the jail.
     ignore: Vec<Target>,
+    /// This machine's addresses now, ignored with `ignoreself`.
+    host: crate::guard::HostAddrs,
     pub counters: JailCounters,
 }
 
 impl Jail {
+    /// A jail whose `ignoreself` means `self_addrs` (and loopback).
     pub fn new(
         settings: JailSettings,
         self_addrs: &[Target],
     ) -> Result<Jail, crate::filter::FilterError> {
+        Jail::with_host(
+            settings,
+            crate::guard::HostAddrs::fixed(self_addrs.to_vec()),
+        )
+    }
+
+    /// A jail whose `ignoreself` follows `host` (the live view in the agent).
+    pub fn with_host(
+        settings: JailSettings,
+        host: crate::guard::HostAddrs,
+    ) -> Result<Jail, crate::filter::FilterError> {
         let filter = FilterSet::from_def(&settings.filter, settings.mode.as_deref())?;
-        let mut ignore = settings.ignoreip.clone();
-        if settings.ignoreself {
-            ignore.extend_from_slice(self_addrs);
-        }
+        let mut window = JailWindow::new(settings.findtime, settings.maxretry);
+        window.set_max_tracked(settings.max_tracked);
         Ok(Jail {
-            window: JailWindow::new(settings.findtime, settings.maxretry),
+            window,
+            ignore: settings.ignoreip.clone(),
             settings,
             filter,
-            ignore,
+            host,
             counters: JailCounters::default(),
         })
+    }
+
+    /// The jail's own ignoreip (the guard checks its bans against it too).
+    pub fn ignoreip(&self) -> &[Target] {
+        &self.ignore
     }
 
     pub fn name(&self) -> &str {
@@ -160,6 +280,7 @@ impl Jail {
 
     pub fn is_ignored(&self, addr: IpAddr) -> bool {
         self.ignore.iter().any(|t| t.contains(addr))
+            || (self.settings.ignoreself && self.host.contains(addr))
     }
 
     /// Read one line. `read_at` is when it was read; the line's own
@@ -169,6 +290,18 @@ impl Jail {
         text: &str,
         read_at: SystemTime,
         known_time: Option<SystemTime>,
+    ) -> JailVerdict {
+        self.process_with(text, read_at, known_time, &|_| false)
+    }
+
+    /// [`process`](Self::process), where `banned(addr)` says whether this
+    /// jail has banned `addr` already: its failures then do not count.
+    pub fn process_with(
+        &mut self,
+        text: &str,
+        read_at: SystemTime,
+        known_time: Option<SystemTime>,
+        banned: &dyn Fn(IpAddr) -> bool,
     ) -> JailVerdict {
         self.counters.lines += 1;
         let failure = match self.filter.match_line(text, read_at) {
@@ -199,8 +332,14 @@ impl Jail {
             self.counters.ignored_addresses += 1;
             return JailVerdict::Ignored(addr);
         }
+        if banned(addr) {
+            self.counters.failures_while_banned += 1;
+            return JailVerdict::AlreadyBanned(addr);
+        }
         self.counters.failures_total += 1;
-        match self.window.record(addr, at, text) {
+        let verdict = self.window.record(addr, at, text);
+        self.counters.window_evictions += self.window.take_evictions();
+        match verdict {
             None => JailVerdict::Failure(addr),
             Some(matches) => {
                 self.counters.bans_total += 1;
@@ -282,6 +421,57 @@ mod tests {
         w.prune(t(1061));
         assert_eq!(w.failing_count(), 0);
         assert!(w.record(a, t(1100), "a").is_none());
+    }
+
+    #[test]
+    fn the_cap_evicts_one_time_addresses_before_repeat_offenders() {
+        let mut w = JailWindow::new(Duration::from_secs(3600), 3);
+        w.set_max_tracked(100);
+        let attacker: IpAddr = "203.0.113.66".parse().unwrap();
+        let one_time =
+            |i: u32| IpAddr::from(std::net::Ipv6Addr::from(0x2001_0db8_u128 << 96 | i as u128));
+        assert!(w.record(attacker, t(1000), "a1").is_none());
+        for i in 0..50 {
+            assert!(w.record(one_time(i), t(1001), "x").is_none());
+        }
+        assert!(w.record(attacker, t(1002), "a2").is_none());
+        // A flood of 10,000 one-time addresses, a hundred times the cap.
+        for i in 50..10_050 {
+            assert!(w.record(one_time(i), t(1003), "x").is_none());
+            assert!(w.failing_count() <= 100);
+        }
+        assert_eq!(w.take_evictions(), 10_050 + 1 - 100);
+        let lines = w
+            .record(attacker, t(1004), "a3")
+            .expect("still counted: banned");
+        assert_eq!(lines, ["a1", "a2", "a3"]);
+        // Oldest first among one-time addresses: the newest 99 are left.
+        assert!(w.failing().all(|(a, _)| a >= one_time(10_050 - 99)));
+        // With no single left, the least recently failing goes.
+        let mut w = JailWindow::new(Duration::from_secs(3600), 10);
+        w.set_max_tracked(2);
+        let (a, b, c) = (one_time(1), one_time(2), one_time(3));
+        for x in [a, a, b, b, a] {
+            w.record(x, t(1), "x");
+        }
+        w.record(c, t(2), "x");
+        let mut left: Vec<IpAddr> = w.failing().map(|(a, _)| a).collect();
+        left.sort();
+        assert_eq!(left, vec![a, c], "b failed least recently");
+        // Lowering the cap evicts at once.
+        w.set_max_tracked(1);
+        assert_eq!(w.failing_count(), 1);
+    }
+
+    #[test]
+    fn queue_bookkeeping_stays_bounded_under_churn() {
+        let mut w = JailWindow::new(Duration::from_secs(3600), 1_000_000);
+        w.set_max_tracked(10);
+        let a: IpAddr = "203.0.113.1".parse().unwrap();
+        for i in 0..100_000u64 {
+            w.record(a, t(i), "x");
+        }
+        assert!(w.singles.len() + w.repeats.len() <= 2 * w.failing_count() + 65);
     }
 
     #[test]

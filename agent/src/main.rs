@@ -58,6 +58,10 @@ enum Command {
         /// drop or tarpit.
         #[arg(long)]
         class: Option<String>,
+        /// Ban a prefix wider than [agent] min_prefix_v4/min_prefix_v6 (the
+        /// allowlist and this host's own addresses stay protected).
+        #[arg(long)]
+        force: bool,
         #[arg(long)]
         json: bool,
     },
@@ -145,6 +149,19 @@ fn dispatch(cli: Cli) -> Result<()> {
             let resolved = Config::load(&path)?
                 .validate()
                 .with_context(|| format!("config {}", path.display()))?;
+            // The start-up checks too, where they can run here: the
+            // metrics address only when no agent holds it already.
+            let checked = xban::preflight::preflight(
+                &resolved,
+                xban::preflight::PreflightOptions {
+                    bind_metrics: !control::agent_running(&resolved.agent.socket),
+                    kernel_side: true,
+                },
+            )
+            .with_context(|| format!("config {}", path.display()))?;
+            for w in resolved.warnings.iter().chain(&checked.notes) {
+                println!("warning: {w}");
+            }
             println!(
                 "{}: ok ({} jails: {})",
                 path.display(),
@@ -181,6 +198,7 @@ fn dispatch(cli: Cli) -> Result<()> {
             jail,
             bantime,
             class,
+            force,
             json,
         } => {
             let data = ask(
@@ -190,6 +208,7 @@ fn dispatch(cli: Cli) -> Result<()> {
                     jail,
                     bantime,
                     class,
+                    force,
                 },
             )?;
             if json {
@@ -369,12 +388,24 @@ fn print_status(s: &StatusView) {
             }
         }
     }
+    for r in &s.ban_refusals {
+        println!(
+            "bans refused: {} by rule {} (origin {})",
+            r.count, r.rule, r.origin
+        );
+    }
     for j in &s.jails {
         let c = &j.counters;
         println!(
             "jail {}: failing now {}, failures total {}, bans now {}, bans total {}, lines {}",
             j.name, j.failing_now, c["failures_total"], j.bans_now, c["bans_total"], c["lines"]
         );
+        if c["window_evictions"].as_u64().is_some_and(|n| n > 0) {
+            println!(
+                "  forgot {} failing addresses at max_tracked",
+                c["window_evictions"]
+            );
+        }
         if !j.following.is_empty() {
             println!("  following: {}", j.following.join(", "));
         }

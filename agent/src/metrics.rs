@@ -117,6 +117,36 @@ impl Metrics {
         }
         family(
             &mut o,
+            "xban_window_evictions_total",
+            "counter",
+            "Addresses a jail stopped counting because it tracked max_tracked already.",
+        );
+        for j in &status.jails {
+            let _ = writeln!(
+                o,
+                "xban_window_evictions_total{{jail=\"{}\"}} {}",
+                j.name,
+                j.counters
+                    .get("window_evictions")
+                    .cloned()
+                    .unwrap_or(0.into())
+            );
+        }
+        family(
+            &mut o,
+            "xban_ban_refusals_total",
+            "counter",
+            "Bans refused by the guard, per rule (min_prefix, allowlist, host_address) and origin.",
+        );
+        for r in &status.ban_refusals {
+            let _ = writeln!(
+                o,
+                "xban_ban_refusals_total{{rule=\"{}\",origin=\"{}\"}} {}",
+                r.rule, r.origin, r.count
+            );
+        }
+        family(
+            &mut o,
             "xban_bans_total",
             "counter",
             "Bans made since start, per jail and class.",

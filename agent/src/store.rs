@@ -39,6 +39,11 @@ const MIGRATIONS: &[&str] = &[
         source TEXT PRIMARY KEY,
         cursor TEXT NOT NULL
     );",
+    // 2: a ban is in the history once: a re-read of the same log lines
+    // (after a crash) must not count as another offence.
+    "DELETE FROM ban_history WHERE rowid NOT IN
+        (SELECT MIN(rowid) FROM ban_history GROUP BY target, jail, banned_at);
+    CREATE UNIQUE INDEX ban_history_once ON ban_history (target, jail, banned_at);",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -357,6 +362,36 @@ impl BanStore {
         .map_err(self.wrap())
     }
 
+    /// Like [`ban_count_since`](Self::ban_count_since), leaving out the
+    /// history row of the ban being decided (`jail` at `event_at`), which a
+    /// re-read of the same lines finds there already: a replay decides as
+    /// the first reading did.
+    pub fn earlier_ban_count(
+        &self,
+        target: &Target,
+        only_jail: Option<&str>,
+        since: UnixSecs,
+        jail: &str,
+        event_at: UnixSecs,
+    ) -> Result<u32, StoreError> {
+        let t = target.to_string();
+        match only_jail {
+            Some(j) => self
+                .conn
+                .prepare_cached(
+                    "SELECT COUNT(*) FROM ban_history WHERE target = ?1 AND jail = ?2 AND banned_at >= ?3 AND NOT (jail = ?4 AND banned_at = ?5)",
+                )
+                .and_then(|mut s| s.query_row(params![t, j, since, jail, event_at], |r| r.get(0))),
+            None => self
+                .conn
+                .prepare_cached(
+                    "SELECT COUNT(*) FROM ban_history WHERE target = ?1 AND banned_at >= ?2 AND NOT (jail = ?3 AND banned_at = ?4)",
+                )
+                .and_then(|mut s| s.query_row(params![t, since, jail, event_at], |r| r.get(0))),
+        }
+        .map_err(self.wrap())
+    }
+
     /// Host and prefix bans in the history since `since`, oldest first.
     pub fn history_since(
         &self,
@@ -484,8 +519,9 @@ fn write_bans(
         "INSERT OR REPLACE INTO bans (target, jail, class, banned_at, expires_at, failures, matches)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
     )?;
-    let mut hist = conn
-        .prepare_cached("INSERT INTO ban_history (target, jail, banned_at) VALUES (?1, ?2, ?3)")?;
+    let mut hist = conn.prepare_cached(
+        "INSERT OR IGNORE INTO ban_history (target, jail, banned_at) VALUES (?1, ?2, ?3)",
+    )?;
     for rec in recs {
         let target = rec.target.to_string();
         let matches = serde_json::to_string(&rec.matches).unwrap_or_else(|_| "[]".into());
@@ -519,6 +555,47 @@ mod tests {
             failures: 3,
             matches: vec!["line one".into(), "line two".into()],
         }
+    }
+
+    #[test]
+    fn history_is_idempotent_and_old_duplicates_are_merged() {
+        let dir = tempfile::tempdir().unwrap();
+        let t: Target = "203.0.113.5".parse().unwrap();
+        {
+            // A database written by the previous schema, with a replayed ban
+            // recorded twice.
+            let conn = Connection::open(dir.path().join(crate::directories::STATE_DB)).unwrap();
+            conn.execute_batch(MIGRATIONS[0]).unwrap();
+            conn.pragma_update(None, "user_version", 1).unwrap();
+            for _ in 0..2 {
+                conn.execute(
+                    "INSERT INTO ban_history (target, jail, banned_at) VALUES ('203.0.113.5', 'sshd', 100)",
+                    [],
+                )
+                .unwrap();
+            }
+        }
+        let mut s = BanStore::open(dir.path()).unwrap();
+        assert_eq!(s.ban_count_since(&t, None, 0).unwrap(), 1, "merged");
+        // Replaying the same ban (same jail, same log time) is a no-op.
+        for _ in 0..3 {
+            s.put_ban(&rec("203.0.113.5", "sshd", Some(700)), 100)
+                .unwrap();
+        }
+        assert_eq!(s.ban_count_since(&t, None, 0).unwrap(), 1);
+        // Another jail or another time is another ban.
+        s.put_ban(&rec("203.0.113.5", "web", Some(700)), 100)
+            .unwrap();
+        s.put_ban(&rec("203.0.113.5", "sshd", Some(700)), 101)
+            .unwrap();
+        assert_eq!(s.ban_count_since(&t, None, 0).unwrap(), 3);
+        // The ban being decided is not one of its own earlier bans.
+        assert_eq!(s.earlier_ban_count(&t, None, 0, "sshd", 101).unwrap(), 2);
+        assert_eq!(
+            s.earlier_ban_count(&t, Some("sshd"), 0, "sshd", 101)
+                .unwrap(),
+            1
+        );
     }
 
     #[test]
