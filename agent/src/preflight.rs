@@ -442,7 +442,8 @@ fn check_pattern_now(raw: &str) -> Result<PatternNow, String> {
     match exact {
         Some(name) => {
             let path = dir.join(name);
-            match std::fs::symlink_metadata(&path) {
+            // Following links: a link to a file still to come is "not yet".
+            match std::fs::metadata(&path) {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                     Ok(PatternNow::NotYet(format!(
                         "{} does not exist yet; it is read from its start when it appears",
@@ -631,5 +632,72 @@ mod tests {
         let e = check_logpath_shape("/var/log/[unclosed.log").unwrap_err();
         assert!(e.contains("not a valid glob"), "{e}");
         check_logpath_shape(&dir.path().join("later.log").display().to_string()).unwrap();
+    }
+
+    fn resolved(jails: &str, agent: &str) -> ResolvedConfig {
+        let text = format!(
+            "[agent]\nfilters_dir = \"/nonexistent-xban\"\n{agent}\n{jails}"
+        );
+        Config::parse(&text).unwrap().validate().unwrap()
+    }
+
+    fn run(cfg: &ResolvedConfig, bind_metrics: bool) -> anyhow::Result<Preflight> {
+        preflight(cfg, PreflightOptions { bind_metrics, kernel_side: true })
+    }
+
+    #[test]
+    fn start_up_problems_are_found_all_at_once_with_their_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().display();
+        std::fs::write(dir.path().join("a.log"), "").unwrap();
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let cfg = resolved(
+            &format!(
+                "[jails.one]\nlogpath = [\"{d}/a.log\", \"{d}/missing-dir/b.log\", \"{d}/nodir/*.log\"]\nfailregex = ['x <HOST>']\n\
+                 [jails.two]\nlogpath = [\"/proc/sys/vm/drop_caches\"]\nfailregex = ['x <HOST>']\n"
+            ),
+            &format!(
+                "interfaces = [\"lo\", \"xban-no-such0\"]\nmetrics_listen = \"{}\"",
+                taken.local_addr().unwrap()
+            ),
+        );
+        let e = format!("{:#}", run(&cfg, true).unwrap_err());
+        assert!(e.contains("nothing was changed"), "{e}");
+        for want in [
+            "jails.one.logpath[1]: directory",
+            "jails.one.logpath[2]: directory",
+            "does not exist: create it",
+            // Write-only even for root: a log the agent cannot read.
+            "jails.two.logpath[0]: cannot read /proc/sys/vm/drop_caches",
+            "agent.interfaces[1]: no interface named `xban-no-such0`",
+            "agent.metrics_listen: cannot listen on",
+        ] {
+            assert!(e.contains(want), "missing {want:?} in:\n{e}");
+        }
+        assert!(!e.contains("jails.one.logpath[0]") && !e.contains("interfaces[0]"), "{e}");
+        // Without the metrics bind (`xban check` beside a running agent).
+        let e = format!("{:#}", run(&cfg, false).unwrap_err());
+        assert!(!e.contains("metrics_listen"), "{e}");
+    }
+
+    #[test]
+    fn a_good_config_passes_and_keeps_the_metrics_socket() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().display();
+        std::fs::write(dir.path().join("a.log"), "").unwrap();
+        std::fs::create_dir(dir.path().join("sub.log")).unwrap();
+        std::os::unix::fs::symlink(dir.path().join("future"), dir.path().join("link.log")).unwrap();
+        let cfg = resolved(
+            &format!(
+                "[jails.one]\nlogpath = [\"{d}/a.log\", \"{d}/later.log\", \"{d}/*.log\", \"{d}/link.log\"]\nfailregex = ['x <HOST>']\n"
+            ),
+            "interfaces = [\"lo\"]\nmetrics_listen = \"127.0.0.1:0\"",
+        );
+        let p = run(&cfg, true).unwrap();
+        assert!(p.metrics.is_some());
+        // Files still to come are notes, not errors; a directory a glob
+        // matches is skipped, as the source skips it.
+        assert_eq!(p.notes.len(), 2, "{:?}", p.notes);
+        assert!(p.notes[0].contains("later.log does not exist yet"), "{:?}", p.notes);
     }
 }

@@ -49,8 +49,17 @@ fn is_bpffs(path: &Path) -> bool {
 /// Make sure `pin_dir` lives on bpffs, mounting bpffs at /sys/fs/bpf when the
 /// system has not (fresh machines and minimal containers don't).
 pub fn ensure_bpffs(pin_dir: &Path) -> Result<()> {
-    let parent = pin_dir.parent().unwrap_or(Path::new("/"));
-    if is_bpffs(parent) || is_bpffs(pin_dir) {
+    // A nested pin directory (`/sys/fs/bpf/a/b`) is created whole: what
+    // counts is the nearest part of it that exists.
+    let nearest = |p: &Path| -> PathBuf {
+        p.ancestors()
+            .skip(1)
+            .find(|a| a.exists())
+            .unwrap_or(Path::new("/"))
+            .to_path_buf()
+    };
+    let parent = nearest(pin_dir);
+    if is_bpffs(&parent) || is_bpffs(pin_dir) {
         return Ok(());
     }
     let mount = Path::new(directories::BPFFS_MOUNT);
@@ -72,9 +81,10 @@ pub fn ensure_bpffs(pin_dir: &Path) -> Result<()> {
         })?;
         tracing::info!(mount = %mount.display(), "mounted bpffs");
     }
-    if !is_bpffs(parent) {
+    let parent = nearest(pin_dir);
+    if !is_bpffs(&parent) {
         bail!(
-            "pin directory {} is not on a bpffs mount: set [agent] bpf_pin_dir under /sys/fs/bpf, or mount bpffs there (mount -t bpf bpf {})",
+            "[agent] bpf_pin_dir: {} is not on a bpffs mount: set bpf_pin_dir under /sys/fs/bpf, or mount bpffs there (mount -t bpf bpf {})",
             pin_dir.display(),
             parent.display()
         );
