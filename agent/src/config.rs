@@ -911,7 +911,10 @@ ignoreip = []
     fn durations_above_the_maximum_are_refused_naming_the_key() {
         for (text, key) in [
             ("[defaults]\nbantime = 9223372036854775807\n", "bantime"),
-            ("[defaults]\nbantime = \"18446744073709551615\"\n", "bantime"),
+            (
+                "[defaults]\nbantime = \"18446744073709551615\"\n",
+                "bantime",
+            ),
             ("[defaults]\nfindtime = 9223372036854775807\n", "findtime"),
             ("[defaults]\nbantime = \"3651d\"\n", "bantime"),
             ("[escalation.increment]\nmaxtime = \"600w\"\n", "maxtime"),
@@ -927,19 +930,25 @@ ignoreip = []
         // The maximum itself, and permanent, are fine.
         let ok = format!("{}\n[defaults]\nbantime = \"3650d\"\n", no_user_filters());
         Config::parse(&ok).unwrap().validate().unwrap();
-        assert_eq!(
-            "18446744073709551615".parse::<BanTime>().unwrap_err().contains("maximum"),
-            true
-        );
+        assert!("18446744073709551615"
+            .parse::<BanTime>()
+            .unwrap_err()
+            .contains("maximum"));
         assert_eq!(parse_duration("3650d").unwrap(), MAX_DURATION);
     }
 
     #[test]
     fn zero_bantime_and_findtime_are_refused() {
         let e = error_of("[defaults]\nbantime = 0\n");
-        assert!(e.starts_with("defaults.bantime:") && e.contains("permanent"), "{e}");
+        assert!(
+            e.starts_with("defaults.bantime:") && e.contains("permanent"),
+            "{e}"
+        );
         let e = error_of("[defaults]\nfindtime = \"0s\"\n");
-        assert!(e.starts_with("defaults.findtime:") && e.contains("10m"), "{e}");
+        assert!(
+            e.starts_with("defaults.findtime:") && e.contains("10m"),
+            "{e}"
+        );
         let e = error_of(&jail("bantime = \"0m\"\n"));
         assert!(e.starts_with("jails.sshd.bantime:"), "{e}");
         let e = error_of(&jail("findtime = 0\n"));
@@ -949,7 +958,10 @@ ignoreip = []
         let e = error_of("[escalation.subnet]\nbantime = 0\n");
         assert!(e.starts_with("escalation.subnet.bantime:"), "{e}");
         let e = error_of("[defaults]\nmax_tracked = 0\n");
-        assert!(e.starts_with("defaults.max_tracked:") && e.contains("100000"), "{e}");
+        assert!(
+            e.starts_with("defaults.max_tracked:") && e.contains("100000"),
+            "{e}"
+        );
         let e = error_of(&jail("max_tracked = 0\n"));
         assert!(e.starts_with("jails.sshd.max_tracked:"), "{e}");
     }
@@ -976,10 +988,19 @@ ignoreip = []
         );
         let r = Config::parse(&text).unwrap().validate().unwrap();
         let w = r.warnings.join("\n");
-        assert!(w.contains("defaults.ignoreip[0]: `0.0.0.0/0` allowlists every IPv4 address"), "{w}");
-        assert!(w.contains("defaults.ignoreip[1]: `::/0` allowlists every IPv6 address"), "{w}");
+        assert!(
+            w.contains("defaults.ignoreip[0]: `0.0.0.0/0` allowlists every IPv4 address"),
+            "{w}"
+        );
+        assert!(
+            w.contains("defaults.ignoreip[1]: `::/0` allowlists every IPv6 address"),
+            "{w}"
+        );
         assert!(w.contains("defaults.ignoreip[2]: `0.0.0.0/0`"), "{w}");
-        assert!(w.contains("defaults.ignoreip[3]: `128.0.0.0/1` allowlists a /1"), "{w}");
+        assert!(
+            w.contains("defaults.ignoreip[3]: `128.0.0.0/1` allowlists a /1"),
+            "{w}"
+        );
         assert!(w.contains("jails.sshd.ignoreip[0]"), "{w}");
         assert!(!w.contains("ignoreip[4]"), "a /8 is fine: {w}");
     }
@@ -987,11 +1008,18 @@ ignoreip = []
     #[test]
     fn reserved_and_unsafe_jail_names_are_refused() {
         for name in ["blocklist", "manual", "subnet", "fleet", "geo"] {
-            let e = error_of(&format!("[jails.{name}]\nlogpath = [\"/l\"]\nfailregex = ['x <HOST>']\n"));
-            assert!(e.starts_with(&format!("jails.{name}:")) && e.contains("reserved"), "{e}");
+            let e = error_of(&format!(
+                "[jails.{name}]\nlogpath = [\"/l\"]\nfailregex = ['x <HOST>']\n"
+            ));
+            assert!(
+                e.starts_with(&format!("jails.{name}:")) && e.contains("reserved"),
+                "{e}"
+            );
         }
         for name in ["\"ss\\\"hd\"", "\"a b\"", "\"x:y\"", "\"it's\""] {
-            let e = error_of(&format!("[jails.{name}]\nlogpath = [\"/l\"]\nfailregex = ['x <HOST>']\n"));
+            let e = error_of(&format!(
+                "[jails.{name}]\nlogpath = [\"/l\"]\nfailregex = ['x <HOST>']\n"
+            ));
             assert!(e.contains("letters, digits"), "{name}: {e}");
         }
         // Even a disabled jail may not take a reserved name.
@@ -1006,11 +1034,18 @@ ignoreip = []
             "[jails.sshd]\nlogpath = [\"/l\", \"{}\"]\nfailregex = ['x <HOST>']\n",
             dir.path().display()
         ));
-        assert!(e.starts_with("jails.sshd.logpath[1]:") && e.contains("is a directory"), "{e}");
+        assert!(
+            e.starts_with("jails.sshd.logpath[1]:") && e.contains("is a directory"),
+            "{e}"
+        );
         let e = error_of("[jails.sshd]\nlogpath = [\"/dev/zero\"]\nfailregex = ['x <HOST>']\n");
         assert!(e.contains("character device"), "{e}");
-        let e = error_of("[jails.sshd]\nlogpath = [\"/var/log/[x.log\"]\nfailregex = ['x <HOST>']\n");
-        assert!(e.starts_with("jails.sshd.logpath[0]:") && e.contains("glob"), "{e}");
+        let e =
+            error_of("[jails.sshd]\nlogpath = [\"/var/log/[x.log\"]\nfailregex = ['x <HOST>']\n");
+        assert!(
+            e.starts_with("jails.sshd.logpath[0]:") && e.contains("glob"),
+            "{e}"
+        );
         // [agent] keys: checked in validate, named in the error.
         for (text, key) in [
             ("state_dir = \"\"", "agent.state_dir:"),
@@ -1020,11 +1055,22 @@ ignoreip = []
             ("interfaces = [\"\"]", "agent.interfaces[0]:"),
         ] {
             let full = format!("[agent]\nfilters_dir = \"/nonexistent-xban\"\n{text}\n");
-            let e = Config::parse(&full).unwrap().validate().unwrap_err().to_string();
+            let e = Config::parse(&full)
+                .unwrap()
+                .validate()
+                .unwrap_err()
+                .to_string();
             assert!(e.starts_with(key), "{text}: {e}");
         }
         let full = "[agent]\nfilters_dir = \"/nonexistent-xban\"\nmin_prefix_v4 = 16\n[escalation.subnet]\nenabled = true\nv4_prefix = 12\n";
-        let e = Config::parse(full).unwrap().validate().unwrap_err().to_string();
-        assert!(e.starts_with("escalation.subnet.v4_prefix:") && e.contains("min_prefix_v4"), "{e}");
+        let e = Config::parse(full)
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("escalation.subnet.v4_prefix:") && e.contains("min_prefix_v4"),
+            "{e}"
+        );
     }
 }

@@ -59,7 +59,8 @@ pub fn check_jail_name(name: &str) -> Result<(), String> {
 /// A literal log path that exists must be a regular file (or a link to
 /// one); a glob must compile.
 pub fn check_logpath_shape(raw: &str) -> Result<(), String> {
-    let (dir, exact, _) = crate::source::file::pattern_parts(raw).map_err(|e| e.to_string())?;
+    let crate::source::file::PatternParts { dir, exact, .. } =
+        crate::source::file::pattern_parts(raw).map_err(|e| e.to_string())?;
     if let Some(name) = exact {
         let path = dir.join(name);
         if let Ok(meta) = std::fs::metadata(&path) {
@@ -374,7 +375,7 @@ pub fn preflight(cfg: &ResolvedConfig, opts: PreflightOptions) -> anyhow::Result
                 Err(e) => errors.push(format!("{key}: {e}")),
             }
         }
-        if !(journal_fallback && !any_found) {
+        if !journal_fallback || any_found {
             out.notes.extend(missing);
         }
     }
@@ -414,8 +415,11 @@ enum PatternNow {
 }
 
 fn check_pattern_now(raw: &str) -> Result<PatternNow, String> {
-    let (dir, exact, matches) =
-        crate::source::file::pattern_parts(raw).map_err(|e| e.to_string())?;
+    let crate::source::file::PatternParts {
+        dir,
+        exact,
+        matches,
+    } = crate::source::file::pattern_parts(raw).map_err(|e| e.to_string())?;
     match std::fs::metadata(&dir) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return Err(format!("directory {} of `{raw}` does not exist: create it or fix the path (missing files are picked up when they appear, but their directory must exist)", dir.display()))
@@ -635,14 +639,18 @@ mod tests {
     }
 
     fn resolved(jails: &str, agent: &str) -> ResolvedConfig {
-        let text = format!(
-            "[agent]\nfilters_dir = \"/nonexistent-xban\"\n{agent}\n{jails}"
-        );
+        let text = format!("[agent]\nfilters_dir = \"/nonexistent-xban\"\n{agent}\n{jails}");
         Config::parse(&text).unwrap().validate().unwrap()
     }
 
     fn run(cfg: &ResolvedConfig, bind_metrics: bool) -> anyhow::Result<Preflight> {
-        preflight(cfg, PreflightOptions { bind_metrics, kernel_side: true })
+        preflight(
+            cfg,
+            PreflightOptions {
+                bind_metrics,
+                kernel_side: true,
+            },
+        )
     }
 
     #[test]
@@ -674,7 +682,10 @@ mod tests {
         ] {
             assert!(e.contains(want), "missing {want:?} in:\n{e}");
         }
-        assert!(!e.contains("jails.one.logpath[0]") && !e.contains("interfaces[0]"), "{e}");
+        assert!(
+            !e.contains("jails.one.logpath[0]") && !e.contains("interfaces[0]"),
+            "{e}"
+        );
         // Without the metrics bind (`xban check` beside a running agent).
         let e = format!("{:#}", run(&cfg, false).unwrap_err());
         assert!(!e.contains("metrics_listen"), "{e}");
@@ -698,6 +709,10 @@ mod tests {
         // Files still to come are notes, not errors; a directory a glob
         // matches is skipped, as the source skips it.
         assert_eq!(p.notes.len(), 2, "{:?}", p.notes);
-        assert!(p.notes[0].contains("later.log does not exist yet"), "{:?}", p.notes);
+        assert!(
+            p.notes[0].contains("later.log does not exist yet"),
+            "{:?}",
+            p.notes
+        );
     }
 }

@@ -395,19 +395,28 @@ fn has_glob(s: &str) -> bool {
     s.contains(['*', '?', '['])
 }
 
-/// For the start-up pre-flight and `xban check`: a pattern's directory, its
-/// literal file name (`None` for a glob), and its name matcher; or the
-/// error [`FileSource::spawn`] would give for it.
-pub(crate) fn pattern_parts(
-    raw: &str,
-) -> Result<(PathBuf, Option<OsString>, impl Fn(&std::ffi::OsStr) -> bool), SourceError> {
+/// A log pattern taken apart, for the start-up pre-flight and `xban check`.
+pub(crate) struct PatternParts {
+    pub dir: PathBuf,
+    /// The literal file name; `None` for a glob.
+    pub exact: Option<OsString>,
+    /// Does a file name in `dir` match?
+    pub matches: Box<dyn Fn(&OsStr) -> bool>,
+}
+
+/// `raw` taken apart, or the error [`FileSource::spawn`] would give for it.
+pub(crate) fn pattern_parts(raw: &str) -> Result<PatternParts, SourceError> {
     let p = parse_pattern(raw)?;
     let exact = match &p.name {
         NameMatch::Exact(n) => Some(n.clone()),
         NameMatch::Glob(_) => None,
     };
     let name = p.name;
-    Ok((p.dir, exact, move |n: &std::ffi::OsStr| name.matches(n)))
+    Ok(PatternParts {
+        dir: p.dir,
+        exact,
+        matches: Box::new(move |n: &OsStr| name.matches(n)),
+    })
 }
 
 fn parse_pattern(raw: &str) -> Result<Pattern, SourceError> {
