@@ -435,23 +435,24 @@ pub mod tarpit {
         ];
     }
 
-    /// One SipRound.
-    #[inline(always)]
-    fn sipround(v: &mut [u64; 4]) {
-        v[0] = v[0].wrapping_add(v[1]);
-        v[1] = v[1].rotate_left(13);
-        v[1] ^= v[0];
-        v[0] = v[0].rotate_left(32);
-        v[2] = v[2].wrapping_add(v[3]);
-        v[3] = v[3].rotate_left(16);
-        v[3] ^= v[2];
-        v[0] = v[0].wrapping_add(v[3]);
-        v[3] = v[3].rotate_left(21);
-        v[3] ^= v[0];
-        v[2] = v[2].wrapping_add(v[1]);
-        v[1] = v[1].rotate_left(17);
-        v[1] ^= v[2];
-        v[2] = v[2].rotate_left(32);
+    /// One SipRound, on four scalars (arrays cost BPF stack).
+    macro_rules! sipround {
+        ($v0:ident, $v1:ident, $v2:ident, $v3:ident) => {
+            $v0 = $v0.wrapping_add($v1);
+            $v1 = $v1.rotate_left(13);
+            $v1 ^= $v0;
+            $v0 = $v0.rotate_left(32);
+            $v2 = $v2.wrapping_add($v3);
+            $v3 = $v3.rotate_left(16);
+            $v3 ^= $v2;
+            $v0 = $v0.wrapping_add($v3);
+            $v3 = $v3.rotate_left(21);
+            $v3 ^= $v0;
+            $v2 = $v2.wrapping_add($v1);
+            $v1 = $v1.rotate_left(17);
+            $v1 ^= $v2;
+            $v2 = $v2.rotate_left(32);
+        };
     }
 
     /// SipHash-2-4 of `N` words, i.e. of their little-endian bytes (a keyed
@@ -459,56 +460,46 @@ pub mod tarpit {
     /// another's).
     #[inline(always)]
     pub fn siphash24<const N: usize>(key: &TarpitKey, words: &[u64; N]) -> u64 {
-        let mut v = [
-            key.k0 ^ 0x736f_6d65_7073_6575,
-            key.k1 ^ 0x646f_7261_6e64_6f6d,
-            key.k0 ^ 0x6c79_6765_6e65_7261,
-            key.k1 ^ 0x7465_6462_7974_6573,
-        ];
-        for w in words.iter() {
-            v[3] ^= *w;
-            sipround(&mut v);
-            sipround(&mut v);
-            v[0] ^= *w;
+        let mut v0 = key.k0 ^ 0x736f_6d65_7073_6575;
+        let mut v1 = key.k1 ^ 0x646f_7261_6e64_6f6d;
+        let mut v2 = key.k0 ^ 0x6c79_6765_6e65_7261;
+        let mut v3 = key.k1 ^ 0x7465_6462_7974_6573;
+        let mut i = 0;
+        while i < N {
+            let w = words[i];
+            v3 ^= w;
+            sipround!(v0, v1, v2, v3);
+            sipround!(v0, v1, v2, v3);
+            v0 ^= w;
+            i += 1;
         }
         let last = ((N as u64 * 8) & 0xff) << 56;
-        v[3] ^= last;
-        sipround(&mut v);
-        sipround(&mut v);
-        v[0] ^= last;
-        v[2] ^= 0xff;
-        sipround(&mut v);
-        sipround(&mut v);
-        sipround(&mut v);
-        sipround(&mut v);
-        v[0] ^ v[1] ^ v[2] ^ v[3]
+        v3 ^= last;
+        sipround!(v0, v1, v2, v3);
+        sipround!(v0, v1, v2, v3);
+        v0 ^= last;
+        v2 ^= 0xff;
+        sipround!(v0, v1, v2, v3);
+        sipround!(v0, v1, v2, v3);
+        sipround!(v0, v1, v2, v3);
+        sipround!(v0, v1, v2, v3);
+        v0 ^ v1 ^ v2 ^ v3
     }
 
-    /// Our ISN for a connection, from the packet's fields as they appear on
-    /// the wire (addresses and ports in network byte order).
+    /// Our ISN for a connection: local address and port first, each address
+    /// as a big-endian u32 (as on the wire).
     #[inline(always)]
-    pub fn isn_v4(key: &TarpitKey, src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16) -> u32 {
-        let w0 = u64::from_be_bytes([src[0], src[1], src[2], src[3], dst[0], dst[1], dst[2], dst[3]]);
-        let w1 = (sport as u64) << 16 | dport as u64;
+    pub fn isn_v4(key: &TarpitKey, local: u32, remote: u32, lport: u16, rport: u16) -> u32 {
+        let w0 = (local as u64) << 32 | remote as u64;
+        let w1 = (lport as u64) << 16 | rport as u64;
         siphash24(key, &[w0, w1]) as u32
     }
 
+    /// As [`isn_v4`], addresses as two big-endian u64 halves each.
     #[inline(always)]
-    pub fn isn_v6(key: &TarpitKey, src: &[u8; 16], dst: &[u8; 16], sport: u16, dport: u16) -> u32 {
-        let w = |a: &[u8; 16], i: usize| {
-            u64::from_be_bytes([
-                a[i],
-                a[i + 1],
-                a[i + 2],
-                a[i + 3],
-                a[i + 4],
-                a[i + 5],
-                a[i + 6],
-                a[i + 7],
-            ])
-        };
-        let ports = (sport as u64) << 16 | dport as u64 | 1 << 63;
-        siphash24(key, &[w(src, 0), w(src, 8), w(dst, 0), w(dst, 8), ports]) as u32
+    pub fn isn_v6(key: &TarpitKey, local: [u64; 2], remote: [u64; 2], lport: u16, rport: u16) -> u32 {
+        let ports = (lport as u64) << 16 | rport as u64 | 1 << 63;
+        siphash24(key, &[local[0], local[1], remote[0], remote[1], ports]) as u32
     }
 
     /// Fold a ones' complement sum of big-endian 16-bit words (accumulated

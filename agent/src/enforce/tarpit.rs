@@ -236,21 +236,22 @@ mod tests {
     #[test]
     fn isn_depends_on_key_and_whole_tuple() {
         let k = TarpitKey { k0: 1, k1: 2 };
-        let a = isn_v4(&k, [198, 51, 100, 1], [198, 51, 100, 2], 22, 40000);
-        assert_eq!(a, isn_v4(&k, [198, 51, 100, 1], [198, 51, 100, 2], 22, 40000));
+        let (a4, b4, c4) = (0xc633_6401u32, 0xc633_6402u32, 0xc633_6403u32);
+        let a = isn_v4(&k, a4, b4, 22, 40000);
+        assert_eq!(a, isn_v4(&k, a4, b4, 22, 40000));
         for other in [
-            isn_v4(&TarpitKey { k0: 1, k1: 3 }, [198, 51, 100, 1], [198, 51, 100, 2], 22, 40000),
-            isn_v4(&k, [198, 51, 100, 1], [198, 51, 100, 3], 22, 40000),
-            isn_v4(&k, [198, 51, 100, 1], [198, 51, 100, 2], 23, 40000),
-            isn_v4(&k, [198, 51, 100, 1], [198, 51, 100, 2], 22, 40001),
-            isn_v4(&k, [198, 51, 100, 2], [198, 51, 100, 1], 22, 40000),
+            isn_v4(&TarpitKey { k0: 1, k1: 3 }, a4, b4, 22, 40000),
+            isn_v4(&k, a4, c4, 22, 40000),
+            isn_v4(&k, a4, b4, 23, 40000),
+            isn_v4(&k, a4, b4, 22, 40001),
+            isn_v4(&k, b4, a4, 22, 40000),
         ] {
             assert_ne!(a, other);
         }
-        let s: [u8; 16] = "2001:db8:100::1".parse::<std::net::Ipv6Addr>().unwrap().octets();
-        let d: [u8; 16] = "2001:db8:100::2".parse::<std::net::Ipv6Addr>().unwrap().octets();
-        assert_eq!(isn_v6(&k, &s, &d, 22, 1), isn_v6(&k, &s, &d, 22, 1));
-        assert_ne!(isn_v6(&k, &s, &d, 22, 1), isn_v6(&k, &d, &s, 22, 1));
+        let (s, d) = ([0x2001_0db8_0100_0000u64, 1], [0x2001_0db8_0100_0000u64, 2]);
+        assert_eq!(isn_v6(&k, s, d, 22, 1), isn_v6(&k, s, d, 22, 1));
+        assert_ne!(isn_v6(&k, s, d, 22, 1), isn_v6(&k, d, s, 22, 1));
+        assert_ne!(isn_v6(&k, s, d, 22, 1), isn_v6(&k, s, d, 22, 2));
     }
 
     #[test]
