@@ -27,8 +27,8 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use xban_common::tarpit::{
-    csum_fold, isn_v4, isn_v6, stats, take_token, TarpitCfg, TarpitKey, TokenBucket,
-    MAX_SEGMENT, REPLY_TTL, SYNACK_WINDOW,
+    csum_fold, isn_v4, isn_v6, stats, take_token, TarpitCfg, TarpitKey, TokenBucket, MAX_SEGMENT,
+    REPLY_TTL, SYNACK_WINDOW,
 };
 
 #[map(name = "tarpit_cfg")]
@@ -41,6 +41,9 @@ static TARPIT_BUCKET: PerCpuArray<TokenBucket> = PerCpuArray::pinned(1, 0);
 static TARPIT_STATS: PerCpuArray<u64> = PerCpuArray::pinned(stats::COUNT, 0);
 
 const IPPROTO_TCP: u8 = 6;
+const IPPROTO_ICMPV6: u8 = 58;
+const ND_SOLICIT: u8 = 135;
+const ND_ADVERT: u8 = 136;
 const IPV4_HDR_LEN: usize = 20;
 const IPV6_HDR_LEN: usize = 40;
 const TCP_HDR_LEN: usize = 20;
@@ -82,6 +85,10 @@ fn finish(outcome: Result<Reply, ()>) -> u32 {
             count(why);
             xdp_action::XDP_DROP
         }
+        Ok(Reply::Pass) => {
+            count(stats::PASSED_ND);
+            xdp_action::XDP_PASS
+        }
         Err(()) => {
             count(stats::UNANSWERABLE);
             xdp_action::XDP_DROP
@@ -106,6 +113,8 @@ enum Reply {
     Sent(u32),
     /// Dropped, and why.
     Dropped(u32),
+    /// Neighbour discovery: to the stack.
+    Pass,
 }
 
 /// The TCP fields a reply is made from.
@@ -221,6 +230,15 @@ fn reply_v6(ctx: &XdpContext, l3: usize) -> Result<Reply, ()> {
         // tarpit does not walk them.
         0 | 43 | 44 | 50 | 51 | 60 | 135 | 139 | 140 => {
             return Ok(Reply::Dropped(stats::UNANSWERABLE))
+        }
+        IPPROTO_ICMPV6 => {
+            let t = ptr_at::<[u8; 1]>(ctx, l3 + IPV6_HDR_LEN)?;
+            // SAFETY: `ptr_at` checked the byte.
+            let icmp_type = unsafe { read_unaligned(t) }[0];
+            if icmp_type == ND_SOLICIT || icmp_type == ND_ADVERT {
+                return Ok(Reply::Pass);
+            }
+            return Ok(Reply::Dropped(stats::NOT_TCP));
         }
         _ => return Ok(Reply::Dropped(stats::NOT_TCP)),
     }

@@ -343,7 +343,11 @@ fn setup_steering(cfg: &ResolvedConfig, maps: &mut xdp::XdpMaps) -> Result<Tarpi
         // map, so the class is answered (or dropped) in XDP from now on.
         crate::enforce::configure_tarpit(maps, engine, &cfg.tarpit)?;
     }
-    tracing::info!(engine = engine.name(), reason = steering.reason(), "tarpit engine");
+    tracing::info!(
+        engine = engine.name(),
+        reason = steering.reason(),
+        "tarpit engine"
+    );
     if !steering.mode().is_active() && steering.leftovers() {
         // Tarpit bans are now dropped at XDP; the old chain and sets would
         // keep steering addresses that get unbanned later.

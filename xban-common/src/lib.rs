@@ -422,7 +422,10 @@ pub mod tarpit {
         /// headers, fragments, non-unicast, truncated, bad checksum,
         /// segments over `MAX_SEGMENT`. Dropped.
         pub const UNANSWERABLE: u32 = 6;
-        pub const COUNT: u32 = 7;
+        /// IPv6 neighbour solicitations/advertisements: passed (as ARP is),
+        /// so that an on-link client can find the host at all.
+        pub const PASSED_ND: u32 = 7;
+        pub const COUNT: u32 = 8;
         /// Names for display, by index (prefixed `tarpit_` in `xban stats`).
         pub const NAMES: [&str; COUNT as usize] = [
             "synack",
@@ -432,6 +435,7 @@ pub mod tarpit {
             "over_limit",
             "not_tcp",
             "unanswerable",
+            "passed_nd",
         ];
     }
 
@@ -497,7 +501,13 @@ pub mod tarpit {
 
     /// As [`isn_v4`], addresses as two big-endian u64 halves each.
     #[inline(always)]
-    pub fn isn_v6(key: &TarpitKey, local: [u64; 2], remote: [u64; 2], lport: u16, rport: u16) -> u32 {
+    pub fn isn_v6(
+        key: &TarpitKey,
+        local: [u64; 2],
+        remote: [u64; 2],
+        lport: u16,
+        rport: u16,
+    ) -> u32 {
         let ports = (lport as u64) << 16 | rport as u64 | 1 << 63;
         siphash24(key, &[local[0], local[1], remote[0], remote[1], ports]) as u32
     }

@@ -227,11 +227,16 @@ pub fn limit_rate(text: &str) -> Result<(u64, u64), String> {
     validate_limit(text)?;
     let (n, unit) = text.split_once('/').expect("validated");
     let unit = unit.to_ascii_lowercase();
-    let secs = [("second", 1), ("minute", 60), ("hour", 3600), ("day", 86_400)]
-        .iter()
-        .find(|(name, _)| name.starts_with(unit.as_str()))
-        .map(|&(_, secs)| secs)
-        .expect("validated");
+    let secs = [
+        ("second", 1),
+        ("minute", 60),
+        ("hour", 3600),
+        ("day", 86_400),
+    ]
+    .iter()
+    .find(|(name, _)| name.starts_with(unit.as_str()))
+    .map(|&(_, secs)| secs)
+    .expect("validated");
     Ok((n.parse().expect("validated"), secs))
 }
 
@@ -2002,7 +2007,8 @@ mod tests {
         assert_eq!(st.mode(), &SteeringMode::Xdp);
         assert!(!st.mode().is_active());
         assert!(
-            st.reason().starts_with("engine = \"auto\" and the TARPIT target is not available"),
+            st.reason()
+                .starts_with("engine = \"auto\" and the TARPIT target is not available"),
             "{}",
             st.reason()
         );

@@ -25,6 +25,7 @@ pub struct TarpitStats {
     pub over_limit: u64,
     pub not_tcp: u64,
     pub unanswerable: u64,
+    pub passed_nd: u64,
 }
 
 /// The tarpit's maps, owned by the running agent.
@@ -159,6 +160,7 @@ pub fn stats_of(map: &PerCpuArray<MapData, u64>) -> Result<TarpitStats> {
         over_limit: c[s::OVER_LIMIT as usize],
         not_tcp: c[s::NOT_TCP as usize],
         unanswerable: c[s::UNANSWERABLE as usize],
+        passed_nd: c[s::PASSED_ND as usize],
     })
 }
 
@@ -166,13 +168,8 @@ fn getrandom(buf: &mut [u8]) -> Result<()> {
     let mut filled = 0;
     while filled < buf.len() {
         // SAFETY: the pointer and length describe the unfilled part of `buf`.
-        let n = unsafe {
-            libc::getrandom(
-                buf[filled..].as_mut_ptr().cast(),
-                buf.len() - filled,
-                0,
-            )
-        };
+        let n =
+            unsafe { libc::getrandom(buf[filled..].as_mut_ptr().cast(), buf.len() - filled, 0) };
         if n < 0 {
             let e = std::io::Error::last_os_error();
             if e.kind() == std::io::ErrorKind::Interrupted {
@@ -196,12 +193,15 @@ mod tests {
     #[test]
     fn bucket_params_split_rate_and_burst_over_cpus() {
         let cfg = TarpitConfig::default(); // 10/sec, burst 20
-        // One CPU: a reply per 100 ms, 20 at once.
+                                           // One CPU: a reply per 100 ms, 20 at once.
         assert_eq!(bucket_of(&cfg, 1).unwrap(), (100_000_000, 2_000_000_000));
         // Two: each refills at 5/sec (200 ms) and holds 10.
         assert_eq!(bucket_of(&cfg, 2).unwrap(), (200_000_000, 2_000_000_000));
         // Burst below the CPU count: each CPU still holds one reply.
-        assert_eq!(bucket_params(10, 1_000_000_000, 1, 4), (400_000_000, 400_000_000));
+        assert_eq!(
+            bucket_params(10, 1_000_000_000, 1, 4),
+            (400_000_000, 400_000_000)
+        );
         let per_min = TarpitConfig {
             limit: "3/minute".into(),
             ..TarpitConfig::default()
@@ -214,7 +214,9 @@ mod tests {
         let (cost, cap) = bucket_params(10, 1_000_000_000, 5, 1);
         let mut b = TokenBucket::default();
         let t0 = 1_000_000;
-        let burst = (0..100).filter(|_| take_token(&mut b, t0, cost, cap)).count();
+        let burst = (0..100)
+            .filter(|_| take_token(&mut b, t0, cost, cap))
+            .count();
         assert_eq!(burst, 5, "a fresh bucket holds `burst`");
         // One second later: ten more, not fifteen (refill is capped).
         let mut t = t0;

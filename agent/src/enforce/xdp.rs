@@ -55,7 +55,7 @@ fn tarpit_prefixed<S: serde::Serializer>(
     s: S,
 ) -> Result<S::Ok, S::Error> {
     use serde::ser::SerializeMap;
-    let mut m = s.serialize_map(Some(7))?;
+    let mut m = s.serialize_map(Some(8))?;
     for (k, v) in [
         ("tarpit_synack", t.synack),
         ("tarpit_ack", t.ack),
@@ -64,6 +64,7 @@ fn tarpit_prefixed<S: serde::Serializer>(
         ("tarpit_over_limit", t.over_limit),
         ("tarpit_not_tcp", t.not_tcp),
         ("tarpit_unanswerable", t.unanswerable),
+        ("tarpit_passed_nd", t.passed_nd),
     ] {
         m.serialize_entry(k, &v)?;
     }
