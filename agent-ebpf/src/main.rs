@@ -8,11 +8,14 @@
 //!   length the slot lists, longest first: the first hit is the
 //!   longest-prefix match, and its class decides.
 //!
-//! A banned source is dropped, or passed for the tarpit class (iptables steers
-//! it). Everything else passes. See `xban_common` for the map layout; the ban
+//! A banned source is dropped; a tarpit-class one is answered by the XDP
+//! tarpit (`tarpit.rs`), passed for iptables to steer, or dropped, as the
+//! agent configured the engine. Everything else passes. See `xban_common` for the map layout; the ban
 //! tries are the agent's record and are not read here.
 #![no_std]
 #![no_main]
+
+mod tarpit;
 
 use core::mem;
 use core::ptr::read_volatile;
@@ -105,7 +108,7 @@ fn try_xban_xdp(ctx: &XdpContext) -> Result<u32, ()> {
             if slot.allow != 0 && ALLOW_V4.get(Key::new(32, bytes)).is_some() {
                 return Ok(allowed());
             }
-            Ok(ban_verdict(ban_v4(src, slot.nets)))
+            Ok(ban_verdict(ctx, off, false, ban_v4(src, slot.nets)))
         }
         ETH_P_IPV6 => {
             let hi = unsafe { *ptr_at::<u64>(ctx, off + IPV6_SRC_OFF)? };
@@ -116,7 +119,7 @@ fn try_xban_xdp(ctx: &XdpContext) -> Result<u32, ()> {
             if slot.allow != 0 && ALLOW_V6.get(Key::new(128, v6_bytes(hi, lo))).is_some() {
                 return Ok(allowed());
             }
-            Ok(ban_verdict(ban_v6(hi, lo, slot.nets)))
+            Ok(ban_verdict(ctx, off, true, ban_v6(hi, lo, slot.nets)))
         }
         _ => {
             count(stats::PASSED_NOT_IP);
@@ -273,14 +276,23 @@ fn allowed() -> u32 {
     xdp_action::XDP_PASS
 }
 
-/// The decision for a source that is not allowlisted.
+/// The decision for a source that is not allowlisted (`l3`: offset of the
+/// IP header, `v6`: its family).
 #[inline(always)]
-fn ban_verdict(ban_class: Option<u32>) -> u32 {
+fn ban_verdict(ctx: &XdpContext, l3: usize, v6: bool, ban_class: Option<u32>) -> u32 {
     match ban_class {
-        Some(c) if c == BanClass::Tarpit as u32 => {
-            count(stats::PASSED_TARPIT);
-            xdp_action::XDP_PASS
-        }
+        Some(c) if c == BanClass::Tarpit as u32 => match tarpit::engine() {
+            xban_common::tarpit::engine::XDP => tarpit::tarpit(ctx, l3, v6),
+            xban_common::tarpit::engine::PASS => {
+                count(stats::PASSED_TARPIT);
+                xdp_action::XDP_PASS
+            }
+            // No tarpit works: fail closed.
+            _ => {
+                count(stats::DROPPED);
+                xdp_action::XDP_DROP
+            }
+        },
         Some(_) => {
             count(stats::DROPPED);
             xdp_action::XDP_DROP

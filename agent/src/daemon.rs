@@ -335,11 +335,22 @@ impl Daemon {
 
 /// Create or adopt the tarpit chain and sets; say clearly when TARPIT is
 /// missing and what happens instead.
-fn setup_steering(cfg: &ResolvedConfig) -> Result<TarpitSteering> {
+fn setup_steering(cfg: &ResolvedConfig, maps: &mut xdp::XdpMaps) -> Result<TarpitSteering> {
     let steering = TarpitSteering::setup(&cfg.tarpit).context("[tarpit] steering set-up")?;
     if let Some(notice) = steering.notice() {
         tracing::warn!("{notice}");
     }
+    let engine = crate::enforce::tarpit::Engine::of(steering.mode());
+    if !steering.mode().is_active() {
+        // Before any earlier chain goes: the attached program reads this
+        // map, so the class is answered (or dropped) in XDP from now on.
+        crate::enforce::configure_tarpit(maps, engine, &cfg.tarpit)?;
+    }
+    tracing::info!(
+        engine = engine.name(),
+        reason = steering.reason(),
+        "tarpit engine"
+    );
     if !steering.mode().is_active() && steering.leftovers() {
         // Tarpit bans are now dropped at XDP; the old chain and sets would
         // keep steering addresses that get unbanned later.
@@ -393,11 +404,12 @@ pub async fn run(config_path: &Path, opts: RunOptions) -> Result<()> {
             )
         } else {
             let store = BanStore::open(&agent.state_dir)?;
-            let (program, maps) = XdpEnforcer::load(&agent.bpf_pin_dir)?;
-            let steering = setup_steering(&resolved)?;
+            let (program, mut maps) = XdpEnforcer::load(&agent.bpf_pin_dir)?;
+            let steering = setup_steering(&resolved, &mut maps)?;
             let enforcer = KernelEnforcer {
                 xdp: maps,
                 steering: Some(steering),
+                tarpit: resolved.tarpit.clone(),
             };
             (Some(program), store, Box::new(enforcer))
         };

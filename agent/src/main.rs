@@ -389,6 +389,13 @@ fn print_status(s: &StatusView) {
     }
     if let Some(t) = &s.tarpit {
         println!(
+            "tarpit engine: {} ({}; limit {}, burst {})",
+            t["engine"].as_str().unwrap_or("?"),
+            t["reason"].as_str().unwrap_or("?"),
+            t["limit"].as_str().unwrap_or("?"),
+            t["burst"]
+        );
+        println!(
             "tarpit steering: {} ({} addresses in the sets)",
             t["mode"].as_str().unwrap_or("?"),
             t["members"]

@@ -365,6 +365,7 @@ fn agent_works_inside_the_units_sandbox() {
         &format!(
             r#"
 [tarpit]
+engine = "iptables"
 fallback = "REJECT --reject-with tcp-reset"
 
 [jails.sshd]
@@ -551,7 +552,7 @@ fn every_capability_in_the_unit_is_needed() {
         let dir = AgentDir::new().unwrap();
         dir.write_config(
             &lab,
-            "[tarpit]\nfallback = \"REJECT --reject-with tcp-reset\"\n\n[jails.sshd]\nfilter = \"sshd\"\nlogpath = [\"{LOG}\"]\n",
+            "[tarpit]\nengine = \"iptables\"\nfallback = \"REJECT --reject-with tcp-reset\"\n\n[jails.sshd]\nfilter = \"sshd\"\nlogpath = [\"{LOG}\"]\n",
         )
         .unwrap();
         let kept: Vec<String> = caps

@@ -10,3 +10,4 @@ mod operations;
 mod persistence;
 mod tarpit;
 mod xdp_parsing;
+mod xdp_tarpit;

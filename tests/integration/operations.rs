@@ -179,8 +179,11 @@ fn metrics_are_served_and_actions_run_on_ban_and_unban() {
 fn dry_run_reports_bans_and_writes_nothing() {
     let lab = Lab::new().unwrap();
     let dir = AgentDir::new().unwrap();
-    dir.write_config(&lab, &format!("[tarpit]\nfallback = \"DROP\"\n\n{JAIL}"))
-        .unwrap();
+    dir.write_config(
+        &lab,
+        &format!("[tarpit]\nengine = \"iptables\"\nfallback = \"DROP\"\n\n{JAIL}"),
+    )
+    .unwrap();
     let agent = AgentProcess::start_with(&lab, &dir, &["--dry-run"]).unwrap();
     fail(&dir, ATK_V4, 2);
     assert!(wait_bans(&dir, 1), "{}", agent.log());

@@ -2,7 +2,8 @@
 //! a rate-limited target. TARPIT itself is missing on these machines, so the
 //! steering is exercised for real with a substitute target (REJECT with a
 //! TCP reset, which a client can tell apart from a drop), and the fallback
-//! to XDP drop is checked too.
+//! to XDP drop is checked too. All with `engine = "iptables"`; the XDP
+//! tarpit (the default `auto` here) is in `xdp_tarpit.rs`.
 
 use std::io::ErrorKind;
 use std::time::Duration;
@@ -11,6 +12,7 @@ use xban_tests::*;
 
 const SUBSTITUTE: &str = r#"
 [tarpit]
+engine = "iptables"
 fallback = "REJECT --reject-with tcp-reset"
 
 [jails.sshd]
@@ -166,7 +168,7 @@ fn without_tarpit_the_class_falls_back_to_xdp_drop() {
     let dir = AgentDir::new().unwrap();
     dir.write_config(
         &lab,
-        "[jails.sshd]\nfilter = \"sshd\"\nlogpath = [\"{LOG}\"]\n",
+        "[tarpit]\nengine = \"iptables\"\n[jails.sshd]\nfilter = \"sshd\"\nlogpath = [\"{LOG}\"]\n",
     )
     .unwrap();
     let agent = AgentProcess::start(&lab, &dir).unwrap();

@@ -62,7 +62,7 @@ fn verdict(dir: &AgentDir, packet: &[u8]) -> u32 {
 fn parser_handles_vlans_options_ipv6_and_non_ip() {
     let lab = Lab::new().unwrap();
     let dir = AgentDir::new().unwrap();
-    dir.write_config(&lab, "[tarpit]\nfallback = \"DROP\"\n[defaults]\nignoreip = [\"198.51.100.3\"]\n[jails.x]\nlogpath = [\"{LOG}\"]\nfailregex = ['fail <HOST>$']\n")
+    dir.write_config(&lab, "[tarpit]\nengine = \"iptables\"\nfallback = \"DROP\"\n[defaults]\nignoreip = [\"198.51.100.3\"]\n[jails.x]\nlogpath = [\"{LOG}\"]\nfailregex = ['fail <HOST>$']\n")
         .unwrap();
     let agent = AgentProcess::start(&lab, &dir).unwrap();
     dir.xban_ok(&["ban", ATK_V4]).unwrap();
@@ -158,7 +158,7 @@ fn v6_verdict(dir: &AgentDir, src: &str) -> u32 {
 fn verdict_is_the_longest_prefix_match() {
     let lab = Lab::new().unwrap();
     let dir = AgentDir::new().unwrap();
-    dir.write_config(&lab, "[tarpit]\nfallback = \"DROP\"\n[defaults]\nignoreip = [\"198.51.100.3\"]\n[jails.x]\nlogpath = [\"{LOG}\"]\nfailregex = ['fail <HOST>$']\n")
+    dir.write_config(&lab, "[tarpit]\nengine = \"iptables\"\nfallback = \"DROP\"\n[defaults]\nignoreip = [\"198.51.100.3\"]\n[jails.x]\nlogpath = [\"{LOG}\"]\nfailregex = ['fail <HOST>$']\n")
         .unwrap();
     let agent = AgentProcess::start(&lab, &dir).unwrap();
     let ban = |t: &str, class: &str| {
@@ -277,7 +277,7 @@ fn verdict_is_the_longest_prefix_match() {
 fn adopts_a_pin_dir_without_the_fast_maps() {
     let lab = Lab::new().unwrap();
     let dir = AgentDir::new().unwrap();
-    dir.write_config(&lab, "[tarpit]\nfallback = \"DROP\"\n[jails.x]\nlogpath = [\"{LOG}\"]\nfailregex = ['fail <HOST>$']\n")
+    dir.write_config(&lab, "[tarpit]\nengine = \"iptables\"\nfallback = \"DROP\"\n[jails.x]\nlogpath = [\"{LOG}\"]\nfailregex = ['fail <HOST>$']\n")
         .unwrap();
     let agent = AgentProcess::start(&lab, &dir).unwrap();
     dir.xban_ok(&["ban", "203.0.113.9"]).unwrap();
@@ -335,7 +335,7 @@ fn colliding_v6_hosts(n: usize) -> Vec<String> {
 fn full_buckets_and_dense_regions_keep_the_verdict() {
     let lab = Lab::new().unwrap();
     let dir = AgentDir::new().unwrap();
-    dir.write_config(&lab, "[tarpit]\nfallback = \"DROP\"\n[jails.x]\nlogpath = [\"{LOG}\"]\nfailregex = ['fail <HOST>$']\n")
+    dir.write_config(&lab, "[tarpit]\nengine = \"iptables\"\nfallback = \"DROP\"\n[jails.x]\nlogpath = [\"{LOG}\"]\nfailregex = ['fail <HOST>$']\n")
         .unwrap();
     let agent = AgentProcess::start(&lab, &dir).unwrap();
     let ways = xban_common::TAB_V6_WAYS;

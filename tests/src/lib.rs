@@ -17,6 +17,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
+pub mod packet;
+
 pub const SRV_V4: &str = "198.51.100.1";
 pub const SRV_V6: &str = "2001:db8:100::1";
 /// Attacker addresses, all on the attacker's side of the veth.

@@ -310,6 +310,221 @@ pub mod stats {
     ];
 }
 
+/// The XDP tarpit (`[tarpit] engine = "xdp"`): the program answers
+/// tarpit-class TCP itself with `XDP_TX`, keeping no per-connection state.
+pub mod tarpit {
+    /// Map names, pinned beside the others.
+    pub const MAP_CFG: &str = "tarpit_cfg";
+    pub const MAP_KEY: &str = "tarpit_key";
+    pub const MAP_BUCKET: &str = "tarpit_bucket";
+    pub const MAP_STATS: &str = "tarpit_stats";
+
+    /// What the program does with tarpit-class packets (`TarpitCfg::engine`).
+    pub mod engine {
+        /// Drop at XDP: no tarpit works (or a fresh map the agent has not
+        /// configured yet: fail closed).
+        pub const DROP: u32 = 0;
+        /// Pass: iptables steers them to its TARPIT chain.
+        pub const PASS: u32 = 1;
+        /// Answer them here (XDP_TX).
+        pub const XDP: u32 = 2;
+    }
+
+    /// The window of our SYN-ACKs. Non-zero, so that peers complete the
+    /// handshake and send (xt_TARPIT uses the same value).
+    pub const SYNACK_WINDOW: u16 = 5;
+    /// TTL / hop limit of replies.
+    pub const REPLY_TTL: u8 = 64;
+    /// Longest TCP segment (header and payload) whose checksum the program
+    /// verifies; longer ones are dropped unanswered.
+    pub const MAX_SEGMENT: usize = 1500;
+
+    /// The `tarpit_cfg` map's only value, written by the agent.
+    #[repr(C)]
+    #[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+    pub struct TarpitCfg {
+        /// One of [`engine`].
+        pub engine: u32,
+        pub reserved: u32,
+        /// Token bucket, per CPU, in nanoseconds of credit: a reply costs
+        /// `cost_ns`, credit accrues one per nanosecond up to `cap_ns`.
+        pub cost_ns: u64,
+        pub cap_ns: u64,
+    }
+
+    /// The `tarpit_key` map's only value: the key of the ISN hash,
+    /// generated once by the agent and kept across restarts.
+    #[repr(C)]
+    #[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+    pub struct TarpitKey {
+        pub k0: u64,
+        pub k1: u64,
+    }
+
+    /// One CPU's token bucket (`tarpit_bucket`, per-CPU array of one).
+    #[repr(C)]
+    #[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+    pub struct TokenBucket {
+        pub credit_ns: u64,
+        /// `bpf_ktime_get_ns` of the last take; 0: never (starts full).
+        pub last_ns: u64,
+    }
+
+    /// Take one reply's worth of credit at time `now`: refill by the time
+    /// elapsed (up to `cap`), then spend `cost` if there is that much.
+    #[inline(always)]
+    pub fn take_token(b: &mut TokenBucket, now: u64, cost: u64, cap: u64) -> bool {
+        let credit = if b.last_ns == 0 {
+            cap
+        } else {
+            b.credit_ns.saturating_add(now.saturating_sub(b.last_ns))
+        };
+        let credit = if credit > cap { cap } else { credit };
+        b.last_ns = now;
+        if credit >= cost {
+            b.credit_ns = credit - cost;
+            true
+        } else {
+            b.credit_ns = credit;
+            false
+        }
+    }
+
+    /// The bucket parameters for `count` replies per `period_ns` with
+    /// `burst` at once, split over `cpus` per-CPU buckets so that all CPUs
+    /// together never exceed `count` per period plus `burst` (each CPU
+    /// refills at 1/`cpus` of the rate and holds `burst`/`cpus`, at least one
+    /// reply's worth).
+    pub fn bucket_params(count: u64, period_ns: u64, burst: u64, cpus: u64) -> (u64, u64) {
+        let count = if count == 0 { 1 } else { count };
+        let cpus = if cpus == 0 { 1 } else { cpus };
+        let global_cost = period_ns / count;
+        let cost = global_cost.saturating_mul(cpus);
+        let cap = global_cost.saturating_mul(burst);
+        (cost, if cap < cost { cost } else { cap })
+    }
+
+    /// Indices of the per-CPU `tarpit_stats` array.
+    pub mod stats {
+        /// SYN answered with a SYN-ACK.
+        pub const SYNACK: u32 = 0;
+        /// ACK, data or probe answered with a zero-window ACK.
+        pub const ACK: u32 = 1;
+        /// SYN-ACK answered with a reset.
+        pub const RST: u32 = 2;
+        /// FIN, RST or neither SYN nor ACK: dropped, no reply.
+        pub const IGNORED: u32 = 3;
+        /// A reply was due but the token bucket was empty: dropped.
+        pub const OVER_LIMIT: u32 = 4;
+        /// Not TCP: dropped.
+        pub const NOT_TCP: u32 = 5;
+        /// TCP the tarpit does not answer: IPv4 options, IPv6 extension
+        /// headers, fragments, non-unicast, truncated, bad checksum,
+        /// segments over `MAX_SEGMENT`. Dropped.
+        pub const UNANSWERABLE: u32 = 6;
+        /// IPv6 neighbour solicitations/advertisements: passed (as ARP is),
+        /// so that an on-link client can find the host at all.
+        pub const PASSED_ND: u32 = 7;
+        pub const COUNT: u32 = 8;
+        /// Names for display, by index (prefixed `tarpit_` in `xban stats`).
+        pub const NAMES: [&str; COUNT as usize] = [
+            "synack",
+            "ack",
+            "rst",
+            "ignored",
+            "over_limit",
+            "not_tcp",
+            "unanswerable",
+            "passed_nd",
+        ];
+    }
+
+    /// One SipRound, on four scalars (arrays cost BPF stack).
+    macro_rules! sipround {
+        ($v0:ident, $v1:ident, $v2:ident, $v3:ident) => {
+            $v0 = $v0.wrapping_add($v1);
+            $v1 = $v1.rotate_left(13);
+            $v1 ^= $v0;
+            $v0 = $v0.rotate_left(32);
+            $v2 = $v2.wrapping_add($v3);
+            $v3 = $v3.rotate_left(16);
+            $v3 ^= $v2;
+            $v0 = $v0.wrapping_add($v3);
+            $v3 = $v3.rotate_left(21);
+            $v3 ^= $v0;
+            $v2 = $v2.wrapping_add($v1);
+            $v1 = $v1.rotate_left(17);
+            $v1 ^= $v2;
+            $v2 = $v2.rotate_left(32);
+        };
+    }
+
+    /// SipHash-2-4 of `N` words, i.e. of their little-endian bytes (a keyed
+    /// PRF: without the key, the ISN of one tuple says nothing about
+    /// another's).
+    #[inline(always)]
+    pub fn siphash24<const N: usize>(key: &TarpitKey, words: &[u64; N]) -> u64 {
+        let mut v0 = key.k0 ^ 0x736f_6d65_7073_6575;
+        let mut v1 = key.k1 ^ 0x646f_7261_6e64_6f6d;
+        let mut v2 = key.k0 ^ 0x6c79_6765_6e65_7261;
+        let mut v3 = key.k1 ^ 0x7465_6462_7974_6573;
+        let mut i = 0;
+        while i < N {
+            let w = words[i];
+            v3 ^= w;
+            sipround!(v0, v1, v2, v3);
+            sipround!(v0, v1, v2, v3);
+            v0 ^= w;
+            i += 1;
+        }
+        let last = ((N as u64 * 8) & 0xff) << 56;
+        v3 ^= last;
+        sipround!(v0, v1, v2, v3);
+        sipround!(v0, v1, v2, v3);
+        v0 ^= last;
+        v2 ^= 0xff;
+        sipround!(v0, v1, v2, v3);
+        sipround!(v0, v1, v2, v3);
+        sipround!(v0, v1, v2, v3);
+        sipround!(v0, v1, v2, v3);
+        v0 ^ v1 ^ v2 ^ v3
+    }
+
+    /// Our ISN for a connection: local address and port first, each address
+    /// as a big-endian u32 (as on the wire).
+    #[inline(always)]
+    pub fn isn_v4(key: &TarpitKey, local: u32, remote: u32, lport: u16, rport: u16) -> u32 {
+        let w0 = (local as u64) << 32 | remote as u64;
+        let w1 = (lport as u64) << 16 | rport as u64;
+        siphash24(key, &[w0, w1]) as u32
+    }
+
+    /// As [`isn_v4`], addresses as two big-endian u64 halves each.
+    #[inline(always)]
+    pub fn isn_v6(
+        key: &TarpitKey,
+        local: [u64; 2],
+        remote: [u64; 2],
+        lport: u16,
+        rport: u16,
+    ) -> u32 {
+        let ports = (lport as u64) << 16 | rport as u64 | 1 << 63;
+        siphash24(key, &[local[0], local[1], remote[0], remote[1], ports]) as u32
+    }
+
+    /// Fold a ones' complement sum of big-endian 16-bit words (accumulated
+    /// in a u64) to 16 bits.
+    #[inline(always)]
+    pub fn csum_fold(mut sum: u64) -> u16 {
+        // Bounded: four folds bring any u64 down to 16 bits.
+        sum = (sum & 0xffff_ffff) + (sum >> 32);
+        sum = (sum & 0xffff_ffff) + (sum >> 32);
+        sum = (sum & 0xffff) + (sum >> 16);
+        sum = (sum & 0xffff) + (sum >> 16);
+        sum as u16
+    }
+}
+
 #[cfg(feature = "user")]
 mod user {
     // SAFETY: plain-old-data, repr(C), no padding holes (two u32 / one u32).
@@ -321,4 +536,8 @@ mod user {
     unsafe impl aya::Pod for super::NetKey6 {}
     unsafe impl aya::Pod for super::DirV4 {}
     unsafe impl aya::Pod for super::DirV6 {}
+    // SAFETY: repr(C), u32/u64 fields in an order without padding.
+    unsafe impl aya::Pod for super::tarpit::TarpitCfg {}
+    unsafe impl aya::Pod for super::tarpit::TarpitKey {}
+    unsafe impl aya::Pod for super::tarpit::TokenBucket {}
 }

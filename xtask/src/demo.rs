@@ -489,6 +489,9 @@ steps = [
 
 # TARPIT (xtables-addons) is rarely installed: then a TCP reset stands in.
 [tarpit]
+# The demo shows the iptables path; `engine = "auto"` (the default)
+# would hold the class in the XDP tarpit here.
+engine = "iptables"
 fallback = "REJECT --reject-with tcp-reset"
 
 [jails.sshd]

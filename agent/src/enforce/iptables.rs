@@ -73,9 +73,14 @@ const XTABLES_WAIT_SECS: &str = "10";
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TarpitConfig {
-    /// Steer tarpit-class addresses at all. `false`: setup creates nothing
-    /// and reports [`SteeringMode::Disabled`].
+    /// Hold tarpit-class addresses at all. `false`: setup creates nothing
+    /// and reports [`SteeringMode::Disabled`] (the class is dropped in XDP).
     pub enabled: bool,
+    /// Who holds the class: `"iptables"` (this chain, `fallback` when TARPIT
+    /// is missing), `"xdp"` (the XDP program answers itself, see
+    /// `enforce::tarpit`), or `"auto"` (iptables when the TARPIT target
+    /// really works, else XDP).
+    pub engine: TarpitEngine,
     /// The target spec for steered packets (xtables-addons' `TARPIT`).
     pub target: String,
     /// Rate of packets handed to the target (iptables `-m limit` syntax,
@@ -109,6 +114,7 @@ impl Default for TarpitConfig {
     fn default() -> Self {
         TarpitConfig {
             enabled: true,
+            engine: TarpitEngine::Auto,
             target: "TARPIT".into(),
             limit: "10/sec".into(),
             burst: 20,
@@ -216,6 +222,24 @@ fn validate_word(key: &str, value: &str, max: usize) -> Result<(), String> {
     Ok(())
 }
 
+/// A valid `limit` as (count, period in seconds).
+pub fn limit_rate(text: &str) -> Result<(u64, u64), String> {
+    validate_limit(text)?;
+    let (n, unit) = text.split_once('/').expect("validated");
+    let unit = unit.to_ascii_lowercase();
+    let secs = [
+        ("second", 1),
+        ("minute", 60),
+        ("hour", 3600),
+        ("day", 86_400),
+    ]
+    .iter()
+    .find(|(name, _)| name.starts_with(unit.as_str()))
+    .map(|&(_, secs)| secs)
+    .expect("validated");
+    Ok((n.parse().expect("validated"), secs))
+}
+
 /// iptables' `--limit`: `N/unit`, the unit any prefix of second, minute, hour
 /// or day (so `10/s`, `10/sec`, `10/second` alike), at most 10000/sec.
 fn validate_limit(text: &str) -> Result<(), String> {
@@ -275,6 +299,25 @@ fn validate_target_spec(spec: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// `[tarpit] engine`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TarpitEngine {
+    Auto,
+    Xdp,
+    Iptables,
+}
+
+impl fmt::Display for TarpitEngine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            TarpitEngine::Auto => "auto",
+            TarpitEngine::Xdp => "xdp",
+            TarpitEngine::Iptables => "iptables",
+        })
+    }
+}
+
 /// What steering actually does once setup has run.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub enum SteeringMode {
@@ -287,6 +330,9 @@ pub enum SteeringMode {
     FallbackDrop,
     /// `enabled = false`.
     Disabled,
+    /// The XDP tarpit holds the class (`engine = "xdp"`, or `"auto"`
+    /// without a working TARPIT target): nothing is steered.
+    Xdp,
     // In the last two modes setup creates and removes nothing; see
     // `TarpitSteering::leftovers` for what an earlier run left.
 }
@@ -305,6 +351,7 @@ impl fmt::Display for SteeringMode {
             SteeringMode::Substitute(spec) => write!(f, "substitute target `{spec}`"),
             SteeringMode::FallbackDrop => f.write_str("fallback drop (XDP)"),
             SteeringMode::Disabled => f.write_str("disabled"),
+            SteeringMode::Xdp => f.write_str("not used (the XDP tarpit holds the class)"),
         }
     }
 }
@@ -403,6 +450,8 @@ pub struct TarpitSteering {
     mode: SteeringMode,
     notice: Option<String>,
     leftovers: bool,
+    /// Why the class is held where it is (for `xban status`).
+    reason: String,
 }
 
 impl TarpitSteering {
@@ -429,15 +478,42 @@ impl TarpitSteering {
             mode: SteeringMode::Disabled,
             notice: None,
             leftovers: false,
+            reason: "[tarpit] enabled = false: the class is dropped in XDP".into(),
         };
         if !cfg.enabled {
             steering.leftovers = steering.plumbing.has_leftovers();
             return Ok(steering);
         }
         let p = &steering.plumbing;
-        let spec = match p.target_problem(&cfg.target)? {
+        let problem = match cfg.engine {
+            TarpitEngine::Xdp => {
+                steering.reason = "[tarpit] engine = \"xdp\"".into();
+                return Ok(steering.xdp_engine());
+            }
+            TarpitEngine::Iptables => p.target_problem(&cfg.target)?,
+            // Whatever keeps TARPIT from working (the module, the
+            // extension, iptables itself) sends auto to the XDP tarpit.
+            TarpitEngine::Auto => match p.target_problem(&cfg.target) {
+                Ok(None) => None,
+                Ok(Some(message)) => {
+                    steering.reason = format!("engine = \"auto\" and {message}");
+                    return Ok(steering.xdp_engine());
+                }
+                Err(e) => {
+                    steering.reason = format!(
+                        "engine = \"auto\" and the iptables TARPIT target cannot be used ({e})"
+                    );
+                    return Ok(steering.xdp_engine());
+                }
+            },
+        };
+        let spec = match problem {
             None => {
                 steering.mode = SteeringMode::Tarpit;
+                steering.reason = format!(
+                    "engine = \"{}\" and the {} target works",
+                    cfg.engine, cfg.target
+                );
                 cfg.target.clone()
             }
             Some(message) if cfg.fallback == "drop" => {
@@ -445,6 +521,7 @@ impl TarpitSteering {
                     "{message}; fallback = \"drop\": tarpit-class addresses are not steered (drop them in XDP)"
                 );
                 tracing::warn!("{notice}");
+                steering.reason = format!("engine = \"iptables\" and {notice}");
                 steering.notice = Some(notice);
                 steering.mode = SteeringMode::FallbackDrop;
                 steering.leftovers = steering.plumbing.has_leftovers();
@@ -464,6 +541,7 @@ impl TarpitSteering {
                     cfg.fallback
                 );
                 tracing::warn!("{notice}");
+                steering.reason = format!("engine = \"iptables\" and {notice}");
                 steering.notice = Some(notice);
                 steering.mode = SteeringMode::Substitute(cfg.fallback.clone());
                 cfg.fallback.clone()
@@ -487,6 +565,26 @@ impl TarpitSteering {
 
     pub fn mode(&self) -> &SteeringMode {
         &self.mode
+    }
+
+    /// Why the class is held where it is, in words.
+    pub fn reason(&self) -> &str {
+        &self.reason
+    }
+
+    /// The XDP tarpit holds the class: nothing is created here, and an
+    /// earlier run's chain and sets are reported as leftovers.
+    fn xdp_engine(mut self) -> TarpitSteering {
+        tracing::info!(reason = %self.reason, "the XDP tarpit holds the tarpit class");
+        if self.plumbing.cfg.fallback != "drop" {
+            tracing::warn!(
+                "tarpit.fallback = `{}` applies only with engine = \"iptables\"; the XDP tarpit needs none",
+                self.plumbing.cfg.fallback
+            );
+        }
+        self.mode = SteeringMode::Xdp;
+        self.leftovers = self.plumbing.has_leftovers();
+        self
     }
 
     /// Why the configured target is not in use, when it is not.
@@ -1565,12 +1663,16 @@ mod tests {
     }
 
     fn test_cfg() -> TarpitConfig {
-        TarpitConfig::default()
+        TarpitConfig {
+            engine: TarpitEngine::Iptables,
+            ..TarpitConfig::default()
+        }
     }
 
     fn substitute_cfg() -> TarpitConfig {
         TarpitConfig {
             fallback: "REJECT --reject-with tcp-reset".into(),
+            engine: TarpitEngine::Iptables,
             ..TarpitConfig::default()
         }
     }
@@ -1888,10 +1990,66 @@ mod tests {
     }
 
     #[test]
+    fn auto_and_xdp_engines_create_nothing_and_say_why() {
+        let ns = Netns::new("eng");
+        assert!(
+            !tarpit_in_kernel(),
+            "this test expects a machine without xt_TARPIT"
+        );
+        // Default engine: auto. TARPIT missing: the XDP tarpit, not drop,
+        // and `fallback` is not used.
+        let auto = TarpitConfig {
+            fallback: "REJECT --reject-with tcp-reset".into(),
+            ..TarpitConfig::default()
+        };
+        assert_eq!(auto.engine, TarpitEngine::Auto);
+        let st = TarpitSteering::setup_in(&auto, ns.name()).unwrap();
+        assert_eq!(st.mode(), &SteeringMode::Xdp);
+        assert!(!st.mode().is_active());
+        assert!(
+            st.reason()
+                .starts_with("engine = \"auto\" and the TARPIT target is not available"),
+            "{}",
+            st.reason()
+        );
+        assert_nothing_left(&ns, &auto);
+        // Missing iptables entirely: auto still holds the class in XDP.
+        let no_tools = TarpitConfig {
+            iptables: "/nonexistent/iptables".into(),
+            ..TarpitConfig::default()
+        };
+        let st = TarpitSteering::setup_in(&no_tools, ns.name()).unwrap();
+        assert_eq!(st.mode(), &SteeringMode::Xdp);
+        assert!(st.reason().contains("cannot be used"), "{}", st.reason());
+        // engine = "xdp": no probe, nothing created; an earlier chain is
+        // reported as leftovers (the caller removes it).
+        let xdp = TarpitConfig {
+            engine: TarpitEngine::Xdp,
+            ..TarpitConfig::default()
+        };
+        let st = TarpitSteering::setup_in(&xdp, ns.name()).unwrap();
+        assert_eq!(st.mode(), &SteeringMode::Xdp);
+        assert_eq!(st.reason(), "[tarpit] engine = \"xdp\"");
+        assert!(!st.leftovers());
+        let earlier = substitute_cfg();
+        TarpitSteering::setup_in(&earlier, ns.name()).unwrap();
+        let st = TarpitSteering::setup_in(&xdp, ns.name()).unwrap();
+        assert!(st.leftovers());
+        TarpitSteering::teardown_in(&earlier, ns.name()).unwrap();
+        assert_nothing_left(&ns, &earlier);
+        // The config key: lowercase words, anything else refused.
+        let parsed: TarpitConfig = toml::from_str("engine = \"xdp\"").unwrap();
+        assert_eq!(parsed.engine, TarpitEngine::Xdp);
+        assert!(toml::from_str::<TarpitConfig>("engine = \"XDP\"").is_err());
+        assert!(toml::from_str::<TarpitConfig>("engine = \"nft\"").is_err());
+    }
+
+    #[test]
     fn broken_substitute_and_missing_tools_are_errors_with_fixes() {
         let ns = Netns::new("err");
         let cfg = TarpitConfig {
             fallback: "NOSUCHTARGET".into(),
+            engine: TarpitEngine::Iptables,
             ..TarpitConfig::default()
         };
         let e = TarpitSteering::setup_in(&cfg, ns.name())

@@ -2,13 +2,15 @@
 //! XDP maps and, for the tarpit class, in iptables' steering set.
 
 pub mod iptables;
+pub mod tarpit;
 pub mod xdp;
 
 use anyhow::Result;
 
 use crate::addr::Target;
 use crate::ban::{BanClass, MapChange};
-use iptables::TarpitSteering;
+use iptables::{TarpitConfig, TarpitSteering};
+use tarpit::Engine;
 
 /// Where ban decisions are written. The kernel in production; tests of the
 /// agent's logic use a recorder.
@@ -70,12 +72,31 @@ impl Enforcer for DryRunEnforcer {
 pub struct KernelEnforcer {
     pub xdp: xdp::XdpMaps,
     pub steering: Option<TarpitSteering>,
+    /// `[tarpit]`: the XDP tarpit's bucket comes from `limit`/`burst`.
+    pub tarpit: TarpitConfig,
 }
 
 impl KernelEnforcer {
-    /// Is the tarpit class steered (XDP passes it) or dropped at XDP?
-    fn steered(&self) -> bool {
-        self.steering.as_ref().is_some_and(|s| s.mode().is_active())
+    /// Who holds the tarpit class: iptables (XDP passes it), the XDP
+    /// tarpit, or nobody (dropped at XDP).
+    fn engine(&self) -> Engine {
+        self.steering
+            .as_ref()
+            .map_or(Engine::Drop, |s| Engine::of(s.mode()))
+    }
+
+    /// Tell the program which engine holds the class (and the bucket).
+    pub fn configure_tarpit(&mut self) -> Result<()> {
+        let engine = self.engine();
+        configure_tarpit(&mut self.xdp, engine, &self.tarpit)
+    }
+}
+
+/// Write the engine and bucket into the program's map.
+pub fn configure_tarpit(maps: &mut xdp::XdpMaps, engine: Engine, cfg: &TarpitConfig) -> Result<()> {
+    match maps.tarpit.as_mut() {
+        Some(t) => t.configure(engine, cfg),
+        None => anyhow::bail!("the XDP program's tarpit maps are missing"),
     }
 }
 
@@ -84,12 +105,16 @@ impl Enforcer for KernelEnforcer {
     /// XDP starts passing it, and leaves the set only after XDP drops it, so
     /// it is never let through unsteered.
     fn apply(&mut self, target: &Target, change: MapChange) -> Result<()> {
-        let steered = self.steered();
+        let engine = self.engine();
         match change {
-            MapChange::Set(BanClass::Tarpit) if steered => {
+            MapChange::Set(BanClass::Tarpit) if engine == Engine::Pass => {
                 if let Some(s) = self.steering.as_mut() {
                     s.add(target)?;
                 }
+                self.xdp.set_ban(target, BanClass::Tarpit)
+            }
+            // The program answers it itself.
+            MapChange::Set(BanClass::Tarpit) if engine == Engine::Xdp => {
                 self.xdp.set_ban(target, BanClass::Tarpit)
             }
             // Without steering the tarpit class is dropped at XDP.
@@ -120,11 +145,13 @@ impl Enforcer for KernelEnforcer {
         self.xdp.bans()
     }
 
+    /// The sets first: the program passes the class only once they hold
+    /// every tarpit-class address.
     fn sync_tarpit(&mut self, targets: &[Target]) -> Result<()> {
         if let Some(s) = self.steering.as_mut() {
             s.sync(targets)?;
         }
-        Ok(())
+        self.configure_tarpit()
     }
 
     fn xdp_stats(&self) -> Result<Option<xdp::XdpStats>> {
@@ -135,6 +162,10 @@ impl Enforcer for KernelEnforcer {
         let s = self.steering.as_ref()?;
         let counters = s.counters().ok();
         Some(serde_json::json!({
+            "engine": self.engine().name(),
+            "reason": s.reason(),
+            "limit": self.tarpit.limit,
+            "burst": self.tarpit.burst,
             "mode": s.mode().to_string(),
             "active": s.mode().is_active(),
             "members": s.members().map(|m| m.len()).unwrap_or(0),

@@ -44,6 +44,31 @@ pub struct XdpStats {
     pub passed_tarpit: u64,
     pub passed_clean: u64,
     pub passed_not_ip: u64,
+    /// The XDP tarpit's replies and drops (zero where its map is missing).
+    #[serde(flatten, serialize_with = "tarpit_prefixed")]
+    pub tarpit: super::tarpit::TarpitStats,
+}
+
+/// The tarpit counters as `tarpit_<name>` keys beside the others.
+fn tarpit_prefixed<S: serde::Serializer>(
+    t: &super::tarpit::TarpitStats,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeMap;
+    let mut m = s.serialize_map(Some(8))?;
+    for (k, v) in [
+        ("tarpit_synack", t.synack),
+        ("tarpit_ack", t.ack),
+        ("tarpit_rst", t.rst),
+        ("tarpit_ignored", t.ignored),
+        ("tarpit_over_limit", t.over_limit),
+        ("tarpit_not_tcp", t.not_tcp),
+        ("tarpit_unanswerable", t.unanswerable),
+        ("tarpit_passed_nd", t.passed_nd),
+    ] {
+        m.serialize_entry(k, &v)?;
+    }
+    m.end()
 }
 
 impl XdpStats {
@@ -55,6 +80,7 @@ impl XdpStats {
             passed_tarpit: c[stats::PASSED_TARPIT as usize],
             passed_clean: c[stats::PASSED_CLEAN as usize],
             passed_not_ip: c[stats::PASSED_NOT_IP as usize],
+            tarpit: Default::default(),
         }
     }
 }
@@ -84,6 +110,8 @@ pub struct XdpMaps {
     dir_v4: Dir,
     dir_v6: Dir,
     stats: PerCpuArray<MapData, u64>,
+    /// The XDP tarpit's maps (absent in a pin directory an older agent left).
+    pub tarpit: Option<super::tarpit::TarpitMaps>,
     /// (IPv6?, bucket) → how many of its entries are in the overflow hash.
     spilled: std::collections::HashMap<(bool, u32), u32>,
     dir: Directory,
@@ -536,6 +564,10 @@ impl XdpMaps {
             ebpf.take_map(name)
                 .with_context(|| format!("the XDP object has no map `{name}`"))
         })?;
+        let Some(tarpit) = maps.tarpit.as_mut() else {
+            bail!("the XDP object lacks the tarpit maps");
+        };
+        tarpit.ensure_key()?;
         maps.sync()?;
         Ok(maps)
     }
@@ -558,6 +590,7 @@ impl XdpMaps {
             dir_v4,
             dir_v6,
             stats: get(c::MAP_STATS)?.try_into()?,
+            tarpit: super::tarpit::TarpitMaps::assemble(&mut get).ok(),
             spilled: Default::default(),
             dir: Directory::default(),
         })
@@ -918,7 +951,11 @@ impl XdpMaps {
 
     /// Counters summed over CPUs.
     pub fn stats(&self) -> Result<XdpStats> {
-        stats_of(&self.stats)
+        let mut s = stats_of(&self.stats)?;
+        if let Some(t) = &self.tarpit {
+            s.tarpit = t.stats()?;
+        }
+        Ok(s)
     }
 
     /// Does the XDP program see `ip` as banned (longest-prefix match)?
@@ -961,7 +998,12 @@ fn stats_of(map: &PerCpuArray<MapData, u64>) -> Result<XdpStats> {
 pub fn stats_from_pins(pin_dir: &Path) -> Result<XdpStats> {
     let map: PerCpuArray<MapData, u64> =
         open_pinned(pin_dir, xban_common::MAP_STATS)?.try_into()?;
-    stats_of(&map)
+    let mut s = stats_of(&map)?;
+    if let Ok(m) = open_pinned(pin_dir, xban_common::tarpit::MAP_STATS) {
+        let m: PerCpuArray<MapData, u64> = m.try_into()?;
+        s.tarpit = super::tarpit::stats_of(&m)?;
+    }
+    Ok(s)
 }
 
 fn link_dir(pin_dir: &Path) -> PathBuf {

@@ -192,7 +192,7 @@ pub fn run(ws: &Workspace, quick: bool) -> Result<Vec<Section>> {
             .trim()
     ));
 
-    Ok(vec![Section {
+    let flood_section = Section {
         title: "Dropping a flood from banned sources".into(),
         method: format!(
             "An attacker namespace floods a veth with UDP/IPv6 frames from N banned sources (rotating) towards a server namespace that drops them with one mechanism at a time. CPU per dropped packet is the CPU time of the server's receive path (threaded NAPI, alone on its core) over {secs} s of flood, divided by the packets the mechanism counted as dropped; both read while nothing flows."
@@ -203,7 +203,11 @@ pub fn run(ws: &Workspace, quick: bool) -> Result<Vec<Section>> {
         )],
         table,
         notes,
-    }])
+    };
+    // The tarpit area: the same machine, after the floods.
+    let mut sections = vec![flood_section];
+    sections.extend(super::tarpit::run(&bin, quick)?);
+    Ok(sections)
 }
 
 /// A fresh lab, one mechanism holding `n` bans, a flood, its figures.
@@ -450,6 +454,7 @@ fn iptables_input_packets(ns: &str) -> Result<u64> {
 const SIOCETHTOOL: libc::c_ulong = 0x8946;
 const ETHTOOL_STSO: u32 = 0x1f;
 const ETHTOOL_SGRO: u32 = 0x2c;
+pub(super) const ETHTOOL_STXCSUM: u32 = 0x17;
 
 #[repr(C)]
 struct EthtoolValue {
@@ -482,7 +487,7 @@ fn enable_napi(lab: &Lab) -> Result<()> {
 }
 
 /// A legacy ethtool "set" (`ethtool -K`), without needing ethtool installed.
-fn ethtool_set(ns: &str, ifname: &str, cmd: u32, data: u32) -> Result<()> {
+pub(super) fn ethtool_set(ns: &str, ifname: &str, cmd: u32, data: u32) -> Result<()> {
     let ifname = ifname.to_string();
     Lab::in_ns(ns, move || -> Result<()> {
         // SAFETY: plain socket for the ethtool ioctl, closed by OwnedFd.

@@ -12,6 +12,7 @@ pub mod flood;
 mod lab;
 mod loggen;
 mod logmatch;
+pub mod tarpit;
 pub mod xdp;
 
 use std::fmt::Write as _;

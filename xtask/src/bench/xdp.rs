@@ -673,6 +673,11 @@ pub(super) struct Agent {
 
 impl Agent {
     pub(super) fn start(bin: &Path, lab: &Lab, ignoreip: &str) -> Result<Agent> {
+        Self::start_with(bin, lab, ignoreip, "fallback = \"DROP\"")
+    }
+
+    /// As [`start`](Self::start), with these `[tarpit]` keys.
+    pub(super) fn start_with(bin: &Path, lab: &Lab, ignoreip: &str, tarpit: &str) -> Result<Agent> {
         let id = unique_id();
         let dir = std::env::temp_dir().join(format!("xban-xdpbench-{id}"));
         std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
@@ -689,7 +694,7 @@ impl Agent {
         std::fs::write(
             &agent.config,
             format!(
-                "[agent]\ninterfaces = [\"{}\"]\nxdp_mode = \"native\"\nbpf_pin_dir = \"{}\"\nstate_dir = \"{}\"\nsocket = \"{}\"\nfilters_dir = \"{}\"\n\n[tarpit]\nfallback = \"DROP\"\n\n[defaults]\nignoreip = {ignoreip}\n\n[jails.bench]\nlogpath = [\"{}\"]\nfailregex = ['fail <HOST>$']\n",
+                "[agent]\ninterfaces = [\"{}\"]\nxdp_mode = \"native\"\nbpf_pin_dir = \"{}\"\nstate_dir = \"{}\"\nsocket = \"{}\"\nfilters_dir = \"{}\"\n\n[tarpit]\n{tarpit}\n\n[defaults]\nignoreip = {ignoreip}\n\n[jails.bench]\nlogpath = [\"{}\"]\nfailregex = ['fail <HOST>$']\n",
                 lab.srv_if,
                 agent.pin_dir.display(),
                 agent.dir.join("state").display(),
@@ -901,6 +906,21 @@ pub(super) fn prog_test_run(
     };
     sys_bpf(BPF_PROG_TEST_RUN, &mut run)?;
     Ok((run.retval, run.duration))
+}
+
+/// A pinned program's fd (BPF_OBJ_GET).
+pub(super) fn open_pinned_prog(path: &Path) -> Result<OwnedFd> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = CString::new(path.as_os_str().as_bytes())?;
+    let mut attr = ObjGetAttr {
+        pathname: c.as_ptr() as u64,
+        bpf_fd: 0,
+        file_flags: 0,
+    };
+    let fd = sys_bpf(BPF_OBJ_GET, &mut attr)
+        .with_context(|| format!("open pinned program {}", path.display()))?;
+    // SAFETY: BPF_OBJ_GET returned a new fd that we own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
 /// What BPF_PROG_TEST_RUN costs around a program that does nothing

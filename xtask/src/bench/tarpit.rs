@@ -1,0 +1,434 @@
+//! The tarpit area of `cargo xtask bench flood`: what the XDP tarpit costs
+//! per packet next to the XDP drop, and how long a stock Linux client stays
+//! stuck per connection with each engine.
+//!
+//! Per-packet cost: BPF_PROG_TEST_RUN of the program the agent pins, one
+//! run per call (the program rewrites the frame into its reply, so repeated
+//! runs on one buffer would measure the reply's path, not the request's),
+//! medians over many calls, minus the median of an empty program run the
+//! same way.
+
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Context, Result};
+
+use super::flood::{ethtool_set, ETHTOOL_STXCSUM};
+use super::xdp::{
+    insn, load_xdp, open_pinned_prog, prog_test_run, run_cmd, Agent, BpfMap, Lab, ATK_V4, ATK_V6,
+    SRV_V4, SRV_V6,
+};
+use super::{median, Section, Table};
+
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
+const XDP_TX: u32 = 3;
+/// A drop-class source (added to the attacker's interface for the client).
+const DROP_V4: &str = "198.51.100.3";
+const PORT: u16 = 2222;
+
+pub fn run(bin: &std::path::Path, quick: bool) -> Result<Vec<Section>> {
+    let mut sections = vec![per_packet(bin, quick)?];
+    sections.push(stuck_clients(bin, quick)?);
+    Ok(sections)
+}
+
+fn per_packet(bin: &std::path::Path, quick: bool) -> Result<Section> {
+    let samples = if quick { 2_000 } else { 20_000 };
+    let lab = Lab::new("t")?;
+    let agent = Agent::start_with(bin, &lab, r#"["127.0.0.0/8", "::1"]"#, "engine = \"xdp\"")?;
+    agent.xban(&["ban", ATK_V4, "--class", "tarpit"])?;
+    agent.xban(&["ban", ATK_V6, "--class", "tarpit"])?;
+    agent.xban(&["ban", DROP_V4, "--class", "drop"])?;
+    let prog = open_pinned_prog(&agent.pin_dir.join("prog_xdp"))?;
+    let cfg = BpfMap::open(&agent.pin_dir.join(xban_common::tarpit::MAP_CFG))?;
+    let mut saved = [0u8; 24];
+    cfg.lookup(&0u32.to_ne_bytes(), &mut saved)?;
+    let set_bucket = |cost: u64, cap: u64| -> Result<()> {
+        let mut v = saved;
+        v[8..16].copy_from_slice(&cost.to_ne_bytes());
+        v[16..24].copy_from_slice(&cap.to_ne_bytes());
+        Ok(cfg.update(&0u32.to_ne_bytes(), &v)?)
+    };
+    let empty = load_xdp(&[insn(0xb7, 0, 0, 0, XDP_PASS as i32), insn(0x95, 0, 0, 0, 0)])?;
+    let floor = single_runs(&empty, &syn_v4(ATK_V4, 0), samples, XDP_PASS)?;
+
+    let srv4: IpAddr = SRV_V4.parse()?;
+    let mut data = tcp_frame(ATK_V4.parse()?, srv4, 40000, 1001, 77, 0x18, &[b'x'; 100]);
+    let probes: Vec<(&str, Vec<u8>, u32, bool)> = vec![
+        (
+            "XDP drop (drop class), IPv4 SYN",
+            syn_v4(DROP_V4, 0),
+            XDP_DROP,
+            true,
+        ),
+        (
+            "XDP tarpit: IPv4 SYN → SYN-ACK",
+            syn_v4(ATK_V4, 0),
+            XDP_TX,
+            true,
+        ),
+        ("XDP tarpit: IPv6 SYN → SYN-ACK", syn_v6(), XDP_TX, true),
+        (
+            "XDP tarpit: IPv4 100-byte data → zero-window ACK",
+            std::mem::take(&mut data),
+            XDP_TX,
+            true,
+        ),
+        (
+            "XDP tarpit: IPv4 SYN over the rate limit → drop",
+            syn_v4(ATK_V4, 0),
+            XDP_DROP,
+            false,
+        ),
+    ];
+    let mut table = Table::new(&[
+        "packet",
+        "verdict",
+        "program time (ns), median",
+        "minus the empty program's",
+    ]);
+    let mut figures = Vec::new();
+    for (what, frame, verdict, within_limit) in probes {
+        if within_limit {
+            set_bucket(0, u64::MAX)?; // every reply allowed
+        } else {
+            set_bucket(u64::MAX, 0)?; // none
+        }
+        let ns = single_runs(&prog, &frame, samples, verdict)
+            .with_context(|| format!("test run: {what}"))?;
+        figures.push((what, ns - floor));
+        table.row(vec![
+            what.into(),
+            match verdict {
+                XDP_TX => "XDP_TX".into(),
+                _ => "XDP_DROP".into(),
+            },
+            format!("{ns:.0}"),
+            format!("{:.0}", ns - floor),
+        ]);
+    }
+    cfg.update(&0u32.to_ne_bytes(), &saved)?;
+    agent.stop()?;
+    let drop = figures[0].1;
+    let synack = figures[1].1;
+    Ok(Section {
+        title: "Tarpit: CPU per tarpitted packet".into(),
+        method: format!(
+            "BPF_PROG_TEST_RUN of the agent's pinned XDP program (`engine = \"xdp\"`), one run per call ({samples} calls per packet, median), the empty program measured the same way ({floor:.0} ns) as the floor. For the replies the bench sets the token bucket open (cost 0) in `tarpit_cfg`, for the last row shut; the agent's own limit is put back after."
+        ),
+        commands: vec![format!("cargo xtask bench flood{}", if quick { " --quick" } else { "" })],
+        table,
+        notes: vec![
+            format!(
+                "A SYN-ACK costs {synack:.0} ns of program time over the floor, against {drop:.0} ns for a drop: the difference is the keyed hash (SipHash-2-4), the TCP checksum verification and the reply's headers and checksums. The transmit (XDP_TX) comes on top and is not in these figures (test runs do not transmit)."
+            ),
+            "Not measured here: the iptables path (XDP pass, ipset match, the XBAN-TARPIT chain and its substitute target) per packet, which needs a flood through the stack like the drop table above, with TCP frames; its cost is at least that of the ipset row there plus the target's reply. Left for a later change.".into(),
+        ],
+    })
+}
+
+/// Median duration of `samples` single runs, each checked for `verdict`.
+fn single_runs(prog: &OwnedFd, frame: &[u8], samples: usize, verdict: u32) -> Result<f64> {
+    let mut v = Vec::with_capacity(samples);
+    for _ in 0..samples {
+        let (got, ns) = prog_test_run(prog, frame, 1, 0).context("BPF_PROG_TEST_RUN")?;
+        ensure!(got == verdict, "verdict {got}, expected {verdict}");
+        v.push(ns as f64);
+    }
+    Ok(median(&mut v))
+}
+
+fn syn_v4(src: &str, sport_off: u16) -> Vec<u8> {
+    tcp_frame(
+        src.parse().unwrap(),
+        SRV_V4.parse().unwrap(),
+        40000 + sport_off,
+        1000,
+        0,
+        0x02,
+        &[],
+    )
+}
+
+fn syn_v6() -> Vec<u8> {
+    tcp_frame(
+        ATK_V6.parse().unwrap(),
+        SRV_V6.parse().unwrap(),
+        40000,
+        1000,
+        0,
+        0x02,
+        &[],
+    )
+}
+
+fn sum(data: &[u8]) -> u32 {
+    data.chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
+        .sum()
+}
+
+fn fold(mut s: u32) -> u16 {
+    while s > 0xffff {
+        s = (s & 0xffff) + (s >> 16);
+    }
+    s as u16
+}
+
+/// An Ethernet frame with a TCP segment, checksums complete.
+fn tcp_frame(
+    src: IpAddr,
+    dst: IpAddr,
+    sport: u16,
+    seq: u32,
+    ack: u32,
+    flags: u8,
+    payload: &[u8],
+) -> Vec<u8> {
+    let mut t = Vec::new();
+    t.extend_from_slice(&sport.to_be_bytes());
+    t.extend_from_slice(&PORT.to_be_bytes());
+    t.extend_from_slice(&seq.to_be_bytes());
+    t.extend_from_slice(&ack.to_be_bytes());
+    t.extend_from_slice(&[0x50, flags, 0xfa, 0xf0, 0, 0, 0, 0]);
+    t.extend_from_slice(payload);
+    let mut pseudo = Vec::new();
+    let mut ip = Vec::new();
+    let ethertype: [u8; 2] = match (src, dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            pseudo.extend_from_slice(&s.octets());
+            pseudo.extend_from_slice(&d.octets());
+            ip.extend_from_slice(&[0x45, 0]);
+            ip.extend_from_slice(&((20 + t.len()) as u16).to_be_bytes());
+            ip.extend_from_slice(&[0, 0, 0x40, 0, 64, 6, 0, 0]);
+            ip.extend_from_slice(&s.octets());
+            ip.extend_from_slice(&d.octets());
+            let c = !fold(sum(&ip));
+            ip[10..12].copy_from_slice(&c.to_be_bytes());
+            [0x08, 0x00]
+        }
+        (IpAddr::V6(s), IpAddr::V6(d)) => {
+            pseudo.extend_from_slice(&s.octets());
+            pseudo.extend_from_slice(&d.octets());
+            ip.extend_from_slice(&[0x60, 0, 0, 0]);
+            ip.extend_from_slice(&(t.len() as u16).to_be_bytes());
+            ip.extend_from_slice(&[6, 64]);
+            ip.extend_from_slice(&s.octets());
+            ip.extend_from_slice(&d.octets());
+            [0x86, 0xdd]
+        }
+        _ => unreachable!("one family"),
+    };
+    let c = !fold(sum(&pseudo) + 6 + t.len() as u32 + sum(&t));
+    t[16..18].copy_from_slice(&c.to_be_bytes());
+    let mut f = vec![0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2];
+    f.extend_from_slice(&ethertype);
+    f.extend_from_slice(&ip);
+    f.extend_from_slice(&t);
+    f
+}
+
+/// Connect → give up, per engine, for a stock Linux client.
+fn stuck_clients(bin: &std::path::Path, quick: bool) -> Result<Section> {
+    let clients = if quick { 3 } else { 5 };
+    let bound = Duration::from_secs(if quick { 20 } else { 90 });
+    let mut table = Table::new(&[
+        "engine / class",
+        "clients",
+        "connect → give up, median (s)",
+        "each (s)",
+        "how it ended",
+    ]);
+
+    // XDP tarpit and XDP drop, one lab.
+    let lab = Lab::new("c")?;
+    let agent = Agent::start_with(bin, &lab, r#"["127.0.0.0/8", "::1"]"#, "engine = \"xdp\"")?;
+    attacker_setup(&lab, &agent)?;
+    run_cmd(Command::new("ip").args([
+        "-n",
+        &lab.atk_ns,
+        "addr",
+        "add",
+        &format!("{DROP_V4}/24"),
+        "dev",
+        &lab.atk_if,
+    ]))?;
+    agent.xban(&["ban", ATK_V4, "--class", "tarpit"])?;
+    agent.xban(&["ban", DROP_V4, "--class", "drop"])?;
+    for (label, src) in [
+        (
+            "XDP tarpit (engine = \"xdp\", limit 10/sec, burst 20)",
+            ATK_V4,
+        ),
+        ("XDP drop (drop class)", DROP_V4),
+    ] {
+        let ends = clients_stuck(&lab, src, clients, bound)?;
+        table.row(row(label, &ends, bound));
+        eprintln!("xtask: tarpit clients {label}: {:?}", ends);
+    }
+    agent.stop()?;
+    drop(lab);
+
+    // The iptables engine with its substitute (TARPIT is missing here).
+    let lab = Lab::new("c")?;
+    let agent = Agent::start_with(
+        bin,
+        &lab,
+        r#"["127.0.0.0/8", "::1"]"#,
+        "engine = \"iptables\"\nfallback = \"REJECT --reject-with tcp-reset\"",
+    )?;
+    attacker_setup(&lab, &agent)?;
+    agent.xban(&["ban", ATK_V4, "--class", "tarpit"])?;
+    let label = "iptables, substitute REJECT --reject-with tcp-reset";
+    let ends = clients_stuck(&lab, ATK_V4, clients, bound)?;
+    table.row(row(label, &ends, bound));
+    agent.stop()?;
+
+    Ok(Section {
+        title: "Tarpit: how long a stock Linux client stays stuck".into(),
+        method: format!(
+            "{clients} Linux TCP clients at once (the attacker namespace's own stack, send buffer 4 KiB) connect to a port where nothing listens and write 64 KiB; each is watched (TCP_INFO) until its socket leaves ESTABLISHED or errors, bounded at {} s. In the attacker namespace tcp_retries2 = 3 and tcp_syn_retries = 2 are set to end sooner what can end.",
+            bound.as_secs()
+        ),
+        commands: vec![format!("cargo xtask bench flood{}", if quick { " --quick" } else { "" })],
+        table,
+        notes: vec![
+            "Lowering tcp_retries2 does not free a tarpitted client: Linux never times out a connection held at zero window while its probes are acknowledged (the receiver \"shrank the window\"; the retransmission timer only gives up when nothing has come back for 2 × TCP_RTO_MAX = 240 s, or after TCP_USER_TIMEOUT if the application set one), and the tarpit acknowledges each probe. So the XDP tarpit holds a stock client until the bound, like xt_TARPIT does; beyond the token bucket's rate the probes go unanswered and the client ends 240 s after the last answer.".into(),
+            "The drop class ends at the SYN retries (2 here: about 7 s), the REJECT substitute at once.".into(),
+            "The attacker's veth end gets an XDP program (xban's own, passing the server's replies) so that it can receive what the server's XDP_TX sends back, and transmits full checksums (veth offloads them otherwise, and the tarpit answers only segments with a valid checksum): a NIC needs neither.".into(),
+        ],
+    })
+}
+
+fn row(label: &str, ends: &[(f64, String)], bound: Duration) -> Vec<String> {
+    let mut secs: Vec<f64> = ends.iter().map(|(s, _)| *s).collect();
+    let med = median(&mut secs.clone());
+    secs.sort_by(|a, b| a.total_cmp(b));
+    let mut how: Vec<String> = ends.iter().map(|(_, h)| h.clone()).collect();
+    how.sort();
+    how.dedup();
+    let med_text = if ends.iter().all(|(_, h)| h.starts_with("still")) {
+        format!("≥ {} (all held at the bound)", bound.as_secs())
+    } else {
+        format!("{med:.1}")
+    };
+    vec![
+        label.into(),
+        ends.len().to_string(),
+        med_text,
+        secs.iter()
+            .map(|s| format!("{s:.1}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        how.join("; "),
+    ]
+}
+
+/// Checksums in full from the attacker, an XDP program on its veth end (to
+/// receive XDP_TX), shorter retries.
+fn attacker_setup(lab: &Lab, agent: &Agent) -> Result<()> {
+    ethtool_set(&lab.atk_ns, &lab.atk_if, ETHTOOL_STXCSUM, 0)?;
+    run_cmd(
+        Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", lab.atk_ns))
+            .args(["ip", "link", "set", "dev", &lab.atk_if, "xdpdrv", "pinned"])
+            .arg(agent.pin_dir.join("prog_xdp")),
+    )
+    .context("attach an XDP program to the attacker's veth end")?;
+    for kv in ["net.ipv4.tcp_retries2=3", "net.ipv4.tcp_syn_retries=2"] {
+        run_cmd(Command::new("ip").args(["netns", "exec", &lab.atk_ns, "sysctl", "-qw", kv]))?;
+    }
+    Ok(())
+}
+
+/// `n` clients from `src`: for each, seconds from connect to giving up (or
+/// to the bound) and how it ended.
+fn clients_stuck(lab: &Lab, src: &str, n: usize, bound: Duration) -> Result<Vec<(f64, String)>> {
+    let src: IpAddr = src.parse()?;
+    let dst = SocketAddr::new(SRV_V4.parse()?, PORT);
+    let handles: Vec<_> = (0..n)
+        .map(|_| {
+            let ns = lab.atk_ns.clone();
+            std::thread::spawn(move || -> Result<(f64, String)> {
+                Lab::in_ns(&ns, move || one_client(src, dst, bound))?
+            })
+        })
+        .collect();
+    handles
+        .into_iter()
+        .map(|h| {
+            h.join()
+                .map_err(|_| anyhow::anyhow!("client thread panicked"))?
+        })
+        .collect()
+}
+
+fn one_client(src: IpAddr, dst: SocketAddr, bound: Duration) -> Result<(f64, String)> {
+    let fd = {
+        // SAFETY: plain socket(2), owned at once.
+        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) };
+        ensure!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+        // SAFETY: a fresh fd.
+        unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) }
+    };
+    let sock = std::net::TcpStream::from(fd);
+    let s2 = socket2::SockRef::from(&sock);
+    s2.set_send_buffer_size(4096)?;
+    s2.bind(&SocketAddr::new(src, 0).into())?;
+    let start = Instant::now();
+    if let Err(e) = s2.connect(&dst.into()) {
+        return Ok((
+            start.elapsed().as_secs_f64(),
+            format!("connect failed: {}", e.kind()),
+        ));
+    }
+    sock.set_nonblocking(true)?;
+    let data = vec![b'x'; 64 * 1024];
+    let mut written = 0;
+    loop {
+        if start.elapsed() >= bound {
+            return Ok((bound.as_secs_f64(), "still ESTABLISHED at the bound".into()));
+        }
+        if written < data.len() {
+            match std::io::Write::write(&mut &sock, &data[written..]) {
+                Ok(k) => written += k,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => {
+                    return Ok((
+                        start.elapsed().as_secs_f64(),
+                        format!("write failed: {}", e.kind()),
+                    ))
+                }
+            }
+        }
+        if tcp_state(&sock)? != 1 {
+            let err = sock
+                .take_error()?
+                .map(|e| e.kind().to_string())
+                .unwrap_or_default();
+            return Ok((start.elapsed().as_secs_f64(), format!("closed: {err}")));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// `tcpi_state` (1: ESTABLISHED).
+fn tcp_state(sock: &std::net::TcpStream) -> Result<u8> {
+    let mut info = [0u8; 232];
+    let mut len = info.len() as libc::socklen_t;
+    // SAFETY: TCP_INFO into a buffer of `len` bytes.
+    let r = unsafe {
+        libc::getsockopt(
+            sock.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            info.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    ensure!(r == 0, "TCP_INFO: {}", std::io::Error::last_os_error());
+    Ok(info[0])
+}
