@@ -4,8 +4,11 @@
 
 mod ban_path;
 mod deploy;
+mod fastpath;
 mod lifecycle;
 mod operations;
 mod persistence;
+mod systemd_nspawn;
 mod tarpit;
 mod xdp_parsing;
+mod xdp_repair;
