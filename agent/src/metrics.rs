@@ -13,6 +13,9 @@ const LATENCY_BUCKETS: [f64; 10] = [
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.25, 1.0,
 ];
 
+/// One per-family figure of the fast path.
+type FamilyField = fn(&crate::enforce::xdp::FastPathFamily) -> usize;
+
 /// What the daemon counts itself (the rest comes from the core's status).
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -177,11 +180,7 @@ impl Metrics {
             }
         }
         if let Some(fp) = &status.fast_path {
-            let rows: [(
-                &str,
-                &str,
-                fn(&crate::enforce::xdp::FastPathFamily) -> usize,
-            ); 6] = [
+            let rows: [(&str, &str, FamilyField); 6] = [
                 (
                     "xban_fastpath_table_entries",
                     "Bans in the XDP exact-match bucket table, per family.",

@@ -345,11 +345,18 @@ impl XdpEnforcer {
     /// (e.g. the pin directory was removed): the objects live on in this
     /// process, so nothing is lost but their names.
     fn ensure_pins(&mut self) -> Result<usize> {
+        // The common case costs a few stat(2)s, no bpf(2).
+        let prog_pin = self.pin_dir.join(pins::PROGRAM);
+        if prog_pin.exists()
+            && link_dir(&self.pin_dir).is_dir()
+            && MAP_NAMES.iter().all(|n| self.pin_dir.join(n).exists())
+        {
+            return Ok(0);
+        }
         let mut made = 0;
         let had_dir = self.pin_dir.is_dir();
         crate::setup::private_dir(&self.pin_dir)?;
         crate::setup::private_dir(&link_dir(&self.pin_dir))?;
-        let prog_pin = self.pin_dir.join(pins::PROGRAM);
         if !prog_pin.exists() {
             self.prog()?
                 .pin(&prog_pin)
