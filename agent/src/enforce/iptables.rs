@@ -1178,28 +1178,39 @@ impl Plumbing {
     /// the chain, then the set.
     /// A tool that is not installed cannot have left anything behind (and
     /// could not remove it): its part is skipped, the rest still cleaned.
+    /// Without the family's iptables its rules may still use the set, which
+    /// is then kept too.
     fn teardown(&self, fam: Family) -> Result<(), SteeringError> {
-        let absent_ok = |r: Result<(), SteeringError>| match r {
-            Err(SteeringError::NotInstalled { program, .. }) => {
-                tracing::debug!("{program} not installed: no tarpit steering of its own to remove");
-                Ok(())
-            }
-            r => r,
-        };
         let chain = &self.cfg.chain;
-        absent_ok((|| {
+        let rules = (|| {
             // Every jump to the chain, whatever set it matched on.
             self.prune(fam, "filter", "INPUT", 0, |r| r.jumps_to(chain))?;
             self.prune(fam, "raw", "PREROUTING", 0, |r| self.is_notrack(fam, r))?;
             self.remove_chain(fam, "filter", chain)
-        })())?;
+        })();
+        match rules {
+            Err(SteeringError::NotInstalled { program, .. }) => {
+                tracing::debug!(
+                    "{program} not installed: no tarpit rules of its own to remove, its set kept"
+                );
+                return Ok(());
+            }
+            r => r?,
+        }
         let set = self.cfg.set(fam);
-        absent_ok((|| {
+        let sets = (|| {
             if self.ipset(&["list", "-n", set], None)?.success {
                 self.ipset(&["destroy", set], None)?.ok()?;
             }
             Ok(())
-        })())
+        })();
+        match sets {
+            Err(SteeringError::NotInstalled { program, .. }) => {
+                tracing::debug!("{program} not installed: no tarpit set to remove");
+                Ok(())
+            }
+            r => r,
+        }
     }
 }
 
