@@ -87,7 +87,9 @@ pub struct XdpMaps {
     spilled: std::collections::HashMap<(bool, u32), u32>,
     /// Bans that fit neither their bucket nor the overflow hash: in the trie
     /// only, their regions flagged so that the program looks there.
-    trie_only: std::collections::HashMap<Entry, BanValue>,
+    trie_only: TrieOnly,
+    /// Entries in the overflow hashes, per family (the sum of `spilled`).
+    in_over: [usize; 2],
     /// Entries in the bucket tables, per family (IPv4, IPv6).
     in_table: [usize; 2],
     /// The highest occupancy warning given (0, 80 or 95 % of the overflow
@@ -491,6 +493,8 @@ fn dir_slots(t: &Target) -> Vec<u32> {
 struct Directory {
     /// (IPv6?, slot) → counts.
     slots: std::collections::HashMap<(bool, u32), SlotCounts>,
+    /// Slots with a non-zero fallback count, per family.
+    fallback_slots: [usize; 2],
 }
 
 #[derive(Default)]
@@ -543,7 +547,12 @@ impl Directory {
                 Touch::Allow => &mut c.allow,
                 Touch::Fallback => &mut c.fallback,
             };
+            let was = *n;
             *n = if up { *n + 1 } else { n.saturating_sub(1) };
+            if matches!(what, Touch::Fallback) && (was == 0) != (*n == 0) {
+                let f = &mut self.fallback_slots[v6 as usize];
+                *f = if up { *f + 1 } else { f.saturating_sub(1) };
+            }
         }
     }
 
@@ -556,10 +565,72 @@ impl Directory {
 
     /// Slots of a family in trie fallback.
     fn fallback_regions(&self, v6: bool) -> usize {
-        self.slots
+        self.fallback_slots[v6 as usize]
+    }
+}
+
+/// The trie-only entries, indexed by bucket (a freed way takes one of its
+/// own bucket) and counted per family, so that every operation on them is
+/// cheap however many there are.
+#[derive(Default)]
+struct TrieOnly {
+    values: std::collections::HashMap<Entry, BanValue>,
+    by_bucket: std::collections::HashMap<(bool, u32), Vec<Entry>>,
+    per_family: [usize; 2],
+}
+
+impl TrieOnly {
+    fn get(&self, e: &Entry) -> Option<&BanValue> {
+        self.values.get(e)
+    }
+
+    fn contains_key(&self, e: &Entry) -> bool {
+        self.values.contains_key(e)
+    }
+
+    fn insert(&mut self, e: Entry, v: BanValue) {
+        if self.values.insert(e, v).is_none() {
+            self.by_bucket
+                .entry((e.v6(), e.bucket()))
+                .or_default()
+                .push(e);
+            self.per_family[e.v6() as usize] += 1;
+        }
+    }
+
+    fn remove(&mut self, e: &Entry) {
+        if self.values.remove(e).is_some() {
+            let key = (e.v6(), e.bucket());
+            if let Some(list) = self.by_bucket.get_mut(&key) {
+                list.retain(|x| x != e);
+                if list.is_empty() {
+                    self.by_bucket.remove(&key);
+                }
+            }
+            self.per_family[e.v6() as usize] -= 1;
+        }
+    }
+
+    fn clear(&mut self) {
+        *self = TrieOnly::default();
+    }
+
+    fn len(&self, v6: bool) -> usize {
+        self.per_family[v6 as usize]
+    }
+
+    /// An entry of `bucket`, or with `any`, of any bucket of the family.
+    fn candidate(&self, v6: bool, bucket: u32, any: bool) -> Option<Entry> {
+        if let Some(list) = self.by_bucket.get(&(v6, bucket)) {
+            return list.first().copied();
+        }
+        if !any {
+            return None;
+        }
+        self.by_bucket
             .iter()
-            .filter(|((f, _), c)| *f == v6 && c.fallback > 0)
-            .count()
+            .find(|((f, _), _)| *f == v6)
+            .and_then(|(_, list)| list.first().copied())
     }
 }
 
@@ -624,6 +695,7 @@ impl XdpMaps {
             stats: get(c::MAP_STATS)?.try_into()?,
             spilled: Default::default(),
             trie_only: Default::default(),
+            in_over: [0; 2],
             in_table: [0; 2],
             warned: [0; 2],
             dir: Directory::default(),
@@ -688,6 +760,13 @@ impl XdpMaps {
                 .entry((true, Entry::of(&t).bucket()))
                 .or_default() += 1;
         }
+        self.in_over = [false, true].map(|v6| {
+            self.spilled
+                .iter()
+                .filter(|((f, _), _)| *f == v6)
+                .map(|(_, &n)| n as usize)
+                .sum()
+        });
         self.dir = Directory::default();
         self.in_table = [self.tab_v4.entries().len(), self.tab_v6.entries().len()];
         let fast: HashSet<Entry> = self.fast_entries()?.into_iter().map(|(e, _)| e).collect();
@@ -871,6 +950,7 @@ impl XdpMaps {
             Err(err) if is_full(&err) => return Ok(false),
             Err(err) => return Err(err),
         }
+        self.in_over[e.v6() as usize] += 1;
         let n = self.spilled.entry((e.v6(), e.bucket())).or_default();
         *n += 1;
         if *n == 1 {
@@ -935,14 +1015,10 @@ impl XdpMaps {
     /// After an entry left bucket `bucket` (or the overflow hash, `any`),
     /// one trie-only entry of the family that now fits is moved in.
     fn promote_after_free(&mut self, v6: bool, bucket: u32, any: bool) -> Result<()> {
-        if self.trie_only.is_empty() {
+        if self.trie_only.len(v6) == 0 {
             return Ok(());
         }
-        let candidate = self
-            .trie_only
-            .keys()
-            .find(|c| c.v6() == v6 && (any || c.bucket() == bucket))
-            .copied();
+        let candidate = self.trie_only.candidate(v6, bucket, any);
         if let Some(c) = candidate {
             self.promote(&c)?;
         }
@@ -960,14 +1036,9 @@ impl XdpMaps {
             FastPathFamily {
                 table_entries: self.in_table[v6 as usize],
                 table_capacity: xban_common::TAB_BUCKETS as usize * ways,
-                overflow_entries: self
-                    .spilled
-                    .iter()
-                    .filter(|((f, _), _)| *f == v6)
-                    .map(|(_, &n)| n as usize)
-                    .sum(),
+                overflow_entries: self.in_over[v6 as usize],
                 overflow_capacity: xban_common::OVER_MAX_ENTRIES as usize,
-                trie_only: self.trie_only.keys().filter(|e| e.v6() == v6).count(),
+                trie_only: self.trie_only.len(v6),
                 fallback_regions: self.dir.fallback_regions(v6),
             }
         };
@@ -1033,6 +1104,7 @@ impl XdpMaps {
                 })
                 .with_context(|| format!("remove {t} from the XDP overflow hash"))?;
                 let key = (e.v6(), e.bucket());
+                self.in_over[e.v6() as usize] = self.in_over[e.v6() as usize].saturating_sub(1);
                 let n = self.spilled.get(&key).copied().unwrap_or(1) - 1;
                 if n == 0 {
                     self.spilled.remove(&key);
