@@ -61,8 +61,14 @@ fn bans_beyond_a_full_fast_path_drop_from_the_trie_and_the_agent_starts() {
     .unwrap();
 
     // Before: E2BIG from the overflow hash, and the agent refused to start.
+    let t0 = std::time::Instant::now();
     let agent = AgentProcess::start(&lab, &dir).unwrap();
+    eprintln!("started (blocklist loaded) in {:?}", t0.elapsed());
     let fp = fast_path(&dir);
+    eprintln!(
+        "{} colliding hosts banned from a blocklist: fast path {fp}",
+        hosts.len()
+    );
     let trie_only = fp["trie_only"].as_u64().unwrap();
     assert!(trie_only > 0, "{fp}");
     assert!(fp["fallback_regions"].as_u64().unwrap() > 0, "{fp}");

@@ -98,10 +98,7 @@ fn xdp_lost_three_ways_is_repaired_within_a_second() {
 
     // 1. rm -rf of the pin directory: before, the link went with its pin.
     std::fs::remove_dir_all(&dir.pin_dir).unwrap();
-    assert!(
-        !lab.udp_reaches(ATK_V4, SRV_V4),
-        "still dropped after rm -rf"
-    );
+    let removed = Instant::now();
     assert!(
         wait_for(Duration::from_secs(2), || {
             ["links", "prog_xdp", "bans_v4", "tab_v4", "dir_v4", "stats"]
@@ -111,6 +108,14 @@ fn xdp_lost_three_ways_is_repaired_within_a_second() {
         }),
         "pins re-created:\n{}",
         agent.log()
+    );
+    eprintln!(
+        "rm -rf of the pin directory: pins back after {:?}",
+        removed.elapsed()
+    );
+    assert!(
+        !lab.udp_reaches(ATK_V4, SRV_V4),
+        "still dropped after rm -rf"
     );
     assert!(status(&dir)["links"]["pin_repairs"].as_u64().unwrap() >= 1);
     // The re-pinned maps are the live ones: a ban through them drops.
@@ -129,6 +134,7 @@ fn xdp_lost_three_ways_is_repaired_within_a_second() {
         String::from_utf8_lossy(&out.stderr)
     );
     let took = reattached_within(&lab, Duration::from_millis(1500));
+    eprintln!("bpftool link detach: XDP back after {took:?}");
     assert!(!lab.udp_reaches(ATK_V4, SRV_V4), "dropped again ({took:?})");
     assert!(
         wait_for(Duration::from_secs(1), || repairs(&dir, &ifname) > before),
@@ -140,6 +146,7 @@ fn xdp_lost_three_ways_is_repaired_within_a_second() {
     let before = repairs(&dir, &ifname);
     lab.recreate_veth().unwrap();
     let took = reattached_within(&lab, Duration::from_millis(1500));
+    eprintln!("interface re-created: XDP back after {took:?}");
     assert!(!lab.udp_reaches(ATK_V4, SRV_V4), "dropped again ({took:?})");
     assert!(lab.udp_reaches(ATK3_V4, SRV_V4), "others pass");
     assert!(wait_for(Duration::from_secs(1), || repairs(&dir, &ifname) > before));
