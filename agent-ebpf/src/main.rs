@@ -10,8 +10,10 @@
 //!
 //! A banned source is dropped; a tarpit-class one is answered by the XDP
 //! tarpit (`tarpit.rs`), passed for iptables to steer, or dropped, as the
-//! agent configured the engine. Everything else passes. See `xban_common` for the map layout; the ban
-//! tries are the agent's record and are not read here.
+//! agent configured the engine. Everything else passes. See `xban_common`
+//! for the map layout; the ban tries are the agent's record, read here only
+//! for regions the directory sends there (too many prefix lengths, or a fast
+//! path that could not hold every entry of the region).
 #![no_std]
 #![no_main]
 
@@ -29,8 +31,8 @@ use aya_ebpf::{
 use xban_common::{
     dir_slot_v4, dir_slot_v6, stats, tab_bucket_v4, tab_bucket_v6, tab_key_v4, tab_match_v4,
     tab_meta_match_v6, AllowValue, BanClass, BanValue, DirV4, DirV6, NetKey4, NetKey6, TabBucketV4,
-    TabBucketV6, ALLOW_MAX_ENTRIES, BANS_MAX_ENTRIES, BPF_F_MMAPABLE, BPF_F_NO_PREALLOC, DIR_SLOTS,
-    OVER_MAX_ENTRIES, PROBE_LENGTHS, TAB_BUCKETS,
+    TabBucketV6, ALLOW_MAX_ENTRIES, BANS_MAX_ENTRIES, BPF_F_MMAPABLE, BPF_F_NO_PREALLOC, DIR_ALLOW,
+    DIR_FALLBACK, DIR_SLOTS, OVER_MAX_ENTRIES, PROBE_LENGTHS, TAB_BUCKETS,
 };
 
 // Pinned by name: a restarted agent (and bpftool) finds the same maps under the pin dir.
@@ -105,10 +107,15 @@ fn try_xban_xdp(ctx: &XdpContext) -> Result<u32, ()> {
             let src = unsafe { *ptr_at::<u32>(ctx, off + IPV4_SRC_OFF)? };
             let bytes = src.to_ne_bytes();
             let slot = DIR_V4.get(dir_slot_v4(bytes)).copied().unwrap_or_default();
-            if slot.allow != 0 && ALLOW_V4.get(Key::new(32, bytes)).is_some() {
+            if slot.allow & DIR_ALLOW != 0 && ALLOW_V4.get(Key::new(32, bytes)).is_some() {
                 return Ok(allowed());
             }
-            Ok(ban_verdict(ctx, off, false, ban_v4(src, slot.nets)))
+            Ok(ban_verdict(
+                ctx,
+                off,
+                false,
+                ban_v4(src, slot.nets, slot.allow),
+            ))
         }
         ETH_P_IPV6 => {
             let hi = unsafe { *ptr_at::<u64>(ctx, off + IPV6_SRC_OFF)? };
@@ -116,10 +123,17 @@ fn try_xban_xdp(ctx: &XdpContext) -> Result<u32, ()> {
             // The first 48 bits, in address order.
             let top48 = u64::from_be(hi) >> 16;
             let slot = DIR_V6.get(dir_slot_v6(top48)).copied().unwrap_or_default();
-            if slot.allow != 0 && ALLOW_V6.get(Key::new(128, v6_bytes(hi, lo))).is_some() {
+            if slot.allow & DIR_ALLOW != 0
+                && ALLOW_V6.get(Key::new(128, v6_bytes(hi, lo))).is_some()
+            {
                 return Ok(allowed());
             }
-            Ok(ban_verdict(ctx, off, true, ban_v6(hi, lo, slot.nets)))
+            Ok(ban_verdict(
+                ctx,
+                off,
+                true,
+                ban_v6(hi, lo, slot.nets, slot.allow),
+            ))
         }
         _ => {
             count(stats::PASSED_NOT_IP);
@@ -129,13 +143,15 @@ fn try_xban_xdp(ctx: &XdpContext) -> Result<u32, ()> {
 }
 
 /// The class of the most specific ban covering `src`: the host entry, else
-/// each prefix length in `lens` (bit L: length L), longest first.
+/// each prefix length in `lens` (bit L: length L), longest first. Where the
+/// slot's `flags` say the fast maps are incomplete (or too many lengths are
+/// listed), the trie answers: it holds every ban.
 #[inline(always)]
-fn ban_v4(src: u32, mut lens: u64) -> Option<u32> {
+fn ban_v4(src: u32, mut lens: u64, flags: u64) -> Option<u32> {
     if let Some(c) = find_v4(src, 32) {
         return Some(c);
     }
-    if lens.count_ones() > PROBE_LENGTHS {
+    if flags & DIR_FALLBACK != 0 || lens.count_ones() > PROBE_LENGTHS {
         return BANS_V4
             .get(Key::new(32, src.to_ne_bytes()))
             .map(|v| v.class);
@@ -157,12 +173,12 @@ fn ban_v4(src: u32, mut lens: u64) -> Option<u32> {
 
 /// As [`ban_v4`], lengths 64..=127 in `lens[1]`, 0..=63 in `lens[0]`.
 #[inline(always)]
-fn ban_v6(hi: u64, lo: u64, lens: [u64; 2]) -> Option<u32> {
+fn ban_v6(hi: u64, lo: u64, lens: [u64; 2], flags: u64) -> Option<u32> {
     if let Some(c) = find_v6(hi, lo, 128) {
         return Some(c);
     }
     let (mut upper, mut lower) = (lens[1], lens[0]);
-    if upper.count_ones() + lower.count_ones() > PROBE_LENGTHS {
+    if flags & DIR_FALLBACK != 0 || upper.count_ones() + lower.count_ones() > PROBE_LENGTHS {
         return BANS_V6
             .get(Key::new(128, v6_bytes(hi, lo)))
             .map(|v| v.class);

@@ -77,6 +77,13 @@ pub struct StatusView {
     pub xdp: Option<serde_json::Value>,
     /// Tarpit steering: mode, set members, chain counters.
     pub tarpit: Option<serde_json::Value>,
+    /// XDP fast-path occupancy (entries in the table, the overflow hash, the
+    /// trie only; regions in trie fallback).
+    #[serde(default)]
+    pub fast_path: Option<crate::enforce::xdp::FastPathStatus>,
+    /// XDP links per interface and their repairs (filled by the daemon).
+    #[serde(default)]
+    pub links: Option<serde_json::Value>,
     pub jails: Vec<JailStatus>,
     /// Bans the guard refused since start, by rule and origin.
     #[serde(default)]
@@ -807,6 +814,8 @@ impl AgentCore {
                 .xdp_stats()?
                 .map(|s| serde_json::to_value(s).unwrap_or_default()),
             tarpit: self.enforcer.steering_status(),
+            fast_path: self.enforcer.fast_path(),
+            links: None,
             jails,
             ban_refusals: self
                 .refusals

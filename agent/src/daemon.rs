@@ -86,6 +86,8 @@ struct Daemon {
     sources: HashMap<String, RunningSource>,
     line_tx: LineSender,
     metrics: Metrics,
+    /// The XDP program and its links (none in a dry run).
+    xdp: Option<XdpEnforcer>,
 }
 
 fn load_config(path: &Path) -> Result<ResolvedConfig> {
@@ -311,7 +313,15 @@ impl Daemon {
                 .map(RunningSource::following)
                 .unwrap_or_default();
         }
+        st.links = self.xdp.as_ref().map(XdpEnforcer::link_status);
         Ok(serde_json::to_value(st)?)
+    }
+
+    /// Check the XDP links and pins, repairing what was lost.
+    fn check_links(&mut self) {
+        if let Some(x) = self.xdp.as_mut() {
+            x.check();
+        }
     }
 
     fn metrics_text(&mut self) -> Result<String> {
@@ -326,7 +336,8 @@ impl Daemon {
                 ),
             );
         }
-        let status = self.core.status(None)?;
+        let mut status = self.core.status(None)?;
+        status.links = self.xdp.as_ref().map(XdpEnforcer::link_status);
         Ok(self
             .metrics
             .render(&status, u64::from(xban_common::BANS_MAX_ENTRIES)))
@@ -436,6 +447,17 @@ pub async fn run(config_path: &Path, opts: RunOptions) -> Result<()> {
     }
     tokio::spawn(control::serve(listener, ctl_tx));
 
+    // Link events wake the XDP check at once; a periodic one catches what
+    // no event says (a detached link, removed pins).
+    let (link_tx, mut link_rx) = mpsc::channel::<()>(1);
+    if program.is_some() {
+        if let Err(e) = crate::enforce::links::watch_link_events(link_tx) {
+            tracing::warn!("{e:#}; XDP links are checked every 500 ms only");
+        }
+    }
+    let mut link_check = tokio::time::interval(Duration::from_millis(500));
+    link_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+
     let (line_tx, mut line_rx) = mpsc::channel::<(Arc<str>, SourceLine)>(4096);
     let mut d = Daemon {
         config_path: config_path.to_path_buf(),
@@ -444,6 +466,7 @@ pub async fn run(config_path: &Path, opts: RunOptions) -> Result<()> {
         sources: HashMap::new(),
         line_tx,
         metrics: Metrics::default(),
+        xdp: program,
     };
     for jail in &resolved.jails {
         d.start_source(jail).await?;
@@ -519,6 +542,8 @@ pub async fn run(config_path: &Path, opts: RunOptions) -> Result<()> {
                     }
                 }
             }
+            _ = link_check.tick(), if d.xdp.is_some() => d.check_links(),
+            Some(()) = link_rx.recv() => d.check_links(),
             _ = sighup.recv() => { let _ = d.reload().await; }
             _ = sigterm.recv() => { tracing::info!("SIGTERM: stopping"); break; }
             _ = sigint.recv() => { tracing::info!("SIGINT: stopping"); break; }
@@ -530,8 +555,8 @@ pub async fn run(config_path: &Path, opts: RunOptions) -> Result<()> {
         s.shutdown().await;
     }
     let _ = std::fs::remove_file(&agent.socket);
+    // The agent's own link handles go with it; the pins keep XDP attached.
     drop(d);
-    drop(program);
     if opts.dry_run {
         return Ok(());
     }

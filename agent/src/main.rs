@@ -379,6 +379,43 @@ fn print_xdp(v: &serde_json::Value) {
 
 fn print_status(s: &StatusView) {
     println!("XDP on {} (mode {})", s.interfaces.join(", "), s.xdp_mode);
+    if let Some(links) = &s.links {
+        for l in links["interfaces"].as_array().into_iter().flatten() {
+            let repairs = l["repairs"].as_u64().unwrap_or(0);
+            println!(
+                "  {}: {}{}{}",
+                l["interface"].as_str().unwrap_or("?"),
+                l["state"].as_str().unwrap_or("?"),
+                l["error"]
+                    .as_str()
+                    .map(|e| format!(" ({e})"))
+                    .unwrap_or_default(),
+                if repairs > 0 {
+                    format!(
+                        ", {repairs} repairs, last: {}",
+                        l["last_repair"].as_str().unwrap_or("?")
+                    )
+                } else {
+                    String::new()
+                }
+            );
+        }
+        let pins = links["pin_repairs"].as_u64().unwrap_or(0);
+        if pins > 0 {
+            println!("  pins re-created {pins} times");
+        }
+    }
+    if let Some(fp) = &s.fast_path {
+        for (name, f) in [("IPv4", &fp.v4), ("IPv6", &fp.v6)] {
+            if f.table_entries + f.overflow_entries + f.trie_only == 0 {
+                continue;
+            }
+            println!(
+                "fast path {name}: {} in table ({} max), {} in overflow ({} max), {} in the trie only, {} regions in trie fallback",
+                f.table_entries, f.table_capacity, f.overflow_entries, f.overflow_capacity, f.trie_only, f.fallback_regions
+            );
+        }
+    }
     println!(
         "bans: {} active ({} drop, {} tarpit), {} map entries",
         s.bans_active, s.bans_drop, s.bans_tarpit, s.map_entries

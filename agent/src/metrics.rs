@@ -13,6 +13,9 @@ const LATENCY_BUCKETS: [f64; 10] = [
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.25, 1.0,
 ];
 
+/// One per-family figure of the fast path.
+type FamilyField = fn(&crate::enforce::xdp::FastPathFamily) -> usize;
+
 /// What the daemon counts itself (the rest comes from the core's status).
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -206,6 +209,91 @@ impl Metrics {
                 let _ = writeln!(o, "xban_xdp_packets_total{{verdict=\"{k}\"}} {v}");
             }
         }
+        if let Some(fp) = &status.fast_path {
+            let rows: [(&str, &str, FamilyField); 6] = [
+                (
+                    "xban_fastpath_table_entries",
+                    "Bans in the XDP exact-match bucket table, per family.",
+                    |f| f.table_entries,
+                ),
+                (
+                    "xban_fastpath_table_capacity",
+                    "Capacity of the XDP bucket table, per family.",
+                    |f| f.table_capacity,
+                ),
+                (
+                    "xban_fastpath_overflow_entries",
+                    "Bans in the XDP overflow hash (bucket full), per family.",
+                    |f| f.overflow_entries,
+                ),
+                (
+                    "xban_fastpath_overflow_capacity",
+                    "Capacity of the XDP overflow hash, per family.",
+                    |f| f.overflow_capacity,
+                ),
+                (
+                    "xban_fastpath_trie_only",
+                    "Bans the fast path could not hold, enforced from the ban trie, per family.",
+                    |f| f.trie_only,
+                ),
+                (
+                    "xban_fastpath_fallback_regions",
+                    "Directory regions whose sources are looked up in the ban trie, per family.",
+                    |f| f.fallback_regions,
+                ),
+            ];
+            for (name, help, get) in rows {
+                family(&mut o, name, "gauge", help);
+                let _ = writeln!(o, "{name}{{family=\"ipv4\"}} {}", get(&fp.v4));
+                let _ = writeln!(o, "{name}{{family=\"ipv6\"}} {}", get(&fp.v6));
+            }
+        }
+        if let Some(links) = status
+            .links
+            .as_ref()
+            .and_then(|l| l["interfaces"].as_array())
+        {
+            family(
+                &mut o,
+                "xban_xdp_attached",
+                "gauge",
+                "1 while the XDP program is attached to the interface through its link.",
+            );
+            for l in links {
+                let _ = writeln!(
+                    o,
+                    "xban_xdp_attached{{interface=\"{}\"}} {}",
+                    l["interface"].as_str().unwrap_or_default(),
+                    (l["state"] == "attached") as u8
+                );
+            }
+            family(
+                &mut o,
+                "xban_xdp_repairs_total",
+                "counter",
+                "Repairs of lost XDP attachments and pins, per interface.",
+            );
+            for l in links {
+                let _ = writeln!(
+                    o,
+                    "xban_xdp_repairs_total{{interface=\"{}\"}} {}",
+                    l["interface"].as_str().unwrap_or_default(),
+                    l["repairs"].as_u64().unwrap_or_default()
+                );
+            }
+            family(
+                &mut o,
+                "xban_xdp_pin_repairs_total",
+                "counter",
+                "Times lost pins (maps, program) under the pin directory were re-created.",
+            );
+            let pins = status.links.as_ref().map(|l| &l["pin_repairs"]);
+            let _ = writeln!(
+                o,
+                "xban_xdp_pin_repairs_total {}",
+                pins.and_then(|p| p.as_u64()).unwrap_or_default()
+            );
+        }
         family(
             &mut o,
             "xban_ban_latency_seconds",
@@ -291,5 +379,54 @@ mod tests {
         assert_eq!(m.latency_buckets[3], 2, "<= 1 ms");
         assert_eq!(m.latency_buckets[9], 2, "<= 1 s");
         assert_eq!(m.latency_count, 3);
+    }
+
+    #[test]
+    fn fast_path_occupancy_and_link_repairs_are_exported() {
+        use crate::enforce::xdp::{FastPathFamily, FastPathStatus};
+        let status = StatusView {
+            interfaces: vec!["eth9".into()],
+            xdp_mode: "native".into(),
+            bans_active: 0,
+            bans_drop: 0,
+            bans_tarpit: 0,
+            map_entries: 0,
+            xdp: None,
+            tarpit: None,
+            fast_path: Some(FastPathStatus {
+                v4: FastPathFamily {
+                    table_entries: 7,
+                    table_capacity: 70,
+                    overflow_entries: 3,
+                    overflow_capacity: 4,
+                    trie_only: 2,
+                    fallback_regions: 1,
+                },
+                v6: FastPathFamily::default(),
+            }),
+            links: Some(serde_json::json!({
+                "interfaces": [
+                    {"interface": "eth9", "state": "attached", "repairs": 3},
+                    {"interface": "late0", "state": "waiting-for-interface", "repairs": 0},
+                ],
+                "pin_repairs": 1,
+            })),
+            jails: Vec::new(),
+        };
+        let text = Metrics::default().render(&status, 10);
+        for line in [
+            "xban_fastpath_table_entries{family=\"ipv4\"} 7",
+            "xban_fastpath_overflow_entries{family=\"ipv4\"} 3",
+            "xban_fastpath_overflow_capacity{family=\"ipv4\"} 4",
+            "xban_fastpath_trie_only{family=\"ipv4\"} 2",
+            "xban_fastpath_fallback_regions{family=\"ipv4\"} 1",
+            "xban_fastpath_trie_only{family=\"ipv6\"} 0",
+            "xban_xdp_attached{interface=\"eth9\"} 1",
+            "xban_xdp_attached{interface=\"late0\"} 0",
+            "xban_xdp_repairs_total{interface=\"eth9\"} 3",
+            "xban_xdp_pin_repairs_total 1",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} missing:\n{text}");
+        }
     }
 }

@@ -104,18 +104,16 @@ impl Unit {
     }
 }
 
-/// The unit with ExecStart pointing at `binary`: `systemd-analyze verify`
+/// The unit with ExecStart and ExecReload pointing at `binary`: `systemd-analyze verify`
 /// insists that the programs it names exist and are executable.
 fn unit_for(binary: &Path, unit: &Path, dir: &Path) -> PathBuf {
     let text = std::fs::read_to_string(unit).unwrap();
     assert!(text.contains("ExecStart=/usr/local/sbin/xban "), "{text}");
+    assert!(text.contains("ExecReload=/usr/local/sbin/xban "), "{text}");
     let copy = dir.join("xban.service");
     std::fs::write(
         &copy,
-        text.replace(
-            "ExecStart=/usr/local/sbin/xban ",
-            &format!("ExecStart={} ", binary.display()),
-        ),
+        text.replace("=/usr/local/sbin/xban ", &format!("={} ", binary.display())),
     )
     .unwrap();
     copy

@@ -4,10 +4,13 @@
 
 mod ban_path;
 mod deploy;
+mod fastpath;
 mod guards;
 mod lifecycle;
 mod operations;
 mod persistence;
+mod systemd_nspawn;
 mod tarpit;
 mod xdp_parsing;
+mod xdp_repair;
 mod xdp_tarpit;

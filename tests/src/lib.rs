@@ -92,9 +92,20 @@ impl Lab {
     }
 
     fn build(&self) -> Result<()> {
+        run("ip", &["netns", "add", &self.srv_ns])?;
+        run("ip", &["netns", "add", &self.atk_ns])?;
+        self.build_veth()
+    }
+
+    /// Delete the veth pair and create it again, addresses and all: the
+    /// same names, new interface indexes (what XDP links are bound to).
+    pub fn recreate_veth(&self) -> Result<()> {
+        run("ip", &["-n", &self.srv_ns, "link", "del", &self.srv_if])?;
+        self.build_veth()
+    }
+
+    fn build_veth(&self) -> Result<()> {
         let (s, a) = (&self.srv_ns, &self.atk_ns);
-        run("ip", &["netns", "add", s])?;
-        run("ip", &["netns", "add", a])?;
         run(
             "ip",
             &[

@@ -22,8 +22,12 @@
 //!   directory lists it, longest first, so the first hit is the
 //!   longest-prefix match. A region listing more than [`PROBE_LENGTHS`]
 //!   lengths is looked up in the ban trie instead (rare, and it keeps the
-//!   program's loops short for the verifier). The agent writes the
-//!   directory through a shared mapping too.
+//!   program's loops short for the verifier). A region whose slot has the
+//!   [`DIR_FALLBACK`] bit is looked up in the ban trie too: the agent sets
+//!   it when an entry of the region fits neither its bucket nor the
+//!   overflow hash, so that every ban in the trie is enforced whatever the
+//!   fast maps hold. The agent writes the directory through a shared
+//!   mapping too.
 #![no_std]
 
 /// Map names, as pinned under the agent's pin directory.
@@ -189,6 +193,16 @@ pub struct NetKey6 {
     pub addr: [u8; 16],
 }
 
+/// Bit of a directory slot's `allow` word: an allowlist entry may cover
+/// addresses of the region.
+pub const DIR_ALLOW: u64 = 1;
+/// Bit of a directory slot's `allow` word: some ban touching the region is
+/// in the ban trie only (its bucket and the overflow hash were full), so the
+/// program looks sources of this region up in the trie, which holds every
+/// ban. Kept in the `allow` word so that the slot layout, and with it the
+/// pinned maps of an older agent, stay as they were.
+pub const DIR_FALLBACK: u64 = 2;
+
 /// A `dir_v4` slot: what may match addresses of one /16.
 #[repr(C)]
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
@@ -196,7 +210,7 @@ pub struct DirV4 {
     /// Bit L set: a prefix ban of length L (0..=31) may cover addresses of
     /// this region.
     pub nets: u64,
-    /// Non-zero: an allowlist entry may cover addresses of this region.
+    /// [`DIR_ALLOW`] and [`DIR_FALLBACK`] bits.
     pub allow: u64,
 }
 

@@ -34,6 +34,11 @@ const TEST_PACKAGES: &[&str] = &[
     "nftables",
     "sqlite3",
     "util-linux",
+    // The unit's test under a real systemd: a Debian tree booted with
+    // systemd-nspawn (dbus for systemctl inside the container's tools).
+    "debootstrap",
+    "systemd-container",
+    "dbus",
 ];
 /// Compared against by `cargo xtask bench` (fail2ban-regex and the daemon).
 const BENCH_PACKAGES: &[&str] = &["fail2ban"];

@@ -1274,17 +1274,41 @@ impl Plumbing {
 
     /// Hooks first (a chain or set still referenced cannot be removed), then
     /// the chain, then the set.
+    /// A tool that is not installed cannot have left anything behind (and
+    /// could not remove it): its part is skipped, the rest still cleaned.
+    /// Without the family's iptables its rules may still use the set, which
+    /// is then kept too.
     fn teardown(&self, fam: Family) -> Result<(), SteeringError> {
         let chain = &self.cfg.chain;
-        // Every jump to the chain, whatever set it matched on.
-        self.prune(fam, "filter", "INPUT", 0, |r| r.jumps_to(chain))?;
-        self.prune(fam, "raw", "PREROUTING", 0, |r| self.is_notrack(fam, r))?;
-        self.remove_chain(fam, "filter", chain)?;
-        let set = self.cfg.set(fam);
-        if self.ipset(&["list", "-n", set], None)?.success {
-            self.ipset(&["destroy", set], None)?.ok()?;
+        let rules = (|| {
+            // Every jump to the chain, whatever set it matched on.
+            self.prune(fam, "filter", "INPUT", 0, |r| r.jumps_to(chain))?;
+            self.prune(fam, "raw", "PREROUTING", 0, |r| self.is_notrack(fam, r))?;
+            self.remove_chain(fam, "filter", chain)
+        })();
+        match rules {
+            Err(SteeringError::NotInstalled { program, .. }) => {
+                tracing::debug!(
+                    "{program} not installed: no tarpit rules of its own to remove, its set kept"
+                );
+                return Ok(());
+            }
+            r => r?,
         }
-        Ok(())
+        let set = self.cfg.set(fam);
+        let sets = (|| {
+            if self.ipset(&["list", "-n", set], None)?.success {
+                self.ipset(&["destroy", set], None)?.ok()?;
+            }
+            Ok(())
+        })();
+        match sets {
+            Err(SteeringError::NotInstalled { program, .. }) => {
+                tracing::debug!("{program} not installed: no tarpit set to remove");
+                Ok(())
+            }
+            r => r,
+        }
     }
 }
 
@@ -2072,14 +2096,27 @@ mod tests {
             e.contains("ipset-not-here not installed") && e.contains("apt-get install ipset"),
             "{e}"
         );
+        // Teardown cleans what exists: a tool that is not installed has
+        // nothing of its own to remove, and the others' parts still go.
+        TarpitSteering::setup_in(&substitute_cfg(), ns.name()).unwrap();
         let cfg = TarpitConfig {
             ip6tables: "ip6tables-not-here".into(),
             ..substitute_cfg()
         };
-        let e = TarpitSteering::teardown_in(&cfg, ns.name())
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("apt-get install iptables"), "{e}");
+        TarpitSteering::teardown_in(&cfg, ns.name()).unwrap();
+        assert!(
+            !ns.exec("iptables", &["-w", "10", "-S"])
+                .contains("XBAN-TARPIT"),
+            "the IPv4 chain is removed"
+        );
+        TarpitSteering::teardown_in(&substitute_cfg(), ns.name()).unwrap();
+        let cfg = TarpitConfig {
+            iptables: "iptables-not-here".into(),
+            ip6tables: "ip6tables-not-here".into(),
+            ipset: "ipset-not-here".into(),
+            ..TarpitConfig::default()
+        };
+        TarpitSteering::teardown_in(&cfg, ns.name()).unwrap();
 
         // An existing set of the wrong kind is not silently adopted.
         ns.exec(

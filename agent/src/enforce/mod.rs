@@ -2,6 +2,7 @@
 //! XDP maps and, for the tarpit class, in iptables' steering set.
 
 pub mod iptables;
+pub mod links;
 pub mod tarpit;
 pub mod xdp;
 
@@ -29,6 +30,10 @@ pub trait Enforcer: Send {
     }
     /// Steering mode and counters, where there is steering.
     fn steering_status(&self) -> Option<serde_json::Value> {
+        None
+    }
+    /// Occupancy of the XDP fast path, where there is one.
+    fn fast_path(&self) -> Option<xdp::FastPathStatus> {
         None
     }
 }
@@ -156,6 +161,10 @@ impl Enforcer for KernelEnforcer {
 
     fn xdp_stats(&self) -> Result<Option<xdp::XdpStats>> {
         self.xdp.stats().map(Some)
+    }
+
+    fn fast_path(&self) -> Option<xdp::FastPathStatus> {
+        Some(self.xdp.fast_path_status())
     }
 
     fn steering_status(&self) -> Option<serde_json::Value> {

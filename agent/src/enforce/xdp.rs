@@ -20,7 +20,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use anyhow::{bail, Context, Result};
 use aya::maps::lpm_trie::Key;
 use aya::maps::{HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray};
-use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::{Xdp, XdpMode};
 use aya::sys::SyscallError;
 use aya::{Ebpf, EbpfLoader};
@@ -33,7 +32,7 @@ use crate::directories::pins;
 
 /// The XDP object, embedded at build time (see build.rs).
 static XDP_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xban-xdp.o"));
-const PROGRAM_NAME: &str = "xban_xdp";
+pub(super) const PROGRAM_NAME: &str = "xban_xdp";
 
 /// Per-CPU counters summed, by `xban_common::stats` index.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
@@ -114,15 +113,52 @@ pub struct XdpMaps {
     pub tarpit: Option<super::tarpit::TarpitMaps>,
     /// (IPv6?, bucket) → how many of its entries are in the overflow hash.
     spilled: std::collections::HashMap<(bool, u32), u32>,
+    /// Bans that fit neither their bucket nor the overflow hash: in the trie
+    /// only, their regions flagged so that the program looks there.
+    trie_only: TrieOnly,
+    /// Entries in the overflow hashes, per family (the sum of `spilled`).
+    in_over: [usize; 2],
+    /// Entries in the bucket tables, per family (IPv4, IPv6).
+    in_table: [usize; 2],
+    /// The highest occupancy warning given (0, 80 or 95 % of the overflow
+    /// hash), per family, so that each is logged once per crossing.
+    warned: [u8; 2],
     dir: Directory,
+}
+
+/// How full the fast path is, per family (`status --json`, metrics).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FastPathFamily {
+    /// Entries in the exact-match bucket table.
+    pub table_entries: usize,
+    pub table_capacity: usize,
+    /// Entries in the overflow hash (their bucket was full).
+    pub overflow_entries: usize,
+    pub overflow_capacity: usize,
+    /// Bans held by the trie only: neither table nor overflow had room.
+    pub trie_only: usize,
+    /// Directory slots whose sources are looked up in the trie for that reason.
+    pub fallback_regions: usize,
+}
+
+/// [`FastPathFamily`] for both families.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FastPathStatus {
+    pub v4: FastPathFamily,
+    pub v6: FastPathFamily,
 }
 
 /// The loaded program. Dropping it leaves pinned things in place.
 pub struct XdpEnforcer {
-    ebpf: Ebpf,
-    pin_dir: PathBuf,
-    /// Interfaces the program is attached to.
+    pub(super) ebpf: Ebpf,
+    pub(super) pin_dir: PathBuf,
+    /// Interfaces configured.
     pub attached: Vec<String>,
+    /// Each configured interface's link, as last checked (see `links`).
+    pub(super) links: Vec<super::links::LinkWatch>,
+    pub(super) mode: XdpModeSetting,
+    /// Times lost pins (maps, program) were re-created.
+    pub(super) pin_repairs: u64,
 }
 
 fn key4(t: &Target) -> Key<[u8; 4]> {
@@ -485,6 +521,8 @@ fn dir_slots(t: &Target) -> Vec<u32> {
 struct Directory {
     /// (IPv6?, slot) → counts.
     slots: std::collections::HashMap<(bool, u32), SlotCounts>,
+    /// Slots with a non-zero fallback count, per family.
+    fallback_slots: [usize; 2],
 }
 
 #[derive(Default)]
@@ -492,6 +530,8 @@ struct SlotCounts {
     /// Count per prefix length, indexed by length (0..=127).
     lens: Vec<u32>,
     allow: u32,
+    /// Trie-only bans touching the region.
+    fallback: u32,
 }
 
 impl SlotCounts {
@@ -502,13 +542,21 @@ impl SlotCounts {
                 w[len / 64] |= 1 << (len % 64);
             }
         }
-        (w, (self.allow > 0) as u64)
+        let mut flags = 0;
+        if self.allow > 0 {
+            flags |= xban_common::DIR_ALLOW;
+        }
+        if self.fallback > 0 {
+            flags |= xban_common::DIR_FALLBACK;
+        }
+        (w, flags)
     }
 }
 
 enum Touch {
     Net(u8),
     Allow,
+    Fallback,
 }
 
 impl Directory {
@@ -525,8 +573,14 @@ impl Directory {
                     &mut c.lens[len]
                 }
                 Touch::Allow => &mut c.allow,
+                Touch::Fallback => &mut c.fallback,
             };
+            let was = *n;
             *n = if up { *n + 1 } else { n.saturating_sub(1) };
+            if matches!(what, Touch::Fallback) && (was == 0) != (*n == 0) {
+                let f = &mut self.fallback_slots[v6 as usize];
+                *f = if up { *f + 1 } else { f.saturating_sub(1) };
+            }
         }
     }
 
@@ -536,13 +590,94 @@ impl Directory {
             .map(SlotCounts::words)
             .unwrap_or_default()
     }
+
+    /// Slots of a family in trie fallback.
+    fn fallback_regions(&self, v6: bool) -> usize {
+        self.fallback_slots[v6 as usize]
+    }
+}
+
+/// The trie-only entries, indexed by bucket (a freed way takes one of its
+/// own bucket) and counted per family, so that every operation on them is
+/// cheap however many there are.
+#[derive(Default)]
+struct TrieOnly {
+    values: std::collections::HashMap<Entry, BanValue>,
+    by_bucket: std::collections::HashMap<(bool, u32), Vec<Entry>>,
+    per_family: [usize; 2],
+}
+
+impl TrieOnly {
+    fn get(&self, e: &Entry) -> Option<&BanValue> {
+        self.values.get(e)
+    }
+
+    fn contains_key(&self, e: &Entry) -> bool {
+        self.values.contains_key(e)
+    }
+
+    fn insert(&mut self, e: Entry, v: BanValue) {
+        if self.values.insert(e, v).is_none() {
+            self.by_bucket
+                .entry((e.v6(), e.bucket()))
+                .or_default()
+                .push(e);
+            self.per_family[e.v6() as usize] += 1;
+        }
+    }
+
+    fn remove(&mut self, e: &Entry) {
+        if self.values.remove(e).is_some() {
+            let key = (e.v6(), e.bucket());
+            if let Some(list) = self.by_bucket.get_mut(&key) {
+                list.retain(|x| x != e);
+                if list.is_empty() {
+                    self.by_bucket.remove(&key);
+                }
+            }
+            self.per_family[e.v6() as usize] -= 1;
+        }
+    }
+
+    fn clear(&mut self) {
+        *self = TrieOnly::default();
+    }
+
+    fn len(&self, v6: bool) -> usize {
+        self.per_family[v6 as usize]
+    }
+
+    /// An entry of `bucket`, or with `any`, of any bucket of the family.
+    fn candidate(&self, v6: bool, bucket: u32, any: bool) -> Option<Entry> {
+        if let Some(list) = self.by_bucket.get(&(v6, bucket)) {
+            return list.first().copied();
+        }
+        if !any {
+            return None;
+        }
+        self.by_bucket
+            .iter()
+            .find(|((f, _), _)| *f == v6)
+            .and_then(|(_, list)| list.first().copied())
+    }
 }
 
 /// Where an entry is in the fast maps.
 enum Place {
     Way(usize),
     Over,
+    /// In the trie only, its regions in fallback.
+    TrieOnly,
     Absent,
+}
+
+/// A full kernel hash answers E2BIG (preallocated or not, at max_entries);
+/// ENOMEM when elements cannot be allocated.
+fn is_full(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<MapError>()
+            .is_some_and(|m| is_errno(m, libc::E2BIG) || is_errno(m, libc::ENOMEM))
+    })
 }
 
 impl XdpMaps {
@@ -592,6 +727,10 @@ impl XdpMaps {
             stats: get(c::MAP_STATS)?.try_into()?,
             tarpit: super::tarpit::TarpitMaps::assemble(&mut get).ok(),
             spilled: Default::default(),
+            trie_only: Default::default(),
+            in_over: [0; 2],
+            in_table: [0; 2],
+            warned: [0; 2],
             dir: Directory::default(),
         })
     }
@@ -654,12 +793,30 @@ impl XdpMaps {
                 .entry((true, Entry::of(&t).bucket()))
                 .or_default() += 1;
         }
+        self.in_over = [false, true].map(|v6| {
+            self.spilled
+                .iter()
+                .filter(|((f, _), _)| *f == v6)
+                .map(|(_, &n)| n as usize)
+                .sum()
+        });
         self.dir = Directory::default();
-        for (e, _) in self.fast_entries()? {
+        self.in_table = [self.tab_v4.entries().len(), self.tab_v6.entries().len()];
+        let fast: HashSet<Entry> = self.fast_entries()?.into_iter().map(|(e, _)| e).collect();
+        for e in &fast {
             let t = e.target()?;
             if !t.is_host() {
                 self.dir
                     .count(e.v6(), &dir_slots(&t), &Touch::Net(t.prefix()), true);
+            }
+        }
+        // What the trie holds beyond the fast maps is trie-only: its
+        // regions stay in fallback until it finds room.
+        self.trie_only.clear();
+        for (t, v) in self.trie_entries()? {
+            let e = Entry::of(&t);
+            if !fast.contains(&e) {
+                self.mark_trie_only(&e, &t, v);
             }
         }
         for t in self.allow_entries()? {
@@ -669,20 +826,40 @@ impl XdpMaps {
         Ok(())
     }
 
+    /// Every entry of the ban tries, with its raw value.
+    fn trie_entries(&self) -> Result<Vec<(Target, BanValue)>> {
+        let mut out = Vec::new();
+        for item in self.bans_v4.iter() {
+            let (k, v) = item.context("read bans_v4")?;
+            out.push((Target::from_v4(k.data(), k.prefix_len())?, v));
+        }
+        for item in self.bans_v6.iter() {
+            let (k, v) = item.context("read bans_v6")?;
+            out.push((Target::from_v6(k.data(), k.prefix_len())?, v));
+        }
+        Ok(out)
+    }
+
+    /// Counts `e` (already in the trie) as trie-only, its regions in
+    /// fallback; the caller writes the slots.
+    fn mark_trie_only(&mut self, e: &Entry, t: &Target, value: BanValue) -> Vec<u32> {
+        let slots = dir_slots(t);
+        if !t.is_host() {
+            self.dir
+                .count(e.v6(), &slots, &Touch::Net(t.prefix()), true);
+        }
+        self.trie_only.insert(*e, value);
+        self.dir.count(e.v6(), &slots, &Touch::Fallback, true);
+        slots
+    }
+
     /// Make the table, overflow hash and directory hold exactly what the ban
     /// and allow tries say. Only differences are written: the program may be
     /// reading them (a restarted agent adopting its predecessor's maps).
     fn sync(&mut self) -> Result<()> {
         self.read_state()?;
         let mut want: std::collections::HashMap<Entry, (Target, BanValue)> = Default::default();
-        for item in self.bans_v4.iter() {
-            let (k, v) = item.context("read bans_v4")?;
-            let t = Target::from_v4(k.data(), k.prefix_len())?;
-            want.insert(Entry::of(&t), (t, v));
-        }
-        for item in self.bans_v6.iter() {
-            let (k, v) = item.context("read bans_v6")?;
-            let t = Target::from_v6(k.data(), k.prefix_len())?;
+        for (t, v) in self.trie_entries()? {
             want.insert(Entry::of(&t), (t, v));
         }
         let have: std::collections::HashMap<Entry, u32> =
@@ -692,10 +869,14 @@ impl XdpMaps {
             self.fast_remove(&e.target()?)?;
         }
         for (e, (t, v)) in &want {
-            if have.get(e) != Some(&v.class) {
+            if self.trie_only.contains_key(e) {
+                // Room may have been made since: try the fast maps again.
+                self.promote(e)?;
+            } else if have.get(e) != Some(&v.class) {
                 self.fast_set(t, *v)?;
             }
         }
+        self.warn_occupancy();
         // Flags and slots as the counts say, whatever a crash left.
         for v6 in [false, true] {
             let tab = if v6 { &self.tab_v6 } else { &self.tab_v4 };
@@ -732,6 +913,9 @@ impl XdpMaps {
     fn place(&self, e: &Entry) -> Result<Place> {
         if let Some((i, _)) = self.table(e).find(e) {
             return Ok(Place::Way(i));
+        }
+        if self.trie_only.contains_key(e) {
+            return Ok(Place::TrieOnly);
         }
         if !self.spilled.contains_key(&(e.v6(), e.bucket())) {
             return Ok(Place::Absent);
@@ -785,26 +969,52 @@ impl XdpMaps {
         .with_context(|| format!("write ban of {t} into the XDP overflow hash (is it full?)"))
     }
 
-    /// The fast-map half of `set_ban`.
+    /// Puts `e` into a free way of its bucket, else the overflow hash.
+    /// `Ok(false)`: both are full (nothing written).
+    fn try_place(&mut self, e: &Entry, t: &Target, value: BanValue) -> Result<bool> {
+        if let Some(i) = self.table(e).free_way(e) {
+            self.table(e).put(e, i, value.class);
+            self.in_table[e.v6() as usize] += 1;
+            return Ok(true);
+        }
+        // Entry first, then the flag that sends readers to it.
+        match self.over_insert(t, value) {
+            Ok(()) => {}
+            Err(err) if is_full(&err) => return Ok(false),
+            Err(err) => return Err(err),
+        }
+        self.in_over[e.v6() as usize] += 1;
+        let n = self.spilled.entry((e.v6(), e.bucket())).or_default();
+        *n += 1;
+        if *n == 1 {
+            self.table(e)
+                .overflow(e.bucket())
+                .store(1, Ordering::Release);
+        }
+        Ok(true)
+    }
+
+    /// The fast-map half of `set_ban`. An entry the fast maps cannot hold
+    /// stays in the trie only, its regions flagged for a trie lookup.
     fn fast_set(&mut self, t: &Target, value: BanValue) -> Result<()> {
         let e = Entry::of(t);
         match self.place(&e)? {
             Place::Way(i) => self.table(&e).put(&e, i, value.class),
             Place::Over => self.over_insert(t, value)?,
+            // The trie, which the program reads there, has the new value.
+            Place::TrieOnly => {
+                self.trie_only.insert(e, value);
+            }
             Place::Absent => {
-                match self.table(&e).free_way(&e) {
-                    Some(i) => self.table(&e).put(&e, i, value.class),
-                    None => {
-                        // Entry first, then the flag that sends readers to it.
-                        self.over_insert(t, value)?;
-                        let n = self.spilled.entry((e.v6(), e.bucket())).or_default();
-                        *n += 1;
-                        if *n == 1 {
-                            self.table(&e)
-                                .overflow(e.bucket())
-                                .store(1, Ordering::Release);
-                        }
-                    }
+                if !self.try_place(&e, t, value)? {
+                    let slots = self.mark_trie_only(&e, t, value);
+                    self.write_slots(t, &slots);
+                    tracing::warn!(
+                        target = %t,
+                        "XDP fast path full: {t} is enforced from the ban trie (slower lookups for its region)"
+                    );
+                    self.warn_occupancy();
+                    return Ok(());
                 }
                 if !t.is_host() {
                     let slots = dir_slots(t);
@@ -812,16 +1022,107 @@ impl XdpMaps {
                         .count(e.v6(), &slots, &Touch::Net(t.prefix()), true);
                     self.write_slots(t, &slots);
                 }
+                self.warn_occupancy();
             }
         }
         Ok(())
     }
 
+    /// Moves trie-only `e` into the fast maps if they have room now, and
+    /// lifts its regions' fallback (entry first, then the flag).
+    fn promote(&mut self, e: &Entry) -> Result<bool> {
+        let Some(&value) = self.trie_only.get(e) else {
+            return Ok(false);
+        };
+        let t = e.target()?;
+        if !self.try_place(e, &t, value)? {
+            return Ok(false);
+        }
+        self.trie_only.remove(e);
+        let slots = dir_slots(&t);
+        self.dir.count(e.v6(), &slots, &Touch::Fallback, false);
+        self.write_slots(&t, &slots);
+        Ok(true)
+    }
+
+    /// After an entry left bucket `bucket` (or the overflow hash, `any`),
+    /// one trie-only entry of the family that now fits is moved in.
+    fn promote_after_free(&mut self, v6: bool, bucket: u32, any: bool) -> Result<()> {
+        if self.trie_only.len(v6) == 0 {
+            return Ok(());
+        }
+        let candidate = self.trie_only.candidate(v6, bucket, any);
+        if let Some(c) = candidate {
+            self.promote(&c)?;
+        }
+        Ok(())
+    }
+
+    /// Occupancy of the fast path.
+    pub fn fast_path_status(&self) -> FastPathStatus {
+        let family = |v6: bool| {
+            let ways = if v6 {
+                xban_common::TAB_V6_WAYS
+            } else {
+                xban_common::TAB_V4_WAYS
+            };
+            FastPathFamily {
+                table_entries: self.in_table[v6 as usize],
+                table_capacity: xban_common::TAB_BUCKETS as usize * ways,
+                overflow_entries: self.in_over[v6 as usize],
+                overflow_capacity: xban_common::OVER_MAX_ENTRIES as usize,
+                trie_only: self.trie_only.len(v6),
+                fallback_regions: self.dir.fallback_regions(v6),
+            }
+        };
+        FastPathStatus {
+            v4: family(false),
+            v6: family(true),
+        }
+    }
+
+    /// Logs once per crossing when the overflow hash (what decides whether
+    /// an entry still fits) passes 80 % and 95 %.
+    fn warn_occupancy(&mut self) {
+        let st = self.fast_path_status();
+        for (i, (name, f)) in [("IPv4", st.v4), ("IPv6", st.v6)].into_iter().enumerate() {
+            let pct = f.overflow_entries * 100 / f.overflow_capacity.max(1);
+            let level = if f.trie_only > 0 || pct >= 95 {
+                95
+            } else if pct >= 80 {
+                80
+            } else {
+                0
+            };
+            if level > self.warned[i] {
+                tracing::warn!(
+                    family = name,
+                    table = f.table_entries,
+                    overflow = f.overflow_entries,
+                    overflow_capacity = f.overflow_capacity,
+                    trie_only = f.trie_only,
+                    "XDP fast path {pct}% full for {name}: beyond it, bans are enforced from the ban trie (slower per packet in their regions)"
+                );
+            }
+            self.warned[i] = level;
+        }
+    }
+
     /// The fast-map half of `remove_ban`.
     fn fast_remove(&mut self, t: &Target) -> Result<()> {
         let e = Entry::of(t);
-        match self.place(&e)? {
-            Place::Way(i) => self.table(&e).clear(&e, i),
+        let place = self.place(&e)?;
+        let freed_over = matches!(place, Place::Over);
+        match place {
+            Place::Way(i) => {
+                self.table(&e).clear(&e, i);
+                self.in_table[e.v6() as usize] -= 1;
+            }
+            Place::TrieOnly => {
+                self.trie_only.remove(&e);
+                let slots = dir_slots(t);
+                self.dir.count(e.v6(), &slots, &Touch::Fallback, false);
+            }
             Place::Over => {
                 gone_ok(if t.is_ipv4() {
                     self.over_v4.remove(&NetKey4 {
@@ -836,6 +1137,7 @@ impl XdpMaps {
                 })
                 .with_context(|| format!("remove {t} from the XDP overflow hash"))?;
                 let key = (e.v6(), e.bucket());
+                self.in_over[e.v6() as usize] = self.in_over[e.v6() as usize].saturating_sub(1);
                 let n = self.spilled.get(&key).copied().unwrap_or(1) - 1;
                 if n == 0 {
                     self.spilled.remove(&key);
@@ -848,13 +1150,15 @@ impl XdpMaps {
             }
             Place::Absent => return Ok(()),
         }
+        let slots = dir_slots(t);
         if !t.is_host() {
-            let slots = dir_slots(t);
             self.dir
                 .count(e.v6(), &slots, &Touch::Net(t.prefix()), false);
-            self.write_slots(t, &slots);
         }
-        Ok(())
+        self.write_slots(t, &slots);
+        // Room was made: a trie-only entry of the same bucket (a way) or of
+        // the family (the overflow hash) may move into the fast maps.
+        self.promote_after_free(e.v6(), e.bucket(), freed_over)
     }
 
     pub fn set_ban(&mut self, target: &Target, class: BanClass) -> Result<()> {
@@ -1006,7 +1310,7 @@ pub fn stats_from_pins(pin_dir: &Path) -> Result<XdpStats> {
     Ok(s)
 }
 
-fn link_dir(pin_dir: &Path) -> PathBuf {
+pub(super) fn link_dir(pin_dir: &Path) -> PathBuf {
     pin_dir.join(pins::LINKS)
 }
 
@@ -1044,53 +1348,27 @@ impl XdpEnforcer {
             ebpf,
             pin_dir: pin_dir.to_path_buf(),
             attached: Vec::new(),
+            links: Vec::new(),
+            mode: XdpModeSetting::Auto,
+            pin_repairs: 0,
         };
         Ok((enforcer, maps))
     }
 
     /// Attach to each interface, adopting links a previous agent pinned
-    /// (atomic program swap) and detaching from interfaces no longer listed.
+    /// (atomic program swap), replacing severed ones, and detaching from
+    /// interfaces no longer listed. An interface that does not exist is
+    /// reported and attached when it appears (see `links`); any other
+    /// failure to attach is an error.
     pub fn attach(&mut self, interfaces: &[String], mode: XdpModeSetting) -> Result<()> {
         let links = link_dir(&self.pin_dir);
-        let prog: &mut Xdp = self
-            .ebpf
-            .program_mut(PROGRAM_NAME)
-            .context("program xban_xdp")?
-            .try_into()?;
-        for ifname in interfaces {
-            let pin = links.join(ifname);
-            if pin.exists() {
-                let pinned = PinnedLink::from_pin(&pin)
-                    .with_context(|| format!("open pinned link {}", pin.display()))?;
-                let fd_link: FdLink = pinned.into();
-                let xdp_link = fd_link.try_into().with_context(|| {
-                    format!(
-                        "{} is not an XDP link: remove it or run `xban teardown`",
-                        pin.display()
-                    )
-                })?;
-                let id = prog.attach_to_link(xdp_link).with_context(|| {
-                    format!("swap the new XDP program into the link on {ifname}")
-                })?;
-                // The pin keeps the link alive; our handle can go.
-                let link = prog.take_link(id)?;
-                drop(link);
-                tracing::info!(interface = %ifname, "adopted pinned XDP link, program replaced atomically");
-            } else {
-                let id = prog.attach(ifname, xdp_mode(mode)).with_context(|| {
-                    format!(
-                        "attach XDP to {ifname} in {mode} mode (does the interface exist? another XDP program attached? try xdp_mode = \"generic\")"
-                    )
-                })?;
-                let link = prog.take_link(id)?;
-                let fd_link: FdLink = link.try_into().with_context(|| {
-                    format!("the kernel attached XDP to {ifname} without a bpf_link, which cannot be pinned: xban needs Linux 5.9 or later")
-                })?;
-                fd_link
-                    .pin(&pin)
-                    .with_context(|| format!("pin XDP link at {}", pin.display()))?;
-                tracing::info!(interface = %ifname, mode = %mode, "attached XDP");
-            }
+        self.mode = mode;
+        self.links = interfaces
+            .iter()
+            .map(|i| super::links::LinkWatch::new(i))
+            .collect();
+        for idx in 0..self.links.len() {
+            self.ensure_link(idx, true)?;
         }
         // Interfaces dropped from the config: unpinning the link detaches it.
         for entry in
@@ -1108,7 +1386,7 @@ impl XdpEnforcer {
     }
 }
 
-fn xdp_mode(m: XdpModeSetting) -> XdpMode {
+pub(super) fn xdp_mode(m: XdpModeSetting) -> XdpMode {
     match m {
         XdpModeSetting::Auto => XdpMode::Default,
         XdpModeSetting::Native => XdpMode::Driver,
