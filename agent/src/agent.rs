@@ -124,8 +124,15 @@ pub struct AgentCore {
 pub struct RestoreReport {
     pub restored: usize,
     pub expired: usize,
+    /// Kernel entries of bans that expired while the agent was down: removed.
     pub stale_map_entries: usize,
+    /// Kernel entries the store did not know (an empty, new or replaced
+    /// database): kept and stored under [`ADOPTED_JAIL`].
+    pub adopted: usize,
 }
+
+/// The jail name of bans found in the kernel but not in the store at start.
+pub const ADOPTED_JAIL: &str = "adopted";
 
 impl AgentCore {
     pub fn new(
@@ -238,6 +245,13 @@ impl AgentCore {
     /// previous agent left are updated in place, never removed and re-added,
     /// so an active ban never stops dropping.
     pub fn restore(&mut self, now: UnixSecs) -> Result<RestoreReport> {
+        // What expired while the agent was down: its kernel entries go. Any
+        // other entry the store does not know is adopted, never removed: an
+        // empty or new database must not unban what the kernel drops.
+        let mut expired_targets = std::collections::HashSet::new();
+        self.store.for_each_expired(now, |t| {
+            expired_targets.insert(t);
+        })?;
         let mut report = RestoreReport {
             expired: self.store.delete_expired(now)?,
             ..Default::default()
@@ -266,10 +280,46 @@ impl AgentCore {
         self.sync_blocklists(false)?;
         let in_kernel: HashMap<Target, Option<BanClass>> =
             self.enforcer.entries()?.into_iter().collect();
-        for target in in_kernel.keys() {
-            if self.book.effective(target).is_none() {
+        let mut adopted = Vec::new();
+        for (target, class) in &in_kernel {
+            if self.book.effective(target).is_some() {
+                continue;
+            }
+            if expired_targets.contains(target) {
                 self.enforcer.apply(target, MapChange::Remove)?;
                 report.stale_map_entries += 1;
+            } else {
+                adopted.push(BanRecord {
+                    target: *target,
+                    jail: ADOPTED_JAIL.to_string(),
+                    class: class.unwrap_or(BanClass::Drop),
+                    banned_at: now,
+                    expires_at: expiry(now, self.default_bantime),
+                    failures: 0,
+                    matches: Vec::new(),
+                });
+            }
+        }
+        if !adopted.is_empty() {
+            report.adopted = adopted.len();
+            // Not in the history: an adopted entry says nothing of escalation.
+            if let Err(e) = self.store.put_bans(&adopted, None) {
+                tracing::error!(
+                    "{} adopted bans not stored (they stay in the kernel and in memory): {e:#}",
+                    adopted.len()
+                );
+            }
+            let bantime = match self.default_bantime {
+                BanTime::Finite(d) => crate::config::format_duration(d),
+                BanTime::Permanent => "permanent".into(),
+            };
+            tracing::warn!(
+                adopted = adopted.len(),
+                "the kernel holds bans the ban database does not know (empty, new or replaced {}?): kept as jail={ADOPTED_JAIL}, class as in the kernel, bantime {bantime} ([defaults] bantime) from now",
+                self.store.path().display()
+            );
+            for rec in adopted {
+                self.book.add(rec);
             }
         }
         let effective = self.effective_bans();
@@ -1179,8 +1229,10 @@ bogus
             store.put_ban(&rec("2001:db8::/48", None), now).unwrap();
         }
         let kernel = Recorder::default();
-        // Left by a previous agent: one live ban and one that was unbanned while down.
+        // Left by a previous agent: one live ban, one that expired while
+        // down, and one the store does not know.
         kernel.preload("203.0.113.1");
+        kernel.preload("203.0.113.2");
         kernel.preload("203.0.113.99");
         let mut core = AgentCore::new(
             &cfg,
@@ -1195,7 +1247,8 @@ bogus
             RestoreReport {
                 restored: 2,
                 expired: 1,
-                stale_map_entries: 1
+                stale_map_entries: 1,
+                adopted: 1,
             }
         );
         let mut left: Vec<String> = kernel
@@ -1206,6 +1259,57 @@ bogus
             .map(|t| t.to_string())
             .collect();
         left.sort();
-        assert_eq!(left, vec!["2001:db8::/48", "203.0.113.1"]);
+        assert_eq!(left, vec!["2001:db8::/48", "203.0.113.1", "203.0.113.99"]);
+        let adopted = core.bans(Some(ADOPTED_JAIL));
+        assert_eq!(adopted.len(), 1);
+        assert_eq!(adopted[0].address, "203.0.113.99");
+    }
+
+    #[test]
+    fn an_empty_database_adopts_the_kernels_bans_instead_of_removing_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!(
+            "[agent]\nfilters_dir = \"{}\"\n[defaults]\nbantime = \"2h\"\n[jails.ssh]\nlogpath = [\"/l\"]\nfailregex = ['x <HOST>$']\n",
+            dir.path().join("none").display()
+        );
+        let cfg = Config::parse(&text).unwrap().validate().unwrap();
+        // A 0-byte database file, as a full disk or an operator leaves it.
+        std::fs::write(dir.path().join(crate::directories::STATE_DB), b"").unwrap();
+        let kernel = Recorder::default();
+        kernel.preload("203.0.113.5");
+        kernel.preload("2001:db8:1::/48");
+        kernel
+            .0
+            .lock()
+            .unwrap()
+            .insert("203.0.113.6".parse().unwrap(), BanClass::Tarpit);
+        let now = now_secs();
+        let mut core = AgentCore::new(
+            &cfg,
+            BanStore::open(dir.path()).unwrap(),
+            Box::new(kernel.clone()),
+            &[],
+        )
+        .unwrap();
+        let report = core.restore(now).unwrap();
+        assert_eq!((report.adopted, report.stale_map_entries), (3, 0));
+        assert_eq!(kernel.0.lock().unwrap().len(), 3, "nothing removed");
+        assert_eq!(
+            kernel.0.lock().unwrap()[&"203.0.113.6".parse().unwrap()],
+            BanClass::Tarpit,
+            "class kept"
+        );
+        drop(core);
+        // Stored: the next start knows them as adopted bans of [defaults] bantime.
+        let store = BanStore::open(dir.path()).unwrap();
+        let rows = store.load_bans().unwrap();
+        assert_eq!(rows.len(), 3);
+        for r in &rows {
+            assert_eq!(r.jail, ADOPTED_JAIL);
+            let left = r.expires_at.unwrap() - now;
+            assert!((7199..=7201).contains(&left), "{left}");
+        }
+        let tarpit = rows.iter().find(|r| r.target.to_string() == "203.0.113.6");
+        assert_eq!(tarpit.unwrap().class, BanClass::Tarpit);
     }
 }

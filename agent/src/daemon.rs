@@ -351,10 +351,23 @@ fn setup_steering(cfg: &ResolvedConfig) -> Result<TarpitSteering> {
 pub async fn run(config_path: &Path, opts: RunOptions) -> Result<()> {
     let resolved = load_config(config_path)?;
     let agent = resolved.agent.clone();
+    // Held until the process ends: one agent per pin and per state directory.
+    let mut _locks = Vec::new();
     if !opts.dry_run {
         crate::setup::check_capabilities()?;
         crate::setup::ensure_bpffs(&agent.bpf_pin_dir)?;
         crate::setup::private_dir(&agent.state_dir)?;
+        crate::setup::private_dir(&agent.bpf_pin_dir)?;
+        _locks.push(crate::instance::lock_dir(
+            &agent.bpf_pin_dir,
+            "pin directory",
+            "bpf_pin_dir",
+        )?);
+        _locks.push(crate::instance::lock_dir(
+            &agent.state_dir,
+            "state directory",
+            "state_dir",
+        )?);
     }
     let interfaces = if agent.interfaces.is_empty() {
         vec![crate::setup::default_route_interface()?]
@@ -390,6 +403,7 @@ pub async fn run(config_path: &Path, opts: RunOptions) -> Result<()> {
         restored = report.restored,
         expired = report.expired,
         stale = report.stale_map_entries,
+        adopted = report.adopted,
         "bans restored"
     );
     core.set_interfaces(interfaces.clone(), opts.dry_run);

@@ -242,6 +242,30 @@ impl BanStore {
             .map_err(self.wrap())
     }
 
+    /// The targets of bans that expired at or before `now`.
+    pub fn for_each_expired(
+        &self,
+        now: UnixSecs,
+        mut f: impl FnMut(Target),
+    ) -> Result<(), StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT target FROM bans WHERE expires_at IS NOT NULL AND expires_at <= ?1")
+            .map_err(self.wrap())?;
+        let mut rows = stmt.query(params![now]).map_err(self.wrap())?;
+        while let Some(row) = rows.next().map_err(self.wrap())? {
+            if let Ok(t) = row.get_ref(0).map_err(self.wrap())?.as_str().unwrap_or("").parse() {
+                f(t);
+            }
+        }
+        Ok(())
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
     pub fn load_bans(&self) -> Result<Vec<BanRecord>, StoreError> {
         let mut stmt = self
             .conn
