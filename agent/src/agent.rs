@@ -1006,6 +1006,7 @@ mod tests {
                 text: format!("{name} fail from {addr}"),
                 read_at: std::time::SystemTime::now(),
                 time: Some(UNIX_EPOCH + Duration::from_secs(log_time)),
+                end: Default::default(),
             };
             self.core.on_line(name, &line).unwrap()
         }

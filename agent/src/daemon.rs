@@ -225,6 +225,11 @@ impl Daemon {
     /// A batch of lines: the bans they cause share one database commit.
     fn on_lines(&mut self, lines: &[(Arc<str>, SourceLine)]) {
         let banned = self.core.on_lines(lines);
+        // Only now may the saved positions pass these lines: a stop with
+        // lines still queued re-reads them at the next start.
+        for (_, line) in lines {
+            line.processed();
+        }
         // After on_lines: the bans are in the kernel now.
         let now = SystemTime::now();
         for read_at in banned {
