@@ -119,6 +119,13 @@ pub struct AgentCore {
     batching: bool,
 }
 
+/// A checked reload, ready to switch to ([`AgentCore::apply_reload`]).
+pub struct PreparedReload {
+    jails: Vec<Jail>,
+    /// Jails whose source is new or changed.
+    pub restart: Vec<String>,
+}
+
 /// What start-up found in the store.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct RestoreReport {
@@ -204,28 +211,52 @@ impl AgentCore {
     /// and the failures they are counting), escalation, blocklists. Bans are
     /// untouched. Returns the jails whose source must (re)start.
     pub fn reload(&mut self, cfg: &ResolvedConfig, self_addrs: &[Target]) -> Result<Vec<String>> {
+        let prepared = self.prepare_reload(cfg, self_addrs)?;
+        self.apply_reload(prepared, cfg)
+    }
+
+    /// Everything a reload can refuse for, checked without changing
+    /// anything: each jail is built anew (filters compiled).
+    pub fn prepare_reload(
+        &self,
+        cfg: &ResolvedConfig,
+        self_addrs: &[Target],
+    ) -> Result<PreparedReload> {
         let mut jails = Vec::new();
         let mut restart = Vec::new();
         for settings in &cfg.jails {
-            let mut jail = Jail::new(settings.clone(), self_addrs)
+            let jail = Jail::new(settings.clone(), self_addrs)
                 .with_context(|| format!("jails.{}", settings.name))?;
-            match self.jails.iter_mut().find(|j| j.name() == settings.name) {
-                Some(old) => {
-                    jail.counters = std::mem::take(&mut old.counters);
-                    if old.settings.findtime == settings.findtime
-                        && old.settings.maxretry == settings.maxretry
-                    {
-                        std::mem::swap(&mut jail.window, &mut old.window);
-                    }
-                    if old.settings.source != settings.source {
-                        restart.push(settings.name.clone());
-                    }
-                }
-                None => restart.push(settings.name.clone()),
+            match self.jails.iter().find(|j| j.name() == settings.name) {
+                Some(old) if old.settings.source == settings.source => {}
+                _ => restart.push(settings.name.clone()),
             }
             jails.push(jail);
         }
+        Ok(PreparedReload { jails, restart })
+    }
+
+    /// Switch to a prepared reload. Returns the jails whose source must
+    /// (re)start.
+    pub fn apply_reload(
+        &mut self,
+        prepared: PreparedReload,
+        cfg: &ResolvedConfig,
+    ) -> Result<Vec<String>> {
+        // The one step that can still fail (the kernel's allowlist map),
+        // before anything else changes.
         self.enforcer.set_allowlist(&cfg.allowlist)?;
+        let PreparedReload { mut jails, restart } = prepared;
+        for jail in &mut jails {
+            if let Some(old) = self.jails.iter_mut().find(|j| j.name() == jail.name()) {
+                jail.counters = std::mem::take(&mut old.counters);
+                if old.settings.findtime == jail.settings.findtime
+                    && old.settings.maxretry == jail.settings.maxretry
+                {
+                    std::mem::swap(&mut jail.window, &mut old.window);
+                }
+            }
+        }
         self.allowlist = cfg.allowlist.clone();
         self.jails = jails;
         self.default_bantime = cfg.default_bantime;
@@ -236,7 +267,9 @@ impl AgentCore {
         if self.blocklists.files() != cfg.agent.blocklist_files.as_slice() {
             self.blocklists = Blocklists::new(cfg.agent.blocklist_files.clone());
         }
-        self.sync_blocklists(true)?;
+        if let Err(e) = self.sync_blocklists(true) {
+            tracing::error!("reload: blocklist files: {e:#}");
+        }
         Ok(restart)
     }
 

@@ -76,14 +76,31 @@ fn journal_key(jail: &str) -> String {
 /// Lines handled per turn of the main loop at most.
 const LINE_BATCH: usize = 1024;
 
-/// Lines from every source, tagged with their jail's name.
-type LineSender = mpsc::Sender<(Arc<str>, SourceLine)>;
+/// Lines from every source, tagged with their jail's name and the
+/// generation of the source that read them.
+type TaggedLine = (Arc<str>, u64, SourceLine);
+type LineSender = mpsc::Sender<TaggedLine>;
+
+/// A source opened for a jail but not yet delivering: its lines wait until
+/// [`Daemon::install_source`] (a reload switches only once every new source
+/// opened), or are dropped with it.
+struct PreparedSource {
+    jail: String,
+    generation: u64,
+    source: RunningSource,
+    go: tokio::sync::oneshot::Sender<()>,
+}
 
 struct Daemon {
     config_path: PathBuf,
     resolved: ResolvedConfig,
     core: AgentCore,
     sources: HashMap<String, RunningSource>,
+    /// The generation of each jail's running source: lines a stopped source
+    /// left queued are dropped (their positions were not saved past them, so
+    /// its successor reads them again).
+    generations: HashMap<String, u64>,
+    next_generation: u64,
     line_tx: LineSender,
     metrics: Metrics,
 }
@@ -122,12 +139,34 @@ fn choose_source(spec: &SourceSpec) -> SourceSpec {
 
 impl Daemon {
     async fn start_source(&mut self, jail: &JailSettings) -> Result<()> {
+        let prepared = self.prepare_source(jail).await?;
+        self.install_source(prepared);
+        Ok(())
+    }
+
+    /// Start delivering a prepared source's lines.
+    fn install_source(&mut self, p: PreparedSource) {
+        let _ = p.go.send(());
+        self.generations.insert(p.jail.clone(), p.generation);
+        self.sources.insert(p.jail, p.source);
+    }
+
+    /// Open a jail's source (files watched and opened, or journalctl
+    /// started) from the saved positions; its lines are held until it is
+    /// installed.
+    async fn prepare_source(&mut self, jail: &JailSettings) -> Result<PreparedSource> {
         let (tx, mut rx) = mpsc::channel::<SourceLine>(1024);
         let fwd = self.line_tx.clone();
         let name: Arc<str> = Arc::from(jail.name.as_str());
+        self.next_generation += 1;
+        let generation = self.next_generation;
+        let (go, go_rx) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(async move {
+            if go_rx.await.is_err() {
+                return;
+            }
             while let Some(l) = rx.recv().await {
-                if fwd.send((name.clone(), l)).await.is_err() {
+                if fwd.send((name.clone(), generation, l)).await.is_err() {
                     break;
                 }
             }
@@ -172,12 +211,17 @@ impl Daemon {
                 RunningSource::Files(s)
             }
         };
-        self.sources.insert(jail.name.clone(), source);
-        Ok(())
+        Ok(PreparedSource {
+            jail: jail.name.clone(),
+            generation,
+            source,
+            go,
+        })
     }
 
     async fn stop_source(&mut self, jail: &str) {
         self.save_positions();
+        self.generations.remove(jail);
         if let Some(s) = self.sources.remove(jail) {
             s.shutdown().await;
         }
@@ -223,7 +267,13 @@ impl Daemon {
     }
 
     /// A batch of lines: the bans they cause share one database commit.
-    fn on_lines(&mut self, lines: &[(Arc<str>, SourceLine)]) {
+    fn on_lines(&mut self, batch: Vec<TaggedLine>) {
+        let lines: Vec<(Arc<str>, SourceLine)> = batch
+            .into_iter()
+            .filter(|(jail, generation, _)| self.generations.get(&**jail) == Some(generation))
+            .map(|(jail, _, line)| (jail, line))
+            .collect();
+        let lines = &lines[..];
         let banned = self.core.on_lines(lines);
         // Only now may the saved positions pass these lines: a stop with
         // lines still queued re-reads them at the next start.
@@ -269,7 +319,40 @@ impl Daemon {
                     .to_string(),
             );
         }
-        let restart = self.core.reload(&new, &self_addresses())?;
+        // Prepared whole before anything running changes: the jails built,
+        // then every new or changed source opened (held, not delivering).
+        // Any refusal leaves the running jails and sources as they were.
+        let prepared = self.core.prepare_reload(&new, &self_addresses())?;
+        // Positions as of now, so the new sources resume where the old ones
+        // stop (no lines are processed while the reload runs).
+        self.save_positions();
+        let mut opened = Vec::new();
+        for name in &prepared.restart {
+            let jail = new
+                .jails
+                .iter()
+                .find(|j| &j.name == name)
+                .expect("restart lists new jails")
+                .clone();
+            match self.prepare_source(&jail).await {
+                Ok(p) => opened.push(p),
+                Err(e) => {
+                    for p in opened {
+                        p.source.shutdown().await;
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        let restart = match self.core.apply_reload(prepared, &new) {
+            Ok(r) => r,
+            Err(e) => {
+                for p in opened {
+                    p.source.shutdown().await;
+                }
+                return Err(e);
+            }
+        };
         let removed: Vec<String> = self
             .sources
             .keys()
@@ -282,14 +365,8 @@ impl Daemon {
         self.resolved.jails = new.jails.clone();
         self.resolved.allowlist = new.allowlist.clone();
         self.resolved.default_actions = new.default_actions.clone();
-        for name in &restart {
-            let jail = new
-                .jails
-                .iter()
-                .find(|j| &j.name == name)
-                .expect("restart lists new jails")
-                .clone();
-            self.start_source(&jail).await?;
+        for p in opened {
+            self.install_source(p);
         }
         notes.insert(
             0,
@@ -426,12 +503,14 @@ pub async fn run(config_path: &Path, opts: RunOptions) -> Result<()> {
     }
     tokio::spawn(control::serve(listener, ctl_tx));
 
-    let (line_tx, mut line_rx) = mpsc::channel::<(Arc<str>, SourceLine)>(4096);
+    let (line_tx, mut line_rx) = mpsc::channel::<TaggedLine>(4096);
     let mut d = Daemon {
         config_path: config_path.to_path_buf(),
         resolved: resolved.clone(),
         core,
         sources: HashMap::new(),
+        generations: HashMap::new(),
+        next_generation: 0,
         line_tx,
         metrics: Metrics::default(),
     };
@@ -462,7 +541,7 @@ pub async fn run(config_path: &Path, opts: RunOptions) -> Result<()> {
                         Err(_) => break,
                     }
                 }
-                d.on_lines(&batch);
+                d.on_lines(batch);
             }
             Some(msg) = ctl_rx.recv() => {
                 let reply = match &msg.request {
