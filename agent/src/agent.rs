@@ -10,6 +10,7 @@ use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
 use crate::addr::Target;
+use crate::backlog::StoreBacklog;
 use crate::ban::{now_secs, BanBook, BanClass, BanRecord, MapChange, UnixSecs};
 use crate::blocklist::{Blocklists, BLOCKLIST_JAIL};
 use crate::config::{BanTime, ResolvedConfig};
@@ -77,6 +78,12 @@ pub struct StatusView {
     /// Tarpit steering: mode, set members, chain counters.
     pub tarpit: Option<serde_json::Value>,
     pub jails: Vec<JailStatus>,
+    /// Whether bans reach the database (disk full: a backlog waits).
+    #[serde(default)]
+    pub store: crate::backlog::StoreHealth,
+    /// Bad lines and unreadable files of the blocklists.
+    #[serde(default)]
+    pub blocklists: crate::blocklist::BlocklistHealth,
 }
 
 /// A ban or unban that happened, for actions and metrics.
@@ -114,9 +121,13 @@ pub struct AgentCore {
     /// Bans and unbans since the last `take_events`.
     events: Vec<BanEvent>,
     /// Bans stored in the open store batch, applied once it commits
-    /// (see [`AgentCore::on_lines`]).
-    staged: Vec<BanRecord>,
+    /// (see [`AgentCore::on_lines`]), with their history time.
+    staged: Vec<(BanRecord, UnixSecs)>,
     batching: bool,
+    /// The batch's store write failed: its bans skip the store.
+    batch_error: Option<String>,
+    /// Bans enforced but not yet stored (full disk).
+    backlog: StoreBacklog,
 }
 
 /// A checked reload, ready to switch to ([`AgentCore::apply_reload`]).
@@ -173,6 +184,8 @@ impl AgentCore {
             events: Vec::new(),
             staged: Vec::new(),
             batching: false,
+            batch_error: None,
+            backlog: StoreBacklog::default(),
         })
     }
 
@@ -337,10 +350,8 @@ impl AgentCore {
             report.adopted = adopted.len();
             // Not in the history: an adopted entry says nothing of escalation.
             if let Err(e) = self.store.put_bans(&adopted, None) {
-                tracing::error!(
-                    "{} adopted bans not stored (they stay in the kernel and in memory): {e:#}",
-                    adopted.len()
-                );
+                let waiting = adopted.iter().map(|r| (r.clone(), now)).collect();
+                self.backlog.failed(waiting, &format!("{e:#}"), now);
             }
             let bantime = match self.default_bantime {
                 BanTime::Finite(d) => crate::config::format_duration(d),
@@ -409,8 +420,10 @@ impl AgentCore {
 
     /// Feed a batch of lines. The bans they cause are stored in one
     /// transaction, then written to the kernel and logged: a burst of
-    /// offenders costs one commit, and a ban is still in the database before
-    /// it is in the kernel. Returns when each applied ban's line was read.
+    /// offenders costs one commit, and a ban is in the database before it is
+    /// in the kernel. If the store cannot write (full disk), the bans go to
+    /// the kernel anyway and wait in the backlog. Returns when each applied
+    /// ban's line was read.
     pub fn on_lines(&mut self, lines: &[(std::sync::Arc<str>, SourceLine)]) -> Vec<SystemTime> {
         self.store.arm_batch();
         self.batching = true;
@@ -424,22 +437,49 @@ impl AgentCore {
         }
         self.batching = false;
         let staged = std::mem::take(&mut self.staged);
-        if let Err(e) = self.store.commit_batch() {
-            for rec in &staged {
-                tracing::error!(
-                    "ban {} jail={} not stored, so not applied: {e:#}",
-                    rec.target,
-                    rec.jail
-                );
-            }
-            return Vec::new();
-        }
-        for rec in &staged {
+        let error = match self.batch_error.take() {
+            Some(e) => Some(e),
+            None => self.store.commit_batch().err().map(|e| format!("{e:#}")),
+        };
+        for (rec, _) in &staged {
             if let Err(e) = self.enforce_ban(rec) {
                 tracing::error!("jail {}: {e:#}", rec.jail);
             }
         }
+        if let Some(e) = error {
+            if !staged.is_empty() {
+                self.backlog.failed(staged, &e, now_secs());
+            }
+        }
         read_at
+    }
+
+    /// Write the bans waiting in the backlog, when it is time to try again.
+    /// What is written is the book's version of each (a ban lifted or
+    /// replaced since is not written back).
+    pub fn retry_store(&mut self) {
+        if !self.backlog.due() {
+            return;
+        }
+        let recs: Vec<(BanRecord, UnixSecs)> = self
+            .backlog
+            .pending()
+            .filter_map(|(r, at)| {
+                self.book
+                    .records(&r.target)
+                    .iter()
+                    .find(|b| b.jail == r.jail && b.banned_at == r.banned_at)
+                    .map(|b| (b.clone(), *at))
+            })
+            .collect();
+        match self.store.put_bans_at(&recs) {
+            Ok(()) => self.backlog.written(),
+            Err(e) => self.backlog.failed(Vec::new(), &format!("{e:#}"), now_secs()),
+        }
+    }
+
+    pub fn store_health(&self) -> crate::backlog::StoreHealth {
+        self.backlog.health()
     }
 
     /// A jail's ban, escalated by the address's history. The history is in
@@ -516,14 +556,7 @@ impl AgentCore {
             return Ok(());
         }
         let (wanted, bad) = self.blocklists.load();
-        for b in &bad {
-            tracing::warn!(
-                "blocklist {}:{}: {} (line skipped)",
-                b.path.display(),
-                b.line,
-                b.message
-            );
-        }
+        Blocklists::warn_bad_lines(&bad);
         let now = now_secs();
         let gone: Vec<Target> = self.blocklisted.difference(&wanted).copied().collect();
         for t in gone {
@@ -541,7 +574,14 @@ impl AgentCore {
                 tracing::warn!("blocklist entry {t} overlaps the allowlist entry {a}: skipped");
                 continue;
             }
-            if !self.blocklisted.contains(&t) {
+            // The file, re-read, is the truth for its own entries: one
+            // unbanned by hand comes back.
+            let in_book = self
+                .book
+                .records(&t)
+                .iter()
+                .any(|r| r.jail == BLOCKLIST_JAIL);
+            if !in_book {
                 let change = self.book.add(BanRecord {
                     target: t,
                     jail: BLOCKLIST_JAIL.to_string(),
@@ -564,7 +604,7 @@ impl AgentCore {
         Ok(())
     }
 
-    pub fn blocklists_changed(&self) -> bool {
+    pub fn blocklists_changed(&mut self) -> bool {
         self.blocklists.changed()
     }
 
@@ -587,11 +627,23 @@ impl AgentCore {
                 rec.target
             );
         }
-        self.store.put_ban(&rec, event_at)?;
         if self.batching {
-            self.staged.push(rec.clone());
-        } else {
-            self.enforce_ban(&rec)?;
+            if self.batch_error.is_none() {
+                if let Err(e) = self.store.put_ban(&rec, event_at) {
+                    // The rest of the batch skips the store: the bans staged
+                    // so far were rolled back with it and join the backlog.
+                    self.store.abort_batch();
+                    self.batch_error = Some(format!("{e:#}"));
+                }
+            }
+            self.staged.push((rec.clone(), event_at));
+            return Ok(rec);
+        }
+        let stored = self.store.put_ban(&rec, event_at);
+        self.enforce_ban(&rec)?;
+        if let Err(e) = stored {
+            self.backlog
+                .failed(vec![(rec.clone(), event_at)], &format!("{e:#}"), now_secs());
         }
         Ok(rec)
     }
@@ -651,7 +703,11 @@ impl AgentCore {
     pub fn unban(&mut self, target: &Target, jail: Option<&str>) -> Result<Vec<BanRecord>> {
         self.store.delete_ban(target, jail)?;
         let (removed, change) = self.book.remove(target, jail);
+        self.backlog.forget(target, jail);
         self.enforcer.apply(target, change)?;
+        if removed.iter().any(|r| r.jail == BLOCKLIST_JAIL) {
+            tracing::warn!("{target} is listed in a blocklist file: it is banned again when the file is next re-read (on change, reload or restart); remove it from the file to unban it for good");
+        }
         if target.is_host() {
             for j in &mut self.jails {
                 j.window.forget(&target.addr());
@@ -682,10 +738,19 @@ impl AgentCore {
     pub fn expire(&mut self, now: UnixSecs) -> Result<usize> {
         let ended = self.book.expire(now);
         let n = ended.len();
+        let mut store_error = None;
         for (rec, change) in ended {
-            self.store.delete_ban(&rec.target, Some(&rec.jail))?;
+            // A row the store cannot delete now (full disk) has expired
+            // anyway: the next start deletes it. The kernel entry goes now.
+            if let Err(e) = self.store.delete_ban(&rec.target, Some(&rec.jail)) {
+                store_error = Some(e);
+            }
+            self.backlog.forget(&rec.target, Some(&rec.jail));
             self.enforcer.apply(&rec.target, change)?;
             self.unbanned(rec, "expired");
+        }
+        if let Some(e) = store_error {
+            tracing::warn!("expired bans lifted, but not deleted from the store (done at the next start): {e:#}");
         }
         Ok(n)
     }
@@ -775,6 +840,8 @@ impl AgentCore {
                 .map(|s| serde_json::to_value(s).unwrap_or_default()),
             tarpit: self.enforcer.steering_status(),
             jails,
+            store: self.backlog.health(),
+            blocklists: self.blocklists.health(),
         })
     }
 
@@ -1005,6 +1072,10 @@ mod tests {
         }
     }
 
+    fn kernel_has(k: &Recorder, t: &str) -> bool {
+        k.0.lock().unwrap().contains_key(&t.parse().unwrap())
+    }
+
     struct Fixture {
         core: AgentCore,
         kernel: Recorder,
@@ -1211,6 +1282,8 @@ bogus
 ",
         )
         .unwrap();
+        core.blocklists_changed();
+        std::thread::sleep(crate::blocklist::QUIET);
         assert!(core.blocklists_changed());
         core.sync_blocklists(true).unwrap();
         assert_eq!(keys(&kernel), ["2001:db8:bad::/48", "203.0.113.64/26"]);
@@ -1225,6 +1298,13 @@ bogus
         );
         assert!(text.ends_with("jail=manual permanent\n"));
         core.sync_blocklists(true).unwrap();
+        assert_eq!(core.bans(Some(BLOCKLIST_JAIL)).len(), 3);
+        // A manual unban of a listed entry lasts until the file is re-read:
+        // the file is the truth for its own entries.
+        core.unban(&"203.0.113.99".parse().unwrap(), None).unwrap();
+        assert!(!kernel_has(&kernel, "203.0.113.99"));
+        core.sync_blocklists(true).unwrap();
+        assert!(kernel_has(&kernel, "203.0.113.99"), "back from the file");
         assert_eq!(core.bans(Some(BLOCKLIST_JAIL)).len(), 3);
         // Finite bans are not appended.
         core.manual_ban("203.0.113.98", None, Some("1h"), None)
@@ -1297,6 +1377,58 @@ bogus
         let adopted = core.bans(Some(ADOPTED_JAIL));
         assert_eq!(adopted.len(), 1);
         assert_eq!(adopted[0].address, "203.0.113.99");
+    }
+
+    #[test]
+    fn a_full_store_still_bans_and_writes_the_backlog_when_space_returns() {
+        let mut f = fixture("[escalation]\nenabled = false\n");
+        // The database may not grow: writes fail with SQLITE_FULL, as on a
+        // full disk.
+        let pages = f.core.store.page_count();
+        f.core.store.set_max_pages(pages);
+        let line = |addr: &str| {
+            (
+                Arc::<str>::from("ssh"),
+                SourceLine {
+                    origin: Arc::from("/l"),
+                    text: format!("ssh fail from {addr}"),
+                    read_at: std::time::SystemTime::now(),
+                    time: Some(UNIX_EPOCH + Duration::from_secs(T0)),
+                    end: Default::default(),
+                },
+            )
+        };
+        // Enough bans in one batch to need new pages.
+        let addrs: Vec<String> = (0..400).map(|i| format!("2001:db8:9::{i:x}")).collect();
+        let batch: Vec<_> = addrs.iter().flat_map(|a| [line(a), line(a)]).collect();
+        let banned = f.core.on_lines(&batch);
+        assert_eq!(banned.len(), 400, "every ban applied");
+        for a in &addrs {
+            assert_eq!(f.kernel(a), Some(BanClass::Drop), "{a} in the kernel");
+        }
+        let h = f.core.store_health();
+        assert_eq!(h.backlog, 400);
+        assert!(h.failing_since.is_some() && h.write_failures >= 1);
+        assert!(h.last_error.unwrap().contains("full"), "names the cause");
+        assert_eq!(f.core.status(None).unwrap().store.backlog, 400);
+        // Still full: the retry fails and keeps them.
+        f.core.retry_store();
+        assert_eq!(f.core.store_health().backlog, 400);
+        assert_eq!(f.core.store.load_bans().unwrap().len(), 0);
+        // Space again: the next retry (after RETRY_EVERY) writes them all.
+        f.core.store.set_max_pages(1 << 30);
+        f.core.backlog = {
+            let mut b = StoreBacklog::default();
+            let pending: Vec<_> = f.core.backlog.pending().cloned().collect();
+            b.failed(pending, "test", 0);
+            b
+        };
+        f.core.retry_store();
+        assert_eq!(f.core.store_health().backlog, 0);
+        assert_eq!(f.core.store_health().failing_since, None);
+        let rows = f.core.store.load_bans().unwrap();
+        assert_eq!(rows.len(), 400);
+        assert!(rows.iter().all(|r| r.jail == "ssh"));
     }
 
     #[test]

@@ -572,6 +572,7 @@ pub async fn run(config_path: &Path, opts: RunOptions) -> Result<()> {
                 if let Err(e) = d.core.expire(now_secs()) {
                     tracing::error!("expiring bans: {e:#}");
                 }
+                d.core.retry_store();
                 if d.core.blocklists_changed() {
                     if let Err(e) = d.core.sync_blocklists(true) {
                         tracing::error!("reloading blocklists: {e:#}");

@@ -5,6 +5,7 @@
 pub mod actions;
 pub mod addr;
 pub mod agent;
+pub mod backlog;
 pub mod ban;
 pub mod blocklist;
 pub mod config;

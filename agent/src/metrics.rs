@@ -178,6 +178,57 @@ impl Metrics {
         }
         family(
             &mut o,
+            "xban_store_backlog",
+            "gauge",
+            "Bans in the kernel waiting to be written to the ban database (full disk).",
+        );
+        let _ = writeln!(o, "xban_store_backlog {}", status.store.backlog);
+        family(
+            &mut o,
+            "xban_store_write_failures_total",
+            "counter",
+            "Failed writes of bans to the ban database.",
+        );
+        let _ = writeln!(
+            o,
+            "xban_store_write_failures_total {}",
+            status.store.write_failures
+        );
+        family(
+            &mut o,
+            "xban_store_backlog_dropped_total",
+            "counter",
+            "Bans that left a full backlog unwritten (enforced, not kept over a restart).",
+        );
+        let _ = writeln!(
+            o,
+            "xban_store_backlog_dropped_total {}",
+            status.store.backlog_dropped
+        );
+        family(
+            &mut o,
+            "xban_blocklist_bad_lines",
+            "gauge",
+            "Lines of the blocklist files skipped at their last read.",
+        );
+        let _ = writeln!(
+            o,
+            "xban_blocklist_bad_lines {}",
+            status.blocklists.bad_lines
+        );
+        family(
+            &mut o,
+            "xban_blocklist_unreadable_files",
+            "gauge",
+            "Blocklist files whose last read failed (their previous entries are kept).",
+        );
+        let _ = writeln!(
+            o,
+            "xban_blocklist_unreadable_files {}",
+            status.blocklists.unreadable_files.len()
+        );
+        family(
+            &mut o,
             "xban_ban_latency_seconds",
             "histogram",
             "From the failure line being read to the ban's map entry.",
