@@ -833,7 +833,9 @@ impl AgentCore {
             bans_active: bans_drop + bans_tarpit,
             bans_drop,
             bans_tarpit,
-            map_entries: self.enforcer.entries().map(|e| e.len()).unwrap_or(0),
+            // One entry per banned target. Not read back from the kernel: a
+            // walk of a million-entry trie holds the loop for seconds.
+            map_entries: self.book.len_targets(),
             xdp: self
                 .enforcer
                 .xdp_stats()?

@@ -433,6 +433,8 @@ fn setup_steering(cfg: &ResolvedConfig) -> Result<TarpitSteering> {
 pub async fn run(config_path: &Path, opts: RunOptions) -> Result<()> {
     let resolved = load_config(config_path)?;
     let agent = resolved.agent.clone();
+    let nofile = crate::setup::raise_nofile_limit();
+    tracing::debug!(nofile, "open-file limit");
     // Held until the process ends: one agent per pin and per state directory.
     let mut _locks = Vec::new();
     if !opts.dry_run {

@@ -9,6 +9,7 @@ pub mod backlog;
 pub mod ban;
 pub mod blocklist;
 pub mod config;
+pub mod conn_limit;
 pub mod control;
 pub mod daemon;
 pub mod directories;

@@ -256,18 +256,41 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     tx: tokio::sync::mpsc::Sender<crate::control::ControlMessage>,
 ) {
+    serve_with(listener, tx, LIMITS).await
+}
+
+/// Scrapes served at once; a scraper holds one connection at a time.
+pub const LIMITS: crate::conn_limit::Limits = crate::conn_limit::Limits {
+    max_connections: 16,
+    request_timeout: Duration::from_secs(5),
+};
+
+pub async fn serve_with(
+    listener: tokio::net::TcpListener,
+    tx: tokio::sync::mpsc::Sender<crate::control::ControlMessage>,
+    limits: crate::conn_limit::Limits,
+) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let limiter = crate::conn_limit::Limiter::new(limits);
+    let mut backoff = crate::conn_limit::AcceptBackoff::default();
     loop {
-        let Ok((mut stream, _)) = listener.accept().await else {
-            continue;
+        let mut slot = limiter.slot().await;
+        let mut stream = match listener.accept().await {
+            Ok((s, _)) => {
+                backoff.succeeded();
+                s
+            }
+            Err(e) => {
+                backoff.failed("metrics listener", &e).await;
+                continue;
+            }
         };
         let tx = tx.clone();
         tokio::spawn(async move {
             let mut buf = [0u8; 2048];
-            let n = match tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await
-            {
-                Ok(Ok(n)) => n,
-                _ => return,
+            let n = match slot.read_request(stream.read(&mut buf)).await {
+                Ok(n) => n,
+                Err(_) => return,
             };
             let head = String::from_utf8_lossy(&buf[..n]);
             let (status, body) = if head.starts_with("GET /metrics ") || head.starts_with("GET / ")
@@ -293,7 +316,12 @@ pub async fn serve(
                 "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
                 body.len()
             );
-            let _ = stream.write_all(response.as_bytes()).await;
+            let _ = tokio::time::timeout(
+                Duration::from_secs(10),
+                stream.write_all(response.as_bytes()),
+            )
+            .await;
+            drop(slot);
         });
     }
 }
