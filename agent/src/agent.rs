@@ -474,7 +474,9 @@ impl AgentCore {
             .collect();
         match self.store.put_bans_at(&recs) {
             Ok(()) => self.backlog.written(),
-            Err(e) => self.backlog.failed(Vec::new(), &format!("{e:#}"), now_secs()),
+            Err(e) => self
+                .backlog
+                .failed(Vec::new(), &format!("{e:#}"), now_secs()),
         }
     }
 

@@ -362,7 +362,10 @@ mod tests {
         }
         assert!(!lists.changed(), "still being written");
         std::thread::sleep(QUIET / 2);
-        assert!(!lists.changed(), "not quiet long enough since the last write");
+        assert!(
+            !lists.changed(),
+            "not quiet long enough since the last write"
+        );
         std::thread::sleep(QUIET);
         assert!(lists.changed());
         let (set, _) = lists.load();

@@ -149,7 +149,11 @@ pub async fn serve_with(listener: UnixListener, tx: mpsc::Sender<ControlMessage>
     }
 }
 
-async fn handle(stream: UnixStream, tx: mpsc::Sender<ControlMessage>, mut slot: Slot) -> Result<()> {
+async fn handle(
+    stream: UnixStream,
+    tx: mpsc::Sender<ControlMessage>,
+    mut slot: Slot,
+) -> Result<()> {
     // Only root (or the agent's own user) may drive the agent.
     let cred = stream.peer_cred()?;
     let me = nix::unistd::geteuid().as_raw();

@@ -292,7 +292,13 @@ impl BanStore {
             .map_err(self.wrap())?;
         let mut rows = stmt.query(params![now]).map_err(self.wrap())?;
         while let Some(row) = rows.next().map_err(self.wrap())? {
-            if let Ok(t) = row.get_ref(0).map_err(self.wrap())?.as_str().unwrap_or("").parse() {
+            if let Ok(t) = row
+                .get_ref(0)
+                .map_err(self.wrap())?
+                .as_str()
+                .unwrap_or("")
+                .parse()
+            {
                 f(t);
             }
         }

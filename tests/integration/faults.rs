@@ -23,7 +23,11 @@ fn status(dir: &AgentDir) -> serde_json::Value {
 
 fn sqlite_count(db: &Path, sql: &str) -> i64 {
     let out = Command::new("sqlite3").arg(db).arg(sql).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
 }
 
@@ -40,7 +44,9 @@ fn cpu_time(pid: u32) -> Duration {
 }
 
 fn fd_count(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count()
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
 }
 
 fn set_nofile(pid: u32, n: usize) {
@@ -49,7 +55,11 @@ fn set_nofile(pid: u32, n: usize) {
         .arg(format!("--nofile={n}:{n}"))
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// This test process needs many descriptors of its own (client sockets).
@@ -70,11 +80,21 @@ impl SmallFs {
     fn mount(path: &Path, size: &str) -> SmallFs {
         std::fs::create_dir_all(path).unwrap();
         let out = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700"), "tmpfs"])
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
             .arg(path)
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         SmallFs(path.to_path_buf())
     }
 
@@ -183,7 +203,10 @@ fn blocklist_bad_bytes_rewrites_and_manual_unbans() {
     .unwrap();
     let agent = AgentProcess::start(&lab, &dir).unwrap();
     // One bad byte skips its line alone.
-    assert!(!lab.udp_reaches(ATK_V4, SRV_V4), "entry with a non-UTF-8 comment");
+    assert!(
+        !lab.udp_reaches(ATK_V4, SRV_V4),
+        "entry with a non-UTF-8 comment"
+    );
     assert!(!lab.udp_reaches(ATK3_V4, SRV_V4), "entry after a bad line");
     assert_eq!(status(&dir)["blocklists"]["bad_lines"], 1);
     assert!(agent.log().contains(&format!("{}:3", list.display())));
@@ -203,17 +226,19 @@ fn blocklist_bad_bytes_rewrites_and_manual_unbans() {
         .unwrap();
     drop(f);
     assert!(
-        wait_for(Duration::from_secs(10), || !lab.udp_reaches(ATK2_V4, SRV_V4)),
+        wait_for(Duration::from_secs(10), || !lab
+            .udp_reaches(ATK2_V4, SRV_V4)),
         "the finished file is read"
     );
     assert!(!lab.udp_reaches(ATK3_V4, SRV_V4));
 
     // A manual unban holds until the file changes; then the file is the truth.
     dir.xban_ok(&["unban", ATK_V4]).unwrap();
-    assert!(wait_for(Duration::from_secs(5), || lab.udp_reaches(
-        ATK_V4, SRV_V4
-    )));
-    let mut f = std::fs::OpenOptions::new().append(true).open(&list).unwrap();
+    assert!(wait_for(Duration::from_secs(5), || lab.udp_reaches(ATK_V4, SRV_V4)));
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&list)
+        .unwrap();
     f.write_all(b"203.0.113.9\n").unwrap();
     drop(f);
     assert!(
@@ -248,7 +273,11 @@ fn an_empty_database_adopts_the_pinned_bans() {
     assert!(banned.iter().all(|b| b["jail"] == "adopted"), "{banned:?}");
     let tarpit = banned.iter().find(|b| b["address"] == ATK3_V4).unwrap();
     assert_eq!(tarpit["class"], "tarpit", "class kept");
-    assert!(agent.log().contains("kept as jail=adopted"), "{}", agent.log());
+    assert!(
+        agent.log().contains("kept as jail=adopted"),
+        "{}",
+        agent.log()
+    );
     assert_eq!(
         sqlite_count(&db, "SELECT count(*) FROM bans WHERE jail = 'adopted'"),
         3,
@@ -389,8 +418,7 @@ fn idle_connections_and_fd_exhaustion_do_not_starve_banning() {
     let scrape = || {
         Lab::in_ns(&lab.srv_ns, || {
             use std::io::Read;
-            let mut s =
-                std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
+            let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
             s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
             s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").ok()?;
             let mut body = String::new();

@@ -88,7 +88,10 @@ impl Shared {
             Start::Since(_) => None,
         };
         *self.cursor.lock().unwrap_or_else(PoisonError::into_inner) = cursor.clone();
-        *self.processed.lock().unwrap_or_else(PoisonError::into_inner) = cursor;
+        *self
+            .processed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = cursor;
     }
 }
 
