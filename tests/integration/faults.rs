@@ -258,6 +258,12 @@ fn an_empty_database_adopts_the_pinned_bans() {
     let agent = AgentProcess::start(&lab, &dir).unwrap();
     dir.xban_ok(&["ban", ATK_V4]).unwrap();
     dir.xban_ok(&["ban", ATK3_V4, "--class", "tarpit"]).unwrap();
+    // Without TARPIT steering the kernel holds tarpit bans as drop entries.
+    let kernel_class = if status(&dir)["tarpit"]["active"] == true {
+        "tarpit"
+    } else {
+        "drop"
+    };
     dir.xban_ok(&["ban", "203.0.113.0/24"]).unwrap();
     agent.stop().unwrap();
     // The database is lost: 0 bytes, no WAL.
@@ -272,7 +278,7 @@ fn an_empty_database_adopts_the_pinned_bans() {
     assert_eq!(banned.len(), 3, "{banned:?}");
     assert!(banned.iter().all(|b| b["jail"] == "adopted"), "{banned:?}");
     let tarpit = banned.iter().find(|b| b["address"] == ATK3_V4).unwrap();
-    assert_eq!(tarpit["class"], "tarpit", "class kept");
+    assert_eq!(tarpit["class"], kernel_class, "class kept as in the kernel");
     assert!(
         agent.log().contains("kept as jail=adopted"),
         "{}",
@@ -393,13 +399,14 @@ fn idle_connections_and_fd_exhaustion_do_not_starve_banning() {
         agent.log()
     );
     drop(idle);
+    std::thread::sleep(Duration::from_millis(500));
 
     // Metrics: connections past every descriptor the agent has left. The
     // accept loop backs off instead of spinning.
     set_nofile(pid, fd_count(pid) + 4);
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let held = Lab::in_ns(&lab.srv_ns, || {
-        (0..1500)
+        (0..400)
             .filter_map(|_| {
                 std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok()
             })
@@ -413,8 +420,9 @@ fn idle_connections_and_fd_exhaustion_do_not_starve_banning() {
         spent < Duration::from_millis(600),
         "agent used {spent:?} of CPU in 3 s with its listeners flooded"
     );
+    // Once the clients go, the agent's own descriptors fit again (the limit
+    // is only ever lowered: raising it needs CAP_SYS_RESOURCE).
     drop(held);
-    set_nofile(pid, base + 200);
     let scrape = || {
         Lab::in_ns(&lab.srv_ns, || {
             use std::io::Read;
