@@ -14,6 +14,10 @@ use std::time::Duration;
 
 use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 
+/// Connections that have not sent their request yet, oldest first, each
+/// with the sender that closes it.
+type IdleQueue = Arc<Mutex<VecDeque<(u64, oneshot::Sender<()>)>>>;
+
 /// One listener's bounds.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -28,8 +32,7 @@ pub struct Limits {
 pub struct Limiter {
     limits: Limits,
     permits: Arc<Semaphore>,
-    /// Connections that have not sent their request yet, oldest first.
-    idle: Arc<Mutex<VecDeque<(u64, oneshot::Sender<()>)>>>,
+    idle: IdleQueue,
     next_id: Arc<std::sync::atomic::AtomicU64>,
 }
 
@@ -38,7 +41,7 @@ pub struct Slot {
     _permit: OwnedSemaphorePermit,
     id: u64,
     evicted: Option<oneshot::Receiver<()>>,
-    idle: Arc<Mutex<VecDeque<(u64, oneshot::Sender<()>)>>>,
+    idle: IdleQueue,
     request_timeout: Duration,
 }
 
