@@ -10,6 +10,7 @@ use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
 use crate::addr::Target;
+use crate::backlog::StoreBacklog;
 use crate::ban::{now_secs, BanBook, BanClass, BanRecord, MapChange, UnixSecs};
 use crate::blocklist::{Blocklists, BLOCKLIST_JAIL};
 use crate::config::{BanTime, ResolvedConfig};
@@ -85,6 +86,12 @@ pub struct StatusView {
     #[serde(default)]
     pub links: Option<serde_json::Value>,
     pub jails: Vec<JailStatus>,
+    /// Whether bans reach the database (disk full: a backlog waits).
+    #[serde(default)]
+    pub store: crate::backlog::StoreHealth,
+    /// Bad lines and unreadable files of the blocklists.
+    #[serde(default)]
+    pub blocklists: crate::blocklist::BlocklistHealth,
     /// Bans the guard refused since start, by rule and origin.
     #[serde(default)]
     pub ban_refusals: Vec<RefusalCount>,
@@ -134,15 +141,26 @@ pub struct AgentCore {
     /// Bans and unbans since the last `take_events`.
     events: Vec<BanEvent>,
     /// Bans stored in the open store batch, applied once it commits
-    /// (see [`AgentCore::on_lines`]).
-    staged: Vec<BanRecord>,
+    /// (see [`AgentCore::on_lines`]), with their history time.
+    staged: Vec<(BanRecord, UnixSecs)>,
     /// (target, jail) of `staged`: a jail's failures for an address it has
     /// just banned in this batch do not count either.
     staged_keys: std::collections::HashSet<(Target, String)>,
     batching: bool,
+    /// The batch's store write failed: its bans skip the store.
+    batch_error: Option<String>,
+    /// Bans enforced but not yet stored (full disk).
+    backlog: StoreBacklog,
     /// What a ban may cover (min prefix, allowlist, this host's addresses).
     guard: BanGuard,
     refusals: std::collections::BTreeMap<(&'static str, &'static str), u64>,
+}
+
+/// A checked reload, ready to switch to ([`AgentCore::apply_reload`]).
+pub struct PreparedReload {
+    jails: Vec<Jail>,
+    /// Jails whose source is new or changed.
+    pub restart: Vec<String>,
 }
 
 /// What start-up found in the store.
@@ -150,8 +168,15 @@ pub struct AgentCore {
 pub struct RestoreReport {
     pub restored: usize,
     pub expired: usize,
+    /// Kernel entries of bans that expired while the agent was down: removed.
     pub stale_map_entries: usize,
+    /// Kernel entries the store did not know (an empty, new or replaced
+    /// database): kept and stored under [`ADOPTED_JAIL`].
+    pub adopted: usize,
 }
+
+/// The jail name of bans found in the kernel but not in the store at start.
+pub const ADOPTED_JAIL: &str = "adopted";
 
 impl AgentCore {
     /// A core whose idea of this host's addresses is `self_addrs` (plus
@@ -200,6 +225,8 @@ impl AgentCore {
             staged: Vec::new(),
             staged_keys: Default::default(),
             batching: false,
+            batch_error: None,
+            backlog: StoreBacklog::default(),
             guard: BanGuard {
                 min_prefix_v4: cfg.agent.min_prefix_v4,
                 min_prefix_v6: cfg.agent.min_prefix_v6,
@@ -276,29 +303,49 @@ impl AgentCore {
     /// and the failures they are counting), escalation, blocklists. Bans are
     /// untouched. Returns the jails whose source must (re)start.
     pub fn reload(&mut self, cfg: &ResolvedConfig) -> Result<Vec<String>> {
+        let prepared = self.prepare_reload(cfg)?;
+        self.apply_reload(prepared, cfg)
+    }
+
+    /// Everything a reload can refuse for, checked without changing
+    /// anything: each jail is built anew (filters compiled).
+    pub fn prepare_reload(&self, cfg: &ResolvedConfig) -> Result<PreparedReload> {
         let mut jails = Vec::new();
         let mut restart = Vec::new();
         for settings in &cfg.jails {
-            let mut jail = Jail::with_host(settings.clone(), self.guard.host.clone())
+            let jail = Jail::with_host(settings.clone(), self.guard.host.clone())
                 .with_context(|| format!("jails.{}", settings.name))?;
-            match self.jails.iter_mut().find(|j| j.name() == settings.name) {
-                Some(old) => {
-                    jail.counters = std::mem::take(&mut old.counters);
-                    if old.settings.findtime == settings.findtime
-                        && old.settings.maxretry == settings.maxretry
-                    {
-                        std::mem::swap(&mut jail.window, &mut old.window);
-                        jail.window.set_max_tracked(settings.max_tracked);
-                    }
-                    if old.settings.source != settings.source {
-                        restart.push(settings.name.clone());
-                    }
-                }
-                None => restart.push(settings.name.clone()),
+            match self.jails.iter().find(|j| j.name() == settings.name) {
+                Some(old) if old.settings.source == settings.source => {}
+                _ => restart.push(settings.name.clone()),
             }
             jails.push(jail);
         }
+        Ok(PreparedReload { jails, restart })
+    }
+
+    /// Switch to a prepared reload. Returns the jails whose source must
+    /// (re)start.
+    pub fn apply_reload(
+        &mut self,
+        prepared: PreparedReload,
+        cfg: &ResolvedConfig,
+    ) -> Result<Vec<String>> {
+        // The one step that can still fail (the kernel's allowlist map),
+        // before anything else changes.
         self.enforcer.set_allowlist(&cfg.allowlist)?;
+        let PreparedReload { mut jails, restart } = prepared;
+        for jail in &mut jails {
+            if let Some(old) = self.jails.iter_mut().find(|j| j.name() == jail.name()) {
+                jail.counters = std::mem::take(&mut old.counters);
+                if old.settings.findtime == jail.settings.findtime
+                    && old.settings.maxretry == jail.settings.maxretry
+                {
+                    std::mem::swap(&mut jail.window, &mut old.window);
+                    jail.window.set_max_tracked(jail.settings.max_tracked);
+                }
+            }
+        }
         self.allowlist = cfg.allowlist.clone();
         self.guard.allowlist = cfg.allowlist.clone();
         self.guard.min_prefix_v4 = cfg.agent.min_prefix_v4;
@@ -312,7 +359,9 @@ impl AgentCore {
         if self.blocklists.files() != cfg.agent.blocklist_files.as_slice() {
             self.blocklists = Blocklists::new(cfg.agent.blocklist_files.clone());
         }
-        self.sync_blocklists(true)?;
+        if let Err(e) = self.sync_blocklists(true) {
+            tracing::error!("reload: blocklist files: {e:#}");
+        }
         Ok(restart)
     }
 
@@ -321,6 +370,13 @@ impl AgentCore {
     /// previous agent left are updated in place, never removed and re-added,
     /// so an active ban never stops dropping.
     pub fn restore(&mut self, now: UnixSecs) -> Result<RestoreReport> {
+        // What expired while the agent was down: its kernel entries go. Any
+        // other entry the store does not know is adopted, never removed: an
+        // empty or new database must not unban what the kernel drops.
+        let mut expired_targets = std::collections::HashSet::new();
+        self.store.for_each_expired(now, |t| {
+            expired_targets.insert(t);
+        })?;
         let mut report = RestoreReport {
             expired: self.store.delete_expired(now)?,
             ..Default::default()
@@ -349,10 +405,44 @@ impl AgentCore {
         self.sync_blocklists(false)?;
         let in_kernel: HashMap<Target, Option<BanClass>> =
             self.enforcer.entries()?.into_iter().collect();
-        for target in in_kernel.keys() {
-            if self.book.effective(target).is_none() {
+        let mut adopted = Vec::new();
+        for (target, class) in &in_kernel {
+            if self.book.effective(target).is_some() {
+                continue;
+            }
+            if expired_targets.contains(target) {
                 self.enforcer.apply(target, MapChange::Remove)?;
                 report.stale_map_entries += 1;
+            } else {
+                adopted.push(BanRecord {
+                    target: *target,
+                    jail: ADOPTED_JAIL.to_string(),
+                    class: class.unwrap_or(BanClass::Drop),
+                    banned_at: now,
+                    expires_at: expiry(now, self.default_bantime),
+                    failures: 0,
+                    matches: Vec::new(),
+                });
+            }
+        }
+        if !adopted.is_empty() {
+            report.adopted = adopted.len();
+            // Not in the history: an adopted entry says nothing of escalation.
+            if let Err(e) = self.store.put_bans(&adopted, None) {
+                let waiting = adopted.iter().map(|r| (r.clone(), now)).collect();
+                self.backlog.failed(waiting, &format!("{e:#}"), now);
+            }
+            let bantime = match self.default_bantime {
+                BanTime::Finite(d) => crate::config::format_duration(d),
+                BanTime::Permanent => "permanent".into(),
+            };
+            tracing::warn!(
+                adopted = adopted.len(),
+                "the kernel holds bans the ban database does not know (empty, new or replaced {}?): kept as jail={ADOPTED_JAIL}, class as in the kernel, bantime {bantime} ([defaults] bantime) from now",
+                self.store.path().display()
+            );
+            for rec in adopted {
+                self.book.add(rec);
             }
         }
         let effective = self.effective_bans();
@@ -415,8 +505,10 @@ impl AgentCore {
 
     /// Feed a batch of lines. The bans they cause are stored in one
     /// transaction, then written to the kernel and logged: a burst of
-    /// offenders costs one commit, and a ban is still in the database before
-    /// it is in the kernel. Returns when each applied ban's line was read.
+    /// offenders costs one commit, and a ban is in the database before it is
+    /// in the kernel. If the store cannot write (full disk), the bans go to
+    /// the kernel anyway and wait in the backlog. Returns when each applied
+    /// ban's line was read.
     pub fn on_lines(&mut self, lines: &[(std::sync::Arc<str>, SourceLine)]) -> Vec<SystemTime> {
         self.store.arm_batch();
         self.batching = true;
@@ -431,22 +523,51 @@ impl AgentCore {
         self.batching = false;
         self.staged_keys.clear();
         let staged = std::mem::take(&mut self.staged);
-        if let Err(e) = self.store.commit_batch() {
-            for rec in &staged {
-                tracing::error!(
-                    "ban {} jail={} not stored, so not applied: {e:#}",
-                    rec.target,
-                    rec.jail
-                );
-            }
-            return Vec::new();
-        }
-        for rec in &staged {
+        let error = match self.batch_error.take() {
+            Some(e) => Some(e),
+            None => self.store.commit_batch().err().map(|e| format!("{e:#}")),
+        };
+        for (rec, _) in &staged {
             if let Err(e) = self.enforce_ban(rec) {
                 tracing::error!("jail {}: {e:#}", rec.jail);
             }
         }
+        if let Some(e) = error {
+            if !staged.is_empty() {
+                self.backlog.failed(staged, &e, now_secs());
+            }
+        }
         read_at
+    }
+
+    /// Write the bans waiting in the backlog, when it is time to try again.
+    /// What is written is the book's version of each (a ban lifted or
+    /// replaced since is not written back).
+    pub fn retry_store(&mut self) {
+        if !self.backlog.due() {
+            return;
+        }
+        let recs: Vec<(BanRecord, UnixSecs)> = self
+            .backlog
+            .pending()
+            .filter_map(|(r, at)| {
+                self.book
+                    .records(&r.target)
+                    .iter()
+                    .find(|b| b.jail == r.jail && b.banned_at == r.banned_at)
+                    .map(|b| (b.clone(), *at))
+            })
+            .collect();
+        match self.store.put_bans_at(&recs) {
+            Ok(()) => self.backlog.written(),
+            Err(e) => self
+                .backlog
+                .failed(Vec::new(), &format!("{e:#}"), now_secs()),
+        }
+    }
+
+    pub fn store_health(&self) -> crate::backlog::StoreHealth {
+        self.backlog.health()
     }
 
     /// A jail's ban, escalated by the address's history. The history is in
@@ -542,14 +663,7 @@ impl AgentCore {
             return Ok(());
         }
         let (wanted, bad) = self.blocklists.load();
-        for b in &bad {
-            tracing::warn!(
-                "blocklist {}:{}: {} (line skipped)",
-                b.path.display(),
-                b.line,
-                b.message
-            );
-        }
+        Blocklists::warn_bad_lines(&bad);
         let now = now_secs();
         let gone: Vec<Target> = self.blocklisted.difference(&wanted).copied().collect();
         for t in gone {
@@ -585,7 +699,14 @@ impl AgentCore {
                 }
                 continue;
             }
-            if !known {
+            // The file, re-read, is the truth for its own entries: one
+            // unbanned by hand comes back.
+            let in_book = self
+                .book
+                .records(&t)
+                .iter()
+                .any(|r| r.jail == BLOCKLIST_JAIL);
+            if !in_book {
                 let change = self.book.add(BanRecord {
                     target: t,
                     jail: BLOCKLIST_JAIL.to_string(),
@@ -608,7 +729,7 @@ impl AgentCore {
         Ok(())
     }
 
-    pub fn blocklists_changed(&self) -> bool {
+    pub fn blocklists_changed(&mut self) -> bool {
         self.blocklists.changed()
     }
 
@@ -626,12 +747,24 @@ impl AgentCore {
     /// Store, then the kernel, then the log line: a ban reported is a ban kept.
     /// Callers have asked the guard ([`guard_ban`](Self::guard_ban)).
     fn apply_ban(&mut self, rec: BanRecord, event_at: UnixSecs) -> Result<BanRecord> {
-        self.store.put_ban(&rec, event_at)?;
         if self.batching {
             self.staged_keys.insert((rec.target, rec.jail.clone()));
-            self.staged.push(rec.clone());
-        } else {
-            self.enforce_ban(&rec)?;
+            if self.batch_error.is_none() {
+                if let Err(e) = self.store.put_ban(&rec, event_at) {
+                    // The rest of the batch skips the store: the bans staged
+                    // so far were rolled back with it and join the backlog.
+                    self.store.abort_batch();
+                    self.batch_error = Some(format!("{e:#}"));
+                }
+            }
+            self.staged.push((rec.clone(), event_at));
+            return Ok(rec);
+        }
+        let stored = self.store.put_ban(&rec, event_at);
+        self.enforce_ban(&rec)?;
+        if let Err(e) = stored {
+            self.backlog
+                .failed(vec![(rec.clone(), event_at)], &format!("{e:#}"), now_secs());
         }
         Ok(rec)
     }
@@ -691,7 +824,11 @@ impl AgentCore {
     pub fn unban(&mut self, target: &Target, jail: Option<&str>) -> Result<Vec<BanRecord>> {
         self.store.delete_ban(target, jail)?;
         let (removed, change) = self.book.remove(target, jail);
+        self.backlog.forget(target, jail);
         self.enforcer.apply(target, change)?;
+        if removed.iter().any(|r| r.jail == BLOCKLIST_JAIL) {
+            tracing::warn!("{target} is listed in a blocklist file: it is banned again when the file is next re-read (on change, reload or restart); remove it from the file to unban it for good");
+        }
         if target.is_host() {
             for j in &mut self.jails {
                 j.window.forget(&target.addr());
@@ -722,10 +859,19 @@ impl AgentCore {
     pub fn expire(&mut self, now: UnixSecs) -> Result<usize> {
         let ended = self.book.expire(now);
         let n = ended.len();
+        let mut store_error = None;
         for (rec, change) in ended {
-            self.store.delete_ban(&rec.target, Some(&rec.jail))?;
+            // A row the store cannot delete now (full disk) has expired
+            // anyway: the next start deletes it. The kernel entry goes now.
+            if let Err(e) = self.store.delete_ban(&rec.target, Some(&rec.jail)) {
+                store_error = Some(e);
+            }
+            self.backlog.forget(&rec.target, Some(&rec.jail));
             self.enforcer.apply(&rec.target, change)?;
             self.unbanned(rec, "expired");
+        }
+        if let Some(e) = store_error {
+            tracing::warn!("expired bans lifted, but not deleted from the store (done at the next start): {e:#}");
         }
         Ok(n)
     }
@@ -808,7 +954,9 @@ impl AgentCore {
             bans_active: bans_drop + bans_tarpit,
             bans_drop,
             bans_tarpit,
-            map_entries: self.enforcer.entries().map(|e| e.len()).unwrap_or(0),
+            // One entry per banned target. Not read back from the kernel: a
+            // walk of a million-entry trie holds the loop for seconds.
+            map_entries: self.book.len_targets(),
             xdp: self
                 .enforcer
                 .xdp_stats()?
@@ -817,6 +965,8 @@ impl AgentCore {
             fast_path: self.enforcer.fast_path(),
             links: None,
             jails,
+            store: self.backlog.health(),
+            blocklists: self.blocklists.health(),
             ban_refusals: self
                 .refusals
                 .iter()
@@ -1096,6 +1246,10 @@ mod tests {
         }
     }
 
+    fn kernel_has(k: &Recorder, t: &str) -> bool {
+        k.0.lock().unwrap().contains_key(&t.parse().unwrap())
+    }
+
     struct Fixture {
         core: AgentCore,
         kernel: Recorder,
@@ -1130,6 +1284,7 @@ mod tests {
                 text: format!("{name} fail from {addr}"),
                 read_at: std::time::SystemTime::now(),
                 time: Some(UNIX_EPOCH + Duration::from_secs(log_time)),
+                end: Default::default(),
             };
             self.core.on_line(name, &line).unwrap()
         }
@@ -1310,6 +1465,8 @@ bogus
 ",
         )
         .unwrap();
+        core.blocklists_changed();
+        std::thread::sleep(crate::blocklist::QUIET);
         assert!(core.blocklists_changed());
         core.sync_blocklists(true).unwrap();
         assert_eq!(keys(&kernel), ["2001:db8:bad::/48", "203.0.113.64/26"]);
@@ -1324,6 +1481,13 @@ bogus
         );
         assert!(text.ends_with("jail=manual permanent\n"));
         core.sync_blocklists(true).unwrap();
+        assert_eq!(core.bans(Some(BLOCKLIST_JAIL)).len(), 3);
+        // A manual unban of a listed entry lasts until the file is re-read:
+        // the file is the truth for its own entries.
+        core.unban(&"203.0.113.99".parse().unwrap(), None).unwrap();
+        assert!(!kernel_has(&kernel, "203.0.113.99"));
+        core.sync_blocklists(true).unwrap();
+        assert!(kernel_has(&kernel, "203.0.113.99"), "back from the file");
         assert_eq!(core.bans(Some(BLOCKLIST_JAIL)).len(), 3);
         // Finite bans are not appended.
         core.manual_ban("203.0.113.98", None, Some("1h"), None)
@@ -1362,8 +1526,10 @@ bogus
             store.put_ban(&rec("2001:db8::/48", None), now).unwrap();
         }
         let kernel = Recorder::default();
-        // Left by a previous agent: one live ban and one that was unbanned while down.
+        // Left by a previous agent: one live ban, one that expired while
+        // down, and one the store does not know.
         kernel.preload("203.0.113.1");
+        kernel.preload("203.0.113.2");
         kernel.preload("203.0.113.99");
         let mut core = AgentCore::new(
             &cfg,
@@ -1378,7 +1544,8 @@ bogus
             RestoreReport {
                 restored: 2,
                 expired: 1,
-                stale_map_entries: 1
+                stale_map_entries: 1,
+                adopted: 1,
             }
         );
         let mut left: Vec<String> = kernel
@@ -1389,7 +1556,110 @@ bogus
             .map(|t| t.to_string())
             .collect();
         left.sort();
-        assert_eq!(left, vec!["2001:db8::/48", "203.0.113.1"]);
+        assert_eq!(left, vec!["2001:db8::/48", "203.0.113.1", "203.0.113.99"]);
+        let adopted = core.bans(Some(ADOPTED_JAIL));
+        assert_eq!(adopted.len(), 1);
+        assert_eq!(adopted[0].address, "203.0.113.99");
+    }
+
+    #[test]
+    fn a_full_store_still_bans_and_writes_the_backlog_when_space_returns() {
+        let mut f = fixture("[escalation]\nenabled = false\n");
+        // The database may not grow: writes fail with SQLITE_FULL, as on a
+        // full disk.
+        let pages = f.core.store.page_count();
+        f.core.store.set_max_pages(pages);
+        let line = |addr: &str| {
+            (
+                Arc::<str>::from("ssh"),
+                SourceLine {
+                    origin: Arc::from("/l"),
+                    text: format!("ssh fail from {addr}"),
+                    read_at: std::time::SystemTime::now(),
+                    time: Some(UNIX_EPOCH + Duration::from_secs(T0)),
+                    end: Default::default(),
+                },
+            )
+        };
+        // Enough bans in one batch to need new pages.
+        let addrs: Vec<String> = (0..400).map(|i| format!("2001:db8:9::{i:x}")).collect();
+        let batch: Vec<_> = addrs.iter().flat_map(|a| [line(a), line(a)]).collect();
+        let banned = f.core.on_lines(&batch);
+        assert_eq!(banned.len(), 400, "every ban applied");
+        for a in &addrs {
+            assert_eq!(f.kernel(a), Some(BanClass::Drop), "{a} in the kernel");
+        }
+        let h = f.core.store_health();
+        assert_eq!(h.backlog, 400);
+        assert!(h.failing_since.is_some() && h.write_failures >= 1);
+        assert!(h.last_error.unwrap().contains("full"), "names the cause");
+        assert_eq!(f.core.status(None).unwrap().store.backlog, 400);
+        // Still full: the retry fails and keeps them.
+        f.core.retry_store();
+        assert_eq!(f.core.store_health().backlog, 400);
+        assert_eq!(f.core.store.load_bans().unwrap().len(), 0);
+        // Space again: the next retry (after RETRY_EVERY) writes them all.
+        f.core.store.set_max_pages(1 << 30);
+        f.core.backlog = {
+            let mut b = StoreBacklog::default();
+            let pending: Vec<_> = f.core.backlog.pending().cloned().collect();
+            b.failed(pending, "test", 0);
+            b
+        };
+        f.core.retry_store();
+        assert_eq!(f.core.store_health().backlog, 0);
+        assert_eq!(f.core.store_health().failing_since, None);
+        let rows = f.core.store.load_bans().unwrap();
+        assert_eq!(rows.len(), 400);
+        assert!(rows.iter().all(|r| r.jail == "ssh"));
+    }
+
+    #[test]
+    fn an_empty_database_adopts_the_kernels_bans_instead_of_removing_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!(
+            "[agent]\nfilters_dir = \"{}\"\n[defaults]\nbantime = \"2h\"\n[jails.ssh]\nlogpath = [\"/l\"]\nfailregex = ['x <HOST>$']\n",
+            dir.path().join("none").display()
+        );
+        let cfg = Config::parse(&text).unwrap().validate().unwrap();
+        // A 0-byte database file, as a full disk or an operator leaves it.
+        std::fs::write(dir.path().join(crate::directories::STATE_DB), b"").unwrap();
+        let kernel = Recorder::default();
+        kernel.preload("203.0.113.5");
+        kernel.preload("2001:db8:1::/48");
+        kernel
+            .0
+            .lock()
+            .unwrap()
+            .insert("203.0.113.6".parse().unwrap(), BanClass::Tarpit);
+        let now = now_secs();
+        let mut core = AgentCore::new(
+            &cfg,
+            BanStore::open(dir.path()).unwrap(),
+            Box::new(kernel.clone()),
+            &[],
+        )
+        .unwrap();
+        let report = core.restore(now).unwrap();
+        assert_eq!((report.adopted, report.stale_map_entries), (3, 0));
+        assert_eq!(kernel.0.lock().unwrap().len(), 3, "nothing removed");
+        assert_eq!(
+            kernel.0.lock().unwrap()[&"203.0.113.6".parse().unwrap()],
+            BanClass::Tarpit,
+            "class kept"
+        );
+        drop(core);
+        // Stored: the next start knows them as adopted bans of [defaults] bantime.
+        let store = BanStore::open(dir.path()).unwrap();
+        let rows = store.load_bans().unwrap();
+        assert_eq!(rows.len(), 3);
+        for r in &rows {
+            assert_eq!(r.jail, ADOPTED_JAIL);
+            let left = r.expires_at.unwrap() - now;
+            assert!((7199..=7201).contains(&left), "{left}");
+        }
+        let tarpit = rows.iter().find(|r| r.target.to_string() == "203.0.113.6");
+        assert_eq!(tarpit.unwrap().class, BanClass::Tarpit);
     }
 
     /// A core on `config` (after an `[agent]` header), with this host's
@@ -1421,6 +1691,7 @@ bogus
                 text,
                 read_at: std::time::SystemTime::now(),
                 time: Some(UNIX_EPOCH + Duration::from_secs(log_time)),
+                end: Default::default(),
             },
         )
     }

@@ -12,6 +12,8 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::conn_limit::{AcceptBackoff, Limiter, Limits, Slot};
+
 /// Requests are bounded: nothing legitimate is near this.
 const MAX_REQUEST: usize = 64 * 1024;
 
@@ -115,27 +117,56 @@ pub fn bind(path: &Path) -> Result<UnixListener> {
     Ok(listener)
 }
 
+/// Control connections open at once. The CLI opens one per command, so this
+/// is only reached by something holding connections open.
+pub const MAX_CONNECTIONS: usize = 64;
+/// Time a client has to send its request line (the CLI sends it at once).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Time a reply may take to be taken by the client.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Accept connections until the channel closes.
 pub async fn serve(listener: UnixListener, tx: mpsc::Sender<ControlMessage>) {
+    serve_with(
+        listener,
+        tx,
+        Limits {
+            max_connections: MAX_CONNECTIONS,
+            request_timeout: REQUEST_TIMEOUT,
+        },
+    )
+    .await
+}
+
+pub async fn serve_with(listener: UnixListener, tx: mpsc::Sender<ControlMessage>, limits: Limits) {
+    let limiter = Limiter::new(limits);
+    let mut backoff = AcceptBackoff::default();
     loop {
-        let (stream, _) = match listener.accept().await {
-            Ok(s) => s,
+        let slot = limiter.slot().await;
+        let stream = match listener.accept().await {
+            Ok((s, _)) => {
+                backoff.succeeded();
+                s
+            }
             Err(e) => {
-                tracing::warn!("control socket accept failed: {e}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                backoff.failed("control socket", &e).await;
                 continue;
             }
         };
         let tx = tx.clone();
         tokio::spawn(async move {
-            if let Err(e) = handle(stream, tx).await {
+            if let Err(e) = handle(stream, tx, slot).await {
                 tracing::debug!("control connection: {e:#}");
             }
         });
     }
 }
 
-async fn handle(stream: UnixStream, tx: mpsc::Sender<ControlMessage>) -> Result<()> {
+async fn handle(
+    stream: UnixStream,
+    tx: mpsc::Sender<ControlMessage>,
+    mut slot: Slot,
+) -> Result<()> {
     // Only root (or the agent's own user) may drive the agent.
     let cred = stream.peer_cred()?;
     let me = nix::unistd::geteuid().as_raw();
@@ -150,7 +181,8 @@ async fn handle(stream: UnixStream, tx: mpsc::Sender<ControlMessage>) -> Result<
     }
     let mut reader = BufReader::new(read.take(MAX_REQUEST as u64));
     let mut raw = Vec::new();
-    reader.read_until(b'\n', &mut raw).await?;
+    slot.read_request(reader.read_until(b'\n', &mut raw))
+        .await?;
     let reply = match parse_request(&raw) {
         Err(message) => Reply::err(message),
         Ok(request) => {
@@ -189,8 +221,12 @@ fn parse_request(raw: &[u8]) -> Result<Request, String> {
 async fn write_reply(w: &mut tokio::net::unix::OwnedWriteHalf, reply: &Reply) -> Result<()> {
     let mut text = serde_json::to_string(reply)?;
     text.push('\n');
-    w.write_all(text.as_bytes()).await?;
-    w.shutdown().await?;
+    tokio::time::timeout(WRITE_TIMEOUT, async {
+        w.write_all(text.as_bytes()).await?;
+        w.shutdown().await
+    })
+    .await
+    .context("the client did not take the reply")??;
     Ok(())
 }
 
@@ -315,6 +351,24 @@ mod tests {
                 .unwrap()
                 .ok
         );
+        // Connections that say nothing cannot lock the socket: the oldest
+        // idle ones are closed for new ones, which are answered.
+        let idle: Vec<std::os::unix::net::UnixStream> = (0..MAX_CONNECTIONS * 4)
+            .map(|_| std::os::unix::net::UnixStream::connect(&path).unwrap())
+            .collect();
+        let p = path.clone();
+        let started = std::time::Instant::now();
+        let reply = tokio::task::spawn_blocking(move || request(&p, &Request::Stats))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(reply.ok);
+        assert!(
+            started.elapsed() < REQUEST_TIMEOUT,
+            "answered without waiting for idle ones to time out: {:?}",
+            started.elapsed()
+        );
+        drop(idle);
         // A second agent on the same socket is refused.
         assert!(bind(&path)
             .unwrap_err()

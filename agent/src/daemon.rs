@@ -76,14 +76,31 @@ fn journal_key(jail: &str) -> String {
 /// Lines handled per turn of the main loop at most.
 const LINE_BATCH: usize = 1024;
 
-/// Lines from every source, tagged with their jail's name.
-type LineSender = mpsc::Sender<(Arc<str>, SourceLine)>;
+/// Lines from every source, tagged with their jail's name and the
+/// generation of the source that read them.
+type TaggedLine = (Arc<str>, u64, SourceLine);
+type LineSender = mpsc::Sender<TaggedLine>;
+
+/// A source opened for a jail but not yet delivering: its lines wait until
+/// [`Daemon::install_source`] (a reload switches only once every new source
+/// opened), or are dropped with it.
+struct PreparedSource {
+    jail: String,
+    generation: u64,
+    source: RunningSource,
+    go: tokio::sync::oneshot::Sender<()>,
+}
 
 struct Daemon {
     config_path: PathBuf,
     resolved: ResolvedConfig,
     core: AgentCore,
     sources: HashMap<String, RunningSource>,
+    /// The generation of each jail's running source: lines a stopped source
+    /// left queued are dropped (their positions were not saved past them, so
+    /// its successor reads them again).
+    generations: HashMap<String, u64>,
+    next_generation: u64,
     line_tx: LineSender,
     metrics: Metrics,
     /// The XDP program and its links (none in a dry run).
@@ -124,12 +141,34 @@ fn choose_source(spec: &SourceSpec) -> SourceSpec {
 
 impl Daemon {
     async fn start_source(&mut self, jail: &JailSettings) -> Result<()> {
+        let prepared = self.prepare_source(jail).await?;
+        self.install_source(prepared);
+        Ok(())
+    }
+
+    /// Start delivering a prepared source's lines.
+    fn install_source(&mut self, p: PreparedSource) {
+        let _ = p.go.send(());
+        self.generations.insert(p.jail.clone(), p.generation);
+        self.sources.insert(p.jail, p.source);
+    }
+
+    /// Open a jail's source (files watched and opened, or journalctl
+    /// started) from the saved positions; its lines are held until it is
+    /// installed.
+    async fn prepare_source(&mut self, jail: &JailSettings) -> Result<PreparedSource> {
         let (tx, mut rx) = mpsc::channel::<SourceLine>(1024);
         let fwd = self.line_tx.clone();
         let name: Arc<str> = Arc::from(jail.name.as_str());
+        self.next_generation += 1;
+        let generation = self.next_generation;
+        let (go, go_rx) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(async move {
+            if go_rx.await.is_err() {
+                return;
+            }
             while let Some(l) = rx.recv().await {
-                if fwd.send((name.clone(), l)).await.is_err() {
+                if fwd.send((name.clone(), generation, l)).await.is_err() {
                     break;
                 }
             }
@@ -174,12 +213,17 @@ impl Daemon {
                 RunningSource::Files(s)
             }
         };
-        self.sources.insert(jail.name.clone(), source);
-        Ok(())
+        Ok(PreparedSource {
+            jail: jail.name.clone(),
+            generation,
+            source,
+            go,
+        })
     }
 
     async fn stop_source(&mut self, jail: &str) {
         self.save_positions();
+        self.generations.remove(jail);
         if let Some(s) = self.sources.remove(jail) {
             s.shutdown().await;
         }
@@ -225,8 +269,19 @@ impl Daemon {
     }
 
     /// A batch of lines: the bans they cause share one database commit.
-    fn on_lines(&mut self, lines: &[(Arc<str>, SourceLine)]) {
+    fn on_lines(&mut self, batch: Vec<TaggedLine>) {
+        let lines: Vec<(Arc<str>, SourceLine)> = batch
+            .into_iter()
+            .filter(|(jail, generation, _)| self.generations.get(&**jail) == Some(generation))
+            .map(|(jail, _, line)| (jail, line))
+            .collect();
+        let lines = &lines[..];
         let banned = self.core.on_lines(lines);
+        // Only now may the saved positions pass these lines: a stop with
+        // lines still queued re-reads them at the next start.
+        for (_, line) in lines {
+            line.processed();
+        }
         // After on_lines: the bans are in the kernel now.
         let now = SystemTime::now();
         for read_at in banned {
@@ -269,7 +324,40 @@ impl Daemon {
         for w in &new.warnings {
             tracing::warn!("config: {w}");
         }
-        let restart = self.core.reload(&new)?;
+        // Prepared whole before anything running changes: the jails built,
+        // then every new or changed source opened (held, not delivering).
+        // Any refusal leaves the running jails and sources as they were.
+        let prepared = self.core.prepare_reload(&new)?;
+        // Positions as of now, so the new sources resume where the old ones
+        // stop (no lines are processed while the reload runs).
+        self.save_positions();
+        let mut opened = Vec::new();
+        for name in &prepared.restart {
+            let jail = new
+                .jails
+                .iter()
+                .find(|j| &j.name == name)
+                .expect("restart lists new jails")
+                .clone();
+            match self.prepare_source(&jail).await {
+                Ok(p) => opened.push(p),
+                Err(e) => {
+                    for p in opened {
+                        p.source.shutdown().await;
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        let restart = match self.core.apply_reload(prepared, &new) {
+            Ok(r) => r,
+            Err(e) => {
+                for p in opened {
+                    p.source.shutdown().await;
+                }
+                return Err(e);
+            }
+        };
         let removed: Vec<String> = self
             .sources
             .keys()
@@ -282,14 +370,8 @@ impl Daemon {
         self.resolved.jails = new.jails.clone();
         self.resolved.allowlist = new.allowlist.clone();
         self.resolved.default_actions = new.default_actions.clone();
-        for name in &restart {
-            let jail = new
-                .jails
-                .iter()
-                .find(|j| &j.name == name)
-                .expect("restart lists new jails")
-                .clone();
-            self.start_source(&jail).await?;
+        for p in opened {
+            self.install_source(p);
         }
         notes.insert(
             0,
@@ -390,10 +472,25 @@ pub async fn run(config_path: &Path, opts: RunOptions) -> Result<()> {
         tracing::warn!("{note}");
     }
     let agent = resolved.agent.clone();
+    let nofile = crate::setup::raise_nofile_limit();
+    tracing::debug!(nofile, "open-file limit");
+    // Held until the process ends: one agent per pin and per state directory.
+    let mut _locks = Vec::new();
     if !opts.dry_run {
         crate::setup::check_capabilities()?;
         crate::setup::ensure_bpffs(&agent.bpf_pin_dir)?;
         crate::setup::private_dir(&agent.state_dir)?;
+        crate::setup::private_dir(&agent.bpf_pin_dir)?;
+        _locks.push(crate::instance::lock_dir(
+            &agent.bpf_pin_dir,
+            "pin directory",
+            "bpf_pin_dir",
+        )?);
+        _locks.push(crate::instance::lock_dir(
+            &agent.state_dir,
+            "state directory",
+            "state_dir",
+        )?);
     }
     let interfaces = if agent.interfaces.is_empty() {
         vec![crate::setup::default_route_interface()?]
@@ -431,6 +528,7 @@ pub async fn run(config_path: &Path, opts: RunOptions) -> Result<()> {
         restored = report.restored,
         expired = report.expired,
         stale = report.stale_map_entries,
+        adopted = report.adopted,
         "bans restored"
     );
     core.set_interfaces(interfaces.clone(), opts.dry_run);
@@ -458,12 +556,14 @@ pub async fn run(config_path: &Path, opts: RunOptions) -> Result<()> {
     let mut link_check = tokio::time::interval(Duration::from_millis(500));
     link_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
-    let (line_tx, mut line_rx) = mpsc::channel::<(Arc<str>, SourceLine)>(4096);
+    let (line_tx, mut line_rx) = mpsc::channel::<TaggedLine>(4096);
     let mut d = Daemon {
         config_path: config_path.to_path_buf(),
         resolved: resolved.clone(),
         core,
         sources: HashMap::new(),
+        generations: HashMap::new(),
+        next_generation: 0,
         line_tx,
         metrics: Metrics::default(),
         xdp: program,
@@ -495,7 +595,7 @@ pub async fn run(config_path: &Path, opts: RunOptions) -> Result<()> {
                         Err(_) => break,
                     }
                 }
-                d.on_lines(&batch);
+                d.on_lines(batch);
             }
             Some(msg) = ctl_rx.recv() => {
                 let reply = match &msg.request {
@@ -526,6 +626,7 @@ pub async fn run(config_path: &Path, opts: RunOptions) -> Result<()> {
                 if let Err(e) = d.core.expire(now_secs()) {
                     tracing::error!("expiring bans: {e:#}");
                 }
+                d.core.retry_store();
                 if d.core.blocklists_changed() {
                     if let Err(e) = d.core.sync_blocklists(true) {
                         tracing::error!("reloading blocklists: {e:#}");

@@ -420,6 +420,21 @@ fn print_status(s: &StatusView) {
         "bans: {} active ({} drop, {} tarpit), {} map entries",
         s.bans_active, s.bans_drop, s.bans_tarpit, s.map_entries
     );
+    if s.store.failing_since.is_some() || s.store.backlog > 0 {
+        println!(
+            "STORE NOT WRITABLE: {} bans enforced but waiting to be stored (max {}, {} dropped): {}",
+            s.store.backlog,
+            s.store.backlog_max,
+            s.store.backlog_dropped,
+            s.store.last_error.as_deref().unwrap_or("?")
+        );
+    }
+    if s.blocklists.bad_lines > 0 || !s.blocklists.unreadable_files.is_empty() {
+        println!(
+            "blocklists: {} bad lines skipped; unreadable (previous entries kept): {:?}",
+            s.blocklists.bad_lines, s.blocklists.unreadable_files
+        );
+    }
     if let Some(x) = &s.xdp {
         println!("packets:");
         print_xdp(x);

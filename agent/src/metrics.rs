@@ -296,6 +296,57 @@ impl Metrics {
         }
         family(
             &mut o,
+            "xban_store_backlog",
+            "gauge",
+            "Bans in the kernel waiting to be written to the ban database (full disk).",
+        );
+        let _ = writeln!(o, "xban_store_backlog {}", status.store.backlog);
+        family(
+            &mut o,
+            "xban_store_write_failures_total",
+            "counter",
+            "Failed writes of bans to the ban database.",
+        );
+        let _ = writeln!(
+            o,
+            "xban_store_write_failures_total {}",
+            status.store.write_failures
+        );
+        family(
+            &mut o,
+            "xban_store_backlog_dropped_total",
+            "counter",
+            "Bans that left a full backlog unwritten (enforced, not kept over a restart).",
+        );
+        let _ = writeln!(
+            o,
+            "xban_store_backlog_dropped_total {}",
+            status.store.backlog_dropped
+        );
+        family(
+            &mut o,
+            "xban_blocklist_bad_lines",
+            "gauge",
+            "Lines of the blocklist files skipped at their last read.",
+        );
+        let _ = writeln!(
+            o,
+            "xban_blocklist_bad_lines {}",
+            status.blocklists.bad_lines
+        );
+        family(
+            &mut o,
+            "xban_blocklist_unreadable_files",
+            "gauge",
+            "Blocklist files whose last read failed (their previous entries are kept).",
+        );
+        let _ = writeln!(
+            o,
+            "xban_blocklist_unreadable_files {}",
+            status.blocklists.unreadable_files.len()
+        );
+        family(
+            &mut o,
             "xban_ban_latency_seconds",
             "histogram",
             "From the failure line being read to the ban's map entry.",
@@ -323,18 +374,41 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     tx: tokio::sync::mpsc::Sender<crate::control::ControlMessage>,
 ) {
+    serve_with(listener, tx, LIMITS).await
+}
+
+/// Scrapes served at once; a scraper holds one connection at a time.
+pub const LIMITS: crate::conn_limit::Limits = crate::conn_limit::Limits {
+    max_connections: 16,
+    request_timeout: Duration::from_secs(5),
+};
+
+pub async fn serve_with(
+    listener: tokio::net::TcpListener,
+    tx: tokio::sync::mpsc::Sender<crate::control::ControlMessage>,
+    limits: crate::conn_limit::Limits,
+) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let limiter = crate::conn_limit::Limiter::new(limits);
+    let mut backoff = crate::conn_limit::AcceptBackoff::default();
     loop {
-        let Ok((mut stream, _)) = listener.accept().await else {
-            continue;
+        let mut slot = limiter.slot().await;
+        let mut stream = match listener.accept().await {
+            Ok((s, _)) => {
+                backoff.succeeded();
+                s
+            }
+            Err(e) => {
+                backoff.failed("metrics listener", &e).await;
+                continue;
+            }
         };
         let tx = tx.clone();
         tokio::spawn(async move {
             let mut buf = [0u8; 2048];
-            let n = match tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await
-            {
-                Ok(Ok(n)) => n,
-                _ => return,
+            let n = match slot.read_request(stream.read(&mut buf)).await {
+                Ok(n) => n,
+                Err(_) => return,
             };
             let head = String::from_utf8_lossy(&buf[..n]);
             let (status, body) = if head.starts_with("GET /metrics ") || head.starts_with("GET / ")
@@ -360,7 +434,12 @@ pub async fn serve(
                 "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
                 body.len()
             );
-            let _ = stream.write_all(response.as_bytes()).await;
+            let _ = tokio::time::timeout(
+                Duration::from_secs(10),
+                stream.write_all(response.as_bytes()),
+            )
+            .await;
+            drop(slot);
         });
     }
 }
@@ -412,6 +491,9 @@ mod tests {
                 "pin_repairs": 1,
             })),
             jails: Vec::new(),
+            store: Default::default(),
+            blocklists: Default::default(),
+            ban_refusals: Vec::new(),
         };
         let text = Metrics::default().render(&status, 10);
         for line in [

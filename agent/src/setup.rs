@@ -128,3 +128,35 @@ pub fn default_route_interface() -> Result<String> {
     }
     bail!("no default route: list the interfaces to protect in [agent] interfaces = [\"eth0\"]")
 }
+
+/// Raise the soft limit on open files to the hard one: log files, the
+/// database, sockets and maps all take descriptors, and 1,024 (the usual
+/// soft default) is little for a host with many logs. Returns the limit.
+pub fn raise_nofile_limit() -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit into the struct we pass.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return 0;
+    }
+    if lim.rlim_cur < lim.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: lim.rlim_max,
+            rlim_max: lim.rlim_max,
+        };
+        // SAFETY: setrlimit reads the struct we pass.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } != 0 {
+            tracing::warn!(
+                "cannot raise the open-file limit from {} to {}: {}",
+                lim.rlim_cur,
+                lim.rlim_max,
+                std::io::Error::last_os_error()
+            );
+            return lim.rlim_cur;
+        }
+        return lim.rlim_max;
+    }
+    lim.rlim_cur
+}

@@ -222,6 +222,44 @@ impl BanStore {
         })
     }
 
+    /// Ends an open batch without storing its bans (after a failed write).
+    pub fn abort_batch(&mut self) {
+        if std::mem::replace(&mut self.batch, Batch::Off) == Batch::Open {
+            // SQLite may have rolled back already (SQLITE_FULL): ignore.
+            let _ = self.conn.execute_batch("ROLLBACK");
+        }
+    }
+
+    /// Bans, each with its own history time, in one transaction.
+    pub fn put_bans_at(&mut self, recs: &[(BanRecord, UnixSecs)]) -> Result<(), StoreError> {
+        let path = self.path.clone();
+        let wrap = |source| StoreError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let tx = self.conn.transaction().map_err(wrap)?;
+        for (rec, at) in recs {
+            write_bans(&tx, std::slice::from_ref(rec), Some(*at)).map_err(wrap)?;
+        }
+        tx.commit().map_err(wrap)
+    }
+
+    /// Limit the database's size in pages: writes past it fail as on a full
+    /// disk (tests).
+    #[cfg(test)]
+    pub fn set_max_pages(&self, pages: u64) {
+        self.conn
+            .pragma_update(None, "max_page_count", pages as i64)
+            .unwrap();
+    }
+
+    #[cfg(test)]
+    pub fn page_count(&self) -> u64 {
+        self.conn
+            .query_row("PRAGMA page_count", [], |r| r.get::<_, i64>(0))
+            .unwrap() as u64
+    }
+
     /// Remove one jail's ban of a target, or all of them (`jail = None`).
     pub fn delete_ban(&mut self, target: &Target, jail: Option<&str>) -> Result<usize, StoreError> {
         let t = target.to_string();
@@ -245,6 +283,36 @@ impl BanStore {
                 params![now],
             )
             .map_err(self.wrap())
+    }
+
+    /// The targets of bans that expired at or before `now`.
+    pub fn for_each_expired(
+        &self,
+        now: UnixSecs,
+        mut f: impl FnMut(Target),
+    ) -> Result<(), StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT target FROM bans WHERE expires_at IS NOT NULL AND expires_at <= ?1")
+            .map_err(self.wrap())?;
+        let mut rows = stmt.query(params![now]).map_err(self.wrap())?;
+        while let Some(row) = rows.next().map_err(self.wrap())? {
+            if let Ok(t) = row
+                .get_ref(0)
+                .map_err(self.wrap())?
+                .as_str()
+                .unwrap_or("")
+                .parse()
+            {
+                f(t);
+            }
+        }
+        Ok(())
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 
     pub fn load_bans(&self) -> Result<Vec<BanRecord>, StoreError> {

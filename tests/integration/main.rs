@@ -5,6 +5,7 @@
 mod ban_path;
 mod deploy;
 mod fastpath;
+mod faults;
 mod guards;
 mod lifecycle;
 mod operations;

@@ -30,7 +30,6 @@ use std::ffi::{OsStr, OsString};
 use std::io::{self, SeekFrom};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -44,7 +43,7 @@ use tokio::task::JoinHandle;
 use tracing::{debug, error, info, warn};
 
 use super::line::{decode, LineAssembler, LineKind};
-use super::{SourceError, SourceLine, SourceStats};
+use super::{FileProgress, LineEnd, SourceError, SourceLine, SourceStats};
 
 /// Default for [`FileSourceOptions::max_line_bytes`].
 pub const DEFAULT_MAX_LINE_BYTES: usize = 64 * 1024;
@@ -110,7 +109,7 @@ struct Shared {
 #[derive(Debug, Clone)]
 struct Followed {
     id: FileId,
-    committed: Arc<AtomicU64>,
+    progress: Arc<FileProgress>,
 }
 
 impl FileSource {
@@ -223,7 +222,8 @@ impl FileSource {
         Ok(FileSource { shared, stop, task })
     }
 
-    /// Current offsets (just past the last delivered line), for persisting.
+    /// Current offsets (just past the last line the consumer marked
+    /// [processed](SourceLine::processed)), for persisting.
     pub fn positions(&self) -> HashMap<PathBuf, FilePosition> {
         self.followed()
             .into_iter()
@@ -231,7 +231,7 @@ impl FileSource {
                 let pos = FilePosition {
                     dev: f.id.dev,
                     inode: f.id.ino,
-                    offset: f.committed.load(Ordering::Relaxed),
+                    offset: f.progress.offset(),
                 };
                 (path, pos)
             })
@@ -249,8 +249,8 @@ impl FileSource {
         self.shared.stats.clone()
     }
 
-    /// Stops the task; lines not yet sent are not delivered (their offsets
-    /// are not in [`positions`](Self::positions) either, so a resume re-reads them).
+    /// Stops the task; lines not yet processed are not in
+    /// [`positions`](Self::positions), so a resume re-reads them.
     pub async fn shutdown(self) {
         let _ = self.stop.send(());
         if let Err(e) = self.task.await {
@@ -582,8 +582,8 @@ struct Tailer {
     id: FileId,
     /// Bytes consumed from the file, including a partial line held in `asm`.
     read_offset: u64,
-    /// Just past the last delivered line; shared with [`FileSource::positions`].
-    committed: Arc<AtomicU64>,
+    /// How far the consumer got; shared with [`FileSource::positions`].
+    progress: Arc<FileProgress>,
     asm: LineAssembler,
     max_line: usize,
     warned_long: bool,
@@ -608,7 +608,7 @@ impl Tailer {
             file,
             id: FileId::of(&meta),
             read_offset: 0,
-            committed: Arc::new(AtomicU64::new(0)),
+            progress: Arc::new(FileProgress::default()),
             asm: LineAssembler::new(max_line),
             max_line,
             warned_long: false,
@@ -635,7 +635,7 @@ impl Tailer {
         };
         self.file.seek(SeekFrom::Start(offset)).await?;
         self.read_offset = offset;
-        self.committed.store(offset, Ordering::Relaxed);
+        self.progress.reset(offset);
         Ok(())
     }
 
@@ -704,15 +704,22 @@ impl Tailer {
                 lines.push((bytes, kind, base + end as u64))
             });
             for (bytes, kind, end) in lines {
-                if kind != LineKind::Discarded {
-                    self.send(ctx, bytes, kind).await?;
+                if kind == LineKind::Discarded {
+                    self.progress.skipped(end);
+                } else {
+                    self.send(ctx, bytes, kind, end).await?;
                 }
-                self.committed.store(end, Ordering::Relaxed);
             }
         }
     }
 
-    async fn send(&mut self, ctx: &Ctx, bytes: Vec<u8>, kind: LineKind) -> Result<(), Closed> {
+    async fn send(
+        &mut self,
+        ctx: &Ctx,
+        bytes: Vec<u8>,
+        kind: LineKind,
+        end: u64,
+    ) -> Result<(), Closed> {
         let truncated = kind == LineKind::Truncated;
         let (text, invalid) = decode(bytes, truncated);
         if invalid {
@@ -731,6 +738,11 @@ impl Tailer {
             text,
             read_at: SystemTime::now(),
             time: None,
+            end: LineEnd::File {
+                progress: self.progress.clone(),
+                epoch: self.progress.sending(end),
+                offset: end,
+            },
         };
         ctx.tx.send(line).await.map_err(|_| Closed)?;
         SourceStats::bump(&ctx.stats.lines, 1);
@@ -971,7 +983,7 @@ impl Follower {
             .map(|(p, t)| {
                 let f = Followed {
                     id: t.id,
-                    committed: t.committed.clone(),
+                    progress: t.progress.clone(),
                 };
                 (p.clone(), f)
             })

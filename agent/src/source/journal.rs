@@ -21,7 +21,7 @@ use tokio::task::JoinHandle;
 use tracing::{debug, error, info, warn};
 
 use super::line::{decode, LineAssembler, LineKind};
-use super::{SourceError, SourceLine, SourceStats};
+use super::{LineEnd, SourceError, SourceLine, SourceStats};
 
 /// `origin` of every journal line.
 pub const JOURNAL_ORIGIN: &str = "journal";
@@ -55,7 +55,10 @@ pub struct JournalSource {
 
 #[derive(Debug, Default)]
 struct Shared {
+    /// The last entry delivered: where a restarted journalctl continues.
     cursor: Mutex<Option<String>>,
+    /// The last entry whose line the consumer processed: what is persisted.
+    processed: Arc<Mutex<Option<String>>>,
     stats: Arc<SourceStats>,
 }
 
@@ -67,16 +70,28 @@ impl Shared {
             .clone()
     }
 
+    fn processed(&self) -> Option<String> {
+        self.processed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
     fn set_cursor(&self, cursor: String) {
         *self.cursor.lock().unwrap_or_else(PoisonError::into_inner) = Some(cursor);
     }
 
     /// The cursor to persist for a new starting point.
     fn reset_to(&self, start: &Start) {
-        *self.cursor.lock().unwrap_or_else(PoisonError::into_inner) = match start {
+        let cursor = match start {
             Start::AfterCursor(c) => Some(c.clone()),
             Start::Since(_) => None,
         };
+        *self.cursor.lock().unwrap_or_else(PoisonError::into_inner) = cursor.clone();
+        *self
+            .processed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = cursor;
     }
 }
 
@@ -137,10 +152,11 @@ impl JournalSource {
         Ok(JournalSource { shared, stop, task })
     }
 
-    /// Cursor of the last delivered entry (or the starting point if none
-    /// arrived yet), for persisting and resuming.
+    /// Cursor of the last entry whose line was
+    /// [processed](super::SourceLine::processed) (or the starting point if
+    /// none was yet), for persisting and resuming.
     pub fn cursor(&self) -> Option<String> {
-        self.shared.cursor()
+        self.shared.processed()
     }
 
     pub fn stats(&self) -> Arc<SourceStats> {
@@ -384,7 +400,13 @@ impl Follower {
                     }
                 };
                 entries += 1;
-                if let Some(line) = entry.line {
+                if let Some(mut line) = entry.line {
+                    if let Some(c) = &entry.cursor {
+                        line.end = LineEnd::Journal {
+                            processed: self.shared.processed.clone(),
+                            cursor: c.clone(),
+                        };
+                    }
                     if entry.invalid_utf8 {
                         SourceStats::bump(&stats.invalid_utf8_lines, 1);
                     }
@@ -465,6 +487,7 @@ fn parse_entry(json: &[u8], origin: &Arc<str>, read_at: SystemTime) -> serde_jso
             text,
             read_at,
             time,
+            end: LineEnd::None,
         }),
         invalid_utf8,
         truncated,

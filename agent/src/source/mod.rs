@@ -10,7 +10,7 @@ mod line;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::SystemTime;
 
 /// One line read from a source.
@@ -23,6 +23,116 @@ pub struct SourceLine {
     pub read_at: SystemTime,
     /// Set by sources that know the entry time (journal); files leave `None`.
     pub time: Option<SystemTime>,
+    /// Where the line ends in its source; see [`SourceLine::processed`].
+    pub end: LineEnd,
+}
+
+impl SourceLine {
+    /// The consumer is done with this line (and every line before it from
+    /// the same source): the source's saved position may now pass it. A
+    /// position never passes a line still queued, so a stop loses none.
+    pub fn processed(&self) {
+        match &self.end {
+            LineEnd::None => {}
+            LineEnd::File {
+                progress,
+                epoch,
+                offset,
+            } => progress.processed(*epoch, *offset),
+            LineEnd::Journal { processed, cursor } => {
+                *processed.lock().unwrap_or_else(PoisonError::into_inner) = Some(cursor.clone());
+            }
+        }
+    }
+}
+
+/// Where a delivered line ends: a file offset, or a journal cursor.
+#[derive(Debug, Clone, Default)]
+pub enum LineEnd {
+    /// Nothing to persist (tests, lines made up by hand).
+    #[default]
+    None,
+    File {
+        progress: Arc<FileProgress>,
+        /// Lines read before the file was re-positioned (truncated) are stale.
+        epoch: u64,
+        offset: u64,
+    },
+    Journal {
+        processed: Arc<Mutex<Option<String>>>,
+        cursor: String,
+    },
+}
+
+/// How far a file's lines were processed by the consumer, which is the
+/// offset to save. Shared by the reading task and the consumer.
+#[derive(Debug, Default)]
+pub struct FileProgress {
+    state: Mutex<ProgressState>,
+}
+
+#[derive(Debug, Default)]
+struct ProgressState {
+    epoch: u64,
+    /// Just past the last line the consumer processed.
+    processed: u64,
+    /// Just past the last line handed to the channel.
+    sent: u64,
+    /// A skipped stretch (the tail of a line we started inside) right after
+    /// the line ending at `.0`: once that line is processed, jump to `.1`.
+    skip: Option<(u64, u64)>,
+}
+
+impl FileProgress {
+    fn lock(&self) -> std::sync::MutexGuard<'_, ProgressState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub fn offset(&self) -> u64 {
+        self.lock().processed
+    }
+
+    /// The reader moved to `offset` (start, seek, truncation): lines in
+    /// flight from before no longer count.
+    pub(crate) fn reset(&self, offset: u64) {
+        let mut s = self.lock();
+        s.epoch += 1;
+        s.processed = offset;
+        s.sent = offset;
+        s.skip = None;
+    }
+
+    /// A line ending at `offset` is about to be sent; returns its epoch.
+    pub(crate) fn sending(&self, offset: u64) -> u64 {
+        let mut s = self.lock();
+        s.sent = offset;
+        s.epoch
+    }
+
+    /// Bytes up to `offset` were skipped without sending a line.
+    pub(crate) fn skipped(&self, offset: u64) {
+        let mut s = self.lock();
+        if s.processed == s.sent {
+            s.processed = offset;
+        } else {
+            s.skip = Some((s.sent, offset));
+        }
+        s.sent = offset;
+    }
+
+    fn processed(&self, epoch: u64, offset: u64) {
+        let mut s = self.lock();
+        if s.epoch != epoch {
+            return;
+        }
+        s.processed = offset;
+        if let Some((after, to)) = s.skip {
+            if after == offset {
+                s.processed = to;
+                s.skip = None;
+            }
+        }
+    }
 }
 
 /// Counters a source exposes (atomics, shared with the reading task).
@@ -143,4 +253,46 @@ pub enum SourceError {
          _SYSTEMD_UNIT=sshd.service), `+` between match groups, or an absolute executable path"
     )]
     JournalMatch { matched: String },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(progress: &Arc<FileProgress>, epoch: u64, offset: u64) -> SourceLine {
+        SourceLine {
+            origin: Arc::from("x"),
+            text: String::new(),
+            read_at: SystemTime::now(),
+            time: None,
+            end: LineEnd::File {
+                progress: progress.clone(),
+                epoch,
+                offset,
+            },
+        }
+    }
+
+    #[test]
+    fn file_progress_follows_processing_skips_and_resets() {
+        let p = Arc::new(FileProgress::default());
+        p.reset(10);
+        let a = line(&p, p.sending(20), 20);
+        // The tail of a line we started inside, right after `a`.
+        p.skipped(30);
+        assert_eq!(p.offset(), 10, "`a` is still in flight");
+        a.processed();
+        assert_eq!(p.offset(), 30, "past `a` and the skipped tail");
+        // Nothing in flight: a skip moves the offset at once.
+        p.skipped(40);
+        assert_eq!(p.offset(), 40);
+        // A line from before a truncation no longer counts.
+        let old = line(&p, p.sending(50), 50);
+        p.reset(0);
+        old.processed();
+        assert_eq!(p.offset(), 0);
+        let new = line(&p, p.sending(5), 5);
+        new.processed();
+        assert_eq!(p.offset(), 5);
+    }
 }

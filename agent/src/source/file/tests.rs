@@ -32,10 +32,13 @@ async fn start(opts: FileSourceOptions) -> (FileSource, Receiver<SourceLine>) {
 }
 
 async fn next(rx: &mut Receiver<SourceLine>) -> SourceLine {
-    timeout(WAIT, rx.recv())
+    let line = timeout(WAIT, rx.recv())
         .await
         .expect("no line within the timeout")
-        .expect("source closed the channel")
+        .expect("source closed the channel");
+    // Taken as processed at once, as the daemon does after each batch.
+    line.processed();
+    line
 }
 
 /// Receives exactly `want.len()` lines and compares their text.
@@ -575,5 +578,36 @@ async fn rotated_file_is_closed_once_quiet_after_its_replacement_has_data() {
     append(&log, b"marker\n");
     expect_texts(&mut rx, &["marker"]).await;
     eventually_closed(&rotated).await;
+    src.shutdown().await;
+}
+
+#[tokio::test]
+async fn positions_pass_only_lines_the_consumer_processed() {
+    let dir = TempDir::new().unwrap();
+    let log = dir.path().join("auth.log");
+    append(&log, b"");
+    let (src, mut rx) = start(options(&[&log])).await;
+    append(&log, b"one\ntwo\nthree\n");
+    // Delivered but not yet processed: a stop now must re-read all three.
+    let one = timeout(WAIT, rx.recv()).await.unwrap().unwrap();
+    let two = timeout(WAIT, rx.recv()).await.unwrap().unwrap();
+    let three = timeout(WAIT, rx.recv()).await.unwrap().unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(src.positions()[&log], position(&log, 0));
+    one.processed();
+    assert_eq!(src.positions()[&log], position(&log, 4));
+    two.processed();
+    assert_eq!(src.positions()[&log], position(&log, 8));
+    // A resume from here reads what was never processed.
+    let resume = src.positions();
+    src.shutdown().await;
+    drop(three);
+    let (src, mut rx) = start(FileSourceOptions {
+        resume,
+        ..options(&[&log])
+    })
+    .await;
+    expect_texts(&mut rx, &["three"]).await;
+    wait_position(&src, &log, position(&log, 14)).await;
     src.shutdown().await;
 }

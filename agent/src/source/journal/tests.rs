@@ -19,10 +19,13 @@ fn entry(json: &str) -> Entry {
 }
 
 async fn next(rx: &mut Receiver<SourceLine>) -> SourceLine {
-    timeout(WAIT, rx.recv())
+    let line = timeout(WAIT, rx.recv())
         .await
         .expect("no journal line within the timeout")
-        .expect("source closed the channel")
+        .expect("source closed the channel");
+    // Taken as processed at once, as the daemon does after each batch.
+    line.processed();
+    line
 }
 
 #[test]
