@@ -16,6 +16,7 @@ pub mod escalation;
 pub mod filter;
 pub mod jail;
 pub mod metrics;
+pub mod ratelimit;
 pub mod setup;
 pub mod source;
 pub mod store;
