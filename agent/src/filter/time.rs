@@ -196,9 +196,7 @@ pub fn parse_time(
     };
     // The line's start: its first non-blank byte, or the one after a
     // leading `[`.
-    let Some(lead) = b.iter().position(|c| !c.is_ascii_whitespace()) else {
-        return None;
-    };
+    let lead = b.iter().position(|c| !c.is_ascii_whitespace())?;
     let lead_end = if b[lead] == b'[' { lead + 1 } else { lead };
     let last = match (custom.is_some(), anchored) {
         // A %-pattern: the first byte (or the second after `[`), or anywhere.
@@ -427,13 +425,18 @@ fn local_to_utc(ndt: NaiveDateTime) -> Option<i64> {
 // ---------------------------------------------------------------- scanners
 
 fn digits(b: &[u8], i: usize, n: usize) -> Option<u32> {
-    let s = b.get(i..i + n)?;
-    let mut v = 0u32;
+    u32::try_from(digits_u64(b, i, n)?).ok()
+}
+
+/// `n` (at most 19) ASCII digits at `i`.
+fn digits_u64(b: &[u8], i: usize, n: usize) -> Option<u64> {
+    let s = b.get(i..i.checked_add(n)?)?;
+    let mut v = 0u64;
     for &c in s {
         if !c.is_ascii_digit() {
             return None;
         }
-        v = v * 10 + u32::from(c - b'0');
+        v = v.checked_mul(10)?.checked_add(u64::from(c - b'0'))?;
     }
     Some(v)
 }
@@ -596,14 +599,16 @@ fn scan_digit(b: &[u8], i: usize, prev: u8, mask: u8, at_start: bool) -> Option<
         }
         // Access-log dates follow the client-chosen user field: only
         // `[date] "` counts there (module docs).
-        if !at_start && !(prev == b'[' && b.get(end..end + 3) == Some(b"] \"")) {
+        let in_place = prev == b'[' && b.get(end..end + 3) == Some(b"] \"");
+        if !at_start && !in_place {
             return None;
         }
         return Some((f, end));
     }
     // Epoch seconds: at the start of the line or right after `[`.
     if mask & F_EPOCH != 0 && (i == 0 || prev == b'[') {
-        let secs = digits(b, i, 10)?;
+        // Ten digits can exceed u32 (after 2106): read them as u64.
+        let secs = digits_u64(b, i, 10)?;
         let mut end = i + 10;
         if !not_digit_at(b, end) {
             return None;
@@ -615,7 +620,7 @@ fn scan_digit(b: &[u8], i: usize, prev: u8, mask: u8, at_start: bool) -> Option<
         if prev == b'[' && b.get(end) != Some(&b']') {
             return None;
         }
-        f.epoch = Some((i64::from(secs), f.nanos));
+        f.epoch = Some((secs as i64, f.nanos));
         return Some((f, end));
     }
     None
@@ -1066,6 +1071,22 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// Found by the time_scan fuzz target: a ten-digit epoch above
+    /// u32::MAX overflowed (a panic in debug builds, a wrong time in
+    /// release ones).
+    #[test]
+    fn ten_digit_epoch_above_u32_does_not_overflow() {
+        let now = utc("2026-01-01T00:00:00Z");
+        let crash = b"[8888888817200063 1\x1f\0\0\x07\0\0\0\0]2 x9";
+        let line = std::str::from_utf8(crash).unwrap();
+        let _ = parse_time(line, now, None);
+        let (t, r) = at("[8888888817] x", now);
+        assert_eq!(t, UNIX_EPOCH + Duration::from_secs(8_888_888_817));
+        assert_eq!(r, 1..11);
+        let (t, _) = at("9999999999.5 x", now);
+        assert_eq!(t, UNIX_EPOCH + Duration::from_millis(9_999_999_999_500));
     }
 
     #[test]
