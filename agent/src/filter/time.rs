@@ -666,6 +666,11 @@ fn scan_syslog(b: &[u8], i: usize) -> Option<(Fields, usize)> {
 
 fn scan_tai64n(b: &[u8]) -> Option<(Fields, usize)> {
     let hex = b.get(1..25)?;
+    // Only hex digits: `from_str_radix` would take a sign, and slicing a
+    // non-ASCII text at 16 could split a character.
+    if !hex.iter().all(u8::is_ascii_hexdigit) {
+        return None;
+    }
     let s = std::str::from_utf8(hex).ok()?;
     let label = u64::from_str_radix(&s[..16], 16).ok()?;
     let nanos = u32::from_str_radix(&s[16..], 16).ok()?;
@@ -1087,6 +1092,19 @@ mod tests {
         assert_eq!(r, 1..11);
         let (t, _) = at("9999999999.5 x", now);
         assert_eq!(t, UNIX_EPOCH + Duration::from_millis(9_999_999_999_500));
+    }
+
+    /// Found by the time_scan fuzz target: non-ASCII text after `@` was
+    /// sliced inside a character.
+    #[test]
+    fn tai64n_with_non_hex_text_is_no_time() {
+        let now = utc("2026-01-01T00:00:00Z");
+        let crash: &[u8] =
+            b"@\xd0\xb2:\x00\x020\x00\x00\x00\x00\x01\x00:\x020\xd0\xb2\x00\x00\x00\x00jjjjjjjjjj";
+        let line = std::str::from_utf8(crash).unwrap();
+        assert!(parse_time(line, now, None).is_none());
+        assert!(parse_time("@+00000004c91b044077a9e94 x", now, None).is_none());
+        assert!(parse_time("@40000000\u{e9}c91b044077a9e9 x", now, None).is_none());
     }
 
     #[test]
