@@ -138,10 +138,8 @@ async fn handle(stream: UnixStream, tx: mpsc::Sender<ControlMessage>) -> Result<
     let mut reader = BufReader::new(read.take(MAX_REQUEST as u64));
     let mut line = String::new();
     reader.read_line(&mut line).await?;
-    let reply = match serde_json::from_str::<Request>(line.trim()) {
-        Err(e) => Reply::err(format!(
-            "malformed request: {e} (see `xban --help` for the commands)"
-        )),
+    let reply = match parse_request(line.as_bytes()) {
+        Err(message) => Reply::err(message),
         Ok(request) => {
             let (reply_tx, reply_rx) = oneshot::channel();
             if tx
@@ -169,6 +167,17 @@ async fn write_reply(w: &mut tokio::net::unix::OwnedWriteHalf, reply: &Reply) ->
     w.write_all(text.as_bytes()).await?;
     w.shutdown().await?;
     Ok(())
+}
+
+/// Parses one request line as the server does; the error is the reply's
+/// message. Public for the fuzz target.
+#[doc(hidden)]
+pub fn parse_request(line: &[u8]) -> Result<Request, String> {
+    let text = std::str::from_utf8(line).map_err(|e| {
+        format!("malformed request: not UTF-8 ({e}); send one JSON object per line")
+    })?;
+    serde_json::from_str::<Request>(text.trim())
+        .map_err(|e| format!("malformed request: {e} (see `xban --help` for the commands)"))
 }
 
 /// Client side: send one request, wait for its reply.
