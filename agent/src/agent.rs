@@ -879,6 +879,7 @@ impl AgentCore {
     pub fn prune_windows(&mut self, now: SystemTime) {
         for j in &mut self.jails {
             j.window.prune(now);
+            j.flush_warnings();
         }
         let secs = now
             .duration_since(std::time::UNIX_EPOCH)

@@ -207,7 +207,9 @@ async fn handle(
 }
 
 /// One request line as bytes: JSON in UTF-8, or an error reply's text.
-fn parse_request(raw: &[u8]) -> Result<Request, String> {
+/// Public for the fuzz target.
+#[doc(hidden)]
+pub fn parse_request(raw: &[u8]) -> Result<Request, String> {
     let text = std::str::from_utf8(raw).map_err(|e| {
         format!(
             "malformed request: not UTF-8 text (invalid byte at offset {}); send one JSON object per line (see `xban --help` for the commands)",

@@ -237,6 +237,9 @@ pub struct Jail {
     /// This machine's addresses now, ignored with `ignoreself`.
     host: crate::guard::HostAddrs,
     pub counters: JailCounters,
+    /// Warnings caused by log content, rate-limited (a flood of lines with
+    /// hostnames would otherwise log one warning each).
+    warnings: crate::ratelimit::WarnLimiter,
 }
 
 impl Jail {
@@ -266,6 +269,7 @@ impl Jail {
             filter,
             host,
             counters: JailCounters::default(),
+            warnings: crate::ratelimit::WarnLimiter::default(),
         })
     }
 
@@ -276,6 +280,22 @@ impl Jail {
 
     pub fn name(&self) -> &str {
         &self.settings.name
+    }
+
+    /// Logs the summaries of rate-limited warnings whose minute is over;
+    /// run periodically. Returns how many were logged.
+    pub fn flush_warnings(&mut self) -> usize {
+        let done = self.warnings.flush(std::time::Instant::now());
+        for s in &done {
+            tracing::warn!(jail = %self.settings.name, warning = %s.key, suppressed = s.suppressed,
+                "{} more warnings like this were not logged in the last {} s", s.suppressed, s.over.as_secs());
+        }
+        done.len()
+    }
+
+    /// Warnings rate-limited away so far.
+    pub fn warnings_suppressed(&self) -> u64 {
+        self.warnings.suppressed_total
     }
 
     pub fn is_ignored(&self, addr: IpAddr) -> bool {
@@ -367,7 +387,9 @@ impl Jail {
             }
             UseDns::Warn => {
                 self.counters.hostnames_skipped += 1;
-                tracing::warn!(jail = %self.settings.name, host = name, "hostname in a failure line skipped (usedns = \"warn\"; set usedns = \"yes\" to resolve it)");
+                crate::warn_limited!(self.warnings, "hostname in a failure line skipped",
+                    jail = %self.settings.name, host = name,
+                    "hostname in a failure line skipped (usedns = \"warn\"; set usedns = \"yes\" to resolve it)");
                 None
             }
             UseDns::No => {
@@ -482,5 +504,55 @@ mod tests {
             .record("203.0.113.1".parse().unwrap(), t(1), &long)
             .unwrap();
         assert_eq!(lines[0].chars().count(), MAX_KEPT_LINE);
+    }
+
+    /// Issue 10 item 7: a flood of lines carrying hostnames (usedns =
+    /// "warn") logs a few warnings, not one per line, and the rest as a
+    /// count.
+    #[test]
+    fn hostname_warnings_are_rate_limited() {
+        use std::sync::{Arc, Mutex};
+        #[derive(Clone, Default)]
+        struct Buf(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Buf {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!(
+            "[agent]\nfilters_dir = \"{}\"\n[jails.app]\nlogpath = [\"/l\"]\nusedns = \"warn\"\nfailregex = ['^bad <HOST>$']\n",
+            dir.path().join("none").display()
+        );
+        let cfg = crate::config::Config::parse(&text)
+            .unwrap()
+            .validate()
+            .unwrap();
+        let mut jail = Jail::new(cfg.jails[0].clone(), &[]).unwrap();
+        let buf = Buf::default();
+        let writer = buf.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            for i in 0..10_000 {
+                let v = jail.process(&format!("bad host{i}.example.net"), t(1000), None);
+                assert_eq!(v, JailVerdict::Nothing);
+            }
+        });
+        let out = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        let skipped = out.matches("to resolve it").count();
+        assert_eq!(skipped, crate::ratelimit::BURST as usize, "{out}");
+        assert!(out.contains("further ones are counted"), "{out}");
+        assert_eq!(jail.counters.hostnames_skipped, 10_000);
+        assert_eq!(
+            jail.warnings_suppressed(),
+            10_000 - crate::ratelimit::BURST as u64
+        );
     }
 }

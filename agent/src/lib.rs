@@ -21,6 +21,7 @@ pub mod instance;
 pub mod jail;
 pub mod metrics;
 pub mod preflight;
+pub mod ratelimit;
 pub mod setup;
 pub mod source;
 pub mod store;

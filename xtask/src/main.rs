@@ -3,6 +3,7 @@
 mod bench;
 mod cmd;
 mod demo;
+mod fuzz;
 mod install;
 mod journal;
 mod prereq;
@@ -73,6 +74,15 @@ enum Task {
         #[arg(last = true, value_name = "ARGS")]
         args: Vec<OsString>,
     },
+    /// Fuzz the parsers (cargo-fuzz, nightly): every target, or TARGET, for --seconds each
+    Fuzz {
+        /// One of: time_scan, host_extract, filter_match, config_parse, control_request, blocklist_parse
+        #[arg(value_name = "TARGET")]
+        target: Option<String>,
+        /// How long to run each target
+        #[arg(long, default_value_t = fuzz::DEFAULT_SECONDS)]
+        seconds: u64,
+    },
     /// Build, then benchmark (root): log matching vs fail2ban, XDP cost, floods vs iptables/ipset/nft, ban latency, scale; writes BENCHMARKS.md
     Bench {
         /// Areas to run (all by default); with a subset, BENCHMARKS.md holds only those
@@ -108,6 +118,7 @@ fn dispatch(task: Task) -> Result<()> {
     let purpose = match task {
         Task::Test { .. } => Purpose::Test,
         Task::Bench { .. } => Purpose::Bench,
+        Task::Fuzz { .. } => Purpose::Fuzz,
         _ => Purpose::Build,
     };
     prereq::ensure(purpose)?;
@@ -128,6 +139,7 @@ fn dispatch(task: Task) -> Result<()> {
         Task::Demo { binary } => demo::demo(&ws, binary)?,
         Task::Test { args } => tasks::test(&ws, &args)?,
         Task::Bench { areas, quick } => bench::run(&ws, &areas, quick)?,
+        Task::Fuzz { target, seconds } => fuzz::run(&ws, target.as_deref(), seconds)?,
     }
     Ok(())
 }

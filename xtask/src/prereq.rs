@@ -16,6 +16,8 @@ pub enum Purpose {
     Test,
     /// The tests' tools plus what the benchmarks compare against.
     Bench,
+    /// `cargo xtask fuzz`: cargo-fuzz on nightly.
+    Fuzz,
 }
 
 /// LLVM for building bpf-linker, which must match the LLVM of the nightly
@@ -42,6 +44,8 @@ const TEST_PACKAGES: &[&str] = &[
 ];
 /// Compared against by `cargo xtask bench` (fail2ban-regex and the daemon).
 const BENCH_PACKAGES: &[&str] = &["fail2ban"];
+/// libfuzzer-sys compiles libFuzzer's C++ sources.
+const FUZZ_PACKAGES: &[&str] = &["g++"];
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 const BPF_LINKER_INSTALL: &[&str] = &[
     "install",
@@ -62,10 +66,18 @@ pub fn ensure(purpose: Purpose) -> Result<()> {
     if purpose == Purpose::Bench {
         packages.extend_from_slice(BENCH_PACKAGES);
     }
+    if matches!(purpose, Purpose::Test | Purpose::Fuzz) {
+        packages.extend_from_slice(FUZZ_PACKAGES);
+    }
     let packages = ensure_packages(&packages)?;
     ensure_nightly_rust_src()?;
     let linker = ensure_bpf_linker()?;
-    eprintln!("xtask: prerequisites ok (nightly+rust-src, {linker}, {packages})");
+    let fuzz = if matches!(purpose, Purpose::Test | Purpose::Fuzz) {
+        format!(", {}", ensure_cargo_fuzz()?)
+    } else {
+        String::new()
+    };
+    eprintln!("xtask: prerequisites ok (nightly+rust-src, {linker}, {packages}{fuzz})");
     Ok(())
 }
 
@@ -294,6 +306,48 @@ fn bpf_linker_version() -> Option<String> {
 fn bpf_linker_install() -> Command {
     let mut cmd = cmd::cargo_on("stable");
     cmd.env("LLVM_PREFIX", LLVM_PREFIX).args(BPF_LINKER_INSTALL);
+    cmd
+}
+
+// ---- cargo-fuzz -------------------------------------------------------------
+
+/// cargo-fuzz drives the fuzz targets (`fuzz/`) for `cargo xtask test` and
+/// `cargo xtask fuzz`; returns its version.
+fn ensure_cargo_fuzz() -> Result<String> {
+    if let Some(version) = cargo_fuzz_version() {
+        return Ok(version);
+    }
+    eprintln!("xtask: installing cargo-fuzz (cargo install; takes a minute or two)");
+    cmd::run(&mut cargo_fuzz_install()).with_context(|| {
+        format!(
+            "could not install cargo-fuzz; by hand: {}",
+            cmd::display(&cargo_fuzz_install())
+        )
+    })?;
+    cargo_fuzz_version().context(
+        "cargo-fuzz was installed but `cargo fuzz --version` still fails: \
+         add $CARGO_HOME/bin (usually ~/.cargo/bin) to PATH",
+    )
+}
+
+fn cargo_fuzz_version() -> Option<String> {
+    let out = Command::new("cargo-fuzz")
+        .arg("--version")
+        .stdin(Stdio::null())
+        .output()
+        .ok()
+        .filter(|out| out.status.success())?;
+    let version = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    Some(if version.is_empty() {
+        "cargo-fuzz".to_owned()
+    } else {
+        version
+    })
+}
+
+fn cargo_fuzz_install() -> Command {
+    let mut cmd = cmd::cargo_on("stable");
+    cmd.args(["install", "cargo-fuzz", "--locked"]);
     cmd
 }
 

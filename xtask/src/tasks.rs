@@ -123,6 +123,18 @@ pub fn test(ws: &Workspace, args: &[OsString]) -> Result<()> {
     )
     .context("unit/doc tests failed")?;
 
+    // A bounded fuzz run of every target; a test filter narrows the run to
+    // tests, so the fuzzing is left to `cargo xtask fuzz` then (said aloud).
+    if args.is_empty() {
+        crate::fuzz::run(ws, None, crate::fuzz::TEST_SECONDS).context("fuzzing failed")?;
+    } else {
+        eprintln!(
+            "xtask: NOT fuzzing: a test filter was given; `cargo xtask test` without arguments \
+             fuzzes every target for {} s, `cargo xtask fuzz` for longer",
+            crate::fuzz::TEST_SECONDS
+        );
+    }
+
     // One thread: the tests create network namespaces, attach XDP programs
     // and change firewall state, which must not interleave.
     cmd::run(

@@ -117,4 +117,6 @@ pub fn load_dir(dir: &Path) -> Result<BTreeMap<String, FilterDef>, FilterError> 
 }
 
 #[cfg(test)]
+mod injection_tests;
+#[cfg(test)]
 pub(crate) mod tests;

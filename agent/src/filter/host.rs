@@ -381,6 +381,17 @@ mod tests {
         Some(Host::Addr(IpAddr::V6(s.parse().unwrap())))
     }
 
+    /// From the host_extract fuzz target: an IPv4-mapped address written
+    /// in hex is the IPv4 address too (the target's own check was wrong).
+    #[test]
+    fn mapped_ipv4_in_hex_form_is_the_ipv4_address() {
+        assert_eq!(parse_host("::ffff:20:f", HostKind::Addr), v4(0, 32, 0, 15));
+        assert_eq!(
+            parse_host("::FFFF:cb00:7107", HostKind::Host),
+            v4(203, 0, 113, 7)
+        );
+    }
+
     #[test]
     fn parse_host_forms() {
         assert_eq!(parse_host("192.0.2.1", HostKind::Host), v4(192, 0, 2, 1));

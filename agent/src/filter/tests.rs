@@ -441,3 +441,24 @@ fn filterset_is_shared_between_threads() {
         assert_eq!(h.join().unwrap(), 200);
     }
 }
+
+/// Issue 10 item 3 at the matcher: a date written by the client into a
+/// stamp-less line (journal MESSAGE, a log without timestamps) is not the
+/// failure's time; the line reports none, so the jail uses the read time.
+#[test]
+fn a_client_written_date_is_not_the_failure_time() {
+    let def = builtin::builtin("sshd").unwrap();
+    let fs = FilterSet::from_def(&def, None).unwrap();
+    for line in [
+        "sshd[1]: Invalid user Jan  1 00:00:00 from 203.0.113.7 port 22",
+        "sshd[1]: Invalid user 2001-01-01T00:00:00Z from 203.0.113.7 port 22",
+        "sshd[1]: Failed password for [01/Jan/2001:00:00:00 +0000] \"x from 203.0.113.7 port 22 ssh2",
+        "sshd[1]: Invalid user [1000000000] from 203.0.113.7 port 22",
+    ] {
+        let LineMatch::Failure(f) = fs.match_line(line, now()) else {
+            panic!("no failure: {line}")
+        };
+        assert_eq!(Some(f.host), v4("203.0.113.7"), "{line}");
+        assert_eq!(f.time, TimeFound::Missing, "{line}");
+    }
+}

@@ -13,11 +13,22 @@
 //! | epoch | `1700000000.123` at line start or in `[...]` | UTC |
 //! | TAI64N (multilog) | `@400000004c91b044077a9e94` at line start | UTC |
 //!
-//! When guessing, an access-log date that is not at the line start counts
-//! only in its usual `[date] "` position, so a date inside the client-chosen
-//! user field is skipped. Other formats found past the start of the line may
-//! come from message text: for journal entries, whose MESSAGE carries no
-//! timestamp of its own, callers should prefer the entry's timestamp.
+//! Only a timestamp where its format puts it counts: text after the start
+//! of a line may be written by a client (a user name, a URL), and a date
+//! taken from there would let an attacker age his own failures out of the
+//! window. So, when guessing and for a named `datepattern`:
+//!
+//! * a timestamp counts at the line's start (after blanks and one `[`);
+//! * an access-log date also in its `[date] "` position after the client
+//!   fields: the servers escape `"` inside logged fields, so a fake date in
+//!   the user name cannot be followed by it, and the first such date is the
+//!   server's;
+//! * anywhere else it is message text, and the line has no time of its own
+//!   (the caller uses the read time, or the journal entry's time).
+//!
+//! A `%`-pattern `datepattern` is the operator's own description of the
+//! position: anchored with `^`, at the start; otherwise its leftmost match
+//! (give it literal context, e.g. `] %d/%b/%Y`, to pin it down).
 //!
 //! Timestamps without a year take the latest year that puts them no more
 //! than one day after `now`, so a `Dec 31` line read on Jan 1 is last year.
@@ -183,15 +194,24 @@ pub fn parse_time(
             anchored,
         }) => (0, *anchored, Some(t.as_slice())),
     };
-    // Anchored: the first byte, or the second after an opening `[`.
-    let last = match (anchored, b[0]) {
-        (true, b'[') => 1,
-        (true, _) => 0,
-        (false, _) => b.len(),
+    // The line's start: its first non-blank byte, or the one after a
+    // leading `[`.
+    let lead = b.iter().position(|c| !c.is_ascii_whitespace())?;
+    let lead_end = if b[lead] == b'[' { lead + 1 } else { lead };
+    let last = match (custom.is_some(), anchored) {
+        // A %-pattern: the first byte (or the second after `[`), or anywhere.
+        (true, true) => usize::from(b[0] == b'['),
+        (true, false) => b.len(),
+        // Named formats and guessing: the start only; an access-log date
+        // later in the line is checked after the loop.
+        (false, _) => lead_end,
     };
     for i in 0..=last.min(b.len().saturating_sub(1)) {
         let c = b[i];
         let prev = if i == 0 { b' ' } else { b[i - 1] };
+        if custom.is_none() && i < lead {
+            continue;
+        }
         let found = if let Some(toks) = custom {
             let first_num = !matches!(
                 toks.first(),
@@ -206,7 +226,7 @@ pub fn parse_time(
             if prev.is_ascii_digit() {
                 continue;
             }
-            scan_digit(b, i, prev, mask)
+            scan_digit(b, i, prev, mask, true)
         } else if c.is_ascii_uppercase() {
             if prev.is_ascii_alphabetic() || mask & F_SYSLOG == 0 {
                 continue;
@@ -223,13 +243,46 @@ pub fn parse_time(
             }
         }
     }
+    if custom.is_none() && !anchored && mask & F_CLF != 0 {
+        return access_log_date(b, lead_end, now);
+    }
     None
+}
+
+/// The date of an access-log line, `HOST IDENT USER [dd/Mon/yyyy:...] "`:
+/// the first `[` of the line, after a first field that is an address or a
+/// host name (`vhost:port` too), and followed by `] "`. Apache and nginx
+/// escape `"` in logged fields, so a client cannot write that shape into
+/// its user name; the first-field and first-`[` rules keep the shape from
+/// counting in other logs (`sshd[1]: ... user [date] "x`), where a client
+/// can write quotes. A `[` in the user field makes the line's date not
+/// count at all: it then has the read time, which an attacker gains
+/// nothing from.
+fn access_log_date(b: &[u8], after: usize, now: SystemTime) -> Option<(SystemTime, Range<usize>)> {
+    let open = memchr::memchr(b'[', b)?;
+    let i = open + 1;
+    if i <= after || !b.get(i).is_some_and(u8::is_ascii_digit) {
+        return None;
+    }
+    let first = b[..open]
+        .split(|c| c.is_ascii_whitespace())
+        .find(|f| !f.is_empty())?;
+    let host_like = first
+        .iter()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b':' | b'-' | b'_' | b'%'))
+        && first.last() != Some(&b':');
+    if !host_like {
+        return None;
+    }
+    let (fields, end) = scan_digit(b, i, b'[', F_CLF, false)?;
+    Some((fields.resolve(now)?, i..end))
 }
 
 /// If the timestamp at `range` is the line's leading field (only blanks or
 /// one `[` before it), returns where the rest of the line starts: the
 /// matcher then sees `host sshd[1]: ...` without the date.
-pub(crate) fn leading_stamp_end(line: &str, range: &Range<usize>) -> Option<usize> {
+#[doc(hidden)]
+pub fn leading_stamp_end(line: &str, range: &Range<usize>) -> Option<usize> {
     let b = line.as_bytes();
     let head = &b[..range.start];
     let bracket = match head.iter().rposition(|&c| !c.is_ascii_whitespace()) {
@@ -372,13 +425,18 @@ fn local_to_utc(ndt: NaiveDateTime) -> Option<i64> {
 // ---------------------------------------------------------------- scanners
 
 fn digits(b: &[u8], i: usize, n: usize) -> Option<u32> {
-    let s = b.get(i..i + n)?;
-    let mut v = 0u32;
+    u32::try_from(digits_u64(b, i, n)?).ok()
+}
+
+/// `n` (at most 19) ASCII digits at `i`.
+fn digits_u64(b: &[u8], i: usize, n: usize) -> Option<u64> {
+    let s = b.get(i..i.checked_add(n)?)?;
+    let mut v = 0u64;
     for &c in s {
         if !c.is_ascii_digit() {
             return None;
         }
-        v = v * 10 + u32::from(c - b'0');
+        v = v.checked_mul(10)?.checked_add(u64::from(c - b'0'))?;
     }
     Some(v)
 }
@@ -489,7 +547,9 @@ fn zone(b: &[u8], i: usize) -> Option<(i32, usize)> {
     }
 }
 
-fn scan_digit(b: &[u8], i: usize, prev: u8, mask: u8) -> Option<(Fields, usize)> {
+/// `at_start`: the candidate is the line's leading field; elsewhere an
+/// access-log date must sit in its `[date] "` position.
+fn scan_digit(b: &[u8], i: usize, prev: u8, mask: u8, at_start: bool) -> Option<(Fields, usize)> {
     let mut f = Fields::default();
     // YYYY-MM-DD[T ]HH:MM:SS or YYYY/MM/DD HH:MM:SS
     if let Some(year) = digits(b, i, 4) {
@@ -537,18 +597,18 @@ fn scan_digit(b: &[u8], i: usize, prev: u8, mask: u8) -> Option<(Fields, usize)>
                 end = e;
             }
         }
-        // Access-log dates follow the client-chosen user field. When
-        // guessing (no datepattern), only `[date] "` counts there: the
-        // servers escape `"` in logged fields, so a fake date inside the
-        // user name cannot be followed by it.
-        if mask == F_ALL && i > 0 && !(prev == b'[' && b.get(end..end + 3) == Some(b"] \"")) {
+        // Access-log dates follow the client-chosen user field: only
+        // `[date] "` counts there (module docs).
+        let in_place = prev == b'[' && b.get(end..end + 3) == Some(b"] \"");
+        if !at_start && !in_place {
             return None;
         }
         return Some((f, end));
     }
     // Epoch seconds: at the start of the line or right after `[`.
     if mask & F_EPOCH != 0 && (i == 0 || prev == b'[') {
-        let secs = digits(b, i, 10)?;
+        // Ten digits can exceed u32 (after 2106): read them as u64.
+        let secs = digits_u64(b, i, 10)?;
         let mut end = i + 10;
         if !not_digit_at(b, end) {
             return None;
@@ -560,7 +620,7 @@ fn scan_digit(b: &[u8], i: usize, prev: u8, mask: u8) -> Option<(Fields, usize)>
         if prev == b'[' && b.get(end) != Some(&b']') {
             return None;
         }
-        f.epoch = Some((i64::from(secs), f.nanos));
+        f.epoch = Some((secs as i64, f.nanos));
         return Some((f, end));
     }
     None
@@ -606,6 +666,11 @@ fn scan_syslog(b: &[u8], i: usize) -> Option<(Fields, usize)> {
 
 fn scan_tai64n(b: &[u8]) -> Option<(Fields, usize)> {
     let hex = b.get(1..25)?;
+    // Only hex digits: `from_str_radix` would take a sign, and slicing a
+    // non-ASCII text at 16 could split a character.
+    if !hex.iter().all(u8::is_ascii_hexdigit) {
+        return None;
+    }
     let s = std::str::from_utf8(hex).ok()?;
     let label = u64::from_str_radix(&s[..16], 16).ok()?;
     let nanos = u32::from_str_radix(&s[16..], 16).ok()?;
@@ -855,12 +920,23 @@ mod tests {
     fn access_log_date_is_not_taken_from_the_user_field() {
         let now = utc("2026-01-01T00:00:00Z");
         let line = r#"192.0.2.7 - x [01/Jan/2020:00:00:00 +0000] y [21/Nov/2025:05:28:31 +0000] "GET / HTTP/1.1" 404 1"#;
-        let (t, _) = at(line, now);
-        assert_eq!(t, utc("2025-11-21T05:28:31Z"));
-        // With the format named explicitly the structure is not checked.
+        // A `[` in the user field: the line has no time (the read time is
+        // used), never the client's date.
+        assert_eq!(parse_time(line, now, None), None);
+        // Named explicitly, the format keeps its position rule.
         let dp = DatePattern::parse("apache").unwrap();
+        assert_eq!(parse_time(line, now, Some(&dp)), None);
+        let line = r#"192.0.2.7 - x y [21/Nov/2025:05:28:31 +0000] "GET /[01/Jan/2020:00:00:00 +0000] HTTP/1.1" 404 1"#;
+        assert_eq!(at(line, now).0, utc("2025-11-21T05:28:31Z"));
         let (t, _) = parse_time(line, now, Some(&dp)).unwrap();
-        assert_eq!(t, utc("2020-01-01T00:00:00Z"));
+        assert_eq!(t, utc("2025-11-21T05:28:31Z"));
+        // Not an access log: a service's own line cannot lend the shape.
+        for line in [
+            r#"sshd[1]: Invalid user [01/Jan/2020:00:00:00 +0000] "x from 192.0.2.7"#,
+            r#"myapp: Invalid user [01/Jan/2020:00:00:00 +0000] "x from 192.0.2.7"#,
+        ] {
+            assert_eq!(parse_time(line, now, None), None, "{line}");
+        }
     }
 
     #[test]
@@ -882,10 +958,13 @@ mod tests {
     #[test]
     fn leftmost_wins_and_rejects() {
         let now = utc("2026-01-01T00:00:00Z");
-        // A journal line without its own stamp picks the first one inside.
-        let (t, _) = at("sshd[1]: at 2024-01-02T03:04:05Z and Nov 21 05:28:31", now);
-        assert_eq!(t, utc("2024-01-02T03:04:05Z"));
+        // Leading blanks do not hide the leading stamp.
+        let (t, r) = at("  2024-01-02T03:04:05Z sshd[1]: x", now);
+        assert_eq!((t, r), (utc("2024-01-02T03:04:05Z"), 2..22));
         for bad in [
+            // A journal line without its own stamp has none: the dates
+            // inside are message text.
+            "sshd[1]: at 2024-01-02T03:04:05Z and Nov 21 05:28:31",
             "no date here",
             "Nov 32 05:28:31 x",
             "2024-13-01T00:00:00Z",
@@ -899,12 +978,17 @@ mod tests {
     #[test]
     fn datepattern_named_and_custom() {
         let now = utc("2026-06-01T00:00:00Z");
+        // A named format is looked for at the line start only.
         let line = "Nov 21 05:28:31 h 2024-01-02T03:04:05Z";
         let iso = DatePattern::parse("iso8601").unwrap();
-        let (t, _) = parse_time(line, now, Some(&iso)).unwrap();
+        assert!(parse_time(line, now, Some(&iso)).is_none());
+        let (t, _) = parse_time("2024-01-02T03:04:05Z h x", now, Some(&iso)).unwrap();
         assert_eq!(t, utc("2024-01-02T03:04:05Z"));
         let anchored = DatePattern::parse("^iso8601").unwrap();
         assert!(parse_time(line, now, Some(&anchored)).is_none());
+        let syslog = DatePattern::parse("syslog").unwrap();
+        let (t, _) = parse_time(line, now, Some(&syslog)).unwrap();
+        assert_eq!(t, local(2025, 11, 21, 5, 28, 31));
         let anchored = DatePattern::parse("^syslog").unwrap();
         let (t, r) = parse_time("[Sun Jun 09 07:57:47 2013] x", now, Some(&anchored)).unwrap();
         assert_eq!((t, r), (local(2013, 6, 9, 7, 57, 47), 1..25));
@@ -926,6 +1010,101 @@ mod tests {
         let (t, _) = parse_time("[1700000000] x", now, Some(&dp)).unwrap();
         assert_eq!(t, UNIX_EPOCH + Duration::from_secs(1_700_000_000));
         assert!(parse_time(" [1700000000] x", now, Some(&dp)).is_none());
+    }
+
+    /// Issue 10 item 3: a client writes a date into a field (user name,
+    /// URL, HELO) of a line whose real stamp is elsewhere or missing. For
+    /// every format, the hostile date must never be the line's time.
+    #[test]
+    fn client_written_dates_are_not_the_lines_time() {
+        let now = utc("2026-11-22T00:00:00Z");
+        // Every shape the scanner knows, as a client would write it.
+        let fakes = [
+            "Jan  1 00:00:00",
+            "Sun Jan 01 00:00:00 2017",
+            "2017-01-01T00:00:00Z",
+            "2017-01-01 00:00:00,000",
+            "2017/01/01 00:00:00",
+            "01/Jan/2017:00:00:00 +0000",
+            "[01/Jan/2017:00:00:00 +0000]",
+            "[01/Jan/2017:00:00:00 +0000] \"GET",
+            "1483228800",
+            "[1483228800]",
+            "@4000000058684c000000000",
+        ];
+        for fake in fakes {
+            // No stamp of its own (journal MESSAGE, a stamp-less file): none.
+            for line in [
+                format!("sshd[1]: Invalid user {fake} from 203.0.113.7 port 22"),
+                format!("sshd[1]: Failed password for {fake} from 203.0.113.7 port 22 ssh2"),
+                format!("dovecot: imap-login: Disconnected (auth failed, 1 attempts): user=<{fake}>, rip=203.0.113.7"),
+                format!("postfix/smtpd[1]: NOQUEUE: reject: RCPT from x[203.0.113.7]: 554 5.7.1 <a@b>: Relay access denied; from=<{fake}> helo=<{fake}>"),
+                format!("[error] 1#1: *1 user \"{fake}\": password mismatch, client: 203.0.113.7, server: x"),
+            ] {
+                for dp in [None, Some("syslog"), Some("iso8601"), Some("apache"), Some("nginx"), Some("epoch")] {
+                    let dp = dp.map(|d| DatePattern::parse(d).unwrap());
+                    assert_eq!(parse_time(&line, now, dp.as_ref()), None, "{dp:?}: {line}");
+                }
+            }
+            // With a leading stamp, that stamp is the time.
+            for (line, expect) in [
+                (format!("Nov 21 05:28:31 h sshd[1]: Invalid user {fake} from 203.0.113.7"), local(2026, 11, 21, 5, 28, 31)),
+                (format!("2026-11-21T05:28:31Z h sshd[1]: Invalid user {fake} from 203.0.113.7"), utc("2026-11-21T05:28:31Z")),
+                (format!("[Sat Nov 21 05:28:31 2026] [error] [client 203.0.113.7] user {fake} not found: /"), local(2026, 11, 21, 5, 28, 31)),
+                (format!("2026/11/21 05:28:31 [error] 1#1: *1 user \"{fake}\": password mismatch, client: 203.0.113.7"), local(2026, 11, 21, 5, 28, 31)),
+            ] {
+                assert_eq!(at(&line, now).0, expect, "{line}");
+            }
+            // Access log: the date is in its place after the client fields.
+            // Apache and nginx escape `"` inside fields, as here.
+            let escaped = fake.replace('"', "\\\"");
+            let line = format!(
+                "203.0.113.7 - {escaped} [21/Nov/2026:05:28:31 +0000] \"GET /{escaped} HTTP/1.1\" 401 5 \"{escaped}\" \"{escaped}\""
+            );
+            let plain_user = format!(
+                "203.0.113.7 - bob [21/Nov/2026:05:28:31 +0000] \"GET /{escaped} HTTP/1.1\" 401 5 \"{escaped}\" \"{escaped}\""
+            );
+            for dp in [None, Some("apache")] {
+                let dp = dp.map(|d| DatePattern::parse(d).unwrap());
+                let (t, _) = parse_time(&plain_user, now, dp.as_ref()).unwrap();
+                assert_eq!(t, utc("2026-11-21T05:28:31Z"), "{plain_user}");
+                // In the user field: the real date, or none at all.
+                let got = parse_time(&line, now, dp.as_ref()).map(|(t, _)| t);
+                assert!(
+                    got.is_none() || got == Some(utc("2026-11-21T05:28:31Z")),
+                    "{got:?}: {line}"
+                );
+            }
+        }
+    }
+
+    /// Found by the time_scan fuzz target: a ten-digit epoch above
+    /// u32::MAX overflowed (a panic in debug builds, a wrong time in
+    /// release ones).
+    #[test]
+    fn ten_digit_epoch_above_u32_does_not_overflow() {
+        let now = utc("2026-01-01T00:00:00Z");
+        let crash = b"[8888888817200063 1\x1f\0\0\x07\0\0\0\0]2 x9";
+        let line = std::str::from_utf8(crash).unwrap();
+        let _ = parse_time(line, now, None);
+        let (t, r) = at("[8888888817] x", now);
+        assert_eq!(t, UNIX_EPOCH + Duration::from_secs(8_888_888_817));
+        assert_eq!(r, 1..11);
+        let (t, _) = at("9999999999.5 x", now);
+        assert_eq!(t, UNIX_EPOCH + Duration::from_millis(9_999_999_999_500));
+    }
+
+    /// Found by the time_scan fuzz target: non-ASCII text after `@` was
+    /// sliced inside a character.
+    #[test]
+    fn tai64n_with_non_hex_text_is_no_time() {
+        let now = utc("2026-01-01T00:00:00Z");
+        let crash: &[u8] =
+            b"@\xd0\xb2:\x00\x020\x00\x00\x00\x00\x01\x00:\x020\xd0\xb2\x00\x00\x00\x00jjjjjjjjjj";
+        let line = std::str::from_utf8(crash).unwrap();
+        assert!(parse_time(line, now, None).is_none());
+        assert!(parse_time("@+00000004c91b044077a9e94 x", now, None).is_none());
+        assert!(parse_time("@40000000\u{e9}c91b044077a9e9 x", now, None).is_none());
     }
 
     #[test]

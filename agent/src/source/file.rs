@@ -21,6 +21,21 @@
 //! its end before the replacement, and drained of lines its writer appends
 //! before reopening, until it is unlinked or, once its replacement has data,
 //! has been quiet for a grace period.
+//!
+//! A followed path that is a symlink (or is replaced by one: rotation by
+//! swapping a link to a new file) is followed to its target: the target's
+//! directory is watched too, so writes to the target are seen wherever it
+//! lives.
+//!
+//! Content already read is not read again when it reappears under another
+//! followed name: each file's first line is fingerprinted (as fail2ban
+//! keeps a hash of it), and a file that is overwritten in place (a rotated
+//! name rewritten by a copy) or appears with the same first line as content
+//! read before is skipped up to where that content was read. A file whose
+//! first line changed under the reader is read from its start again. Two
+//! different logs that start with the same line (a constant header) are
+//! taken for the same content; such logs should be followed by a pattern
+//! that does not match their rotated copies.
 
 #[cfg(test)]
 mod tests;
@@ -35,7 +50,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use futures_util::{FutureExt, StreamExt};
 use globset::{GlobBuilder, GlobMatcher};
-use inotify::{EventMask, EventStream, Inotify, WatchDescriptor, WatchMask};
+use inotify::{EventMask, EventStream, Inotify, WatchDescriptor, WatchMask, Watches};
 use tokio::fs::File;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::sync::{mpsc, oneshot};
@@ -50,6 +65,10 @@ pub const DEFAULT_MAX_LINE_BYTES: usize = 64 * 1024;
 
 /// Bytes read per `read` call.
 const READ_CHUNK: usize = 64 * 1024;
+/// A first line longer than this is fingerprinted by its first this-many bytes.
+const FINGERPRINT_MAX: usize = 4096;
+/// Fingerprints of content read, remembered at most (then forgotten at once).
+const MAX_SEEN: usize = 4096;
 /// inotify events processed as one batch, bounding the work between reads.
 const MAX_BATCH: usize = 1024;
 /// A rotated-away file whose replacement has data is closed once it has
@@ -131,6 +150,7 @@ impl FileSource {
         let events = inotify
             .into_event_stream([0u8; 4096])
             .map_err(|source| SourceError::Inotify { source })?;
+        let watches = events.watches();
 
         let shared = Arc::new(Shared::default());
         let stats = shared.stats.clone();
@@ -150,7 +170,6 @@ impl FileSource {
                 if active.contains_key(&path) {
                     continue;
                 }
-                warn_if_linked_elsewhere(&path).await;
                 let resume = opts.resume.get(&path);
                 let t = open_existing(&path, resume, max_line, &stats, &mut retired)
                     .await
@@ -199,9 +218,13 @@ impl FileSource {
                 stats,
                 buf: vec![0; READ_CHUNK].into_boxed_slice(),
                 max_line,
+                seen: HashMap::new(),
+                warnings: crate::ratelimit::WarnLimiter::default(),
             },
             shared: shared.clone(),
             dirs,
+            watches,
+            links: HashMap::new(),
             active,
             retired,
         };
@@ -491,24 +514,61 @@ async fn list_matching(dir: &Path, names: &[NameMatch]) -> io::Result<Vec<PathBu
     Ok(found)
 }
 
-/// inotify reports writes to a file in the directory holding it, not in
-/// the directory of a symlink to it: such a log would only be read when
-/// something else happens in the link's directory.
-async fn warn_if_linked_elsewhere(path: &Path) {
-    let is_link = tokio::fs::symlink_metadata(path)
-        .await
-        .is_ok_and(|m| m.file_type().is_symlink());
-    if !is_link {
-        return;
-    }
-    let target = tokio::fs::canonicalize(path).await;
-    let dir = tokio::fs::canonicalize(path.parent().unwrap_or(Path::new("."))).await;
-    if let (Ok(target), Ok(dir)) = (target, dir) {
-        if target.parent() != Some(dir.as_path()) {
-            warn!(path = %path.display(), target = %target.display(),
-                "log file is a symlink into another directory, so its writes are not seen: configure the target path instead");
+/// Where a symlink at `path` finally points (through up to 40 links), with
+/// its directory made canonical; `None` when `path` is no symlink. The
+/// target need not exist yet.
+fn symlink_target(path: &Path) -> Option<PathBuf> {
+    let mut p = path.to_path_buf();
+    let mut hops = 0;
+    loop {
+        match std::fs::symlink_metadata(&p) {
+            Ok(m) if m.file_type().is_symlink() => {}
+            Ok(_) => break,
+            Err(_) if hops > 0 => break,
+            Err(_) => return None,
+        }
+        let t = std::fs::read_link(&p).ok()?;
+        p = if t.is_absolute() {
+            t
+        } else {
+            p.parent().unwrap_or(Path::new(".")).join(t)
+        };
+        hops += 1;
+        if hops > 40 {
+            return None;
         }
     }
+    if hops == 0 {
+        return None;
+    }
+    let dir = match p.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let name = p.file_name()?.to_os_string();
+    Some(std::fs::canonicalize(&dir).unwrap_or(dir).join(name))
+}
+
+/// A file's first line, hashed with its length: what identifies content
+/// that reappears under another name or is overwritten in place.
+type Fingerprint = (u64, usize);
+
+/// What the start of a file says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Head {
+    /// No complete first line yet.
+    Incomplete,
+    /// An empty first line: nothing to recognise the content by.
+    Unusable,
+    Print(Fingerprint),
+}
+
+fn fingerprint(line: &[u8]) -> Fingerprint {
+    use std::hash::{Hash, Hasher};
+    // Fixed keys: the same line hashes the same in every run.
+    let mut h = std::hash::DefaultHasher::new();
+    line.hash(&mut h);
+    (h.finish(), line.len())
 }
 
 /// When a followed file was rotated while we were down, its old inode may
@@ -569,6 +629,10 @@ struct Ctx {
     stats: Arc<SourceStats>,
     buf: Box<[u8]>,
     max_line: usize,
+    /// First-line fingerprint -> bytes of that content read (any file).
+    seen: HashMap<Fingerprint, u64>,
+    /// Warnings that could repeat for every event.
+    warnings: crate::ratelimit::WarnLimiter,
 }
 
 /// The receiver was dropped: nobody wants lines any more.
@@ -589,6 +653,14 @@ struct Tailer {
     warned_long: bool,
     /// When data was last read, or the file was last retired.
     active_at: Instant,
+    /// The first line's fingerprint, once known.
+    head: Head,
+    /// Read from 0 anew: compare the first line with content read before.
+    check_head: bool,
+    /// Lines ending at or before this offset were read already (under
+    /// another name, or before an in-place overwrite): skip them.
+    skip_until: u64,
+    skipped: u64,
 }
 
 impl Tailer {
@@ -613,6 +685,10 @@ impl Tailer {
             max_line,
             warned_long: false,
             active_at: Instant::now(),
+            head: Head::Incomplete,
+            check_head: false,
+            skip_until: 0,
+            skipped: 0,
         })
     }
 
@@ -636,7 +712,80 @@ impl Tailer {
         self.file.seek(SeekFrom::Start(offset)).await?;
         self.read_offset = offset;
         self.progress.reset(offset);
+        self.skip_until = 0;
+        self.head = self.read_head().await?;
+        // Read from the start: the content may be known under another name.
+        self.check_head = offset == 0;
         Ok(())
+    }
+
+    /// Fingerprints the first line (the handle's position is kept).
+    async fn read_head(&mut self) -> io::Result<Head> {
+        let mut head = vec![0; FINGERPRINT_MAX];
+        self.file.seek(SeekFrom::Start(0)).await?;
+        let mut n = 0;
+        while n < head.len() {
+            match self.file.read(&mut head[n..]).await {
+                Ok(0) => break,
+                Ok(r) => n += r,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        self.file.seek(SeekFrom::Start(self.read_offset)).await?;
+        let head = &head[..n];
+        Ok(match memchr::memchr(b'\n', head) {
+            Some(0) => Head::Unusable,
+            Some(i) => Head::Print(fingerprint(&head[..i])),
+            None if n == FINGERPRINT_MAX => Head::Print(fingerprint(head)),
+            None => Head::Incomplete,
+        })
+    }
+
+    /// Before reading on: was the file overwritten in place (its first
+    /// line changed), and is content read from the start known already?
+    /// Returns false when reading must wait for a complete first line.
+    async fn check_content(&mut self, ctx: &mut Ctx) -> io::Result<bool> {
+        let mut now = self.read_head().await?;
+        if let (Head::Print(before), false) = (self.head, self.check_head) {
+            if now != Head::Print(before) && self.read_offset > 0 {
+                SourceStats::bump(&ctx.stats.truncations, 1);
+                info!(path = %self.path.display(),
+                    "log file was overwritten in place (its first line changed); reading it from the start");
+                self.seek(Start::At(0)).await?;
+                now = self.head;
+            }
+        }
+        if self.check_head {
+            match now {
+                Head::Incomplete => return Ok(false),
+                Head::Unusable => {}
+                Head::Print(fp) => {
+                    if let Some(&known) = ctx.seen.get(&fp) {
+                        if known > self.read_offset {
+                            self.skip_until = known;
+                            info!(path = %self.path.display(), bytes = known,
+                                "log file starts with content already read (same first line); skipping what was read");
+                        }
+                    }
+                }
+            }
+            self.check_head = false;
+        }
+        self.head = now;
+        Ok(true)
+    }
+
+    /// Remembers how far this file's content has been read.
+    fn note_seen(&self, ctx: &mut Ctx) {
+        if let Head::Print(fp) = self.head {
+            if ctx.seen.len() >= MAX_SEEN && !ctx.seen.contains_key(&fp) {
+                ctx.seen.clear();
+            }
+            let done = self.progress.sent();
+            let e = ctx.seen.entry(fp).or_insert(0);
+            *e = (*e).max(done);
+        }
     }
 
     /// Where to start a file read "from its end": after its last newline, so
@@ -671,7 +820,8 @@ impl Tailer {
         let size = match self.size().await {
             Ok(size) => size,
             Err(e) => {
-                warn!(path = %self.path.display(), "cannot stat open log file: {e}");
+                crate::warn_limited!(ctx.warnings, "cannot stat open log file",
+                    path = %self.path.display(), "cannot stat open log file: {e}");
                 return Ok(());
             }
         };
@@ -681,34 +831,96 @@ impl Tailer {
             info!(path = %self.path.display(), offset = self.read_offset, size,
                 "log file was truncated; reading it from the start");
             if let Err(e) = self.seek(Start::At(0)).await {
-                warn!(path = %self.path.display(), "cannot rewind truncated log file: {e}");
+                crate::warn_limited!(ctx.warnings, "cannot rewind truncated log file",
+                    path = %self.path.display(), "cannot rewind truncated log file: {e}");
                 return Ok(());
             }
         }
+        match self.check_content(ctx).await {
+            Ok(true) => {}
+            Ok(false) => return Ok(()),
+            Err(e) => {
+                crate::warn_limited!(ctx.warnings, "cannot read log file",
+                    path = %self.path.display(), "cannot read log file: {e}");
+                return Ok(());
+            }
+        }
+        let result = self.read_on(ctx).await;
+        self.note_seen(ctx);
+        result
+    }
+
+    async fn read_on(&mut self, ctx: &mut Ctx) -> Result<(), Closed> {
+        // A rewrite noticed mid-read restarts from the start; bounded, so a
+        // file rewritten without pause cannot keep us here.
+        for _ in 0..4 {
+            if !self.read_chunks(ctx).await? {
+                return Ok(());
+            }
+            match self.check_content(ctx).await {
+                Ok(true) => {}
+                Ok(false) => return Ok(()),
+                Err(e) => {
+                    crate::warn_limited!(ctx.warnings, "cannot read log file",
+                        path = %self.path.display(), "cannot read log file: {e}");
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads to the end; true when the file was found rewritten in place
+    /// (the chunk just read is not delivered and the handle is at 0).
+    async fn read_chunks(&mut self, ctx: &mut Ctx) -> Result<bool, Closed> {
         loop {
             let n = match self.file.read(&mut ctx.buf).await {
-                Ok(0) => return Ok(()),
+                Ok(0) => return Ok(false),
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    warn!(path = %self.path.display(), "cannot read log file: {e}");
-                    return Ok(());
+                    crate::warn_limited!(ctx.warnings, "cannot read log file",
+                        path = %self.path.display(), "cannot read log file: {e}");
+                    return Ok(false);
                 }
             };
             SourceStats::bump(&ctx.stats.bytes, n as u64);
             self.active_at = Instant::now();
             let base = self.read_offset;
             self.read_offset += n as u64;
+            // Rewritten between the check and this read: these bytes are
+            // another content's, from the middle.
+            if let Head::Print(before) = self.head {
+                if self.read_head().await.ok() != Some(Head::Print(before)) {
+                    SourceStats::bump(&ctx.stats.truncations, 1);
+                    info!(path = %self.path.display(),
+                        "log file was overwritten in place while being read; reading it from the start");
+                    if let Err(e) = self.seek(Start::At(0)).await {
+                        crate::warn_limited!(ctx.warnings, "cannot rewind truncated log file",
+                            path = %self.path.display(), "cannot rewind rewritten log file: {e}");
+                        return Ok(false);
+                    }
+                    return Ok(true);
+                }
+            }
             let mut lines = Vec::new();
             self.asm.feed(&ctx.buf[..n], |bytes, kind, end| {
                 lines.push((bytes, kind, base + end as u64))
             });
             for (bytes, kind, end) in lines {
-                if kind == LineKind::Discarded {
+                if end <= self.skip_until {
+                    self.skipped += 1;
+                    self.progress.skipped(end);
+                } else if kind == LineKind::Discarded {
                     self.progress.skipped(end);
                 } else {
                     self.send(ctx, bytes, kind, end).await?;
                 }
+            }
+            if self.skipped > 0 && self.read_offset >= self.skip_until {
+                info!(path = %self.path.display(), lines = self.skipped,
+                    "skipped lines already read");
+                self.skipped = 0;
             }
         }
     }
@@ -759,6 +971,9 @@ struct Follower {
     ctx: Ctx,
     shared: Arc<Shared>,
     dirs: HashMap<WatchDescriptor, WatchedDir>,
+    watches: Watches,
+    /// (directory watch, name) of a symlink's target -> the followed path.
+    links: HashMap<(WatchDescriptor, OsString), PathBuf>,
     /// Followed path -> the file currently at that path.
     active: HashMap<PathBuf, Tailer>,
     /// Files renamed away or deleted, still drained through their handles.
@@ -772,6 +987,9 @@ impl Follower {
         self.pump_retired().await?;
         let mut paths: Vec<PathBuf> = self.active.keys().cloned().collect();
         paths.sort();
+        for path in &paths {
+            self.follow_link(path);
+        }
         for path in paths {
             if let Some(t) = self.active.get_mut(&path) {
                 t.pump(&mut self.ctx).await?;
@@ -820,6 +1038,12 @@ impl Follower {
                         paths.push(path);
                     }
                 }
+                // A symlink's target changed: reconcile the followed link.
+                if let Some(path) = self.links.get(&(ev.wd.clone(), name.to_os_string())) {
+                    if seen.insert(path.clone()) {
+                        paths.push(path.clone());
+                    }
+                }
             }
             if rescan {
                 self.rescan().await?;
@@ -846,6 +1070,36 @@ impl Follower {
         }
         if mask.contains(EventMask::IGNORED) {
             self.dirs.remove(wd);
+            self.links.retain(|(w, _), _| w != wd);
+        }
+    }
+
+    /// If `path` is a symlink, watches its target's directory so that
+    /// writes to the target are seen; forgets an earlier target.
+    fn follow_link(&mut self, path: &Path) {
+        self.links.retain(|_, p| p != path);
+        let Some(target) = symlink_target(path) else {
+            return;
+        };
+        let (Some(dir), Some(name)) = (target.parent(), target.file_name()) else {
+            return;
+        };
+        match self.watches.add(dir, dir_watch_mask()) {
+            Ok(wd) => {
+                self.dirs.entry(wd.clone()).or_insert_with(|| WatchedDir {
+                    path: dir.to_path_buf(),
+                    names: Vec::new(),
+                });
+                self.links
+                    .insert((wd, name.to_os_string()), path.to_path_buf());
+                info!(path = %path.display(), target = %target.display(),
+                    "log file is a symlink; following its target");
+            }
+            Err(e) => {
+                crate::warn_limited!(self.ctx.warnings, "cannot watch a symlink target's directory",
+                    path = %path.display(), target = %target.display(),
+                    "log file is a symlink whose target's directory cannot be watched ({e}): writes to it are only seen when the link's own directory changes; configure the target path instead");
+            }
         }
     }
 
@@ -856,7 +1110,8 @@ impl Follower {
             Ok(_) => None,
             Err(e) if e.kind() == io::ErrorKind::NotFound => None,
             Err(e) => {
-                warn!(path = %path.display(), "cannot stat log file: {e}");
+                crate::warn_limited!(self.ctx.warnings, "cannot stat log file",
+                    path = %path.display(), "cannot stat log file: {e}");
                 return Ok(());
             }
         };
@@ -883,6 +1138,7 @@ impl Follower {
             info!(path = %path.display(), "log file was rotated or removed; following its replacement");
             self.retired.push(old);
         }
+        self.follow_link(&path);
         let Some(id) = now else {
             return Ok(());
         };
@@ -911,16 +1167,17 @@ impl Follower {
             let mut t = match Tailer::open(&path, self.ctx.max_line).await {
                 Ok(t) => t,
                 Err(e) => {
-                    warn!(path = %path.display(), "cannot open new log file: {e}; retrying on its next change");
+                    crate::warn_limited!(self.ctx.warnings, "cannot open new log file",
+                        path = %path.display(), "cannot open new log file: {e}; retrying on its next change");
                     return Ok(());
                 }
             };
             if let Err(e) = t.seek(Start::At(0)).await {
-                warn!(path = %path.display(), "cannot read new log file: {e}");
+                crate::warn_limited!(self.ctx.warnings, "cannot read new log file",
+                    path = %path.display(), "cannot read new log file: {e}");
                 return Ok(());
             }
             info!(path = %path.display(), "following new log file from its start");
-            warn_if_linked_elsewhere(&path).await;
             t
         };
         t.rename(path.clone());

@@ -92,6 +92,12 @@ impl FileProgress {
         self.lock().processed
     }
 
+    /// Just past the last line handed to the consumer (read, maybe not yet
+    /// processed).
+    pub(crate) fn sent(&self) -> u64 {
+        self.lock().sent
+    }
+
     /// The reader moved to `offset` (start, seek, truncation): lines in
     /// flight from before no longer count.
     pub(crate) fn reset(&self, offset: u64) {
@@ -115,7 +121,12 @@ impl FileProgress {
         if s.processed == s.sent {
             s.processed = offset;
         } else {
-            s.skip = Some((s.sent, offset));
+            // Consecutive skips after one line in flight make one stretch.
+            let after = match s.skip {
+                Some((after, to)) if to == s.sent => after,
+                _ => s.sent,
+            };
+            s.skip = Some((after, offset));
         }
         s.sent = offset;
     }

@@ -86,7 +86,7 @@ fn parse_sample(name: &str, text: &str) -> Vec<Case> {
     cases
 }
 
-fn now() -> SystemTime {
+pub(crate) fn now() -> SystemTime {
     // 2026-11-22T00:00:00Z, after every sample timestamp.
     UNIX_EPOCH + Duration::from_secs(1_795_305_600)
 }

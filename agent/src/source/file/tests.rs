@@ -611,3 +611,143 @@ async fn positions_pass_only_lines_the_consumer_processed() {
     wait_position(&src, &log, position(&log, 14)).await;
     src.shutdown().await;
 }
+
+/// Issue 10 item 7: a log replaced by a symlink (rotation by swapping a
+/// link to a new file, here in another directory) is followed to its
+/// target: every line written there is read, in order, also after a second
+/// swap to a target in the same directory under a non-matching name.
+#[tokio::test]
+async fn log_replaced_by_a_symlink_is_followed_to_its_target() {
+    let dir = TempDir::new().unwrap();
+    let elsewhere = TempDir::new().unwrap();
+    let log = dir.path().join("app.log");
+    append(&log, b"before start\n");
+    let (_src, mut rx) = start(options(&[&log])).await;
+    append(&log, b"plain 1\n");
+    expect_texts(&mut rx, &["plain 1"]).await;
+
+    let target = elsewhere.path().join("app-2.log");
+    append(&target, b"");
+    let tmp = dir.path().join(".app.log.new");
+    std::os::unix::fs::symlink(&target, &tmp).unwrap();
+    fs::rename(&tmp, &log).unwrap();
+    let mut want = Vec::new();
+    for i in 0..2000 {
+        append(&target, format!("linked {i}\n").as_bytes());
+        want.push(format!("linked {i}"));
+    }
+    for w in &want {
+        assert_eq!(next(&mut rx).await.text, *w);
+    }
+
+    // Second swap: the target is in the log's own directory, under a name
+    // the pattern does not match.
+    let target2 = dir.path().join("app-3.data");
+    append(&target2, b"");
+    std::os::unix::fs::symlink(&target2, &tmp).unwrap();
+    fs::rename(&tmp, &log).unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    for i in 0..500 {
+        append(&target2, format!("linked again {i}\n").as_bytes());
+    }
+    for i in 0..500 {
+        assert_eq!(next(&mut rx).await.text, format!("linked again {i}"));
+    }
+    // A writer still holding the first target open is drained like any
+    // rotated-away file (read once, never twice); the new target goes on.
+    append(&target, b"stale target\n");
+    append(&target2, b"last\n");
+    let mut got = Vec::new();
+    while got.last().map(String::as_str) != Some("last") {
+        got.push(next(&mut rx).await.text);
+    }
+    assert!(
+        got.len() <= 2 && got.iter().filter(|l| *l == "last").count() == 1,
+        "{got:?}"
+    );
+    assert!(
+        got.iter().all(|l| l == "last" || l == "stale target"),
+        "{got:?}"
+    );
+}
+
+/// A symlink configured from the start, into another directory.
+#[tokio::test]
+async fn symlink_into_another_directory_is_followed_from_start() {
+    let dir = TempDir::new().unwrap();
+    let elsewhere = TempDir::new().unwrap();
+    let target = elsewhere.path().join("real.log");
+    append(&target, b"old\n");
+    let log = dir.path().join("app.log");
+    std::os::unix::fs::symlink(&target, &log).unwrap();
+    let (_src, mut rx) = start(options(&[&log])).await;
+    // Past the start-up read: from now on only watches bring lines.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for i in 0..100 {
+        append(&target, format!("l{i}\n").as_bytes());
+    }
+    for i in 0..100 {
+        assert_eq!(next(&mut rx).await.text, format!("l{i}"));
+    }
+}
+
+/// Issue 10 item 7: a rotated name that a glob follows is overwritten in
+/// place by a copy of the live log (same inode, new content, larger than
+/// before): the copied lines were read already and are not read again; the
+/// live log's new lines are read once.
+#[tokio::test]
+async fn rotated_file_overwritten_in_place_is_not_read_again() {
+    let dir = TempDir::new().unwrap();
+    let live = dir.path().join("app.log");
+    let rotated = dir.path().join("app.log.1");
+    append(&rotated, b"an old rotated line\n");
+    append(&live, b"");
+    let pattern = dir.path().join("app.log*");
+    let (src, mut rx) = start(options(&[&pattern])).await;
+    let mut lines = Vec::new();
+    for i in 0..50 {
+        let l = format!("Nov 21 05:28:{:02} host sshd[1]: line {i}", i % 60);
+        append(&live, format!("{l}\n").as_bytes());
+        lines.push(l);
+    }
+    for l in &lines {
+        assert_eq!(next(&mut rx).await.text, *l);
+    }
+    let ino = fs::metadata(&rotated).unwrap().ino();
+    // Rotation by copy: the old name is rewritten in place (O_TRUNC keeps the
+    // inode), then the live log is truncated and written on.
+    fs::write(&rotated, fs::read(&live).unwrap()).unwrap();
+    assert_eq!(fs::metadata(&rotated).unwrap().ino(), ino, "same inode");
+    fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(&live)
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    append(&live, b"after rotation\n");
+    expect_texts(&mut rx, &["after rotation"]).await;
+    // Nothing else: no repeated line arrives.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    append(&live, b"end\n");
+    expect_texts(&mut rx, &["end"]).await;
+    assert!(rx.try_recv().is_err());
+    drop(src);
+}
+
+/// A followed file rewritten in place with new content (same inode, first
+/// line changed, size above the old offset) is read from its start, not
+/// from the old offset in the middle of a foreign line.
+#[tokio::test]
+async fn file_overwritten_with_new_content_is_read_from_its_start() {
+    let dir = TempDir::new().unwrap();
+    let log = dir.path().join("app.log");
+    append(&log, b"first line of the old content\n");
+    let (_src, mut rx) = start(options(&[&log])).await;
+    append(&log, b"old 1\n");
+    expect_texts(&mut rx, &["old 1"]).await;
+    let new: String = (0..20).map(|i| format!("new content line {i}\n")).collect();
+    fs::write(&log, &new).unwrap();
+    for i in 0..20 {
+        assert_eq!(next(&mut rx).await.text, format!("new content line {i}"));
+    }
+}
