@@ -21,6 +21,9 @@ use crate::source::file::FilePosition;
 use crate::source::SourceLine;
 use crate::store::BanStore;
 
+mod dynamic;
+pub use dynamic::all_names;
+
 /// The jail name of bans made by hand with `xban ban`.
 pub const MANUAL_JAIL: &str = "manual";
 
@@ -34,6 +37,9 @@ pub struct BanView {
     /// `None`: permanent.
     pub expires_at: Option<UnixSecs>,
     pub failures: u32,
+    /// The address's country, when a geo database is configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub country: Option<String>,
 }
 
 impl From<&BanRecord> for BanView {
@@ -45,6 +51,7 @@ impl From<&BanRecord> for BanView {
             banned_at: r.banned_at,
             expires_at: r.expires_at,
             failures: r.failures,
+            country: None,
         }
     }
 }
@@ -77,6 +84,18 @@ pub struct StatusView {
     /// Tarpit steering: mode, set members, chain counters.
     pub tarpit: Option<serde_json::Value>,
     pub jails: Vec<JailStatus>,
+    /// Host names in ignoreip: their addresses now, and errors.
+    #[serde(default)]
+    pub dns: Vec<crate::dns::NameStatus>,
+    /// Names that never resolved (nothing is allowlisted for them).
+    #[serde(default)]
+    pub dns_unresolved: Vec<String>,
+    /// Geo rules in force, when a database is configured.
+    #[serde(default)]
+    pub geo: Option<serde_json::Value>,
+    /// Active bans per country of the banned address (with a geo database).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub bans_by_country: std::collections::BTreeMap<String, usize>,
 }
 
 /// A ban or unban that happened, for actions and metrics.
@@ -117,6 +136,8 @@ pub struct AgentCore {
     /// (see [`AgentCore::on_lines`]).
     staged: Vec<BanRecord>,
     batching: bool,
+    /// Host names in ignoreip and geo rules.
+    dynamic: dynamic::Dynamic,
 }
 
 /// What start-up found in the store.
@@ -159,6 +180,7 @@ impl AgentCore {
             events: Vec::new(),
             staged: Vec::new(),
             batching: false,
+            dynamic: dynamic::Dynamic::new(cfg, self_addrs),
         })
     }
 
@@ -218,9 +240,12 @@ impl AgentCore {
             }
             jails.push(jail);
         }
-        self.enforcer.set_allowlist(&cfg.allowlist)?;
-        self.allowlist = cfg.allowlist.clone();
         self.jails = jails;
+        self.dynamic.self_addrs = self_addrs.to_vec();
+        self.dynamic.configure(cfg);
+        self.refresh_jail_ignores();
+        self.rebuild_allowlist()?;
+        self.sync_geo(true)?;
         self.default_bantime = cfg.default_bantime;
         self.default_class = cfg.default_class;
         self.escalation = cfg.escalation.clone();
@@ -254,7 +279,9 @@ impl AgentCore {
                 }
             }
         }
+        self.rebuild_allowlist()?;
         self.enforcer.set_allowlist(&self.allowlist)?;
+        self.refresh_jail_ignores();
         // Streamed without the matched lines: they stay in the database, the
         // agent never shows them, and a million bans' worth is gigabytes.
         let book = &mut self.book;
@@ -264,6 +291,7 @@ impl AgentCore {
         // Before the reconcile below, so blocklisted entries a previous
         // agent left in the kernel are kept, not removed and re-added.
         self.sync_blocklists(false)?;
+        self.sync_geo(false)?;
         let in_kernel: HashMap<Target, Option<BanClass>> =
             self.enforcer.entries()?.into_iter().collect();
         for target in in_kernel.keys() {
@@ -369,6 +397,8 @@ impl AgentCore {
             .map(|d| d.as_secs() as i64)
             .unwrap_or(now);
         let target = Target::host(req.addr);
+        let mut req = req;
+        req.bantime = self.bantime_for(&req.jail, req.addr, req.bantime);
         let per_jail = (!self.escalation.overalljails).then_some(req.jail.as_str());
         let store = &self.store;
         let mut lookup_error = None;
@@ -566,8 +596,31 @@ impl AgentCore {
     }
 
     pub fn unban(&mut self, target: &Target, jail: Option<&str>) -> Result<Vec<BanRecord>> {
+        self.refuse_geo_unban(target, jail)?;
         self.store.delete_ban(target, jail)?;
-        let (removed, change) = self.book.remove(target, jail);
+        let (removed, change) = match jail {
+            Some(j) => self.book.remove(target, Some(j)),
+            // Every jail's ban but a geo rule's.
+            None => {
+                let jails: Vec<String> = self
+                    .book
+                    .records(target)
+                    .iter()
+                    .filter(|r| r.jail != dynamic_geo_jail())
+                    .map(|r| r.jail.clone())
+                    .collect();
+                let mut removed = Vec::new();
+                let mut change = MapChange::Unchanged;
+                for j in jails {
+                    let (r, c) = self.book.remove(target, Some(&j));
+                    removed.extend(r);
+                    if c != MapChange::Unchanged {
+                        change = c;
+                    }
+                }
+                (removed, change)
+            }
+        };
         self.enforcer.apply(target, change)?;
         if target.is_host() {
             for j in &mut self.jails {
@@ -586,6 +639,7 @@ impl AgentCore {
             .book
             .iter()
             .filter(|r| jail.is_none_or(|j| r.jail == j))
+            .filter(|r| r.jail != dynamic_geo_jail())
             .map(|r| r.target)
             .collect();
         let mut removed = Vec::new();
@@ -623,7 +677,11 @@ impl AgentCore {
             .book
             .iter()
             .filter(|r| jail.is_none_or(|j| r.jail == j))
-            .map(BanView::from)
+            .map(|r| {
+                let mut b = BanView::from(r);
+                b.country = self.country_of(r.target.addr());
+                b
+            })
             .collect();
         v.sort_by(|a, b| {
             (a.banned_at, &a.address, &a.jail).cmp(&(b.banned_at, &b.address, &b.jail))
@@ -692,7 +750,25 @@ impl AgentCore {
                 .map(|s| serde_json::to_value(s).unwrap_or_default()),
             tarpit: self.enforcer.steering_status(),
             jails,
+            dns: self.dns_status(),
+            dns_unresolved: self.dynamic.names.unresolved(),
+            geo: self.geo_status(),
+            bans_by_country: self.bans_by_country(),
         })
+    }
+
+    fn bans_by_country(&self) -> std::collections::BTreeMap<String, usize> {
+        let mut out = std::collections::BTreeMap::new();
+        if self.dynamic.geo.db.is_none() {
+            return out;
+        }
+        for (t, _) in self.book.effective_all() {
+            let c = self
+                .country_of(t.addr())
+                .unwrap_or_else(|| "unknown".to_string());
+            *out.entry(c).or_default() += 1;
+        }
+        out
     }
 
     fn jail_by_name(&self, name: &str) -> Result<&Jail> {
@@ -823,6 +899,7 @@ impl AgentCore {
                 Ok(serde_json::to_value(views)?)
             }
             Request::Stats => Ok(serde_json::to_value(self.enforcer.xdp_stats()?)?),
+            Request::Geo { address } => Ok(serde_json::to_value(self.geo_info(address)?)?),
             // The daemon answers these itself (they need the config file
             // and the running sources).
             Request::Teardown | Request::Reload | Request::Metrics => Ok(serde_json::Value::Null),
@@ -842,6 +919,10 @@ impl AgentCore {
     pub fn store(&mut self) -> &mut BanStore {
         &mut self.store
     }
+}
+
+fn dynamic_geo_jail() -> &'static str {
+    crate::geo::GEO_JAIL
 }
 
 fn expiry(now: UnixSecs, bantime: BanTime) -> Option<UnixSecs> {

@@ -132,6 +132,8 @@ pub struct Jail {
     pub window: JailWindow,
     /// ignoreip of the jail plus, with ignoreself, this machine's addresses.
     ignore: Vec<Target>,
+    /// The current addresses of the host names in ignoreip ([`crate::dns`]).
+    ignore_resolved: Vec<Target>,
     pub counters: JailCounters,
 }
 
@@ -150,6 +152,7 @@ impl Jail {
             settings,
             filter,
             ignore,
+            ignore_resolved: Vec::new(),
             counters: JailCounters::default(),
         })
     }
@@ -159,7 +162,15 @@ impl Jail {
     }
 
     pub fn is_ignored(&self, addr: IpAddr) -> bool {
-        self.ignore.iter().any(|t| t.contains(addr))
+        self.ignore
+            .iter()
+            .chain(&self.ignore_resolved)
+            .any(|t| t.contains(addr))
+    }
+
+    /// The addresses the jail's ignoreip names resolve to now.
+    pub fn set_resolved_ignore(&mut self, targets: Vec<Target>) {
+        self.ignore_resolved = targets;
     }
 
     /// Read one line. `read_at` is when it was read; the line's own
