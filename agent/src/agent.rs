@@ -22,6 +22,8 @@ use crate::source::SourceLine;
 use crate::store::BanStore;
 
 mod dynamic;
+#[cfg(test)]
+mod dynamic_tests;
 pub use dynamic::all_names;
 
 /// The jail name of bans made by hand with `xban ban`.
