@@ -25,9 +25,10 @@ use aya_ebpf::{
 };
 use xban_common::{
     dir_slot_v4, dir_slot_v6, stats, tab_bucket_v4, tab_bucket_v6, tab_key_v4, tab_match_v4,
-    tab_meta_match_v6, AllowValue, BanClass, BanValue, DirV4, DirV6, NetKey4, NetKey6, TabBucketV4,
-    TabBucketV6, ALLOW_MAX_ENTRIES, BANS_MAX_ENTRIES, BPF_F_MMAPABLE, BPF_F_NO_PREALLOC, DIR_SLOTS,
-    OVER_MAX_ENTRIES, PROBE_LENGTHS, TAB_BUCKETS,
+    tab_meta_match_v6, AllowValue, BanClass, BanValue, DirV4, DirV6, GeoValue, NetKey4, NetKey6,
+    TabBucketV4, TabBucketV6, ALLOW_MAX_ENTRIES, BANS_MAX_ENTRIES, BPF_F_MMAPABLE,
+    BPF_F_NO_PREALLOC, DIR_SLOTS, GEO_LABELS, GEO_MAX_ENTRIES, OVER_MAX_ENTRIES, PROBE_LENGTHS,
+    TAB_BUCKETS,
 };
 
 // Pinned by name: a restarted agent (and bpftool) finds the same maps under the pin dir.
@@ -55,6 +56,15 @@ static DIR_V4: Array<DirV4> = Array::pinned(DIR_SLOTS, BPF_F_MMAPABLE);
 static DIR_V6: Array<DirV6> = Array::pinned(DIR_SLOTS, BPF_F_MMAPABLE);
 #[map(name = "stats")]
 static STATS: PerCpuArray<u64> = PerCpuArray::pinned(stats::COUNT, 0);
+// Per-country drop counts (see `count_geo_drop`).
+#[map(name = "geo_v4")]
+static GEO_V4: LpmTrie<[u8; 4], GeoValue> = LpmTrie::pinned(GEO_MAX_ENTRIES, 0);
+#[map(name = "geo_v6")]
+static GEO_V6: LpmTrie<[u8; 16], GeoValue> = LpmTrie::pinned(GEO_MAX_ENTRIES, 0);
+#[map(name = "geo_on")]
+static GEO_ON: Array<u32> = Array::pinned(1, 0);
+#[map(name = "geo_drops")]
+static GEO_DROPS: PerCpuArray<u64> = PerCpuArray::pinned(GEO_LABELS, 0);
 
 const ETH_HDR_LEN: usize = 14;
 const VLAN_HDR_LEN: usize = 4;
@@ -105,7 +115,11 @@ fn try_xban_xdp(ctx: &XdpContext) -> Result<u32, ()> {
             if slot.allow != 0 && ALLOW_V4.get(Key::new(32, bytes)).is_some() {
                 return Ok(allowed());
             }
-            Ok(ban_verdict(ban_v4(src, slot.nets)))
+            let class = ban_v4(src, slot.nets);
+            if class == Some(BanClass::Drop as u32) {
+                count_geo_drop(Some(bytes), None);
+            }
+            Ok(ban_verdict(class))
         }
         ETH_P_IPV6 => {
             let hi = unsafe { *ptr_at::<u64>(ctx, off + IPV6_SRC_OFF)? };
@@ -116,7 +130,11 @@ fn try_xban_xdp(ctx: &XdpContext) -> Result<u32, ()> {
             if slot.allow != 0 && ALLOW_V6.get(Key::new(128, v6_bytes(hi, lo))).is_some() {
                 return Ok(allowed());
             }
-            Ok(ban_verdict(ban_v6(hi, lo, slot.nets)))
+            let class = ban_v6(hi, lo, slot.nets);
+            if class == Some(BanClass::Drop as u32) {
+                count_geo_drop(None, Some(v6_bytes(hi, lo)));
+            }
+            Ok(ban_verdict(class))
         }
         _ => {
             count(stats::PASSED_NOT_IP);
@@ -288,6 +306,27 @@ fn ban_verdict(ban_class: Option<u32>) -> u32 {
         None => {
             count(stats::PASSED_CLEAN);
             xdp_action::XDP_PASS
+        }
+    }
+}
+
+/// A dropped packet from inside a geo rule's prefix counts for its country
+/// (or AS). Off the clean path entirely, and one array read on the drop
+/// path while no geo rule is loaded.
+#[inline(always)]
+fn count_geo_drop(v4: Option<[u8; 4]>, v6: Option<[u8; 16]>) {
+    if GEO_ON.get(0).copied().unwrap_or(0) == 0 {
+        return;
+    }
+    let label = match (v4, v6) {
+        (Some(a), _) => GEO_V4.get(Key::new(32, a)).map(|v| v.label),
+        (_, Some(a)) => GEO_V6.get(Key::new(128, a)).map(|v| v.label),
+        _ => None,
+    };
+    if let Some(label) = label {
+        if let Some(c) = GEO_DROPS.get_ptr_mut(label) {
+            // SAFETY: a per-CPU slot, written by this CPU only.
+            unsafe { *c += 1 };
         }
     }
 }

@@ -833,7 +833,7 @@ impl AgentCore {
             Request::Status { jail } => Ok(serde_json::to_value(self.status(jail.as_deref())?)?),
             Request::Banned { jail } => {
                 if let Some(j) = jail {
-                    if j != MANUAL_JAIL {
+                    if j != MANUAL_JAIL && j != crate::geo::GEO_JAIL && j != BLOCKLIST_JAIL {
                         self.jail_by_name(j)?;
                     }
                 }

@@ -458,15 +458,19 @@ pub async fn run(config_path: &Path, opts: RunOptions) -> Result<()> {
             let store = BanStore::open(&agent.state_dir)?;
             let (program, maps) = XdpEnforcer::load(&agent.bpf_pin_dir)?;
             let steering = setup_steering(&resolved)?;
+            let geo = crate::enforce::geo_maps::GeoMaps::open(&agent.bpf_pin_dir)
+                .context("the XDP program's geo maps")?;
             let enforcer = KernelEnforcer {
                 xdp: maps,
                 steering: Some(steering),
+                geo: Some(geo),
             };
             (Some(program), store, Box::new(enforcer))
         };
     let mut core = AgentCore::new(&resolved, store, enforcer, &self_addresses())?;
     let dns_due = resolve_names_at_start(&mut core, &resolved.dns).await;
     let report = core.restore(now_secs())?;
+    core.lift_bans_of_names()?;
     tracing::info!(
         restored = report.restored,
         expired = report.expired,

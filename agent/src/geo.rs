@@ -330,11 +330,13 @@ pub struct GeoBan {
 }
 
 /// The rules compiled against the databases.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct GeoSet {
     pub bans: BTreeMap<Target, GeoBan>,
     /// Allow-rule prefixes and their rule.
     pub allow: BTreeMap<Target, usize>,
+    /// How long reading the databases and compiling took.
+    pub compile_ms: f64,
 }
 
 impl GeoSet {
@@ -523,6 +525,7 @@ pub fn compile_networks(
 
 /// Walk the databases for the rules' countries and ASNs, and compile.
 pub fn compile(db: &GeoDb, rules: &[GeoRule]) -> Result<GeoSet, GeoError> {
+    let started = std::time::Instant::now();
     let mut nets: Vec<(usize, Arc<str>, IpNetwork)> = Vec::new();
     let mut by_country: HashMap<&str, Vec<usize>> = HashMap::new();
     let mut by_asn: HashMap<u32, Vec<usize>> = HashMap::new();
@@ -606,7 +609,9 @@ pub fn compile(db: &GeoDb, rules: &[GeoRule]) -> Result<GeoSet, GeoError> {
             }
         }
     }
-    Ok(compile_networks(rules, nets))
+    let mut set = compile_networks(rules, nets);
+    set.compile_ms = started.elapsed().as_secs_f64() * 1000.0;
+    Ok(set)
 }
 
 /// The difference between two compiled sets, in the order that never lets

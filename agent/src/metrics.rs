@@ -196,6 +196,25 @@ impl Metrics {
         );
         let _ = writeln!(o, "xban_ban_latency_seconds_sum {}", self.latency_sum);
         let _ = writeln!(o, "xban_ban_latency_seconds_count {}", self.latency_count);
+        if let Some(drops) = status
+            .geo
+            .as_ref()
+            .and_then(|g| g.get("dropped_packets"))
+            .and_then(|d| d.as_object())
+        {
+            family(
+                &mut o,
+                "xban_geo_dropped_packets_total",
+                "counter",
+                "Packets dropped at XDP from inside geo rule prefixes, per country (or AS) of the prefix.",
+            );
+            for (label, n) in drops {
+                let _ = writeln!(
+                    o,
+                    "xban_geo_dropped_packets_total{{country=\"{label}\"}} {n}"
+                );
+            }
+        }
         o
     }
 }

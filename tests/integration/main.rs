@@ -5,6 +5,7 @@
 mod ban_path;
 mod deploy;
 mod lifecycle;
+mod names_geo;
 mod operations;
 mod persistence;
 mod tarpit;

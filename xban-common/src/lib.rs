@@ -38,6 +38,17 @@ pub const MAP_OVER_V6: &str = "over_v6";
 pub const MAP_DIR_V4: &str = "dir_v4";
 pub const MAP_DIR_V6: &str = "dir_v6";
 pub const MAP_STATS: &str = "stats";
+pub const MAP_GEO_V4: &str = "geo_v4";
+pub const MAP_GEO_V6: &str = "geo_v6";
+pub const MAP_GEO_ON: &str = "geo_on";
+pub const MAP_GEO_DROPS: &str = "geo_drops";
+
+/// Geo rule prefixes, for per-country drop counts: each ban prefix of a geo
+/// rule with its label (an index the agent gives each country or AS). Only
+/// dropped packets look here, and only while `geo_on[0]` is non-zero.
+pub const GEO_MAX_ENTRIES: u32 = 1 << 20;
+/// Labels (and `geo_drops` counters) at most; label 0 collects the rest.
+pub const GEO_LABELS: u32 = 1024;
 
 /// Capacity of each ban trie. LPM tries are allocated lazily, so a large
 /// capacity costs nothing until entries are inserted.
@@ -310,8 +321,18 @@ pub mod stats {
     ];
 }
 
+/// Value of `geo_v4` / `geo_v6`.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct GeoValue {
+    /// Index into `geo_drops`.
+    pub label: u32,
+}
+
 #[cfg(feature = "user")]
 mod user {
+    // SAFETY: repr(C), one u32, no padding.
+    unsafe impl aya::Pod for super::GeoValue {}
     // SAFETY: plain-old-data, repr(C), no padding holes (two u32 / one u32).
     unsafe impl aya::Pod for super::BanValue {}
     unsafe impl aya::Pod for super::AllowValue {}

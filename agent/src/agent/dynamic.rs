@@ -26,6 +26,12 @@ pub struct GeoState {
     pub applied: GeoSet,
     /// The files as last read (or tried): a new version differs.
     pub seen: Vec<geo::Stamp>,
+    /// Each country's (or AS's) index in the XDP drop counters; kept for
+    /// the agent's life so counters never change label.
+    pub label_ids: std::collections::BTreeMap<Arc<str>, u32>,
+    /// Versions applied, and how long writing the last one took.
+    pub generation: u64,
+    pub load_ms: f64,
 }
 
 /// The dynamic parts of the core's state.
@@ -127,13 +133,29 @@ impl AgentCore {
         if global {
             self.rebuild_allowlist()?;
         }
-        for added in &change.added {
+        self.lift_covered(&name, &change.added)
+    }
+
+    /// After the bans are restored: bans of the names' current addresses
+    /// (made while the agent was down, or before a record moved) are lifted.
+    pub fn lift_bans_of_names(&mut self) -> Result<()> {
+        for name in self.dynamic.names.names() {
+            let targets = self.dynamic.names.targets(&name);
+            self.lift_covered(&name, &targets)?;
+        }
+        Ok(())
+    }
+
+    /// Lift the bans that `name`'s addresses `added` now allow.
+    fn lift_covered(&mut self, name: &str, added: &[Target]) -> Result<()> {
+        let global = self.dynamic.allow_names.iter().any(|n| n == name);
+        for added in added {
             // Which jails' bans no longer stand: every jail's for a
             // `[defaults]` name, else the jails that list the name.
             let jails: Vec<String> = self
                 .jails
                 .iter()
-                .filter(|j| j.settings.ignore_names.contains(&name))
+                .filter(|j| j.settings.ignore_names.iter().any(|n| n == name))
                 .map(|j| j.name().to_string())
                 .collect();
             let lifted: Vec<(Target, String)> = self
@@ -205,12 +227,48 @@ impl AgentCore {
         let (added, removed) = (diff.add.len(), diff.remove.len());
         self.dynamic.geo.applied = want;
         self.rebuild_allowlist()?;
+        self.sync_geo_labels()?;
+        let g = &mut self.dynamic.geo;
+        g.generation += 1;
+        g.load_ms = started.elapsed().as_secs_f64() * 1000.0;
+        g.applied.compile_ms = g.compiled.compile_ms;
         tracing::info!(
             "geo: {v4} IPv4 + {v6} IPv6 prefixes banned, {} allowed ({added} added, {removed} removed, {:.0} ms)",
             self.dynamic.geo.applied.allow.len(),
             started.elapsed().as_secs_f64() * 1000.0
         );
         Ok(())
+    }
+
+    /// The per-country drop counters' view of the geo prefixes.
+    fn sync_geo_labels(&mut self) -> Result<()> {
+        let g = &mut self.dynamic.geo;
+        let mut entries = Vec::with_capacity(g.applied.bans.len());
+        for (t, ban) in &g.applied.bans {
+            let next = g.label_ids.len() as u32 + 1;
+            let id = *g.label_ids.entry(ban.label.clone()).or_insert(next);
+            // Beyond the counters' room, label 0 collects the rest.
+            let id = if id < xban_common::GEO_LABELS { id } else { 0 };
+            entries.push((*t, id));
+        }
+        self.enforcer.sync_geo_labels(&entries)
+    }
+
+    /// Packets dropped from inside geo ban prefixes, per country or AS.
+    pub fn geo_drops(&self) -> std::collections::BTreeMap<String, u64> {
+        let g = &self.dynamic.geo;
+        let n = (g.label_ids.len() as u32 + 1).min(xban_common::GEO_LABELS);
+        let counts = self.enforcer.geo_drops(n).unwrap_or_default();
+        let mut out = std::collections::BTreeMap::new();
+        for (label, id) in &g.label_ids {
+            if let Some(c) = counts.get(*id as usize) {
+                out.insert(label.to_string(), *c);
+            }
+        }
+        if let Some(rest) = counts.first().filter(|c| **c > 0) {
+            out.insert("other".to_string(), *rest);
+        }
+        out
     }
 
     /// Has a database file changed since it was read?
@@ -307,6 +365,10 @@ impl AgentCore {
             "prefixes_v4": v4,
             "prefixes_v6": v6,
             "allow_prefixes": g.applied.allow.len(),
+            "dropped_packets": self.geo_drops(),
+            "generation": g.generation,
+            "compile_ms": g.compiled.compile_ms,
+            "load_ms": g.load_ms,
         }))
     }
 

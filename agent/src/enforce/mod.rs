@@ -1,6 +1,7 @@
 //! Enforcement: turning the agent's ban decisions into kernel state, in the
 //! XDP maps and, for the tarpit class, in iptables' steering set.
 
+pub mod geo_maps;
 pub mod iptables;
 pub mod xdp;
 
@@ -28,6 +29,15 @@ pub trait Enforcer: Send {
     /// Steering mode and counters, where there is steering.
     fn steering_status(&self) -> Option<serde_json::Value> {
         None
+    }
+    /// The geo ban prefixes with their label index, for per-country drop
+    /// counts.
+    fn sync_geo_labels(&mut self, _entries: &[(Target, u32)]) -> Result<()> {
+        Ok(())
+    }
+    /// Packets dropped per label index `0..labels`.
+    fn geo_drops(&self, _labels: u32) -> Result<Vec<u64>> {
+        Ok(Vec::new())
     }
 }
 
@@ -70,6 +80,8 @@ impl Enforcer for DryRunEnforcer {
 pub struct KernelEnforcer {
     pub xdp: xdp::XdpMaps,
     pub steering: Option<TarpitSteering>,
+    /// Per-country drop counting.
+    pub geo: Option<geo_maps::GeoMaps>,
 }
 
 impl KernelEnforcer {
@@ -129,6 +141,20 @@ impl Enforcer for KernelEnforcer {
 
     fn xdp_stats(&self) -> Result<Option<xdp::XdpStats>> {
         self.xdp.stats().map(Some)
+    }
+
+    fn sync_geo_labels(&mut self, entries: &[(Target, u32)]) -> Result<()> {
+        match self.geo.as_mut() {
+            Some(g) => g.sync(entries),
+            None => Ok(()),
+        }
+    }
+
+    fn geo_drops(&self, labels: u32) -> Result<Vec<u64>> {
+        match self.geo.as_ref() {
+            Some(g) => g.drops(labels),
+            None => Ok(Vec::new()),
+        }
     }
 
     fn steering_status(&self) -> Option<serde_json::Value> {

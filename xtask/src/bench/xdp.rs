@@ -29,6 +29,10 @@ const XDP_PASS: u32 = 2;
 /// BPF_PROG_TEST_RUN repetitions per measurement.
 const REPEAT: u32 = 1_000_000;
 const PREFIXES: usize = 10_000;
+/// The last stage (full runs): geo rules' worth of prefixes per family,
+/// also written into the geo label tries with geo counting on, so dropped
+/// packets pay for the per-country count.
+const GEO_PREFIXES: usize = 100_000;
 /// Target of the README claim, per packet at 1,000,000 bans.
 const TARGET_NS: f64 = 60.0;
 
@@ -85,6 +89,7 @@ pub fn run(ws: &Workspace, quick: bool) -> Result<Vec<Section>> {
             (10_000, PREFIXES),
             (100_000, PREFIXES),
             (1_000_000, PREFIXES),
+            (1_000_000, GEO_PREFIXES),
         ]
     };
 
@@ -106,6 +111,12 @@ pub fn run(ws: &Workspace, quick: bool) -> Result<Vec<Section>> {
     for &(hosts, prefixes) in sizes {
         let started = Instant::now();
         let written = fill.grow(&maps, hosts, prefixes)?;
+        if prefixes >= GEO_PREFIXES {
+            let labelled = fill.label_geo(&agent.pin_dir)?;
+            fill_notes.push(format!(
+                "Geo stage: the {labelled} prefixes also written into geo_v4/geo_v6 with labels and geo_on = 1, as an agent with [geo] rules does: drops look up the per-country counter."
+            ));
+        }
         if written > 0 {
             fill_notes.push(format!(
                 "{written} entries written to reach {hosts} hosts + {prefixes} prefixes per family in {:.1} s",
@@ -331,6 +342,33 @@ impl Filler {
             written += 1;
         }
         Ok(written)
+    }
+
+    /// Every prefix into the geo label tries (label = length, any will
+    /// do), and per-country counting on.
+    fn label_geo(&self, pin_dir: &Path) -> Result<usize> {
+        use xban_common as c;
+        let v4 = BpfMap::open(&pin_dir.join(c::MAP_GEO_V4))?;
+        let v6 = BpfMap::open(&pin_dir.join(c::MAP_GEO_V6))?;
+        let on = BpfMap::open(&pin_dir.join(c::MAP_GEO_ON))?;
+        let mut n = 0;
+        for (addr, len) in &self.v4_nets {
+            let mut key = len.to_ne_bytes().to_vec();
+            key.extend_from_slice(&addr.to_be_bytes());
+            v4.update(&key, &(len % c::GEO_LABELS).to_ne_bytes())
+                .context("write geo_v4")?;
+            n += 1;
+        }
+        for (addr, len) in &self.v6_nets {
+            let mut key = len.to_ne_bytes().to_vec();
+            key.extend_from_slice(&addr.to_be_bytes());
+            v6.update(&key, &(len % c::GEO_LABELS).to_ne_bytes())
+                .context("write geo_v6")?;
+            n += 1;
+        }
+        on.update(&0u32.to_ne_bytes(), &1u32.to_ne_bytes())
+            .context("write geo_on")?;
+        Ok(n)
     }
 }
 
