@@ -464,6 +464,7 @@ pub async fn run(config_path: &Path, opts: RunOptions) -> Result<()> {
                 xdp: maps,
                 steering: Some(steering),
                 geo: Some(geo),
+                steered: Default::default(),
             };
             (Some(program), store, Box::new(enforcer))
         };

@@ -82,12 +82,28 @@ pub struct KernelEnforcer {
     pub steering: Option<TarpitSteering>,
     /// Per-country drop counting.
     pub geo: Option<geo_maps::GeoMaps>,
+    /// The targets in the steering sets: only they need an `ipset del`
+    /// when they are dropped or unbanned (a process per call; tens of
+    /// thousands of geo prefixes must not each pay for one).
+    pub steered: std::collections::HashSet<Target>,
 }
 
 impl KernelEnforcer {
     /// Is the tarpit class steered (XDP passes it) or dropped at XDP?
     fn steered(&self) -> bool {
         self.steering.as_ref().is_some_and(|s| s.mode().is_active())
+    }
+}
+
+impl KernelEnforcer {
+    /// Out of the steering sets, if it is in them.
+    fn unsteer(&mut self, target: &Target) -> Result<()> {
+        if self.steered.remove(target) {
+            if let Some(s) = self.steering.as_mut() {
+                s.remove(target)?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -101,6 +117,7 @@ impl Enforcer for KernelEnforcer {
             MapChange::Set(BanClass::Tarpit) if steered => {
                 if let Some(s) = self.steering.as_mut() {
                     s.add(target)?;
+                    self.steered.insert(*target);
                 }
                 self.xdp.set_ban(target, BanClass::Tarpit)
             }
@@ -108,17 +125,11 @@ impl Enforcer for KernelEnforcer {
             MapChange::Set(BanClass::Tarpit) => self.xdp.set_ban(target, BanClass::Drop),
             MapChange::Set(BanClass::Drop) => {
                 self.xdp.set_ban(target, BanClass::Drop)?;
-                if let Some(s) = self.steering.as_mut() {
-                    s.remove(target)?;
-                }
-                Ok(())
+                self.unsteer(target)
             }
             MapChange::Remove => {
                 self.xdp.remove_ban(target)?;
-                if let Some(s) = self.steering.as_mut() {
-                    s.remove(target)?;
-                }
-                Ok(())
+                self.unsteer(target)
             }
             MapChange::Unchanged => Ok(()),
         }
@@ -135,6 +146,7 @@ impl Enforcer for KernelEnforcer {
     fn sync_tarpit(&mut self, targets: &[Target]) -> Result<()> {
         if let Some(s) = self.steering.as_mut() {
             s.sync(targets)?;
+            self.steered = targets.iter().copied().collect();
         }
         Ok(())
     }

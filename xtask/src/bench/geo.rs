@@ -19,7 +19,7 @@ const V6_PREFIXES: usize = 5_000;
 const TARGET_MS: f64 = 1000.0;
 
 /// One country's networks, none adjacent (so none merge): /31s every 4
-/// addresses in 198.18.0.0/15 and /48s every other one in 2001:db8::/32,
+/// addresses in 198.18.0.0/15 and /48s every other one in 2001:db8:8000::/33 (clear of the lab),
 /// shifted by `shift` steps (a new database version moves them).
 fn records(shift: usize) -> String {
     let mut out = String::new();
@@ -29,7 +29,7 @@ fn records(shift: usize) -> String {
         out.push_str(&format!("{}.{}.{}.{}/31 XA\n", b[0], b[1], b[2], b[3]));
     }
     for i in shift..shift + V6_PREFIXES {
-        out.push_str(&format!("2001:db8:{:x}::/48 XA\n", i * 2));
+        out.push_str(&format!("2001:db8:{:x}::/48 XA\n", 0x8000 + i * 2));
     }
     out
 }
@@ -78,8 +78,8 @@ pub fn run(ws: &Workspace, quick: bool) -> Result<Vec<Section>> {
     let dir = std::env::temp_dir().join(format!("xban-geobench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let db = dir.join("country.mmdb");
-    let (mut check, mut compile, mut load, mut swap_compile, mut swap_load, mut swap_wall) =
-        (vec![], vec![], vec![], vec![], vec![], vec![]);
+    let (mut check, mut compile, mut load, mut reload_wall) = (vec![], vec![], vec![], vec![]);
+    let (mut swap_compile, mut swap_load, mut swap_wall) = (vec![], vec![], vec![]);
     for run in 0..runs {
         write_mmdb(&db, &records(0))?;
         let lab = Lab::new("g")?;
@@ -89,7 +89,21 @@ pub fn run(ws: &Workspace, quick: bool) -> Result<Vec<Section>> {
             "[\"127.0.0.0/8\"]\n\n[geo]\ndatabase = \"{}\"\n[[geo.rules]]\ncountries = [\"XA\"]\n",
             db.display()
         );
-        let agent = Agent::start(&bin, &lab, &ignoreip)?;
+        // Started without the rule, which a reload then adds: the reload
+        // compiles it and writes every prefix into the running maps.
+        let agent = Agent::start(&bin, &lab, "[\"127.0.0.0/8\"]")?;
+        let plain = std::fs::read_to_string(&agent.config)?;
+        std::fs::write(
+            &agent.config,
+            plain.replacen(
+                "ignoreip = [\"127.0.0.0/8\"]",
+                &format!("ignoreip = {ignoreip}"),
+                1,
+            ),
+        )?;
+        let started = Instant::now();
+        agent.xban(&["reload"])?;
+        reload_wall.push(started.elapsed().as_secs_f64() * 1000.0);
         let started = Instant::now();
         let out = agent.xban(&["check"])?;
         check.push(started.elapsed().as_secs_f64() * 1000.0);
@@ -137,13 +151,14 @@ pub fn run(ws: &Workspace, quick: bool) -> Result<Vec<Section>> {
     let total = median(&mut compile.clone()) + median(&mut load.clone());
     for (step, xs) in [
         (
-            "compile at start (open the DB, walk its networks, merge)",
+            "compile (open the DB, walk its networks, merge)",
             &mut compile,
         ),
         (
-            "load at start (ban maps, allowlist, geo label tries)",
+            "load (every prefix into the running ban maps and geo label tries)",
             &mut load,
         ),
+        ("`xban reload` adding the rule, wall time", &mut reload_wall),
         ("`xban check` wall time (config, DB, compile)", &mut check),
         ("new DB version: compile", &mut swap_compile),
         (
@@ -160,12 +175,12 @@ pub fn run(ws: &Workspace, quick: bool) -> Result<Vec<Section>> {
     Ok(vec![Section {
         title: "Geo rules: compile and load".into(),
         method: format!(
-            "A MaxMind DB written by libmaxmind-db-writer-perl with one country of {V4_PREFIXES} IPv4 and {V6_PREFIXES} IPv6 networks, none adjacent (so none merge); the real agent in a lab namespace with `[[geo.rules]] countries = [\"XA\"]`. Compile and load times are the agent's own (`xban status --json`: geo.compile_ms, geo.load_ms); then the file is replaced by rename with half of the networks moved, and the difference applied."
+            "A MaxMind DB written by libmaxmind-db-writer-perl with one country of {V4_PREFIXES} IPv4 and {V6_PREFIXES} IPv6 networks, none adjacent (so none merge); the real agent in a lab namespace with `[[geo.rules]] countries = [\"XA\"]`. The agent starts without the rule and `xban reload` adds it; compile and load times are the agent's own (`xban status --json`: geo.compile_ms, geo.load_ms); then the file is replaced by rename with half of the networks moved, and the difference applied."
         ),
         commands: vec![format!("cargo xtask bench geo{}", if quick { " --quick" } else { "" })],
         table,
         notes: vec![format!(
-            "Compile + load at start: {total:.0} ms (target ≤ {TARGET_MS:.0} ms): {}.",
+            "Compile + load of the rule: {total:.0} ms (target ≤ {TARGET_MS:.0} ms): {}.",
             if total <= TARGET_MS { "met" } else { "missed" }
         )],
     }])

@@ -704,7 +704,7 @@ pub(super) struct Agent {
     child: Option<Child>,
     bin: PathBuf,
     dir: PathBuf,
-    config: PathBuf,
+    pub(super) config: PathBuf,
     netns: String,
     pub pin_dir: PathBuf,
 }
