@@ -24,10 +24,10 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use xban_common::{
-    dir_slot_v4, dir_slot_v6, stats, tab_bucket_v4, tab_bucket_v6, tab_key_v4, tab_match_v4,
-    tab_meta_match_v6, AllowValue, BanClass, BanValue, DirV4, DirV6, GeoValue, NetKey4, NetKey6,
-    TabBucketV4, TabBucketV6, ALLOW_MAX_ENTRIES, BANS_MAX_ENTRIES, BPF_F_MMAPABLE,
-    BPF_F_NO_PREALLOC, DIR_SLOTS, GEO_LABELS, GEO_MAX_ENTRIES, OVER_MAX_ENTRIES, PROBE_LENGTHS,
+    dir_slot_v4, dir_slot_v6, stats, tab_bucket_v4, tab_bucket_v6, tab_key_v4, tab_label_v4,
+    tab_label_v6, tab_match_v4, tab_meta_match_v6, AllowValue, BanClass, BanValue, DirV4, DirV6,
+    NetKey4, NetKey6, TabBucketV4, TabBucketV6, ALLOW_MAX_ENTRIES, BANS_MAX_ENTRIES,
+    BPF_F_MMAPABLE, BPF_F_NO_PREALLOC, DIR_SLOTS, GEO_LABELS, OVER_MAX_ENTRIES, PROBE_LENGTHS,
     TAB_BUCKETS,
 };
 
@@ -57,12 +57,6 @@ static DIR_V6: Array<DirV6> = Array::pinned(DIR_SLOTS, BPF_F_MMAPABLE);
 #[map(name = "stats")]
 static STATS: PerCpuArray<u64> = PerCpuArray::pinned(stats::COUNT, 0);
 // Per-country drop counts (see `count_geo_drop`).
-#[map(name = "geo_v4")]
-static GEO_V4: LpmTrie<[u8; 4], GeoValue> = LpmTrie::pinned(GEO_MAX_ENTRIES, 0);
-#[map(name = "geo_v6")]
-static GEO_V6: LpmTrie<[u8; 16], GeoValue> = LpmTrie::pinned(GEO_MAX_ENTRIES, 0);
-#[map(name = "geo_on")]
-static GEO_ON: Array<u32> = Array::pinned(1, 0);
 #[map(name = "geo_drops")]
 static GEO_DROPS: PerCpuArray<u64> = PerCpuArray::pinned(GEO_LABELS, 0);
 
@@ -115,11 +109,7 @@ fn try_xban_xdp(ctx: &XdpContext) -> Result<u32, ()> {
             if slot.allow != 0 && ALLOW_V4.get(Key::new(32, bytes)).is_some() {
                 return Ok(allowed());
             }
-            let class = ban_v4(src, slot.nets);
-            if class == Some(BanClass::Drop as u32) {
-                count_geo_drop(Some(bytes), None);
-            }
-            Ok(ban_verdict(class))
+            Ok(ban_verdict(ban_v4(src, slot.nets)))
         }
         ETH_P_IPV6 => {
             let hi = unsafe { *ptr_at::<u64>(ctx, off + IPV6_SRC_OFF)? };
@@ -130,11 +120,7 @@ fn try_xban_xdp(ctx: &XdpContext) -> Result<u32, ()> {
             if slot.allow != 0 && ALLOW_V6.get(Key::new(128, v6_bytes(hi, lo))).is_some() {
                 return Ok(allowed());
             }
-            let class = ban_v6(hi, lo, slot.nets);
-            if class == Some(BanClass::Drop as u32) {
-                count_geo_drop(None, Some(v6_bytes(hi, lo)));
-            }
-            Ok(ban_verdict(class))
+            Ok(ban_verdict(ban_v6(hi, lo, slot.nets)))
         }
         _ => {
             count(stats::PASSED_NOT_IP);
@@ -146,14 +132,14 @@ fn try_xban_xdp(ctx: &XdpContext) -> Result<u32, ()> {
 /// The class of the most specific ban covering `src`: the host entry, else
 /// each prefix length in `lens` (bit L: length L), longest first.
 #[inline(always)]
-fn ban_v4(src: u32, mut lens: u64) -> Option<u32> {
+fn ban_v4(src: u32, mut lens: u64) -> Option<(u32, u32)> {
     if let Some(c) = find_v4(src, 32) {
         return Some(c);
     }
     if lens.count_ones() > PROBE_LENGTHS {
         return BANS_V4
             .get(Key::new(32, src.to_ne_bytes()))
-            .map(|v| v.class);
+            .map(|v| (v.class, v.flags));
     }
     // Bounded for the verifier, which walks every iteration.
     for _ in 0..PROBE_LENGTHS {
@@ -172,7 +158,7 @@ fn ban_v4(src: u32, mut lens: u64) -> Option<u32> {
 
 /// As [`ban_v4`], lengths 64..=127 in `lens[1]`, 0..=63 in `lens[0]`.
 #[inline(always)]
-fn ban_v6(hi: u64, lo: u64, lens: [u64; 2]) -> Option<u32> {
+fn ban_v6(hi: u64, lo: u64, lens: [u64; 2]) -> Option<(u32, u32)> {
     if let Some(c) = find_v6(hi, lo, 128) {
         return Some(c);
     }
@@ -180,7 +166,7 @@ fn ban_v6(hi: u64, lo: u64, lens: [u64; 2]) -> Option<u32> {
     if upper.count_ones() + lower.count_ones() > PROBE_LENGTHS {
         return BANS_V6
             .get(Key::new(128, v6_bytes(hi, lo)))
-            .map(|v| v.class);
+            .map(|v| (v.class, v.flags));
     }
     for _ in 0..PROBE_LENGTHS {
         let (h, l, len) = if upper != 0 {
@@ -204,7 +190,7 @@ fn ban_v6(hi: u64, lo: u64, lens: [u64; 2]) -> Option<u32> {
 /// The class of entry (`addr`, `len`): its bucket's ways, then the overflow
 /// hash if the bucket has spilled.
 #[inline(always)]
-fn find_v4(addr: u32, len: u32) -> Option<u32> {
+fn find_v4(addr: u32, len: u32) -> Option<(u32, u32)> {
     let bucket = TAB_V4.get_ptr(tab_bucket_v4(addr, len))?;
     let key = tab_key_v4(addr, len);
     // Volatile: the agent writes these words while we read them; each way
@@ -212,7 +198,7 @@ fn find_v4(addr: u32, len: u32) -> Option<u32> {
     for i in 0..xban_common::TAB_V4_WAYS {
         let way = unsafe { read_volatile(&(*bucket).ways[i]) };
         if let Some(c) = tab_match_v4(way, key) {
-            return Some(c);
+            return Some((c, tab_label_v4(way)));
         }
     }
     if unsafe { read_volatile(&(*bucket).overflow) } != 0 {
@@ -220,13 +206,15 @@ fn find_v4(addr: u32, len: u32) -> Option<u32> {
             prefix_len: len,
             addr: addr.to_ne_bytes(),
         };
-        return OVER_V4.get_ptr(key).map(|v| unsafe { (*v).class });
+        return OVER_V4
+            .get_ptr(key)
+            .map(|v| unsafe { ((*v).class, (*v).flags) });
     }
     None
 }
 
 #[inline(always)]
-fn find_v6(hi: u64, lo: u64, len: u32) -> Option<u32> {
+fn find_v6(hi: u64, lo: u64, len: u32) -> Option<(u32, u32)> {
     let bucket = TAB_V6.get_ptr(tab_bucket_v6(hi, lo, len))?;
     for i in 0..xban_common::TAB_V6_WAYS {
         let way = unsafe { &(*bucket).ways[i] };
@@ -239,7 +227,7 @@ fn find_v6(hi: u64, lo: u64, len: u32) -> Option<u32> {
         let again = unsafe { read_volatile(&way.meta) };
         if h == hi && l == lo && again >> 32 == meta >> 32 {
             if let Some(c) = tab_meta_match_v6(again, len) {
-                return Some(c);
+                return Some((c, tab_label_v6(again)));
             }
         }
     }
@@ -248,7 +236,9 @@ fn find_v6(hi: u64, lo: u64, len: u32) -> Option<u32> {
             prefix_len: len,
             addr: v6_bytes(hi, lo),
         };
-        return OVER_V6.get_ptr(key).map(|v| unsafe { (*v).class });
+        return OVER_V6
+            .get_ptr(key)
+            .map(|v| unsafe { ((*v).class, (*v).flags) });
     }
     None
 }
@@ -293,14 +283,15 @@ fn allowed() -> u32 {
 
 /// The decision for a source that is not allowlisted.
 #[inline(always)]
-fn ban_verdict(ban_class: Option<u32>) -> u32 {
-    match ban_class {
-        Some(c) if c == BanClass::Tarpit as u32 => {
+fn ban_verdict(ban: Option<(u32, u32)>) -> u32 {
+    match ban {
+        Some((c, _)) if c == BanClass::Tarpit as u32 => {
             count(stats::PASSED_TARPIT);
             xdp_action::XDP_PASS
         }
-        Some(_) => {
+        Some((_, label)) => {
             count(stats::DROPPED);
+            count_geo_drop(label);
             xdp_action::XDP_DROP
         }
         None => {
@@ -310,24 +301,17 @@ fn ban_verdict(ban_class: Option<u32>) -> u32 {
     }
 }
 
-/// A dropped packet from inside a geo rule's prefix counts for its country
-/// (or AS). Off the clean path entirely, and one array read on the drop
-/// path while no geo rule is loaded.
+/// A packet dropped by a geo rule's entry counts for its country (or AS):
+/// the label came with the entry, so this is one per-CPU array slot, and
+/// nothing at all for other bans.
 #[inline(always)]
-fn count_geo_drop(v4: Option<[u8; 4]>, v6: Option<[u8; 16]>) {
-    if GEO_ON.get(0).copied().unwrap_or(0) == 0 {
+fn count_geo_drop(label: u32) {
+    if label == 0 {
         return;
     }
-    let label = match (v4, v6) {
-        (Some(a), _) => GEO_V4.get(Key::new(32, a)).map(|v| v.label),
-        (_, Some(a)) => GEO_V6.get(Key::new(128, a)).map(|v| v.label),
-        _ => None,
-    };
-    if let Some(label) = label {
-        if let Some(c) = GEO_DROPS.get_ptr_mut(label) {
-            // SAFETY: a per-CPU slot, written by this CPU only.
-            unsafe { *c += 1 };
-        }
+    if let Some(c) = GEO_DROPS.get_ptr_mut(label & 0xffff) {
+        // SAFETY: a per-CPU slot, written by this CPU only.
+        unsafe { *c += 1 };
     }
 }
 

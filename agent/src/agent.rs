@@ -316,6 +316,7 @@ impl AgentCore {
                 self.enforcer.apply(&target, MapChange::Set(class))?;
             }
         }
+        self.relabel_geo_entries()?;
         Ok(report)
     }
 

@@ -405,6 +405,28 @@ mod tests {
     }
 
     #[test]
+    fn resolver_and_refresh_settings_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = |agent: &str| {
+            let text = format!(
+                "[agent]\nfilters_dir = \"{}\"\n{agent}",
+                dir.path().join("none").display()
+            );
+            crate::config::Config::parse(&text)
+                .unwrap()
+                .validate()
+                .unwrap_err()
+                .to_string()
+        };
+        let e = err("resolvers = [\"198.51.100.53\", \"ns.example\"]\n");
+        assert!(e.starts_with("agent.resolvers[1]:"), "{e}");
+        let e = err("dns_refresh_min = \"10m\"\ndns_refresh_max = \"1m\"\n");
+        assert!(e.starts_with("agent.dns_refresh_max:"), "{e}");
+        let e = err("dns_refresh_min = 0\n");
+        assert!(e.starts_with("agent.dns_refresh_min:"), "{e}");
+    }
+
+    #[test]
     fn refresh_follows_the_ttl_within_bounds() {
         let s = DnsSettings {
             resolvers: vec![],

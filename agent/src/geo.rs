@@ -841,6 +841,47 @@ mod tests {
     }
 
     #[test]
+    fn settings_around_geo_and_names_are_checked_with_their_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let head = format!(
+            "[agent]\nfilters_dir = \"{}\"\n",
+            dir.path().join("none").display()
+        );
+        let err = |text: &str| {
+            let full = format!("{head}{text}");
+            match crate::config::Config::parse(&full) {
+                Err(e) => e.to_string(),
+                Ok(c) => c.validate().unwrap_err().to_string(),
+            }
+        };
+        let jail = "[jails.sshd]\nlogpath = [\"/l\"]\nfailregex = ['x <HOST>']\n";
+        let e = err(&format!("{jail}bantime_by_country = {{ XA = \"1w\" }}\n"));
+        assert!(
+            e.starts_with("jails.sshd.bantime_by_country:") && e.contains("[geo] database"),
+            "{e}"
+        );
+        let e = err(&format!(
+            "{jail}bantime_by_country = {{ Xanadu = \"1w\" }}\n"
+        ));
+        assert!(e.contains("`Xanadu` is not a country code"), "{e}");
+        let e = err(&format!("{jail}bantime_by_country = {{ XA = \"soon\" }}\n"));
+        assert!(e.contains("soon"), "{e}");
+        let e = err("[defaults]\nignoreip = [\"bad name!\"]\n");
+        assert!(
+            e.starts_with("defaults.ignoreip[0]:") && e.contains("DNS host name"),
+            "{e}"
+        );
+        let e =
+            err("[geo]\ndatabase = \"/nonexistent/x.mmdb\"\n[[geo.rules]]\ncountries = [\"XA\"]\n");
+        assert!(
+            e.starts_with("geo.database: cannot read /nonexistent/x.mmdb"),
+            "{e}"
+        );
+        let e = err("[geo]\ndatabase = \"/x.mmdb\"\n[[geo.rules]]\ncountries = [\"XA\"]\naction = \"allow\"\nclass = \"drop\"\n");
+        assert!(e.starts_with("geo.rules[0].class:"), "{e}");
+    }
+
+    #[test]
     fn missing_and_corrupt_files_are_named() {
         let dir = tempfile::tempdir().unwrap();
         let missing = dir.path().join("none.mmdb");

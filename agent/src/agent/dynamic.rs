@@ -203,6 +203,8 @@ impl AgentCore {
         applied_allow.extend(want.allow.iter().map(|(t, r)| (*t, *r)));
         self.dynamic.geo.applied.allow = applied_allow;
         self.rebuild_allowlist()?;
+        // Labels first: the entries written next carry them.
+        self.sync_geo_labels(&want)?;
         for (t, ban) in &diff.add {
             let change = self.book.add(BanRecord {
                 target: *t,
@@ -227,7 +229,6 @@ impl AgentCore {
         let (added, removed) = (diff.add.len(), diff.remove.len());
         self.dynamic.geo.applied = want;
         self.rebuild_allowlist()?;
-        self.sync_geo_labels()?;
         let g = &mut self.dynamic.geo;
         g.generation += 1;
         g.load_ms = started.elapsed().as_secs_f64() * 1000.0;
@@ -241,10 +242,10 @@ impl AgentCore {
     }
 
     /// The per-country drop counters' view of the geo prefixes.
-    fn sync_geo_labels(&mut self) -> Result<()> {
+    fn sync_geo_labels(&mut self, set: &GeoSet) -> Result<()> {
         let g = &mut self.dynamic.geo;
-        let mut entries = Vec::with_capacity(g.applied.bans.len());
-        for (t, ban) in &g.applied.bans {
+        let mut entries = Vec::with_capacity(set.bans.len());
+        for (t, ban) in &set.bans {
             let next = g.label_ids.len() as u32 + 1;
             let id = *g.label_ids.entry(ban.label.clone()).or_insert(next);
             // Beyond the counters' room, label 0 collects the rest.
@@ -254,7 +255,29 @@ impl AgentCore {
         self.enforcer.sync_geo_labels(&entries)
     }
 
-    /// Packets dropped from inside geo ban prefixes, per country or AS.
+    /// At start, after the reconcile: geo entries a previous agent left are
+    /// written again in place (never removed), with this agent's labels.
+    pub(super) fn relabel_geo_entries(&mut self) -> Result<()> {
+        let targets: Vec<(Target, crate::ban::BanClass)> = self
+            .dynamic
+            .geo
+            .applied
+            .bans
+            .keys()
+            .filter_map(|t| {
+                self.book
+                    .effective(t)
+                    .filter(|r| r.jail == GEO_JAIL)
+                    .map(|r| (*t, r.class))
+            })
+            .collect();
+        for (t, class) in targets {
+            self.enforcer.apply(&t, crate::ban::MapChange::Set(class))?;
+        }
+        Ok(())
+    }
+
+    /// Packets dropped by geo ban entries, per country or AS.
     pub fn geo_drops(&self) -> std::collections::BTreeMap<String, u64> {
         let g = &self.dynamic.geo;
         let n = (g.label_ids.len() as u32 + 1).min(xban_common::GEO_LABELS);

@@ -31,7 +31,7 @@ pub trait Enforcer: Send {
         None
     }
     /// The geo ban prefixes with their label index, for per-country drop
-    /// counts.
+    /// counts: entries written from now on carry it.
     fn sync_geo_labels(&mut self, _entries: &[(Target, u32)]) -> Result<()> {
         Ok(())
     }
@@ -96,6 +96,14 @@ impl KernelEnforcer {
 }
 
 impl KernelEnforcer {
+    /// The geo label written with a target's entry (0: none).
+    fn label(&self, target: &Target) -> u32 {
+        self.geo
+            .as_ref()
+            .and_then(|g| g.labels.get(target).copied())
+            .unwrap_or(0)
+    }
+
     /// Out of the steering sets, if it is in them.
     fn unsteer(&mut self, target: &Target) -> Result<()> {
         if self.steered.remove(target) {
@@ -115,16 +123,23 @@ impl Enforcer for KernelEnforcer {
         let steered = self.steered();
         match change {
             MapChange::Set(BanClass::Tarpit) if steered => {
-                if let Some(s) = self.steering.as_mut() {
-                    s.add(target)?;
-                    self.steered.insert(*target);
+                if !self.steered.contains(target) {
+                    if let Some(s) = self.steering.as_mut() {
+                        s.add(target)?;
+                        self.steered.insert(*target);
+                    }
                 }
-                self.xdp.set_ban(target, BanClass::Tarpit)
+                self.xdp
+                    .set_ban_labelled(target, BanClass::Tarpit, self.label(target))
             }
             // Without steering the tarpit class is dropped at XDP.
-            MapChange::Set(BanClass::Tarpit) => self.xdp.set_ban(target, BanClass::Drop),
+            MapChange::Set(BanClass::Tarpit) => {
+                self.xdp
+                    .set_ban_labelled(target, BanClass::Drop, self.label(target))
+            }
             MapChange::Set(BanClass::Drop) => {
-                self.xdp.set_ban(target, BanClass::Drop)?;
+                self.xdp
+                    .set_ban_labelled(target, BanClass::Drop, self.label(target))?;
                 self.unsteer(target)
             }
             MapChange::Remove => {
@@ -156,10 +171,10 @@ impl Enforcer for KernelEnforcer {
     }
 
     fn sync_geo_labels(&mut self, entries: &[(Target, u32)]) -> Result<()> {
-        match self.geo.as_mut() {
-            Some(g) => g.sync(entries),
-            None => Ok(()),
+        if let Some(g) = self.geo.as_mut() {
+            g.labels = entries.iter().copied().collect();
         }
+        Ok(())
     }
 
     fn geo_drops(&self, labels: u32) -> Result<Vec<u64>> {

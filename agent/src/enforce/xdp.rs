@@ -330,13 +330,16 @@ impl Table {
         })
     }
 
-    /// Writes `e` with `class` into way `i` (free, or already holding `e`).
-    fn put(&self, e: &Entry, i: usize, class: u32) {
+    /// Writes `e` with its value (class, geo label) into way `i` (free, or
+    /// already holding `e`).
+    fn put(&self, e: &Entry, i: usize, value: BanValue) {
+        let (class, label) = (value.class, value.flags & 0xffff);
         let w = self.way(e.bucket(), i);
         match *e {
-            Entry::V4 { addr, len } => self
-                .word(w)
-                .store(xban_common::tab_way_v4(addr, len, class), Ordering::Release),
+            Entry::V4 { addr, len } => self.word(w).store(
+                xban_common::tab_way_v4_labelled(addr, len, class, label),
+                Ordering::Release,
+            ),
             Entry::V6 { hi, lo, len } => {
                 let meta = self.word(w + 2).load(Ordering::Acquire);
                 let version = xban_common::tab_meta_version_v6(meta);
@@ -350,7 +353,7 @@ impl Table {
                     version
                 };
                 self.word(w + 2).store(
-                    xban_common::tab_meta_v6(len, class, version),
+                    xban_common::tab_meta_v6_labelled(len, class, version, label),
                     Ordering::Release,
                 );
             }
@@ -756,11 +759,11 @@ impl XdpMaps {
     fn fast_set(&mut self, t: &Target, value: BanValue) -> Result<()> {
         let e = Entry::of(t);
         match self.place(&e)? {
-            Place::Way(i) => self.table(&e).put(&e, i, value.class),
+            Place::Way(i) => self.table(&e).put(&e, i, value),
             Place::Over => self.over_insert(t, value)?,
             Place::Absent => {
                 match self.table(&e).free_way(&e) {
-                    Some(i) => self.table(&e).put(&e, i, value.class),
+                    Some(i) => self.table(&e).put(&e, i, value),
                     None => {
                         // Entry first, then the flag that sends readers to it.
                         self.over_insert(t, value)?;
@@ -825,7 +828,15 @@ impl XdpMaps {
     }
 
     pub fn set_ban(&mut self, target: &Target, class: BanClass) -> Result<()> {
-        let value = ban_value(class);
+        self.set_ban_labelled(target, class, 0)
+    }
+
+    /// A ban whose drops count for a geo label ([`xban_common::GEO_LABELS`]).
+    pub fn set_ban_labelled(&mut self, target: &Target, class: BanClass, label: u32) -> Result<()> {
+        let value = BanValue {
+            flags: label & 0xffff,
+            ..ban_value(class)
+        };
         // The trie first: it is the record a restarted agent rebuilds from.
         if target.is_ipv4() {
             self.bans_v4.insert(&key4(target), value, 0)

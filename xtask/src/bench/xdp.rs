@@ -112,9 +112,9 @@ pub fn run(ws: &Workspace, quick: bool) -> Result<Vec<Section>> {
         let started = Instant::now();
         let written = fill.grow(&maps, hosts, prefixes)?;
         if prefixes >= GEO_PREFIXES {
-            let labelled = fill.label_geo(&agent.pin_dir)?;
+            let labelled = fill.label_geo(&maps)?;
             fill_notes.push(format!(
-                "Geo stage: the {labelled} prefixes also written into geo_v4/geo_v6 with labels and geo_on = 1, as an agent with [geo] rules does: drops look up the per-country counter."
+                "Geo stage: the {labelled} prefixes (and the probes' banned prefixes) rewritten with geo labels, as an agent writes [geo] rule entries: a packet they drop also counts for its country."
             ));
         }
         if written > 0 {
@@ -344,30 +344,25 @@ impl Filler {
         Ok(written)
     }
 
-    /// Every prefix into the geo label tries (label = length, any will
-    /// do), and per-country counting on.
-    fn label_geo(&self, pin_dir: &Path) -> Result<usize> {
-        use xban_common as c;
-        let v4 = BpfMap::open(&pin_dir.join(c::MAP_GEO_V4))?;
-        let v6 = BpfMap::open(&pin_dir.join(c::MAP_GEO_V6))?;
-        let on = BpfMap::open(&pin_dir.join(c::MAP_GEO_ON))?;
+    /// Every prefix rewritten in place with a geo label (1..=100), as the
+    /// agent writes a geo rule's entries; the probes' prefixes too, so a
+    /// packet they drop pays for its per-country count.
+    fn label_geo(&self, maps: &BanMaps) -> Result<usize> {
+        let drop = BanClass::Drop as u32;
         let mut n = 0;
         for (addr, len) in &self.v4_nets {
-            let mut key = len.to_ne_bytes().to_vec();
-            key.extend_from_slice(&addr.to_be_bytes());
-            v4.update(&key, &(len % c::GEO_LABELS).to_ne_bytes())
-                .context("write geo_v4")?;
+            maps.ban_labelled(&addr.to_be_bytes(), *len, drop, 1 + len % 100)?;
             n += 1;
         }
         for (addr, len) in &self.v6_nets {
-            let mut key = len.to_ne_bytes().to_vec();
-            key.extend_from_slice(&addr.to_be_bytes());
-            v6.update(&key, &(len % c::GEO_LABELS).to_ne_bytes())
-                .context("write geo_v6")?;
+            maps.ban_labelled(&addr.to_be_bytes(), *len, drop, 1 + len % 100)?;
             n += 1;
         }
-        on.update(&0u32.to_ne_bytes(), &1u32.to_ne_bytes())
-            .context("write geo_on")?;
+        let (a4, l4) = V4_PREFIX.split_once('/').expect("prefix");
+        let a4: std::net::Ipv4Addr = a4.parse()?;
+        maps.ban_labelled(&a4.octets(), l4.parse()?, drop, 1)?;
+        let (a6, l6) = V6_PREFIX.split_once('/').expect("prefix");
+        maps.ban_labelled(&v6(a6), l6.parse()?, drop, 1)?;
         Ok(n)
     }
 }
@@ -1114,9 +1109,21 @@ impl BanMaps {
     }
 
     pub(super) fn ban(&self, addr: &[u8], prefix_len: u32, class: u32) -> Result<()> {
+        self.ban_labelled(addr, prefix_len, class, 0)
+    }
+
+    /// As the agent writes a geo rule's entry: with its country's label.
+    pub(super) fn ban_labelled(
+        &self,
+        addr: &[u8],
+        prefix_len: u32,
+        class: u32,
+        label: u32,
+    ) -> Result<()> {
         let fam = if addr.len() == 4 { V4 } else { V6 };
         let mut value = [0u8; 8];
         value[..4].copy_from_slice(&class.to_ne_bytes());
+        value[4..].copy_from_slice(&label.to_ne_bytes());
         let mut trie_key = prefix_len.to_ne_bytes().to_vec();
         trie_key.extend_from_slice(addr);
         self.bans[fam]
@@ -1146,7 +1153,7 @@ impl BanMaps {
                 set_word(
                     &mut b,
                     i,
-                    xban_common::tab_way_v4(key as u32, prefix_len, class),
+                    xban_common::tab_way_v4_labelled(key as u32, prefix_len, class, label),
                 )
             })
         } else {
@@ -1169,7 +1176,12 @@ impl BanMaps {
                 set_word(
                     &mut b,
                     3 + 3 * i,
-                    xban_common::tab_meta_v6(prefix_len, class, version.wrapping_add(1)),
+                    xban_common::tab_meta_v6_labelled(
+                        prefix_len,
+                        class,
+                        version.wrapping_add(1),
+                        label,
+                    ),
                 );
             })
         };
