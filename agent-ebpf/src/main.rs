@@ -29,10 +29,11 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use xban_common::{
-    dir_slot_v4, dir_slot_v6, stats, tab_bucket_v4, tab_bucket_v6, tab_key_v4, tab_match_v4,
-    tab_meta_match_v6, AllowValue, BanClass, BanValue, DirV4, DirV6, NetKey4, NetKey6, TabBucketV4,
-    TabBucketV6, ALLOW_MAX_ENTRIES, BANS_MAX_ENTRIES, BPF_F_MMAPABLE, BPF_F_NO_PREALLOC, DIR_ALLOW,
-    DIR_FALLBACK, DIR_SLOTS, OVER_MAX_ENTRIES, PROBE_LENGTHS, TAB_BUCKETS,
+    dir_slot_v4, dir_slot_v6, stats, tab_bucket_v4, tab_bucket_v6, tab_key_v4, tab_label_v4,
+    tab_label_v6, tab_match_v4, tab_meta_match_v6, AllowValue, BanClass, BanValue, DirV4, DirV6,
+    NetKey4, NetKey6, TabBucketV4, TabBucketV6, ALLOW_MAX_ENTRIES, BANS_MAX_ENTRIES,
+    BPF_F_MMAPABLE, BPF_F_NO_PREALLOC, DIR_ALLOW, DIR_FALLBACK, DIR_SLOTS, GEO_LABELS,
+    OVER_MAX_ENTRIES, PROBE_LENGTHS, TAB_BUCKETS,
 };
 
 // Pinned by name: a restarted agent (and bpftool) finds the same maps under the pin dir.
@@ -60,6 +61,9 @@ static DIR_V4: Array<DirV4> = Array::pinned(DIR_SLOTS, BPF_F_MMAPABLE);
 static DIR_V6: Array<DirV6> = Array::pinned(DIR_SLOTS, BPF_F_MMAPABLE);
 #[map(name = "stats")]
 static STATS: PerCpuArray<u64> = PerCpuArray::pinned(stats::COUNT, 0);
+// Per-country drop counts (see `count_geo_drop`).
+#[map(name = "geo_drops")]
+static GEO_DROPS: PerCpuArray<u64> = PerCpuArray::pinned(GEO_LABELS, 0);
 
 const ETH_HDR_LEN: usize = 14;
 const VLAN_HDR_LEN: usize = 4;
@@ -147,14 +151,14 @@ fn try_xban_xdp(ctx: &XdpContext) -> Result<u32, ()> {
 /// slot's `flags` say the fast maps are incomplete (or too many lengths are
 /// listed), the trie answers: it holds every ban.
 #[inline(always)]
-fn ban_v4(src: u32, mut lens: u64, flags: u64) -> Option<u32> {
+fn ban_v4(src: u32, mut lens: u64, flags: u64) -> Option<(u32, u32)> {
     if let Some(c) = find_v4(src, 32) {
         return Some(c);
     }
     if flags & DIR_FALLBACK != 0 || lens.count_ones() > PROBE_LENGTHS {
         return BANS_V4
             .get(Key::new(32, src.to_ne_bytes()))
-            .map(|v| v.class);
+            .map(|v| (v.class, v.flags));
     }
     // Bounded for the verifier, which walks every iteration.
     for _ in 0..PROBE_LENGTHS {
@@ -173,7 +177,7 @@ fn ban_v4(src: u32, mut lens: u64, flags: u64) -> Option<u32> {
 
 /// As [`ban_v4`], lengths 64..=127 in `lens[1]`, 0..=63 in `lens[0]`.
 #[inline(always)]
-fn ban_v6(hi: u64, lo: u64, lens: [u64; 2], flags: u64) -> Option<u32> {
+fn ban_v6(hi: u64, lo: u64, lens: [u64; 2], flags: u64) -> Option<(u32, u32)> {
     if let Some(c) = find_v6(hi, lo, 128) {
         return Some(c);
     }
@@ -181,7 +185,7 @@ fn ban_v6(hi: u64, lo: u64, lens: [u64; 2], flags: u64) -> Option<u32> {
     if flags & DIR_FALLBACK != 0 || upper.count_ones() + lower.count_ones() > PROBE_LENGTHS {
         return BANS_V6
             .get(Key::new(128, v6_bytes(hi, lo)))
-            .map(|v| v.class);
+            .map(|v| (v.class, v.flags));
     }
     for _ in 0..PROBE_LENGTHS {
         let (h, l, len) = if upper != 0 {
@@ -205,7 +209,7 @@ fn ban_v6(hi: u64, lo: u64, lens: [u64; 2], flags: u64) -> Option<u32> {
 /// The class of entry (`addr`, `len`): its bucket's ways, then the overflow
 /// hash if the bucket has spilled.
 #[inline(always)]
-fn find_v4(addr: u32, len: u32) -> Option<u32> {
+fn find_v4(addr: u32, len: u32) -> Option<(u32, u32)> {
     let bucket = TAB_V4.get_ptr(tab_bucket_v4(addr, len))?;
     let key = tab_key_v4(addr, len);
     // Volatile: the agent writes these words while we read them; each way
@@ -213,7 +217,7 @@ fn find_v4(addr: u32, len: u32) -> Option<u32> {
     for i in 0..xban_common::TAB_V4_WAYS {
         let way = unsafe { read_volatile(&(*bucket).ways[i]) };
         if let Some(c) = tab_match_v4(way, key) {
-            return Some(c);
+            return Some((c, tab_label_v4(way)));
         }
     }
     if unsafe { read_volatile(&(*bucket).overflow) } != 0 {
@@ -221,13 +225,15 @@ fn find_v4(addr: u32, len: u32) -> Option<u32> {
             prefix_len: len,
             addr: addr.to_ne_bytes(),
         };
-        return OVER_V4.get_ptr(key).map(|v| unsafe { (*v).class });
+        return OVER_V4
+            .get_ptr(key)
+            .map(|v| unsafe { ((*v).class, (*v).flags) });
     }
     None
 }
 
 #[inline(always)]
-fn find_v6(hi: u64, lo: u64, len: u32) -> Option<u32> {
+fn find_v6(hi: u64, lo: u64, len: u32) -> Option<(u32, u32)> {
     let bucket = TAB_V6.get_ptr(tab_bucket_v6(hi, lo, len))?;
     for i in 0..xban_common::TAB_V6_WAYS {
         let way = unsafe { &(*bucket).ways[i] };
@@ -240,7 +246,7 @@ fn find_v6(hi: u64, lo: u64, len: u32) -> Option<u32> {
         let again = unsafe { read_volatile(&way.meta) };
         if h == hi && l == lo && again >> 32 == meta >> 32 {
             if let Some(c) = tab_meta_match_v6(again, len) {
-                return Some(c);
+                return Some((c, tab_label_v6(again)));
             }
         }
     }
@@ -249,7 +255,9 @@ fn find_v6(hi: u64, lo: u64, len: u32) -> Option<u32> {
             prefix_len: len,
             addr: v6_bytes(hi, lo),
         };
-        return OVER_V6.get_ptr(key).map(|v| unsafe { (*v).class });
+        return OVER_V6
+            .get_ptr(key)
+            .map(|v| unsafe { ((*v).class, (*v).flags) });
     }
     None
 }
@@ -295,9 +303,9 @@ fn allowed() -> u32 {
 /// The decision for a source that is not allowlisted (`l3`: offset of the
 /// IP header, `v6`: its family).
 #[inline(always)]
-fn ban_verdict(ctx: &XdpContext, l3: usize, v6: bool, ban_class: Option<u32>) -> u32 {
-    match ban_class {
-        Some(c) if c == BanClass::Tarpit as u32 => match tarpit::engine() {
+fn ban_verdict(ctx: &XdpContext, l3: usize, v6: bool, ban: Option<(u32, u32)>) -> u32 {
+    match ban {
+        Some((c, _)) if c == BanClass::Tarpit as u32 => match tarpit::engine() {
             xban_common::tarpit::engine::XDP => tarpit::tarpit(ctx, l3, v6),
             xban_common::tarpit::engine::PASS => {
                 count(stats::PASSED_TARPIT);
@@ -309,14 +317,29 @@ fn ban_verdict(ctx: &XdpContext, l3: usize, v6: bool, ban_class: Option<u32>) ->
                 xdp_action::XDP_DROP
             }
         },
-        Some(_) => {
+        Some((_, label)) => {
             count(stats::DROPPED);
+            count_geo_drop(label);
             xdp_action::XDP_DROP
         }
         None => {
             count(stats::PASSED_CLEAN);
             xdp_action::XDP_PASS
         }
+    }
+}
+
+/// A packet dropped by a geo rule's entry counts for its country (or AS):
+/// the label came with the entry, so this is one per-CPU array slot, and
+/// nothing at all for other bans.
+#[inline(always)]
+fn count_geo_drop(label: u32) {
+    if label == 0 {
+        return;
+    }
+    if let Some(c) = GEO_DROPS.get_ptr_mut(label & 0xffff) {
+        // SAFETY: a per-CPU slot, written by this CPU only.
+        unsafe { *c += 1 };
     }
 }
 

@@ -23,6 +23,11 @@ use crate::source::file::FilePosition;
 use crate::source::SourceLine;
 use crate::store::BanStore;
 
+mod dynamic;
+#[cfg(test)]
+mod dynamic_tests;
+pub use dynamic::all_names;
+
 /// The jail name of bans made by hand with `xban ban`.
 pub const MANUAL_JAIL: &str = "manual";
 
@@ -36,6 +41,9 @@ pub struct BanView {
     /// `None`: permanent.
     pub expires_at: Option<UnixSecs>,
     pub failures: u32,
+    /// The address's country, when a geo database is configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub country: Option<String>,
 }
 
 impl From<&BanRecord> for BanView {
@@ -47,6 +55,7 @@ impl From<&BanRecord> for BanView {
             banned_at: r.banned_at,
             expires_at: r.expires_at,
             failures: r.failures,
+            country: None,
         }
     }
 }
@@ -86,6 +95,18 @@ pub struct StatusView {
     #[serde(default)]
     pub links: Option<serde_json::Value>,
     pub jails: Vec<JailStatus>,
+    /// Host names in ignoreip: their addresses now, and errors.
+    #[serde(default)]
+    pub dns: Vec<crate::dns::NameStatus>,
+    /// Names that never resolved (nothing is allowlisted for them).
+    #[serde(default)]
+    pub dns_unresolved: Vec<String>,
+    /// Geo rules in force, when a database is configured.
+    #[serde(default)]
+    pub geo: Option<serde_json::Value>,
+    /// Active bans per country of the banned address (with a geo database).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub bans_by_country: std::collections::BTreeMap<String, usize>,
     /// Whether bans reach the database (disk full: a backlog waits).
     #[serde(default)]
     pub store: crate::backlog::StoreHealth,
@@ -147,6 +168,8 @@ pub struct AgentCore {
     /// just banned in this batch do not count either.
     staged_keys: std::collections::HashSet<(Target, String)>,
     batching: bool,
+    /// Host names in ignoreip and geo rules.
+    dynamic: dynamic::Dynamic,
     /// The batch's store write failed: its bans skip the store.
     batch_error: Option<String>,
     /// Bans enforced but not yet stored (full disk).
@@ -227,6 +250,7 @@ impl AgentCore {
             batching: false,
             batch_error: None,
             backlog: StoreBacklog::default(),
+            dynamic: dynamic::Dynamic::new(cfg, &host.current()),
             guard: BanGuard {
                 min_prefix_v4: cfg.agent.min_prefix_v4,
                 min_prefix_v6: cfg.agent.min_prefix_v6,
@@ -331,9 +355,6 @@ impl AgentCore {
         prepared: PreparedReload,
         cfg: &ResolvedConfig,
     ) -> Result<Vec<String>> {
-        // The one step that can still fail (the kernel's allowlist map),
-        // before anything else changes.
-        self.enforcer.set_allowlist(&cfg.allowlist)?;
         let PreparedReload { mut jails, restart } = prepared;
         for jail in &mut jails {
             if let Some(old) = self.jails.iter_mut().find(|j| j.name() == jail.name()) {
@@ -346,11 +367,16 @@ impl AgentCore {
                 }
             }
         }
-        self.allowlist = cfg.allowlist.clone();
-        self.guard.allowlist = cfg.allowlist.clone();
         self.guard.min_prefix_v4 = cfg.agent.min_prefix_v4;
         self.guard.min_prefix_v6 = cfg.agent.min_prefix_v6;
         self.jails = jails;
+        // The allowlist map: the configured entries with the names'
+        // current addresses and geo allow rules, written whole.
+        self.dynamic.self_addrs = self.guard.host.current().to_vec();
+        self.dynamic.configure(cfg);
+        self.refresh_jail_ignores();
+        self.rebuild_allowlist()?;
+        self.sync_geo(true)?;
         self.default_bantime = cfg.default_bantime;
         self.default_class = cfg.default_class;
         self.escalation = cfg.escalation.clone();
@@ -393,7 +419,9 @@ impl AgentCore {
                 }
             }
         }
+        self.rebuild_allowlist()?;
         self.enforcer.set_allowlist(&self.allowlist)?;
+        self.refresh_jail_ignores();
         // Streamed without the matched lines: they stay in the database, the
         // agent never shows them, and a million bans' worth is gigabytes.
         let book = &mut self.book;
@@ -403,6 +431,7 @@ impl AgentCore {
         // Before the reconcile below, so blocklisted entries a previous
         // agent left in the kernel are kept, not removed and re-added.
         self.sync_blocklists(false)?;
+        self.sync_geo(false)?;
         let in_kernel: HashMap<Target, Option<BanClass>> =
             self.enforcer.entries()?.into_iter().collect();
         let mut adopted = Vec::new();
@@ -459,6 +488,7 @@ impl AgentCore {
                 self.enforcer.apply(&target, MapChange::Set(class))?;
             }
         }
+        self.relabel_geo_entries()?;
         Ok(report)
     }
 
@@ -584,7 +614,7 @@ impl AgentCore {
             .jails
             .iter()
             .find(|j| j.name() == req.jail)
-            .map(|j| j.ignoreip().to_vec())
+            .map(|j| j.ignoreip())
             .unwrap_or_default();
         if self
             .guard_ban(&target, BanOrigin::Jail, &jail_allow, false)
@@ -592,6 +622,8 @@ impl AgentCore {
         {
             return Ok(None);
         }
+        let mut req = req;
+        req.bantime = self.bantime_for(&req.jail, req.addr, req.bantime);
         let per_jail = (!self.escalation.overalljails).then_some(req.jail.as_str());
         let store = &self.store;
         let mut lookup_error = None;
@@ -822,8 +854,31 @@ impl AgentCore {
     }
 
     pub fn unban(&mut self, target: &Target, jail: Option<&str>) -> Result<Vec<BanRecord>> {
+        self.refuse_geo_unban(target, jail)?;
         self.store.delete_ban(target, jail)?;
-        let (removed, change) = self.book.remove(target, jail);
+        let (removed, change) = match jail {
+            Some(j) => self.book.remove(target, Some(j)),
+            // Every jail's ban but a geo rule's.
+            None => {
+                let jails: Vec<String> = self
+                    .book
+                    .records(target)
+                    .iter()
+                    .filter(|r| r.jail != dynamic_geo_jail())
+                    .map(|r| r.jail.clone())
+                    .collect();
+                let mut removed = Vec::new();
+                let mut change = MapChange::Unchanged;
+                for j in jails {
+                    let (r, c) = self.book.remove(target, Some(&j));
+                    removed.extend(r);
+                    if c != MapChange::Unchanged {
+                        change = c;
+                    }
+                }
+                (removed, change)
+            }
+        };
         self.backlog.forget(target, jail);
         self.enforcer.apply(target, change)?;
         if removed.iter().any(|r| r.jail == BLOCKLIST_JAIL) {
@@ -846,6 +901,7 @@ impl AgentCore {
             .book
             .iter()
             .filter(|r| jail.is_none_or(|j| r.jail == j))
+            .filter(|r| r.jail != dynamic_geo_jail())
             .map(|r| r.target)
             .collect();
         let mut removed = Vec::new();
@@ -893,7 +949,11 @@ impl AgentCore {
             .book
             .iter()
             .filter(|r| jail.is_none_or(|j| r.jail == j))
-            .map(BanView::from)
+            .map(|r| {
+                let mut b = BanView::from(r);
+                b.country = self.country_of(r.target.addr());
+                b
+            })
             .collect();
         v.sort_by(|a, b| {
             (a.banned_at, &a.address, &a.jail).cmp(&(b.banned_at, &b.address, &b.jail))
@@ -977,7 +1037,25 @@ impl AgentCore {
                     count: *count,
                 })
                 .collect(),
+            dns: self.dns_status(),
+            dns_unresolved: self.dynamic.names.unresolved(),
+            geo: self.geo_status(),
+            bans_by_country: self.bans_by_country(),
         })
+    }
+
+    fn bans_by_country(&self) -> std::collections::BTreeMap<String, usize> {
+        let mut out = std::collections::BTreeMap::new();
+        if self.dynamic.geo.db.is_none() {
+            return out;
+        }
+        for (t, _) in self.book.effective_all() {
+            let c = self
+                .country_of(t.addr())
+                .unwrap_or_else(|| "unknown".to_string());
+            *out.entry(c).or_default() += 1;
+        }
+        out
     }
 
     fn jail_by_name(&self, name: &str) -> Result<&Jail> {
@@ -1034,7 +1112,7 @@ impl AgentCore {
                     name.to_string(),
                     j.settings.bantime,
                     j.settings.class,
-                    j.ignoreip().to_vec(),
+                    j.ignoreip(),
                 )
             }
             None => (
@@ -1161,6 +1239,7 @@ impl AgentCore {
                 Ok(serde_json::to_value(views)?)
             }
             Request::Stats => Ok(serde_json::to_value(self.enforcer.xdp_stats()?)?),
+            Request::Geo { address } => Ok(serde_json::to_value(self.geo_info(address)?)?),
             // The daemon answers these itself (they need the config file
             // and the running sources).
             Request::Teardown | Request::Reload | Request::Metrics => Ok(serde_json::Value::Null),
@@ -1180,6 +1259,10 @@ impl AgentCore {
     pub fn store(&mut self) -> &mut BanStore {
         &mut self.store
     }
+}
+
+fn dynamic_geo_jail() -> &'static str {
+    crate::geo::GEO_JAIL
 }
 
 fn expiry(now: UnixSecs, bantime: BanTime) -> Option<UnixSecs> {

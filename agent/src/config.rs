@@ -22,6 +22,7 @@ use crate::directories;
 use crate::enforce::iptables::TarpitConfig;
 use crate::escalation::EscalationConfig;
 use crate::filter::{FilterDef, FilterSet, UseDns};
+use crate::geo::{GeoConfig, GeoDb, GeoSet};
 
 /// The whole file.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -33,6 +34,7 @@ pub struct Config {
     pub jails: BTreeMap<String, JailConfig>,
     pub escalation: EscalationConfig,
     pub tarpit: TarpitConfig,
+    pub geo: GeoConfig,
 }
 
 /// `[agent]`: where and how the agent runs.
@@ -70,6 +72,14 @@ pub struct AgentConfig {
     pub min_prefix_v4: u8,
     /// The same for IPv6 (/32 is a whole provider's allocation).
     pub min_prefix_v6: u8,
+    /// DNS servers for host names in ignoreip (`"ADDR"` or `"ADDR:PORT"`).
+    /// Empty: the system's, from /etc/resolv.conf.
+    pub resolvers: Vec<String>,
+    /// A name's records are looked up again when their TTL runs out, but
+    /// not sooner than this (and this soon after a failed lookup).
+    pub dns_refresh_min: DurationSetting,
+    /// ... and not later than this.
+    pub dns_refresh_max: DurationSetting,
 }
 
 impl Default for AgentConfig {
@@ -88,6 +98,9 @@ impl Default for AgentConfig {
             metrics_listen: None,
             min_prefix_v4: 8,
             min_prefix_v6: 32,
+            resolvers: Vec::new(),
+            dns_refresh_min: DurationSetting(Duration::from_secs(30)),
+            dns_refresh_max: DurationSetting(Duration::from_secs(300)),
         }
     }
 }
@@ -186,6 +199,9 @@ pub struct JailConfig {
     pub class: Option<BanClass>,
     pub actions: Option<Vec<ActionConfig>>,
     pub max_tracked: Option<usize>,
+    /// Longer bans for offenders from these countries (`{ XX = "1w" }`;
+    /// needs `[geo] database`).
+    pub bantime_by_country: BTreeMap<String, BanTime>,
 }
 
 /// Where a jail's lines come from.
@@ -207,9 +223,13 @@ pub struct JailSettings {
     pub findtime: Duration,
     pub bantime: BanTime,
     pub ignoreip: Vec<Target>,
+    /// Host names in ignoreip, kept current by [`crate::dns`].
+    pub ignore_names: Vec<String>,
     pub ignoreself: bool,
     pub usedns: UseDns,
     pub class: BanClass,
+    /// Country code → the jail's bantime for offenders from there.
+    pub bantime_by_country: BTreeMap<String, BanTime>,
     pub source: SourceSpec,
     pub filter: FilterDef,
     pub mode: Option<String>,
@@ -235,6 +255,10 @@ pub struct ResolvedConfig {
     pub agent: AgentConfig,
     /// `[defaults] ignoreip`: never banned by anyone, written into the XDP allowlist.
     pub allowlist: Vec<Target>,
+    /// Host names in `[defaults] ignoreip`: their addresses join the allowlist.
+    pub allow_names: Vec<String>,
+    /// Resolvers and refresh bounds for those names.
+    pub dns: crate::dns::DnsSettings,
     pub jails: Vec<JailSettings>,
     /// `[defaults]` bantime and class, for manual bans outside any jail.
     pub default_bantime: BanTime,
@@ -248,6 +272,11 @@ pub struct ResolvedConfig {
     /// Accepted but worth a look (e.g. an ignoreip that allows everyone):
     /// logged at start and reload, printed by `xban check`.
     pub warnings: Vec<String>,
+    pub geo: GeoConfig,
+    /// The databases, opened and checked (None without `[geo]`).
+    pub geo_db: Option<std::sync::Arc<GeoDb>>,
+    /// The rules compiled against them.
+    pub geo_set: std::sync::Arc<GeoSet>,
 }
 
 /// A config error: where it is and what to do.
@@ -318,7 +347,7 @@ impl Config {
     /// Resolve every enabled jail against `[defaults]` and check it whole:
     /// filters compile, addresses parse, sources make sense.
     pub fn validate(&self) -> Result<ResolvedConfig, ConfigError> {
-        let allowlist = parse_targets("defaults.ignoreip", &self.defaults.ignoreip)?;
+        let (allowlist, allow_names) = parse_ignore("defaults.ignoreip", &self.defaults.ignoreip)?;
         let mut warnings = Vec::new();
         crate::preflight::check_agent_section(&self.agent)
             .map_err(|(place, message)| invalid(place, message))?;
@@ -337,6 +366,22 @@ impl Config {
                 format!("must be at least 1 (default {DEFAULT_MAX_TRACKED})"),
             ));
         }
+        let dns = self.dns_settings()?;
+        let mut geo = self.geo.clone();
+        geo.validate()
+            .map_err(|crate::geo::GeoError::Invalid { place, message }| invalid(place, message))?;
+        let (geo_db, geo_set) = if geo.enabled() {
+            let db =
+                GeoDb::open(&geo).map_err(|crate::geo::GeoError::Invalid { place, message }| {
+                    invalid(place, message)
+                })?;
+            let set = crate::geo::compile(&db, &geo.rules).map_err(
+                |crate::geo::GeoError::Invalid { place, message }| invalid(place, message),
+            )?;
+            (Some(std::sync::Arc::new(db)), set)
+        } else {
+            (None, GeoSet::default())
+        };
         let user_filters =
             crate::filter::builtin::load_dir(&self.agent.filters_dir).map_err(|e| {
                 invalid(
@@ -391,9 +436,19 @@ impl Config {
             }
             jails.push(settings);
         }
+        for j in &jails {
+            if !j.bantime_by_country.is_empty() && geo.database.is_none() {
+                return Err(invalid(
+                    format!("jails.{}.bantime_by_country", j.name),
+                    "needs a country database: set [geo] database = \"/var/lib/GeoIP/GeoLite2-Country.mmdb\"",
+                ));
+            }
+        }
         Ok(ResolvedConfig {
             agent: self.agent.clone(),
             allowlist,
+            allow_names,
+            dns,
             jails,
             default_bantime: self.defaults.bantime,
             default_class: self.defaults.class,
@@ -406,6 +461,36 @@ impl Config {
                 .map(|d| d.0)
                 .unwrap_or_else(|| self.escalation.longest_window()),
             warnings,
+            geo,
+            geo_db,
+            geo_set: std::sync::Arc::new(geo_set),
+        })
+    }
+
+    fn dns_settings(&self) -> Result<crate::dns::DnsSettings, ConfigError> {
+        let a = &self.agent;
+        let resolvers = a
+            .resolvers
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                crate::dns::parse_resolver(r)
+                    .map_err(|m| invalid(format!("agent.resolvers[{i}]"), m))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if a.dns_refresh_min.0.is_zero() {
+            return Err(invalid("agent.dns_refresh_min", "must be at least 1s"));
+        }
+        if a.dns_refresh_max.0 < a.dns_refresh_min.0 {
+            return Err(invalid(
+                "agent.dns_refresh_max",
+                "is shorter than dns_refresh_min: make it at least as long",
+            ));
+        }
+        Ok(crate::dns::DnsSettings {
+            resolvers,
+            refresh_min: a.dns_refresh_min.0,
+            refresh_max: a.dns_refresh_max.0,
         })
     }
 
@@ -442,10 +527,17 @@ impl Config {
             a.validate()
                 .map_err(|m| invalid(format!("{actions_place}[{i}]"), m))?;
         }
-        let ignoreip = match &jail.ignoreip {
-            Some(list) => parse_targets(&place("ignoreip"), list)?,
-            None => parse_targets("defaults.ignoreip", &d.ignoreip)?,
+        let (ignoreip, ignore_names) = match &jail.ignoreip {
+            Some(list) => parse_ignore(&place("ignoreip"), list)?,
+            None => parse_ignore("defaults.ignoreip", &d.ignoreip)?,
         };
+        let mut bantime_by_country = BTreeMap::new();
+        for (code, bt) in &jail.bantime_by_country {
+            let code = crate::geo::country_code(&place("bantime_by_country"), code).map_err(
+                |crate::geo::GeoError::Invalid { place, message }| invalid(place, message),
+            )?;
+            bantime_by_country.insert(code, *bt);
+        }
 
         // The filter: a named one (config section, operator's file, built-in,
         // in that order) plus the jail's own regexes.
@@ -532,9 +624,11 @@ impl Config {
             findtime: jail.findtime.unwrap_or(d.findtime).0,
             bantime: jail.bantime.unwrap_or(d.bantime),
             ignoreip,
+            ignore_names,
             ignoreself: jail.ignoreself.unwrap_or(d.ignoreself),
             usedns: jail.usedns.unwrap_or(d.usedns),
             class: jail.class.unwrap_or(d.class),
+            bantime_by_country,
             source,
             filter,
             mode: jail.mode.clone(),
@@ -581,14 +675,27 @@ fn over_max_text(secs: u64, permanent_ok: bool) -> String {
     )
 }
 
-fn parse_targets(place: &str, list: &[String]) -> Result<Vec<Target>, ConfigError> {
-    list.iter()
-        .enumerate()
-        .map(|(i, s)| {
-            s.parse::<Target>()
-                .map_err(|e| invalid(format!("{place}[{i}]"), e.to_string()))
-        })
-        .collect()
+/// An ignoreip list: addresses and prefixes, and DNS host names.
+fn parse_ignore(place: &str, list: &[String]) -> Result<(Vec<Target>, Vec<String>), ConfigError> {
+    let mut targets = Vec::new();
+    let mut names = Vec::new();
+    for (i, s) in list.iter().enumerate() {
+        match s.parse::<Target>() {
+            Ok(t) => targets.push(t),
+            Err(_) if crate::dns::is_host_name(s.trim()) => {
+                names.push(crate::dns::normalise(s.trim()))
+            }
+            Err(e) => {
+                return Err(invalid(
+                    format!("{place}[{i}]"),
+                    format!("{e}, or a DNS host name like home.example.org"),
+                ))
+            }
+        }
+    }
+    names.sort();
+    names.dedup();
+    Ok((targets, names))
 }
 
 /// A duration as operators write it: `"90s"`, `"10m"`, `"1h"`, `"1d12h"`,

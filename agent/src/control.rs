@@ -43,6 +43,10 @@ pub enum Request {
         all: bool,
     },
     Stats,
+    /// What the geo database says of an address, and which rule covers it.
+    Geo {
+        address: String,
+    },
     /// Re-read the config; a broken one is refused and the old one kept.
     Reload,
     /// Prometheus text exposition.

@@ -105,6 +105,9 @@ struct Daemon {
     metrics: Metrics,
     /// The XDP program and its links (none in a dry run).
     xdp: Option<XdpEnforcer>,
+    /// Looks up ignoreip host names when their TTL runs out.
+    dns: Option<crate::dns::Refresher>,
+    dns_tx: mpsc::Sender<crate::dns::LookupResult>,
 }
 
 fn load_config(path: &Path) -> Result<ResolvedConfig> {
@@ -370,6 +373,19 @@ impl Daemon {
         self.resolved.jails = new.jails.clone();
         self.resolved.allowlist = new.allowlist.clone();
         self.resolved.default_actions = new.default_actions.clone();
+        if crate::agent::all_names(&self.resolved) != crate::agent::all_names(&new)
+            || self.resolved.dns != new.dns
+        {
+            // New names are looked up now; the others again soon.
+            self.resolved.allow_names = new.allow_names.clone();
+            self.resolved.dns = new.dns.clone();
+            self.dns = None;
+            let first = crate::agent::all_names(&new)
+                .into_iter()
+                .map(|n| (n, Duration::ZERO))
+                .collect();
+            self.dns = start_refresher(&new.dns, first, self.dns_tx.clone());
+        }
         for p in opened {
             self.install_source(p);
         }
@@ -424,6 +440,70 @@ impl Daemon {
             .metrics
             .render(&status, u64::from(xban_common::BANS_MAX_ENTRIES)))
     }
+}
+
+/// The background lookups of ignoreip names, if there are any.
+fn start_refresher(
+    settings: &crate::dns::DnsSettings,
+    first: Vec<(String, Duration)>,
+    tx: mpsc::Sender<crate::dns::LookupResult>,
+) -> Option<crate::dns::Refresher> {
+    if first.is_empty() {
+        return None;
+    }
+    match crate::dns::Refresher::spawn(settings.clone(), first, tx) {
+        Ok(r) => Some(r),
+        Err(e) => {
+            tracing::error!("dns: ignoreip names will not be kept current: {e:#}");
+            None
+        }
+    }
+}
+
+/// Resolve every ignoreip name once before the allowlist is written, so
+/// the administrator's address is let through from the first packet.
+/// Returns when each name is due next.
+async fn resolve_names_at_start(
+    core: &mut AgentCore,
+    settings: &crate::dns::DnsSettings,
+) -> Vec<(String, Duration)> {
+    let names = core.dns_names();
+    if names.is_empty() {
+        return Vec::new();
+    }
+    let results = match crate::dns::build_resolver(settings) {
+        Ok(r) => crate::dns::lookup_all(&r, &names).await,
+        Err(e) => {
+            tracing::error!("dns: {e:#}");
+            names
+                .iter()
+                .map(|n| (n.clone(), crate::dns::Lookup::Failed(format!("{e:#}"))))
+                .collect()
+        }
+    };
+    let mut due = Vec::new();
+    for (name, lookup) in results {
+        let ttl = match &lookup {
+            crate::dns::Lookup::Found(_, t) => Some(*t),
+            crate::dns::Lookup::Failed(_) => None,
+        };
+        if let Err(e) = core.dns_result(&name, &lookup) {
+            tracing::error!("dns: {name}: {e:#}");
+        }
+        due.push((name, crate::dns::refresh_after(ttl, settings)));
+    }
+    let unresolved = core
+        .dns_status()
+        .into_iter()
+        .filter(|s| !s.resolved)
+        .count();
+    if unresolved > 0 {
+        tracing::warn!(
+            unresolved,
+            "dns: some ignoreip names did not resolve (see xban status)"
+        );
+    }
+    due
 }
 
 /// Create or adopt the tarpit chain and sets; say clearly when TARPIT is
@@ -514,16 +594,22 @@ pub async fn run(config_path: &Path, opts: RunOptions) -> Result<()> {
             let store = BanStore::open(&agent.state_dir)?;
             let (program, mut maps) = XdpEnforcer::load(&agent.bpf_pin_dir)?;
             let steering = setup_steering(&resolved, &mut maps)?;
+            let geo = crate::enforce::geo_maps::GeoMaps::open(&agent.bpf_pin_dir)
+                .context("the XDP program's geo maps")?;
             let enforcer = KernelEnforcer {
                 xdp: maps,
                 steering: Some(steering),
                 tarpit: resolved.tarpit.clone(),
+                geo: Some(geo),
+                steered: Default::default(),
             };
             (Some(program), store, Box::new(enforcer))
         };
     let mut core =
         AgentCore::with_host(&resolved, store, enforcer, crate::guard::HostAddrs::live())?;
+    let dns_due = resolve_names_at_start(&mut core, &resolved.dns).await;
     let report = core.restore(now_secs())?;
+    core.lift_bans_of_names()?;
     tracing::info!(
         restored = report.restored,
         expired = report.expired,
@@ -557,6 +643,8 @@ pub async fn run(config_path: &Path, opts: RunOptions) -> Result<()> {
     link_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
     let (line_tx, mut line_rx) = mpsc::channel::<TaggedLine>(4096);
+    let (dns_tx, mut dns_rx) = mpsc::channel::<crate::dns::LookupResult>(64);
+    let dns = start_refresher(&resolved.dns, dns_due, dns_tx.clone());
     let mut d = Daemon {
         config_path: config_path.to_path_buf(),
         resolved: resolved.clone(),
@@ -567,6 +655,8 @@ pub async fn run(config_path: &Path, opts: RunOptions) -> Result<()> {
         line_tx,
         metrics: Metrics::default(),
         xdp: program,
+        dns,
+        dns_tx,
     };
     for jail in &resolved.jails {
         d.start_source(jail).await?;
@@ -621,8 +711,19 @@ pub async fn run(config_path: &Path, opts: RunOptions) -> Result<()> {
                     break;
                 }
             }
+            Some((name, lookup)) = dns_rx.recv() => {
+                if let Err(e) = d.core.dns_result(&name, &lookup) {
+                    tracing::error!("dns: {name}: {e:#}");
+                }
+                d.drain_events();
+            }
             _ = tick.tick() => {
                 ticks += 1;
+                if d.core.geo_changed() {
+                    if let Err(e) = d.core.reload_geo() {
+                        tracing::error!("geo: {e:#}; the rules in force are kept");
+                    }
+                }
                 if let Err(e) = d.core.expire(now_secs()) {
                     tracing::error!("expiring bans: {e:#}");
                 }

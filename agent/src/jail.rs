@@ -236,6 +236,8 @@ pub struct Jail {
     ignore: Vec<Target>,
     /// This machine's addresses now, ignored with `ignoreself`.
     host: crate::guard::HostAddrs,
+    /// The current addresses of the host names in ignoreip ([`crate::dns`]).
+    ignore_resolved: Vec<Target>,
     pub counters: JailCounters,
     /// Warnings caused by log content, rate-limited (a flood of lines with
     /// hostnames would otherwise log one warning each).
@@ -268,14 +270,19 @@ impl Jail {
             settings,
             filter,
             host,
+            ignore_resolved: Vec::new(),
             counters: JailCounters::default(),
             warnings: crate::ratelimit::WarnLimiter::default(),
         })
     }
 
     /// The jail's own ignoreip (the guard checks its bans against it too).
-    pub fn ignoreip(&self) -> &[Target] {
-        &self.ignore
+    pub fn ignoreip(&self) -> Vec<Target> {
+        self.ignore
+            .iter()
+            .chain(&self.ignore_resolved)
+            .copied()
+            .collect()
     }
 
     pub fn name(&self) -> &str {
@@ -299,8 +306,16 @@ impl Jail {
     }
 
     pub fn is_ignored(&self, addr: IpAddr) -> bool {
-        self.ignore.iter().any(|t| t.contains(addr))
+        self.ignore
+            .iter()
+            .chain(&self.ignore_resolved)
+            .any(|t| t.contains(addr))
             || (self.settings.ignoreself && self.host.contains(addr))
+    }
+
+    /// The addresses the jail's ignoreip names resolve to now.
+    pub fn set_resolved_ignore(&mut self, targets: Vec<Target>) {
+        self.ignore_resolved = targets;
     }
 
     /// Read one line. `read_at` is when it was read; the line's own

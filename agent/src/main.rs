@@ -84,6 +84,13 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// What the geo database says of an address: country, ASN, and the rule
+    /// (if any) that covers it.
+    Geo {
+        address: String,
+        #[arg(long)]
+        json: bool,
+    },
     /// Check a config file (default: the -c one) and exit: the file itself,
     /// then what `xban run` checks on this machine before touching the
     /// kernel (log files readable, log directories there, interfaces,
@@ -189,6 +196,44 @@ fn dispatch(cli: Cli) -> Result<()> {
                     .collect::<Vec<_>>()
                     .join(", ")
             );
+            if resolved.geo_db.is_some() {
+                let (v4, v6) = resolved.geo_set.counts();
+                println!(
+                    "geo: {} rule(s): {v4} IPv4 + {v6} IPv6 prefixes banned, {} allowed",
+                    resolved.geo.rules.len(),
+                    resolved.geo_set.allow.len()
+                );
+            }
+            check_names(&resolved)
+        }
+        Command::Geo { address, json } => {
+            let data = ask(&cli.config, &Request::Geo { address })?;
+            if json {
+                return print_json(&data);
+            }
+            let g: xban::geo::GeoInfo = serde_json::from_value(data)?;
+            let none = || "-".to_string();
+            println!("address  {}", g.address);
+            println!(
+                "country  {}{}",
+                g.country.clone().unwrap_or_else(none),
+                g.country_name
+                    .map(|n| format!(" ({n})"))
+                    .unwrap_or_default()
+            );
+            println!(
+                "asn      {}{}",
+                g.asn.map(|a| format!("AS{a}")).unwrap_or_else(none),
+                g.asn_org.map(|n| format!(" ({n})")).unwrap_or_default()
+            );
+            println!("network  {}", g.network.unwrap_or_else(none));
+            match (g.rule, g.prefix) {
+                (Some(r), Some(p)) => println!("rule     {r} (prefix {p})"),
+                _ => println!("rule     none"),
+            }
+            if let Some(a) = g.allowlisted_by {
+                println!("allowed  by the allowlist entry {a}: never banned, passed at XDP");
+            }
             Ok(())
         }
         Command::Status { jail, json } => {
@@ -347,6 +392,39 @@ fn expires_text(expires_at: Option<i64>) -> String {
     }
 }
 
+/// `check`: each ignoreip host name is looked up once; one that does not
+/// resolve is reported (the agent would allowlist nothing for it yet).
+fn check_names(resolved: &xban::config::ResolvedConfig) -> Result<()> {
+    let names = xban::agent::all_names(resolved);
+    if names.is_empty() {
+        return Ok(());
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let results = rt.block_on(async {
+        let r = xban::dns::build_resolver(&resolved.dns)?;
+        anyhow::Ok(xban::dns::lookup_all(&r, &names).await)
+    })?;
+    for (name, lookup) in results {
+        match lookup {
+            xban::dns::Lookup::Found(addrs, ttl) => println!(
+                "ignoreip {name}: {} (ttl {}s)",
+                addrs
+                    .iter()
+                    .map(|a| a.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                ttl.as_secs()
+            ),
+            xban::dns::Lookup::Failed(why) => println!(
+                "warning: ignoreip {name} does not resolve ({why}): nothing is allowlisted for it until it does"
+            ),
+        }
+    }
+    Ok(())
+}
+
 fn print_bans(bans: &[BanView]) {
     if bans.is_empty() {
         println!("no active bans");
@@ -358,12 +436,16 @@ fn print_bans(bans: &[BanView]) {
     );
     for b in bans {
         println!(
-            "{:<40} {:<12} {:<7} {:<20} {}",
+            "{:<40} {:<12} {:<7} {:<20} {}{}",
             b.address,
             b.jail,
             b.class.as_str(),
             time_text(b.banned_at),
-            expires_text(b.expires_at)
+            expires_text(b.expires_at),
+            b.country
+                .as_deref()
+                .map(|c| format!("  country={c}"))
+                .unwrap_or_default()
         );
     }
     println!("{} ban(s)", bans.len());
@@ -468,6 +550,33 @@ fn print_status(s: &StatusView) {
             "bans refused: {} by rule {} (origin {})",
             r.count, r.rule, r.origin
         );
+    }
+    for n in &s.dns {
+        let addrs = if n.addresses.is_empty() {
+            "unresolved".to_string()
+        } else {
+            n.addresses.join(", ")
+        };
+        let err = n
+            .last_error
+            .as_deref()
+            .map(|e| format!(" (last lookup failed: {e})"))
+            .unwrap_or_default();
+        println!("ignoreip {}: {addrs}{err}", n.name);
+    }
+    if let Some(g) = &s.geo {
+        println!(
+            "geo: {} IPv4 + {} IPv6 prefixes banned, {} allowed",
+            g["prefixes_v4"], g["prefixes_v6"], g["allow_prefixes"]
+        );
+    }
+    if !s.bans_by_country.is_empty() {
+        let parts: Vec<String> = s
+            .bans_by_country
+            .iter()
+            .map(|(c, n)| format!("{c} {n}"))
+            .collect();
+        println!("bans by country: {}", parts.join(", "));
     }
     for j in &s.jails {
         let c = &j.counters;

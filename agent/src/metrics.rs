@@ -365,6 +365,25 @@ impl Metrics {
         );
         let _ = writeln!(o, "xban_ban_latency_seconds_sum {}", self.latency_sum);
         let _ = writeln!(o, "xban_ban_latency_seconds_count {}", self.latency_count);
+        if let Some(drops) = status
+            .geo
+            .as_ref()
+            .and_then(|g| g.get("dropped_packets"))
+            .and_then(|d| d.as_object())
+        {
+            family(
+                &mut o,
+                "xban_geo_dropped_packets_total",
+                "counter",
+                "Packets dropped at XDP from inside geo rule prefixes, per country (or AS) of the prefix.",
+            );
+            for (label, n) in drops {
+                let _ = writeln!(
+                    o,
+                    "xban_geo_dropped_packets_total{{country=\"{label}\"}} {n}"
+                );
+            }
+        }
         o
     }
 }
@@ -494,6 +513,10 @@ mod tests {
             store: Default::default(),
             blocklists: Default::default(),
             ban_refusals: Vec::new(),
+            dns: Vec::new(),
+            dns_unresolved: Vec::new(),
+            geo: None,
+            bans_by_country: Default::default(),
         };
         let text = Metrics::default().render(&status, 10);
         for line in [

@@ -8,6 +8,7 @@ mod fastpath;
 mod faults;
 mod guards;
 mod lifecycle;
+mod names_geo;
 mod operations;
 mod persistence;
 mod systemd_nspawn;

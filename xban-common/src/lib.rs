@@ -42,6 +42,14 @@ pub const MAP_OVER_V6: &str = "over_v6";
 pub const MAP_DIR_V4: &str = "dir_v4";
 pub const MAP_DIR_V6: &str = "dir_v6";
 pub const MAP_STATS: &str = "stats";
+pub const MAP_GEO_DROPS: &str = "geo_drops";
+
+/// Per-country drop counts: a geo rule's ban entry carries a label (an
+/// index the agent gives each country or AS; 0: none) in its way's spare
+/// bits (`tab_v4`: bits 48..64, `tab_v6` meta: bits 16..32) and in
+/// `BanValue::flags`; a dropped packet whose entry has a label counts in
+/// `geo_drops[label]`. Labels at most (beyond: not counted).
+pub const GEO_LABELS: u32 = 1024;
 
 /// Capacity of each ban trie. LPM tries are allocated lazily, so a large
 /// capacity costs nothing until entries are inserted.
@@ -117,6 +125,18 @@ pub fn tab_way_v4(addr: u32, len: u32, class: u32) -> u64 {
     tab_key_v4(addr, len) | ((class as u64 + 1) & STATE_MASK) << 40
 }
 
+/// As [`tab_way_v4`], with a geo label.
+#[inline(always)]
+pub fn tab_way_v4_labelled(addr: u32, len: u32, class: u32, label: u32) -> u64 {
+    tab_way_v4(addr, len, class) | (label as u64 & 0xffff) << 48
+}
+
+/// The geo label of a `tab_v4` way.
+#[inline(always)]
+pub fn tab_label_v4(way: u64) -> u32 {
+    (way >> 48) as u32
+}
+
 /// The part of a `tab_v4` way that identifies the entry.
 #[inline(always)]
 pub fn tab_key_v4(addr: u32, len: u32) -> u64 {
@@ -138,6 +158,18 @@ pub fn tab_match_v4(way: u64, key: u64) -> Option<u32> {
 #[inline(always)]
 pub fn tab_meta_v6(len: u32, class: u32, version: u32) -> u64 {
     ((class as u64 + 1) & STATE_MASK) | (len as u64 & 0xff) << 8 | (version as u64) << 32
+}
+
+/// As [`tab_meta_v6`], with a geo label.
+#[inline(always)]
+pub fn tab_meta_v6_labelled(len: u32, class: u32, version: u32, label: u32) -> u64 {
+    tab_meta_v6(len, class, version) | (label as u64 & 0xffff) << 16
+}
+
+/// The geo label of a `meta` word.
+#[inline(always)]
+pub fn tab_label_v6(meta: u64) -> u32 {
+    ((meta >> 16) & 0xffff) as u32
 }
 
 /// The class in a `meta` word, if its way is taken and holds length `len`.
@@ -286,7 +318,7 @@ impl BanClass {
 pub struct BanValue {
     /// A `BanClass` as u32.
     pub class: u32,
-    /// Reserved, keeps the value 8 bytes and leaves room for flags.
+    /// Low 16 bits: the geo label (see [`GEO_LABELS`]); the rest reserved.
     pub flags: u32,
 }
 
@@ -541,6 +573,7 @@ pub mod tarpit {
 
 #[cfg(feature = "user")]
 mod user {
+
     // SAFETY: plain-old-data, repr(C), no padding holes (two u32 / one u32).
     unsafe impl aya::Pod for super::BanValue {}
     unsafe impl aya::Pod for super::AllowValue {}

@@ -41,6 +41,10 @@ const TEST_PACKAGES: &[&str] = &[
     "debootstrap",
     "systemd-container",
     "dbus",
+    // A DNS server in a test namespace, for DNS names in ignoreip.
+    "dnsmasq",
+    // Writes the MaxMind DB files the geo tests build themselves.
+    "libmaxmind-db-writer-perl",
 ];
 /// Compared against by `cargo xtask bench` (fail2ban-regex and the daemon).
 const BENCH_PACKAGES: &[&str] = &["fail2ban"];

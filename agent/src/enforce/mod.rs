@@ -1,6 +1,7 @@
 //! Enforcement: turning the agent's ban decisions into kernel state, in the
 //! XDP maps and, for the tarpit class, in iptables' steering set.
 
+pub mod geo_maps;
 pub mod iptables;
 pub mod links;
 pub mod tarpit;
@@ -35,6 +36,16 @@ pub trait Enforcer: Send {
     /// Occupancy of the XDP fast path, where there is one.
     fn fast_path(&self) -> Option<xdp::FastPathStatus> {
         None
+    }
+
+    /// The geo ban prefixes with their label index, for per-country drop
+    /// counts: entries written from now on carry it.
+    fn sync_geo_labels(&mut self, _entries: &[(Target, u32)]) -> Result<()> {
+        Ok(())
+    }
+    /// Packets dropped per label index `0..labels`.
+    fn geo_drops(&self, _labels: u32) -> Result<Vec<u64>> {
+        Ok(Vec::new())
     }
 }
 
@@ -79,6 +90,12 @@ pub struct KernelEnforcer {
     pub steering: Option<TarpitSteering>,
     /// `[tarpit]`: the XDP tarpit's bucket comes from `limit`/`burst`.
     pub tarpit: TarpitConfig,
+    /// Per-country drop counting.
+    pub geo: Option<geo_maps::GeoMaps>,
+    /// The targets in the steering sets: only they need an `ipset del`
+    /// when they are dropped or unbanned (a process per call; tens of
+    /// thousands of geo prefixes must not each pay for one).
+    pub steered: std::collections::HashSet<Target>,
 }
 
 impl KernelEnforcer {
@@ -105,6 +122,26 @@ pub fn configure_tarpit(maps: &mut xdp::XdpMaps, engine: Engine, cfg: &TarpitCon
     }
 }
 
+impl KernelEnforcer {
+    /// The geo label written with a target's entry (0: none).
+    fn label(&self, target: &Target) -> u32 {
+        self.geo
+            .as_ref()
+            .and_then(|g| g.labels.get(target).copied())
+            .unwrap_or(0)
+    }
+
+    /// Out of the steering sets, if it is in them.
+    fn unsteer(&mut self, target: &Target) -> Result<()> {
+        if self.steered.remove(target) {
+            if let Some(s) = self.steering.as_mut() {
+                s.remove(target)?;
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Enforcer for KernelEnforcer {
     /// Order matters: a tarpit-class address joins the steering set before
     /// XDP starts passing it, and leaves the set only after XDP drops it, so
@@ -113,30 +150,33 @@ impl Enforcer for KernelEnforcer {
         let engine = self.engine();
         match change {
             MapChange::Set(BanClass::Tarpit) if engine == Engine::Pass => {
-                if let Some(s) = self.steering.as_mut() {
-                    s.add(target)?;
+                if !self.steered.contains(target) {
+                    if let Some(s) = self.steering.as_mut() {
+                        s.add(target)?;
+                        self.steered.insert(*target);
+                    }
                 }
-                self.xdp.set_ban(target, BanClass::Tarpit)
+                self.xdp
+                    .set_ban_labelled(target, BanClass::Tarpit, self.label(target))
             }
             // The program answers it itself.
             MapChange::Set(BanClass::Tarpit) if engine == Engine::Xdp => {
-                self.xdp.set_ban(target, BanClass::Tarpit)
+                self.xdp
+                    .set_ban_labelled(target, BanClass::Tarpit, self.label(target))
             }
             // Without steering the tarpit class is dropped at XDP.
-            MapChange::Set(BanClass::Tarpit) => self.xdp.set_ban(target, BanClass::Drop),
+            MapChange::Set(BanClass::Tarpit) => {
+                self.xdp
+                    .set_ban_labelled(target, BanClass::Drop, self.label(target))
+            }
             MapChange::Set(BanClass::Drop) => {
-                self.xdp.set_ban(target, BanClass::Drop)?;
-                if let Some(s) = self.steering.as_mut() {
-                    s.remove(target)?;
-                }
-                Ok(())
+                self.xdp
+                    .set_ban_labelled(target, BanClass::Drop, self.label(target))?;
+                self.unsteer(target)
             }
             MapChange::Remove => {
                 self.xdp.remove_ban(target)?;
-                if let Some(s) = self.steering.as_mut() {
-                    s.remove(target)?;
-                }
-                Ok(())
+                self.unsteer(target)
             }
             MapChange::Unchanged => Ok(()),
         }
@@ -155,6 +195,7 @@ impl Enforcer for KernelEnforcer {
     fn sync_tarpit(&mut self, targets: &[Target]) -> Result<()> {
         if let Some(s) = self.steering.as_mut() {
             s.sync(targets)?;
+            self.steered = targets.iter().copied().collect();
         }
         self.configure_tarpit()
     }
@@ -165,6 +206,20 @@ impl Enforcer for KernelEnforcer {
 
     fn fast_path(&self) -> Option<xdp::FastPathStatus> {
         Some(self.xdp.fast_path_status())
+    }
+
+    fn sync_geo_labels(&mut self, entries: &[(Target, u32)]) -> Result<()> {
+        if let Some(g) = self.geo.as_mut() {
+            g.labels = entries.iter().copied().collect();
+        }
+        Ok(())
+    }
+
+    fn geo_drops(&self, labels: u32) -> Result<Vec<u64>> {
+        match self.geo.as_ref() {
+            Some(g) => g.drops(labels),
+            None => Ok(Vec::new()),
+        }
     }
 
     fn steering_status(&self) -> Option<serde_json::Value> {

@@ -394,13 +394,16 @@ impl Table {
         })
     }
 
-    /// Writes `e` with `class` into way `i` (free, or already holding `e`).
-    fn put(&self, e: &Entry, i: usize, class: u32) {
+    /// Writes `e` with its value (class, geo label) into way `i` (free, or
+    /// already holding `e`).
+    fn put(&self, e: &Entry, i: usize, value: BanValue) {
+        let (class, label) = (value.class, value.flags & 0xffff);
         let w = self.way(e.bucket(), i);
         match *e {
-            Entry::V4 { addr, len } => self
-                .word(w)
-                .store(xban_common::tab_way_v4(addr, len, class), Ordering::Release),
+            Entry::V4 { addr, len } => self.word(w).store(
+                xban_common::tab_way_v4_labelled(addr, len, class, label),
+                Ordering::Release,
+            ),
             Entry::V6 { hi, lo, len } => {
                 let meta = self.word(w + 2).load(Ordering::Acquire);
                 let version = xban_common::tab_meta_version_v6(meta);
@@ -414,7 +417,7 @@ impl Table {
                     version
                 };
                 self.word(w + 2).store(
-                    xban_common::tab_meta_v6(len, class, version),
+                    xban_common::tab_meta_v6_labelled(len, class, version, label),
                     Ordering::Release,
                 );
             }
@@ -973,7 +976,7 @@ impl XdpMaps {
     /// `Ok(false)`: both are full (nothing written).
     fn try_place(&mut self, e: &Entry, t: &Target, value: BanValue) -> Result<bool> {
         if let Some(i) = self.table(e).free_way(e) {
-            self.table(e).put(e, i, value.class);
+            self.table(e).put(e, i, value);
             self.in_table[e.v6() as usize] += 1;
             return Ok(true);
         }
@@ -999,7 +1002,7 @@ impl XdpMaps {
     fn fast_set(&mut self, t: &Target, value: BanValue) -> Result<()> {
         let e = Entry::of(t);
         match self.place(&e)? {
-            Place::Way(i) => self.table(&e).put(&e, i, value.class),
+            Place::Way(i) => self.table(&e).put(&e, i, value),
             Place::Over => self.over_insert(t, value)?,
             // The trie, which the program reads there, has the new value.
             Place::TrieOnly => {
@@ -1162,7 +1165,15 @@ impl XdpMaps {
     }
 
     pub fn set_ban(&mut self, target: &Target, class: BanClass) -> Result<()> {
-        let value = ban_value(class);
+        self.set_ban_labelled(target, class, 0)
+    }
+
+    /// A ban whose drops count for a geo label ([`xban_common::GEO_LABELS`]).
+    pub fn set_ban_labelled(&mut self, target: &Target, class: BanClass, label: u32) -> Result<()> {
+        let value = BanValue {
+            flags: label & 0xffff,
+            ..ban_value(class)
+        };
         // The trie first: it is the record a restarted agent rebuilds from.
         if target.is_ipv4() {
             self.bans_v4.insert(&key4(target), value, 0)

@@ -9,6 +9,7 @@
 mod agent;
 mod bpfmap;
 pub mod flood;
+mod geo;
 mod lab;
 mod loggen;
 mod logmatch;
@@ -188,6 +189,8 @@ pub enum Area {
     Xdp,
     /// Drop under load on a veth: XDP vs iptables rules, ipset, nftables.
     Flood,
+    /// Geo rules: compile and load ~10k IPv4 + 5k IPv6 prefixes, and a database swap.
+    Geo,
 }
 
 impl Area {
@@ -197,6 +200,7 @@ impl Area {
         Area::Flood,
         Area::Latency,
         Area::Scale,
+        Area::Geo,
     ];
 
     fn name(self) -> &'static str {
@@ -206,6 +210,7 @@ impl Area {
             Area::Scale => "scale",
             Area::Xdp => "xdp",
             Area::Flood => "flood",
+            Area::Geo => "geo",
         }
     }
 }
@@ -260,6 +265,7 @@ pub fn run(ws: &Workspace, areas: &[Area], quick: bool) -> Result<()> {
             // These build (or take XBAN_BIN) themselves; the build is fresh.
             Area::Xdp => xdp::run(ws, quick),
             Area::Flood => flood::run(ws, quick),
+            Area::Geo => geo::run(ws, quick),
         }
         .with_context(|| format!("bench area {}", area.name()))?;
         for s in &got {

@@ -29,6 +29,10 @@ const XDP_PASS: u32 = 2;
 /// BPF_PROG_TEST_RUN repetitions per measurement.
 const REPEAT: u32 = 1_000_000;
 const PREFIXES: usize = 10_000;
+/// The last stage (full runs): geo rules' worth of prefixes per family,
+/// also written into the geo label tries with geo counting on, so dropped
+/// packets pay for the per-country count.
+const GEO_PREFIXES: usize = 100_000;
 /// Target of the README claim, per packet at 1,000,000 bans.
 const TARGET_NS: f64 = 60.0;
 
@@ -85,6 +89,7 @@ pub fn run(ws: &Workspace, quick: bool) -> Result<Vec<Section>> {
             (10_000, PREFIXES),
             (100_000, PREFIXES),
             (1_000_000, PREFIXES),
+            (1_000_000, GEO_PREFIXES),
         ]
     };
 
@@ -106,6 +111,12 @@ pub fn run(ws: &Workspace, quick: bool) -> Result<Vec<Section>> {
     for &(hosts, prefixes) in sizes {
         let started = Instant::now();
         let written = fill.grow(&maps, hosts, prefixes)?;
+        if prefixes >= GEO_PREFIXES {
+            let labelled = fill.label_geo(&maps)?;
+            fill_notes.push(format!(
+                "Geo stage: the {labelled} prefixes (and the probes' banned prefixes) rewritten with geo labels, as an agent writes [geo] rule entries: a packet they drop also counts for its country."
+            ));
+        }
         if written > 0 {
             fill_notes.push(format!(
                 "{written} entries written to reach {hosts} hosts + {prefixes} prefixes per family in {:.1} s",
@@ -331,6 +342,28 @@ impl Filler {
             written += 1;
         }
         Ok(written)
+    }
+
+    /// Every prefix rewritten in place with a geo label (1..=100), as the
+    /// agent writes a geo rule's entries; the probes' prefixes too, so a
+    /// packet they drop pays for its per-country count.
+    fn label_geo(&self, maps: &BanMaps) -> Result<usize> {
+        let drop = BanClass::Drop as u32;
+        let mut n = 0;
+        for (addr, len) in &self.v4_nets {
+            maps.ban_labelled(&addr.to_be_bytes(), *len, drop, 1 + len % 100)?;
+            n += 1;
+        }
+        for (addr, len) in &self.v6_nets {
+            maps.ban_labelled(&addr.to_be_bytes(), *len, drop, 1 + len % 100)?;
+            n += 1;
+        }
+        let (a4, l4) = V4_PREFIX.split_once('/').expect("prefix");
+        let a4: std::net::Ipv4Addr = a4.parse()?;
+        maps.ban_labelled(&a4.octets(), l4.parse()?, drop, 1)?;
+        let (a6, l6) = V6_PREFIX.split_once('/').expect("prefix");
+        maps.ban_labelled(&v6(a6), l6.parse()?, drop, 1)?;
+        Ok(n)
     }
 }
 
@@ -666,7 +699,7 @@ pub(super) struct Agent {
     child: Option<Child>,
     bin: PathBuf,
     dir: PathBuf,
-    config: PathBuf,
+    pub(super) config: PathBuf,
     netns: String,
     pub pin_dir: PathBuf,
 }
@@ -1096,9 +1129,21 @@ impl BanMaps {
     }
 
     pub(super) fn ban(&self, addr: &[u8], prefix_len: u32, class: u32) -> Result<()> {
+        self.ban_labelled(addr, prefix_len, class, 0)
+    }
+
+    /// As the agent writes a geo rule's entry: with its country's label.
+    pub(super) fn ban_labelled(
+        &self,
+        addr: &[u8],
+        prefix_len: u32,
+        class: u32,
+        label: u32,
+    ) -> Result<()> {
         let fam = if addr.len() == 4 { V4 } else { V6 };
         let mut value = [0u8; 8];
         value[..4].copy_from_slice(&class.to_ne_bytes());
+        value[4..].copy_from_slice(&label.to_ne_bytes());
         let mut trie_key = prefix_len.to_ne_bytes().to_vec();
         trie_key.extend_from_slice(addr);
         self.bans[fam]
@@ -1128,7 +1173,7 @@ impl BanMaps {
                 set_word(
                     &mut b,
                     i,
-                    xban_common::tab_way_v4(key as u32, prefix_len, class),
+                    xban_common::tab_way_v4_labelled(key as u32, prefix_len, class, label),
                 )
             })
         } else {
@@ -1151,7 +1196,12 @@ impl BanMaps {
                 set_word(
                     &mut b,
                     3 + 3 * i,
-                    xban_common::tab_meta_v6(prefix_len, class, version.wrapping_add(1)),
+                    xban_common::tab_meta_v6_labelled(
+                        prefix_len,
+                        class,
+                        version.wrapping_add(1),
+                        label,
+                    ),
                 );
             })
         };
