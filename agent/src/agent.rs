@@ -34,13 +34,21 @@ pub struct BanView {
     /// `None`: permanent.
     pub expires_at: Option<UnixSecs>,
     pub failures: u32,
+    /// Bans from the fleet (jail `fleet`): the node that made them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<String>,
 }
 
 impl From<&BanRecord> for BanView {
     fn from(r: &BanRecord) -> Self {
+        let origin = crate::fleet::apply::origin_of(&r.jail);
         BanView {
             address: r.target.to_string(),
-            jail: r.jail.clone(),
+            origin: origin.map(str::to_string),
+            jail: match origin {
+                Some(_) => crate::fleet::FLEET_JAIL.to_string(),
+                None => r.jail.clone(),
+            },
             class: r.class,
             banned_at: r.banned_at,
             expires_at: r.expires_at,
@@ -77,6 +85,9 @@ pub struct StatusView {
     /// Tarpit steering: mode, set members, chain counters.
     pub tarpit: Option<serde_json::Value>,
     pub jails: Vec<JailStatus>,
+    /// `[fleet]`: connection, stream and consumer positions, counters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<serde_json::Value>,
 }
 
 /// A ban or unban that happened, for actions and metrics.
@@ -566,6 +577,15 @@ impl AgentCore {
     }
 
     pub fn unban(&mut self, target: &Target, jail: Option<&str>) -> Result<Vec<BanRecord>> {
+        self.unban_because(target, jail, "request")
+    }
+
+    fn unban_because(
+        &mut self,
+        target: &Target,
+        jail: Option<&str>,
+        reason: &'static str,
+    ) -> Result<Vec<BanRecord>> {
         self.store.delete_ban(target, jail)?;
         let (removed, change) = self.book.remove(target, jail);
         self.enforcer.apply(target, change)?;
@@ -575,9 +595,80 @@ impl AgentCore {
             }
         }
         for r in &removed {
-            self.unbanned(r.clone(), "request");
+            self.unbanned(r.clone(), reason);
         }
         Ok(removed)
+    }
+
+    /// Does the allowlist (`[defaults] ignoreip`) overlap the target?
+    pub fn allowlisted(&self, target: &Target) -> Option<&Target> {
+        self.allowlisted_by(target)
+    }
+
+    /// A ban from another node, already checked: stored (with history only
+    /// when remote bans count towards the ladder), then into the kernel
+    /// (at the end of the batch inside [`batched`](Self::batched)).
+    pub fn fleet_ban(&mut self, rec: BanRecord, history: bool) -> Result<()> {
+        if let Some(a) = self.allowlisted_by(&rec.target) {
+            bail!("{} overlaps the allowlist entry {a}", rec.target);
+        }
+        self.store
+            .put_bans(std::slice::from_ref(&rec), history.then_some(rec.banned_at))?;
+        if self.batching {
+            self.staged.push(rec);
+        } else {
+            self.enforce_ban(&rec)?;
+        }
+        Ok(())
+    }
+
+    /// An operator's unban on another node: lift this host's bans of the
+    /// target (fleet and local alike) that began at or before `at`.
+    pub fn fleet_unban(&mut self, target: &Target, at: UnixSecs) -> Result<Vec<BanRecord>> {
+        let jails: Vec<String> = self
+            .book
+            .records(target)
+            .iter()
+            .filter(|r| r.banned_at <= at)
+            .map(|r| r.jail.clone())
+            .collect();
+        let mut removed = Vec::new();
+        for j in jails {
+            removed.extend(self.unban_because(target, Some(&j), "fleet")?);
+        }
+        Ok(removed)
+    }
+
+    /// Fleet bans held now, per origin node.
+    pub fn fleet_origins(&self) -> std::collections::BTreeMap<String, usize> {
+        let mut out = std::collections::BTreeMap::new();
+        for r in self.book.iter() {
+            if let Some(o) = crate::fleet::apply::origin_of(&r.jail) {
+                *out.entry(o.to_string()).or_default() += 1;
+            }
+        }
+        out
+    }
+
+    /// Run `f` with ban writes sharing one commit (as [`on_lines`](Self::on_lines)
+    /// does); the bans reach the kernel after the commit. On a failed
+    /// commit none of them is applied.
+    pub fn batched(&mut self, f: impl FnOnce(&mut AgentCore)) -> Result<()> {
+        self.store.arm_batch();
+        self.batching = true;
+        f(self);
+        self.batching = false;
+        let staged = std::mem::take(&mut self.staged);
+        if let Err(e) = self.store.commit_batch() {
+            // Dropped with the transaction: the book never saw them.
+            return Err(e.into());
+        }
+        for rec in &staged {
+            if let Err(e) = self.enforce_ban(rec) {
+                tracing::error!("jail {}: {e:#}", rec.jail);
+            }
+        }
+        Ok(())
     }
 
     /// Lift every ban (of one jail, if given): `xban unban --all`.
@@ -619,10 +710,14 @@ impl AgentCore {
     }
 
     pub fn bans(&self, jail: Option<&str>) -> Vec<BanView> {
+        let fleet = jail == Some(crate::fleet::FLEET_JAIL);
         let mut v: Vec<BanView> = self
             .book
             .iter()
-            .filter(|r| jail.is_none_or(|j| r.jail == j))
+            .filter(|r| {
+                jail.is_none_or(|j| r.jail == j)
+                    || (fleet && crate::fleet::apply::is_fleet_jail(&r.jail))
+            })
             .map(BanView::from)
             .collect();
         v.sort_by(|a, b| {
@@ -692,6 +787,7 @@ impl AgentCore {
                 .map(|s| serde_json::to_value(s).unwrap_or_default()),
             tarpit: self.enforcer.steering_status(),
             jails,
+            fleet: None,
         })
     }
 
@@ -755,7 +851,7 @@ impl AgentCore {
             Request::Status { jail } => Ok(serde_json::to_value(self.status(jail.as_deref())?)?),
             Request::Banned { jail } => {
                 if let Some(j) = jail {
-                    if j != MANUAL_JAIL {
+                    if j != MANUAL_JAIL && j != crate::fleet::FLEET_JAIL {
                         self.jail_by_name(j)?;
                     }
                 }
@@ -779,6 +875,7 @@ impl AgentCore {
                 target: None,
                 jail,
                 all: true,
+                ..
             } => {
                 let removed = self.unban_all(jail.as_deref())?;
                 let views: Vec<BanView> = removed.iter().map(BanView::from).collect();

@@ -33,6 +33,7 @@ pub struct Config {
     pub jails: BTreeMap<String, JailConfig>,
     pub escalation: EscalationConfig,
     pub tarpit: TarpitConfig,
+    pub fleet: crate::fleet::FleetConfig,
 }
 
 /// `[agent]`: where and how the agent runs.
@@ -223,6 +224,8 @@ pub struct ResolvedConfig {
     pub default_actions: Vec<ActionConfig>,
     /// History kept for escalation.
     pub dbpurgeage: Duration,
+    /// `[fleet]`, when on.
+    pub fleet: Option<crate::fleet::FleetSettings>,
 }
 
 /// A config error: where it is and what to do.
@@ -338,6 +341,10 @@ impl Config {
             }
             jails.push(self.resolve_jail(name, jail, &user_filters)?);
         }
+        let fleet = self
+            .fleet
+            .resolve(&self.bantimes(&jails), self.defaults.ignoreself)
+            .map_err(|(place, message)| invalid(place, message))?;
         Ok(ResolvedConfig {
             agent: self.agent.clone(),
             allowlist,
@@ -352,7 +359,26 @@ impl Config {
                 .dbpurgeage
                 .map(|d| d.0)
                 .unwrap_or_else(|| self.escalation.longest_window()),
+            fleet,
         })
+    }
+
+    /// Every bantime this config can hand out (the fleet stream keeps
+    /// messages as long as the longest).
+    fn bantimes(&self, jails: &[JailSettings]) -> Vec<BanTime> {
+        let mut out = vec![self.defaults.bantime];
+        out.extend(jails.iter().map(|j| j.bantime));
+        let e = &self.escalation;
+        if e.enabled {
+            out.extend(e.steps.iter().map(|s| s.bantime));
+            if e.subnet.enabled {
+                out.push(e.subnet.bantime);
+            }
+            if e.increment.enabled {
+                out.push(BanTime::Finite(e.increment.maxtime.0));
+            }
+        }
+        out
     }
 
     fn resolve_jail(

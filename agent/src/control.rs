@@ -35,6 +35,9 @@ pub enum Request {
         jail: Option<String>,
         #[serde(default)]
         all: bool,
+        /// With `[fleet]`: lift it on this host only (not fleet-wide).
+        #[serde(default)]
+        local: bool,
     },
     Stats,
     /// Re-read the config; a broken one is refused and the old one kept.

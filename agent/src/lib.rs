@@ -14,6 +14,7 @@ pub mod directories;
 pub mod enforce;
 pub mod escalation;
 pub mod filter;
+pub mod fleet;
 pub mod jail;
 pub mod metrics;
 pub mod setup;
