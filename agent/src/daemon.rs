@@ -301,6 +301,9 @@ impl Daemon {
                     .to_string(),
             );
         }
+        if self.resolved.fleet != new.fleet {
+            notes.push("[fleet] takes effect at the next restart".to_string());
+        }
         let restart = self.core.reload(&new, &self_addresses())?;
         let removed: Vec<String> = self
             .sources

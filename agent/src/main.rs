@@ -107,6 +107,9 @@ enum Command {
     },
     /// Detach XDP and remove every map and pin (stops a running agent first).
     Teardown,
+    /// A new [fleet] node key: the seed into FILE (0600, for
+    /// nkey_seed_file), the public key printed for the NATS server's config.
+    FleetKey { file: PathBuf },
 }
 
 fn main() -> ExitCode {
@@ -248,6 +251,15 @@ fn dispatch(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Teardown => teardown(&cli.config),
+        Command::FleetKey { file } => {
+            let public = xban::fleet::new_node_key(&file)?;
+            println!("{public}");
+            eprintln!(
+                "seed written to {} (0600); put the public key above in the server's users: {{ nkey: {public}, ... }}",
+                file.display()
+            );
+            Ok(())
+        }
         Command::Regex {
             input,
             filter,

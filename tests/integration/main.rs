@@ -4,6 +4,7 @@
 
 mod ban_path;
 mod deploy;
+mod fleet;
 mod lifecycle;
 mod operations;
 mod persistence;

@@ -34,6 +34,8 @@ const TEST_PACKAGES: &[&str] = &[
     "nftables",
     "sqlite3",
     "util-linux",
+    // JetStream servers for the fleet tests (started and removed by them).
+    "nats-server",
 ];
 /// Compared against by `cargo xtask bench` (fail2ban-regex and the daemon).
 const BENCH_PACKAGES: &[&str] = &["fail2ban"];

@@ -176,6 +176,30 @@ pub fn default_node_name() -> String {
     }
 }
 
+/// `xban fleet-key FILE`: a new node key. The seed goes into `path`
+/// (created, mode 0600, never overwritten); the public key, which the
+/// server's config names, is returned.
+pub fn new_node_key(path: &std::path::Path) -> anyhow::Result<String> {
+    use anyhow::Context;
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let kp = nkeys::KeyPair::new_user();
+    let seed = kp.seed().context("nkey seed")?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| {
+            format!(
+                "create {} (an existing key is never overwritten: remove it first)",
+                path.display()
+            )
+        })?;
+    writeln!(f, "{seed}").with_context(|| format!("write {}", path.display()))?;
+    Ok(kp.public_key())
+}
+
 impl FleetConfig {
     /// `None` when the fleet is off. `bantimes` are every bantime the config
     /// can hand out (jails, defaults, escalation), for the stream's max_age.
@@ -368,6 +392,26 @@ mod tests {
         .unwrap();
         assert_eq!(s.max_age, None);
         assert!(valid_node_name(&default_node_name()));
+    }
+
+    #[test]
+    fn node_keys_are_private_and_never_overwritten() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a.nk");
+        let public = new_node_key(&p).unwrap();
+        assert!(public.starts_with('U'), "{public}");
+        let seed = std::fs::read_to_string(&p).unwrap();
+        assert!(seed.starts_with("SU"));
+        let kp = nkeys::KeyPair::from_seed(seed.trim()).unwrap();
+        assert_eq!(kp.public_key(), public);
+        assert_eq!(
+            std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        let e = new_node_key(&p).unwrap_err();
+        assert!(format!("{e:#}").contains("never overwritten"), "{e:#}");
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), seed);
     }
 
     #[test]

@@ -8,6 +8,7 @@
 
 mod agent;
 mod bpfmap;
+mod fleet;
 pub mod flood;
 mod lab;
 mod loggen;
@@ -187,6 +188,8 @@ pub enum Area {
     Xdp,
     /// Drop under load on a veth: XDP vs iptables rules, ipset, nftables.
     Flood,
+    /// [fleet]: convergence between three agents through nats-server, a burst, catch-up.
+    Fleet,
 }
 
 impl Area {
@@ -196,6 +199,7 @@ impl Area {
         Area::Flood,
         Area::Latency,
         Area::Scale,
+        Area::Fleet,
     ];
 
     fn name(self) -> &'static str {
@@ -205,6 +209,7 @@ impl Area {
             Area::Scale => "scale",
             Area::Xdp => "xdp",
             Area::Flood => "flood",
+            Area::Fleet => "fleet",
         }
     }
 }
@@ -256,6 +261,7 @@ pub fn run(ws: &Workspace, areas: &[Area], quick: bool) -> Result<()> {
             Area::Logmatch => logmatch::run(&ctx),
             Area::Latency => agent::latency(&ctx),
             Area::Scale => agent::scale(&ctx),
+            Area::Fleet => fleet::run(&ctx),
             // These build (or take XBAN_BIN) themselves; the build is fresh.
             Area::Xdp => xdp::run(ws, quick),
             Area::Flood => flood::run(ws, quick),
