@@ -166,17 +166,21 @@ impl Hub {
                     )
                 }
             };
-            write!(
-                w,
+            let mut request = format!(
                 "CONNECT {{\"verbose\":false,\"pedantic\":false{auth}}}\r\nPUB {subject} {}\r\n",
                 payload.len()
-            )?;
-            w.write_all(&payload)?;
-            w.write_all(b"\r\nPING\r\n")?;
+            )
+            .into_bytes();
+            request.extend_from_slice(&payload);
+            request.extend_from_slice(b"\r\nPING\r\n");
+            // The server may refuse and close before reading it all: its
+            // -ERR line, read below, is the answer that counts.
+            let write_error = w.write_all(&request).err();
             loop {
                 line.clear();
-                if r.read_line(&mut line)? == 0 {
-                    bail!("nats-server closed the connection");
+                let read = r.read_line(&mut line).unwrap_or(0);
+                if read == 0 {
+                    bail!("nats-server closed the connection (write: {write_error:?})");
                 }
                 if line.starts_with("PONG") {
                     return Ok(());
