@@ -243,7 +243,7 @@ impl FleetRuntime {
         for i in batch {
             match i {
                 Incoming::Acked(ids) => acked.extend(ids),
-                Incoming::Remote(d) => deliveries.push(d),
+                Incoming::Remote(d) => deliveries.push(*d),
             }
         }
         if !acked.is_empty() {

@@ -31,7 +31,7 @@ pub enum Incoming {
     /// The server stored these outbox messages: remove them.
     Acked(Vec<String>),
     /// A message from the stream, to apply then acknowledge.
-    Remote(Delivery),
+    Remote(Box<Delivery>),
 }
 
 /// One message read from the consumer.
@@ -414,7 +414,7 @@ async fn consume_loop(
                         stream_seq,
                         message: Some(m),
                     };
-                    if incoming.send(Incoming::Remote(d)).await.is_err() {
+                    if incoming.send(Incoming::Remote(Box::new(d))).await.is_err() {
                         return;
                     }
                 }
