@@ -44,13 +44,21 @@ pub struct BanView {
     /// The address's country, when a geo database is configured.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub country: Option<String>,
+    /// Bans from the fleet (jail `fleet`): the node that made them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<String>,
 }
 
 impl From<&BanRecord> for BanView {
     fn from(r: &BanRecord) -> Self {
+        let origin = crate::fleet::apply::origin_of(&r.jail);
         BanView {
             address: r.target.to_string(),
-            jail: r.jail.clone(),
+            origin: origin.map(str::to_string),
+            jail: match origin {
+                Some(_) => crate::fleet::FLEET_JAIL.to_string(),
+                None => r.jail.clone(),
+            },
             class: r.class,
             banned_at: r.banned_at,
             expires_at: r.expires_at,
@@ -95,6 +103,9 @@ pub struct StatusView {
     #[serde(default)]
     pub links: Option<serde_json::Value>,
     pub jails: Vec<JailStatus>,
+    /// `[fleet]`: connection, stream and consumer positions, counters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<serde_json::Value>,
     /// Host names in ignoreip: their addresses now, and errors.
     #[serde(default)]
     pub dns: Vec<crate::dns::NameStatus>,
@@ -855,6 +866,15 @@ impl AgentCore {
 
     pub fn unban(&mut self, target: &Target, jail: Option<&str>) -> Result<Vec<BanRecord>> {
         self.refuse_geo_unban(target, jail)?;
+        self.unban_because(target, jail, "request")
+    }
+
+    fn unban_because(
+        &mut self,
+        target: &Target,
+        jail: Option<&str>,
+        reason: &'static str,
+    ) -> Result<Vec<BanRecord>> {
         self.store.delete_ban(target, jail)?;
         let (removed, change) = match jail {
             Some(j) => self.book.remove(target, Some(j)),
@@ -890,9 +910,86 @@ impl AgentCore {
             }
         }
         for r in &removed {
-            self.unbanned(r.clone(), "request");
+            self.unbanned(r.clone(), reason);
         }
         Ok(removed)
+    }
+
+    /// Does the allowlist (`[defaults] ignoreip`) overlap the target?
+    pub fn allowlisted(&self, target: &Target) -> Option<&Target> {
+        self.allowlist
+            .iter()
+            .find(|a| a.covers(target) || target.covers(a))
+    }
+
+    /// A ban from another node, already checked: stored (with history only
+    /// when remote bans count towards the ladder), then into the kernel
+    /// (at the end of the batch inside [`batched`](Self::batched)).
+    pub fn fleet_ban(&mut self, rec: BanRecord, history: bool) -> Result<()> {
+        // The local allowlist and this host's addresses always win; the
+        // width rule for remote bans is [fleet]'s own (checked before).
+        if let Err(r) = self.guard_ban(&rec.target, BanOrigin::Fleet, &[], true) {
+            bail!("{r}");
+        }
+        self.store
+            .put_bans(std::slice::from_ref(&rec), history.then_some(rec.banned_at))?;
+        if self.batching {
+            let at = rec.banned_at;
+            self.staged.push((rec, at));
+        } else {
+            self.enforce_ban(&rec)?;
+        }
+        Ok(())
+    }
+
+    /// An operator's unban on another node: lift this host's bans of the
+    /// target (fleet and local alike) that began at or before `at`.
+    pub fn fleet_unban(&mut self, target: &Target, at: UnixSecs) -> Result<Vec<BanRecord>> {
+        let jails: Vec<String> = self
+            .book
+            .records(target)
+            .iter()
+            .filter(|r| r.banned_at <= at)
+            .map(|r| r.jail.clone())
+            .collect();
+        let mut removed = Vec::new();
+        for j in jails {
+            removed.extend(self.unban_because(target, Some(&j), "fleet")?);
+        }
+        Ok(removed)
+    }
+
+    /// Fleet bans held now, per origin node.
+    pub fn fleet_origins(&self) -> std::collections::BTreeMap<String, usize> {
+        let mut out = std::collections::BTreeMap::new();
+        for r in self.book.iter() {
+            if let Some(o) = crate::fleet::apply::origin_of(&r.jail) {
+                *out.entry(o.to_string()).or_default() += 1;
+            }
+        }
+        out
+    }
+
+    /// Run `f` with ban writes sharing one commit (as [`on_lines`](Self::on_lines)
+    /// does); the bans reach the kernel after the commit. On a failed
+    /// commit none of them is applied.
+    pub fn batched(&mut self, f: impl FnOnce(&mut AgentCore)) -> Result<()> {
+        self.store.arm_batch();
+        self.batching = true;
+        f(self);
+        self.batching = false;
+        self.staged_keys.clear();
+        let staged = std::mem::take(&mut self.staged);
+        if let Err(e) = self.store.commit_batch() {
+            // Dropped with the transaction: the book never saw them.
+            return Err(e.into());
+        }
+        for (rec, _) in &staged {
+            if let Err(e) = self.enforce_ban(rec) {
+                tracing::error!("jail {}: {e:#}", rec.jail);
+            }
+        }
+        Ok(())
     }
 
     /// Lift every ban (of one jail, if given): `xban unban --all`.
@@ -945,10 +1042,14 @@ impl AgentCore {
     }
 
     pub fn bans(&self, jail: Option<&str>) -> Vec<BanView> {
+        let fleet = jail == Some(crate::fleet::FLEET_JAIL);
         let mut v: Vec<BanView> = self
             .book
             .iter()
-            .filter(|r| jail.is_none_or(|j| r.jail == j))
+            .filter(|r| {
+                jail.is_none_or(|j| r.jail == j)
+                    || (fleet && crate::fleet::apply::is_fleet_jail(&r.jail))
+            })
             .map(|r| {
                 let mut b = BanView::from(r);
                 b.country = self.country_of(r.target.addr());
@@ -1041,6 +1142,7 @@ impl AgentCore {
             dns_unresolved: self.dynamic.names.unresolved(),
             geo: self.geo_status(),
             bans_by_country: self.bans_by_country(),
+            fleet: None,
         })
     }
 
@@ -1189,6 +1291,7 @@ impl AgentCore {
                 target: None,
                 jail,
                 all: true,
+                ..
             } => {
                 if let Some(j) = jail {
                     self.known_ban_owner(j)?;
@@ -1978,11 +2081,13 @@ bogus
                 target: None,
                 jail: Some("nope".into()),
                 all: true,
+                local: false,
             },
             Request::Unban {
                 target: Some("203.0.113.9".into()),
                 jail: Some("nope".into()),
                 all: false,
+                local: false,
             },
             Request::Banned {
                 jail: Some("nope".into()),
@@ -2001,6 +2106,7 @@ bogus
                 target: None,
                 jail: Some(ok.into()),
                 all: true,
+                local: false,
             });
             assert!(r.ok, "{ok}: {:?}", r.error);
         }

@@ -35,6 +35,7 @@ pub struct Config {
     pub escalation: EscalationConfig,
     pub tarpit: TarpitConfig,
     pub geo: GeoConfig,
+    pub fleet: crate::fleet::FleetConfig,
 }
 
 /// `[agent]`: where and how the agent runs.
@@ -277,6 +278,8 @@ pub struct ResolvedConfig {
     pub geo_db: Option<std::sync::Arc<GeoDb>>,
     /// The rules compiled against them.
     pub geo_set: std::sync::Arc<GeoSet>,
+    /// `[fleet]`, when on.
+    pub fleet: Option<crate::fleet::FleetSettings>,
 }
 
 /// A config error: where it is and what to do.
@@ -444,6 +447,10 @@ impl Config {
                 ));
             }
         }
+        let fleet = self
+            .fleet
+            .resolve(&self.bantimes(&jails), self.defaults.ignoreself)
+            .map_err(|(place, message)| invalid(place, message))?;
         Ok(ResolvedConfig {
             agent: self.agent.clone(),
             allowlist,
@@ -464,6 +471,7 @@ impl Config {
             geo,
             geo_db,
             geo_set: std::sync::Arc::new(geo_set),
+            fleet,
         })
     }
 
@@ -492,6 +500,24 @@ impl Config {
             refresh_min: a.dns_refresh_min.0,
             refresh_max: a.dns_refresh_max.0,
         })
+    }
+
+    /// Every bantime this config can hand out (the fleet stream keeps
+    /// messages as long as the longest).
+    fn bantimes(&self, jails: &[JailSettings]) -> Vec<BanTime> {
+        let mut out = vec![self.defaults.bantime];
+        out.extend(jails.iter().map(|j| j.bantime));
+        let e = &self.escalation;
+        if e.enabled {
+            out.extend(e.steps.iter().map(|s| s.bantime));
+            if e.subnet.enabled {
+                out.push(e.subnet.bantime);
+            }
+            if e.increment.enabled {
+                out.push(BanTime::Finite(e.increment.maxtime.0));
+            }
+        }
+        out
     }
 
     fn resolve_jail(

@@ -41,6 +41,9 @@ pub enum Request {
         jail: Option<String>,
         #[serde(default)]
         all: bool,
+        /// With `[fleet]`: lift it on this host only (not fleet-wide).
+        #[serde(default)]
+        local: bool,
     },
     Stats,
     /// What the geo database says of an address, and which rule covers it.

@@ -108,6 +108,8 @@ struct Daemon {
     /// Looks up ignoreip host names when their TTL runs out.
     dns: Option<crate::dns::Refresher>,
     dns_tx: mpsc::Sender<crate::dns::LookupResult>,
+    /// `[fleet]`, when on.
+    fleet: Option<crate::fleet::apply::FleetRuntime>,
 }
 
 fn load_config(path: &Path) -> Result<ResolvedConfig> {
@@ -265,10 +267,45 @@ impl Daemon {
 
     /// Actions and metrics for what the core just did.
     fn drain_events(&mut self) {
-        for ev in self.core.take_events() {
-            self.metrics.record_event(&ev);
-            actions::dispatch(self.actions_for(&ev.record.jail), &ev);
+        let events = self.core.take_events();
+        if let Some(f) = self.fleet.as_mut() {
+            f.on_events(&mut self.core, &events);
         }
+        for ev in events {
+            self.metrics.record_event(&ev);
+            // Actions run where the ban was decided, not on every node.
+            if !crate::fleet::apply::is_fleet_jail(&ev.record.jail) {
+                actions::dispatch(self.actions_for(&ev.record.jail), &ev);
+            }
+        }
+    }
+
+    /// An operator's unban; with `[fleet]`, for every node unless `--local`
+    /// or one jail's.
+    fn unban(&mut self, req: &Request) -> Reply {
+        let reply = self.core.handle(req);
+        if let (
+            Request::Unban {
+                jail: None,
+                local: false,
+                ..
+            },
+            true,
+            Some(f),
+        ) = (req, reply.ok, self.fleet.as_mut())
+        {
+            let mut targets: Vec<crate::addr::Target> = reply
+                .data
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|b| b["address"].as_str()?.parse().ok())
+                .collect();
+            targets.sort();
+            targets.dedup();
+            f.publish_unbans(&mut self.core, &targets);
+        }
+        reply
     }
 
     /// A batch of lines: the bans they cause share one database commit.
@@ -323,6 +360,9 @@ impl Daemon {
                 "[agent] paths/interfaces/metrics and [tarpit] take effect at the next restart"
                     .to_string(),
             );
+        }
+        if self.resolved.fleet != new.fleet {
+            notes.push("[fleet] takes effect at the next restart".to_string());
         }
         for w in &new.warnings {
             tracing::warn!("config: {w}");
@@ -404,6 +444,7 @@ impl Daemon {
     /// The core's status plus what only the daemon knows: the sources.
     fn status(&self, jail: Option<&str>) -> Result<serde_json::Value> {
         let mut st = self.core.status(jail)?;
+        st.fleet = self.fleet.as_ref().map(|f| f.status(&self.core));
         for j in &mut st.jails {
             j.following = self
                 .sources
@@ -436,9 +477,13 @@ impl Daemon {
         }
         let mut status = self.core.status(None)?;
         status.links = self.xdp.as_ref().map(XdpEnforcer::link_status);
-        Ok(self
+        let mut text = self
             .metrics
-            .render(&status, u64::from(xban_common::BANS_MAX_ENTRIES)))
+            .render(&status, u64::from(xban_common::BANS_MAX_ENTRIES));
+        if let Some(f) = &self.fleet {
+            f.metrics(&self.core, &mut text);
+        }
+        Ok(text)
     }
 }
 
@@ -657,7 +702,19 @@ pub async fn run(config_path: &Path, opts: RunOptions) -> Result<()> {
         xdp: program,
         dns,
         dns_tx,
+        fleet: None,
     };
+    match (&resolved.fleet, opts.dry_run) {
+        (Some(_), true) => tracing::warn!("dry run: [fleet] is off (nothing published or applied)"),
+        (Some(settings), false) => {
+            d.fleet = Some(crate::fleet::apply::FleetRuntime::start(
+                settings.clone(),
+                &mut d.core,
+                crate::agent::self_addresses(),
+            )?)
+        }
+        (None, _) => {}
+    }
     for jail in &resolved.jails {
         d.start_source(jail).await?;
     }
@@ -674,7 +731,26 @@ pub async fn run(config_path: &Path, opts: RunOptions) -> Result<()> {
     let mut ticks: u64 = 0;
     let mut teardown_requested = false;
     loop {
+        let fleet_next = async {
+            match d.fleet.as_mut() {
+                Some(f) => f.incoming.recv().await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
+            Some(first) = fleet_next => {
+                let mut batch = vec![first];
+                if let Some(f) = d.fleet.as_mut() {
+                    while batch.len() < crate::fleet::apply::APPLY_BATCH {
+                        match f.incoming.try_recv() {
+                            Ok(i) => batch.push(i),
+                            Err(_) => break,
+                        }
+                    }
+                    f.on_incoming(&mut d.core, batch);
+                }
+                d.drain_events();
+            }
             Some(first) = line_rx.recv() => {
                 // Whatever else is queued goes in the same batch, bounded so
                 // a control request waits for one batch at most.
@@ -701,6 +777,7 @@ pub async fn run(config_path: &Path, opts: RunOptions) -> Result<()> {
                         Ok(v) => Reply::ok(v),
                         Err(e) => Reply::err(format!("{e:#}")),
                     },
+                    Request::Unban { .. } => d.unban(&msg.request),
                     other => d.core.handle(other),
                 };
                 d.drain_events();
@@ -741,6 +818,11 @@ pub async fn run(config_path: &Path, opts: RunOptions) -> Result<()> {
                 if ticks.is_multiple_of(3600) {
                     if let Err(e) = d.core.purge_history(now_secs()) {
                         tracing::warn!("purging ban history: {e:#}");
+                    }
+                    if d.fleet.is_some() {
+                        if let Err(e) = crate::fleet::state::purge_applied(d.core.store(), now_secs()) {
+                            tracing::warn!("fleet: purging applied ids: {e:#}");
+                        }
                     }
                 }
             }

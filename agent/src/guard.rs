@@ -32,6 +32,8 @@ pub enum BanOrigin {
     Jail,
     Blocklist,
     Subnet,
+    /// A ban from another node of the fleet.
+    Fleet,
 }
 
 impl BanOrigin {
@@ -41,6 +43,7 @@ impl BanOrigin {
             BanOrigin::Jail => "jail",
             BanOrigin::Blocklist => "blocklist",
             BanOrigin::Subnet => "subnet",
+            BanOrigin::Fleet => "fleet",
         }
     }
 }

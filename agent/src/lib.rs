@@ -17,6 +17,7 @@ pub mod dns;
 pub mod enforce;
 pub mod escalation;
 pub mod filter;
+pub mod fleet;
 pub mod geo;
 pub mod guard;
 pub mod instance;

@@ -74,6 +74,9 @@ enum Command {
         all: bool,
         #[arg(long)]
         jail: Option<String>,
+        /// With [fleet]: lift it on this host only, not on every node.
+        #[arg(long)]
+        local: bool,
         #[arg(long)]
         json: bool,
     },
@@ -124,6 +127,9 @@ enum Command {
     },
     /// Detach XDP and remove every map and pin (stops a running agent first).
     Teardown,
+    /// A new [fleet] node key: the seed into FILE (0600, for
+    /// nkey_seed_file), the public key printed for the NATS server's config.
+    FleetKey { file: PathBuf },
 }
 
 fn main() -> ExitCode {
@@ -294,9 +300,18 @@ fn dispatch(cli: Cli) -> Result<()> {
             target,
             all,
             jail,
+            local,
             json,
         } => {
-            let data = ask(&cli.config, &Request::Unban { target, jail, all })?;
+            let data = ask(
+                &cli.config,
+                &Request::Unban {
+                    target,
+                    jail,
+                    all,
+                    local,
+                },
+            )?;
             if json {
                 return print_json(&data);
             }
@@ -316,6 +331,15 @@ fn dispatch(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Teardown => teardown(&cli.config),
+        Command::FleetKey { file } => {
+            let public = xban::fleet::new_node_key(&file)?;
+            println!("{public}");
+            eprintln!(
+                "seed written to {} (0600); put the public key above in the server's users: {{ nkey: {public}, ... }}",
+                file.display()
+            );
+            Ok(())
+        }
         Command::Regex {
             input,
             filter,
@@ -435,10 +459,14 @@ fn print_bans(bans: &[BanView]) {
         "ADDRESS", "JAIL", "CLASS", "BANNED"
     );
     for b in bans {
+        let jail = match &b.origin {
+            Some(o) => format!("{}@{o}", b.jail),
+            None => b.jail.clone(),
+        };
         println!(
             "{:<40} {:<12} {:<7} {:<20} {}{}",
             b.address,
-            b.jail,
+            jail,
             b.class.as_str(),
             time_text(b.banned_at),
             expires_text(b.expires_at),
@@ -578,6 +606,9 @@ fn print_status(s: &StatusView) {
             .collect();
         println!("bans by country: {}", parts.join(", "));
     }
+    if let Some(f) = &s.fleet {
+        print_fleet(f);
+    }
     for j in &s.jails {
         let c = &j.counters;
         println!(
@@ -596,6 +627,59 @@ fn print_status(s: &StatusView) {
         for (addr, n) in &j.failing {
             println!("  {addr:<40} {n} failure(s)");
         }
+    }
+}
+
+fn print_fleet(f: &serde_json::Value) {
+    println!(
+        "fleet: node {} {} ({}), stream {} {} (last seq {}, {} messages)",
+        f["node"].as_str().unwrap_or("?"),
+        if f["connected"].as_bool().unwrap_or(false) {
+            "connected"
+        } else {
+            "NOT connected"
+        },
+        f["servers"]
+            .as_array()
+            .map(|a| a
+                .iter()
+                .filter_map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join(", "))
+            .unwrap_or_default(),
+        f["stream"]["name"].as_str().unwrap_or("?"),
+        if f["stream"]["ready"].as_bool().unwrap_or(false) {
+            "ready"
+        } else {
+            "not ready"
+        },
+        f["stream"]["last_seq"],
+        f["stream"]["messages"],
+    );
+    println!(
+        "  consumer {}: acknowledged up to {}, lag {}",
+        f["consumer"]["name"].as_str().unwrap_or("?"),
+        f["consumer"]["ack_floor"],
+        f["consumer"]["lag"]
+    );
+    println!(
+        "  outbox {}, sent {}, applied {} (+{} unbans), refused {} {}, malformed {}, oversized {}, duplicates {}",
+        f["outbox"],
+        f["sent"],
+        f["applied"],
+        f["applied_unbans"],
+        f["refused"],
+        f["refused_by_reason"],
+        f["malformed"],
+        f["oversized"],
+        f["duplicates"]
+    );
+    if let Some(o) = f["bans_by_origin"].as_object().filter(|o| !o.is_empty()) {
+        let list: Vec<String> = o.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        println!("  fleet bans by origin: {}", list.join(", "));
+    }
+    if let Some(e) = f["last_error"].as_str().filter(|e| !e.is_empty()) {
+        println!("  last error: {e}");
     }
 }
 

@@ -517,6 +517,7 @@ mod tests {
             dns_unresolved: Vec::new(),
             geo: None,
             bans_by_country: Default::default(),
+            fleet: None,
         };
         let text = Metrics::default().render(&status, 10);
         for line in [

@@ -198,6 +198,35 @@ impl BanStore {
         }
     }
 
+    /// Statements of another module (its own tables), all-or-nothing, in
+    /// the armed batch's transaction when there is one.
+    pub fn write<T>(
+        &mut self,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
+    ) -> Result<T, StoreError> {
+        let path = self.path.clone();
+        let wrap = |source| StoreError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        if self.batch == Batch::Armed {
+            self.conn.execute_batch("BEGIN IMMEDIATE").map_err(wrap)?;
+            self.batch = Batch::Open;
+        }
+        let sp = self.conn.savepoint().map_err(wrap)?;
+        let out = f(&sp).map_err(wrap)?;
+        sp.commit().map_err(wrap)?;
+        Ok(out)
+    }
+
+    /// Read another module's tables.
+    pub fn read<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
+    ) -> Result<T, StoreError> {
+        f(&self.conn).map_err(self.wrap())
+    }
+
     /// From now until [`commit_batch`](Self::commit_batch), ban writes share
     /// one transaction. Reads on this connection see them before the commit.
     pub fn arm_batch(&mut self) {

@@ -6,6 +6,7 @@ mod ban_path;
 mod deploy;
 mod fastpath;
 mod faults;
+mod fleet;
 mod guards;
 mod lifecycle;
 mod names_geo;

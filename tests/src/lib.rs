@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
+pub mod fleet;
 pub mod packet;
 
 pub const SRV_V4: &str = "198.51.100.1";
@@ -27,7 +28,7 @@ pub const ATK2_V4: &str = "198.51.100.3";
 pub const ATK3_V4: &str = "198.51.100.4";
 pub const ATK_V6: &str = "2001:db8:100::2";
 
-static COUNTER: AtomicU32 = AtomicU32::new(0);
+pub(crate) static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 /// Fail loudly (never skip) when the tests cannot do what they claim.
 pub fn require_root() {
@@ -52,7 +53,7 @@ pub fn xban_bin() -> PathBuf {
     p
 }
 
-fn run(cmd: &str, args: &[&str]) -> Result<String> {
+pub(crate) fn run(cmd: &str, args: &[&str]) -> Result<String> {
     let out = Command::new(cmd)
         .args(args)
         .output()

@@ -45,6 +45,8 @@ const TEST_PACKAGES: &[&str] = &[
     "dnsmasq",
     // Writes the MaxMind DB files the geo tests build themselves.
     "libmaxmind-db-writer-perl",
+    // JetStream servers for the fleet tests (started and removed by them).
+    "nats-server",
 ];
 /// Compared against by `cargo xtask bench` (fail2ban-regex and the daemon).
 const BENCH_PACKAGES: &[&str] = &["fail2ban"];

@@ -8,6 +8,7 @@
 
 mod agent;
 mod bpfmap;
+mod fleet;
 pub mod flood;
 mod geo;
 mod lab;
@@ -191,6 +192,8 @@ pub enum Area {
     Flood,
     /// Geo rules: compile and load ~10k IPv4 + 5k IPv6 prefixes, and a database swap.
     Geo,
+    /// [fleet]: convergence between three agents through nats-server, a burst, catch-up.
+    Fleet,
 }
 
 impl Area {
@@ -201,6 +204,7 @@ impl Area {
         Area::Latency,
         Area::Scale,
         Area::Geo,
+        Area::Fleet,
     ];
 
     fn name(self) -> &'static str {
@@ -211,6 +215,7 @@ impl Area {
             Area::Xdp => "xdp",
             Area::Flood => "flood",
             Area::Geo => "geo",
+            Area::Fleet => "fleet",
         }
     }
 }
@@ -262,6 +267,7 @@ pub fn run(ws: &Workspace, areas: &[Area], quick: bool) -> Result<()> {
             Area::Logmatch => logmatch::run(&ctx),
             Area::Latency => agent::latency(&ctx),
             Area::Scale => agent::scale(&ctx),
+            Area::Fleet => fleet::run(&ctx),
             // These build (or take XBAN_BIN) themselves; the build is fresh.
             Area::Xdp => xdp::run(ws, quick),
             Area::Flood => flood::run(ws, quick),

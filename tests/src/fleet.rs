@@ -1,0 +1,324 @@
+//! Fleet tests' harness: a hub namespace with a bridge that every lab's
+//! server namespace joins through a veth pair (203.0.113.0/24, nothing on
+//! the machine's own interfaces), and real `nats-server` processes started
+//! inside the hub and removed with it.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use crate::{run, Lab, COUNTER};
+
+/// The NATS servers' address, on the hub's bridge.
+pub const HUB_V4: &str = "203.0.113.1";
+
+/// The hub namespace and its bridge.
+pub struct Hub {
+    pub ns: String,
+    id: String,
+    bridge: String,
+    joined: std::cell::Cell<u32>,
+}
+
+impl Hub {
+    pub fn new() -> Result<Hub> {
+        crate::require_root();
+        assert!(
+            std::path::Path::new("/usr/sbin/nats-server").exists()
+                || Command::new("nats-server")
+                    .arg("--version")
+                    .output()
+                    .is_ok(),
+            "nats-server is missing: `cargo xtask test` installs it (apt-get install nats-server)"
+        );
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let id = format!("{}{}", std::process::id() % 100_000, n);
+        let hub = Hub {
+            ns: format!("xbt-{id}-hub"),
+            bridge: format!("xb{id}"),
+            id,
+            joined: std::cell::Cell::new(0),
+        };
+        let build = || -> Result<()> {
+            run("ip", &["netns", "add", &hub.ns])?;
+            run(
+                "ip",
+                &["-n", &hub.ns, "link", "add", &hub.bridge, "type", "bridge"],
+            )?;
+            run("ip", &["-n", &hub.ns, "link", "set", &hub.bridge, "up"])?;
+            run("ip", &["-n", &hub.ns, "link", "set", "lo", "up"])?;
+            run(
+                "ip",
+                &[
+                    "-n",
+                    &hub.ns,
+                    "addr",
+                    "add",
+                    &format!("{HUB_V4}/24"),
+                    "dev",
+                    &hub.bridge,
+                ],
+            )?;
+            Ok(())
+        };
+        if let Err(e) = build() {
+            let _ = Command::new("ip").args(["netns", "del", &hub.ns]).output();
+            return Err(e);
+        }
+        Ok(hub)
+    }
+
+    /// Join a lab's server namespace to the hub; returns its address there.
+    pub fn join(&self, lab: &Lab) -> Result<String> {
+        let i = self.joined.get() + 1;
+        self.joined.set(i);
+        let hub_if = format!("xh{}{i}", self.id);
+        let srv_if = format!("xn{}{i}", self.id);
+        let addr = format!("203.0.113.{}", 10 + i);
+        run(
+            "ip",
+            &[
+                "link",
+                "add",
+                &hub_if,
+                "netns",
+                &self.ns,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &srv_if,
+                "netns",
+                &lab.srv_ns,
+            ],
+        )?;
+        run(
+            "ip",
+            &[
+                "-n",
+                &self.ns,
+                "link",
+                "set",
+                &hub_if,
+                "master",
+                &self.bridge,
+            ],
+        )?;
+        run("ip", &["-n", &self.ns, "link", "set", &hub_if, "up"])?;
+        run(
+            "ip",
+            &[
+                "-n",
+                &lab.srv_ns,
+                "addr",
+                "add",
+                &format!("{addr}/24"),
+                "dev",
+                &srv_if,
+            ],
+        )?;
+        run("ip", &["-n", &lab.srv_ns, "link", "set", &srv_if, "up"])?;
+        Ok(addr)
+    }
+
+    /// Publish raw bytes on a subject (plain NATS protocol, no JetStream
+    /// acknowledgement), as a hostile or broken publisher would.
+    pub fn publish_raw(&self, port: u16, subject: &str, payload: &[u8]) -> Result<()> {
+        self.publish_raw_as(port, None, subject, payload)
+    }
+
+    /// As [`publish_raw`](Self::publish_raw), authenticated with a node's nkey seed.
+    pub fn publish_raw_as(
+        &self,
+        port: u16,
+        seed: Option<&str>,
+        subject: &str,
+        payload: &[u8],
+    ) -> Result<()> {
+        let ns = self.ns.clone();
+        let (subject, payload) = (subject.to_string(), payload.to_vec());
+        let key = seed.map(nkeys::KeyPair::from_seed).transpose()?;
+        Lab::in_ns(&ns, move || -> Result<()> {
+            let s = TcpStream::connect((HUB_V4, port)).context("connect to nats-server")?;
+            s.set_read_timeout(Some(Duration::from_secs(5)))?;
+            let mut r = BufReader::new(s.try_clone()?);
+            let mut line = String::new();
+            r.read_line(&mut line)?;
+            if !line.starts_with("INFO") {
+                bail!("nats-server said {line:?}");
+            }
+            let mut w = s;
+            let auth = match &key {
+                None => String::new(),
+                Some(kp) => {
+                    let info: serde_json::Value = serde_json::from_str(line[4..].trim())?;
+                    let nonce = info["nonce"].as_str().context("no nonce in INFO")?;
+                    let sig = kp.sign(nonce.as_bytes())?;
+                    format!(
+                        ",\"nkey\":\"{}\",\"sig\":\"{}\"",
+                        kp.public_key(),
+                        data_encoding::BASE64URL_NOPAD.encode(&sig)
+                    )
+                }
+            };
+            let mut request = format!(
+                "CONNECT {{\"verbose\":false,\"pedantic\":false{auth}}}\r\nPUB {subject} {}\r\n",
+                payload.len()
+            )
+            .into_bytes();
+            request.extend_from_slice(&payload);
+            request.extend_from_slice(b"\r\nPING\r\n");
+            // The server may refuse and close before reading it all: its
+            // -ERR line, read below, is the answer that counts.
+            let write_error = w.write_all(&request).err();
+            loop {
+                line.clear();
+                let read = r.read_line(&mut line).unwrap_or(0);
+                if read == 0 {
+                    bail!("nats-server closed the connection (write: {write_error:?})");
+                }
+                if line.starts_with("PONG") {
+                    return Ok(());
+                }
+                if line.starts_with("-ERR") {
+                    bail!("nats-server: {line}");
+                }
+            }
+        })
+    }
+}
+
+impl Drop for Hub {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.ns]).output();
+    }
+}
+
+/// One `nats-server` with JetStream in the hub, restartable on the same
+/// storage.
+pub struct NatsServer {
+    hub_ns: String,
+    pub name: String,
+    pub port: u16,
+    conf: PathBuf,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+impl NatsServer {
+    /// A lone server on `port`.
+    pub fn start(hub: &Hub, dir: &std::path::Path, port: u16) -> Result<NatsServer> {
+        Self::start_clustered(hub, dir, "n1", port, None)
+    }
+
+    /// `cluster`: (this server's route port, every route port of the cluster).
+    pub fn start_clustered(
+        hub: &Hub,
+        dir: &std::path::Path,
+        name: &str,
+        port: u16,
+        cluster: Option<(u16, &[u16])>,
+    ) -> Result<NatsServer> {
+        let store = dir.join(format!("nats-{name}"));
+        std::fs::create_dir_all(&store)?;
+        let mut conf = format!(
+            "server_name: {name}\nlisten: \"{HUB_V4}:{port}\"\njetstream {{\n  store_dir: \"{}\"\n}}\n",
+            store.display()
+        );
+        if let Some((route_port, all)) = cluster {
+            let routes: Vec<String> = all
+                .iter()
+                .filter(|p| **p != route_port)
+                .map(|p| format!("\"nats-route://{HUB_V4}:{p}\""))
+                .collect();
+            conf.push_str(&format!(
+                "cluster {{\n  name: xbt\n  listen: \"{HUB_V4}:{route_port}\"\n  routes: [{}]\n}}\n",
+                routes.join(", ")
+            ));
+        }
+        Self::start_with_conf(hub, dir, name, port, &conf)
+    }
+
+    /// A server on a config of the caller's (it must listen on HUB_V4:port).
+    pub fn start_with_conf(
+        hub: &Hub,
+        dir: &std::path::Path,
+        name: &str,
+        port: u16,
+        conf: &str,
+    ) -> Result<NatsServer> {
+        let conf_path = dir.join(format!("nats-{name}.conf"));
+        std::fs::write(&conf_path, conf)?;
+        let mut s = NatsServer {
+            hub_ns: hub.ns.clone(),
+            name: name.to_string(),
+            port,
+            conf: conf_path,
+            log: dir.join(format!("nats-{name}.log")),
+            child: None,
+        };
+        s.restart()?;
+        Ok(s)
+    }
+
+    /// (Re)start on the same config and storage; waits for the port.
+    pub fn restart(&mut self) -> Result<()> {
+        assert!(self.child.is_none(), "nats-server {} is running", self.name);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)?;
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.hub_ns, "nats-server", "-c"])
+            .arg(&self.conf)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("spawn nats-server")?;
+        self.child = Some(child);
+        let port = self.port;
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let up = Lab::in_ns(&self.hub_ns, || TcpStream::connect((HUB_V4, port)).is_ok());
+            if up {
+                return Ok(());
+            }
+            if let Some(status) = self.child.as_mut().unwrap().try_wait()? {
+                self.child = None;
+                bail!("nats-server exited with {status}:\n{}", self.log());
+            }
+            if Instant::now() > deadline {
+                bail!("nats-server did not listen within 15 s:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGKILL: the server is gone at once, as in a crash.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://{HUB_V4}:{}", self.port)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
