@@ -345,8 +345,7 @@ fn a_refused_reload_leaves_the_jail_banning() {
     );
     let check = dir.xban(&["check"]).unwrap();
     assert!(
-        !check.status.success()
-            && String::from_utf8_lossy(&check.stderr).contains("no-such-dir"),
+        !check.status.success() && String::from_utf8_lossy(&check.stderr).contains("no-such-dir"),
         "check names the missing directory: {}",
         String::from_utf8_lossy(&check.stderr)
     );
