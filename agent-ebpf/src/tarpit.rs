@@ -16,7 +16,7 @@
 //! next header, no fragments, a valid TCP checksum; everything else from the
 //! source is dropped, and counted.
 
-use core::mem;
+use crate::ptr_at;
 use core::ptr::{read_unaligned, write_unaligned};
 
 use aya_ebpf::{
@@ -510,15 +510,4 @@ fn count(index: u32) {
         // SAFETY: this CPU's slot; no other CPU writes it.
         unsafe { *c += 1 };
     }
-}
-
-/// Bounds-checked pointer into the packet: the verifier requires the check.
-#[inline(always)]
-fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Result<*const T, ()> {
-    let start = ctx.data();
-    let end = ctx.data_end();
-    if start + offset + mem::size_of::<T>() > end {
-        return Err(());
-    }
-    Ok((start + offset) as *const T)
 }
