@@ -210,9 +210,6 @@ fn reply_v4(ctx: &XdpContext, l3: usize) -> Result<Reply, ()> {
 
 #[inline(always)]
 fn reply_v6(ctx: &XdpContext, l3: usize) -> Result<Reply, ()> {
-    if !unicast_mac(ctx)? {
-        return Ok(Reply::Dropped(stats::UNANSWERABLE));
-    }
     let ip = ptr_at::<[u8; IPV6_HDR_LEN]>(ctx, l3)? as *const u8;
     // SAFETY: `ptr_at` checked the 40 bytes; unaligned reads copy parts
     // out (addresses as big-endian halves: no 16-byte arrays on the stack).
@@ -241,6 +238,10 @@ fn reply_v6(ctx: &XdpContext, l3: usize) -> Result<Reply, ()> {
             return Ok(Reply::Dropped(stats::NOT_TCP));
         }
         _ => return Ok(Reply::Dropped(stats::NOT_TCP)),
+    }
+    // After the ND check: a neighbour solicitation goes to a multicast MAC.
+    if !unicast_mac(ctx)? {
+        return Ok(Reply::Dropped(stats::UNANSWERABLE));
     }
     // Multicast, unspecified, loopback.
     if dst[0] >> 56 == 0xff || (dst[0] == 0 && dst[1] <= 1) {

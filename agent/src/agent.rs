@@ -639,10 +639,11 @@ impl AgentCore {
         let store = &self.store;
         let mut lookup_error = None;
         let jail_name = req.jail.clone();
+        let offence = crate::store::offence_key(&req.matches);
         let decision = escalation::decide(&self.escalation, req.bantime, req.class, |window| {
             let since = window.map(|w| event_at - w.as_secs() as i64).unwrap_or(0);
             store
-                .earlier_ban_count(&target, per_jail, since, &jail_name, event_at)
+                .earlier_ban_count(&target, per_jail, since, &jail_name, event_at, &offence)
                 .unwrap_or_else(|e| {
                     lookup_error = Some(e);
                     0
@@ -1885,6 +1886,32 @@ bogus
 
     const SSH: &str = "[defaults]\nmaxretry = 3\nbantime = \"10m\"\n\
         [jails.ssh]\nlogpath = [\"/l\"]\nfailregex = ['ssh fail from <HOST>$']\n";
+
+    #[test]
+    fn offences_in_the_same_second_of_log_time_each_count() {
+        // Log time has whole seconds: three offences, each lifted by hand,
+        // all written within one second, are three bans; the third reaches
+        // the ladder's first step (3 bans within 1d: 1w).
+        let (mut core, _k, _dir) = core_on(SSH, &[]);
+        let a = "203.0.113.41";
+        let t: Target = a.parse().unwrap();
+        for offence in 0..3u64 {
+            let lines: Vec<_> = (0..3)
+                .map(|i| line(format!("[{offence}{i}] ssh fail from {a}"), T0))
+                .collect();
+            core.on_lines(&lines);
+            let bans = core.bans(None);
+            assert_eq!(bans.len(), 1, "offence {offence}: {bans:?}");
+            let len = bans[0].expires_at.unwrap() - bans[0].banned_at;
+            assert_eq!(
+                len,
+                if offence < 2 { 600 } else { 7 * 86400 },
+                "offence {offence}"
+            );
+            core.unban(&t, None).unwrap();
+        }
+        assert_eq!(core.store().ban_count_since(&t, None, 0).unwrap(), 3);
+    }
 
     #[test]
     fn a_burst_is_one_ban_and_a_replay_records_nothing_twice() {

@@ -44,7 +44,29 @@ const MIGRATIONS: &[&str] = &[
     "DELETE FROM ban_history WHERE rowid NOT IN
         (SELECT MIN(rowid) FROM ban_history GROUP BY target, jail, banned_at);
     CREATE UNIQUE INDEX ban_history_once ON ban_history (target, jail, banned_at);",
+    // 3: log time has whole seconds, and two offences can share one: the
+    // line that caused the ban tells them apart (a replay has the same line).
+    "ALTER TABLE ban_history ADD COLUMN offence TEXT NOT NULL DEFAULT '';
+    DROP INDEX ban_history_once;
+    CREATE UNIQUE INDEX ban_history_once ON ban_history (target, jail, banned_at, offence);",
 ];
+
+/// What tells one offence from another within the same second of log time:
+/// a digest of the line that caused the ban (the last matched line), so a
+/// re-read of that line is the same offence and a new line is another.
+/// Empty for bans with no matched lines (manual, blocklist). FNV-1a, so the
+/// key is the same across builds and versions.
+pub fn offence_key(matches: &[String]) -> String {
+    let Some(line) = matches.last() else {
+        return String::new();
+    };
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in line.as_bytes() {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -460,9 +482,10 @@ impl BanStore {
     }
 
     /// Like [`ban_count_since`](Self::ban_count_since), leaving out the
-    /// history row of the ban being decided (`jail` at `event_at`), which a
-    /// re-read of the same lines finds there already: a replay decides as
-    /// the first reading did.
+    /// history row of the ban being decided (`jail` at `event_at`, caused by
+    /// the line of `offence`, see [`offence_key`]), which a re-read of the
+    /// same lines finds there already: a replay decides as the first
+    /// reading did.
     pub fn earlier_ban_count(
         &self,
         target: &Target,
@@ -470,21 +493,26 @@ impl BanStore {
         since: UnixSecs,
         jail: &str,
         event_at: UnixSecs,
+        offence: &str,
     ) -> Result<u32, StoreError> {
         let t = target.to_string();
         match only_jail {
             Some(j) => self
                 .conn
                 .prepare_cached(
-                    "SELECT COUNT(*) FROM ban_history WHERE target = ?1 AND jail = ?2 AND banned_at >= ?3 AND NOT (jail = ?4 AND banned_at = ?5)",
+                    "SELECT COUNT(*) FROM ban_history WHERE target = ?1 AND jail = ?2 AND banned_at >= ?3 AND NOT (jail = ?4 AND banned_at = ?5 AND offence IN ('', ?6))",
                 )
-                .and_then(|mut s| s.query_row(params![t, j, since, jail, event_at], |r| r.get(0))),
+                .and_then(|mut s| {
+                    s.query_row(params![t, j, since, jail, event_at, offence], |r| r.get(0))
+                }),
             None => self
                 .conn
                 .prepare_cached(
-                    "SELECT COUNT(*) FROM ban_history WHERE target = ?1 AND banned_at >= ?2 AND NOT (jail = ?3 AND banned_at = ?4)",
+                    "SELECT COUNT(*) FROM ban_history WHERE target = ?1 AND banned_at >= ?2 AND NOT (jail = ?3 AND banned_at = ?4 AND offence IN ('', ?5))",
                 )
-                .and_then(|mut s| s.query_row(params![t, since, jail, event_at], |r| r.get(0))),
+                .and_then(|mut s| {
+                    s.query_row(params![t, since, jail, event_at, offence], |r| r.get(0))
+                }),
         }
         .map_err(self.wrap())
     }
@@ -617,7 +645,11 @@ fn write_bans(
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
     )?;
     let mut hist = conn.prepare_cached(
-        "INSERT OR IGNORE INTO ban_history (target, jail, banned_at) VALUES (?1, ?2, ?3)",
+        // A row from before migration 3 has no offence key: it is taken as
+        // this offence, so a replay across the upgrade is not counted twice.
+        "INSERT INTO ban_history (target, jail, banned_at, offence) SELECT ?1, ?2, ?3, ?4
+         WHERE NOT EXISTS (SELECT 1 FROM ban_history
+             WHERE target = ?1 AND jail = ?2 AND banned_at = ?3 AND offence IN ('', ?4))",
     )?;
     for rec in recs {
         let target = rec.target.to_string();
@@ -632,7 +664,7 @@ fn write_bans(
             matches
         ])?;
         if let Some(at) = event_at {
-            hist.execute(params![target, rec.jail, at])?;
+            hist.execute(params![target, rec.jail, at, offence_key(&rec.matches)])?;
         }
     }
     Ok(())
@@ -687,12 +719,32 @@ mod tests {
             .unwrap();
         assert_eq!(s.ban_count_since(&t, None, 0).unwrap(), 3);
         // The ban being decided is not one of its own earlier bans.
-        assert_eq!(s.earlier_ban_count(&t, None, 0, "sshd", 101).unwrap(), 2);
+        let first = offence_key(&rec("203.0.113.5", "sshd", None).matches);
         assert_eq!(
-            s.earlier_ban_count(&t, Some("sshd"), 0, "sshd", 101)
+            s.earlier_ban_count(&t, None, 0, "sshd", 101, &first)
+                .unwrap(),
+            2
+        );
+        assert_eq!(
+            s.earlier_ban_count(&t, Some("sshd"), 0, "sshd", 101, &first)
                 .unwrap(),
             1
         );
+        // Another offence in the same second of log time (another line
+        // caused it) is another ban, and the first counts as earlier.
+        let mut second = rec("203.0.113.5", "sshd", Some(700));
+        second.matches = vec!["sshd[2]: Failed password from 203.0.113.5 port 2".into()];
+        s.put_ban(&second, 101).unwrap();
+        assert_eq!(s.ban_count_since(&t, Some("sshd"), 0).unwrap(), 3);
+        let key = offence_key(&second.matches);
+        assert_eq!(
+            s.earlier_ban_count(&t, Some("sshd"), 0, "sshd", 101, &key)
+                .unwrap(),
+            2
+        );
+        // Its replay is still that one offence.
+        s.put_ban(&second, 101).unwrap();
+        assert_eq!(s.ban_count_since(&t, Some("sshd"), 0).unwrap(), 3);
     }
 
     #[test]

@@ -352,6 +352,9 @@ fn xdp_tarpit_holds_a_real_client_that_cannot_close() {
     }
     assert!(stat(&rig.dir, "tarpit_synack") >= 2);
     assert!(stat(&rig.dir, "tarpit_ack") >= 2);
+    // The IPv6 client found the server's MAC: its neighbour solicitation
+    // (to a multicast MAC) went to the stack.
+    assert!(stat(&rig.dir, "tarpit_passed_nd") >= 1);
     // Not TCP from a tarpit-class source is dropped, and counted.
     let not_tcp = stat(&rig.dir, "tarpit_not_tcp");
     assert!(!rig.lab.udp_reaches(ATK_V4, SRV_V4));
