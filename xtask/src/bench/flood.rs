@@ -28,7 +28,7 @@ use super::{median, Section, Table};
 use crate::workspace::Workspace;
 
 /// Where the banned flood sources live (never on any interface).
-const FLOOD_NET: u128 = 0x2001_0db8_f00d_0000_0000_0000_0000_0000;
+pub(super) const FLOOD_NET: u128 = 0x2001_0db8_f00d_0000_0000_0000_0000_0000;
 const DST_PORT: u16 = 9;
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -68,14 +68,14 @@ impl Mechanism {
 
 /// One measured flood.
 #[derive(Clone, Copy, Debug)]
-struct Trial {
+pub(super) struct Trial {
     /// Receiver core time per dropped packet.
-    ns_per_drop: f64,
+    pub(super) ns_per_drop: f64,
     /// Packets the mechanism dropped per second.
-    drop_pps: f64,
-    sent_pps: f64,
+    pub(super) drop_pps: f64,
+    pub(super) sent_pps: f64,
     /// Fraction of the receiver core the receive path used.
-    busy: f64,
+    pub(super) busy: f64,
 }
 
 pub fn run(ws: &Workspace, quick: bool) -> Result<Vec<Section>> {
@@ -206,7 +206,7 @@ pub fn run(ws: &Workspace, quick: bool) -> Result<Vec<Section>> {
     };
     // The tarpit area: the same machine, after the floods.
     let mut sections = vec![flood_section];
-    sections.extend(super::tarpit::run(&bin, quick)?);
+    sections.extend(super::tarpit::run(&bin, quick, (send_cpu, recv_cpu))?);
     Ok(sections)
 }
 
@@ -306,25 +306,10 @@ fn trial(
         }
     };
 
-    // After the mechanism is in place: XDP attach may (re)create the thread.
-    let napi = napi_thread(&lab, &before)?;
-    set_affinity(napi, recv_cpu)?;
-    // Real-time, so that other jobs on that core (a shared machine) do not
-    // delay the receive path and overflow the ring: its core is then its
-    // own (up to the kernel's 95% real-time share).
-    let param = libc::sched_param { sched_priority: 50 };
-    // SAFETY: plain syscall on a thread id with a valid sched_param.
-    let r = unsafe { libc::sched_setscheduler(napi, libc::SCHED_FIFO, &param) };
-    ensure!(
-        r == 0,
-        "make the NAPI thread real-time: {}",
-        std::io::Error::last_os_error()
-    );
     let sink = Lab::in_ns(&lab.srv_ns, || {
         UdpSocket::bind(SocketAddr::new(SRV_V6.parse().unwrap(), DST_PORT))
     })??;
     sink.set_nonblocking(true)?;
-
     let srv_mac = Lab::mac(&lab.srv_ns, &lab.srv_if)?;
     let atk_mac = Lab::mac(&lab.atk_ns, &lab.atk_if)?;
     let dst = v6(SRV_V6);
@@ -334,30 +319,15 @@ fn trial(
         .iter()
         .map(|s| ipv6_udp_frame_to(srv_mac, atk_mac, *s, dst, 40000, DST_PORT))
         .collect();
-    let ifindex = Lab::in_ns(&lab.atk_ns, || {
-        let name = std::ffi::CString::new(lab.atk_if.as_str()).expect("interface name");
-        // SAFETY: a valid C string.
-        unsafe { libc::if_nametoindex(name.as_ptr()) }
-    })?;
-    ensure!(ifindex != 0, "no interface {}", lab.atk_if);
-    let gen = Arc::new(Generator::new(&frames, ifindex)?);
-    // Warm-up (neighbour state, caches), then the measured flood. Counters
-    // are read while nothing flows, so that drops and CPU time cover the
-    // same packets.
-    flood(&lab, &gen, send_cpu, Duration::from_millis(300))?;
-    drain(napi)?;
-    let (d0, c0) = (dropped()?, thread_cpu_ns(napi)?);
-    let (sent, elapsed) = flood(&lab, &gen, send_cpu, Duration::from_secs_f64(secs))?;
-    drain(napi)?;
-    let (d1, c1) = (dropped()?, thread_cpu_ns(napi)?);
-    let drops = d1 - d0;
-    ensure!(drops > 0, "nothing was dropped ({sent} frames sent)");
-    let t = Trial {
-        ns_per_drop: (c1 - c0) as f64 / drops as f64,
-        drop_pps: drops as f64 / elapsed,
-        sent_pps: sent as f64 / elapsed,
-        busy: (c1 - c0) as f64 / (elapsed * 1e9),
-    };
+    let t = receive_cost(
+        &lab,
+        &before,
+        &frames,
+        Rewrite::SourceAndChecksum(UDP_CSUM_OFF),
+        (send_cpu, recv_cpu),
+        secs,
+        &*dropped,
+    )?;
     // A banned source's packet reaching the socket means the mechanism leaked.
     let mut buf = [0u8; 64];
     let mut leaked = 0;
@@ -375,8 +345,63 @@ fn trial(
     Ok(t)
 }
 
+/// The server's receive-path CPU per counted packet for a flood of
+/// `frames` (IPv6, rotating sources; what the generator rewrites in each
+/// is `rewrite`): the server veth's NAPI
+/// thread (new since `before`, so created after the mechanism was set up)
+/// alone and real-time on `cpus.1`, the generator on `cpus.0`; `counted`
+/// reads the mechanism's own count of packets it handled.
+pub(super) fn receive_cost(
+    lab: &Lab,
+    before: &[(i32, String)],
+    frames: &[Vec<u8>],
+    rewrite: Rewrite,
+    (send_cpu, recv_cpu): (usize, usize),
+    secs: f64,
+    counted: &dyn Fn() -> Result<u64>,
+) -> Result<Trial> {
+    // After the mechanism is in place: XDP attach may (re)create the thread.
+    let napi = napi_thread(&lab.srv_if, before)?;
+    set_affinity(napi, recv_cpu)?;
+    // Real-time, so that other jobs on that core (a shared machine) do not
+    // delay the receive path and overflow the ring: its core is then its
+    // own (up to the kernel's 95% real-time share).
+    let param = libc::sched_param { sched_priority: 50 };
+    // SAFETY: plain syscall on a thread id with a valid sched_param.
+    let r = unsafe { libc::sched_setscheduler(napi, libc::SCHED_FIFO, &param) };
+    ensure!(
+        r == 0,
+        "make the NAPI thread real-time: {}",
+        std::io::Error::last_os_error()
+    );
+    let ifindex = Lab::in_ns(&lab.atk_ns, || {
+        let name = std::ffi::CString::new(lab.atk_if.as_str()).expect("interface name");
+        // SAFETY: a valid C string.
+        unsafe { libc::if_nametoindex(name.as_ptr()) }
+    })?;
+    ensure!(ifindex != 0, "no interface {}", lab.atk_if);
+    let gen = Arc::new(Generator::new(frames, ifindex, rewrite)?);
+    // Warm-up (neighbour state, caches), then the measured flood. Counters
+    // are read while nothing flows, so that drops and CPU time cover the
+    // same packets.
+    flood(lab, &gen, send_cpu, Duration::from_millis(300))?;
+    drain(napi)?;
+    let (d0, c0) = (counted()?, thread_cpu_ns(napi)?);
+    let (sent, elapsed) = flood(lab, &gen, send_cpu, Duration::from_secs_f64(secs))?;
+    drain(napi)?;
+    let (d1, c1) = (counted()?, thread_cpu_ns(napi)?);
+    let drops = d1 - d0;
+    ensure!(drops > 0, "nothing was dropped ({sent} frames sent)");
+    Ok(Trial {
+        ns_per_drop: (c1 - c0) as f64 / drops as f64,
+        drop_pps: drops as f64 / elapsed,
+        sent_pps: sent as f64 / elapsed,
+        busy: (c1 - c0) as f64 / (elapsed * 1e9),
+    })
+}
+
 /// `n` distinct banned sources in 2001:db8:f00d::/48, shuffled.
-fn sources(n: usize) -> Vec<[u8; 16]> {
+pub(super) fn sources(n: usize) -> Vec<[u8; 16]> {
     let mut rng = Rng(0xf100d);
     let mut seen = std::collections::HashSet::new();
     let mut out = Vec::with_capacity(n);
@@ -474,7 +499,7 @@ struct Ifreq {
 /// sender's end; veth hands TSO-capable senders' frames to the backlog of
 /// the sending CPU otherwise, and turns TSO off by itself once XDP is
 /// attached).
-fn enable_napi(lab: &Lab) -> Result<()> {
+pub(super) fn enable_napi(lab: &Lab) -> Result<()> {
     ethtool_set(&lab.srv_ns, &lab.srv_if, ETHTOOL_SGRO, 1)?;
     ethtool_set(&lab.atk_ns, &lab.atk_if, ETHTOOL_STSO, 0)?;
     run_cmd(
@@ -513,7 +538,7 @@ pub(super) fn ethtool_set(ns: &str, ifname: &str, cmd: u32, data: u32) -> Result
 }
 
 /// PIDs of the NAPI kernel threads that exist now.
-fn napi_threads() -> Result<Vec<(i32, String)>> {
+pub(super) fn napi_threads() -> Result<Vec<(i32, String)>> {
     let mut out = Vec::new();
     for e in std::fs::read_dir("/proc")? {
         let e = e?;
@@ -529,10 +554,10 @@ fn napi_threads() -> Result<Vec<(i32, String)>> {
     Ok(out)
 }
 
-/// The server veth's NAPI thread: named after the interface (the kernel may
+/// A veth end's NAPI thread: named after the interface (the kernel may
 /// cut the name short) and new since `before`.
-fn napi_thread(lab: &Lab, before: &[(i32, String)]) -> Result<i32> {
-    let want = format!("napi/{}-", lab.srv_if);
+pub(super) fn napi_thread(ifname: &str, before: &[(i32, String)]) -> Result<i32> {
+    let want = format!("napi/{ifname}-");
     let found: Vec<i32> = napi_threads()?
         .into_iter()
         .filter(|(_, comm)| want.starts_with(comm.as_str()) || comm.starts_with(&want))
@@ -541,16 +566,13 @@ fn napi_thread(lab: &Lab, before: &[(i32, String)]) -> Result<i32> {
         .collect();
     match found.as_slice() {
         [pid] => Ok(*pid),
-        [] => bail!(
-            "no NAPI thread for {} (threaded NAPI not enabled?)",
-            lab.srv_if
-        ),
-        _ => bail!("several NAPI threads for {}: {found:?}", lab.srv_if),
+        [] => bail!("no NAPI thread for {ifname} (threaded NAPI not enabled?)"),
+        _ => bail!("several NAPI threads for {ifname}: {found:?}"),
     }
 }
 
 /// On-CPU time of a thread (schedstat, ns).
-fn thread_cpu_ns(pid: i32) -> Result<u64> {
+pub(super) fn thread_cpu_ns(pid: i32) -> Result<u64> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/schedstat"))
         .with_context(|| format!("read /proc/{pid}/schedstat"))?;
     text.split_whitespace()
@@ -568,7 +590,7 @@ fn cpu_set(cpu: usize) -> libc::cpu_set_t {
     }
 }
 
-fn set_affinity(pid: i32, cpu: usize) -> Result<()> {
+pub(super) fn set_affinity(pid: i32, cpu: usize) -> Result<()> {
     let set = cpu_set(cpu);
     // SAFETY: valid cpu_set_t of the right size.
     let r = unsafe { libc::sched_setaffinity(pid, std::mem::size_of_val(&set), &set) };
@@ -610,7 +632,7 @@ fn online_cpus() -> Result<Vec<usize>> {
     cpu_list(&std::fs::read_to_string("/sys/devices/system/cpu/online")?)
 }
 
-fn possible_cpus() -> Result<usize> {
+pub(super) fn possible_cpus() -> Result<usize> {
     Ok(cpu_list(&std::fs::read_to_string(
         "/sys/devices/system/cpu/possible",
     )?)?
@@ -647,10 +669,19 @@ const OUT: i16 = i16::MIN;
 const CHUNK: u32 = 1 << 16;
 /// Offsets in the frame: IPv6 source address, UDP checksum.
 const SRC_OFF: i16 = 14 + 8;
-const CSUM_OFF: i16 = 14 + 40 + 6;
+const UDP_CSUM_OFF: i16 = 14 + 40 + 6;
+
+/// What the generator writes into each frame before sending it.
+#[derive(Clone, Copy)]
+pub(super) enum Rewrite {
+    /// The IPv6 source address and the 2-byte checksum at this offset.
+    SourceAndChecksum(i16),
+    /// The whole frame (for receivers that rewrite frames in place).
+    Whole,
+}
 
 /// The generator program and its maps: a counter, and per source the
-/// address and the frame's UDP checksum with it.
+/// address and the frame's checksum with it.
 struct Generator {
     prog: OwnedFd,
     _counter: BpfMap,
@@ -659,13 +690,29 @@ struct Generator {
 }
 
 impl Generator {
-    fn new(frames: &[Vec<u8>], ifindex: u32) -> Result<Generator> {
+    fn new(frames: &[Vec<u8>], ifindex: u32, rewrite: Rewrite) -> Result<Generator> {
         let counter = BpfMap::create_array(8, 1)?;
-        let sources = BpfMap::create_array(24, frames.len() as u32)?;
+        let len = frames[0].len();
+        ensure!(
+            frames.iter().all(|f| f.len() == len) && len >= 16,
+            "the generator's frames are all of one length"
+        );
+        // Whole frames: 8-byte words, then the 2-byte tail (even lengths).
+        ensure!(len % 2 == 0, "odd frame length {len}");
+        let value_size = match rewrite {
+            Rewrite::SourceAndChecksum(_) => 24,
+            Rewrite::Whole => len.next_multiple_of(8),
+        };
+        let sources = BpfMap::create_array(value_size as u32, frames.len() as u32)?;
         for (i, f) in frames.iter().enumerate() {
-            let mut v = [0u8; 24];
-            v[..16].copy_from_slice(&f[SRC_OFF as usize..SRC_OFF as usize + 16]);
-            v[16..18].copy_from_slice(&f[CSUM_OFF as usize..CSUM_OFF as usize + 2]);
+            let mut v = vec![0u8; value_size];
+            match rewrite {
+                Rewrite::SourceAndChecksum(csum_off) => {
+                    v[..16].copy_from_slice(&f[SRC_OFF as usize..SRC_OFF as usize + 16]);
+                    v[16..18].copy_from_slice(&f[csum_off as usize..csum_off as usize + 2]);
+                }
+                Rewrite::Whole => v[..len].copy_from_slice(f),
+            }
             sources
                 .update(&(i as u32).to_ne_bytes(), &v)
                 .context("fill the generator's sources")?;
@@ -692,23 +739,48 @@ impl Generator {
             insn(0x07, 2, 0, 0, -8),  // r2 -= 8
         ]);
         p.extend(ld_map(1, sources.raw_fd())); // r1 = &sources
+        let written_end = match rewrite {
+            Rewrite::SourceAndChecksum(csum_off) => csum_off as i32 + 2,
+            Rewrite::Whole => len as i32,
+        };
         p.extend([
-            insn(0x85, 0, 0, 0, 1),                   // r0 = map_lookup_elem(r1, r2)
-            insn(0x15, 0, 0, OUT, 0),                 // if r0 == 0 goto out
-            insn(0x61, 2, 6, 0, 0),                   // r2 = ctx->data
-            insn(0x61, 3, 6, 4, 0),                   // r3 = ctx->data_end
-            insn(0xbf, 4, 2, 0, 0),                   // r4 = r2
-            insn(0x07, 4, 0, 0, CSUM_OFF as i32 + 2), // r4 += end of the checksum
-            insn(0x2d, 4, 3, OUT, 0),                 // if r4 > r3 goto out
-            insn(0x79, 5, 0, 0, 0),                   // r5 = source[0..8]
-            insn(0x7b, 2, 5, SRC_OFF, 0),             // packet source[0..8] = r5
-            insn(0x79, 5, 0, 8, 0),                   // r5 = source[8..16]
-            insn(0x7b, 2, 5, SRC_OFF + 8, 0),         // packet source[8..16] = r5
-            insn(0x69, 5, 0, 16, 0),                  // r5 = checksum
-            insn(0x6b, 2, 5, CSUM_OFF, 0),            // packet checksum = r5
-            insn(0xb7, 1, 0, 0, ifindex as i32),      // r1 = ifindex
-            insn(0xb7, 2, 0, 0, 0),                   // r2 = 0
-            insn(0x85, 0, 0, 0, 23),                  // return bpf_redirect(r1, r2)
+            insn(0x85, 0, 0, 0, 1),           // r0 = map_lookup_elem(r1, r2)
+            insn(0x15, 0, 0, OUT, 0),         // if r0 == 0 goto out
+            insn(0x61, 2, 6, 0, 0),           // r2 = ctx->data
+            insn(0x61, 3, 6, 4, 0),           // r3 = ctx->data_end
+            insn(0xbf, 4, 2, 0, 0),           // r4 = r2
+            insn(0x07, 4, 0, 0, written_end), // r4 += end of what is written
+            insn(0x2d, 4, 3, OUT, 0),         // if r4 > r3 goto out
+        ]);
+        match rewrite {
+            Rewrite::SourceAndChecksum(csum_off) => p.extend([
+                insn(0x79, 5, 0, 0, 0),           // r5 = source[0..8]
+                insn(0x7b, 2, 5, SRC_OFF, 0),     // packet source[0..8] = r5
+                insn(0x79, 5, 0, 8, 0),           // r5 = source[8..16]
+                insn(0x7b, 2, 5, SRC_OFF + 8, 0), // packet source[8..16] = r5
+                insn(0x69, 5, 0, 16, 0),          // r5 = checksum
+                insn(0x6b, 2, 5, csum_off, 0),    // packet checksum = r5
+            ]),
+            Rewrite::Whole => {
+                // The receiver may have rewritten the frame in place (an
+                // XDP_TX reply) before its page came back: all of it anew.
+                let words = len / 8;
+                for w in 0..words as i16 {
+                    p.push(insn(0x79, 5, 0, 8 * w, 0)); // r5 = frame word w
+                    p.push(insn(0x7b, 2, 5, 8 * w, 0)); // packet word w = r5
+                }
+                let mut off = words * 8;
+                while off < len {
+                    p.push(insn(0x69, 5, 0, off as i16, 0)); // r5 = 2 bytes
+                    p.push(insn(0x6b, 2, 5, off as i16, 0)); // packet 2 bytes = r5
+                    off += 2;
+                }
+            }
+        }
+        p.extend([
+            insn(0xb7, 1, 0, 0, ifindex as i32), // r1 = ifindex
+            insn(0xb7, 2, 0, 0, 0),              // r2 = 0
+            insn(0x85, 0, 0, 0, 23),             // return bpf_redirect(r1, r2)
             insn(0x95, 0, 0, 0, 0),
         ]);
         // Point the jumps marked OUT at the end: return XDP_DROP.

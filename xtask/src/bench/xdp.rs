@@ -834,6 +834,7 @@ const BPF_MAP_CREATE: libc::c_long = 0;
 const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
 const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
 const BPF_PROG_LOAD: libc::c_long = 5;
+const BPF_OBJ_PIN: libc::c_long = 6;
 const BPF_OBJ_GET: libc::c_long = 7;
 const BPF_PROG_TEST_RUN: libc::c_long = 10;
 const BPF_PROG_TYPE_XDP: u32 = 6;
@@ -939,6 +940,20 @@ pub(super) fn prog_test_run(
     };
     sys_bpf(BPF_PROG_TEST_RUN, &mut run)?;
     Ok((run.retval, run.duration))
+}
+
+/// Pins `prog` at `path` (BPF_OBJ_PIN), for tools that attach by path.
+pub(super) fn pin_prog(prog: &OwnedFd, path: &Path) -> Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = CString::new(path.as_os_str().as_bytes())?;
+    let mut attr = ObjGetAttr {
+        pathname: c.as_ptr() as u64,
+        bpf_fd: prog.as_raw_fd() as u32,
+        file_flags: 0,
+    };
+    sys_bpf(BPF_OBJ_PIN, &mut attr)
+        .with_context(|| format!("pin a program at {}", path.display()))?;
+    Ok(())
 }
 
 /// A pinned program's fd (BPF_OBJ_GET).
