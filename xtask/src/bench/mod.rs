@@ -170,6 +170,64 @@ pub fn write_markdown(path: &Path, sections: &[Section], scope: Option<&str>) ->
     std::fs::write(path, out).with_context(|| format!("write {}", path.display()))
 }
 
+/// The sections of a Markdown file: its head (before the first `## `), then
+/// (title, text) for each `## TITLE` section.
+fn md_sections(text: &str) -> (String, Vec<(String, String)>) {
+    let mut head = String::new();
+    let mut secs: Vec<(String, String)> = Vec::new();
+    for line in text.split_inclusive('\n') {
+        if let Some(title) = line.strip_prefix("## ") {
+            secs.push((title.trim().to_string(), String::new()));
+        }
+        match secs.last_mut() {
+            Some((_, body)) => body.push_str(line),
+            None => head.push_str(line),
+        }
+    }
+    (head, secs)
+}
+
+/// `earlier` (the committed file) with the sections of `fresh` (a run of
+/// some areas): a section of the same title is replaced in place, a new one
+/// goes after the last section `fresh` replaced before it (else at the end);
+/// `note` (when and how the new ones ran) joins the head.
+pub fn merge_markdown(earlier: &str, fresh: &str, note: &str) -> String {
+    let (head, old) = md_sections(earlier);
+    let (_, new) = md_sections(fresh);
+    let mut out: Vec<(String, String)> = old;
+    let mut after: Option<usize> = None;
+    for (title, body) in new {
+        match out.iter().position(|(t, _)| *t == title) {
+            Some(i) => {
+                out[i].1 = body;
+                after = Some(i);
+            }
+            None => {
+                let at = after.map_or(out.len(), |i| i + 1);
+                out.insert(at, (title, body));
+                after = Some(at);
+            }
+        }
+    }
+    let mut text = head.trim_end().to_string();
+    text.push_str("\n\n");
+    text.push_str(note);
+    text.push_str("\n\n");
+    for (_, body) in out {
+        text.push_str(&body);
+    }
+    text
+}
+
+fn today() -> String {
+    std::process::Command::new("date")
+        .arg("+%Y-%m-%d")
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}
+
 pub fn print_section(s: &Section) {
     println!("\n== {} ==\n{}", s.title, s.table.text());
     for n in &s.notes {
@@ -292,20 +350,47 @@ pub fn run(ws: &Workspace, areas: &[Area], quick: bool) -> Result<()> {
                 .to_string(),
         );
     }
-    if chosen.len() < Area::ALL.len() {
+    let partial = chosen.len() < Area::ALL.len();
+    if partial {
         scope.push(format!(
             "**Only these areas were run: {} (`cargo xtask bench {}`).**",
             names.join(", "),
             names.join(" ")
         ));
     }
-    let scope = Some(scope.join(" "));
+    let scope = scope.join(" ");
     let out = if quick {
         ws.target_dir.join("BENCHMARKS-quick.md")
     } else {
         ws.root.join("BENCHMARKS.md")
     };
-    write_markdown(&out, &sections, scope.as_deref())?;
+    // Some areas of a full run: their sections replace theirs in the
+    // committed file, whose other figures stay.
+    let earlier = (partial && !quick)
+        .then(|| std::fs::read_to_string(&out).ok())
+        .flatten();
+    write_markdown(&out, &sections, Some(&scope))?;
+    if let Some(earlier) = earlier {
+        let fresh = std::fs::read_to_string(&out)?;
+        let note =
+            format!(
+            "The sections of {} come from a later run of {} alone (`cargo xtask bench {}`, {}); {}",
+            names.join(", "),
+            if names.len() == 1 { "that area" } else { "those areas" },
+            names.join(" "),
+            today(),
+            scope.replace(
+                &format!(
+                    " **Only these areas were run: {} (`cargo xtask bench {}`).**",
+                    names.join(", "),
+                    names.join(" ")
+                ),
+                ""
+            )
+        );
+        std::fs::write(&out, merge_markdown(&earlier, &fresh, &note))
+            .with_context(|| format!("write {}", out.display()))?;
+    }
     eprintln!("xtask: wrote {}", out.display());
     Ok(())
 }
@@ -500,6 +585,17 @@ pub fn percentile(xs: &mut [f64], p: f64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_partial_run_replaces_only_its_own_sections() {
+        let earlier = "# xban benchmarks\n\nhead line\n\n## A\n\na1\n\n## B\n\nb1\n\n## C\n\nc1\n";
+        let fresh = "# xban benchmarks\n\nother head\n\n## B\n\nb2\n\n## B2\n\nnew\n\n## D\n\nd\n";
+        let merged = merge_markdown(earlier, fresh, "B ran later.");
+        assert_eq!(
+            merged,
+            "# xban benchmarks\n\nhead line\n\nB ran later.\n\n## A\n\na1\n\n## B\n\nb2\n\n## B2\n\nnew\n\n## D\n\nd\n## C\n\nc1\n"
+        );
+    }
 
     #[test]
     fn number_formats() {
