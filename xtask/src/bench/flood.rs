@@ -698,7 +698,7 @@ impl Generator {
             "the generator's frames are all of one length"
         );
         // Whole frames: 8-byte words, then the 2-byte tail (even lengths).
-        ensure!(len % 2 == 0, "odd frame length {len}");
+        ensure!(len.is_multiple_of(2), "odd frame length {len}");
         let value_size = match rewrite {
             Rewrite::SourceAndChecksum(_) => 24,
             Rewrite::Whole => len.next_multiple_of(8),
