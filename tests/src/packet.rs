@@ -282,7 +282,7 @@ impl Tcp {
     /// The TCP segment with its checksum.
     pub fn segment(&self) -> Vec<u8> {
         let doff = 20 + self.options.len();
-        assert!(doff % 4 == 0 && doff <= 60);
+        assert!(doff.is_multiple_of(4) && doff <= 60);
         let mut t = Vec::new();
         t.extend_from_slice(&self.sport.to_be_bytes());
         t.extend_from_slice(&self.dport.to_be_bytes());
