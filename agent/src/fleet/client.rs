@@ -166,6 +166,7 @@ async fn options(
             .await
             .with_context(|| format!("fleet.credentials_file {}", p.display()))?,
     };
+    check_tls_files(s)?;
     if let Some(ca) = &s.ca_file {
         opts = opts.add_root_certificates(ca.clone()).require_tls(true);
     }
@@ -175,6 +176,44 @@ async fn options(
             .require_tls(true);
     }
     Ok(opts)
+}
+
+/// The TLS files, read once here so that a missing or wrong one is named:
+/// the client reads them at each attempt and says only "TLS error: No such
+/// file or directory", or, for a CA file without a certificate, that the
+/// server's certificate is refused.
+fn check_tls_files(s: &FleetSettings) -> anyhow::Result<()> {
+    use anyhow::{anyhow, Context};
+    use async_nats::rustls::pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
+    let read = |key: &str, p: &std::path::Path| {
+        std::fs::read(p).with_context(|| format!("fleet.{key} {}", p.display()))
+    };
+    let certs = |key: &str, p: &std::path::Path| -> anyhow::Result<()> {
+        let n = CertificateDer::pem_slice_iter(&read(key, p)?)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| anyhow!("fleet.{key} {}: {e}", p.display()))?
+            .len();
+        if n == 0 {
+            return Err(anyhow!(
+                "fleet.{key} {}: no PEM certificate in it",
+                p.display()
+            ));
+        }
+        Ok(())
+    };
+    if let Some(ca) = &s.ca_file {
+        certs("ca_file", ca)?;
+    }
+    if let Some((cert, key)) = &s.client_cert {
+        certs("cert_file", cert)?;
+        PrivateKeyDer::from_pem_slice(&read("key_file", key)?).map_err(|e| {
+            anyhow!(
+                "fleet.key_file {}: no PEM private key in it ({e})",
+                key.display()
+            )
+        })?;
+    }
+    Ok(())
 }
 
 /// Between connection attempts: 100 ms more each time, up to 2 s.
@@ -625,6 +664,63 @@ mod tests {
             .unwrap()
             .fleet
             .unwrap()
+    }
+
+    /// A TLS file that is missing or holds nothing usable is named at
+    /// once; the client is not started.
+    #[tokio::test]
+    async fn unusable_tls_files_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let junk = dir.path().join("junk.pem");
+        std::fs::write(&junk, "not PEM at all\n").unwrap();
+        let missing = dir.path().join("missing.pem");
+        let cases = [
+            (
+                format!("ca_file = \"{}\"", missing.display()),
+                "fleet.ca_file",
+                "No such file",
+            ),
+            (
+                format!("ca_file = \"{}\"", junk.display()),
+                "fleet.ca_file",
+                "no PEM certificate",
+            ),
+            (
+                format!(
+                    "cert_file = \"{}\"\nkey_file = \"{}\"",
+                    junk.display(),
+                    junk.display()
+                ),
+                "fleet.cert_file",
+                "no PEM certificate",
+            ),
+        ];
+        for (extra, key, why) in cases {
+            let (tx, _rx) = mpsc::channel(8);
+            let client = FleetClient::spawn(
+                settings("nats://127.0.0.1:1", &format!("{extra}\n")),
+                Vec::new(),
+                tx,
+            );
+            let last = || client.shared.last_error.lock().unwrap().clone();
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+            while last().is_empty() {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "{extra}: nothing reported"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let e = last();
+            assert!(
+                e.starts_with("cannot start: ") && e.contains(key) && e.contains(why),
+                "{extra}: {e}"
+            );
+            assert!(
+                e.contains(dir.path().to_str().unwrap()),
+                "names the file: {e}"
+            );
+        }
     }
 
     /// A server that wants a token and refuses every CONNECT, as
