@@ -10,13 +10,13 @@ use xban_tests::fleet::{Hub, NatsServer};
 use xban_tests::*;
 
 /// One host of the fleet.
-struct Node {
-    lab: Lab,
-    dir: AgentDir,
-    agent: Option<AgentProcess>,
+pub(crate) struct Node {
+    pub(crate) lab: Lab,
+    pub(crate) dir: AgentDir,
+    pub(crate) agent: Option<AgentProcess>,
 }
 
-fn node(hub: &Hub, name: &str, servers: &[String], defaults: &str, fleet: &str) -> Node {
+pub(crate) fn node(hub: &Hub, name: &str, servers: &[String], defaults: &str, fleet: &str) -> Node {
     let lab = Lab::new().unwrap();
     hub.join(&lab).unwrap();
     let dir = AgentDir::new().unwrap();
@@ -61,27 +61,27 @@ node = "{name}"
 }
 
 impl Node {
-    fn start(&mut self) {
+    pub(crate) fn start(&mut self) {
         assert!(self.agent.is_none());
         self.agent = Some(AgentProcess::start(&self.lab, &self.dir).unwrap());
     }
 
-    fn stop(&mut self) {
+    pub(crate) fn stop(&mut self) {
         let status = self.agent.take().unwrap().stop().unwrap();
         assert!(status.success(), "agent exit: {status}");
     }
 
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         self.agent.as_ref().map(|a| a.log()).unwrap_or_default()
     }
 
-    fn fleet(&self) -> Value {
+    pub(crate) fn fleet(&self) -> Value {
         let st: Value =
             serde_json::from_str(&self.dir.xban_ok(&["status", "--json"]).unwrap()).unwrap();
         st["fleet"].clone()
     }
 
-    fn wait_ready(&self) {
+    pub(crate) fn wait_ready(&self) {
         assert!(
             wait_for(Duration::from_secs(30), || {
                 let f = self.fleet();
@@ -94,7 +94,7 @@ impl Node {
     }
 
     /// (address, jail, origin) of every active ban.
-    fn bans(&self) -> Vec<(String, String, String)> {
+    pub(crate) fn bans(&self) -> Vec<(String, String, String)> {
         self.dir
             .banned()
             .unwrap()
@@ -109,21 +109,21 @@ impl Node {
             .collect()
     }
 
-    fn has(&self, addr: &str) -> bool {
+    pub(crate) fn has(&self, addr: &str) -> bool {
         self.bans().iter().any(|b| b.0 == addr)
     }
 
-    fn fail(&self, addr: &str, times: usize) {
+    pub(crate) fn fail(&self, addr: &str, times: usize) {
         let lines: Vec<String> = (0..times).map(|n| sshd_failure(addr, n)).collect();
         self.dir.append_log(&lines).unwrap();
     }
 
-    fn dropped(&self, addr: &str) -> bool {
+    pub(crate) fn dropped(&self, addr: &str) -> bool {
         !self.lab.udp_reaches(addr, SRV_V4)
     }
 }
 
-fn wait(what: &str, secs: u64, nodes: &[&Node], f: impl FnMut() -> bool) {
+pub(crate) fn wait(what: &str, secs: u64, nodes: &[&Node], f: impl FnMut() -> bool) {
     if !wait_for(Duration::from_secs(secs), f) {
         let logs: Vec<String> = nodes.iter().map(|n| n.log()).collect();
         panic!("{what} (within {secs} s)\n{}", logs.join("\n-----\n"));

@@ -7,6 +7,7 @@ mod deploy;
 mod fastpath;
 mod faults;
 mod fleet;
+mod fleet_auth;
 mod guards;
 mod lifecycle;
 mod names_geo;

@@ -224,12 +224,7 @@ impl NatsServer {
         port: u16,
         cluster: Option<(u16, &[u16])>,
     ) -> Result<NatsServer> {
-        let store = dir.join(format!("nats-{name}"));
-        std::fs::create_dir_all(&store)?;
-        let mut conf = format!(
-            "server_name: {name}\nlisten: \"{HUB_V4}:{port}\"\njetstream {{\n  store_dir: \"{}\"\n}}\n",
-            store.display()
-        );
+        let mut conf = Self::base_conf(dir, name, port)?;
         if let Some((route_port, all)) = cluster {
             let routes: Vec<String> = all
                 .iter()
@@ -242,6 +237,17 @@ impl NatsServer {
             ));
         }
         Self::start_with_conf(hub, dir, name, port, &conf)
+    }
+
+    /// The lone server's config (name, HUB_V4:port, JetStream storage under
+    /// `dir`), for a caller to add to.
+    pub fn base_conf(dir: &std::path::Path, name: &str, port: u16) -> Result<String> {
+        let store = dir.join(format!("nats-{name}"));
+        std::fs::create_dir_all(&store)?;
+        Ok(format!(
+            "server_name: {name}\nlisten: \"{HUB_V4}:{port}\"\njetstream {{\n  store_dir: \"{}\"\n}}\n",
+            store.display()
+        ))
     }
 
     /// A server on a config of the caller's (it must listen on HUB_V4:port).
@@ -320,5 +326,275 @@ impl NatsServer {
 impl Drop for NatsServer {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// A throwaway certificate authority made with the `openssl` CLI in a test's
+/// temporary directory (P-256 keys, valid for two days; nothing committed).
+pub struct Ca {
+    pub cert: PathBuf,
+    key: PathBuf,
+    dir: PathBuf,
+    name: String,
+    serial: std::cell::Cell<u32>,
+}
+
+fn openssl(args: &[&str]) -> Result<()> {
+    let out = Command::new("openssl")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .context("run openssl (apt-get install openssl)")?;
+    if !out.status.success() {
+        bail!(
+            "openssl {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
+/// What a certificate is for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum CertUse {
+    /// A NATS server's: serverAuth, with the address clients dial as SAN.
+    Server,
+    /// A node's client certificate: clientAuth.
+    Client,
+}
+
+impl Ca {
+    /// A self-signed CA named `name`; files `name-ca.pem` and `name-ca.key`
+    /// under `dir`.
+    pub fn new(dir: &std::path::Path, name: &str) -> Result<Ca> {
+        let cnf = dir.join(format!("{name}-ca.cnf"));
+        std::fs::write(
+            &cnf,
+            format!(
+                "[req]\ndistinguished_name = dn\nprompt = no\n[dn]\nCN = xban test CA {name}\n\
+                 [v3_ca]\nbasicConstraints = critical,CA:TRUE\nkeyUsage = critical,keyCertSign,cRLSign\n\
+                 subjectKeyIdentifier = hash\n"
+            ),
+        )?;
+        let ca = Ca {
+            cert: dir.join(format!("{name}-ca.pem")),
+            key: dir.join(format!("{name}-ca.key")),
+            dir: dir.to_path_buf(),
+            name: name.to_string(),
+            serial: std::cell::Cell::new(1),
+        };
+        openssl(&[
+            "req",
+            "-x509",
+            "-config",
+            &cnf.display().to_string(),
+            "-extensions",
+            "v3_ca",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "2",
+            "-keyout",
+            &ca.key.display().to_string(),
+            "-out",
+            &ca.cert.display().to_string(),
+        ])?;
+        Ok(ca)
+    }
+
+    /// A certificate for `cn` signed by this CA: (certificate, key) files.
+    /// `san`: e.g. `IP:203.0.113.1` (a server's must name the address dialed).
+    pub fn issue(&self, cn: &str, usage: CertUse, san: Option<&str>) -> Result<(PathBuf, PathBuf)> {
+        let base = self.dir.join(format!("{}-{cn}", self.name));
+        let (cert, key, csr, cnf, ext) = (
+            base.with_extension("pem"),
+            base.with_extension("key"),
+            base.with_extension("csr"),
+            base.with_extension("cnf"),
+            base.with_extension("ext"),
+        );
+        std::fs::write(
+            &cnf,
+            format!("[req]\ndistinguished_name = dn\nprompt = no\n[dn]\nCN = {cn}\n"),
+        )?;
+        let mut extensions = format!(
+            "basicConstraints = critical,CA:FALSE\nkeyUsage = critical,digitalSignature\n\
+             extendedKeyUsage = {}\nsubjectKeyIdentifier = hash\nauthorityKeyIdentifier = keyid\n",
+            match usage {
+                CertUse::Server => "serverAuth",
+                CertUse::Client => "clientAuth",
+            }
+        );
+        if let Some(san) = san {
+            extensions.push_str(&format!("subjectAltName = {san}\n"));
+        }
+        std::fs::write(&ext, extensions)?;
+        openssl(&[
+            "req",
+            "-new",
+            "-config",
+            &cnf.display().to_string(),
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            &key.display().to_string(),
+            "-out",
+            &csr.display().to_string(),
+        ])?;
+        let serial = self.serial.get();
+        self.serial.set(serial + 1);
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            &csr.display().to_string(),
+            "-CA",
+            &self.cert.display().to_string(),
+            "-CAkey",
+            &self.key.display().to_string(),
+            "-set_serial",
+            &serial.to_string(),
+            "-days",
+            "2",
+            "-extfile",
+            &ext.display().to_string(),
+            "-out",
+            &cert.display().to_string(),
+        ])?;
+        Ok((cert, key))
+    }
+}
+
+/// A NATS JWT (`ed25519-nkey`), as `nsc` writes them: `nats` is the
+/// claim's own part (`type`, `version` and what the type needs).
+pub fn nats_jwt(
+    issuer: &nkeys::KeyPair,
+    subject: &str,
+    name: &str,
+    nats: serde_json::Value,
+) -> Result<String> {
+    use data_encoding::BASE64URL_NOPAD as B64;
+    let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+    let now = chrono::Utc::now().timestamp();
+    let claims = serde_json::json!({
+        "jti": data_encoding::BASE32_NOPAD.encode(
+            format!("xbt-{}-{n}-{now}-{subject}", std::process::id()).as_bytes()
+        ),
+        "iat": now,
+        "iss": issuer.public_key(),
+        "sub": subject,
+        "name": name,
+        "nats": nats,
+    });
+    let header = B64.encode(br#"{"typ":"JWT","alg":"ed25519-nkey"}"#);
+    let body = B64.encode(claims.to_string().as_bytes());
+    let signed = format!("{header}.{body}");
+    let sig = issuer.sign(signed.as_bytes())?;
+    Ok(format!("{signed}.{}", B64.encode(&sig)))
+}
+
+/// A user's `.creds` file text: its JWT and its nkey seed.
+pub fn creds_file(user_jwt: &str, user: &nkeys::KeyPair) -> Result<String> {
+    Ok(format!(
+        "-----BEGIN NATS USER JWT-----\n{user_jwt}\n------END NATS USER JWT------\n\n\
+         ************************* IMPORTANT *************************\n\
+         NKEY Seed printed below can be used to sign and prove identity.\n\
+         NKEYs are sensitive and should be treated as secrets.\n\n\
+         -----BEGIN USER NKEY SEED-----\n{}\n------END USER NKEY SEED------\n",
+        user.seed()?
+    ))
+}
+
+/// An operator (decentralised, JWT) setup for `resolver: MEMORY`: the
+/// operator, its system account, and one JetStream-enabled account whose
+/// users the nodes are.
+pub struct NatsOperator {
+    pub operator_jwt: String,
+    pub system: nkeys::KeyPair,
+    pub system_jwt: String,
+    pub account: nkeys::KeyPair,
+    pub account_jwt: String,
+}
+
+/// Account limits: everything unlimited, JetStream on (non-zero storage).
+fn account_claim(jetstream: bool) -> serde_json::Value {
+    let mut limits = serde_json::json!({
+        "subs": -1, "conn": -1, "leaf": -1, "imports": -1, "exports": -1,
+        "data": -1, "payload": -1, "wildcards": true,
+    });
+    if jetstream {
+        for k in ["mem_storage", "disk_storage", "streams", "consumer"] {
+            limits[k] = serde_json::json!(-1);
+        }
+    }
+    serde_json::json!({
+        "limits": limits,
+        "default_permissions": {"pub": {}, "sub": {}},
+        "type": "account",
+        "version": 2,
+    })
+}
+
+impl NatsOperator {
+    pub fn new() -> Result<NatsOperator> {
+        let operator = nkeys::KeyPair::new_operator();
+        let system = nkeys::KeyPair::new_account();
+        let account = nkeys::KeyPair::new_account();
+        let operator_jwt = nats_jwt(
+            &operator,
+            &operator.public_key(),
+            "xbt-operator",
+            serde_json::json!({"system_account": system.public_key(), "type": "operator", "version": 2}),
+        )?;
+        let system_jwt = nats_jwt(&operator, &system.public_key(), "SYS", account_claim(false))?;
+        let account_jwt = nats_jwt(
+            &operator,
+            &account.public_key(),
+            "XBAN",
+            account_claim(true),
+        )?;
+        Ok(NatsOperator {
+            operator_jwt,
+            system,
+            system_jwt,
+            account,
+            account_jwt,
+        })
+    }
+
+    /// A new user of the account: its `.creds` file text.
+    pub fn user_creds(&self, name: &str) -> Result<String> {
+        let user = nkeys::KeyPair::new_user();
+        let jwt = nats_jwt(
+            &self.account,
+            &user.public_key(),
+            name,
+            serde_json::json!({"pub": {}, "sub": {}, "subs": -1, "data": -1, "payload": -1,
+                "type": "user", "version": 2}),
+        )?;
+        creds_file(&jwt, &user)
+    }
+
+    /// The server config lines: operator, system account, memory resolver
+    /// with both accounts preloaded. The operator JWT goes to `dir`.
+    pub fn server_conf(&self, dir: &std::path::Path) -> Result<String> {
+        let op = dir.join("operator.jwt");
+        std::fs::write(&op, &self.operator_jwt)?;
+        Ok(format!(
+            "operator: \"{}\"\nsystem_account: {}\nresolver: MEMORY\nresolver_preload: {{\n  {}: \"{}\"\n  {}: \"{}\"\n}}\n",
+            op.display(),
+            self.system.public_key(),
+            self.system.public_key(),
+            self.system_jwt,
+            self.account.public_key(),
+            self.account_jwt,
+        ))
     }
 }

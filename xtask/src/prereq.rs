@@ -47,6 +47,8 @@ const TEST_PACKAGES: &[&str] = &[
     "libmaxmind-db-writer-perl",
     // JetStream servers for the fleet tests (started and removed by them).
     "nats-server",
+    // The fleet TLS test's throwaway CA and certificates.
+    "openssl",
 ];
 /// Compared against by `cargo xtask bench` (fail2ban-regex and the daemon).
 const BENCH_PACKAGES: &[&str] = &["fail2ban"];

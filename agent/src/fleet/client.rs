@@ -118,17 +118,19 @@ impl FleetClient {
     }
 }
 
-async fn connect(s: &FleetSettings, shared: &Arc<Shared>) -> anyhow::Result<async_nats::Client> {
+/// The client's options, everything read from local files once: an
+/// unreadable seed or credentials file is an error (nothing to retry).
+async fn options(
+    s: &FleetSettings,
+    shared: &Arc<Shared>,
+) -> anyhow::Result<async_nats::ConnectOptions> {
     use anyhow::Context;
     let mut opts = async_nats::ConnectOptions::new()
         .name(format!("xban-{}", s.node))
-        .retry_on_initial_connect()
         .max_reconnects(None)
         .connection_timeout(Duration::from_secs(3))
         .ping_interval(Duration::from_secs(5))
-        .reconnect_delay_callback(|attempt| {
-            Duration::from_millis((100 * attempt as u64).min(2000))
-        });
+        .reconnect_delay_callback(reconnect_delay);
     let sh = shared.clone();
     opts = opts.event_callback(move |ev| {
         let sh = sh.clone();
@@ -143,6 +145,10 @@ async fn connect(s: &FleetSettings, shared: &Arc<Shared>) -> anyhow::Result<asyn
                     sh.reconnects.fetch_add(1, Relaxed);
                     tracing::warn!("fleet: disconnected from the NATS server; reconnecting");
                 }
+                // A failed reconnection (the client names only the kind,
+                // e.g. "authorization violation") or the server's -ERR.
+                async_nats::Event::ClientError(e) => sh.error("reconnect", e),
+                async_nats::Event::ServerError(e) => sh.error("server", e),
                 other => tracing::debug!("fleet: {other}"),
             }
         }
@@ -160,6 +166,7 @@ async fn connect(s: &FleetSettings, shared: &Arc<Shared>) -> anyhow::Result<asyn
             .await
             .with_context(|| format!("fleet.credentials_file {}", p.display()))?,
     };
+    check_tls_files(s)?;
     if let Some(ca) = &s.ca_file {
         opts = opts.add_root_certificates(ca.clone()).require_tls(true);
     }
@@ -168,6 +175,110 @@ async fn connect(s: &FleetSettings, shared: &Arc<Shared>) -> anyhow::Result<asyn
             .add_client_certificate(cert.clone(), key.clone())
             .require_tls(true);
     }
+    Ok(opts)
+}
+
+/// The TLS files, read once here so that a missing or wrong one is named:
+/// the client reads them at each attempt and says only "TLS error: No such
+/// file or directory", or, for a CA file without a certificate, that the
+/// server's certificate is refused.
+fn check_tls_files(s: &FleetSettings) -> anyhow::Result<()> {
+    use anyhow::{anyhow, Context};
+    use async_nats::rustls::pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
+    let read = |key: &str, p: &std::path::Path| {
+        std::fs::read(p).with_context(|| format!("fleet.{key} {}", p.display()))
+    };
+    let certs = |key: &str, p: &std::path::Path| -> anyhow::Result<()> {
+        let n = CertificateDer::pem_slice_iter(&read(key, p)?)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| anyhow!("fleet.{key} {}: {e}", p.display()))?
+            .len();
+        if n == 0 {
+            return Err(anyhow!(
+                "fleet.{key} {}: no PEM certificate in it",
+                p.display()
+            ));
+        }
+        Ok(())
+    };
+    if let Some(ca) = &s.ca_file {
+        certs("ca_file", ca)?;
+    }
+    if let Some((cert, key)) = &s.client_cert {
+        certs("cert_file", cert)?;
+        PrivateKeyDer::from_pem_slice(&read("key_file", key)?).map_err(|e| {
+            anyhow!(
+                "fleet.key_file {}: no PEM private key in it ({e})",
+                key.display()
+            )
+        })?;
+    }
+    Ok(())
+}
+
+/// Between connection attempts: 100 ms more each time, up to 2 s.
+fn reconnect_delay(attempt: usize) -> Duration {
+    Duration::from_millis((100 * attempt as u64).min(2000))
+}
+
+/// A failed connection in words an operator can act on. The client folds
+/// TLS failures into "IO error: ..."; the rustls error inside says which
+/// side refused. `client_cert`: whether this node sends one (a server that
+/// wants one and gets none answers `BadCertificate` or
+/// `CertificateRequired`, depending on its Go version).
+pub fn describe_connect_error(e: &async_nats::ConnectError, client_cert: bool) -> String {
+    use async_nats::rustls::{AlertDescription, Error as Tls};
+    use async_nats::ConnectErrorKind as K;
+    let tls = std::error::Error::source(e)
+        .and_then(|s| s.downcast_ref::<std::io::Error>())
+        .and_then(|io| io.get_ref())
+        .and_then(|inner| inner.downcast_ref::<Tls>());
+    match (e.kind(), tls) {
+        (_, Some(t @ Tls::InvalidCertificate(_))) => format!(
+            "TLS: the server's certificate is refused ({t}): is it signed by fleet.ca_file's CA, for the address in fleet.servers?"
+        ),
+        (
+            _,
+            Some(
+                t @ Tls::AlertReceived(
+                    AlertDescription::CertificateRequired | AlertDescription::BadCertificate,
+                ),
+            ),
+        ) if !client_cert => format!(
+            "TLS: the server requires a client certificate ({t}): set fleet.cert_file and fleet.key_file"
+        ),
+        (
+            _,
+            Some(
+                t @ Tls::AlertReceived(
+                    AlertDescription::BadCertificate
+                    | AlertDescription::UnknownCA
+                    | AlertDescription::UnsupportedCertificate
+                    | AlertDescription::CertificateExpired
+                    | AlertDescription::CertificateRevoked
+                    | AlertDescription::CertificateUnknown
+                    | AlertDescription::AccessDenied
+                | AlertDescription::CertificateRequired,
+                ),
+            ),
+        ) => format!("TLS: the server refused this node's client certificate ({t})"),
+        (_, Some(t)) => format!("TLS: {t}"),
+        // Its source only says "nats: authorization violation" again.
+        (K::AuthorizationViolation, _) => {
+            "authorization violation: the server refused this node's token, nkey or credentials"
+                .into()
+        }
+        _ => e.to_string(),
+    }
+}
+
+/// Connects, retrying until a server takes this node; each refusal is
+/// `last_error`, in full. (The client's own retry of the first connection
+/// would report only the kind of error, and jetstream timeouts over it.)
+/// Once connected, the client reconnects on its own.
+async fn connect(s: &FleetSettings, shared: &Arc<Shared>) -> anyhow::Result<async_nats::Client> {
+    use anyhow::Context;
+    let opts = options(s, shared).await?;
     let servers: Vec<async_nats::ServerAddr> = s
         .servers
         .iter()
@@ -176,9 +287,20 @@ async fn connect(s: &FleetSettings, shared: &Arc<Shared>) -> anyhow::Result<asyn
                 .with_context(|| format!("fleet.servers: `{u}` is not a NATS URL"))
         })
         .collect::<anyhow::Result<_>>()?;
-    opts.connect(servers)
-        .await
-        .context("fleet: connect to the NATS servers")
+    let mut attempt = 0;
+    loop {
+        match opts.clone().connect(servers.clone()).await {
+            Ok(c) => return Ok(c),
+            Err(e) => {
+                attempt += 1;
+                shared.error(
+                    "connect",
+                    describe_connect_error(&e, s.client_cert.is_some()),
+                );
+                tokio::time::sleep(reconnect_delay(attempt)).await;
+            }
+        }
+    }
 }
 
 async fn run(
@@ -191,8 +313,8 @@ async fn run(
     let client = match connect(&settings, &shared).await {
         Ok(c) => c,
         Err(e) => {
-            // Only a local problem (a credentials file) gets here: the
-            // connection itself is retried in the background.
+            // Only a local problem (a seed or credentials file) gets
+            // here: refusals and unreachable servers are retried.
             shared.error("cannot start", format!("{e:#}"));
             tracing::error!("fleet: {e:#}; bans are not shared until the agent restarts");
             return;
@@ -464,5 +586,208 @@ async fn stats_loop(js: jetstream::Context, s: FleetSettings, shared: Arc<Shared
                     .store(info.num_ack_pending as u64, Relaxed);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use async_nats::rustls::{AlertDescription, CertificateError, Error as Tls};
+    use async_nats::{ConnectError, ConnectErrorKind};
+
+    /// As the client reports a failed TLS handshake: an IO error around
+    /// the rustls one.
+    fn tls_failure(t: Tls) -> ConnectError {
+        ConnectError::from(std::io::Error::new(std::io::ErrorKind::InvalidData, t))
+    }
+
+    #[test]
+    fn connect_errors_name_the_side_that_refused() {
+        let e = tls_failure(Tls::InvalidCertificate(CertificateError::UnknownIssuer));
+        let text = describe_connect_error(&e, true);
+        assert!(
+            text.starts_with("TLS: the server's certificate is refused")
+                && text.contains("UnknownIssuer")
+                && text.contains("fleet.ca_file"),
+            "{text}"
+        );
+        // No client certificate sent: whichever alert the server uses.
+        for alert in [
+            AlertDescription::BadCertificate,
+            AlertDescription::CertificateRequired,
+        ] {
+            let text = describe_connect_error(&tls_failure(Tls::AlertReceived(alert)), false);
+            assert!(
+                text.contains("requires a client certificate")
+                    && text.contains("fleet.cert_file")
+                    && text.contains(&format!("{alert:?}")),
+                "{text}"
+            );
+        }
+        // One sent, and refused.
+        for alert in [
+            AlertDescription::BadCertificate,
+            AlertDescription::UnknownCA,
+        ] {
+            let text = describe_connect_error(&tls_failure(Tls::AlertReceived(alert)), true);
+            assert!(
+                text.contains("refused this node's client certificate")
+                    && text.contains(&format!("{alert:?}")),
+                "{text}"
+            );
+        }
+        let text = describe_connect_error(&tls_failure(Tls::DecryptError), true);
+        assert!(text.starts_with("TLS: "), "{text}");
+        let text = describe_connect_error(
+            &ConnectError::new(ConnectErrorKind::AuthorizationViolation),
+            false,
+        );
+        assert!(
+            text.starts_with("authorization violation")
+                && text.contains("token, nkey or credentials"),
+            "{text}"
+        );
+        let refused =
+            ConnectError::from(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
+        assert_eq!(describe_connect_error(&refused, false), refused.to_string());
+    }
+
+    fn settings(url: &str, extra: &str) -> FleetSettings {
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!(
+            "[agent]\nfilters_dir = \"{}\"\n[fleet]\nservers = [\"{url}\"]\nnode = \"a\"\n{extra}",
+            dir.path().join("none").display()
+        );
+        crate::config::Config::parse(&text)
+            .unwrap()
+            .validate()
+            .unwrap()
+            .fleet
+            .unwrap()
+    }
+
+    /// A TLS file that is missing or holds nothing usable is named at
+    /// once; the client is not started.
+    #[tokio::test]
+    async fn unusable_tls_files_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let junk = dir.path().join("junk.pem");
+        std::fs::write(&junk, "not PEM at all\n").unwrap();
+        let missing = dir.path().join("missing.pem");
+        let cases = [
+            (
+                format!("ca_file = \"{}\"", missing.display()),
+                "fleet.ca_file",
+                "No such file",
+            ),
+            (
+                format!("ca_file = \"{}\"", junk.display()),
+                "fleet.ca_file",
+                "no PEM certificate",
+            ),
+            (
+                format!(
+                    "cert_file = \"{}\"\nkey_file = \"{}\"",
+                    junk.display(),
+                    junk.display()
+                ),
+                "fleet.cert_file",
+                "no PEM certificate",
+            ),
+        ];
+        for (extra, key, why) in cases {
+            let (tx, _rx) = mpsc::channel(8);
+            let client = FleetClient::spawn(
+                settings("nats://127.0.0.1:1", &format!("{extra}\n")),
+                Vec::new(),
+                tx,
+            );
+            let last = || client.shared.last_error.lock().unwrap().clone();
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+            while last().is_empty() {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "{extra}: nothing reported"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let e = last();
+            assert!(
+                e.starts_with("cannot start: ") && e.contains(key) && e.contains(why),
+                "{extra}: {e}"
+            );
+            assert!(
+                e.contains(dir.path().to_str().unwrap()),
+                "names the file: {e}"
+            );
+        }
+    }
+
+    /// A server that wants a token and refuses every CONNECT, as
+    /// nats-server does a wrong one.
+    async fn refusing_server() -> std::net::SocketAddr {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((sock, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let (r, mut w) = sock.into_split();
+                    let info = format!(
+                        "INFO {{\"server_id\":\"fake\",\"version\":\"2.9.10\",\"host\":\"127.0.0.1\",\"port\":{},\"headers\":true,\"max_payload\":1048576,\"proto\":1,\"auth_required\":true}}\r\n",
+                        addr.port()
+                    );
+                    w.write_all(info.as_bytes()).await.ok();
+                    let mut line = String::new();
+                    BufReader::new(r).read_line(&mut line).await.ok();
+                    assert!(line.starts_with("CONNECT"), "{line}");
+                    assert!(line.contains("\"auth_token\":\"wrong\""), "{line}");
+                    w.write_all(b"-ERR 'Authorization Violation'\r\n")
+                        .await
+                        .ok();
+                });
+            }
+        });
+        addr
+    }
+
+    /// The refusal is what `status` shows, in full, for as long as it
+    /// lasts (not the kind alone, nor jetstream timeouts over it).
+    #[tokio::test]
+    async fn a_refused_node_reports_the_refusal() {
+        let addr = refusing_server().await;
+        let (tx, _rx) = mpsc::channel(8);
+        let client = FleetClient::spawn(
+            settings(&format!("nats://{addr}"), "token = \"wrong\"\n"),
+            Vec::new(),
+            tx,
+        );
+        let last = || client.shared.last_error.lock().unwrap().clone();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !last().contains("authorization violation") {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "last error: {:?}",
+                last()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // Outbox messages queue meanwhile; the refusal stays the error.
+        client
+            .outgoing
+            .send(Outgoing {
+                id: "a-1".into(),
+                subject: "xban.bans.a".into(),
+                payload: b"{}".to_vec(),
+            })
+            .unwrap();
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        assert_eq!(
+            last(),
+            "connect: authorization violation: the server refused this node's token, nkey or credentials"
+        );
+        assert!(!client.shared.connected.load(Relaxed));
+        assert!(!client.shared.stream_ready.load(Relaxed));
+        assert_eq!(client.shared.published.load(Relaxed), 0);
     }
 }
