@@ -173,18 +173,29 @@ pub fn run(ctx: &Ctx) -> Result<Vec<Section>> {
     let p99 = percentile(&mut lat_ms, 99.0);
     let max = percentile(&mut lat_ms, 100.0);
 
-    // 2. A burst on A until every host has all of it.
-    let burst: Vec<IpAddr> = (0..n_burst).map(|i| addr(2, i)).collect();
-    let t0 = Instant::now();
-    a.write(&burst, 1_000_000)?;
-    let timeout = Duration::from_secs(120);
-    let on_a = wait_all(&ta, &burst, timeout).context("burst: A's own bans")?;
-    let on_b = wait_all(&tb, &burst, timeout.saturating_sub(t0.elapsed()))
-        .map(|_| t0.elapsed())
-        .context("burst: B")?;
-    let on_c = wait_all(&tc, &burst, timeout.saturating_sub(t0.elapsed()))
-        .map(|_| t0.elapsed())
-        .context("burst: C")?;
+    // 2. A burst on A until every host has all of it; several runs, each
+    // with fresh addresses, since one run moves with whatever else the
+    // machine does.
+    let burst_runs = if ctx.quick { 1 } else { 3 };
+    let mut bursts: Vec<(Duration, Duration, Duration)> = Vec::new();
+    for run in 0..burst_runs {
+        let burst: Vec<IpAddr> = (0..n_burst).map(|i| addr(10 + run, i)).collect();
+        let t0 = Instant::now();
+        a.write(&burst, 1_000_000 + run as usize * n_burst as usize)?;
+        let timeout = Duration::from_secs(120);
+        let on_a = wait_all(&ta, &burst, timeout).context("burst: A's own bans")?;
+        let on_b = wait_all(&tb, &burst, timeout.saturating_sub(t0.elapsed()))
+            .map(|_| t0.elapsed())
+            .context("burst: B")?;
+        let on_c = wait_all(&tc, &burst, timeout.saturating_sub(t0.elapsed()))
+            .map(|_| t0.elapsed())
+            .context("burst: C")?;
+        bursts.push((on_a, on_b, on_c));
+    }
+    // The run whose slowest host is the median of the runs' slowest.
+    bursts.sort_by_key(|(_, b, c)| *b.max(c));
+    let (on_a, on_b, on_c) = bursts[bursts.len() / 2];
+    let all_runs: Vec<String> = bursts.iter().map(|(_, b, c)| dur(*b.max(c))).collect();
 
     // 3. B down while A bans; then B catches up.
     b.stop()?;
@@ -214,9 +225,15 @@ pub fn run(ctx: &Ctx) -> Result<Vec<Section>> {
         "p99 ≤ 50 ms".into(),
     ]);
     table.row(vec![
-        "burst on A until every host has all".into(),
+        format!("burst on A until every host has all (median of {burst_runs} runs)"),
         thousands(n_burst as u64),
-        format!("A {}, B {}, C {}", dur(on_a), dur(on_b), dur(on_c)),
+        format!(
+            "A {}, B {}, C {} (every host, each run: {})",
+            dur(on_a),
+            dur(on_b),
+            dur(on_c),
+            all_runs.join(", ")
+        ),
         "≤ 2 s".into(),
     ]);
     table.row(vec![
