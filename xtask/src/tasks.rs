@@ -113,6 +113,9 @@ pub fn test(ws: &Workspace, args: &[OsString]) -> Result<()> {
             .current_dir(&ws.root)
             .args(["test", "--workspace", "--release"])
             .args(["--exclude", TESTS_PACKAGE, "--exclude", EBPF_PACKAGE])
+            // The agent's unit tests that need root (`cargo xtask test` runs
+            // as root; plain `cargo test` leaves them out).
+            .args(["--features", "xban/privileged-tests"])
             .env(EBPF_OBJ_VAR, &obj)
             .envs(
                 journald

@@ -1395,12 +1395,6 @@ fn fix_for(program: &str, stderr: &str) -> String {
 mod tests {
     use super::*;
 
-    use std::fs::File;
-    use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
-    use std::os::fd::AsFd;
-    use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-    use std::time::{Duration, Instant};
-
     // ---- pure logic: config, parsing, messages ----
 
     #[test]
@@ -1525,858 +1519,877 @@ mod tests {
 
     // ---- real iptables/ipset in network namespaces ----
 
-    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    // They create network namespaces and firewall rules, so they need root:
+    // behind a feature that `cargo xtask test` turns on, so that plain
+    // `cargo test` passes for an unprivileged user.
+    #[cfg(feature = "privileged-tests")]
+    mod netns {
+        use super::*;
 
-    fn require_root() {
-        assert!(
-            nix::unistd::geteuid().is_root(),
-            "these tests create network namespaces and firewall rules: run them as root"
-        );
-    }
+        use std::fs::File;
+        use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+        use std::os::fd::AsFd;
+        use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+        use std::time::{Duration, Instant};
 
-    /// Run a command; panic with its stderr on failure.
-    fn sh(program: &str, args: &[&str]) -> String {
-        let out = Command::new(program)
-            .args(args)
-            .output()
-            .unwrap_or_else(|e| panic!("{program}: {e}"));
-        assert!(
-            out.status.success(),
-            "{program} {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
+        static COUNTER: AtomicU32 = AtomicU32::new(0);
 
-    /// A network namespace, deleted on drop (also when a test panics), which
-    /// takes its firewall, sets and interfaces with it.
-    struct Netns {
-        name: String,
-    }
-
-    impl Netns {
-        fn new(tag: &str) -> Netns {
-            require_root();
-            let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-            let name = format!("xbtp-{}-{n}-{tag}", std::process::id());
-            sh("ip", &["netns", "add", &name]);
-            let ns = Netns { name };
-            sh("ip", &["-n", &ns.name, "link", "set", "lo", "up"]);
-            ns
+        fn require_root() {
+            assert!(
+                nix::unistd::geteuid().is_root(),
+                "these tests create network namespaces and firewall rules: run them as root"
+            );
         }
 
-        fn name(&self) -> Option<&str> {
-            Some(&self.name)
+        /// Run a command; panic with its stderr on failure.
+        fn sh(program: &str, args: &[&str]) -> String {
+            let out = Command::new(program)
+                .args(args)
+                .output()
+                .unwrap_or_else(|e| panic!("{program}: {e}"));
+            assert!(
+                out.status.success(),
+                "{program} {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8_lossy(&out.stdout).into_owned()
         }
 
-        fn exec(&self, program: &str, args: &[&str]) -> String {
-            let mut all = vec!["netns", "exec", &self.name, program];
-            all.extend_from_slice(args);
-            sh("ip", &all)
+        /// A network namespace, deleted on drop (also when a test panics), which
+        /// takes its firewall, sets and interfaces with it.
+        struct Netns {
+            name: String,
         }
 
-        /// Run `f` on a thread moved into this namespace; sockets it makes
-        /// live there.
-        fn within<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
-            std::thread::scope(|s| {
-                s.spawn(|| {
-                    let file = File::open(format!("/run/netns/{}", self.name)).expect("open netns");
-                    nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
-                        .expect("setns");
-                    f()
+        impl Netns {
+            fn new(tag: &str) -> Netns {
+                require_root();
+                let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+                let name = format!("xbtp-{}-{n}-{tag}", std::process::id());
+                sh("ip", &["netns", "add", &name]);
+                let ns = Netns { name };
+                sh("ip", &["-n", &ns.name, "link", "set", "lo", "up"]);
+                ns
+            }
+
+            fn name(&self) -> Option<&str> {
+                Some(&self.name)
+            }
+
+            fn exec(&self, program: &str, args: &[&str]) -> String {
+                let mut all = vec!["netns", "exec", &self.name, program];
+                all.extend_from_slice(args);
+                sh("ip", &all)
+            }
+
+            /// Run `f` on a thread moved into this namespace; sockets it makes
+            /// live there.
+            fn within<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+                std::thread::scope(|s| {
+                    s.spawn(|| {
+                        let file =
+                            File::open(format!("/run/netns/{}", self.name)).expect("open netns");
+                        nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
+                            .expect("setns");
+                        f()
+                    })
+                    .join()
+                    .expect("namespace thread")
                 })
-                .join()
-                .expect("namespace thread")
-            })
+            }
         }
-    }
 
-    impl Drop for Netns {
-        fn drop(&mut self) {
-            let _ = Command::new("ip")
-                .args(["netns", "del", &self.name])
-                .output();
+        impl Drop for Netns {
+            fn drop(&mut self) {
+                let _ = Command::new("ip")
+                    .args(["netns", "del", &self.name])
+                    .output();
+            }
         }
-    }
 
-    /// Server and client namespaces joined by a veth pair, documentation
-    /// addresses only.
-    struct Lab {
-        server: Netns,
-        client: Netns,
-    }
+        /// Server and client namespaces joined by a veth pair, documentation
+        /// addresses only.
+        struct Lab {
+            server: Netns,
+            client: Netns,
+        }
 
-    const SRV4: &str = "198.51.100.1";
-    const CLI4: &str = "198.51.100.2";
-    const SRV6: &str = "2001:db8:7a::1";
-    const CLI6: &str = "2001:db8:7a::2";
+        const SRV4: &str = "198.51.100.1";
+        const CLI4: &str = "198.51.100.2";
+        const SRV6: &str = "2001:db8:7a::1";
+        const CLI6: &str = "2001:db8:7a::2";
 
-    impl Lab {
-        fn new() -> Lab {
-            let lab = Lab {
-                server: Netns::new("srv"),
-                client: Netns::new("cli"),
-            };
-            let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-            let id = format!("{}{n}", std::process::id() % 100_000);
-            let (srv_if, cli_if) = (format!("xts{id}"), format!("xtc{id}"));
-            sh(
-                "ip",
+        impl Lab {
+            fn new() -> Lab {
+                let lab = Lab {
+                    server: Netns::new("srv"),
+                    client: Netns::new("cli"),
+                };
+                let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+                let id = format!("{}{n}", std::process::id() % 100_000);
+                let (srv_if, cli_if) = (format!("xts{id}"), format!("xtc{id}"));
+                sh(
+                    "ip",
+                    &[
+                        "link",
+                        "add",
+                        &srv_if,
+                        "netns",
+                        &lab.server.name,
+                        "type",
+                        "veth",
+                        "peer",
+                        "name",
+                        &cli_if,
+                        "netns",
+                        &lab.client.name,
+                    ],
+                );
+                for (ns, ifname, v4, v6) in [
+                    (&lab.server, &srv_if, SRV4, SRV6),
+                    (&lab.client, &cli_if, CLI4, CLI6),
+                ] {
+                    sh(
+                        "ip",
+                        &[
+                            "-n",
+                            &ns.name,
+                            "addr",
+                            "add",
+                            &format!("{v4}/24"),
+                            "dev",
+                            ifname,
+                        ],
+                    );
+                    sh(
+                        "ip",
+                        &[
+                            "-n",
+                            &ns.name,
+                            "addr",
+                            "add",
+                            &format!("{v6}/64"),
+                            "dev",
+                            ifname,
+                            "nodad",
+                        ],
+                    );
+                    sh("ip", &["-n", &ns.name, "link", "set", ifname, "up"]);
+                }
+                lab
+            }
+
+            /// A listener in the server namespace.
+            fn listen(&self, ip: &str) -> TcpListener {
+                let ip: IpAddr = ip.parse().unwrap();
+                self.server
+                    .within(|| TcpListener::bind(SocketAddr::new(ip, 0)).expect("bind listener"))
+            }
+
+            /// A TCP connection attempt from the client namespace.
+            fn connect(&self, to: SocketAddr, timeout: Duration) -> std::io::Result<TcpStream> {
+                self.client
+                    .within(|| TcpStream::connect_timeout(&to, timeout))
+            }
+        }
+
+        fn test_cfg() -> TarpitConfig {
+            TarpitConfig {
+                engine: TarpitEngine::Iptables,
+                ..TarpitConfig::default()
+            }
+        }
+
+        fn substitute_cfg() -> TarpitConfig {
+            TarpitConfig {
+                fallback: "REJECT --reject-with tcp-reset".into(),
+                engine: TarpitEngine::Iptables,
+                ..TarpitConfig::default()
+            }
+        }
+
+        fn t(s: &str) -> Target {
+            s.parse().unwrap()
+        }
+
+        /// Everything the module may have created in `ns`, as text.
+        fn snapshot(ns: &Netns, cfg: &TarpitConfig) -> String {
+            let mut out = String::new();
+            for bin in [&cfg.iptables, &cfg.ip6tables] {
+                for table in ["filter", "raw"] {
+                    out += &ns.exec(bin, &["-w", "10", "-t", table, "-S"]);
+                }
+            }
+            out += &ns.exec(&cfg.ipset, &["save"]);
+            // Lines that vary between calls or come from the other backend.
+            out.lines()
+                .filter(|l| !l.starts_with('#'))
+                .collect::<Vec<_>>()
+                .join("\n")
+        }
+
+        fn assert_nothing_left(ns: &Netns, cfg: &TarpitConfig) {
+            let snap = snapshot(ns, cfg);
+            // The set names also find any rule still matching on them.
+            for needle in [&cfg.chain, &cfg.set_v4, &cfg.set_v6, "XBAN-PROBE"] {
+                assert!(!snap.contains(needle), "{needle} left behind:\n{snap}");
+            }
+        }
+
+        fn tarpit_in_kernel() -> bool {
+            std::fs::read_to_string("/proc/net/ip_tables_targets")
+                .map(|s| s.lines().any(|l| l == "TARPIT"))
+                .unwrap_or(false)
+        }
+
+        /// Setup creates, setup again adopts without duplicates or member loss,
+        /// a changed config is applied in place, teardown removes everything.
+        fn setup_adopt_teardown(cfg: TarpitConfig) {
+            let ns = Netns::new("life");
+            // A set left by an earlier run, with a member, to be adopted.
+            ns.exec(
+                &cfg.ipset,
                 &[
-                    "link",
-                    "add",
-                    &srv_if,
-                    "netns",
-                    &lab.server.name,
-                    "type",
-                    "veth",
-                    "peer",
-                    "name",
-                    &cli_if,
-                    "netns",
-                    &lab.client.name,
+                    "create",
+                    &cfg.set_v4,
+                    "hash:net",
+                    "family",
+                    "inet",
+                    "maxelem",
+                    "1048576",
                 ],
             );
-            for (ns, ifname, v4, v6) in [
-                (&lab.server, &srv_if, SRV4, SRV6),
-                (&lab.client, &cli_if, CLI4, CLI6),
-            ] {
-                sh(
-                    "ip",
-                    &[
-                        "-n",
-                        &ns.name,
-                        "addr",
-                        "add",
-                        &format!("{v4}/24"),
-                        "dev",
-                        ifname,
-                    ],
-                );
-                sh(
-                    "ip",
-                    &[
-                        "-n",
-                        &ns.name,
-                        "addr",
-                        "add",
-                        &format!("{v6}/64"),
-                        "dev",
-                        ifname,
-                        "nodad",
-                    ],
-                );
-                sh("ip", &["-n", &ns.name, "link", "set", ifname, "up"]);
-            }
-            lab
-        }
+            ns.exec(&cfg.ipset, &["add", &cfg.set_v4, "198.51.100.99"]);
 
-        /// A listener in the server namespace.
-        fn listen(&self, ip: &str) -> TcpListener {
-            let ip: IpAddr = ip.parse().unwrap();
-            self.server
-                .within(|| TcpListener::bind(SocketAddr::new(ip, 0)).expect("bind listener"))
-        }
+            let mut st = TarpitSteering::setup_in(&cfg, ns.name()).unwrap();
+            assert_eq!(st.mode(), &SteeringMode::Substitute(cfg.fallback.clone()));
+            assert_eq!(
+                st.members().unwrap(),
+                vec![t("198.51.100.99")],
+                "adopted set lost its member"
+            );
+            st.add(&t("198.51.100.0/25")).unwrap();
+            st.add(&t("2001:db8:5::/48")).unwrap();
+            st.add(&t("2001:db8:5::/48")).unwrap(); // -exist: adding twice is fine
 
-        /// A TCP connection attempt from the client namespace.
-        fn connect(&self, to: SocketAddr, timeout: Duration) -> std::io::Result<TcpStream> {
-            self.client
-                .within(|| TcpStream::connect_timeout(&to, timeout))
-        }
-    }
-
-    fn test_cfg() -> TarpitConfig {
-        TarpitConfig {
-            engine: TarpitEngine::Iptables,
-            ..TarpitConfig::default()
-        }
-    }
-
-    fn substitute_cfg() -> TarpitConfig {
-        TarpitConfig {
-            fallback: "REJECT --reject-with tcp-reset".into(),
-            engine: TarpitEngine::Iptables,
-            ..TarpitConfig::default()
-        }
-    }
-
-    fn t(s: &str) -> Target {
-        s.parse().unwrap()
-    }
-
-    /// Everything the module may have created in `ns`, as text.
-    fn snapshot(ns: &Netns, cfg: &TarpitConfig) -> String {
-        let mut out = String::new();
-        for bin in [&cfg.iptables, &cfg.ip6tables] {
-            for table in ["filter", "raw"] {
-                out += &ns.exec(bin, &["-w", "10", "-t", table, "-S"]);
-            }
-        }
-        out += &ns.exec(&cfg.ipset, &["save"]);
-        // Lines that vary between calls or come from the other backend.
-        out.lines()
-            .filter(|l| !l.starts_with('#'))
-            .collect::<Vec<_>>()
-            .join("\n")
-    }
-
-    fn assert_nothing_left(ns: &Netns, cfg: &TarpitConfig) {
-        let snap = snapshot(ns, cfg);
-        // The set names also find any rule still matching on them.
-        for needle in [&cfg.chain, &cfg.set_v4, &cfg.set_v6, "XBAN-PROBE"] {
-            assert!(!snap.contains(needle), "{needle} left behind:\n{snap}");
-        }
-    }
-
-    fn tarpit_in_kernel() -> bool {
-        std::fs::read_to_string("/proc/net/ip_tables_targets")
-            .map(|s| s.lines().any(|l| l == "TARPIT"))
-            .unwrap_or(false)
-    }
-
-    /// Setup creates, setup again adopts without duplicates or member loss,
-    /// a changed config is applied in place, teardown removes everything.
-    fn setup_adopt_teardown(cfg: TarpitConfig) {
-        let ns = Netns::new("life");
-        // A set left by an earlier run, with a member, to be adopted.
-        ns.exec(
-            &cfg.ipset,
-            &[
-                "create",
-                &cfg.set_v4,
-                "hash:net",
-                "family",
-                "inet",
-                "maxelem",
-                "1048576",
-            ],
-        );
-        ns.exec(&cfg.ipset, &["add", &cfg.set_v4, "198.51.100.99"]);
-
-        let mut st = TarpitSteering::setup_in(&cfg, ns.name()).unwrap();
-        assert_eq!(st.mode(), &SteeringMode::Substitute(cfg.fallback.clone()));
-        assert_eq!(
-            st.members().unwrap(),
-            vec![t("198.51.100.99")],
-            "adopted set lost its member"
-        );
-        st.add(&t("198.51.100.0/25")).unwrap();
-        st.add(&t("2001:db8:5::/48")).unwrap();
-        st.add(&t("2001:db8:5::/48")).unwrap(); // -exist: adding twice is fine
-
-        for bin in [&cfg.iptables, &cfg.ip6tables] {
-            let set = if bin == &cfg.iptables {
-                &cfg.set_v4
-            } else {
-                &cfg.set_v6
-            };
-            let filter = ns.exec(bin, &["-w", "10", "-S"]);
-            let hook = format!("-A INPUT -p tcp -m set --match-set {set} src -j XBAN-TARPIT");
-            assert!(filter.contains(&hook), "{bin}: no hook in\n{filter}");
-            assert!(filter.contains("-N XBAN-TARPIT"), "{filter}");
-            assert!(
+            for bin in [&cfg.iptables, &cfg.ip6tables] {
+                let set = if bin == &cfg.iptables {
+                    &cfg.set_v4
+                } else {
+                    &cfg.set_v6
+                };
+                let filter = ns.exec(bin, &["-w", "10", "-S"]);
+                let hook = format!("-A INPUT -p tcp -m set --match-set {set} src -j XBAN-TARPIT");
+                assert!(filter.contains(&hook), "{bin}: no hook in\n{filter}");
+                assert!(filter.contains("-N XBAN-TARPIT"), "{filter}");
+                assert!(
                 filter.contains(
                     "-A XBAN-TARPIT -p tcp -m limit --limit 10/sec --limit-burst 20 -j REJECT --reject-with tcp-reset"
                 ),
                 "{filter}"
             );
-            assert!(filter.contains("-A XBAN-TARPIT -p tcp -j DROP"), "{filter}");
-            let raw = ns.exec(bin, &["-w", "10", "-t", "raw", "-S"]);
+                assert!(filter.contains("-A XBAN-TARPIT -p tcp -j DROP"), "{filter}");
+                let raw = ns.exec(bin, &["-w", "10", "-t", "raw", "-S"]);
+                assert!(
+                    raw.contains(&format!(
+                        "-A PREROUTING -p tcp -m set --match-set {set} src -j CT --notrack"
+                    )),
+                    "{raw}"
+                );
+            }
+            let v6 = ns.exec(&cfg.ipset, &["list", "-t", &cfg.set_v6]);
             assert!(
-                raw.contains(&format!(
-                    "-A PREROUTING -p tcp -m set --match-set {set} src -j CT --notrack"
-                )),
-                "{raw}"
+                v6.contains("Type: hash:net")
+                    && v6.contains("family inet6")
+                    && v6.contains("maxelem 1048576"),
+                "{v6}"
             );
-        }
-        let v6 = ns.exec(&cfg.ipset, &["list", "-t", &cfg.set_v6]);
-        assert!(
-            v6.contains("Type: hash:net")
-                && v6.contains("family inet6")
-                && v6.contains("maxelem 1048576"),
-            "{v6}"
-        );
-        assert!(!v6.contains("timeout"), "{v6}");
+            assert!(!v6.contains("timeout"), "{v6}");
 
-        // Setup again (a restart): nothing changes, members stay.
-        let before = snapshot(&ns, &cfg);
-        drop(st);
-        let st = TarpitSteering::setup_in(&cfg, ns.name()).unwrap();
-        assert_eq!(
-            snapshot(&ns, &cfg),
-            before,
-            "second setup changed something"
-        );
-        assert_eq!(
-            st.members().unwrap(),
-            vec![
-                t("198.51.100.0/25"),
-                t("198.51.100.99"),
-                t("2001:db8:5::/48")
-            ]
-        );
-
-        // Duplicate hook and notrack rules (another tool, an older version)
-        // and a foreign look-alike rule on another set, placed first.
-        for (bin, fam, set, foreign) in [
-            (&cfg.iptables, "inet", &cfg.set_v4, "foreign-v4"),
-            (&cfg.ip6tables, "inet6", &cfg.set_v6, "foreign-v6"),
-        ] {
-            ns.exec(&cfg.ipset, &["create", foreign, "hash:net", "family", fam]);
-            let w = ["-w", "10"];
-            let hook = [
-                "-p",
-                "tcp",
-                "-m",
-                "set",
-                "--match-set",
-                set,
-                "src",
-                "-j",
-                "XBAN-TARPIT",
-            ];
-            ns.exec(bin, &[&w[..], &["-A", "INPUT"], &hook[..]].concat());
-            let notrack = [
-                "-p",
-                "tcp",
-                "-m",
-                "set",
-                "--match-set",
-                set,
-                "src",
-                "-j",
-                "CT",
-                "--notrack",
-            ];
-            ns.exec(
-                bin,
-                &[&w[..], &["-t", "raw", "-A", "PREROUTING"], &notrack[..]].concat(),
+            // Setup again (a restart): nothing changes, members stay.
+            let before = snapshot(&ns, &cfg);
+            drop(st);
+            let st = TarpitSteering::setup_in(&cfg, ns.name()).unwrap();
+            assert_eq!(
+                snapshot(&ns, &cfg),
+                before,
+                "second setup changed something"
             );
-            let look_alike = [
-                "-p",
-                "tcp",
-                "-m",
-                "set",
-                "--match-set",
-                foreign,
-                "src",
-                "-j",
-                "CT",
-                "--notrack",
-            ];
-            ns.exec(
-                bin,
-                &[
-                    &w[..],
-                    &["-t", "raw", "-I", "PREROUTING", "1"],
-                    &look_alike[..],
+            assert_eq!(
+                st.members().unwrap(),
+                vec![
+                    t("198.51.100.0/25"),
+                    t("198.51.100.99"),
+                    t("2001:db8:5::/48")
                 ]
-                .concat(),
             );
+
+            // Duplicate hook and notrack rules (another tool, an older version)
+            // and a foreign look-alike rule on another set, placed first.
+            for (bin, fam, set, foreign) in [
+                (&cfg.iptables, "inet", &cfg.set_v4, "foreign-v4"),
+                (&cfg.ip6tables, "inet6", &cfg.set_v6, "foreign-v6"),
+            ] {
+                ns.exec(&cfg.ipset, &["create", foreign, "hash:net", "family", fam]);
+                let w = ["-w", "10"];
+                let hook = [
+                    "-p",
+                    "tcp",
+                    "-m",
+                    "set",
+                    "--match-set",
+                    set,
+                    "src",
+                    "-j",
+                    "XBAN-TARPIT",
+                ];
+                ns.exec(bin, &[&w[..], &["-A", "INPUT"], &hook[..]].concat());
+                let notrack = [
+                    "-p",
+                    "tcp",
+                    "-m",
+                    "set",
+                    "--match-set",
+                    set,
+                    "src",
+                    "-j",
+                    "CT",
+                    "--notrack",
+                ];
+                ns.exec(
+                    bin,
+                    &[&w[..], &["-t", "raw", "-A", "PREROUTING"], &notrack[..]].concat(),
+                );
+                let look_alike = [
+                    "-p",
+                    "tcp",
+                    "-m",
+                    "set",
+                    "--match-set",
+                    foreign,
+                    "src",
+                    "-j",
+                    "CT",
+                    "--notrack",
+                ];
+                ns.exec(
+                    bin,
+                    &[
+                        &w[..],
+                        &["-t", "raw", "-I", "PREROUTING", "1"],
+                        &look_alike[..],
+                    ]
+                    .concat(),
+                );
+            }
+
+            // A changed limit and notrack = false are applied in place.
+
+            let changed = TarpitConfig {
+                limit: "3/minute".into(),
+                burst: 4,
+                notrack: false,
+                ..cfg.clone()
+            };
+            let st = TarpitSteering::setup_in(&changed, ns.name()).unwrap();
+            for bin in [&cfg.iptables, &cfg.ip6tables] {
+                let chain = ns.exec(bin, &["-w", "10", "-S", "XBAN-TARPIT"]);
+                let rules: Vec<&str> = chain.lines().filter(|l| l.starts_with("-A")).collect();
+                assert_eq!(rules.len(), 2, "{chain}");
+                assert!(
+                    rules[0].contains("--limit 3/min --limit-burst 4 -j REJECT"),
+                    "{chain}"
+                );
+                assert!(rules[1].ends_with("-j DROP"), "{chain}");
+                let raw = ns.exec(bin, &["-w", "10", "-t", "raw", "-S"]);
+                assert_eq!(raw.matches("--notrack").count(), 1, "{raw}");
+                assert!(raw.contains("--match-set foreign-v"), "{raw}");
+                let input = ns.exec(bin, &["-w", "10", "-S", "INPUT"]);
+                assert_eq!(input.matches("-j XBAN-TARPIT").count(), 1, "{input}");
+            }
+            assert_eq!(st.members().unwrap().len(), 3);
+
+            TarpitSteering::teardown_in(&cfg, ns.name()).unwrap();
+            assert_nothing_left(&ns, &cfg);
+            // Teardown of nothing is fine too.
+            TarpitSteering::teardown_in(&cfg, ns.name()).unwrap();
         }
 
-        // A changed limit and notrack = false are applied in place.
+        #[test]
+        fn setup_is_idempotent_adopts_and_tears_down_nf_tables() {
+            setup_adopt_teardown(substitute_cfg());
+        }
 
-        let changed = TarpitConfig {
-            limit: "3/minute".into(),
-            burst: 4,
-            notrack: false,
-            ..cfg.clone()
-        };
-        let st = TarpitSteering::setup_in(&changed, ns.name()).unwrap();
-        for bin in [&cfg.iptables, &cfg.ip6tables] {
-            let chain = ns.exec(bin, &["-w", "10", "-S", "XBAN-TARPIT"]);
-            let rules: Vec<&str> = chain.lines().filter(|l| l.starts_with("-A")).collect();
-            assert_eq!(rules.len(), 2, "{chain}");
+        #[test]
+        fn setup_is_idempotent_adopts_and_tears_down_legacy() {
+            let found = Command::new("sh")
+                .args([
+                    "-c",
+                    "command -v iptables-legacy && command -v ip6tables-legacy",
+                ])
+                .output()
+                .map(|o| o.status.success())
+                .unwrap_or(false);
             assert!(
-                rules[0].contains("--limit 3/min --limit-burst 4 -j REJECT"),
-                "{chain}"
-            );
-            assert!(rules[1].ends_with("-j DROP"), "{chain}");
-            let raw = ns.exec(bin, &["-w", "10", "-t", "raw", "-S"]);
-            assert_eq!(raw.matches("--notrack").count(), 1, "{raw}");
-            assert!(raw.contains("--match-set foreign-v"), "{raw}");
-            let input = ns.exec(bin, &["-w", "10", "-S", "INPUT"]);
-            assert_eq!(input.matches("-j XBAN-TARPIT").count(), 1, "{input}");
-        }
-        assert_eq!(st.members().unwrap().len(), 3);
-
-        TarpitSteering::teardown_in(&cfg, ns.name()).unwrap();
-        assert_nothing_left(&ns, &cfg);
-        // Teardown of nothing is fine too.
-        TarpitSteering::teardown_in(&cfg, ns.name()).unwrap();
-    }
-
-    #[test]
-    fn setup_is_idempotent_adopts_and_tears_down_nf_tables() {
-        setup_adopt_teardown(substitute_cfg());
-    }
-
-    #[test]
-    fn setup_is_idempotent_adopts_and_tears_down_legacy() {
-        let found = Command::new("sh")
-            .args([
-                "-c",
-                "command -v iptables-legacy && command -v ip6tables-legacy",
-            ])
-            .output()
-            .map(|o| o.status.success())
-            .unwrap_or(false);
-        assert!(
             found,
             "iptables-legacy / ip6tables-legacy not found: apt-get install iptables (Debian ships them in that package)"
         );
-        setup_adopt_teardown(TarpitConfig {
-            iptables: "iptables-legacy".into(),
-            ip6tables: "ip6tables-legacy".into(),
-            ..substitute_cfg()
-        });
-    }
+            setup_adopt_teardown(TarpitConfig {
+                iptables: "iptables-legacy".into(),
+                ip6tables: "ip6tables-legacy".into(),
+                ..substitute_cfg()
+            });
+        }
 
-    #[test]
-    fn unavailable_tarpit_with_drop_fallback_creates_nothing() {
-        let ns = Netns::new("det");
-        let cfg = test_cfg();
-        let mut st = TarpitSteering::setup_in(&cfg, ns.name()).unwrap();
-        assert!(
-            !tarpit_in_kernel(),
-            "this test expects a machine without xt_TARPIT"
-        );
-        assert_eq!(st.mode(), &SteeringMode::FallbackDrop);
-        let notice = st.notice().unwrap();
-        assert!(
+        #[test]
+        fn unavailable_tarpit_with_drop_fallback_creates_nothing() {
+            let ns = Netns::new("det");
+            let cfg = test_cfg();
+            let mut st = TarpitSteering::setup_in(&cfg, ns.name()).unwrap();
+            assert!(
+                !tarpit_in_kernel(),
+                "this test expects a machine without xt_TARPIT"
+            );
+            assert_eq!(st.mode(), &SteeringMode::FallbackDrop);
+            let notice = st.notice().unwrap();
+            assert!(
             notice.starts_with(
                 "the TARPIT target is not available (kernel module xt_TARPIT missing: install xtables-addons-dkms"
             ),
             "{notice}"
         );
-        assert!(!st.leftovers());
-        assert_nothing_left(&ns, &cfg);
-        // Inactive steering accepts calls and does nothing.
-        st.add(&t("198.51.100.7")).unwrap();
-        st.sync(&[t("198.51.100.8")]).unwrap();
-        assert!(st.members().unwrap().is_empty());
-        assert_eq!(st.counters().unwrap(), SteeringCounters::default());
-        assert_nothing_left(&ns, &cfg);
+            assert!(!st.leftovers());
+            assert_nothing_left(&ns, &cfg);
+            // Inactive steering accepts calls and does nothing.
+            st.add(&t("198.51.100.7")).unwrap();
+            st.sync(&[t("198.51.100.8")]).unwrap();
+            assert!(st.members().unwrap().is_empty());
+            assert_eq!(st.counters().unwrap(), SteeringCounters::default());
+            assert_nothing_left(&ns, &cfg);
 
-        // Steering left by an earlier run with a substitute is reported and
-        // kept (its members stay held until the caller drops them in XDP and
-        // tears it down); the same when disabled.
-        let earlier = substitute_cfg();
-        let mut old = TarpitSteering::setup_in(&earlier, ns.name()).unwrap();
-        old.add(&t("198.51.100.9")).unwrap();
-        let before = snapshot(&ns, &cfg);
-        let st = TarpitSteering::setup_in(&cfg, ns.name()).unwrap();
-        assert_eq!(st.mode(), &SteeringMode::FallbackDrop);
-        assert!(st.leftovers());
-        let disabled = TarpitConfig {
-            enabled: false,
-            ..cfg.clone()
-        };
-        let st = TarpitSteering::setup_in(&disabled, ns.name()).unwrap();
-        assert_eq!(st.mode(), &SteeringMode::Disabled);
-        assert!(st.leftovers());
-        assert_eq!(snapshot(&ns, &cfg), before);
-        TarpitSteering::teardown_in(&cfg, ns.name()).unwrap();
-        assert_nothing_left(&ns, &cfg);
-        let st = TarpitSteering::setup_in(&disabled, ns.name()).unwrap();
-        assert!(!st.leftovers());
-    }
+            // Steering left by an earlier run with a substitute is reported and
+            // kept (its members stay held until the caller drops them in XDP and
+            // tears it down); the same when disabled.
+            let earlier = substitute_cfg();
+            let mut old = TarpitSteering::setup_in(&earlier, ns.name()).unwrap();
+            old.add(&t("198.51.100.9")).unwrap();
+            let before = snapshot(&ns, &cfg);
+            let st = TarpitSteering::setup_in(&cfg, ns.name()).unwrap();
+            assert_eq!(st.mode(), &SteeringMode::FallbackDrop);
+            assert!(st.leftovers());
+            let disabled = TarpitConfig {
+                enabled: false,
+                ..cfg.clone()
+            };
+            let st = TarpitSteering::setup_in(&disabled, ns.name()).unwrap();
+            assert_eq!(st.mode(), &SteeringMode::Disabled);
+            assert!(st.leftovers());
+            assert_eq!(snapshot(&ns, &cfg), before);
+            TarpitSteering::teardown_in(&cfg, ns.name()).unwrap();
+            assert_nothing_left(&ns, &cfg);
+            let st = TarpitSteering::setup_in(&disabled, ns.name()).unwrap();
+            assert!(!st.leftovers());
+        }
 
-    #[test]
-    fn unavailable_tarpit_with_substitute_uses_it() {
-        let ns = Netns::new("sub");
-        let cfg = substitute_cfg();
-        let st = TarpitSteering::setup_in(&cfg, ns.name()).unwrap();
-        assert!(
-            !tarpit_in_kernel(),
-            "this test expects a machine without xt_TARPIT"
-        );
-        assert_eq!(
-            st.mode(),
-            &SteeringMode::Substitute("REJECT --reject-with tcp-reset".into())
-        );
-        assert!(st
-            .notice()
-            .unwrap()
-            .contains("fallback target `REJECT --reject-with tcp-reset`"));
-        for bin in ["iptables", "ip6tables"] {
-            let chain = ns.exec(bin, &["-w", "10", "-S", "XBAN-TARPIT"]);
+        #[test]
+        fn unavailable_tarpit_with_substitute_uses_it() {
+            let ns = Netns::new("sub");
+            let cfg = substitute_cfg();
+            let st = TarpitSteering::setup_in(&cfg, ns.name()).unwrap();
             assert!(
-                chain.contains("-j REJECT --reject-with tcp-reset"),
-                "{chain}"
+                !tarpit_in_kernel(),
+                "this test expects a machine without xt_TARPIT"
             );
-            assert!(!chain.contains("-j TARPIT"), "{chain}");
+            assert_eq!(
+                st.mode(),
+                &SteeringMode::Substitute("REJECT --reject-with tcp-reset".into())
+            );
+            assert!(st
+                .notice()
+                .unwrap()
+                .contains("fallback target `REJECT --reject-with tcp-reset`"));
+            for bin in ["iptables", "ip6tables"] {
+                let chain = ns.exec(bin, &["-w", "10", "-S", "XBAN-TARPIT"]);
+                assert!(
+                    chain.contains("-j REJECT --reject-with tcp-reset"),
+                    "{chain}"
+                );
+                assert!(!chain.contains("-j TARPIT"), "{chain}");
+            }
+            TarpitSteering::teardown_in(&cfg, ns.name()).unwrap();
+            assert_nothing_left(&ns, &cfg);
         }
-        TarpitSteering::teardown_in(&cfg, ns.name()).unwrap();
-        assert_nothing_left(&ns, &cfg);
-    }
 
-    #[test]
-    fn auto_and_xdp_engines_create_nothing_and_say_why() {
-        let ns = Netns::new("eng");
-        assert!(
-            !tarpit_in_kernel(),
-            "this test expects a machine without xt_TARPIT"
-        );
-        // Default engine: auto. TARPIT missing: the XDP tarpit, not drop,
-        // and `fallback` is not used.
-        let auto = TarpitConfig {
-            fallback: "REJECT --reject-with tcp-reset".into(),
-            ..TarpitConfig::default()
-        };
-        assert_eq!(auto.engine, TarpitEngine::Auto);
-        let st = TarpitSteering::setup_in(&auto, ns.name()).unwrap();
-        assert_eq!(st.mode(), &SteeringMode::Xdp);
-        assert!(!st.mode().is_active());
-        assert!(
-            st.reason()
-                .starts_with("engine = \"auto\" and the TARPIT target is not available"),
-            "{}",
-            st.reason()
-        );
-        assert_nothing_left(&ns, &auto);
-        // Missing iptables entirely: auto still holds the class in XDP.
-        let no_tools = TarpitConfig {
-            iptables: "/nonexistent/iptables".into(),
-            ..TarpitConfig::default()
-        };
-        let st = TarpitSteering::setup_in(&no_tools, ns.name()).unwrap();
-        assert_eq!(st.mode(), &SteeringMode::Xdp);
-        assert!(st.reason().contains("cannot be used"), "{}", st.reason());
-        // engine = "xdp": no probe, nothing created; an earlier chain is
-        // reported as leftovers (the caller removes it).
-        let xdp = TarpitConfig {
-            engine: TarpitEngine::Xdp,
-            ..TarpitConfig::default()
-        };
-        let st = TarpitSteering::setup_in(&xdp, ns.name()).unwrap();
-        assert_eq!(st.mode(), &SteeringMode::Xdp);
-        assert_eq!(st.reason(), "[tarpit] engine = \"xdp\"");
-        assert!(!st.leftovers());
-        let earlier = substitute_cfg();
-        TarpitSteering::setup_in(&earlier, ns.name()).unwrap();
-        let st = TarpitSteering::setup_in(&xdp, ns.name()).unwrap();
-        assert!(st.leftovers());
-        TarpitSteering::teardown_in(&earlier, ns.name()).unwrap();
-        assert_nothing_left(&ns, &earlier);
-        // The config key: lowercase words, anything else refused.
-        let parsed: TarpitConfig = toml::from_str("engine = \"xdp\"").unwrap();
-        assert_eq!(parsed.engine, TarpitEngine::Xdp);
-        assert!(toml::from_str::<TarpitConfig>("engine = \"XDP\"").is_err());
-        assert!(toml::from_str::<TarpitConfig>("engine = \"nft\"").is_err());
-    }
+        #[test]
+        fn auto_and_xdp_engines_create_nothing_and_say_why() {
+            let ns = Netns::new("eng");
+            assert!(
+                !tarpit_in_kernel(),
+                "this test expects a machine without xt_TARPIT"
+            );
+            // Default engine: auto. TARPIT missing: the XDP tarpit, not drop,
+            // and `fallback` is not used.
+            let auto = TarpitConfig {
+                fallback: "REJECT --reject-with tcp-reset".into(),
+                ..TarpitConfig::default()
+            };
+            assert_eq!(auto.engine, TarpitEngine::Auto);
+            let st = TarpitSteering::setup_in(&auto, ns.name()).unwrap();
+            assert_eq!(st.mode(), &SteeringMode::Xdp);
+            assert!(!st.mode().is_active());
+            assert!(
+                st.reason()
+                    .starts_with("engine = \"auto\" and the TARPIT target is not available"),
+                "{}",
+                st.reason()
+            );
+            assert_nothing_left(&ns, &auto);
+            // Missing iptables entirely: auto still holds the class in XDP.
+            let no_tools = TarpitConfig {
+                iptables: "/nonexistent/iptables".into(),
+                ..TarpitConfig::default()
+            };
+            let st = TarpitSteering::setup_in(&no_tools, ns.name()).unwrap();
+            assert_eq!(st.mode(), &SteeringMode::Xdp);
+            assert!(st.reason().contains("cannot be used"), "{}", st.reason());
+            // engine = "xdp": no probe, nothing created; an earlier chain is
+            // reported as leftovers (the caller removes it).
+            let xdp = TarpitConfig {
+                engine: TarpitEngine::Xdp,
+                ..TarpitConfig::default()
+            };
+            let st = TarpitSteering::setup_in(&xdp, ns.name()).unwrap();
+            assert_eq!(st.mode(), &SteeringMode::Xdp);
+            assert_eq!(st.reason(), "[tarpit] engine = \"xdp\"");
+            assert!(!st.leftovers());
+            let earlier = substitute_cfg();
+            TarpitSteering::setup_in(&earlier, ns.name()).unwrap();
+            let st = TarpitSteering::setup_in(&xdp, ns.name()).unwrap();
+            assert!(st.leftovers());
+            TarpitSteering::teardown_in(&earlier, ns.name()).unwrap();
+            assert_nothing_left(&ns, &earlier);
+            // The config key: lowercase words, anything else refused.
+            let parsed: TarpitConfig = toml::from_str("engine = \"xdp\"").unwrap();
+            assert_eq!(parsed.engine, TarpitEngine::Xdp);
+            assert!(toml::from_str::<TarpitConfig>("engine = \"XDP\"").is_err());
+            assert!(toml::from_str::<TarpitConfig>("engine = \"nft\"").is_err());
+        }
 
-    #[test]
-    fn broken_substitute_and_missing_tools_are_errors_with_fixes() {
-        let ns = Netns::new("err");
-        let cfg = TarpitConfig {
-            fallback: "NOSUCHTARGET".into(),
-            engine: TarpitEngine::Iptables,
-            ..TarpitConfig::default()
-        };
-        let e = TarpitSteering::setup_in(&cfg, ns.name())
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.contains("fallback target `NOSUCHTARGET` does not work"),
-            "{e}"
-        );
-        assert!(e.contains("set it to \"drop\""), "{e}");
+        #[test]
+        fn broken_substitute_and_missing_tools_are_errors_with_fixes() {
+            let ns = Netns::new("err");
+            let cfg = TarpitConfig {
+                fallback: "NOSUCHTARGET".into(),
+                engine: TarpitEngine::Iptables,
+                ..TarpitConfig::default()
+            };
+            let e = TarpitSteering::setup_in(&cfg, ns.name())
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("fallback target `NOSUCHTARGET` does not work"),
+                "{e}"
+            );
+            assert!(e.contains("set it to \"drop\""), "{e}");
 
-        let cfg = TarpitConfig {
-            ipset: "ipset-not-here".into(),
-            ..substitute_cfg()
-        };
-        let e = TarpitSteering::setup_in(&cfg, ns.name())
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.contains("ipset-not-here not installed") && e.contains("apt-get install ipset"),
-            "{e}"
-        );
-        // Teardown cleans what exists: a tool that is not installed has
-        // nothing of its own to remove, and the others' parts still go.
-        TarpitSteering::setup_in(&substitute_cfg(), ns.name()).unwrap();
-        let cfg = TarpitConfig {
-            ip6tables: "ip6tables-not-here".into(),
-            ..substitute_cfg()
-        };
-        TarpitSteering::teardown_in(&cfg, ns.name()).unwrap();
-        assert!(
-            !ns.exec("iptables", &["-w", "10", "-S"])
-                .contains("XBAN-TARPIT"),
-            "the IPv4 chain is removed"
-        );
-        TarpitSteering::teardown_in(&substitute_cfg(), ns.name()).unwrap();
-        let cfg = TarpitConfig {
-            iptables: "iptables-not-here".into(),
-            ip6tables: "ip6tables-not-here".into(),
-            ipset: "ipset-not-here".into(),
-            ..TarpitConfig::default()
-        };
-        TarpitSteering::teardown_in(&cfg, ns.name()).unwrap();
+            let cfg = TarpitConfig {
+                ipset: "ipset-not-here".into(),
+                ..substitute_cfg()
+            };
+            let e = TarpitSteering::setup_in(&cfg, ns.name())
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("ipset-not-here not installed") && e.contains("apt-get install ipset"),
+                "{e}"
+            );
+            // Teardown cleans what exists: a tool that is not installed has
+            // nothing of its own to remove, and the others' parts still go.
+            TarpitSteering::setup_in(&substitute_cfg(), ns.name()).unwrap();
+            let cfg = TarpitConfig {
+                ip6tables: "ip6tables-not-here".into(),
+                ..substitute_cfg()
+            };
+            TarpitSteering::teardown_in(&cfg, ns.name()).unwrap();
+            assert!(
+                !ns.exec("iptables", &["-w", "10", "-S"])
+                    .contains("XBAN-TARPIT"),
+                "the IPv4 chain is removed"
+            );
+            TarpitSteering::teardown_in(&substitute_cfg(), ns.name()).unwrap();
+            let cfg = TarpitConfig {
+                iptables: "iptables-not-here".into(),
+                ip6tables: "ip6tables-not-here".into(),
+                ipset: "ipset-not-here".into(),
+                ..TarpitConfig::default()
+            };
+            TarpitSteering::teardown_in(&cfg, ns.name()).unwrap();
 
-        // An existing set of the wrong kind is not silently adopted.
-        ns.exec(
-            "ipset",
-            &[
-                "create",
-                "xban-tarpit-v4",
-                "hash:ip",
-                "family",
-                "inet",
-                "timeout",
-                "60",
-            ],
-        );
-        let e = TarpitSteering::setup_in(&substitute_cfg(), ns.name())
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.contains("ipset `xban-tarpit-v4` exists as `hash:ip"),
-            "{e}"
-        );
-        TarpitSteering::teardown_in(&substitute_cfg(), ns.name()).unwrap();
-        assert_nothing_left(&ns, &substitute_cfg());
-    }
+            // An existing set of the wrong kind is not silently adopted.
+            ns.exec(
+                "ipset",
+                &[
+                    "create",
+                    "xban-tarpit-v4",
+                    "hash:ip",
+                    "family",
+                    "inet",
+                    "timeout",
+                    "60",
+                ],
+            );
+            let e = TarpitSteering::setup_in(&substitute_cfg(), ns.name())
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("ipset `xban-tarpit-v4` exists as `hash:ip"),
+                "{e}"
+            );
+            TarpitSteering::teardown_in(&substitute_cfg(), ns.name()).unwrap();
+            assert_nothing_left(&ns, &substitute_cfg());
+        }
 
-    /// Real packets: a set member is refused (REJECT with reset) and counted;
-    /// removed from the set, it connects again.
-    fn steering_for_real(srv: &str, cli: &str, family: fn(&SteeringCounters) -> FamilyCounters) {
-        let lab = Lab::new();
-        let cfg = substitute_cfg();
-        let mut st = TarpitSteering::setup_in(&cfg, lab.server.name()).unwrap();
-        assert_eq!(st.mode(), &SteeringMode::Substitute(cfg.fallback.clone()));
-        let listener = lab.listen(srv);
-        let to = listener.local_addr().unwrap();
-        let wait = Duration::from_secs(3);
+        /// Real packets: a set member is refused (REJECT with reset) and counted;
+        /// removed from the set, it connects again.
+        fn steering_for_real(
+            srv: &str,
+            cli: &str,
+            family: fn(&SteeringCounters) -> FamilyCounters,
+        ) {
+            let lab = Lab::new();
+            let cfg = substitute_cfg();
+            let mut st = TarpitSteering::setup_in(&cfg, lab.server.name()).unwrap();
+            assert_eq!(st.mode(), &SteeringMode::Substitute(cfg.fallback.clone()));
+            let listener = lab.listen(srv);
+            let to = listener.local_addr().unwrap();
+            let wait = Duration::from_secs(3);
 
-        // Not a member: the connection is made.
-        lab.connect(to, wait).expect("connect before steering");
-        assert_eq!(
-            listener.accept().unwrap().1.ip(),
-            cli.parse::<IpAddr>().unwrap()
-        );
+            // Not a member: the connection is made.
+            lab.connect(to, wait).expect("connect before steering");
+            assert_eq!(
+                listener.accept().unwrap().1.ip(),
+                cli.parse::<IpAddr>().unwrap()
+            );
 
-        st.add(&t(cli)).unwrap();
-        let before = family(&st.counters().unwrap());
-        let refused = lab.connect(to, wait).unwrap_err();
-        assert_eq!(
-            refused.kind(),
-            std::io::ErrorKind::ConnectionRefused,
-            "{refused}"
-        );
-        let after = family(&st.counters().unwrap());
-        assert!(
-            after.steered_packets > before.steered_packets,
-            "{before:?} -> {after:?}"
-        );
-        assert!(
-            after.limited_packets > before.limited_packets,
-            "{before:?} -> {after:?}"
-        );
-        assert_eq!(after.dropped_over_limit, 0);
+            st.add(&t(cli)).unwrap();
+            let before = family(&st.counters().unwrap());
+            let refused = lab.connect(to, wait).unwrap_err();
+            assert_eq!(
+                refused.kind(),
+                std::io::ErrorKind::ConnectionRefused,
+                "{refused}"
+            );
+            let after = family(&st.counters().unwrap());
+            assert!(
+                after.steered_packets > before.steered_packets,
+                "{before:?} -> {after:?}"
+            );
+            assert!(
+                after.limited_packets > before.limited_packets,
+                "{before:?} -> {after:?}"
+            );
+            assert_eq!(after.dropped_over_limit, 0);
 
-        st.remove(&t(cli)).unwrap();
-        lab.connect(to, wait).expect("connect after removal");
-        assert_eq!(
-            listener.accept().unwrap().1.ip(),
-            cli.parse::<IpAddr>().unwrap()
-        );
-        assert_eq!(
-            family(&st.counters().unwrap()).steered_packets,
-            after.steered_packets
-        );
+            st.remove(&t(cli)).unwrap();
+            lab.connect(to, wait).expect("connect after removal");
+            assert_eq!(
+                listener.accept().unwrap().1.ip(),
+                cli.parse::<IpAddr>().unwrap()
+            );
+            assert_eq!(
+                family(&st.counters().unwrap()).steered_packets,
+                after.steered_packets
+            );
 
-        TarpitSteering::teardown_in(&cfg, lab.server.name()).unwrap();
-    }
+            TarpitSteering::teardown_in(&cfg, lab.server.name()).unwrap();
+        }
 
-    #[test]
-    fn steers_ipv4_for_real() {
-        steering_for_real(SRV4, CLI4, |c| c.v4);
-    }
+        #[test]
+        fn steers_ipv4_for_real() {
+            steering_for_real(SRV4, CLI4, |c| c.v4);
+        }
 
-    #[test]
-    fn steers_ipv6_for_real() {
-        steering_for_real(SRV6, CLI6, |c| c.v6);
-    }
+        #[test]
+        fn steers_ipv6_for_real() {
+            steering_for_real(SRV6, CLI6, |c| c.v6);
+        }
 
-    /// While a client keeps trying to connect, the agent restarts (setup
-    /// again) and the config changes (limit, substitute target, notrack):
-    /// the chain is rewritten in place and no attempt ever gets through.
-    #[test]
-    fn members_stay_held_through_restarts_and_reconfiguration() {
-        let lab = Lab::new();
-        let cfg = substitute_cfg();
-        let mut st = TarpitSteering::setup_in(&cfg, lab.server.name()).unwrap();
-        let listener = lab.listen(SRV4);
-        let to = listener.local_addr().unwrap();
-        let stream = lab
-            .connect(to, Duration::from_secs(3))
-            .expect("connect before steering");
-        drop((stream, listener.accept().unwrap()));
-        st.add(&t(CLI4)).unwrap();
+        /// While a client keeps trying to connect, the agent restarts (setup
+        /// again) and the config changes (limit, substitute target, notrack):
+        /// the chain is rewritten in place and no attempt ever gets through.
+        #[test]
+        fn members_stay_held_through_restarts_and_reconfiguration() {
+            let lab = Lab::new();
+            let cfg = substitute_cfg();
+            let mut st = TarpitSteering::setup_in(&cfg, lab.server.name()).unwrap();
+            let listener = lab.listen(SRV4);
+            let to = listener.local_addr().unwrap();
+            let stream = lab
+                .connect(to, Duration::from_secs(3))
+                .expect("connect before steering");
+            drop((stream, listener.accept().unwrap()));
+            st.add(&t(CLI4)).unwrap();
 
-        let configs = [
-            cfg.clone(),
-            TarpitConfig {
-                limit: "5/sec".into(),
-                burst: 5,
-                ..cfg.clone()
-            },
-            TarpitConfig {
-                fallback: "DROP".into(),
-                notrack: false,
-                ..cfg.clone()
-            },
-            cfg.clone(),
-        ];
-        let stop = AtomicBool::new(false);
-        let (attempts, connected) = std::thread::scope(|s| {
-            let prober = s.spawn(|| {
-                lab.client.within(|| {
-                    let (mut attempts, mut connected) = (0, 0);
-                    while !stop.load(Ordering::SeqCst) {
-                        attempts += 1;
-                        if TcpStream::connect_timeout(&to, Duration::from_millis(50)).is_ok() {
-                            connected += 1;
+            let configs = [
+                cfg.clone(),
+                TarpitConfig {
+                    limit: "5/sec".into(),
+                    burst: 5,
+                    ..cfg.clone()
+                },
+                TarpitConfig {
+                    fallback: "DROP".into(),
+                    notrack: false,
+                    ..cfg.clone()
+                },
+                cfg.clone(),
+            ];
+            let stop = AtomicBool::new(false);
+            let (attempts, connected) = std::thread::scope(|s| {
+                let prober = s.spawn(|| {
+                    lab.client.within(|| {
+                        let (mut attempts, mut connected) = (0, 0);
+                        while !stop.load(Ordering::SeqCst) {
+                            attempts += 1;
+                            if TcpStream::connect_timeout(&to, Duration::from_millis(50)).is_ok() {
+                                connected += 1;
+                            }
                         }
-                    }
-                    (attempts, connected)
-                })
+                        (attempts, connected)
+                    })
+                });
+                for c in &configs {
+                    drop(st);
+                    st = TarpitSteering::setup_in(c, lab.server.name()).unwrap();
+                    assert_eq!(st.members().unwrap(), vec![t(CLI4)]);
+                }
+                stop.store(true, Ordering::SeqCst);
+                prober.join().unwrap()
             });
-            for c in &configs {
-                drop(st);
-                st = TarpitSteering::setup_in(c, lab.server.name()).unwrap();
-                assert_eq!(st.members().unwrap(), vec![t(CLI4)]);
-            }
-            stop.store(true, Ordering::SeqCst);
-            prober.join().unwrap()
-        });
-        assert!(attempts >= 4, "only {attempts} attempts");
-        assert_eq!(
-            connected, 0,
-            "{connected} of {attempts} connections got through"
-        );
-        TarpitSteering::teardown_in(&cfg, lab.server.name()).unwrap();
-    }
-
-    /// Beyond the burst, SYNs are dropped by the chain's last rule (the
-    /// client's connect times out instead of being refused).
-    #[test]
-    fn over_the_limit_is_dropped() {
-        let lab = Lab::new();
-        let cfg = TarpitConfig {
-            limit: "1/minute".into(),
-            burst: 2,
-            ..substitute_cfg()
-        };
-        let mut st = TarpitSteering::setup_in(&cfg, lab.server.name()).unwrap();
-        let listener = lab.listen(SRV4);
-        let to = listener.local_addr().unwrap();
-        // Resolve the neighbour first so every attempt below is one SYN; close
-        // both ends and let the FIN exchange finish before steering starts.
-        let stream = lab
-            .connect(to, Duration::from_secs(3))
-            .expect("connect before steering");
-        drop((stream, listener.accept().unwrap()));
-        std::thread::sleep(Duration::from_millis(200));
-        st.add(&t(CLI4)).unwrap();
-
-        let attempts = 10;
-        let (mut refused, mut timed_out) = (0, 0);
-        for _ in 0..attempts {
-            match lab.connect(to, Duration::from_millis(200)) {
-                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => refused += 1,
-                Err(e) if e.kind() == std::io::ErrorKind::TimedOut => timed_out += 1,
-                other => panic!("unexpected connect result {other:?}"),
-            }
+            assert!(attempts >= 4, "only {attempts} attempts");
+            assert_eq!(
+                connected, 0,
+                "{connected} of {attempts} connections got through"
+            );
+            TarpitSteering::teardown_in(&cfg, lab.server.name()).unwrap();
         }
-        let c = st.counters().unwrap().v4;
-        assert!(
-            (2..=3).contains(&refused),
-            "refused {refused}, timed out {timed_out}"
-        );
-        assert_eq!(refused + timed_out, attempts);
-        assert_eq!(c.limited_packets, refused as u64, "{c:?}");
-        assert!(c.dropped_over_limit >= timed_out as u64, "{c:?}");
-        assert_eq!(
-            c.steered_packets,
-            c.limited_packets + c.dropped_over_limit,
-            "{c:?}"
-        );
-        TarpitSteering::teardown_in(&cfg, lab.server.name()).unwrap();
-    }
 
-    #[test]
-    fn sync_of_ten_thousand() {
-        let ns = Netns::new("bulk");
-        let cfg = substitute_cfg();
-        let mut st = TarpitSteering::setup_in(&cfg, ns.name()).unwrap();
-        // 198.18.0.0/15 (benchmarking) and 2001:db8::/32: never routed here,
-        // and only ever set members inside this namespace.
-        let v4 = |i: u32| {
-            Target::host(IpAddr::from([
-                198,
-                18 + (i >> 16) as u8,
-                (i >> 8) as u8,
-                i as u8,
-            ]))
-        };
-        let v6 = |i: u32| {
-            Target::host(IpAddr::from([
-                0x2001,
-                0xdb8,
-                0x55,
-                0,
-                0,
-                0,
-                (i >> 16) as u16,
-                i as u16,
-            ]))
-        };
-        let mut first: Vec<Target> = (0..5_000).map(v4).chain((0..4_990).map(v6)).collect();
-        first.extend((0..10).map(|i| t(&format!("2001:db8:{:x}::/48", 0x100 + i))));
-        // A stale member the sync must remove.
-        st.add(&t("198.51.100.250")).unwrap();
+        /// Beyond the burst, SYNs are dropped by the chain's last rule (the
+        /// client's connect times out instead of being refused).
+        #[test]
+        fn over_the_limit_is_dropped() {
+            let lab = Lab::new();
+            let cfg = TarpitConfig {
+                limit: "1/minute".into(),
+                burst: 2,
+                ..substitute_cfg()
+            };
+            let mut st = TarpitSteering::setup_in(&cfg, lab.server.name()).unwrap();
+            let listener = lab.listen(SRV4);
+            let to = listener.local_addr().unwrap();
+            // Resolve the neighbour first so every attempt below is one SYN; close
+            // both ends and let the FIN exchange finish before steering starts.
+            let stream = lab
+                .connect(to, Duration::from_secs(3))
+                .expect("connect before steering");
+            drop((stream, listener.accept().unwrap()));
+            std::thread::sleep(Duration::from_millis(200));
+            st.add(&t(CLI4)).unwrap();
 
-        let started = Instant::now();
-        st.sync(&first).unwrap();
-        let initial = started.elapsed();
-        let mut have = st.members().unwrap();
-        let mut want = first.clone();
-        have.sort();
-        want.sort();
-        assert_eq!(have.len(), 10_000);
-        assert_eq!(have, want);
+            let attempts = 10;
+            let (mut refused, mut timed_out) = (0, 0);
+            for _ in 0..attempts {
+                match lab.connect(to, Duration::from_millis(200)) {
+                    Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => refused += 1,
+                    Err(e) if e.kind() == std::io::ErrorKind::TimedOut => timed_out += 1,
+                    other => panic!("unexpected connect result {other:?}"),
+                }
+            }
+            let c = st.counters().unwrap().v4;
+            assert!(
+                (2..=3).contains(&refused),
+                "refused {refused}, timed out {timed_out}"
+            );
+            assert_eq!(refused + timed_out, attempts);
+            assert_eq!(c.limited_packets, refused as u64, "{c:?}");
+            assert!(c.dropped_over_limit >= timed_out as u64, "{c:?}");
+            assert_eq!(
+                c.steered_packets,
+                c.limited_packets + c.dropped_over_limit,
+                "{c:?}"
+            );
+            TarpitSteering::teardown_in(&cfg, lab.server.name()).unwrap();
+        }
 
-        // Half replaced: 5,000 removed, 5,000 added.
-        let second: Vec<Target> = (2_500..7_500)
-            .map(v4)
-            .chain((2_500..7_500).map(v6))
-            .collect();
-        let started = Instant::now();
-        st.sync(&second).unwrap();
-        let changed = started.elapsed();
-        let mut have = st.members().unwrap();
-        let mut want = second;
-        have.sort();
-        want.sort();
-        assert_eq!(have, want);
-        eprintln!("sync timing: 10,000 into an almost empty set {initial:?}; 5,000 added + 5,000 removed {changed:?}");
-        TarpitSteering::teardown_in(&cfg, ns.name()).unwrap();
-    }
+        #[test]
+        fn sync_of_ten_thousand() {
+            let ns = Netns::new("bulk");
+            let cfg = substitute_cfg();
+            let mut st = TarpitSteering::setup_in(&cfg, ns.name()).unwrap();
+            // 198.18.0.0/15 (benchmarking) and 2001:db8::/32: never routed here,
+            // and only ever set members inside this namespace.
+            let v4 = |i: u32| {
+                Target::host(IpAddr::from([
+                    198,
+                    18 + (i >> 16) as u8,
+                    (i >> 8) as u8,
+                    i as u8,
+                ]))
+            };
+            let v6 = |i: u32| {
+                Target::host(IpAddr::from([
+                    0x2001,
+                    0xdb8,
+                    0x55,
+                    0,
+                    0,
+                    0,
+                    (i >> 16) as u16,
+                    i as u16,
+                ]))
+            };
+            let mut first: Vec<Target> = (0..5_000).map(v4).chain((0..4_990).map(v6)).collect();
+            first.extend((0..10).map(|i| t(&format!("2001:db8:{:x}::/48", 0x100 + i))));
+            // A stale member the sync must remove.
+            st.add(&t("198.51.100.250")).unwrap();
 
-    #[test]
-    fn zero_prefix_is_refused() {
-        let ns = Netns::new("zero");
-        let cfg = substitute_cfg();
-        let mut st = TarpitSteering::setup_in(&cfg, ns.name()).unwrap();
-        let e = st.add(&t("0.0.0.0/0")).unwrap_err().to_string();
-        assert!(e.contains("/0"), "{e}");
-        assert!(st.sync(&[t("::/0")]).is_err());
-        TarpitSteering::teardown_in(&cfg, ns.name()).unwrap();
+            let started = Instant::now();
+            st.sync(&first).unwrap();
+            let initial = started.elapsed();
+            let mut have = st.members().unwrap();
+            let mut want = first.clone();
+            have.sort();
+            want.sort();
+            assert_eq!(have.len(), 10_000);
+            assert_eq!(have, want);
+
+            // Half replaced: 5,000 removed, 5,000 added.
+            let second: Vec<Target> = (2_500..7_500)
+                .map(v4)
+                .chain((2_500..7_500).map(v6))
+                .collect();
+            let started = Instant::now();
+            st.sync(&second).unwrap();
+            let changed = started.elapsed();
+            let mut have = st.members().unwrap();
+            let mut want = second;
+            have.sort();
+            want.sort();
+            assert_eq!(have, want);
+            eprintln!("sync timing: 10,000 into an almost empty set {initial:?}; 5,000 added + 5,000 removed {changed:?}");
+            TarpitSteering::teardown_in(&cfg, ns.name()).unwrap();
+        }
+
+        #[test]
+        fn zero_prefix_is_refused() {
+            let ns = Netns::new("zero");
+            let cfg = substitute_cfg();
+            let mut st = TarpitSteering::setup_in(&cfg, ns.name()).unwrap();
+            let e = st.add(&t("0.0.0.0/0")).unwrap_err().to_string();
+            assert!(e.contains("/0"), "{e}");
+            assert!(st.sync(&[t("::/0")]).is_err());
+            TarpitSteering::teardown_in(&cfg, ns.name()).unwrap();
+        }
     }
 }
