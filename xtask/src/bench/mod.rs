@@ -138,7 +138,7 @@ pub fn machine_description() -> String {
 
 /// `scope` is said at the top: the machine's load, and whether only some
 /// areas ran (or a quick run).
-pub fn write_markdown(path: &Path, sections: &[Section], scope: Option<&str>) -> Result<()> {
+fn render_markdown(sections: &[Section], scope: Option<&str>) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "# xban benchmarks\n");
     let _ = writeln!(
@@ -167,7 +167,7 @@ pub fn write_markdown(path: &Path, sections: &[Section], scope: Option<&str>) ->
             );
         }
     }
-    std::fs::write(path, out).with_context(|| format!("write {}", path.display()))
+    out
 }
 
 /// The sections of a Markdown file: its head (before the first `## `), then
@@ -339,11 +339,12 @@ pub fn run(ws: &Workspace, areas: &[Area], quick: bool) -> Result<()> {
     }
     let names: Vec<&str> = chosen.iter().map(|a| a.name()).collect();
     // Other work may share the machine; wall-clock figures suffer from it.
-    let mut scope = vec![format!(
+    let load = format!(
         "1-minute load average: {load_at_start} at the start of the run, {} at the end ({} cores).",
         logmatch::load_average(),
         std::thread::available_parallelism().map_or(0, |n| n.get())
-    )];
+    );
+    let mut scope = vec![load.clone()];
     if quick {
         scope.push(
             "Quick run (--quick): small data sets and one run each; not the published figures."
@@ -358,39 +359,27 @@ pub fn run(ws: &Workspace, areas: &[Area], quick: bool) -> Result<()> {
             names.join(" ")
         ));
     }
-    let scope = scope.join(" ");
     let out = if quick {
         ws.target_dir.join("BENCHMARKS-quick.md")
     } else {
         ws.root.join("BENCHMARKS.md")
     };
+    let mut text = render_markdown(&sections, Some(&scope.join(" ")));
     // Some areas of a full run: their sections replace theirs in the
     // committed file, whose other figures stay.
-    let earlier = (partial && !quick)
-        .then(|| std::fs::read_to_string(&out).ok())
-        .flatten();
-    write_markdown(&out, &sections, Some(&scope))?;
-    if let Some(earlier) = earlier {
-        let fresh = std::fs::read_to_string(&out)?;
-        let note =
-            format!(
-            "The sections of {} come from a later run of {} alone (`cargo xtask bench {}`, {}); {}",
-            names.join(", "),
-            if names.len() == 1 { "that area" } else { "those areas" },
-            names.join(" "),
-            today(),
-            scope.replace(
-                &format!(
-                    " **Only these areas were run: {} (`cargo xtask bench {}`).**",
-                    names.join(", "),
-                    names.join(" ")
-                ),
-                ""
-            )
-        );
-        std::fs::write(&out, merge_markdown(&earlier, &fresh, &note))
-            .with_context(|| format!("write {}", out.display()))?;
+    if partial && !quick {
+        if let Ok(earlier) = std::fs::read_to_string(&out) {
+            let note = format!(
+                "The sections of {} come from a later run of {} alone (`cargo xtask bench {}`, {}); {load}",
+                names.join(", "),
+                if names.len() == 1 { "that area" } else { "those areas" },
+                names.join(" "),
+                today(),
+            );
+            text = merge_markdown(&earlier, &text, &note);
+        }
     }
+    std::fs::write(&out, text).with_context(|| format!("write {}", out.display()))?;
     eprintln!("xtask: wrote {}", out.display());
     Ok(())
 }
@@ -621,8 +610,6 @@ mod tests {
 
     #[test]
     fn markdown_says_what_ran() {
-        let dir = std::env::temp_dir().join(format!("xban-bench-md-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
         let mut table = Table::new(&["a", "b"]);
         table.row(vec!["1".into(), "2".into()]);
         let s = Section {
@@ -632,10 +619,7 @@ mod tests {
             table,
             notes: vec!["n".into()],
         };
-        let path = dir.join("B.md");
-        write_markdown(&path, &[s], Some("**Only these areas were run: x.**")).unwrap();
-        let text = std::fs::read_to_string(&path).unwrap();
-        let _ = std::fs::remove_dir_all(&dir);
+        let text = render_markdown(&[s], Some("**Only these areas were run: x.**"));
         assert!(text.contains("**Only these areas were run: x.**"), "{text}");
         assert!(text.contains("| a | b |\n|---|---|\n| 1 | 2 |\n"), "{text}");
         assert!(
