@@ -234,17 +234,7 @@ fn trial(
                 maps.ban(s, 128, xban_common::BanClass::Drop as u32)?;
             }
             let stats_map = BpfMap::open(&a.pin_dir.join(xban_common::MAP_STATS))?;
-            let ncpu = possible_cpus()?;
-            Box::new(move || {
-                let mut buf = vec![0u8; 8 * ncpu];
-                stats_map
-                    .lookup(&stats::DROPPED.to_ne_bytes(), &mut buf)
-                    .context("read the XDP stats map")?;
-                Ok(buf
-                    .chunks(8)
-                    .map(|c| u64::from_ne_bytes(c.try_into().unwrap()))
-                    .sum())
-            })
+            percpu_counter(stats_map, vec![stats::DROPPED])?
         }
         Mechanism::Iptables => {
             let mut rules = String::from("*filter\n:INPUT ACCEPT [0:0]\n");
@@ -346,11 +336,11 @@ fn trial(
 }
 
 /// The server's receive-path CPU per counted packet for a flood of
-/// `frames` (IPv6, rotating sources; what the generator rewrites in each
-/// is `rewrite`): the server veth's NAPI
-/// thread (new since `before`, so created after the mechanism was set up)
-/// alone and real-time on `cpus.1`, the generator on `cpus.0`; `counted`
-/// reads the mechanism's own count of packets it handled.
+/// `frames` (IPv6, rotating sources; the generator rewrites `rewrite` in
+/// each): the server veth's NAPI thread (new since `before`, so created
+/// after the mechanism was set up) alone and real-time on `cpus.1`, the
+/// generator on `cpus.0`; `counted` reads the mechanism's own count of
+/// packets it handled.
 pub(super) fn receive_cost(
     lab: &Lab,
     before: &[(i32, String)],
@@ -418,7 +408,7 @@ fn ipv6(a: &[u8; 16]) -> String {
     std::net::Ipv6Addr::from(*a).to_string()
 }
 
-fn in_srv(lab: &Lab, args: &[&str]) -> Result<String> {
+pub(super) fn in_srv(lab: &Lab, args: &[&str]) -> Result<String> {
     run_cmd(
         Command::new("ip")
             .args(["netns", "exec", &lab.srv_ns])
@@ -502,13 +492,36 @@ struct Ifreq {
 pub(super) fn enable_napi(lab: &Lab) -> Result<()> {
     ethtool_set(&lab.srv_ns, &lab.srv_if, ETHTOOL_SGRO, 1)?;
     ethtool_set(&lab.atk_ns, &lab.atk_if, ETHTOOL_STSO, 0)?;
+    threaded_napi(&lab.srv_ns, &lab.srv_if).context("threaded NAPI on the server's veth")
+}
+
+/// NAPI of `ifname` in `ns` in its own kernel thread (`napi/IFNAME-N`).
+pub(super) fn threaded_napi(ns: &str, ifname: &str) -> Result<()> {
     run_cmd(
         Command::new("ip")
-            .args(["netns", "exec", &lab.srv_ns, "sh", "-c"])
-            .arg(format!("echo 1 > /sys/class/net/{}/threaded", lab.srv_if)),
-    )
-    .context("threaded NAPI on the server's veth")?;
+            .args(["netns", "exec", ns, "sh", "-c"])
+            .arg(format!("echo 1 > /sys/class/net/{ifname}/threaded")),
+    )?;
     Ok(())
+}
+
+/// Reads the sum over CPUs of the per-CPU counters `idx` of the pinned
+/// array `map` (XDP's `stats`, the tarpit's `tarpit_stats`).
+pub(super) fn percpu_counter(map: BpfMap, idx: Vec<u32>) -> Result<Box<dyn Fn() -> Result<u64>>> {
+    let ncpu = possible_cpus()?;
+    Ok(Box::new(move || {
+        let mut total = 0;
+        for i in &idx {
+            let mut buf = vec![0u8; 8 * ncpu];
+            map.lookup(&i.to_ne_bytes(), &mut buf)
+                .context("read an XDP counter")?;
+            total += buf
+                .chunks(8)
+                .map(|c| u64::from_ne_bytes(c.try_into().unwrap()))
+                .sum::<u64>();
+        }
+        Ok(total)
+    }))
 }
 
 /// A legacy ethtool "set" (`ethtool -K`), without needing ethtool installed.
@@ -632,7 +645,7 @@ fn online_cpus() -> Result<Vec<usize>> {
     cpu_list(&std::fs::read_to_string("/sys/devices/system/cpu/online")?)
 }
 
-pub(super) fn possible_cpus() -> Result<usize> {
+fn possible_cpus() -> Result<usize> {
     Ok(cpu_list(&std::fs::read_to_string(
         "/sys/devices/system/cpu/possible",
     )?)?
@@ -694,14 +707,16 @@ impl Generator {
         let counter = BpfMap::create_array(8, 1)?;
         let len = frames[0].len();
         ensure!(
-            frames.iter().all(|f| f.len() == len) && len >= 16,
+            frames.iter().all(|f| f.len() == len),
             "the generator's frames are all of one length"
         );
-        // Whole frames: 8-byte words, then the 2-byte tail (even lengths).
-        ensure!(len.is_multiple_of(2), "odd frame length {len}");
         let value_size = match rewrite {
             Rewrite::SourceAndChecksum(_) => 24,
-            Rewrite::Whole => len.next_multiple_of(8),
+            Rewrite::Whole => {
+                // 8-byte words, then 2-byte ones.
+                ensure!(len.is_multiple_of(2), "odd frame length {len}");
+                len.next_multiple_of(8)
+            }
         };
         let sources = BpfMap::create_array(value_size as u32, frames.len() as u32)?;
         for (i, f) in frames.iter().enumerate() {

@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 use anyhow::{ensure, Context, Result};
 
 use super::flood::{
-    enable_napi, ethtool_set, napi_thread, napi_threads, possible_cpus, receive_cost, set_affinity,
-    sources, Rewrite, Trial, ETHTOOL_STXCSUM, FLOOD_NET,
+    enable_napi, ethtool_set, in_srv, napi_thread, napi_threads, percpu_counter, receive_cost,
+    set_affinity, sources, threaded_napi, Rewrite, Trial, ETHTOOL_STXCSUM, FLOOD_NET,
 };
 use super::xdp::{
     insn, load_xdp, open_pinned_prog, pin_prog, prog_test_run, run_cmd, Agent, BpfMap, Lab, ATK_V4,
@@ -199,12 +199,10 @@ fn syn_flood(bin: &std::path::Path, path: Path, secs: f64, cpus: (usize, usize))
         let cfg = BpfMap::open(&pin(xban_common::tarpit::MAP_CFG))?;
         let mut v = [0u8; 24];
         cfg.lookup(&0u32.to_ne_bytes(), &mut v)?;
-        v[8..16].copy_from_slice(&0u64.to_ne_bytes()); // each reply costs nothing
-        v[16..24].copy_from_slice(&u64::MAX.to_ne_bytes());
-        cfg.update(&0u32.to_ne_bytes(), &v)?;
+        set_bucket(&cfg, v, 0, u64::MAX)?; // every reply allowed
     }
     if path == Path::IptablesAnswerAll {
-        let rules = in_ns(&lab.srv_ns, &["ip6tables", "-w", "-S", "XBAN-TARPIT"])?;
+        let rules = in_srv(&lab, &["ip6tables", "-w", "-S", "XBAN-TARPIT"])?;
         let n = rules
             .lines()
             .filter(|l| l.starts_with("-A XBAN-TARPIT"))
@@ -215,7 +213,7 @@ fn syn_flood(bin: &std::path::Path, path: Path, secs: f64, cpus: (usize, usize))
         args.push(&index);
         args.extend(["-p", "tcp", "-j"]);
         args.extend(SUBSTITUTE.split_whitespace());
-        in_ns(&lab.srv_ns, &args)?;
+        in_srv(&lab, &args)?;
     }
     // The attacker's end: NAPI (threaded, on the sender's core) and an XDP
     // program that drops the replies, so that they cost the server nothing
@@ -227,19 +225,10 @@ fn syn_flood(bin: &std::path::Path, path: Path, secs: f64, cpus: (usize, usize))
     ));
     let _ = std::fs::remove_file(&sink_pin);
     pin_prog(&sink, &sink_pin)?;
-    let attached = run_cmd(
-        Command::new("nsenter")
-            .arg(format!("--net=/run/netns/{}", lab.atk_ns))
-            .args(["ip", "link", "set", "dev", &lab.atk_if, "xdpdrv", "pinned"])
-            .arg(&sink_pin),
-    );
+    let attached = attach_to_attacker(&lab, &sink_pin);
     let _ = std::fs::remove_file(&sink_pin);
     attached.context("attach the reply sink to the attacker's veth end")?;
-    run_cmd(
-        Command::new("ip")
-            .args(["netns", "exec", &lab.atk_ns, "sh", "-c"])
-            .arg(format!("echo 1 > /sys/class/net/{}/threaded", lab.atk_if)),
-    )?;
+    threaded_napi(&lab.atk_ns, &lab.atk_if)?;
     let atk_napi = napi_thread(&lab.atk_if, &before)?;
     set_affinity(atk_napi, cpus.0)?;
 
@@ -255,38 +244,21 @@ fn syn_flood(bin: &std::path::Path, path: Path, secs: f64, cpus: (usize, usize))
             f
         })
         .collect();
-    let ncpu = possible_cpus()?;
-    // Sum over CPUs of per-CPU counters `idx` of the pinned array `map`.
-    let counter = move |map: BpfMap, idx: Vec<u32>| -> Box<dyn Fn() -> Result<u64>> {
-        Box::new(move || {
-            let mut total = 0;
-            for i in &idx {
-                let mut buf = vec![0u8; 8 * ncpu];
-                map.lookup(&i.to_ne_bytes(), &mut buf)
-                    .context("read an XDP counter")?;
-                total += buf
-                    .chunks(8)
-                    .map(|c| u64::from_ne_bytes(c.try_into().unwrap()))
-                    .sum::<u64>();
-            }
-            Ok(total)
-        })
-    };
     use xban_common::{stats, tarpit::stats as tstats};
     let counted = match path {
-        Path::XdpDrop => counter(
+        Path::XdpDrop => percpu_counter(
             BpfMap::open(&pin(xban_common::MAP_STATS))?,
             vec![stats::DROPPED],
         ),
-        Path::XdpAnswerAll | Path::XdpLimited => counter(
+        Path::XdpAnswerAll | Path::XdpLimited => percpu_counter(
             BpfMap::open(&pin(xban_common::tarpit::MAP_STATS))?,
             vec![tstats::SYNACK, tstats::OVER_LIMIT],
         ),
-        Path::IptablesAnswerAll | Path::IptablesLimited => counter(
+        Path::IptablesAnswerAll | Path::IptablesLimited => percpu_counter(
             BpfMap::open(&pin(xban_common::MAP_STATS))?,
             vec![stats::PASSED_TARPIT],
         ),
-    };
+    }?;
     let t = receive_cost(
         &lab,
         &before,
@@ -298,7 +270,7 @@ fn syn_flood(bin: &std::path::Path, path: Path, secs: f64, cpus: (usize, usize))
     )?;
     if matches!(path, Path::IptablesAnswerAll | Path::IptablesLimited) {
         // The packets really reached the chain's target.
-        let rules = in_ns(&lab.srv_ns, &["ip6tables", "-w", "-nvxL", "XBAN-TARPIT"])?;
+        let rules = in_srv(&lab, &["ip6tables", "-w", "-nvxL", "XBAN-TARPIT"])?;
         let to_target: u64 = rules
             .lines()
             .filter(|l| l.contains("REJECT"))
@@ -308,10 +280,6 @@ fn syn_flood(bin: &std::path::Path, path: Path, secs: f64, cpus: (usize, usize))
     }
     agent.stop()?;
     Ok(t)
-}
-
-fn in_ns(ns: &str, args: &[&str]) -> Result<String> {
-    run_cmd(Command::new("ip").args(["netns", "exec", ns]).args(args))
 }
 
 fn per_packet(bin: &std::path::Path, quick: bool) -> Result<Section> {
@@ -325,12 +293,6 @@ fn per_packet(bin: &std::path::Path, quick: bool) -> Result<Section> {
     let cfg = BpfMap::open(&agent.pin_dir.join(xban_common::tarpit::MAP_CFG))?;
     let mut saved = [0u8; 24];
     cfg.lookup(&0u32.to_ne_bytes(), &mut saved)?;
-    let set_bucket = |cost: u64, cap: u64| -> Result<()> {
-        let mut v = saved;
-        v[8..16].copy_from_slice(&cost.to_ne_bytes());
-        v[16..24].copy_from_slice(&cap.to_ne_bytes());
-        Ok(cfg.update(&0u32.to_ne_bytes(), &v)?)
-    };
     let empty = load_xdp(&[insn(0xb7, 0, 0, 0, XDP_PASS as i32), insn(0x95, 0, 0, 0, 0)])?;
     let floor = single_runs(&empty, &syn_v4(ATK_V4, 0), samples, XDP_PASS)?;
 
@@ -372,9 +334,9 @@ fn per_packet(bin: &std::path::Path, quick: bool) -> Result<Section> {
     let mut figures = Vec::new();
     for (what, frame, verdict, within_limit) in probes {
         if within_limit {
-            set_bucket(0, u64::MAX)?; // every reply allowed
+            set_bucket(&cfg, saved, 0, u64::MAX)?; // every reply allowed
         } else {
-            set_bucket(u64::MAX, 0)?; // none
+            set_bucket(&cfg, saved, u64::MAX, 0)?; // none
         }
         let ns = single_runs(&prog, &frame, samples, verdict)
             .with_context(|| format!("test run: {what}"))?;
@@ -407,6 +369,15 @@ fn per_packet(bin: &std::path::Path, quick: bool) -> Result<Section> {
             "The iptables path (XDP pass, the stack, the ipset match, the XBAN-TARPIT chain and its substitute target) cannot be run through BPF_PROG_TEST_RUN: the next section measures both paths under a real flood.".into(),
         ],
     })
+}
+
+/// The tarpit's token bucket in `tarpit_cfg` (`cfg`, read as `base`):
+/// `cost` per reply, `cap` at most.
+fn set_bucket(cfg: &BpfMap, base: [u8; 24], cost: u64, cap: u64) -> Result<()> {
+    let mut v = base;
+    v[8..16].copy_from_slice(&cost.to_ne_bytes());
+    v[16..24].copy_from_slice(&cap.to_ne_bytes());
+    Ok(cfg.update(&0u32.to_ne_bytes(), &v)?)
 }
 
 /// Median duration of `samples` single runs, each checked for `verdict`.
@@ -610,16 +581,24 @@ fn row(label: &str, ends: &[(f64, String)], bound: Duration) -> Vec<String> {
 /// receive XDP_TX), shorter retries.
 fn attacker_setup(lab: &Lab, agent: &Agent) -> Result<()> {
     ethtool_set(&lab.atk_ns, &lab.atk_if, ETHTOOL_STXCSUM, 0)?;
+    attach_to_attacker(lab, &agent.pin_dir.join("prog_xdp"))
+        .context("attach an XDP program to the attacker's veth end")?;
+    for kv in ["net.ipv4.tcp_retries2=3", "net.ipv4.tcp_syn_retries=2"] {
+        run_cmd(Command::new("ip").args(["netns", "exec", &lab.atk_ns, "sysctl", "-qw", kv]))?;
+    }
+    Ok(())
+}
+
+/// Attaches the pinned XDP program at `prog` to the attacker's veth end
+/// (nsenter --net: `ip -n` and `ip netns exec` remount /sys privately,
+/// which hides the bpffs).
+fn attach_to_attacker(lab: &Lab, prog: &std::path::Path) -> Result<()> {
     run_cmd(
         Command::new("nsenter")
             .arg(format!("--net=/run/netns/{}", lab.atk_ns))
             .args(["ip", "link", "set", "dev", &lab.atk_if, "xdpdrv", "pinned"])
-            .arg(agent.pin_dir.join("prog_xdp")),
-    )
-    .context("attach an XDP program to the attacker's veth end")?;
-    for kv in ["net.ipv4.tcp_retries2=3", "net.ipv4.tcp_syn_retries=2"] {
-        run_cmd(Command::new("ip").args(["netns", "exec", &lab.atk_ns, "sysctl", "-qw", kv]))?;
-    }
+            .arg(prog),
+    )?;
     Ok(())
 }
 
