@@ -90,6 +90,19 @@ fn server_logged(server: &NatsServer, what: &str) {
     );
 }
 
+/// A client with no secret at all is turned away by the server.
+fn raw_client_is_refused(hub: &Hub, server: &NatsServer) {
+    let e = hub
+        .publish_raw(server.port, "xban.bans.a", b"{}")
+        .unwrap_err();
+    assert!(
+        format!("{e:#}")
+            .to_lowercase()
+            .contains("authorization violation"),
+        "{e:#}"
+    );
+}
+
 fn agent_exits_cleanly(mut n: Node) {
     n.stop();
 }
@@ -112,15 +125,7 @@ fn fleet_token_shares_bans_and_a_wrong_token_is_refused() {
     ban_is_shared(&a, &b);
     refused_but_bans_locally(&c, &["authorization violation"], &[&a, &b]);
     // The server asks for the token of everyone.
-    let e = hub
-        .publish_raw(server.port, "xban.bans.a", b"{}")
-        .unwrap_err();
-    assert!(
-        format!("{e:#}")
-            .to_lowercase()
-            .contains("authorization violation"),
-        "{e:#}"
-    );
+    raw_client_is_refused(&hub, &server);
     for n in [a, b, c] {
         agent_exits_cleanly(n);
     }
@@ -269,15 +274,7 @@ fn fleet_credentials_file_against_an_operator_mode_server_shares_bans() {
         &creds("c", stranger.user_creds("c").unwrap()),
     );
     refused_but_bans_locally(&c, &["authorization violation"], &[&a, &b]);
-    let e = hub
-        .publish_raw(server.port, "xban.bans.a", b"{}")
-        .unwrap_err();
-    assert!(
-        format!("{e:#}")
-            .to_lowercase()
-            .contains("authorization violation"),
-        "{e:#}"
-    );
+    raw_client_is_refused(&hub, &server);
     for n in [a, b, c] {
         agent_exits_cleanly(n);
     }
