@@ -31,6 +31,45 @@ pub use dynamic::all_names;
 /// The jail name of bans made by hand with `xban ban`.
 pub const MANUAL_JAIL: &str = "manual";
 
+/// How many banned targets one slice of a `banned` listing reads on the
+/// event loop (about a millisecond): a ban waits for one slice at most,
+/// not for a listing of a million.
+pub const LISTING_SLICE: usize = 2048;
+
+/// A `banned` reply being read from the book a slice at a time.
+#[derive(Debug)]
+pub struct BanListing {
+    jail: Option<String>,
+    /// The last target read: the next slice starts after it.
+    after: Option<Target>,
+    views: Vec<BanView>,
+    finished: bool,
+}
+
+impl BanListing {
+    fn new(jail: Option<&str>) -> BanListing {
+        BanListing {
+            jail: jail.map(str::to_string),
+            after: None,
+            views: Vec::new(),
+            finished: false,
+        }
+    }
+
+    pub fn is_finished(&self) -> bool {
+        self.finished
+    }
+
+    /// The bans read, oldest first. Sorting a million is done off the
+    /// event loop, by the caller.
+    pub fn into_sorted(mut self) -> Vec<BanView> {
+        self.views.sort_by(|a, b| {
+            (a.banned_at, &a.address, &a.jail).cmp(&(b.banned_at, &b.address, &b.jail))
+        });
+        self.views
+    }
+}
+
 /// One ban as `xban banned` shows it.
 #[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
 pub struct BanView {
@@ -84,6 +123,55 @@ pub struct JailStatus {
 
 pub type JailCountersView = serde_json::Value;
 
+/// How long the event loop's turns take: every ban waits for the turn in
+/// progress, so a slow one is a ban held back.
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize, PartialEq)]
+pub struct LoopTurns {
+    /// Turns taken (each handles one event: a batch of lines, a request, a
+    /// tick, a slice of a listing...).
+    pub turns: u64,
+    /// Turns that took longer than [`LoopTurns::SLOW_MS`].
+    pub slow_turns: u64,
+    /// The longest turn since the agent started, and what it did.
+    pub slowest_ms: f64,
+    pub slowest_work: String,
+    /// The same, per kind of work.
+    #[serde(default)]
+    pub by_work: std::collections::BTreeMap<String, WorkTurns>,
+}
+
+/// One kind of work's turns.
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize, PartialEq)]
+pub struct WorkTurns {
+    pub turns: u64,
+    pub slowest_ms: f64,
+}
+
+impl LoopTurns {
+    pub const SLOW_MS: f64 = 10.0;
+
+    /// Count a turn of `work` that started at `started`.
+    pub fn record(&mut self, work: &str, started: std::time::Instant) {
+        let ms = started.elapsed().as_secs_f64() * 1e3;
+        self.turns += 1;
+        if ms > Self::SLOW_MS {
+            self.slow_turns += 1;
+            tracing::debug!(work, ms, "slow event-loop turn");
+        }
+        if ms > self.slowest_ms {
+            self.slowest_ms = ms;
+            self.slowest_work = work.to_string();
+        }
+        if !self.by_work.contains_key(work) {
+            self.by_work.insert(work.to_string(), WorkTurns::default());
+        }
+        if let Some(w) = self.by_work.get_mut(work) {
+            w.turns += 1;
+            w.slowest_ms = w.slowest_ms.max(ms);
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct StatusView {
     pub interfaces: Vec<String>,
@@ -106,6 +194,9 @@ pub struct StatusView {
     /// `[fleet]`: connection, stream and consumer positions, counters.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fleet: Option<serde_json::Value>,
+    /// The daemon's event loop (absent outside it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_loop: Option<LoopTurns>,
     /// Host names in ignoreip: their addresses now, and errors.
     #[serde(default)]
     pub dns: Vec<crate::dns::NameStatus>,
@@ -239,10 +330,13 @@ impl AgentCore {
                     .with_context(|| format!("jails.{}", j.name))?,
             );
         }
+        let dynamic = dynamic::Dynamic::new(cfg, &host.current());
+        let mut book = BanBook::default();
+        book.set_labeller(dynamic::country_labeller(&dynamic.geo.db));
         Ok(AgentCore {
             allowlist: cfg.allowlist.clone(),
             jails,
-            book: BanBook::default(),
+            book,
             store,
             enforcer,
             default_bantime: cfg.default_bantime,
@@ -261,7 +355,7 @@ impl AgentCore {
             batching: false,
             batch_error: None,
             backlog: StoreBacklog::default(),
-            dynamic: dynamic::Dynamic::new(cfg, &host.current()),
+            dynamic,
             guard: BanGuard {
                 min_prefix_v4: cfg.agent.min_prefix_v4,
                 min_prefix_v6: cfg.agent.min_prefix_v6,
@@ -384,7 +478,12 @@ impl AgentCore {
         // The allowlist map: the configured entries with the names'
         // current addresses and geo allow rules, written whole.
         self.dynamic.self_addrs = self.guard.host.current().to_vec();
+        let old_db = self.dynamic.geo.db.clone();
         self.dynamic.configure(cfg);
+        if !dynamic::same_db(&old_db, &self.dynamic.geo.db) {
+            self.book
+                .set_labeller(dynamic::country_labeller(&self.dynamic.geo.db));
+        }
         self.refresh_jail_ignores();
         self.rebuild_allowlist()?;
         self.sync_geo(true)?;
@@ -963,9 +1062,9 @@ impl AgentCore {
     /// Fleet bans held now, per origin node.
     pub fn fleet_origins(&self) -> std::collections::BTreeMap<String, usize> {
         let mut out = std::collections::BTreeMap::new();
-        for r in self.book.iter() {
-            if let Some(o) = crate::fleet::apply::origin_of(&r.jail) {
-                *out.entry(o.to_string()).or_default() += 1;
+        for (jail, n) in &self.book.tally().records_by_jail {
+            if let Some(o) = crate::fleet::apply::origin_of(jail) {
+                *out.entry(o.to_string()).or_default() += n;
             }
         }
         out
@@ -1042,25 +1141,67 @@ impl AgentCore {
         self.subnets.prune(&self.escalation.subnet, secs);
     }
 
+    /// Every ban (of one jail), sorted as `xban banned` shows them.
     pub fn bans(&self, jail: Option<&str>) -> Vec<BanView> {
-        let fleet = jail == Some(crate::fleet::FLEET_JAIL);
-        let mut v: Vec<BanView> = self
-            .book
-            .iter()
-            .filter(|r| {
-                jail.is_none_or(|j| r.jail == j)
-                    || (fleet && crate::fleet::apply::is_fleet_jail(&r.jail))
-            })
-            .map(|r| {
-                let mut b = BanView::from(r);
-                b.country = self.country_of(r.target.addr());
-                b
-            })
-            .collect();
-        v.sort_by(|a, b| {
-            (a.banned_at, &a.address, &a.jail).cmp(&(b.banned_at, &b.address, &b.jail))
-        });
-        v
+        let mut listing = BanListing::new(jail);
+        while !listing.is_finished() {
+            self.continue_listing(&mut listing, usize::MAX);
+        }
+        listing.into_sorted()
+    }
+
+    /// A `banned` listing, checked and started; [`continue_listing`]
+    /// reads it a slice at a time.
+    ///
+    /// [`continue_listing`]: Self::continue_listing
+    pub fn start_listing(&self, jail: Option<&str>) -> Result<BanListing> {
+        if let Some(j) = jail {
+            self.known_ban_owner(j)?;
+        }
+        let mut listing = BanListing::new(jail);
+        // Room for all of them now: growing a vector of a million views
+        // copies it, in one turn.
+        let records = match jail {
+            Some(j) if j != crate::fleet::FLEET_JAIL => self
+                .book
+                .tally()
+                .records_by_jail
+                .get(j)
+                .copied()
+                .unwrap_or(0),
+            _ => self.book.tally().records_by_jail.values().sum(),
+        };
+        listing.views.reserve_exact(records);
+        Ok(listing)
+    }
+
+    /// Read up to `max_targets` more banned targets into the listing. The
+    /// book may change between slices: each target is read once, as it is
+    /// when its slice is read.
+    pub fn continue_listing(&self, listing: &mut BanListing, max_targets: usize) {
+        let fleet = listing.jail.as_deref() == Some(crate::fleet::FLEET_JAIL);
+        let mut read = 0;
+        let mut last = None;
+        for (t, recs) in self.book.targets_after(listing.after.as_ref()) {
+            if read == max_targets {
+                break;
+            }
+            read += 1;
+            last = Some(*t);
+            for r in recs {
+                let wanted = listing.jail.as_deref().is_none_or(|j| r.jail == j)
+                    || (fleet && crate::fleet::apply::is_fleet_jail(&r.jail));
+                if wanted {
+                    let mut b = BanView::from(r);
+                    b.country = self.country_of(r.target.addr());
+                    listing.views.push(b);
+                }
+            }
+        }
+        match last {
+            Some(t) if read == max_targets => listing.after = Some(t),
+            _ => listing.finished = true,
+        }
     }
 
     /// `bans_now` is counted for all jails in one pass over the book by the
@@ -1086,13 +1227,10 @@ impl AgentCore {
     }
 
     pub fn status(&self, jail: Option<&str>) -> Result<StatusView> {
-        // One pass over the book for every count: with a million bans each
-        // pass costs tens of milliseconds, and the loop waits for them.
-        let mut per_jail: HashMap<&str, usize> = HashMap::new();
-        for r in self.book.iter() {
-            *per_jail.entry(r.jail.as_str()).or_default() += 1;
-        }
-        let bans_now = |j: &Jail| per_jail.get(j.name()).copied().unwrap_or(0);
+        // Counts kept as bans change: no pass over the book, which with a
+        // million bans holds the loop for tens of milliseconds.
+        let tally = self.book.tally();
+        let bans_now = |j: &Jail| tally.records_by_jail.get(j.name()).copied().unwrap_or(0);
         let jails = match jail {
             Some(name) => {
                 let j = self.jail_by_name(name)?;
@@ -1104,13 +1242,7 @@ impl AgentCore {
                 .map(|j| self.jail_status(j, false, bans_now(j)))
                 .collect(),
         };
-        let (mut bans_drop, mut bans_tarpit) = (0, 0);
-        for (_, r) in self.book.effective_all() {
-            match r.class {
-                BanClass::Drop => bans_drop += 1,
-                BanClass::Tarpit => bans_tarpit += 1,
-            }
-        }
+        let (bans_drop, bans_tarpit) = (tally.drop, tally.tarpit);
         Ok(StatusView {
             interfaces: self.interfaces.clone(),
             xdp_mode: self.xdp_mode.clone(),
@@ -1144,21 +1276,15 @@ impl AgentCore {
             geo: self.geo_status(),
             bans_by_country: self.bans_by_country(),
             fleet: None,
+            event_loop: None,
         })
     }
 
     fn bans_by_country(&self) -> std::collections::BTreeMap<String, usize> {
-        let mut out = std::collections::BTreeMap::new();
         if self.dynamic.geo.db.is_none() {
-            return out;
+            return Default::default();
         }
-        for (t, _) in self.book.effective_all() {
-            let c = self
-                .country_of(t.addr())
-                .unwrap_or_else(|| "unknown".to_string());
-            *out.entry(c).or_default() += 1;
-        }
-        out
+        self.book.tally().by_label.clone()
     }
 
     fn jail_by_name(&self, name: &str) -> Result<&Jail> {
@@ -1175,7 +1301,7 @@ impl AgentCore {
     fn known_ban_owner(&self, name: &str) -> Result<()> {
         if self.jails.iter().any(|j| j.name() == name)
             || crate::guard::RESERVED_JAIL_NAMES.contains(&name)
-            || self.book.iter().any(|r| r.jail == name)
+            || self.book.has_jail(name)
         {
             return Ok(());
         }
@@ -1267,10 +1393,11 @@ impl AgentCore {
         let result: Result<serde_json::Value> = (|| match req {
             Request::Status { jail } => Ok(serde_json::to_value(self.status(jail.as_deref())?)?),
             Request::Banned { jail } => {
-                if let Some(j) = jail {
-                    self.known_ban_owner(j)?;
+                let mut listing = self.start_listing(jail.as_deref())?;
+                while !listing.is_finished() {
+                    self.continue_listing(&mut listing, usize::MAX);
                 }
-                Ok(serde_json::to_value(self.bans(jail.as_deref()))?)
+                Ok(serde_json::to_value(listing.into_sorted())?)
             }
             Request::Ban {
                 target,
@@ -1322,9 +1449,9 @@ impl AgentCore {
                 if removed.is_empty() {
                     let covering: Vec<String> = self
                         .book
+                        .covering(&t)
                         .iter()
-                        .filter(|r| r.target != t && r.target.covers(&t))
-                        .map(|r| r.target.to_string())
+                        .map(Target::to_string)
                         .collect();
                     if covering.is_empty() {
                         bail!(

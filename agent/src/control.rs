@@ -58,6 +58,23 @@ pub enum Request {
     Teardown,
 }
 
+impl Request {
+    /// The request's name, as the event loop's timings label it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Request::Status { .. } => "status",
+            Request::Banned { .. } => "banned",
+            Request::Ban { .. } => "ban",
+            Request::Unban { .. } => "unban",
+            Request::Stats => "stats",
+            Request::Geo { .. } => "geo",
+            Request::Reload => "reload",
+            Request::Metrics => "metrics",
+            Request::Teardown => "teardown",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Reply {
     pub ok: bool,

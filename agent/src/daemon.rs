@@ -5,13 +5,13 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::actions::{self, ActionConfig};
-use crate::agent::AgentCore;
+use crate::agent::{AgentCore, BanListing, LoopTurns, LISTING_SLICE};
 use crate::ban::now_secs;
 use crate::config::{Config, JailSettings, ResolvedConfig, SourceSpec};
 use crate::control::{self, ControlMessage, Reply, Request};
@@ -110,6 +110,10 @@ struct Daemon {
     dns_tx: mpsc::Sender<crate::dns::LookupResult>,
     /// `[fleet]`, when on.
     fleet: Option<crate::fleet::apply::FleetRuntime>,
+    /// `banned` replies being read, a slice per loop turn, oldest first.
+    listings: std::collections::VecDeque<(BanListing, oneshot::Sender<Reply>)>,
+    /// How long the loop's turns take (status, metrics).
+    turns: LoopTurns,
 }
 
 fn load_config(path: &Path) -> Result<ResolvedConfig> {
@@ -441,6 +445,33 @@ impl Daemon {
         Ok(notes.join("; "))
     }
 
+    /// Start a `banned` reply: read a slice per loop turn (so that a ban
+    /// never waits behind a million-ban listing), sorted and sent off the
+    /// loop.
+    fn start_listing(&mut self, jail: Option<&str>, reply: oneshot::Sender<Reply>) {
+        match self.core.start_listing(jail) {
+            Ok(l) => self.listings.push_back((l, reply)),
+            Err(e) => {
+                let _ = reply.send(Reply::err(format!("{e:#}")));
+            }
+        }
+    }
+
+    /// One slice of the oldest listing; a finished one is sorted and sent
+    /// from a blocking thread.
+    fn continue_listing(&mut self) {
+        let Some((listing, _)) = self.listings.front_mut() else {
+            return;
+        };
+        self.core.continue_listing(listing, LISTING_SLICE);
+        if listing.is_finished() {
+            let (listing, reply) = self.listings.pop_front().expect("front exists");
+            tokio::task::spawn_blocking(move || {
+                let _ = reply.send(Reply::ok(listing.into_sorted()));
+            });
+        }
+    }
+
     /// The core's status plus what only the daemon knows: the sources.
     fn status(&self, jail: Option<&str>) -> Result<serde_json::Value> {
         let mut st = self.core.status(jail)?;
@@ -453,6 +484,7 @@ impl Daemon {
                 .unwrap_or_default();
         }
         st.links = self.xdp.as_ref().map(XdpEnforcer::link_status);
+        st.event_loop = Some(self.turns.clone());
         Ok(serde_json::to_value(st)?)
     }
 
@@ -477,6 +509,7 @@ impl Daemon {
         }
         let mut status = self.core.status(None)?;
         status.links = self.xdp.as_ref().map(XdpEnforcer::link_status);
+        status.event_loop = Some(self.turns.clone());
         let mut text = self
             .metrics
             .render(&status, u64::from(xban_common::BANS_MAX_ENTRIES));
@@ -703,6 +736,8 @@ pub async fn run(config_path: &Path, opts: RunOptions) -> Result<()> {
         dns,
         dns_tx,
         fleet: None,
+        listings: Default::default(),
+        turns: LoopTurns::default(),
     };
     match (&resolved.fleet, opts.dry_run) {
         (Some(_), true) => tracing::warn!("dry run: [fleet] is off (nothing published or applied)"),
@@ -739,6 +774,7 @@ pub async fn run(config_path: &Path, opts: RunOptions) -> Result<()> {
         };
         tokio::select! {
             Some(first) = fleet_next => {
+                let started = Instant::now();
                 let mut batch = vec![first];
                 if let Some(f) = d.fleet.as_mut() {
                     while batch.len() < crate::fleet::apply::APPLY_BATCH {
@@ -750,8 +786,10 @@ pub async fn run(config_path: &Path, opts: RunOptions) -> Result<()> {
                     f.on_incoming(&mut d.core, batch);
                 }
                 d.drain_events();
+                d.turns.record("fleet", started);
             }
             Some(first) = line_rx.recv() => {
+                let started = Instant::now();
                 // Whatever else is queued goes in the same batch, bounded so
                 // a control request waits for one batch at most.
                 let mut batch = vec![first];
@@ -762,8 +800,21 @@ pub async fn run(config_path: &Path, opts: RunOptions) -> Result<()> {
                     }
                 }
                 d.on_lines(batch);
+                d.turns.record("lines", started);
+            }
+            _ = std::future::ready(()), if !d.listings.is_empty() => {
+                let started = Instant::now();
+                d.continue_listing();
+                d.turns.record("listing", started);
             }
             Some(msg) = ctl_rx.recv() => {
+                let started = Instant::now();
+                if let Request::Banned { jail } = &msg.request {
+                    let jail = jail.clone();
+                    d.start_listing(jail.as_deref(), msg.reply);
+                    d.turns.record("banned", started);
+                    continue;
+                }
                 let reply = match &msg.request {
                     Request::Reload => match d.reload().await {
                         Ok(m) => Reply::ok(m),
@@ -783,18 +834,22 @@ pub async fn run(config_path: &Path, opts: RunOptions) -> Result<()> {
                 d.drain_events();
                 let is_teardown = msg.request == Request::Teardown;
                 let _ = msg.reply.send(reply);
+                d.turns.record(msg.request.kind(), started);
                 if is_teardown {
                     teardown_requested = true;
                     break;
                 }
             }
             Some((name, lookup)) = dns_rx.recv() => {
+                let started = Instant::now();
                 if let Err(e) = d.core.dns_result(&name, &lookup) {
                     tracing::error!("dns: {name}: {e:#}");
                 }
                 d.drain_events();
+                d.turns.record("dns", started);
             }
             _ = tick.tick() => {
+                let started = Instant::now();
                 ticks += 1;
                 if d.core.geo_changed() {
                     if let Err(e) = d.core.reload_geo() {
@@ -825,9 +880,18 @@ pub async fn run(config_path: &Path, opts: RunOptions) -> Result<()> {
                         }
                     }
                 }
+                d.turns.record("tick", started);
             }
-            _ = link_check.tick(), if d.xdp.is_some() => d.check_links(),
-            Some(()) = link_rx.recv() => d.check_links(),
+            _ = link_check.tick(), if d.xdp.is_some() => {
+                let started = Instant::now();
+                d.check_links();
+                d.turns.record("links", started);
+            }
+            Some(()) = link_rx.recv() => {
+                let started = Instant::now();
+                d.check_links();
+                d.turns.record("links", started);
+            }
             _ = sighup.recv() => { let _ = d.reload().await; }
             _ = sigterm.recv() => { tracing::info!("SIGTERM: stopping"); break; }
             _ = sigint.recv() => { tracing::info!("SIGINT: stopping"); break; }

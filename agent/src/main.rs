@@ -562,7 +562,14 @@ fn print_status(s: &StatusView) {
             t["mode"].as_str().unwrap_or("?"),
             t["members"]
         );
+        if let Some(e) = t["counters_error"].as_str() {
+            println!("  counters not readable: {e}");
+        }
         if let Some(c) = t.get("counters").filter(|c| !c.is_null()) {
+            println!(
+                "  counters read {:.1} s ago:",
+                t["counters_age_secs"].as_f64().unwrap_or(0.0)
+            );
             for fam in ["v4", "v6"] {
                 println!(
                     "  {fam}: steered {} packets, {} to the target, {} dropped over the limit",
@@ -572,6 +579,16 @@ fn print_status(s: &StatusView) {
                 );
             }
         }
+    }
+    if let Some(l) = &s.event_loop {
+        println!(
+            "event loop: {} turns, {} over {} ms, slowest {:.1} ms ({})",
+            l.turns,
+            l.slow_turns,
+            xban::agent::LoopTurns::SLOW_MS,
+            l.slowest_ms,
+            l.slowest_work
+        );
     }
     for r in &s.ban_refusals {
         println!(

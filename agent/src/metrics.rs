@@ -294,6 +294,35 @@ impl Metrics {
                 pins.and_then(|p| p.as_u64()).unwrap_or_default()
             );
         }
+        if let Some(l) = &status.event_loop {
+            family(
+                &mut o,
+                "xban_event_loop_turns_total",
+                "counter",
+                "Turns of the agent's event loop (a batch of lines, a request, a tick...).",
+            );
+            let _ = writeln!(o, "xban_event_loop_turns_total {}", l.turns);
+            family(
+                &mut o,
+                "xban_event_loop_slow_turns_total",
+                "counter",
+                "Event-loop turns longer than 10 ms: bans wait behind them.",
+            );
+            let _ = writeln!(o, "xban_event_loop_slow_turns_total {}", l.slow_turns);
+            family(
+                &mut o,
+                "xban_event_loop_slowest_turn_seconds",
+                "gauge",
+                "The longest event-loop turn since the agent started, per kind of work.",
+            );
+            for (work, w) in &l.by_work {
+                let _ = writeln!(
+                    o,
+                    "xban_event_loop_slowest_turn_seconds{{work=\"{work}\"}} {}",
+                    w.slowest_ms / 1e3
+                );
+            }
+        }
         family(
             &mut o,
             "xban_store_backlog",
@@ -518,6 +547,30 @@ mod tests {
             geo: None,
             bans_by_country: Default::default(),
             fleet: None,
+            event_loop: Some(crate::agent::LoopTurns {
+                turns: 9,
+                slow_turns: 2,
+                slowest_ms: 12.5,
+                slowest_work: "status".into(),
+                by_work: [
+                    (
+                        "status".to_string(),
+                        crate::agent::WorkTurns {
+                            turns: 3,
+                            slowest_ms: 12.5,
+                        },
+                    ),
+                    (
+                        "lines".to_string(),
+                        crate::agent::WorkTurns {
+                            turns: 6,
+                            slowest_ms: 2.0,
+                        },
+                    ),
+                ]
+                .into_iter()
+                .collect(),
+            }),
         };
         let text = Metrics::default().render(&status, 10);
         for line in [
@@ -531,6 +584,10 @@ mod tests {
             "xban_xdp_attached{interface=\"late0\"} 0",
             "xban_xdp_repairs_total{interface=\"eth9\"} 3",
             "xban_xdp_pin_repairs_total 1",
+            "xban_event_loop_turns_total 9",
+            "xban_event_loop_slow_turns_total 2",
+            "xban_event_loop_slowest_turn_seconds{work=\"status\"} 0.0125",
+            "xban_event_loop_slowest_turn_seconds{work=\"lines\"} 0.002",
         ] {
             assert!(text.lines().any(|l| l == line), "{line} missing:\n{text}");
         }

@@ -62,9 +62,18 @@ fn tarpit_class_is_passed_by_xdp_and_steered_to_the_chain() {
         stats(&dir, "passed_tarpit") > passed,
         "XDP passed them as tarpit class"
     );
-    let c = &status(&dir)["tarpit"]["counters"];
-    assert!(c["v4"]["limited_packets"].as_u64().unwrap() >= 1, "{c}");
-    assert!(c["v6"]["limited_packets"].as_u64().unwrap() >= 1, "{c}");
+    // The counters are read off the event loop every few seconds, and
+    // status says how old its reading is.
+    let limited =
+        |c: &serde_json::Value, fam: &str| c[fam]["limited_packets"].as_u64().unwrap_or(0);
+    let mut last = serde_json::Value::Null;
+    let counted = wait_for(Duration::from_secs(15), || {
+        last = status(&dir)["tarpit"].clone();
+        limited(&last["counters"], "v4") >= 1 && limited(&last["counters"], "v6") >= 1
+    });
+    assert!(counted, "{last}");
+    let age = last["counters_age_secs"].as_f64().unwrap();
+    assert!(age < 15.0, "{last}");
     // Steering is for TCP; other traffic from the address is not held.
     assert!(lab.udp_reaches(ATK_V4, SRV_V4));
     // An unbanned neighbour is untouched.

@@ -385,6 +385,16 @@ impl AgentDir {
         Ok(self.xban_command().args(args).output()?)
     }
 
+    /// Start an `xban` command without waiting for it (stdout piped).
+    pub fn xban_spawn(&self, args: &[&str]) -> Result<std::process::Child> {
+        Ok(self
+            .xban_command()
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()?)
+    }
+
     fn xban_command(&self) -> Command {
         let mut cmd = match self.netns.borrow().as_ref() {
             Some(ns) => {

@@ -70,6 +70,28 @@ impl Dynamic {
     }
 }
 
+/// Names each banned target by its country in `db` ("unknown" where the
+/// database has none), for `status`'s bans per country.
+pub fn country_labeller(db: &Option<Arc<GeoDb>>) -> Option<crate::ban::Labeller> {
+    let db = db.clone()?;
+    Some(Arc::new(move |t: &Target| {
+        Some(
+            db.country_of(t.addr())
+                .unwrap_or_else(|| "unknown".to_string()),
+        )
+    }))
+}
+
+/// The same database (not just an equal one): a reload that keeps it
+/// need not count the bans per country again.
+pub fn same_db(a: &Option<Arc<GeoDb>>, b: &Option<Arc<GeoDb>>) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+        (None, None) => true,
+        _ => false,
+    }
+}
+
 /// Every host name of the config: `[defaults]` and the jails'.
 pub fn all_names(cfg: &ResolvedConfig) -> Vec<String> {
     let mut all: BTreeSet<String> = cfg.allow_names.iter().cloned().collect();
@@ -311,6 +333,8 @@ impl AgentCore {
         let db = GeoDb::open(&cfg)?;
         let set = geo::compile(&db, &cfg.rules)?;
         self.dynamic.geo.db = Some(Arc::new(db));
+        self.book
+            .set_labeller(country_labeller(&self.dynamic.geo.db));
         self.dynamic.geo.compiled = Arc::new(set);
         tracing::info!("geo: database changed, applying the difference");
         self.sync_geo(true)

@@ -452,6 +452,75 @@ pub struct TarpitSteering {
     leftovers: bool,
     /// Why the class is held where it is (for `xban status`).
     reason: String,
+    /// Counters for `status`, read off the event loop (started on first use).
+    probe: std::sync::OnceLock<CounterProbe>,
+}
+
+/// How often the background thread reads the chain counters.
+const COUNTER_PROBE_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The chain counters as last read by a background thread: reading them
+/// runs iptables four times, tens of milliseconds that a `status` or a
+/// scrape must not hold the event loop for.
+#[derive(Debug)]
+struct CounterProbe {
+    latest: std::sync::Arc<std::sync::Mutex<Option<CounterReading>>>,
+}
+
+/// One reading of the counters, and when it was taken.
+#[derive(Debug, Clone)]
+pub struct CounterReading {
+    pub at: std::time::Instant,
+    pub counters: Result<SteeringCounters, String>,
+}
+
+impl CounterProbe {
+    fn start(plumbing: Plumbing) -> CounterProbe {
+        let latest = std::sync::Arc::new(std::sync::Mutex::new(None));
+        let shared = std::sync::Arc::downgrade(&latest);
+        let spawned = std::thread::Builder::new()
+            .name("xban-counters".into())
+            .spawn(move || {
+                // Ends once the steering (holding the strong end) is gone.
+                while let Some(slot) = shared.upgrade() {
+                    let reading = CounterReading {
+                        counters: read_counters(&plumbing).map_err(|e| e.to_string()),
+                        at: std::time::Instant::now(),
+                    };
+                    *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(reading);
+                    drop(slot);
+                    std::thread::sleep(COUNTER_PROBE_EVERY);
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::warn!("tarpit: no thread to read the chain counters ({e}); status shows none");
+        }
+        CounterProbe { latest }
+    }
+}
+
+/// Packet counters of the hook and the chain's rules, per family.
+fn read_counters(p: &Plumbing) -> Result<SteeringCounters, SteeringError> {
+    let fam_counters = |fam| -> Result<FamilyCounters, SteeringError> {
+        let mut c = FamilyCounters::default();
+        for rule in p.rules(fam, "filter", "INPUT")? {
+            if p.is_hook(fam, &rule) {
+                c.steered_packets += rule.packets;
+            }
+        }
+        for rule in p.rules(fam, "filter", &p.cfg.chain)? {
+            if rule.has("limit") {
+                c.limited_packets += rule.packets;
+            } else if rule.jumps_to("DROP") {
+                c.dropped_over_limit += rule.packets;
+            }
+        }
+        Ok(c)
+    };
+    Ok(SteeringCounters {
+        v4: fam_counters(Family::V4)?,
+        v6: fam_counters(Family::V6)?,
+    })
 }
 
 impl TarpitSteering {
@@ -479,6 +548,7 @@ impl TarpitSteering {
             notice: None,
             leftovers: false,
             reason: "[tarpit] enabled = false: the class is dropped in XDP".into(),
+            probe: Default::default(),
         };
         if !cfg.enabled {
             steering.leftovers = steering.plumbing.has_leftovers();
@@ -676,27 +746,26 @@ impl TarpitSteering {
         if !self.mode.is_active() {
             return Ok(SteeringCounters::default());
         }
-        let p = &self.plumbing;
-        let fam_counters = |fam| -> Result<FamilyCounters, SteeringError> {
-            let mut c = FamilyCounters::default();
-            for rule in p.rules(fam, "filter", "INPUT")? {
-                if p.is_hook(fam, &rule) {
-                    c.steered_packets += rule.packets;
-                }
-            }
-            for rule in p.rules(fam, "filter", &p.cfg.chain)? {
-                if rule.has("limit") {
-                    c.limited_packets += rule.packets;
-                } else if rule.jumps_to("DROP") {
-                    c.dropped_over_limit += rule.packets;
-                }
-            }
-            Ok(c)
-        };
-        Ok(SteeringCounters {
-            v4: fam_counters(Family::V4)?,
-            v6: fam_counters(Family::V6)?,
-        })
+        read_counters(&self.plumbing)
+    }
+
+    /// The counters as a background thread last read them (`None` until
+    /// its first reading; inactive steering reads zero at once).
+    pub fn counters_snapshot(&self) -> Option<CounterReading> {
+        if !self.mode.is_active() {
+            return Some(CounterReading {
+                at: std::time::Instant::now(),
+                counters: Ok(SteeringCounters::default()),
+            });
+        }
+        let probe = self
+            .probe
+            .get_or_init(|| CounterProbe::start(self.plumbing.clone()));
+        probe
+            .latest
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Remove hooks, chain, raw rules and sets. Also usable without a running
@@ -2319,6 +2388,23 @@ mod tests {
                 c.limited_packets + c.dropped_over_limit,
                 "{c:?}"
             );
+            // What status serves, read by the background thread, catches
+            // up with the direct read.
+            let deadline = std::time::Instant::now() + COUNTER_PROBE_EVERY * 3;
+            let seen = loop {
+                let r = st.counters_snapshot();
+                if let Some(Ok(s)) = r.as_ref().map(|r| r.counters.clone()) {
+                    if s.v4 == c {
+                        break r.unwrap();
+                    }
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "snapshot {r:?}, read {c:?}"
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            };
+            assert!(seen.at.elapsed() <= COUNTER_PROBE_EVERY * 2);
             TarpitSteering::teardown_in(&cfg, lab.server.name()).unwrap();
         }
 

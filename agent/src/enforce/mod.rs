@@ -224,7 +224,15 @@ impl Enforcer for KernelEnforcer {
 
     fn steering_status(&self) -> Option<serde_json::Value> {
         let s = self.steering.as_ref()?;
-        let counters = s.counters().ok();
+        // Read off the loop, at most a few seconds old, with its age.
+        let reading = s.counters_snapshot();
+        let counters = reading
+            .as_ref()
+            .and_then(|r| r.counters.as_ref().ok().copied());
+        let counters_error = reading
+            .as_ref()
+            .and_then(|r| r.counters.as_ref().err().cloned());
+        let counters_age_secs = reading.map(|r| r.at.elapsed().as_secs_f64());
         Some(serde_json::json!({
             "engine": self.engine().name(),
             "reason": s.reason(),
@@ -232,8 +240,12 @@ impl Enforcer for KernelEnforcer {
             "burst": self.tarpit.burst,
             "mode": s.mode().to_string(),
             "active": s.mode().is_active(),
-            "members": s.members().map(|m| m.len()).unwrap_or(0),
+            // What the agent put in the sets: `ipset list` of a large set
+            // would hold the loop for seconds.
+            "members": self.steered.len(),
             "counters": counters,
+            "counters_age_secs": counters_age_secs,
+            "counters_error": counters_error,
         }))
     }
 }

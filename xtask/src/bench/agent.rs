@@ -11,11 +11,121 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{bail, Context, Result};
 
 use super::bpfmap::PinnedTrie;
-use super::lab::Rig;
+use super::lab::{Requester, Rig};
 use super::loggen::{attacker_addr, sshd_failure};
 use super::{dur, num, percentile, thousands, wait_for, Ctx, Section, Table};
 
 const MAXRETRY: u64 = 3;
+
+const STATUS_REQ: &str = "{\"cmd\":\"status\",\"jail\":null}";
+
+/// `status` asked every `every` from another thread, round trips recorded,
+/// while the agent is busy with something else.
+struct StatusProbe {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<Vec<f64>>,
+}
+
+impl StatusProbe {
+    fn start(req: Requester, every: Duration) -> StatusProbe {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut ms = Vec::new();
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Ok((t, _)) = req.timed(STATUS_REQ) {
+                    ms.push(t);
+                }
+                std::thread::sleep(every);
+            }
+            ms
+        });
+        StatusProbe { stop, thread }
+    }
+
+    /// The round trips, in milliseconds.
+    fn stop(self) -> Vec<f64> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.join().unwrap_or_default()
+    }
+}
+
+/// "p50 / max" of round trips in milliseconds.
+fn p50_max(ms: &mut [f64]) -> (String, String) {
+    if ms.is_empty() {
+        return ("?".into(), "?".into());
+    }
+    let p50 = percentile(ms, 50.0);
+    let max = ms.iter().copied().fold(0.0, f64::max);
+    (format!("{p50:.2} ms"), format!("{max:.2} ms"))
+}
+
+/// With `bans` held: `status` and `metrics` round trips, a whole `banned`
+/// listing, and a ban asked while that listing is read; then the slowest
+/// event-loop turn per kind of work, as the agent measured them.
+fn responsiveness(rig: &Rig, bans: u64, table: &mut Table, notes: &mut Vec<String>) -> Result<()> {
+    let req = rig.requester();
+    let held = thousands(bans);
+    for (name, json) in [("status", STATUS_REQ), ("metrics", "{\"cmd\":\"metrics\"}")] {
+        let mut ms = Vec::new();
+        for _ in 0..30 {
+            ms.push(req.timed(json)?.0);
+        }
+        let (p50, max) = p50_max(&mut ms);
+        table.row(vec![
+            format!("`{name}`, {held} bans held"),
+            "30".into(),
+            p50,
+            max,
+        ]);
+    }
+    let lister = req.clone();
+    let listing = std::thread::spawn(move || lister.timed("{\"cmd\":\"banned\",\"jail\":null}"));
+    std::thread::sleep(Duration::from_millis(20));
+    let (ban_ms, _) = req.timed(
+        "{\"cmd\":\"ban\",\"target\":\"203.0.113.250\",\"jail\":null,\"bantime\":null,\"class\":null}",
+    )?;
+    let (list_ms, views) = listing
+        .join()
+        .map_err(|_| anyhow::anyhow!("the listing thread panicked"))??;
+    let listed = views.as_array().map_or(0, Vec::len);
+    table.row(vec![
+        format!("`banned`, whole listing of {}", thousands(listed as u64)),
+        "1".into(),
+        format!("{list_ms:.0} ms"),
+        format!("{list_ms:.0} ms"),
+    ]);
+    table.row(vec![
+        "`ban`, asked while that listing is read".into(),
+        "1".into(),
+        format!("{ban_ms:.2} ms"),
+        format!("{ban_ms:.2} ms"),
+    ]);
+    req.request(
+        "{\"cmd\":\"unban\",\"target\":\"203.0.113.250\",\"jail\":null,\"all\":false,\"local\":false}",
+    )?;
+    let st = req.request(STATUS_REQ)?;
+    let turns = &st["event_loop"];
+    let mut by_work: Vec<String> = turns["by_work"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(work, w)| {
+            format!(
+                "{work} {:.1} ms ({} turns)",
+                w["slowest_ms"].as_f64().unwrap_or(f64::NAN),
+                w["turns"]
+            )
+        })
+        .collect();
+    by_work.sort();
+    notes.push(format!(
+        "Slowest event-loop turn per kind of work over this agent's life with {held} bans (the agent's own `status` → `event_loop`; `listing` is one slice of a `banned` reply): {}; {} turns over 10 ms.",
+        by_work.join(", "),
+        turns["slow_turns"]
+    ));
+    Ok(())
+}
 
 /// The failure lines that ban `addr` (the `i`th address of a run): the
 /// first maxretry - 1, and the one that reaches maxretry, written apart so
@@ -617,6 +727,7 @@ pub fn scale(ctx: &Ctx) -> Result<Vec<Section>> {
     let base = 1_000_000u32;
     let last = attacker_addr(base + burst as u32 - 1);
     let data = failure_lines(base, burst, MAXRETRY);
+    let probe = StatusProbe::start(rig.requester(), Duration::from_millis(20));
     let started = Instant::now();
     rig.append(&data)?;
     drop(data);
@@ -627,6 +738,7 @@ pub fn scale(ctx: &Ctx) -> Result<Vec<Section>> {
         tries.contains(last).then_some(())
     });
     let burst_time = started.elapsed();
+    let mut during_burst = probe.stop();
     if last_in.is_none() {
         bail!(
             "the burst of {burst} was not banned within {timeout:?}: {}",
@@ -656,9 +768,23 @@ pub fn scale(ctx: &Ctx) -> Result<Vec<Section>> {
         num(burst as f64 / burst_time.as_secs_f64()),
     ]);
 
+    let mut resp = Table::new(&["request", "samples", "round trip p50", "max"]);
+    let mut resp_notes = Vec::new();
+    let samples = during_burst.len();
+    let (p50, max) = p50_max(&mut during_burst);
+    resp.row(vec![
+        format!(
+            "`status` every 20 ms during the burst of {}",
+            thousands(burst)
+        ),
+        samples.to_string(),
+        p50,
+        max,
+    ]);
+
     // A million bans restored at start.
     let bans = ctx.size(1_000_000, 20_000);
-    let (restore_table, restore_notes) = restore(ctx, bans, &mut mem)?;
+    let (restore_table, restore_notes) = restore(ctx, bans, &mut mem, &mut resp, &mut resp_notes)?;
 
     Ok(vec![
         Section {
@@ -689,6 +815,16 @@ pub fn scale(ctx: &Ctx) -> Result<Vec<Section>> {
             ],
             table: restore_table,
             notes: restore_notes,
+        },
+        Section {
+            title: "Responsiveness: requests while banning, and with a million bans".into(),
+            method: format!(
+                "Control requests on the agent's socket, timed by the client (connect, request, whole reply read). During the burst above a thread asks `status` every 20 ms. Then, with the {} restored bans held (warm start above): 30 `status` and 30 `metrics` requests one after another; one `banned` listing of every ban, and a `ban` sent 20 ms after it (answered while the listing is read a slice per loop turn); the agent's own event-loop timings close the section.",
+                thousands(bans)
+            ),
+            commands: vec![],
+            table: resp,
+            notes: resp_notes,
         },
     ])
 }
@@ -724,7 +860,13 @@ pub fn log_time_after(log: &str, needle: &str, since: SystemTime) -> Option<f64>
     Some(at - since.duration_since(UNIX_EPOCH).ok()?.as_secs_f64())
 }
 
-fn restore(ctx: &Ctx, bans: u64, mem: &mut Table) -> Result<(Table, Vec<String>)> {
+fn restore(
+    ctx: &Ctx,
+    bans: u64,
+    mem: &mut Table,
+    resp: &mut Table,
+    resp_notes: &mut Vec<String>,
+) -> Result<(Table, Vec<String>)> {
     let mut rig = Rig::new(ctx, &jail_config(MAXRETRY))?;
     // A first run creates the database and its schema (the agent's own migration).
     rig.start_and_wait()?;
@@ -786,7 +928,7 @@ fn restore(ctx: &Ctx, bans: u64, mem: &mut Table) -> Result<(Table, Vec<String>)
             format!("{:.2} s", answered.as_secs_f64()),
         ]);
         notes.push(format!(
-            "{label}: the agent logged `{}`; its first `status` answer came {} after `xban ready` (`status` reads every entry of the kernel tries to report `map_entries`).",
+            "{label}: the agent logged `{}`; its first `status` answer came {} after `xban ready`.",
             line.split_once("INFO")
                 .map_or(line.as_str(), |(_, r)| r.trim()),
             match ready {
@@ -808,6 +950,7 @@ fn restore(ctx: &Ctx, bans: u64, mem: &mut Table) -> Result<(Table, Vec<String>)
             ),
         ]);
     }
+    responsiveness(&rig, bans, resp, resp_notes)?;
     rig.stop()?;
     drop(rig);
     let slowest = table

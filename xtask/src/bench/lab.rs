@@ -238,6 +238,35 @@ struct Proc {
 
 /// The agent in its lab. Dropping it kills the agent, tears down what it put
 /// in the kernel (`xban teardown`), then removes the namespaces.
+/// The agent's control socket, for requests from a probe thread.
+#[derive(Debug, Clone)]
+pub struct Requester(PathBuf);
+
+impl Requester {
+    /// One request; the reply's `data`.
+    pub fn request(&self, json: &str) -> Result<serde_json::Value> {
+        let mut s = UnixStream::connect(&self.0)?;
+        s.set_read_timeout(Some(Duration::from_secs(300)))?;
+        s.write_all(json.as_bytes())?;
+        s.write_all(b"\n")?;
+        let mut line = String::new();
+        BufReader::new(s).read_line(&mut line)?;
+        let reply: serde_json::Value =
+            serde_json::from_str(&line).with_context(|| format!("agent reply {line:?}"))?;
+        if reply["ok"] != serde_json::Value::Bool(true) {
+            bail!("agent refused {json}: {}", reply["error"]);
+        }
+        Ok(reply["data"].clone())
+    }
+
+    /// A request's round trip, in milliseconds.
+    pub fn timed(&self, json: &str) -> Result<(f64, serde_json::Value)> {
+        let started = Instant::now();
+        let data = self.request(json)?;
+        Ok((started.elapsed().as_secs_f64() * 1e3, data))
+    }
+}
+
 pub struct Rig {
     xban: PathBuf,
     proc: Option<Proc>,
@@ -366,18 +395,12 @@ impl Rig {
 
     /// One request on the control socket (what `xban status --json` etc. send).
     fn request(&self, json: &str) -> Result<serde_json::Value> {
-        let mut s = UnixStream::connect(&self.files.socket)?;
-        s.set_read_timeout(Some(Duration::from_secs(300)))?;
-        s.write_all(json.as_bytes())?;
-        s.write_all(b"\n")?;
-        let mut line = String::new();
-        BufReader::new(s).read_line(&mut line)?;
-        let reply: serde_json::Value =
-            serde_json::from_str(&line).with_context(|| format!("agent reply {line:?}"))?;
-        if reply["ok"] != serde_json::Value::Bool(true) {
-            bail!("agent refused {json}: {}", reply["error"]);
-        }
-        Ok(reply["data"].clone())
+        self.requester().request(json)
+    }
+
+    /// Sends control requests from any thread.
+    pub fn requester(&self) -> Requester {
+        Requester(self.files.socket.clone())
     }
 
     /// `xban status --json`.
