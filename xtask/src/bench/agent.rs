@@ -50,6 +50,29 @@ impl StatusProbe {
     }
 }
 
+/// The agent's own event-loop timings from a `status` reply, as a note.
+fn loop_turns_note(status: &serde_json::Value, when: &str) -> String {
+    let turns = &status["event_loop"];
+    let mut by_work: Vec<String> = turns["by_work"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(work, w)| {
+            format!(
+                "{work} {:.1} ms ({} turns)",
+                w["slowest_ms"].as_f64().unwrap_or(f64::NAN),
+                w["turns"]
+            )
+        })
+        .collect();
+    by_work.sort();
+    format!(
+        "Slowest event-loop turn per kind of work, {when} (the agent's own `status` → `event_loop`; `lines` is one batch of up to 1,024 lines, `listing` one slice of a `banned` reply): {}; {} turns over 10 ms.",
+        by_work.join(", "),
+        turns["slow_turns"]
+    )
+}
+
 /// "p50 / max" of round trips in milliseconds.
 fn p50_max(ms: &mut [f64]) -> (String, String) {
     if ms.is_empty() {
@@ -80,20 +103,25 @@ fn responsiveness(rig: &Rig, bans: u64, table: &mut Table, notes: &mut Vec<Strin
         ]);
     }
     let lister = req.clone();
-    let listing = std::thread::spawn(move || lister.timed("{\"cmd\":\"banned\",\"jail\":null}"));
+    let listing =
+        std::thread::spawn(move || lister.timed_raw("{\"cmd\":\"banned\",\"jail\":null}"));
     std::thread::sleep(Duration::from_millis(20));
     let (ban_ms, _) = req.timed(
         "{\"cmd\":\"ban\",\"target\":\"203.0.113.250\",\"jail\":null,\"bantime\":null,\"class\":null}",
     )?;
-    let (list_ms, views) = listing
+    let raw = listing
         .join()
         .map_err(|_| anyhow::anyhow!("the listing thread panicked"))??;
-    let listed = views.as_array().map_or(0, Vec::len);
+    let listed = raw.text.matches("\"address\":").count();
     table.row(vec![
-        format!("`banned`, whole listing of {}", thousands(listed as u64)),
+        format!(
+            "`banned`, whole listing of {} ({} MB): first byte / last byte",
+            thousands(listed as u64),
+            raw.text.len() / 1_000_000
+        ),
         "1".into(),
-        format!("{list_ms:.0} ms"),
-        format!("{list_ms:.0} ms"),
+        format!("{:.0} ms", raw.first_byte_ms),
+        format!("{:.0} ms", raw.last_byte_ms),
     ]);
     table.row(vec![
         "`ban`, asked while that listing is read".into(),
@@ -105,25 +133,7 @@ fn responsiveness(rig: &Rig, bans: u64, table: &mut Table, notes: &mut Vec<Strin
         "{\"cmd\":\"unban\",\"target\":\"203.0.113.250\",\"jail\":null,\"all\":false,\"local\":false}",
     )?;
     let st = req.request(STATUS_REQ)?;
-    let turns = &st["event_loop"];
-    let mut by_work: Vec<String> = turns["by_work"]
-        .as_object()
-        .into_iter()
-        .flatten()
-        .map(|(work, w)| {
-            format!(
-                "{work} {:.1} ms ({} turns)",
-                w["slowest_ms"].as_f64().unwrap_or(f64::NAN),
-                w["turns"]
-            )
-        })
-        .collect();
-    by_work.sort();
-    notes.push(format!(
-        "Slowest event-loop turn per kind of work over this agent's life with {held} bans (the agent's own `status` → `event_loop`; `listing` is one slice of a `banned` reply): {}; {} turns over 10 ms.",
-        by_work.join(", "),
-        turns["slow_turns"]
-    ));
+    notes.push(loop_turns_note(&st, &format!("with {held} bans")));
     Ok(())
 }
 
@@ -658,6 +668,7 @@ pub fn scale(ctx: &Ctx) -> Result<Vec<Section>> {
     fine_timer_slack();
     let mut mem = Table::new(&[
         "agent state",
+        "RssAnon",
         "VmRSS",
         "VmHWM",
         "ban tries in the kernel (bytes_memlock)",
@@ -671,11 +682,12 @@ pub fn scale(ctx: &Ctx) -> Result<Vec<Section>> {
     rig.start_and_wait()?;
     commands.push(rig.run_command_text());
     commands.push(rig.bpftool_command_text());
-    commands.push("grep -E 'VmRSS|VmHWM' /proc/$(pidof xban)/status".into());
-    let (rss, hwm) = rig.memory_kib()?;
+    commands.push("grep -E 'RssAnon|VmRSS|VmHWM' /proc/$(pidof xban)/status".into());
+    let (rss, hwm, anon) = rig.memory_kib()?;
     let (m4, m6) = rig.ban_map_bytes()?;
     mem.row(vec![
         "idle, 1 jail, no bans".into(),
+        mib(anon),
         mib(rss),
         mib(hwm),
         bytes_mib(m4 + m6),
@@ -696,7 +708,7 @@ pub fn scale(ctx: &Ctx) -> Result<Vec<Section>> {
             rig.status()?
         );
     }
-    let (rss, hwm) = rig.memory_kib()?;
+    let (rss, hwm, anon) = rig.memory_kib()?;
     let failing_now = rig.status()?["jails"][0]["failing_now"]
         .as_u64()
         .unwrap_or(0);
@@ -705,6 +717,7 @@ pub fn scale(ctx: &Ctx) -> Result<Vec<Section>> {
             "{} distinct addresses failing once each",
             thousands(failing)
         ),
+        mib(anon),
         mib(rss),
         mib(hwm),
         "no bans".into(),
@@ -739,6 +752,10 @@ pub fn scale(ctx: &Ctx) -> Result<Vec<Section>> {
     });
     let burst_time = started.elapsed();
     let mut during_burst = probe.stop();
+    let burst_turns = loop_turns_note(
+        &rig.status()?,
+        &format!("during the burst of {}", thousands(burst)),
+    );
     if last_in.is_none() {
         bail!(
             "the burst of {burst} was not banned within {timeout:?}: {}",
@@ -750,10 +767,11 @@ pub fn scale(ctx: &Ctx) -> Result<Vec<Section>> {
     if active != burst {
         bail!("after the burst the agent has {active} active bans, not {burst}");
     }
-    let (rss, hwm) = rig.memory_kib()?;
+    let (rss, hwm, anon) = rig.memory_kib()?;
     let (m4, m6) = rig.ban_map_bytes()?;
     mem.row(vec![
         format!("after a burst of {} bans", thousands(burst)),
+        mib(anon),
         mib(rss),
         mib(hwm),
         bytes_mib(m4 + m6),
@@ -769,7 +787,7 @@ pub fn scale(ctx: &Ctx) -> Result<Vec<Section>> {
     ]);
 
     let mut resp = Table::new(&["request", "samples", "round trip p50", "max"]);
-    let mut resp_notes = Vec::new();
+    let mut resp_notes = vec![burst_turns];
     let samples = during_burst.len();
     let (p50, max) = p50_max(&mut during_burst);
     resp.row(vec![
@@ -789,7 +807,7 @@ pub fn scale(ctx: &Ctx) -> Result<Vec<Section>> {
     Ok(vec![
         Section {
             title: "Memory at scale".into(),
-            method: "The real agent (one sshd jail, maxretry 3) in its own network namespace. Agent memory is VmRSS (now) and VmHWM (peak) from /proc/PID/status; kernel memory of the two ban LPM tries is bpftool's `bytes_memlock`. Failing addresses: one failure line each for distinct addresses (IPv4 and every 7th IPv6), appended at once, read once the jail has counted them all. Bans: see the burst and restore sections.".into(),
+            method: "The real agent (one sshd jail, maxretry 3) in its own network namespace. Agent memory from /proc/PID/status: RssAnon (its own heap, now), VmRSS (now; it also counts the mmapped fast-path maps, which are kernel memory) and VmHWM (peak); kernel memory of the two ban LPM tries is bpftool's `bytes_memlock`. Failing addresses: one failure line each for distinct addresses (IPv4 and every 7th IPv6), appended at once, read once the jail has counted them all. Bans: see the burst and restore sections.".into(),
             commands,
             table: mem,
             notes: mem_notes,
@@ -936,10 +954,11 @@ fn restore(
                 None => "?".into(),
             }
         ));
-        let (rss, hwm) = rig.memory_kib()?;
+        let (rss, hwm, anon) = rig.memory_kib()?;
         let (m4, m6) = rig.ban_map_bytes()?;
         mem.row(vec![
             format!("{} active bans, restored {label}", thousands(bans)),
+            mib(anon),
             mib(rss),
             mib(hwm),
             format!(
@@ -953,16 +972,22 @@ fn restore(
     responsiveness(&rig, bans, resp, resp_notes)?;
     rig.stop()?;
     drop(rig);
-    let slowest = table
+    // Start to `status` answered, cold then warm, against issue 12's
+    // targets.
+    let answered: Vec<f64> = table
         .rows
         .iter()
         .filter_map(|r| r[3].trim_end_matches(" s").parse::<f64>().ok())
-        .fold(0.0, f64::max);
-    notes.push(format!(
-        "Target: {} bans restored in seconds, not minutes: {} (slowest start to `status` answered: {slowest:.1} s).",
-        thousands(bans),
-        if slowest < 60.0 { "met" } else { "MISSED" }
-    ));
+        .collect();
+    if let [cold, warm] = answered[..] {
+        let verdict = |t: f64, target: f64| if t <= target { "met" } else { "MISSED" };
+        notes.push(format!(
+            "Target: {} bans restored to `status` answered in ≤ 2 s cold and ≤ 1 s warm: cold {cold:.1} s ({}), warm {warm:.1} s ({}).",
+            thousands(bans),
+            verdict(cold, 2.0),
+            verdict(warm, 1.0)
+        ));
+    }
     Ok((table, notes))
 }
 

@@ -259,12 +259,47 @@ impl Requester {
         Ok(reply["data"].clone())
     }
 
+    /// A request whose reply is read as bytes, not parsed: when its first
+    /// and last bytes came (ms from the request) and the text.
+    pub fn timed_raw(&self, json: &str) -> Result<RawReply> {
+        use std::io::Read;
+        let started = Instant::now();
+        let mut s = UnixStream::connect(&self.0)?;
+        s.set_read_timeout(Some(Duration::from_secs(300)))?;
+        s.write_all(json.as_bytes())?;
+        s.write_all(b"\n")?;
+        let mut first = [0u8; 1];
+        s.read_exact(&mut first)?;
+        let first_byte_ms = started.elapsed().as_secs_f64() * 1e3;
+        let mut rest = Vec::new();
+        s.read_to_end(&mut rest)?;
+        let last_byte_ms = started.elapsed().as_secs_f64() * 1e3;
+        let mut bytes = first.to_vec();
+        bytes.extend(rest);
+        let text = String::from_utf8(bytes).context("reply not UTF-8")?;
+        if !text.starts_with("{\"ok\":true") {
+            bail!("agent refused {json}: {}", tail(&text, 3));
+        }
+        Ok(RawReply {
+            first_byte_ms,
+            last_byte_ms,
+            text,
+        })
+    }
+
     /// A request's round trip, in milliseconds.
     pub fn timed(&self, json: &str) -> Result<(f64, serde_json::Value)> {
         let started = Instant::now();
         let data = self.request(json)?;
         Ok((started.elapsed().as_secs_f64() * 1e3, data))
     }
+}
+
+/// A reply read as bytes (see [`Requester::timed_raw`]).
+pub struct RawReply {
+    pub first_byte_ms: f64,
+    pub last_byte_ms: f64,
+    pub text: String,
 }
 
 pub struct Rig {
@@ -440,7 +475,9 @@ impl Rig {
     }
 
     /// VmRSS and VmHWM of the agent, in KiB.
-    pub fn memory_kib(&self) -> Result<(u64, u64)> {
+    /// VmRSS, VmHWM and RssAnon (the agent's own heap: the mmapped fast
+    /// path maps count in VmRSS but are kernel memory), in KiB.
+    pub fn memory_kib(&self) -> Result<(u64, u64, u64)> {
         let pid = self.pid().context("the agent is not running")?;
         let text = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
         let field = |name: &str| -> Result<u64> {
@@ -450,7 +487,7 @@ impl Rig {
                 .and_then(|v| v.parse().ok())
                 .with_context(|| format!("no {name} in /proc/{pid}/status"))
         };
-        Ok((field("VmRSS:")?, field("VmHWM:")?))
+        Ok((field("VmRSS:")?, field("VmHWM:")?, field("RssAnon:")?))
     }
 
     /// Kernel memory of the two ban tries (`bytes_memlock` in `bpftool map
