@@ -1158,27 +1158,25 @@ impl AgentCore {
         if let Some(j) = jail {
             self.known_ban_owner(j)?;
         }
-        let mut listing = BanListing::new(jail);
-        // Room for all of them now: growing a vector of a million views
-        // copies it, in one turn.
-        let records = match jail {
-            Some(j) if j != crate::fleet::FLEET_JAIL => self
-                .book
-                .tally()
-                .records_by_jail
-                .get(j)
-                .copied()
-                .unwrap_or(0),
-            _ => self.book.tally().records_by_jail.values().sum(),
-        };
-        listing.views.reserve_exact(records);
-        Ok(listing)
+        Ok(BanListing::new(jail))
     }
 
     /// Read up to `max_targets` more banned targets into the listing. The
     /// book may change between slices: each target is read once, as it is
     /// when its slice is read.
     pub fn continue_listing(&self, listing: &mut BanListing, max_targets: usize) {
+        if listing.after.is_none() && listing.views.capacity() == 0 {
+            // Room for all of them at the first slice (not while queued):
+            // growing a vector of a million views copies it, in one turn.
+            let tally = self.book.tally();
+            let records = match listing.jail.as_deref() {
+                Some(j) if j != crate::fleet::FLEET_JAIL => {
+                    tally.records_by_jail.get(j).copied().unwrap_or(0)
+                }
+                _ => tally.records_by_jail.values().sum(),
+            };
+            listing.views.reserve_exact(records);
+        }
         let fleet = listing.jail.as_deref() == Some(crate::fleet::FLEET_JAIL);
         let mut read = 0;
         let mut last = None;
@@ -2224,6 +2222,70 @@ bogus
         core.guard.host.set_fixed(vec![]);
         core.on_lines(&[line("ssh fail from 203.0.113.50".into(), T0 + 1)]);
         assert_eq!(core.bans(None).len(), 1);
+    }
+
+    /// A listing read a few targets at a time, with bans added and lifted
+    /// between slices, lists every ban that stayed once, sorted, and the
+    /// counts in status agree with the book.
+    #[test]
+    fn a_listing_in_slices_equals_the_whole_and_survives_changes() {
+        let mut f = fixture("");
+        for i in 1..=20 {
+            f.core
+                .manual_ban(&format!("203.0.113.{i}"), None, None, None)
+                .unwrap();
+        }
+        for i in 1..=5 {
+            f.fail(1, &format!("2001:db8::{i}"), 1000);
+            f.fail(1, &format!("2001:db8::{i}"), 1001);
+        }
+        let whole = f.core.bans(None);
+        assert_eq!(whole.len(), 25);
+        let mut listing = f.core.start_listing(None).unwrap();
+        let mut slices = 0;
+        while !listing.is_finished() {
+            f.core.continue_listing(&mut listing, 3);
+            slices += 1;
+            if slices == 2 {
+                // Behind the cursor (not listed) and ahead of it (listed).
+                f.core.manual_ban("10.9.0.0/16", None, None, None).unwrap();
+                f.core
+                    .unban(&"203.0.113.20".parse().unwrap(), None)
+                    .unwrap();
+                f.core.manual_ban("2001:db8::ff", None, None, None).unwrap();
+            }
+        }
+        assert!(slices >= 9, "{slices} slices");
+        let listed = listing.into_sorted();
+        let addrs: Vec<&str> = listed.iter().map(|v| v.address.as_str()).collect();
+        assert!(
+            !addrs.contains(&"203.0.113.20"),
+            "lifted ahead of the cursor"
+        );
+        assert!(addrs.contains(&"2001:db8::ff"), "added ahead of the cursor");
+        assert!(!addrs.contains(&"10.9.0.0/16"), "added behind the cursor");
+        assert_eq!(listed.len(), 25);
+        let mut unique = addrs.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(unique.len(), listed.len());
+        assert!(listed
+            .windows(2)
+            .all(|w| (w[0].banned_at, &w[0].address) <= (w[1].banned_at, &w[1].address)));
+        // One jail's listing.
+        let mut web = f.core.start_listing(Some("web")).unwrap();
+        while !web.is_finished() {
+            f.core.continue_listing(&mut web, 2);
+        }
+        assert_eq!(web.into_sorted().len(), 5);
+        assert!(f.core.start_listing(Some("nope")).is_err());
+        let st = f.core.status(None).unwrap();
+        assert_eq!(st.bans_active, f.core.bans(None).len());
+        assert_eq!(
+            st.jails.iter().find(|j| j.name == "web").unwrap().bans_now,
+            5
+        );
+        assert_eq!(f.core.book.tally(), &f.core.book.recount());
     }
 
     #[test]
