@@ -73,8 +73,14 @@ fn journal_key(jail: &str) -> String {
     format!("journal:{jail}")
 }
 
-/// Lines handled per turn of the main loop at most.
+/// Lines taken from the channel at once, at most.
 const LINE_BATCH: usize = 1024;
+/// Lines handled (and committed) together: a chunk costs about a
+/// millisecond even when most of its lines ban.
+const LINE_CHUNK: usize = 128;
+/// A turn of the loop stops taking chunks after this long, so that a
+/// request waits a few milliseconds behind a burst, not the whole batch.
+const LINE_TURN_BUDGET: Duration = Duration::from_millis(5);
 
 /// Lines from every source, tagged with their jail's name and the
 /// generation of the source that read them.
@@ -114,6 +120,8 @@ struct Daemon {
     listings: std::collections::VecDeque<(BanListing, oneshot::Sender<Reply>)>,
     /// How long the loop's turns take (status, metrics).
     turns: LoopTurns,
+    /// Lines taken from the channel, not handled yet (see LINE_TURN_BUDGET).
+    pending_lines: std::collections::VecDeque<TaggedLine>,
 }
 
 fn load_config(path: &Path) -> Result<ResolvedConfig> {
@@ -313,6 +321,20 @@ impl Daemon {
     }
 
     /// A batch of lines: the bans they cause share one database commit.
+    /// Handle pending lines a chunk at a time until they are done or the
+    /// turn's budget is spent; the rest wait for the next turn.
+    fn take_lines(&mut self) {
+        let started = Instant::now();
+        while !self.pending_lines.is_empty() {
+            let n = self.pending_lines.len().min(LINE_CHUNK);
+            let chunk: Vec<TaggedLine> = self.pending_lines.drain(..n).collect();
+            self.on_lines(chunk);
+            if started.elapsed() >= LINE_TURN_BUDGET {
+                break;
+            }
+        }
+    }
+
     fn on_lines(&mut self, batch: Vec<TaggedLine>) {
         let lines: Vec<(Arc<str>, SourceLine)> = batch
             .into_iter()
@@ -738,6 +760,7 @@ pub async fn run(config_path: &Path, opts: RunOptions) -> Result<()> {
         fleet: None,
         listings: Default::default(),
         turns: LoopTurns::default(),
+        pending_lines: Default::default(),
     };
     match (&resolved.fleet, opts.dry_run) {
         (Some(_), true) => tracing::warn!("dry run: [fleet] is off (nothing published or applied)"),
@@ -788,18 +811,23 @@ pub async fn run(config_path: &Path, opts: RunOptions) -> Result<()> {
                 d.drain_events();
                 d.turns.record("fleet", started);
             }
-            Some(first) = line_rx.recv() => {
+            Some(first) = line_rx.recv(), if d.pending_lines.is_empty() => {
                 let started = Instant::now();
-                // Whatever else is queued goes in the same batch, bounded so
-                // a control request waits for one batch at most.
-                let mut batch = vec![first];
-                while batch.len() < LINE_BATCH {
+                // Whatever else is queued is taken too, and handled in
+                // chunks within the turn's budget.
+                d.pending_lines.push_back(first);
+                while d.pending_lines.len() < LINE_BATCH {
                     match line_rx.try_recv() {
-                        Ok(l) => batch.push(l),
+                        Ok(l) => d.pending_lines.push_back(l),
                         Err(_) => break,
                     }
                 }
-                d.on_lines(batch);
+                d.take_lines();
+                d.turns.record("lines", started);
+            }
+            _ = std::future::ready(()), if !d.pending_lines.is_empty() => {
+                let started = Instant::now();
+                d.take_lines();
                 d.turns.record("lines", started);
             }
             _ = std::future::ready(()), if !d.listings.is_empty() => {

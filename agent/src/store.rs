@@ -94,6 +94,73 @@ pub struct BanStore {
     conn: Connection,
     path: PathBuf,
     batch: Batch,
+    /// Checkpoints the write-ahead log from its own thread (none in memory).
+    _checkpointer: Option<Checkpointer>,
+}
+
+/// How often the checkpointer copies the write-ahead log into the database.
+const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Copies the write-ahead log into the database file from its own thread
+/// and connection. A checkpoint fsyncs, and on a busy disk one fsync takes
+/// up to a second (measured in a burst); the agent's own connection, which
+/// commits every ban on the event loop, never checkpoints and so never
+/// fsyncs. A passive checkpoint blocks no writer.
+struct Checkpointer {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Checkpointer {
+    fn start(path: &Path) -> Checkpointer {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let path = path.to_path_buf();
+        let spawned = std::thread::Builder::new()
+            .name("xban-checkpoint".into())
+            .spawn(move || {
+                let conn = match Connection::open(&path) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::error!(
+                            "ban database {}: no checkpointer ({e}); the write-ahead log is copied at the agent's stop only",
+                            path.display()
+                        );
+                        return;
+                    }
+                };
+                let mut last_error = None;
+                while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                    std::thread::sleep(CHECKPOINT_EVERY);
+                    let done: rusqlite::Result<(i64, i64, i64)> = conn
+                        .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+                            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                        });
+                    // Said once per kind of failure (a full disk fails every
+                    // time until there is space), and when it is over.
+                    let error = done.err().map(|e| e.to_string());
+                    if error != last_error {
+                        match &error {
+                            Some(e) => tracing::warn!(
+                                "ban database {}: checkpoint failed ({e}); bans stay in the write-ahead log",
+                                path.display()
+                            ),
+                            None => tracing::info!("ban database {}: checkpoints work again", path.display()),
+                        }
+                        last_error = error;
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::error!("ban database: no checkpointer thread ({e})");
+        }
+        Checkpointer { stop }
+    }
+}
+
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// Group commit: while a batch is armed, ban writes join one transaction
@@ -116,14 +183,19 @@ impl BanStore {
         let conn = Connection::open(&path).map_err(wrap)?;
         // WAL: readers (sqlite3 CLI) never block the agent; NORMAL sync is
         // durable across process crashes, which is what kill -9 tests.
-        conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;")
-            .map_err(wrap)?;
+        // No checkpoints on this connection: see `Checkpointer`.
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA wal_autocheckpoint = 0;",
+        )
+        .map_err(wrap)?;
         let mut store = BanStore {
             conn,
             path,
             batch: Batch::Off,
+            _checkpointer: None,
         };
         store.migrate()?;
+        store._checkpointer = Some(Checkpointer::start(&store.path));
         Ok(store)
     }
 
@@ -138,6 +210,7 @@ impl BanStore {
             conn,
             path,
             batch: Batch::Off,
+            _checkpointer: None,
         };
         store.migrate()?;
         Ok(store)
@@ -684,6 +757,37 @@ mod tests {
             failures: 3,
             matches: vec!["line one".into(), "line two".into()],
         }
+    }
+
+    /// The agent's connection never checkpoints (a checkpoint fsyncs, on
+    /// the event loop); the checkpointer thread copies the log into the
+    /// database file, and a reopened store sees every ban either way.
+    #[test]
+    fn the_log_is_checkpointed_by_its_own_thread() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join(crate::directories::STATE_DB);
+        let mut store = BanStore::open(dir.path()).unwrap();
+        let auto: i64 = store
+            .conn
+            .query_row("PRAGMA wal_autocheckpoint", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(auto, 0);
+        let before = std::fs::metadata(&db).unwrap().len();
+        let recs: Vec<BanRecord> = (0..2000)
+            .map(|i| rec(&format!("10.0.{}.{}", i / 256, i % 256), "sshd", None))
+            .collect();
+        store.put_bans(&recs, Some(100)).unwrap();
+        let deadline = std::time::Instant::now() + CHECKPOINT_EVERY * 20;
+        while std::fs::metadata(&db).unwrap().len() <= before {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the database file never grew: nothing was checkpointed"
+            );
+            std::thread::sleep(CHECKPOINT_EVERY / 5);
+        }
+        drop(store);
+        let again = BanStore::open(dir.path()).unwrap();
+        assert_eq!(again.load_bans().unwrap().len(), 2000);
     }
 
     #[test]
