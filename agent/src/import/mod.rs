@@ -1,0 +1,136 @@
+//! `xban import`: a fail2ban configuration turned into an xban one.
+//!
+//! 1. [`reader`] expands `/etc/fail2ban` as fail2ban itself does
+//!    ([`ini`] for its file format and layering, [`tags`] for `<tag>`
+//!    substitution and `name[args]`), giving each enabled jail's values as
+//!    `fail2ban-client -d` prints them;
+//! 2. [`filters`] translates each jail's filter variant into an xban filter
+//!    file, or refuses it naming the feature xban's engine lacks;
+//! 3. [`jails`] maps the jail's settings to xban's, and [`report`] says for
+//!    every key whether it was mapped, approximated or dropped, and why.
+//!
+//! Everything is prepared in memory; [`Import::write`] writes only when the
+//! whole import succeeded.
+
+pub mod filters;
+pub mod ini;
+pub mod jails;
+pub mod reader;
+pub mod report;
+pub mod tags;
+
+use std::path::{Path, PathBuf};
+
+pub use self::report::Report;
+
+/// An import error: where (file, section, key) and what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum ImportError {
+    #[error("cannot read {}: {source}; check the path and its permissions", .path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}, line {line}: {message}", .file.display())]
+    Syntax {
+        file: PathBuf,
+        line: usize,
+        message: String,
+    },
+    #[error("{}: [{section}] {key}: {message}", .file.display())]
+    Option {
+        file: PathBuf,
+        section: String,
+        key: String,
+        message: String,
+    },
+    #[error("{}: no jail.conf, jail.local or jail.d/ here: pass fail2ban's configuration directory (default /etc/fail2ban)", .dir.display())]
+    NoJailConf { dir: PathBuf },
+    #[error("{}: {message}", .path.display())]
+    Output { path: PathBuf, message: String },
+}
+
+impl ImportError {
+    /// Places a failed `get` in its file, section and key.
+    pub fn from_get(e: ini::GetError, file: &Path, section: &str, key: &str) -> ImportError {
+        let (file, message) = match e {
+            ini::GetError::NoSection => (
+                file.to_path_buf(),
+                format!("section [{section}] does not exist"),
+            ),
+            ini::GetError::NoOption => (file.to_path_buf(), format!("`{key}` is not set")),
+            ini::GetError::Interpolation { file: f, message } => {
+                (if f.as_os_str().is_empty() { file.to_path_buf() } else { f }, message)
+            }
+        };
+        ImportError::Option {
+            file,
+            section: section.to_string(),
+            key: key.to_string(),
+            message,
+        }
+    }
+}
+
+/// A finished import, not yet written.
+#[derive(Debug, Clone)]
+pub struct Import {
+    /// `xban.toml`.
+    pub config: String,
+    /// Filter files: (file name without `.toml`, TOML text).
+    pub filters: Vec<(String, String)>,
+    pub report: Report,
+    /// Every enabled jail as fail2ban expands it (what the report is about).
+    pub expanded: Vec<reader::ExpandedJail>,
+}
+
+/// Reads fail2ban's configuration in `dir` and builds the xban config that
+/// `out` will hold (its `filters_dir` is `out/filters`).
+pub fn import(dir: &Path, out: &Path) -> Result<Import, ImportError> {
+    let expanded = reader::read_jails(dir)?;
+    let mut report = Report::default();
+    let (config, filters) = jails::build(&expanded, &out.join("filters"), &mut report)?;
+    Ok(Import {
+        config,
+        filters,
+        report,
+        expanded,
+    })
+}
+
+impl Import {
+    /// Writes `out/xban.toml` and `out/filters/NAME.toml`. Refuses before
+    /// writing anything when one of them already exists.
+    pub fn write(&self, out: &Path) -> Result<Vec<PathBuf>, ImportError> {
+        let filters_dir = out.join("filters");
+        let mut targets = vec![(out.join("xban.toml"), self.config.as_str())];
+        for (name, text) in &self.filters {
+            targets.push((filters_dir.join(format!("{name}.toml")), text.as_str()));
+        }
+        for (path, _) in &targets {
+            if path.exists() {
+                return Err(ImportError::Output {
+                    path: path.clone(),
+                    message: "already exists: import into an empty --out directory (nothing was written)".into(),
+                });
+            }
+        }
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |e: std::io::Error| ImportError::Output {
+                path,
+                message: e.to_string(),
+            }
+        };
+        std::fs::create_dir_all(&filters_dir).map_err(io(&filters_dir))?;
+        let mut written = Vec::new();
+        for (path, text) in targets {
+            std::fs::write(&path, text).map_err(io(&path))?;
+            written.push(path);
+        }
+        Ok(written)
+    }
+}
+
+#[cfg(test)]
+mod tests;
