@@ -756,9 +756,16 @@ fn import(dir: &Path, out: Option<&Path>, dry_run: bool) -> Result<()> {
         .with_context(|| format!("importing fail2ban's configuration from {}", dir.display()))?;
     print!("{}", import.report);
     if dry_run {
-        println!("\n# ---- {}/xban.toml ----\n{}", out_dir.display(), import.config);
+        println!(
+            "\n# ---- {}/xban.toml ----\n{}",
+            out_dir.display(),
+            import.config
+        );
         for (name, text) in &import.filters {
-            println!("# ---- {}/filters/{name}.toml ----\n{text}", out_dir.display());
+            println!(
+                "# ---- {}/filters/{name}.toml ----\n{text}",
+                out_dir.display()
+            );
         }
         return Ok(());
     }

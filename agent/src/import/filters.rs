@@ -104,21 +104,17 @@ pub fn translate(jail: &ExpandedJail) -> Result<Translated, Refusal> {
     }
     let mut failregex = Vec::new();
     for (i, r) in jail.failregex.iter().enumerate() {
-        failregex.push(
-            translate_regex(r).map_err(|e| Refusal {
-                missing: e.missing,
-                detail: format!("failregex[{i}] {}: {r}", e.detail),
-            })?,
-        );
+        failregex.push(translate_regex(r).map_err(|e| Refusal {
+            missing: e.missing,
+            detail: format!("failregex[{i}] {}: {r}", e.detail),
+        })?);
     }
     let mut ignoreregex = Vec::new();
     for (i, r) in jail.ignoreregex.iter().enumerate() {
-        ignoreregex.push(
-            translate_regex(r).map_err(|e| Refusal {
-                missing: e.missing,
-                detail: format!("ignoreregex[{i}] {}: {r}", e.detail),
-            })?,
-        );
+        ignoreregex.push(translate_regex(r).map_err(|e| Refusal {
+            missing: e.missing,
+            detail: format!("ignoreregex[{i}] {}: {r}", e.detail),
+        })?);
     }
     let mut notes = Vec::new();
     let datepattern = match jail.datepattern.as_deref() {
@@ -153,7 +149,9 @@ pub fn translate(jail: &ExpandedJail) -> Result<Translated, Refusal> {
             Missing::Tag,
             format!("{place} has no <HOST>/<ADDR>/<IP4>/<IP6>"),
         )),
-        Err(FilterError::NoFailregex) => Err(refuse(Missing::Syntax, "the filter has no failregex")),
+        Err(FilterError::NoFailregex) => {
+            Err(refuse(Missing::Syntax, "the filter has no failregex"))
+        }
         Err(e) => Err(refuse(Missing::Syntax, e.to_string())),
     }
 }
@@ -303,7 +301,23 @@ pub fn translate_regex(src: &str) -> Result<String, Refusal> {
 fn is_rust_meta(c: char) -> bool {
     matches!(
         c,
-        '\\' | '.' | '+' | '*' | '?' | '(' | ')' | '|' | '[' | ']' | '{' | '}' | '^' | '$' | '#' | '&' | '-' | '~'
+        '\\' | '.'
+            | '+'
+            | '*'
+            | '?'
+            | '('
+            | ')'
+            | '|'
+            | '['
+            | ']'
+            | '{'
+            | '}'
+            | '^'
+            | '$'
+            | '#'
+            | '&'
+            | '-'
+            | '~'
     )
 }
 
@@ -413,7 +427,10 @@ fn translate_tag(chars: &[char]) -> Result<(usize, String), Refusal> {
         b if b.starts_with("F-") || matches!(b, "DNS" | "CIDR" | "SUBNET" | "SKIPLINES") => {
             Err(refuse(Missing::Tag, tag))
         }
-        b if b.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') => {
+        b if b
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') =>
+        {
             // Literal text to fail2ban; written so xban's macros
             // (`<PREFIX>`, ...) cannot take it for one of theirs.
             Ok((len, format!("\\x3C{}\\x3E", escape_literal(&name))))
@@ -453,7 +470,11 @@ fn translate_datepattern(src: &str, notes: &mut Vec<String>) -> Result<Option<St
     } else {
         (false, p)
     };
-    let named = match body.trim_matches(|c| c == '{' || c == '}').to_ascii_uppercase().as_str() {
+    let named = match body
+        .trim_matches(|c| c == '{' || c == '}')
+        .to_ascii_uppercase()
+        .as_str()
+    {
         "" => return Ok(None),
         "EPOCH" => Some("epoch"),
         "TAI64N" => Some("tai64n"),
@@ -480,11 +501,23 @@ fn translate_datepattern(src: &str, notes: &mut Vec<String>) -> Result<Option<St
                     i += 2;
                     strict = true;
                 }
-                if !matches!(d, 'Y' | 'y' | 'm' | 'd' | 'e' | 'H' | 'M' | 'S' | 'b' | 'a' | 'z' | 'f' | 's' | '%') {
-                    return Err(refuse(
-                        Missing::DatePattern,
-                        format!("{p}: directive %{d}"),
-                    ));
+                if !matches!(
+                    d,
+                    'Y' | 'y'
+                        | 'm'
+                        | 'd'
+                        | 'e'
+                        | 'H'
+                        | 'M'
+                        | 'S'
+                        | 'b'
+                        | 'a'
+                        | 'z'
+                        | 'f'
+                        | 's'
+                        | '%'
+                ) {
+                    return Err(refuse(Missing::DatePattern, format!("{p}: directive %{d}")));
                 }
                 out.push('%');
                 out.push(d);
@@ -533,7 +566,10 @@ mod tests {
             (r"\<\>", r"\x3C\x3E"),
             (r"a\/b\'c", r"a/b'c"),
             (r"a(?#comment)b", r"ab"),
-            ("<HOST> <F-USER>\\S+</F-USER>", "<HOST> <F-USER>\\S+</F-USER>"),
+            (
+                "<HOST> <F-USER>\\S+</F-USER>",
+                "<HOST> <F-USER>\\S+</F-USER>",
+            ),
             ("<F-ALT_USER>x</F-ALT_USER>", "(?:x)"),
             ("from=<> <PREFIX>", "from=<> \\x3CPREFIX\\x3E"),
             ("a*? b+?", "a*? b+?"),
@@ -566,12 +602,21 @@ mod tests {
         let mut notes = Vec::new();
         let mut t = |p: &str| translate_datepattern(p, &mut notes);
         assert_eq!(t("{^LN-BEG}").unwrap(), None);
-        assert_eq!(t("^%Y-%m-%d %H:%M:%S").unwrap().as_deref(), Some("^%Y-%m-%d %H:%M:%S"));
-        assert_eq!(t("{^LN-BEG}%ExY-%Exm-%Exd").unwrap().as_deref(), Some("^%Y-%m-%d"));
+        assert_eq!(
+            t("^%Y-%m-%d %H:%M:%S").unwrap().as_deref(),
+            Some("^%Y-%m-%d %H:%M:%S")
+        );
+        assert_eq!(
+            t("{^LN-BEG}%ExY-%Exm-%Exd").unwrap().as_deref(),
+            Some("^%Y-%m-%d")
+        );
         assert_eq!(t("{^LN-BEG}EPOCH").unwrap().as_deref(), Some("^epoch"));
         assert_eq!(t("^(?:x)%Y").unwrap_err().missing, Missing::DatePattern);
         assert_eq!(t("%Y\n%d").unwrap_err().missing, Missing::DatePattern);
-        assert_eq!(t("^<\\d+>\\d+\\s+{DATE}").unwrap_err().missing, Missing::DatePattern);
+        assert_eq!(
+            t("^<\\d+>\\d+\\s+{DATE}").unwrap_err().missing,
+            Missing::DatePattern
+        );
         assert_eq!(t("%B %d").unwrap_err().missing, Missing::DatePattern);
     }
 }

@@ -36,7 +36,10 @@ pub enum GetError {
     NoSection,
     NoOption,
     /// Interpolation failed: the message says which reference and why.
-    Interpolation { file: PathBuf, message: String },
+    Interpolation {
+        file: PathBuf,
+        message: String,
+    },
 }
 
 /// Python's `MAX_INTERPOLATION_DEPTH`.
@@ -236,9 +239,7 @@ impl Ini {
             let (name, section) = match name.split_once('?') {
                 Some((base, cond))
                     if !base.is_empty()
-                        && base
-                            .chars()
-                            .all(|c| c.is_alphanumeric() || c == '_') =>
+                        && base.chars().all(|c| c.is_alphanumeric() || c == '_') =>
                 {
                     let renamed = section
                         .into_iter()
@@ -551,7 +552,10 @@ pub fn expand_includes(files: &[PathBuf], seen: &[PathBuf]) -> Result<Vec<PathBu
 /// fail2ban's read of `NAME` under `basedir`: `NAME.conf`, `NAME.d/*.conf`,
 /// `NAME.local`, `NAME.d/*.local` (those that exist), each with its
 /// includes, merged in that order. `None` when none of them exists.
-pub fn read_layered(basedir: &Path, name: &str) -> Result<Option<(Ini, Vec<PathBuf>)>, ImportError> {
+pub fn read_layered(
+    basedir: &Path,
+    name: &str,
+) -> Result<Option<(Ini, Vec<PathBuf>)>, ImportError> {
     let base = basedir.join(name);
     let sorted_glob = |ext: &str| -> Vec<PathBuf> {
         let dir = PathBuf::from(format!("{}.d", base.display()));
@@ -637,7 +641,9 @@ mod tests {
             ("[a]\n[a]\n", "section [a] appears twice"),
             ("[a]\njunk line\n", "neither"),
         ] {
-            let e = Ini::parse(text, Path::new("x.local")).unwrap_err().to_string();
+            let e = Ini::parse(text, Path::new("x.local"))
+                .unwrap_err()
+                .to_string();
             assert!(e.contains(want) && e.contains("x.local"), "{text}: {e}");
         }
     }

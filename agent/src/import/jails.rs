@@ -14,7 +14,15 @@ use super::ImportError;
 use crate::config::{format_duration, MAX_DURATION};
 
 /// Jail names xban keeps for its own ban origins.
-const RESERVED_JAILS: [&str; 7] = ["manual", "blocklist", "subnet", "fleet", "geo", "allowlist", "xban"];
+const RESERVED_JAILS: [&str; 7] = [
+    "manual",
+    "blocklist",
+    "subnet",
+    "fleet",
+    "geo",
+    "allowlist",
+    "xban",
+];
 
 /// fail2ban's `str2seconds`: `10m`, `1h30m`, `1d 12h`, `3600`, `1w`, `-1`,
 /// sums of `NUMBER[UNIT]` terms.
@@ -107,8 +115,20 @@ fn bool_value(v: &str) -> bool {
 /// XDP does it.
 fn is_ban_action(name: &str) -> bool {
     const PREFIXES: [&str; 14] = [
-        "iptables", "ip6tables", "nftables", "firewallcmd", "ufw", "shorewall", "pf", "ipfw",
-        "route", "ipset", "bsd-ipfw", "apf", "hostsdeny", "npf",
+        "iptables",
+        "ip6tables",
+        "nftables",
+        "firewallcmd",
+        "ufw",
+        "shorewall",
+        "pf",
+        "ipfw",
+        "route",
+        "ipset",
+        "bsd-ipfw",
+        "apf",
+        "hostsdeny",
+        "npf",
     ];
     PREFIXES.iter().any(|p| name.starts_with(p))
 }
@@ -149,8 +169,37 @@ fn variant_name(jail: &ExpandedJail) -> String {
         name.push_str(&jail.logtype);
     }
     name.chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect()
+}
+
+/// A filter file, one regex a line (`toml::to_string` would put each list
+/// on one line and add an empty `[modes]`).
+fn filter_file(def: &crate::filter::FilterDef) -> String {
+    let mut text = String::new();
+    if let Some(d) = &def.description {
+        text.push_str(&format!("description = {}\n", Value::String(d.clone())));
+    }
+    if let Some(d) = &def.datepattern {
+        text.push_str(&format!("datepattern = {}\n", Value::String(d.clone())));
+    }
+    for (key, list) in [
+        ("failregex", &def.failregex),
+        ("ignoreregex", &def.ignoreregex),
+    ] {
+        text.push_str(&format!("{key} = ["));
+        for r in list {
+            text.push_str(&format!("\n    {},", Value::String(r.clone())));
+        }
+        text.push_str(if list.is_empty() { "]\n" } else { "\n]\n" });
+    }
+    text
 }
 
 /// Builds `xban.toml` and the filter files for `jails`.
@@ -171,7 +220,9 @@ pub fn build(
         let name = jail.name.as_str();
         if RESERVED_JAILS.contains(&name)
             || name.is_empty()
-            || !name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
         {
             report.add(
                 name,
@@ -189,7 +240,7 @@ pub fn build(
         }
         match translate(jail) {
             Ok(Translated { def, notes }) => {
-                let text = toml::to_string(&def).expect("filter definitions serialize");
+                let text = filter_file(&def);
                 let base = variant_name(jail);
                 let mut fname = base.clone();
                 let mut n = 2;
@@ -223,10 +274,9 @@ pub fn build(
                 }
                 t.insert("filter".into(), Value::String(fname));
             }
-            Err(refusal) => {
-                match crate::filter::builtin::builtin(&jail.filter_name) {
-                    Some(_) => {
-                        report.add(
+            Err(refusal) => match crate::filter::builtin::builtin(&jail.filter_name) {
+                Some(_) => {
+                    report.add(
                             name,
                             "filter",
                             Outcome::Approximated,
@@ -235,14 +285,15 @@ pub fn build(
                                 jail.filter_spec, refusal, jail.filter_name
                             ),
                         );
-                        t.insert("filter".into(), Value::String(jail.filter_name.clone()));
-                        let builtin = crate::filter::builtin::builtin(&jail.filter_name).expect("checked");
-                        if let Some((_, mode)) = jail.filter_args.iter().find(|(k, _)| k == "mode") {
-                            if builtin.modes.contains_key(mode) {
-                                t.insert("mode".into(), Value::String(mode.clone()));
-                                report.add(name, "mode", Outcome::Mapped, mode.clone());
-                            } else {
-                                report.add(
+                    t.insert("filter".into(), Value::String(jail.filter_name.clone()));
+                    let builtin =
+                        crate::filter::builtin::builtin(&jail.filter_name).expect("checked");
+                    if let Some((_, mode)) = jail.filter_args.iter().find(|(k, _)| k == "mode") {
+                        if builtin.modes.contains_key(mode) {
+                            t.insert("mode".into(), Value::String(mode.clone()));
+                            report.add(name, "mode", Outcome::Mapped, mode.clone());
+                        } else {
+                            report.add(
                                     name,
                                     "mode",
                                     Outcome::Approximated,
@@ -252,20 +303,19 @@ pub fn build(
                                         builtin.modes.keys().cloned().collect::<Vec<_>>().join(", ")
                                     ),
                                 );
-                            }
                         }
                     }
-                    None => {
-                        report.add(
-                            name,
-                            "filter",
-                            Outcome::Refused,
-                            format!("{}: {refusal}", jail.filter_spec),
-                        );
-                        continue;
-                    }
                 }
-            }
+                None => {
+                    report.add(
+                        name,
+                        "filter",
+                        Outcome::Refused,
+                        format!("{}: {refusal}", jail.filter_spec),
+                    );
+                    continue;
+                }
+            },
         }
         for (k, v) in &jail.filter_args {
             if k != "mode" {
@@ -276,7 +326,12 @@ pub fn build(
                     format!("{k}={v}: folded into the imported filter"),
                 );
             } else if t.get("mode").is_none() && report.find(name, "mode").is_none() {
-                report.add(name, "mode", Outcome::Mapped, format!("{v}: folded into the imported filter"));
+                report.add(
+                    name,
+                    "mode",
+                    Outcome::Mapped,
+                    format!("{v}: folded into the imported filter"),
+                );
             }
         }
         // Source.
@@ -345,7 +400,9 @@ pub fn build(
         }
         // Counting and ban length.
         for key in ["maxretry", "findtime", "bantime"] {
-            let Some(v) = jail.settings.get(key) else { continue };
+            let Some(v) = jail.settings.get(key) else {
+                continue;
+            };
             let place = || ImportError::Option {
                 file: jail.file.clone(),
                 section: name.to_string(),
@@ -356,7 +413,12 @@ pub fn build(
                 "maxretry" => match v.trim().parse::<u32>() {
                     Ok(n) if n > 0 => Value::Integer(n.into()),
                     _ => {
-                        let ImportError::Option { file, section, key, .. } = place() else { unreachable!() };
+                        let ImportError::Option {
+                            file, section, key, ..
+                        } = place()
+                        else {
+                            unreachable!()
+                        };
                         return Err(ImportError::Option {
                             file,
                             section,
@@ -369,7 +431,12 @@ pub fn build(
                     Ok(Some(d)) => Value::String(d),
                     Ok(None) if key == "bantime" => Value::String("permanent".into()),
                     Ok(None) => {
-                        let ImportError::Option { file, section, key, .. } = place() else { unreachable!() };
+                        let ImportError::Option {
+                            file, section, key, ..
+                        } = place()
+                        else {
+                            unreachable!()
+                        };
                         return Err(ImportError::Option {
                             file,
                             section,
@@ -378,8 +445,18 @@ pub fn build(
                         });
                     }
                     Err(message) => {
-                        let ImportError::Option { file, section, key, .. } = place() else { unreachable!() };
-                        return Err(ImportError::Option { file, section, key, message });
+                        let ImportError::Option {
+                            file, section, key, ..
+                        } = place()
+                        else {
+                            unreachable!()
+                        };
+                        return Err(ImportError::Option {
+                            file,
+                            section,
+                            key,
+                            message,
+                        });
                     }
                 },
             };
@@ -387,10 +464,18 @@ pub fn build(
             t.insert(key.into(), value);
         }
         if !jail.ignoreip.is_empty() {
-            let (kept, dropped): (Vec<String>, Vec<String>) =
-                jail.ignoreip.iter().cloned().partition(|a| !a.starts_with("file:"));
+            let (kept, dropped): (Vec<String>, Vec<String>) = jail
+                .ignoreip
+                .iter()
+                .cloned()
+                .partition(|a| !a.starts_with("file:"));
             for d in dropped {
-                report.add(name, "ignoreip", Outcome::Dropped, format!("{d}: xban does not read ignoreip from files; list the addresses"));
+                report.add(
+                    name,
+                    "ignoreip",
+                    Outcome::Dropped,
+                    format!("{d}: xban does not read ignoreip from files; list the addresses"),
+                );
             }
             report.add(name, "ignoreip", Outcome::Mapped, kept.join(" "));
             t.insert("ignoreip".into(), strings(&kept));
@@ -423,7 +508,11 @@ pub fn build(
             t.insert("usedns".into(), Value::String(mapped.into()));
             report.add(name, "usedns", outcome, format!("{v} -> {mapped}{why}"));
         }
-        if let Some(v) = jail.settings.get("ignorecommand").filter(|v| !v.trim().is_empty()) {
+        if let Some(v) = jail
+            .settings
+            .get("ignorecommand")
+            .filter(|v| !v.trim().is_empty())
+        {
             report.add(
                 name,
                 "ignorecommand",
@@ -432,10 +521,22 @@ pub fn build(
             );
         }
         for (key, why) in [
-            ("maxmatches", "xban's mail action includes the matched lines it keeps itself"),
-            ("logencoding", "xban reads UTF-8 and replaces invalid bytes (counted)"),
-            ("logtimezone", "xban reads the zone from the timestamp, else local time"),
-            ("ignorecache", "xban keeps its ignore sets in memory already"),
+            (
+                "maxmatches",
+                "xban's mail action includes the matched lines it keeps itself",
+            ),
+            (
+                "logencoding",
+                "xban reads UTF-8 and replaces invalid bytes (counted)",
+            ),
+            (
+                "logtimezone",
+                "xban reads the zone from the timestamp, else local time",
+            ),
+            (
+                "ignorecache",
+                "xban keeps its ignore sets in memory already",
+            ),
         ] {
             if let Some(v) = jail.settings.get(key) {
                 report.add(name, key, Outcome::Dropped, format!("{v}: {why}"));
@@ -502,14 +603,21 @@ pub fn build(
                                 name,
                                 &format!("action {} sender", action.name),
                                 Outcome::Approximated,
-                                format!("{sender}: <fq-hostname> resolved at import time to {hostname}"),
+                                format!(
+                                    "{sender}: <fq-hostname> resolved at import time to {hostname}"
+                                ),
                             );
                         }
                         detail.push_str(&format!(", from = {resolved}"));
                         m.insert("from".into(), Value::String(resolved));
                     }
                 }
-                report.add(name, &format!("action {}", action.name), Outcome::Mapped, detail);
+                report.add(
+                    name,
+                    &format!("action {}", action.name),
+                    Outcome::Mapped,
+                    detail,
+                );
                 if !action.name.ends_with("-lines") && !action.name.ends_with("matches") {
                     report.add(
                         name,
@@ -554,10 +662,17 @@ pub fn build(
         Value::String(filters_dir.display().to_string()),
     );
     root.insert("agent".into(), Value::Table(agent));
-    root.insert("escalation".into(), Value::Table(escalation(&increments, report)?));
+    root.insert(
+        "escalation".into(),
+        Value::Table(escalation(&increments, report)?),
+    );
     root.insert("jails".into(), Value::Table(out_jails));
-    let header = "# Imported from fail2ban by `xban import`: check it with `xban check -c THIS_FILE`.\n";
-    let text = format!("{header}{}", toml::to_string(&root).expect("tables serialize"));
+    let header =
+        "# Imported from fail2ban by `xban import`: check it with `xban check -c THIS_FILE`.\n";
+    let text = format!(
+        "{header}{}",
+        toml::to_string(&root).expect("tables serialize")
+    );
     Ok((text, filters))
 }
 
@@ -582,7 +697,9 @@ fn escalation(
     };
     e.insert("enabled".into(), Value::Boolean(true));
     e.insert("steps".into(), Value::Array(Vec::new()));
-    let overall = inc.get("bantime.overalljails").is_some_and(|v| bool_value(v));
+    let overall = inc
+        .get("bantime.overalljails")
+        .is_some_and(|v| bool_value(v));
     e.insert("overalljails".into(), Value::Boolean(overall));
     let mut i = Table::new();
     i.insert("enabled".into(), Value::Boolean(true));
@@ -599,15 +716,26 @@ fn escalation(
             .map_err(|_| bad("bantime.factor", format!("`{f}` is not a number")))?;
         i.insert("factor".into(), Value::Float(v));
     }
-    if let Some(m) = inc.get("bantime.multipliers").filter(|m| !m.trim().is_empty()) {
+    if let Some(m) = inc
+        .get("bantime.multipliers")
+        .filter(|m| !m.trim().is_empty())
+    {
         let list = m
             .split_whitespace()
             .map(|w| w.parse::<u32>().map(|n| Value::Integer(n.into())))
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|_| bad("bantime.multipliers", format!("`{m}` is not a list of whole numbers")))?;
+            .map_err(|_| {
+                bad(
+                    "bantime.multipliers",
+                    format!("`{m}` is not a list of whole numbers"),
+                )
+            })?;
         i.insert("multipliers".into(), Value::Array(list));
     }
-    for (key, out) in [("bantime.maxtime", "maxtime"), ("bantime.rndtime", "rndtime")] {
+    for (key, out) in [
+        ("bantime.maxtime", "maxtime"),
+        ("bantime.rndtime", "rndtime"),
+    ] {
         if let Some(v) = inc.get(key).filter(|v| !v.trim().is_empty()) {
             match duration_text(v).map_err(|m| bad(key, m))? {
                 Some(d) => {

@@ -59,9 +59,14 @@ impl ImportError {
                 format!("section [{section}] does not exist"),
             ),
             ini::GetError::NoOption => (file.to_path_buf(), format!("`{key}` is not set")),
-            ini::GetError::Interpolation { file: f, message } => {
-                (if f.as_os_str().is_empty() { file.to_path_buf() } else { f }, message)
-            }
+            ini::GetError::Interpolation { file: f, message } => (
+                if f.as_os_str().is_empty() {
+                    file.to_path_buf()
+                } else {
+                    f
+                },
+                message,
+            ),
         };
         ImportError::Option {
             file,
@@ -111,7 +116,9 @@ impl Import {
             if path.exists() {
                 return Err(ImportError::Output {
                     path: path.clone(),
-                    message: "already exists: import into an empty --out directory (nothing was written)".into(),
+                    message:
+                        "already exists: import into an empty --out directory (nothing was written)"
+                            .into(),
                 });
             }
         }

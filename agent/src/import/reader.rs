@@ -398,7 +398,11 @@ fn shell_words(line: &str) -> Vec<String> {
     words
 }
 
-fn read_jail(basedir: &Path, ini: &mut Ini, name: &str) -> Result<Option<ExpandedJail>, ImportError> {
+fn read_jail(
+    basedir: &Path,
+    ini: &mut Ini,
+    name: &str,
+) -> Result<Option<ExpandedJail>, ImportError> {
     const FIRST: [(&str, Option<&str>); 3] = [
         ("enabled", Some("false")),
         ("backend", Some("auto")),
@@ -428,7 +432,10 @@ fn read_jail(basedir: &Path, ini: &mut Ini, name: &str) -> Result<Option<Expande
                 key: "filter".into(),
                 message: format!(
                     "no filter `{fname}`: {} does not exist; install the filter or fix the name",
-                    basedir.join("filter.d").join(format!("{fname}.conf")).display()
+                    basedir
+                        .join("filter.d")
+                        .join(format!("{fname}.conf"))
+                        .display()
                 ),
             });
         };
@@ -528,7 +535,13 @@ fn read_jail(basedir: &Path, ini: &mut Ini, name: &str) -> Result<Option<Expande
             }
         }
     }
-    for key in ["banaction", "banaction_allports", "port", "protocol", "chain"] {
+    for key in [
+        "banaction",
+        "banaction_allports",
+        "port",
+        "protocol",
+        "chain",
+    ] {
         if let Ok(v) = ini.get(name, key, &BTreeMap::new()) {
             jail.action_keys.insert(key.to_string(), v);
         }
@@ -562,14 +575,18 @@ fn read_jail(basedir: &Path, ini: &mut Ini, name: &str) -> Result<Option<Expande
         }
         let mut options = BTreeMap::new();
         if !aname.ends_with(".py") {
-            let Some(mut reader) = DefinitionReader::open(basedir, "action.d", &aname, &args)? else {
+            let Some(mut reader) = DefinitionReader::open(basedir, "action.d", &aname, &args)?
+            else {
                 return Err(ImportError::Option {
                     file: place_of(ini, name, "action"),
                     section: name.into(),
                     key: "action".into(),
                     message: format!(
                         "no action `{aname}`: {} does not exist; install it or fix the name",
-                        basedir.join("action.d").join(format!("{aname}.conf")).display()
+                        basedir
+                            .join("action.d")
+                            .join(format!("{aname}.conf"))
+                            .display()
                     ),
                 });
             };

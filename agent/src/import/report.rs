@@ -73,12 +73,18 @@ impl fmt::Display for Report {
         writeln!(
             f,
             "{} keys mapped, {} approximated, {} dropped, {} refused",
-            self.lines.iter().filter(|l| l.outcome == Outcome::Mapped).count(),
+            self.lines
+                .iter()
+                .filter(|l| l.outcome == Outcome::Mapped)
+                .count(),
             self.lines
                 .iter()
                 .filter(|l| l.outcome == Outcome::Approximated)
                 .count(),
-            self.lines.iter().filter(|l| l.outcome == Outcome::Dropped).count(),
+            self.lines
+                .iter()
+                .filter(|l| l.outcome == Outcome::Dropped)
+                .count(),
             refused
         )
     }

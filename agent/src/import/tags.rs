@@ -36,8 +36,10 @@ pub fn substitute_recursive_tags<E>(
     lookup: &mut dyn FnMut(&str) -> Result<Option<String>, E>,
 ) -> Result<Result<(), String>, E> {
     let mut done: BTreeSet<String> = BTreeSet::new();
-    let mut rep_counts: std::collections::BTreeMap<String, std::collections::BTreeMap<String, usize>> =
-        Default::default();
+    let mut rep_counts: std::collections::BTreeMap<
+        String,
+        std::collections::BTreeMap<String, usize>,
+    > = Default::default();
     loop {
         let mut repeat = false;
         for idx in 0..tags.len() {
@@ -59,7 +61,10 @@ pub fn substitute_recursive_tags<E>(
                         "`{tag}` refers to itself through <{rtag}>: the tags cannot be resolved"
                     )));
                 }
-                let mut repl = tags.iter().find(|(k, _)| *k == rtag).map(|(_, v)| v.clone());
+                let mut repl = tags
+                    .iter()
+                    .find(|(k, _)| *k == rtag)
+                    .map(|(_, v)| v.clone());
                 if repl.is_none() {
                     repl = lookup(&rtag)?;
                 }
@@ -172,9 +177,7 @@ pub fn extract_options(option: &str) -> Result<(String, Vec<(String, String)>), 
         let (value, next) = match parsed {
             Some(v) => v,
             None => {
-                let end = body[p..]
-                    .find([',', ']'])
-                    .map_or(b.len(), |i| p + i);
+                let end = body[p..].find([',', ']']).map_or(b.len(), |i| p + i);
                 match terminator(end) {
                     Some(next) => (body[p..end].to_string(), next),
                     None => {
@@ -266,8 +269,12 @@ mod tests {
     #[test]
     fn options_are_extracted_with_quotes_and_groups() {
         let (n, o) = extract_options("sshd[mode=aggressive]").unwrap();
-        assert_eq!((n.as_str(), o.clone()), ("sshd", vec![("mode".into(), "aggressive".into())]));
-        let (n, o) = extract_options(r#"mw[name=sshd, dest="a@b, c", sender='x'][chain=INPUT]"#).unwrap();
+        assert_eq!(
+            (n.as_str(), o.clone()),
+            ("sshd", vec![("mode".into(), "aggressive".into())])
+        );
+        let (n, o) =
+            extract_options(r#"mw[name=sshd, dest="a@b, c", sender='x'][chain=INPUT]"#).unwrap();
         assert_eq!(n, "mw");
         assert_eq!(
             o,
@@ -299,18 +306,25 @@ mod tests {
     #[test]
     fn tags_substitute_recursively_and_leave_unknown_ones() {
         let mut tags = vec![
-            ("failregex".to_string(), "^<pre> <mdre-<mode>> <HOST>$".to_string()),
+            (
+                "failregex".to_string(),
+                "^<pre> <mdre-<mode>> <HOST>$".to_string(),
+            ),
             ("pre".into(), "<a>x".into()),
             ("a".into(), "A".into()),
             ("mode".into(), "extra".into()),
             ("mdre-extra".into(), "E".into()),
         ];
         let mut none = |_: &str| -> Result<Option<String>, ()> { Ok(None) };
-        substitute_recursive_tags(&mut tags, &BTreeSet::new(), &mut none).unwrap().unwrap();
+        substitute_recursive_tags(&mut tags, &BTreeSet::new(), &mut none)
+            .unwrap()
+            .unwrap();
         assert_eq!(tags[0].1, "^Ax E <HOST>$");
         let mut selfref = vec![("a".to_string(), "<a>".to_string())];
-        assert!(substitute_recursive_tags(&mut selfref, &BTreeSet::new(), &mut none)
-            .unwrap()
-            .is_err());
+        assert!(
+            substitute_recursive_tags(&mut selfref, &BTreeSet::new(), &mut none)
+                .unwrap()
+                .is_err()
+        );
     }
 }
