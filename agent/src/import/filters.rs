@@ -41,6 +41,11 @@ pub enum Missing {
     /// A datepattern xban cannot express (regex syntax, `{DATE}`,
     /// directives it lacks, several patterns).
     DatePattern,
+    /// A regex that relies on what fail2ban's date cut leaves behind: the
+    /// blank before the rest of the line (`^\s`, `^ `) or the emptied
+    /// brackets of a date (`\[\]`). xban cuts a leading date together with
+    /// the blanks after it, and no date in the middle of a line.
+    DateCut,
     /// Anything else the `regex` crate or the engine refuses.
     Syntax,
 }
@@ -58,6 +63,7 @@ impl fmt::Display for Missing {
             Missing::Conditional => "conditional groups",
             Missing::Atomic => "atomic groups / possessive quantifiers",
             Missing::DatePattern => "datepattern form",
+            Missing::DateCut => "fail2ban's date cut (a regex expecting what it leaves)",
             Missing::Syntax => "regex syntax the regex crate cannot compile",
         })
     }
@@ -104,10 +110,25 @@ pub fn translate(jail: &ExpandedJail) -> Result<Translated, Refusal> {
     }
     let mut failregex = Vec::new();
     for (i, r) in jail.failregex.iter().enumerate() {
-        failregex.push(translate_regex(r).map_err(|e| Refusal {
+        let translated = translate_regex(r).map_err(|e| Refusal {
             missing: e.missing,
             detail: format!("failregex[{i}] {}: {r}", e.detail),
-        })?);
+        })?;
+        if needs_emptied_brackets(r) {
+            return Err(refuse(
+                Missing::DateCut,
+                format!(
+                    "failregex[{i}] needs the [] fail2ban leaves where it cut a date mid-line: {r}"
+                ),
+            ));
+        }
+        if needs_leading_blank(&translated) == Some(true) {
+            return Err(refuse(
+                Missing::DateCut,
+                format!("failregex[{i}] needs the blank fail2ban leaves where it cut a leading date: {r}"),
+            ));
+        }
+        failregex.push(translated);
     }
     let mut ignoreregex = Vec::new();
     for (i, r) in jail.ignoreregex.iter().enumerate() {
@@ -154,6 +175,74 @@ pub fn translate(jail: &ExpandedJail) -> Result<Translated, Refusal> {
         }
         Err(e) => Err(refuse(Missing::Syntax, e.to_string())),
     }
+}
+
+/// Whether a failregex needs the brackets fail2ban empties when it cuts
+/// a date out of the middle of a line: a `\[\]` that is not optional.
+fn needs_emptied_brackets(regex: &str) -> bool {
+    let b = regex.as_bytes();
+    // Open groups (start index) and, for each `\[\]`, the groups around it.
+    let mut open: Vec<usize> = Vec::new();
+    let mut found: Vec<(Vec<usize>, usize)> = Vec::new();
+    let mut optional_groups: Vec<usize> = Vec::new();
+    let mut in_class = false;
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'\\' if b[i..].starts_with(br"\[\]") && !in_class => {
+                found.push((open.clone(), i + 4));
+                i += 4;
+                continue;
+            }
+            b'\\' => i += 1,
+            b'[' if !in_class => in_class = true,
+            b']' if in_class => in_class = false,
+            b'(' if !in_class => open.push(i),
+            b')' if !in_class => {
+                if let Some(g) = open.pop() {
+                    if matches!(b.get(i + 1), Some(b'?' | b'*')) || b[i + 1..].starts_with(b"{0") {
+                        optional_groups.push(g);
+                    }
+                }
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    found.iter().any(|(groups, end)| {
+        let optional_itself = matches!(b.get(*end), Some(b'?' | b'*'));
+        !optional_itself && !groups.iter().any(|g| optional_groups.contains(g))
+    })
+}
+
+/// Whether a translated failregex can only match text that starts with a
+/// blank: fail2ban leaves one where it cut a leading date, xban cuts the
+/// blanks with the date. Decided on the anchored DFA: no non-blank first
+/// byte leads anywhere. `None` when the DFA is too large to tell.
+fn needs_leading_blank(translated: &str) -> Option<bool> {
+    use regex_automata::dfa::{dense, Automaton, StartKind};
+    use regex_automata::{Anchored, Input};
+    let expanded = crate::filter::host::expand(translated, "failregex").ok()?;
+    let dfa = dense::Builder::new()
+        .configure(
+            dense::Config::new()
+                .start_kind(StartKind::Anchored)
+                .dfa_size_limit(Some(16 << 20))
+                .determinize_size_limit(Some(16 << 20)),
+        )
+        .build(&expanded.pattern)
+        .ok()?;
+    let start = dfa
+        .start_state_forward(&Input::new("").anchored(Anchored::Yes))
+        .ok()?;
+    if dfa.is_match_state(dfa.next_eoi_state(start)) {
+        return Some(false);
+    }
+    let blank = |c: u8| matches!(c, b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c);
+    let leads = |c: u8| !dfa.is_dead_state(dfa.next_state(start, c));
+    let some_blank_leads = (0u8..=255).filter(|&c| blank(c)).any(leads);
+    let no_other_leads = !(0u8..=255).filter(|&c| !blank(c)).any(leads);
+    Some(some_blank_leads && no_other_leads)
 }
 
 /// Python `re` + fail2ban tags → the xban engine's syntax.
@@ -417,16 +506,38 @@ fn translate_tag(chars: &[char]) -> Result<(usize, String), Refusal> {
         None => (false, name.as_str()),
     };
     let tag = format!("<{name}>");
+    // Self-closing field tags (`<F-IP4/>`) stand for a plain tag.
+    if let Some(selfclosed) = bare.strip_suffix('/').filter(|_| !closing) {
+        return match selfclosed {
+            "F-IP4" => Ok((len, "<IP4>".into())),
+            "F-IP6" => Ok((len, "<IP6>".into())),
+            "F-ADDR" => Ok((len, "<ADDR>".into())),
+            "F-PORT" => Ok((len, "(?:\\w+)".into())),
+            _ => Err(refuse(Missing::Tag, tag)),
+        };
+    }
     match bare {
         "HOST" | "ADDR" | "IP4" | "IP6" if !closing => Ok((len, tag)),
         "F-USER" => Ok((len, tag)),
-        b if b.starts_with("F-ALT_USER") => Ok((len, if closing { ")" } else { "(?:" }.into())),
         "F-NOFAIL" => Err(refuse(Missing::NoFail, tag)),
         "F-MLFID" | "F-MLFFORGET" | "F-MLFGAINED" => Err(refuse(Missing::MultiLineState, tag)),
         "F-CONTENT" => Err(refuse(Missing::Prefregex, tag)),
-        b if b.starts_with("F-") || matches!(b, "DNS" | "CIDR" | "SUBNET" | "SKIPLINES") => {
+        // Captures fail2ban takes the failure's identity from.
+        "F-ID" | "F-IP4" | "F-IP6" | "F-ADDR" | "F-DNS" | "F-HOST" | "F-CIDR" | "F-SUBNET" => {
             Err(refuse(Missing::Tag, tag))
         }
+        // Any other field (F-ALT_USER, F-ERROR, F-PORT ...) only stores
+        // the text it matched for actions: a group that captures nothing
+        // matches the same.
+        b if b.starts_with("F-")
+            && b.len() > 2
+            && b[2..]
+                .chars()
+                .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_' || c == '-') =>
+        {
+            Ok((len, if closing { ")" } else { "(?:" }.into()))
+        }
+        "DNS" | "CIDR" | "SUBNET" | "SKIPLINES" => Err(refuse(Missing::Tag, tag)),
         b if b
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') =>
@@ -455,9 +566,36 @@ fn escape_literal(s: &str) -> String {
 fn translate_datepattern(src: &str, notes: &mut Vec<String>) -> Result<Option<String>, Refusal> {
     let lines: Vec<&str> = src.split('\n').filter(|l| !l.trim().is_empty()).collect();
     if lines.len() > 1 {
+        // fail2ban tries each in turn. xban takes one: that works when all
+        // but one are `{^LN-BEG}` (a leading date of any known form, which
+        // is xban's own detection) and that one is a leading date form
+        // xban's detection knows by name.
+        let mut own_notes = Vec::new();
+        let translated: Vec<Option<String>> = lines
+            .iter()
+            .map(|l| translate_datepattern(l, &mut own_notes))
+            .collect::<Result<_, _>>()
+            .map_err(|e| Refusal {
+                missing: Missing::DatePattern,
+                detail: format!("several datepatterns ({}): {}", lines.join(" | "), e.detail),
+            })?;
+        let named_leading = |d: &Option<String>| {
+            d.as_deref()
+                .is_none_or(|d| matches!(d, "^epoch" | "^iso8601" | "^tai64n"))
+        };
+        if translated.iter().all(named_leading) {
+            notes.push(format!(
+                "datepattern {}: xban's own detection of a leading timestamp (syslog, ISO 8601, epoch, ...) stands for these",
+                lines.join(" | ")
+            ));
+            return Ok(None);
+        }
         return Err(refuse(
             Missing::DatePattern,
-            format!("several datepatterns: {}", lines.join(" | ")),
+            format!(
+                "several datepatterns xban cannot try in turn: {}",
+                lines.join(" | ")
+            ),
         ));
     }
     let Some(p) = lines.first().map(|l| l.trim()) else {
@@ -522,9 +660,14 @@ fn translate_datepattern(src: &str, notes: &mut Vec<String>) -> Result<Option<St
                 out.push('%');
                 out.push(d);
             }
-            '\\' => {
-                return Err(refuse(Missing::DatePattern, format!("{p}: regex escape")));
-            }
+            // An escaped punctuation character is that character.
+            '\\' => match chars.get(i + 1) {
+                Some(&c) if c.is_ascii_punctuation() => {
+                    out.push(c);
+                    i += 2;
+                }
+                _ => return Err(refuse(Missing::DatePattern, format!("{p}: regex escape"))),
+            },
             c if "()[]{}?*+|$".contains(c) => {
                 return Err(refuse(
                     Missing::DatePattern,
@@ -571,6 +714,7 @@ mod tests {
                 "<HOST> <F-USER>\\S+</F-USER>",
             ),
             ("<F-ALT_USER>x</F-ALT_USER>", "(?:x)"),
+            ("<F-ERROR>x</F-ERROR> <F-IP4/>", "(?:x) <IP4>"),
             ("from=<> <PREFIX>", "from=<> \\x3CPREFIX\\x3E"),
             ("a*? b+?", "a*? b+?"),
         ] {
@@ -592,9 +736,43 @@ mod tests {
             ("<F-MLFID>x</F-MLFID> <HOST>", Missing::MultiLineState),
             ("<SKIPLINES> <HOST>", Missing::Tag),
             ("<F-ID>x</F-ID>", Missing::Tag),
+            ("<F-ID/>", Missing::Tag),
+            ("<F-IP4>\\S+</F-IP4>", Missing::Tag),
         ] {
             assert_eq!(translate_regex(py).unwrap_err().missing, missing, "{py}");
         }
+    }
+
+    #[test]
+    fn regexes_that_need_the_date_cut_are_found() {
+        for r in [
+            r"^ SMTP from <HOST>",
+            r"^\s+\d <HOST>",
+            r"^(?: \[\d+\]| \w+ x:)? \S+ F=<HOST>",
+        ] {
+            assert_eq!(
+                needs_leading_blank(&translate_regex(r).unwrap()),
+                Some(true),
+                "{r}"
+            );
+        }
+        for r in [
+            r"^\s*x <HOST>",
+            r"^x <HOST>",
+            r"^(?:\[\])?\s*x <HOST>",
+            r"<HOST> x",
+        ] {
+            assert_eq!(
+                needs_leading_blank(&translate_regex(r).unwrap()),
+                Some(false),
+                "{r}"
+            );
+        }
+        assert!(needs_emptied_brackets(r"^\[\]\s\[error\] <HOST>"));
+        assert!(needs_emptied_brackets(r"^<HOST> - \S+ \[\] x"));
+        assert!(!needs_emptied_brackets(r"^(?:\[\])?\s*x <HOST>"));
+        assert!(!needs_emptied_brackets(r"^(?:\[\]\s+)?\[[^]]+\] x <HOST>"));
+        assert!(!needs_emptied_brackets(r"^[\[\]] <HOST>"));
     }
 
     #[test]
@@ -611,8 +789,13 @@ mod tests {
             Some("^%Y-%m-%d")
         );
         assert_eq!(t("{^LN-BEG}EPOCH").unwrap().as_deref(), Some("^epoch"));
+        assert_eq!(
+            t("^\\[%d/%b/%Y %H:%M:%S\\]").unwrap().as_deref(),
+            Some("^[%d/%b/%Y %H:%M:%S]")
+        );
         assert_eq!(t("^(?:x)%Y").unwrap_err().missing, Missing::DatePattern);
         assert_eq!(t("%Y\n%d").unwrap_err().missing, Missing::DatePattern);
+        assert_eq!(t("{^LN-BEG}EPOCH\n{^LN-BEG}").unwrap(), None);
         assert_eq!(
             t("^<\\d+>\\d+\\s+{DATE}").unwrap_err().missing,
             Missing::DatePattern

@@ -139,5 +139,7 @@ impl Import {
     }
 }
 
+#[cfg(all(test, feature = "fail2ban-tests"))]
+mod fail2ban_tests;
 #[cfg(test)]
 mod tests;

@@ -608,34 +608,52 @@ fn read_jail(
 }
 
 /// The modes a filter offers: the `M` of every `PREFIX-M` option where the
-/// filter refers to `<PREFIX-<mode>>` (how stock filters spell modes).
+/// filter refers to `<PREFIX-<mode>>` (how stock filters spell modes). A
+/// reference `<PREFIX-<mode>SUFFIX>` (sshd's `<mdre-<mode>-other>`) makes
+/// `PREFIX-MSUFFIX` keys belong to mode `M`, not to a mode `MSUFFIX`.
 pub fn filter_modes(basedir: &Path, filter: &str) -> Result<Vec<String>, ImportError> {
     let Some((ini, _)) = read_layered(basedir, &format!("filter.d/{filter}"))? else {
         return Ok(Vec::new());
     };
-    let mut prefixes = BTreeSet::new();
+    let mut references = BTreeSet::new();
     let mut keys = BTreeSet::new();
     for (_, section) in &ini.sections {
         for (k, e) in section {
             keys.insert(k.clone());
+            let v = &e.value;
             let mut from = 0;
-            while let Some(p) = e.value[from..].find("-<mode>>") {
+            while let Some(p) = v[from..].find("-<mode>") {
                 let at = from + p;
-                let start = e.value[..at].rfind('<').map_or(at, |s| s + 1);
-                prefixes.insert(e.value[start..at].to_string());
-                from = at + 1;
+                let start = v[..at].rfind('<').map_or(at, |s| s + 1);
+                let after = at + "-<mode>".len();
+                let end = v[after..].find('>').map_or(after, |e| after + e);
+                references.insert((v[start..at].to_string(), v[after..end].to_string()));
+                from = after;
             }
         }
     }
     let mut modes = BTreeSet::new();
     for k in &keys {
-        for p in &prefixes {
-            if let Some(m) = k.strip_prefix(&format!("{p}-")) {
+        for (prefix, suffix) in references.iter().filter(|(_, s)| s.is_empty()) {
+            if let Some(m) = k.strip_prefix(&format!("{prefix}-")) {
                 if !m.is_empty() && !m.contains(['<', '>', '/']) {
                     modes.insert(m.to_string());
                 }
             }
+            let _ = suffix;
         }
     }
+    let suffixes: Vec<&String> = references
+        .iter()
+        .map(|(_, s)| s)
+        .filter(|s| !s.is_empty())
+        .collect();
+    let all = modes.clone();
+    modes.retain(|m| {
+        !suffixes.iter().any(|s| {
+            m.strip_suffix(s.as_str())
+                .is_some_and(|base| all.contains(base))
+        })
+    });
     Ok(modes.into_iter().collect())
 }
