@@ -211,6 +211,7 @@ pub fn build(
     let mut filters: Vec<(String, String)> = Vec::new();
     let mut out_jails = Table::new();
     let mut increments: Vec<(String, BTreeMap<String, String>)> = Vec::new();
+    let mut without_increment: Vec<String> = Vec::new();
     let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .ok()
@@ -551,6 +552,8 @@ pub fn build(
             .collect();
         if inc.get("bantime.increment").is_some_and(|v| bool_value(v)) {
             increments.push((name.to_string(), inc));
+        } else {
+            without_increment.push(name.to_string());
         }
         // Firewall keys: XDP drops every port and protocol of a banned source.
         for (key, v) in &jail.action_keys {
@@ -573,6 +576,14 @@ pub fn build(
                     "the ban itself: xban drops the address at XDP",
                 );
                 for k in ["port", "protocol", "chain", "blocktype"] {
+                    // Said once: the jail's own key already is in the report.
+                    let same_as_jail = jail
+                        .action_keys
+                        .get(k)
+                        .is_some_and(|j| action.args.iter().any(|(a, v)| a == k && v == j));
+                    if same_as_jail {
+                        continue;
+                    }
                     if let Some(v) = action.args.iter().find(|(a, _)| a == k).map(|(_, v)| v) {
                         report.add(
                             name,
@@ -662,6 +673,18 @@ pub fn build(
         Value::String(filters_dir.display().to_string()),
     );
     root.insert("agent".into(), Value::Table(agent));
+    if !increments.is_empty() {
+        for name in &without_increment {
+            if out_jails.contains_key(name) {
+                report.add(
+                    name,
+                    "bantime.increment",
+                    Outcome::Approximated,
+                    "off in fail2ban for this jail, but xban's increment is one for all jails: its bans grow too",
+                );
+            }
+        }
+    }
     root.insert(
         "escalation".into(),
         Value::Table(escalation(&increments, report)?),

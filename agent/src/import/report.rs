@@ -61,13 +61,24 @@ impl Report {
 
 impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut jail = None;
+        // Grouped by jail, in the order jails first appear.
+        let mut jails: Vec<&str> = Vec::new();
         for l in &self.lines {
-            if jail != Some(&l.jail) {
-                writeln!(f, "[{}]", l.jail)?;
-                jail = Some(&l.jail);
+            if !jails.contains(&l.jail.as_str()) {
+                jails.push(&l.jail);
             }
-            writeln!(f, "  {:<22} {:<12} {}", l.key, l.outcome, l.detail)?;
+        }
+        for jail in jails {
+            writeln!(f, "[{jail}]")?;
+            for l in self.lines.iter().filter(|l| l.jail == jail) {
+                writeln!(
+                    f,
+                    "  {:<22} {:<12} {}",
+                    l.key,
+                    l.outcome,
+                    shorten(&l.detail)
+                )?;
+            }
         }
         let refused = self.refused().count();
         writeln!(
@@ -88,4 +99,15 @@ impl fmt::Display for Report {
             refused
         )
     }
+}
+
+/// Long details (whole regexes) cut for the terminal; the full text stays
+/// in [`Line::detail`].
+fn shorten(detail: &str) -> String {
+    const MAX: usize = 160;
+    if detail.chars().count() <= MAX {
+        return detail.to_string();
+    }
+    let cut: String = detail.chars().take(MAX).collect();
+    format!("{cut}...")
 }
