@@ -195,8 +195,7 @@ fn dump(dir: &Path) -> BTreeMap<String, Dumped> {
             continue;
         }
         let opt = l[2].text();
-        let values: Vec<String> =
-            |from: usize| -> Vec<String> { l[from..].iter().map(Py::text).collect() }(3);
+        let values: Vec<String> = l[3..].iter().map(Py::text).collect();
         match (verb.as_str(), opt.as_str()) {
             ("multi-set", "addfailregex") => j.failregex.extend(l[3].list().iter().map(Py::text)),
             ("multi-set", "addignoreregex") => {

@@ -210,7 +210,7 @@ pub fn build(
 ) -> Result<(String, Vec<(String, String)>), ImportError> {
     let mut filters: Vec<(String, String)> = Vec::new();
     let mut out_jails = Table::new();
-    let mut increments: Vec<(String, BTreeMap<String, String>)> = Vec::new();
+    let mut increments: Vec<(&ExpandedJail, BTreeMap<String, String>)> = Vec::new();
     let mut without_increment: Vec<String> = Vec::new();
     let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
@@ -239,7 +239,9 @@ pub fn build(
             report.add(name, "filter", Outcome::Refused, "the jail has no filter");
             continue;
         }
-        match translate(jail) {
+        let translated = translate(jail);
+        let was_translated = translated.is_ok();
+        match translated {
             Ok(Translated { def, notes }) => {
                 let text = filter_file(&def);
                 let base = variant_name(jail);
@@ -275,63 +277,69 @@ pub fn build(
                 }
                 t.insert("filter".into(), Value::String(fname));
             }
-            Err(refusal) => match crate::filter::builtin::builtin(&jail.filter_name) {
-                Some(_) => {
-                    report.add(
-                            name,
-                            "filter",
-                            Outcome::Approximated,
-                            format!(
-                                "fail2ban's {} needs {} (not in xban's engine); using xban's own built-in `{}` filter instead, written for the same logs",
-                                jail.filter_spec, refusal, jail.filter_name
-                            ),
-                        );
-                    t.insert("filter".into(), Value::String(jail.filter_name.clone()));
-                    let builtin =
-                        crate::filter::builtin::builtin(&jail.filter_name).expect("checked");
-                    if let Some((_, mode)) = jail.filter_args.iter().find(|(k, _)| k == "mode") {
-                        if builtin.modes.contains_key(mode) {
-                            t.insert("mode".into(), Value::String(mode.clone()));
-                            report.add(name, "mode", Outcome::Mapped, mode.clone());
-                        } else {
-                            report.add(
-                                    name,
-                                    "mode",
-                                    Outcome::Approximated,
-                                    format!(
-                                        "xban's `{}` has no mode `{mode}` (it has {}): its default is used",
-                                        jail.filter_name,
-                                        builtin.modes.keys().cloned().collect::<Vec<_>>().join(", ")
-                                    ),
-                                );
-                        }
-                    }
-                }
-                None => {
+            Err(refusal) => {
+                // xban's recidive reads xban's own ban lines, not fail2ban's
+                // log: it is no stand-in for fail2ban's.
+                let stand_in = match jail.filter_name.as_str() {
+                    "recidive" => None,
+                    other => crate::filter::builtin::builtin(other),
+                };
+                let Some(builtin) = stand_in else {
+                    let hint = if jail.filter_name == "recidive" {
+                        " (xban's [escalation] does recidive's job: repeat offenders get longer bans)"
+                    } else {
+                        ""
+                    };
                     report.add(
                         name,
                         "filter",
                         Outcome::Refused,
-                        format!("{}: {refusal}", jail.filter_spec),
+                        format!("{}: {refusal}{hint}", jail.filter_spec),
                     );
                     continue;
-                }
-            },
-        }
-        for (k, v) in &jail.filter_args {
-            if k != "mode" {
+                };
                 report.add(
                     name,
-                    &format!("filter[{k}]"),
+                    "filter",
+                    Outcome::Approximated,
+                    format!(
+                        "fail2ban's {} needs {refusal} (not in xban's engine); using xban's own built-in `{}` filter instead, written for the same logs",
+                        jail.filter_spec, jail.filter_name
+                    ),
+                );
+                t.insert("filter".into(), Value::String(jail.filter_name.clone()));
+                match jail.filter_args.iter().find(|(k, _)| k == "mode") {
+                    Some((_, mode)) if builtin.modes.contains_key(mode) => {
+                        t.insert("mode".into(), Value::String(mode.clone()));
+                        report.add(name, "mode", Outcome::Mapped, mode.clone());
+                    }
+                    Some((_, mode)) => report.add(
+                        name,
+                        "mode",
+                        Outcome::Approximated,
+                        format!(
+                            "xban's `{}` has no mode `{mode}` (it has {}): its default is used",
+                            jail.filter_name,
+                            builtin.modes.keys().cloned().collect::<Vec<_>>().join(", ")
+                        ),
+                    ),
+                    None => {}
+                }
+            }
+        }
+        if was_translated {
+            // A translated variant has its arguments built in.
+            for (k, v) in &jail.filter_args {
+                let key = if k == "mode" {
+                    "mode".to_string()
+                } else {
+                    format!("filter[{k}]")
+                };
+                report.add(
+                    name,
+                    &key,
                     Outcome::Mapped,
                     format!("{k}={v}: folded into the imported filter"),
-                );
-            } else if t.get("mode").is_none() && report.find(name, "mode").is_none() {
-                report.add(
-                    name,
-                    "mode",
-                    Outcome::Mapped,
-                    format!("{v}: folded into the imported filter"),
                 );
             }
         }
@@ -404,61 +412,22 @@ pub fn build(
             let Some(v) = jail.settings.get(key) else {
                 continue;
             };
-            let place = || ImportError::Option {
-                file: jail.file.clone(),
+            let bad = |message: String| ImportError::Option {
+                file: jail.key_file(key),
                 section: name.to_string(),
                 key: key.to_string(),
-                message: String::new(),
+                message,
             };
             let value = match key {
                 "maxretry" => match v.trim().parse::<u32>() {
                     Ok(n) if n > 0 => Value::Integer(n.into()),
-                    _ => {
-                        let ImportError::Option {
-                            file, section, key, ..
-                        } = place()
-                        else {
-                            unreachable!()
-                        };
-                        return Err(ImportError::Option {
-                            file,
-                            section,
-                            key,
-                            message: format!("`{v}` is not a positive whole number"),
-                        });
-                    }
+                    _ => return Err(bad(format!("`{v}` is not a positive whole number"))),
                 },
                 _ => match duration_text(v) {
                     Ok(Some(d)) => Value::String(d),
                     Ok(None) if key == "bantime" => Value::String("permanent".into()),
-                    Ok(None) => {
-                        let ImportError::Option {
-                            file, section, key, ..
-                        } = place()
-                        else {
-                            unreachable!()
-                        };
-                        return Err(ImportError::Option {
-                            file,
-                            section,
-                            key,
-                            message: format!("`{v}` is negative"),
-                        });
-                    }
-                    Err(message) => {
-                        let ImportError::Option {
-                            file, section, key, ..
-                        } = place()
-                        else {
-                            unreachable!()
-                        };
-                        return Err(ImportError::Option {
-                            file,
-                            section,
-                            key,
-                            message,
-                        });
-                    }
+                    Ok(None) => return Err(bad(format!("`{v}` is negative"))),
+                    Err(message) => return Err(bad(message)),
                 },
             };
             report.add(name, key, Outcome::Mapped, format!("{v} -> {value}"));
@@ -499,7 +468,7 @@ pub fn build(
                 ),
                 other => {
                     return Err(ImportError::Option {
-                        file: jail.file.clone(),
+                        file: jail.key_file("usedns"),
                         section: name.into(),
                         key: "usedns".into(),
                         message: format!("`{other}` is not yes, warn, no or raw"),
@@ -551,7 +520,7 @@ pub fn build(
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         if inc.get("bantime.increment").is_some_and(|v| bool_value(v)) {
-            increments.push((name.to_string(), inc));
+            increments.push((jail, inc));
         } else {
             without_increment.push(name.to_string());
         }
@@ -703,11 +672,11 @@ pub fn build(
 /// is global: the first such jail's values are taken and any difference
 /// reported.
 fn escalation(
-    increments: &[(String, BTreeMap<String, String>)],
+    increments: &[(&ExpandedJail, BTreeMap<String, String>)],
     report: &mut Report,
 ) -> Result<Table, ImportError> {
     let mut e = Table::new();
-    let Some((first_jail, inc)) = increments.first() else {
+    let Some((first, inc)) = increments.first() else {
         // fail2ban does not escalate unless told to: neither does the import.
         e.insert("enabled".into(), Value::Boolean(false));
         report.add(
@@ -726,8 +695,9 @@ fn escalation(
     e.insert("overalljails".into(), Value::Boolean(overall));
     let mut i = Table::new();
     i.insert("enabled".into(), Value::Boolean(true));
+    let first_jail = &first.name;
     let bad = |key: &str, message: String| ImportError::Option {
-        file: Default::default(),
+        file: first.key_file(key),
         section: first_jail.clone(),
         key: key.into(),
         message,
@@ -792,7 +762,7 @@ fn escalation(
     for (jail, other) in &increments[1..] {
         if other != inc {
             report.add(
-                jail,
+                &jail.name,
                 "bantime.increment",
                 Outcome::Approximated,
                 format!("xban's increment is one for all jails: [{first_jail}]'s values are used"),

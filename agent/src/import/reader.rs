@@ -88,9 +88,22 @@ pub struct ExpandedJail {
     /// Every other jail option fail2ban sends (`maxretry`, `bantime`, ...).
     pub settings: BTreeMap<String, String>,
     pub actions: Vec<ExpandedAction>,
+    /// The file each jail option was last set in (for error messages).
+    pub key_files: BTreeMap<String, PathBuf>,
     /// Raw `[DEFAULT]`/jail keys xban reports on although fail2ban only
     /// uses them inside actions (`banaction`, `port`, `protocol`, `chain`).
     pub action_keys: BTreeMap<String, String>,
+}
+
+impl ExpandedJail {
+    /// Where `key` was set for this jail (the jail's own file if unknown).
+    pub fn key_file(&self, key: &str) -> PathBuf {
+        self.key_files
+            .get(key)
+            .filter(|f| !f.as_os_str().is_empty())
+            .cloned()
+            .unwrap_or_else(|| self.file.clone())
+    }
 }
 
 /// Every enabled jail of `basedir` (`jail.conf`, `jail.d/`, `jail.local`),
@@ -500,6 +513,10 @@ fn read_jail(
         ignoreip: Vec::new(),
         settings: BTreeMap::new(),
         actions: Vec::new(),
+        key_files: opts
+            .keys()
+            .map(|k| (k.clone(), place_of(ini, name, k)))
+            .collect(),
         action_keys: BTreeMap::new(),
     };
     if let Some(reader) = filter.as_mut() {

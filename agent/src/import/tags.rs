@@ -31,7 +31,7 @@ pub fn next_tag(value: &str, from: usize) -> Option<(usize, usize, &str)> {
 /// by option `name` (or what `lookup` finds), repeatedly, until nothing
 /// changes. Unknown tags (`<HOST>`, `<F-USER>`) stay as they are.
 pub fn substitute_recursive_tags<E>(
-    tags: &mut Vec<(String, String)>,
+    tags: &mut [(String, String)],
     ignore: &BTreeSet<String>,
     lookup: &mut dyn FnMut(&str) -> Result<Option<String>, E>,
 ) -> Result<Result<(), String>, E> {
