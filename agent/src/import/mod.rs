@@ -129,12 +129,44 @@ impl Import {
                 message: e.to_string(),
             }
         };
-        std::fs::create_dir_all(&filters_dir).map_err(io(&filters_dir))?;
+        // Everything goes to a staging directory beside the targets first,
+        // then is renamed into place: a failed write leaves nothing behind.
+        std::fs::create_dir_all(out).map_err(io(out))?;
+        let staging = out.join(format!(".xban-import-{}", std::process::id()));
+        let staged = (|| -> Result<Vec<(PathBuf, PathBuf)>, ImportError> {
+            std::fs::create_dir_all(&staging).map_err(io(&staging))?;
+            let mut moves = Vec::new();
+            for (i, (path, text)) in targets.iter().enumerate() {
+                let tmp = staging.join(format!("{i}.toml"));
+                std::fs::write(&tmp, text).map_err(io(&tmp))?;
+                // The config may name management networks: owner only.
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))
+                    .map_err(io(&tmp))?;
+                moves.push((tmp, path.clone()));
+            }
+            std::fs::create_dir_all(&filters_dir).map_err(io(&filters_dir))?;
+            Ok(moves)
+        })();
+        let moves = match staged {
+            Ok(m) => m,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&staging);
+                return Err(e);
+            }
+        };
         let mut written = Vec::new();
-        for (path, text) in targets {
-            std::fs::write(&path, text).map_err(io(&path))?;
+        for (tmp, path) in moves {
+            if let Err(e) = std::fs::rename(&tmp, &path) {
+                for done in &written {
+                    let _ = std::fs::remove_file(done);
+                }
+                let _ = std::fs::remove_dir_all(&staging);
+                return Err(io(&path)(e));
+            }
             written.push(path);
         }
+        let _ = std::fs::remove_dir_all(&staging);
         Ok(written)
     }
 }

@@ -389,3 +389,18 @@ fn fail2ban_times() {
     assert!(jails::fail2ban_seconds("soon").is_err());
     assert!(jails::fail2ban_seconds("10 parsecs").is_err());
 }
+
+#[test]
+fn a_write_that_fails_leaves_nothing_behind() {
+    let out = tempfile::tempdir().unwrap();
+    let import = import(&fixture(), out.path()).unwrap();
+    // `filters` taken by a file: the filter files cannot go there.
+    std::fs::write(out.path().join("filters"), "").unwrap();
+    let e = import.write(out.path()).unwrap_err().to_string();
+    assert!(e.contains("filters"), "{e}");
+    let left: Vec<_> = std::fs::read_dir(out.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(left, ["filters"], "only what was there before");
+}
