@@ -773,9 +773,6 @@ fn import(dir: &Path, out: Option<&Path>, dry_run: bool) -> Result<()> {
     for path in &written {
         println!("wrote {}", path.display());
     }
-    println!(
-        "next: xban check -c {}",
-        out_dir.join("xban.toml").display()
-    );
+    println!("next: xban check {}", out_dir.join("xban.toml").display());
     Ok(())
 }

@@ -660,7 +660,7 @@ pub fn build(
     );
     root.insert("jails".into(), Value::Table(out_jails));
     let header =
-        "# Imported from fail2ban by `xban import`: check it with `xban check -c THIS_FILE`.\n";
+        "# Imported from fail2ban by `xban import`: check it with `xban check THIS_FILE`.\n";
     let text = format!(
         "{header}{}",
         toml::to_string(&root).expect("tables serialize")
