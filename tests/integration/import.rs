@@ -144,3 +144,57 @@ fn an_imported_fail2ban_config_checks_and_bans_from_log_lines() {
     assert!(!lab.udp_reaches(ATK3_V4, SRV_V4), "banned: dropped at XDP");
     agent.stop().unwrap();
 }
+
+/// The binary: `--dry-run` prints and writes nothing; a broken jail.local
+/// fails naming file, section and key, and writes nothing either.
+#[test]
+fn import_dry_run_and_bad_input_write_nothing() {
+    let out = tempfile::tempdir().unwrap();
+    let tree = fail2ban_tree(&out.path().join("app.log"));
+    let run = |extra: &[&str]| {
+        std::process::Command::new(xban_bin())
+            .arg("import")
+            .arg(tree.path())
+            .arg("--out")
+            .arg(out.path())
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let dry = run(&["--dry-run"]);
+    let stdout = String::from_utf8_lossy(&dry.stdout);
+    assert!(
+        dry.status.success(),
+        "{}",
+        String::from_utf8_lossy(&dry.stderr)
+    );
+    assert!(
+        stdout.contains("[jails.labapp]") && stdout.contains("f2b-labapp.toml"),
+        "{stdout}"
+    );
+    assert_eq!(
+        std::fs::read_dir(out.path()).unwrap().count(),
+        0,
+        "dry run wrote nothing"
+    );
+
+    let local = tree.path().join("jail.local");
+    let text = std::fs::read_to_string(&local).unwrap();
+    std::fs::write(
+        &local,
+        text.replace("maxretry = 2", "maxretry = 2\nmaxretry = 4"),
+    )
+    .unwrap();
+    let bad = run(&[]);
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(!bad.status.success());
+    assert!(
+        stderr.contains("jail.local") && stderr.contains("[labapp]") && stderr.contains("maxretry"),
+        "{stderr}"
+    );
+    assert_eq!(
+        std::fs::read_dir(out.path()).unwrap().count(),
+        0,
+        "an error writes nothing"
+    );
+}
