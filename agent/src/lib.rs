@@ -20,6 +20,7 @@ pub mod filter;
 pub mod fleet;
 pub mod geo;
 pub mod guard;
+pub mod import;
 pub mod instance;
 pub mod jail;
 pub mod metrics;

@@ -105,6 +105,21 @@ enum Command {
         #[arg(long)]
         config_only: bool,
     },
+    /// Turn a fail2ban configuration into an xban one: the enabled jails,
+    /// the filters they use (translated, or refused naming what xban's
+    /// engine lacks) and a report of every key mapped, approximated or
+    /// dropped. Nothing is written on any error.
+    Import {
+        /// fail2ban's configuration directory.
+        #[arg(default_value = "/etc/fail2ban")]
+        dir: PathBuf,
+        /// Where xban.toml and filters/ go (must not hold them already).
+        #[arg(long, required_unless_present = "dry_run")]
+        out: Option<PathBuf>,
+        /// Print the report, the config and the filters; write nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Test a filter on a log file or one line, without a running agent
     /// or root: hits per regex, matched/ignored/missed lines, hosts, times.
     Regex {
@@ -166,6 +181,7 @@ fn dispatch(cli: Cli) -> Result<()> {
                 xban::daemon::RunOptions { dry_run },
             ))
         }
+        Command::Import { dir, out, dry_run } => import(&dir, out.as_deref(), dry_run),
         Command::Check {
             config,
             config_only,
@@ -740,5 +756,40 @@ fn teardown(config: &Path) -> Result<()> {
             agent.bpf_pin_dir.display()
         );
     }
+    Ok(())
+}
+
+/// `xban import`: everything is built in memory first, so an error writes
+/// nothing; the report goes to stdout either way.
+fn import(dir: &Path, out: Option<&Path>, dry_run: bool) -> Result<()> {
+    let out_dir = match out {
+        Some(o) => std::path::absolute(o).with_context(|| format!("--out {}", o.display()))?,
+        None => PathBuf::from(directories::CONFIG)
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default(),
+    };
+    let import = xban::import::import(dir, &out_dir)
+        .with_context(|| format!("importing fail2ban's configuration from {}", dir.display()))?;
+    print!("{}", import.report);
+    if dry_run {
+        println!(
+            "\n# ---- {}/xban.toml ----\n{}",
+            out_dir.display(),
+            import.config
+        );
+        for (name, text) in &import.filters {
+            println!(
+                "# ---- {}/filters/{name}.toml ----\n{text}",
+                out_dir.display()
+            );
+        }
+        return Ok(());
+    }
+    let written = import.write(&out_dir)?;
+    for path in &written {
+        println!("wrote {}", path.display());
+    }
+    println!("next: xban check {}", out_dir.join("xban.toml").display());
     Ok(())
 }

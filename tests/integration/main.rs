@@ -9,6 +9,7 @@ mod faults;
 mod fleet;
 mod fleet_auth;
 mod guards;
+mod import;
 mod lifecycle;
 mod names_geo;
 mod operations;

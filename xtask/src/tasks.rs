@@ -114,8 +114,9 @@ pub fn test(ws: &Workspace, args: &[OsString]) -> Result<()> {
             .args(["test", "--workspace", "--release"])
             .args(["--exclude", TESTS_PACKAGE, "--exclude", EBPF_PACKAGE])
             // The agent's unit tests that need root (`cargo xtask test` runs
-            // as root; plain `cargo test` leaves them out).
-            .args(["--features", "xban/privileged-tests"])
+            // as root; plain `cargo test` leaves them out), and those that
+            // compare `xban import` with the installed fail2ban.
+            .args(["--features", "xban/privileged-tests,xban/fail2ban-tests"])
             .env(EBPF_OBJ_VAR, &obj)
             .envs(
                 journald

@@ -1,0 +1,805 @@
+//! A fail2ban filter variant (its expanded failregex, ignoreregex,
+//! datepattern, prefregex, maxlines) as an xban filter, translated whole,
+//! or refused naming the feature xban's engine lacks.
+//!
+//! The regexes are Python `re` syntax with fail2ban's tags. Rewrites are
+//! made only where both mean exactly the same (`\Z` is `\z`, a `{` that is
+//! no quantifier is a literal, `[` inside a class is a literal, `\<` is
+//! `<`, `{,n}` is `{0,n}`, `(?#...)` is nothing); everything else that the
+//! `regex` crate or the engine cannot do refuses the variant.
+
+use std::fmt;
+
+use super::reader::ExpandedJail;
+use crate::filter::{FilterDef, FilterError, FilterSet};
+
+/// Features of fail2ban filters that xban's engine does not have. The
+/// variant of a filter using one is refused, never imported in part.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Missing {
+    /// `prefregex` with `<F-CONTENT>`: a common prefix matched first, the
+    /// failregexes then run on the content it captured.
+    Prefregex,
+    /// `maxlines` above 1: failregexes spanning several lines.
+    MultiLine,
+    /// `<F-MLFID>`, `<F-MLFFORGET>`, `<F-MLFGAINED>`: per-connection state
+    /// carried across lines.
+    MultiLineState,
+    /// `<F-NOFAIL>`: lines that match but are no failure on their own.
+    NoFail,
+    /// `<SKIPLINES>`, `<DNS>`, `<CIDR>`, `<SUBNET>`, `<F-ID>` and other
+    /// field tags xban's engine does not know.
+    Tag,
+    /// `(?=`, `(?!`, `(?<=`, `(?<!`.
+    LookAround,
+    /// `\1`, `(?P=name)`.
+    BackReference,
+    /// `(?(name)yes|no)`.
+    Conditional,
+    /// `(?>...)`, `*+`, `++`, `?+`.
+    Atomic,
+    /// A datepattern xban cannot express (regex syntax, `{DATE}`,
+    /// directives it lacks, several patterns).
+    DatePattern,
+    /// A regex that relies on what fail2ban's date cut leaves behind: the
+    /// blank before the rest of the line (`^\s`, `^ `) or the emptied
+    /// brackets of a date (`\[\]`). xban cuts a leading date together with
+    /// the blanks after it, and no date in the middle of a line.
+    DateCut,
+    /// Anything else the `regex` crate or the engine refuses.
+    Syntax,
+}
+
+impl fmt::Display for Missing {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Missing::Prefregex => "prefregex (<F-CONTENT>)",
+            Missing::MultiLine => "maxlines > 1 (multi-line matching)",
+            Missing::MultiLineState => "multi-line state (<F-MLFID>, <F-MLFFORGET>, <F-MLFGAINED>)",
+            Missing::NoFail => "<F-NOFAIL>",
+            Missing::Tag => "a tag xban's engine does not have",
+            Missing::LookAround => "look-around",
+            Missing::BackReference => "back-references",
+            Missing::Conditional => "conditional groups",
+            Missing::Atomic => "atomic groups / possessive quantifiers",
+            Missing::DatePattern => "datepattern form",
+            Missing::DateCut => "fail2ban's date cut (a regex expecting what it leaves)",
+            Missing::Syntax => "regex syntax the regex crate cannot compile",
+        })
+    }
+}
+
+/// Why a variant was refused: the feature and where it is used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub missing: Missing,
+    pub detail: String,
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.missing, self.detail)
+    }
+}
+
+fn refuse(missing: Missing, detail: impl Into<String>) -> Refusal {
+    Refusal {
+        missing,
+        detail: detail.into(),
+    }
+}
+
+/// A translated variant and what differs in how it runs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Translated {
+    pub def: FilterDef,
+    /// Behaviour that is close but not the same (reported as approximated).
+    pub notes: Vec<String>,
+}
+
+/// Translates the filter part of an expanded jail.
+pub fn translate(jail: &ExpandedJail) -> Result<Translated, Refusal> {
+    if let Some(p) = jail.prefregex.as_deref().filter(|p| !p.is_empty()) {
+        return Err(refuse(Missing::Prefregex, format!("prefregex = {p}")));
+    }
+    if let Some(m) = &jail.maxlines {
+        let n: i64 = m.trim().parse().unwrap_or(i64::MAX);
+        if n > 1 {
+            return Err(refuse(Missing::MultiLine, format!("maxlines = {m}")));
+        }
+    }
+    let mut failregex = Vec::new();
+    for (i, r) in jail.failregex.iter().enumerate() {
+        let translated = translate_regex(r).map_err(|e| Refusal {
+            missing: e.missing,
+            detail: format!("failregex[{i}] {}: {r}", e.detail),
+        })?;
+        if needs_emptied_brackets(r) {
+            return Err(refuse(
+                Missing::DateCut,
+                format!(
+                    "failregex[{i}] needs the [] fail2ban leaves where it cut a date mid-line: {r}"
+                ),
+            ));
+        }
+        if needs_leading_blank(&translated) == Some(true) {
+            return Err(refuse(
+                Missing::DateCut,
+                format!("failregex[{i}] needs the blank fail2ban leaves where it cut a leading date: {r}"),
+            ));
+        }
+        failregex.push(translated);
+    }
+    let mut ignoreregex = Vec::new();
+    for (i, r) in jail.ignoreregex.iter().enumerate() {
+        ignoreregex.push(translate_regex(r).map_err(|e| Refusal {
+            missing: e.missing,
+            detail: format!("ignoreregex[{i}] {}: {r}", e.detail),
+        })?);
+    }
+    let mut notes = Vec::new();
+    let datepattern = match jail.datepattern.as_deref() {
+        None => {
+            notes.push(
+                "no datepattern: fail2ban cuts a date found anywhere in the line before matching; \
+                 xban takes the time from the line's start (or an access log's [date]) and cuts only a leading one"
+                    .to_string(),
+            );
+            None
+        }
+        Some(d) => translate_datepattern(d, &mut notes)?,
+    };
+    let def = FilterDef {
+        failregex,
+        ignoreregex,
+        datepattern,
+        description: Some(format!(
+            "imported from fail2ban filter {}{}",
+            jail.filter_spec,
+            if jail.logtype == "journal" {
+                " (logtype journal)"
+            } else {
+                ""
+            }
+        )),
+        ..FilterDef::default()
+    };
+    match FilterSet::from_def(&def, None) {
+        Ok(_) => Ok(Translated { def, notes }),
+        Err(FilterError::NoHostTag { place }) => Err(refuse(
+            Missing::Tag,
+            format!("{place} has no <HOST>/<ADDR>/<IP4>/<IP6>"),
+        )),
+        Err(FilterError::NoFailregex) => {
+            Err(refuse(Missing::Syntax, "the filter has no failregex"))
+        }
+        Err(e) => Err(refuse(Missing::Syntax, e.to_string())),
+    }
+}
+
+/// Whether a failregex needs the brackets fail2ban empties when it cuts
+/// a date out of the middle of a line: a `\[\]` that is not optional.
+fn needs_emptied_brackets(regex: &str) -> bool {
+    let b = regex.as_bytes();
+    // Open groups (start index) and, for each `\[\]`, the groups around it.
+    let mut open: Vec<usize> = Vec::new();
+    let mut found: Vec<(Vec<usize>, usize)> = Vec::new();
+    let mut optional_groups: Vec<usize> = Vec::new();
+    let mut in_class = false;
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'\\' if b[i..].starts_with(br"\[\]") && !in_class => {
+                found.push((open.clone(), i + 4));
+                i += 4;
+                continue;
+            }
+            b'\\' => i += 1,
+            b'[' if !in_class => in_class = true,
+            b']' if in_class => in_class = false,
+            b'(' if !in_class => open.push(i),
+            b')' if !in_class => {
+                if let Some(g) = open.pop() {
+                    if matches!(b.get(i + 1), Some(b'?' | b'*')) || b[i + 1..].starts_with(b"{0") {
+                        optional_groups.push(g);
+                    }
+                }
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    found.iter().any(|(groups, end)| {
+        let optional_itself = matches!(b.get(*end), Some(b'?' | b'*'));
+        !optional_itself && !groups.iter().any(|g| optional_groups.contains(g))
+    })
+}
+
+/// Whether a translated failregex can only match text that starts with a
+/// blank: fail2ban leaves one where it cut a leading date, xban cuts the
+/// blanks with the date. Decided on the anchored DFA: no non-blank first
+/// byte leads anywhere. `None` when the DFA is too large to tell.
+fn needs_leading_blank(translated: &str) -> Option<bool> {
+    use regex_automata::dfa::{dense, Automaton, StartKind};
+    use regex_automata::{Anchored, Input};
+    let expanded = crate::filter::host::expand(translated, "failregex").ok()?;
+    let dfa = dense::Builder::new()
+        .configure(
+            dense::Config::new()
+                .start_kind(StartKind::Anchored)
+                .dfa_size_limit(Some(16 << 20))
+                .determinize_size_limit(Some(16 << 20)),
+        )
+        .build(&expanded.pattern)
+        .ok()?;
+    let start = dfa
+        .start_state_forward(&Input::new("").anchored(Anchored::Yes))
+        .ok()?;
+    if dfa.is_match_state(dfa.next_eoi_state(start)) {
+        return Some(false);
+    }
+    let blank = |c: u8| matches!(c, b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c);
+    let leads = |c: u8| !dfa.is_dead_state(dfa.next_state(start, c));
+    let some_blank_leads = (0u8..=255).filter(|&c| blank(c)).any(leads);
+    let no_other_leads = !(0u8..=255).filter(|&c| !blank(c)).any(leads);
+    Some(some_blank_leads && no_other_leads)
+}
+
+/// Python `re` + fail2ban tags → the xban engine's syntax.
+pub fn translate_regex(src: &str) -> Result<String, Refusal> {
+    let chars: Vec<char> = src.chars().collect();
+    let mut out = String::with_capacity(src.len() + 8);
+    let mut i = 0;
+    // Whether the previous token can take a quantifier (for bare `{`).
+    let mut quantifiable = false;
+    while i < chars.len() {
+        let c = chars[i];
+        match c {
+            '\\' => {
+                let Some(&n) = chars.get(i + 1) else {
+                    return Err(refuse(Missing::Syntax, "ends with a lone backslash"));
+                };
+                i += 2;
+                quantifiable = true;
+                match n {
+                    '1'..='9' => {
+                        return Err(refuse(Missing::BackReference, format!("\\{n}")));
+                    }
+                    'Z' => out.push_str("\\z"),
+                    '<' => out.push_str("\\x3C"),
+                    '>' => out.push_str("\\x3E"),
+                    'b' | 'B' | 'A' => {
+                        out.push('\\');
+                        out.push(n);
+                        quantifiable = false;
+                    }
+                    c if c.is_ascii_alphanumeric() => {
+                        out.push('\\');
+                        out.push(c);
+                    }
+                    c if is_rust_meta(c) => {
+                        out.push('\\');
+                        out.push(c);
+                    }
+                    c => out.push(c),
+                }
+            }
+            '(' => {
+                let rest: String = chars[i..chars.len().min(i + 4)].iter().collect();
+                if rest.starts_with("(?=")
+                    || rest.starts_with("(?!")
+                    || rest.starts_with("(?<=")
+                    || rest.starts_with("(?<!")
+                {
+                    return Err(refuse(Missing::LookAround, rest));
+                }
+                if rest.starts_with("(?(") {
+                    return Err(refuse(Missing::Conditional, "(?(...)"));
+                }
+                if rest.starts_with("(?P=") {
+                    return Err(refuse(Missing::BackReference, "(?P=name)"));
+                }
+                if rest.starts_with("(?>") {
+                    return Err(refuse(Missing::Atomic, "(?>...)"));
+                }
+                if rest.starts_with("(?#") {
+                    // A comment: Python skips to the next `)`.
+                    match chars[i..].iter().position(|&c| c == ')') {
+                        Some(p) => i += p + 1,
+                        None => return Err(refuse(Missing::Syntax, "unterminated (?#")),
+                    }
+                    continue;
+                }
+                // A named group's `<name>` is syntax, not a tag.
+                if rest.starts_with("(?P<") || rest.starts_with("(?<") {
+                    let Some(p) = chars[i..].iter().position(|&c| c == '>') else {
+                        return Err(refuse(Missing::Syntax, "unterminated group name"));
+                    };
+                    out.extend(&chars[i..i + p + 1]);
+                    i += p + 1;
+                    quantifiable = false;
+                    continue;
+                }
+                out.push('(');
+                i += 1;
+                quantifiable = false;
+            }
+            '[' => {
+                i = translate_class(&chars, i, &mut out)?;
+                quantifiable = true;
+            }
+            '{' => match quantifier_at(&chars, i) {
+                Some((end, text)) if quantifiable => {
+                    out.push_str(&text);
+                    i = end;
+                    if chars.get(i) == Some(&'+') {
+                        return Err(refuse(Missing::Atomic, "possessive {m,n}+"));
+                    }
+                    quantifiable = false;
+                }
+                _ => {
+                    out.push_str("\\{");
+                    i += 1;
+                    quantifiable = true;
+                }
+            },
+            '}' => {
+                out.push_str("\\}");
+                i += 1;
+                quantifiable = true;
+            }
+            '*' | '+' | '?' => {
+                out.push(c);
+                i += 1;
+                if quantifiable && chars.get(i) == Some(&'+') {
+                    return Err(refuse(Missing::Atomic, format!("possessive {c}+")));
+                }
+                // A lazy `?` after a quantifier belongs to it.
+                if chars.get(i) == Some(&'?') && quantifiable {
+                    out.push('?');
+                    i += 1;
+                }
+                quantifiable = false;
+            }
+            '<' => {
+                let (len, text) = translate_tag(&chars[i..])?;
+                out.push_str(&text);
+                i += len;
+                quantifiable = true;
+            }
+            ')' => {
+                out.push(')');
+                i += 1;
+                quantifiable = true;
+            }
+            '|' | '^' | '$' => {
+                out.push(c);
+                i += 1;
+                quantifiable = false;
+            }
+            c => {
+                out.push(c);
+                i += 1;
+                quantifiable = true;
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn is_rust_meta(c: char) -> bool {
+    matches!(
+        c,
+        '\\' | '.'
+            | '+'
+            | '*'
+            | '?'
+            | '('
+            | ')'
+            | '|'
+            | '['
+            | ']'
+            | '{'
+            | '}'
+            | '^'
+            | '$'
+            | '#'
+            | '&'
+            | '-'
+            | '~'
+    )
+}
+
+/// `{n}`, `{n,}`, `{n,m}`, `{,m}` at `i`: (end, Rust text).
+fn quantifier_at(chars: &[char], i: usize) -> Option<(usize, String)> {
+    let close = chars[i..].iter().position(|&c| c == '}')? + i;
+    let body: String = chars[i + 1..close].iter().collect();
+    let (lo, hi) = match body.split_once(',') {
+        Some((lo, hi)) => (lo, Some(hi)),
+        None => (body.as_str(), None),
+    };
+    let digits = |s: &str| s.chars().all(|c| c.is_ascii_digit());
+    if !digits(lo) || !hi.is_none_or(digits) {
+        return None;
+    }
+    match hi {
+        None if lo.is_empty() => None,
+        None => Some((close + 1, format!("{{{lo}}}"))),
+        Some(hi) if lo.is_empty() && hi.is_empty() => None,
+        Some(hi) => Some((
+            close + 1,
+            format!("{{{},{hi}}}", if lo.is_empty() { "0" } else { lo }),
+        )),
+    }
+}
+
+/// A character class from `[` at `start`; returns the index after `]`.
+fn translate_class(chars: &[char], start: usize, out: &mut String) -> Result<usize, Refusal> {
+    let mut i = start + 1;
+    out.push('[');
+    if chars.get(i) == Some(&'^') {
+        out.push('^');
+        i += 1;
+    }
+    // A `]` first is a literal in Python.
+    if chars.get(i) == Some(&']') {
+        out.push_str("\\]");
+        i += 1;
+    }
+    while i < chars.len() {
+        let c = chars[i];
+        match c {
+            ']' => {
+                out.push(']');
+                return Ok(i + 1);
+            }
+            '\\' => {
+                let Some(&n) = chars.get(i + 1) else {
+                    break;
+                };
+                match n {
+                    '0'..='9' => {
+                        return Err(refuse(Missing::Syntax, format!("octal \\{n} in a class")))
+                    }
+                    c if c.is_ascii_alphanumeric() => {
+                        out.push('\\');
+                        out.push(c);
+                    }
+                    '[' | ']' | '\\' | '^' | '-' | '&' | '~' => {
+                        out.push('\\');
+                        out.push(n);
+                    }
+                    c => out.push(c),
+                }
+                i += 2;
+            }
+            '[' | '&' | '~' => {
+                out.push('\\');
+                out.push(c);
+                i += 1;
+            }
+            c => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    Err(refuse(Missing::Syntax, "unterminated character class"))
+}
+
+/// A `<...>` at the start of `chars`: fail2ban's tag, or a literal `<`.
+fn translate_tag(chars: &[char]) -> Result<(usize, String), Refusal> {
+    let close = chars
+        .iter()
+        .skip(1)
+        .position(|&c| c == '>' || c == '<' || c.is_whitespace())
+        .map(|p| p + 1);
+    let name: Option<String> = close
+        .filter(|&p| chars[p] == '>' && p > 1)
+        .map(|p| chars[1..p].iter().collect());
+    let Some(name) = name else {
+        return Ok((1, "<".into()));
+    };
+    let len = name.chars().count() + 2;
+    let (closing, bare) = match name.strip_prefix('/') {
+        Some(b) => (true, b),
+        None => (false, name.as_str()),
+    };
+    let tag = format!("<{name}>");
+    // Self-closing field tags (`<F-IP4/>`) stand for a plain tag.
+    if let Some(selfclosed) = bare.strip_suffix('/').filter(|_| !closing) {
+        return match selfclosed {
+            "F-IP4" => Ok((len, "<IP4>".into())),
+            "F-IP6" => Ok((len, "<IP6>".into())),
+            "F-ADDR" => Ok((len, "<ADDR>".into())),
+            "F-PORT" => Ok((len, "(?:\\w+)".into())),
+            _ => Err(refuse(Missing::Tag, tag)),
+        };
+    }
+    match bare {
+        "HOST" | "ADDR" | "IP4" | "IP6" if !closing => Ok((len, tag)),
+        "F-USER" => Ok((len, tag)),
+        "F-NOFAIL" => Err(refuse(Missing::NoFail, tag)),
+        "F-MLFID" | "F-MLFFORGET" | "F-MLFGAINED" => Err(refuse(Missing::MultiLineState, tag)),
+        "F-CONTENT" => Err(refuse(Missing::Prefregex, tag)),
+        // Captures fail2ban takes the failure's identity from.
+        "F-ID" | "F-IP4" | "F-IP6" | "F-ADDR" | "F-DNS" | "F-HOST" | "F-CIDR" | "F-SUBNET" => {
+            Err(refuse(Missing::Tag, tag))
+        }
+        // Any other field (F-ALT_USER, F-ERROR, F-PORT ...) only stores
+        // the text it matched for actions: a group that captures nothing
+        // matches the same.
+        b if b.starts_with("F-")
+            && b.len() > 2
+            && b[2..]
+                .chars()
+                .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_' || c == '-') =>
+        {
+            Ok((len, if closing { ")" } else { "(?:" }.into()))
+        }
+        "DNS" | "CIDR" | "SUBNET" | "SKIPLINES" => Err(refuse(Missing::Tag, tag)),
+        b if b
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') =>
+        {
+            // Literal text to fail2ban; written so xban's macros
+            // (`<PREFIX>`, ...) cannot take it for one of theirs.
+            Ok((len, format!("\\x3C{}\\x3E", escape_literal(&name))))
+        }
+        _ => Ok((1, "<".into())),
+    }
+}
+
+fn escape_literal(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if is_rust_meta(c) {
+                format!("\\{c}")
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
+/// fail2ban's `datepattern` → xban's, or refused.
+fn translate_datepattern(src: &str, notes: &mut Vec<String>) -> Result<Option<String>, Refusal> {
+    let lines: Vec<&str> = src.split('\n').filter(|l| !l.trim().is_empty()).collect();
+    if lines.len() > 1 {
+        // fail2ban tries each in turn. xban takes one: that works when all
+        // but one are `{^LN-BEG}` (a leading date of any known form, which
+        // is xban's own detection) and that one is a leading date form
+        // xban's detection knows by name.
+        let mut own_notes = Vec::new();
+        let translated: Vec<Option<String>> = lines
+            .iter()
+            .map(|l| translate_datepattern(l, &mut own_notes))
+            .collect::<Result<_, _>>()
+            .map_err(|e| Refusal {
+                missing: Missing::DatePattern,
+                detail: format!("several datepatterns ({}): {}", lines.join(" | "), e.detail),
+            })?;
+        let named_leading = |d: &Option<String>| {
+            d.as_deref()
+                .is_none_or(|d| matches!(d, "^epoch" | "^iso8601" | "^tai64n"))
+        };
+        if translated.iter().all(named_leading) {
+            notes.push(format!(
+                "datepattern {}: xban's own detection of a leading timestamp (syslog, ISO 8601, epoch, ...) stands for these",
+                lines.join(" | ")
+            ));
+            return Ok(None);
+        }
+        return Err(refuse(
+            Missing::DatePattern,
+            format!(
+                "several datepatterns xban cannot try in turn: {}",
+                lines.join(" | ")
+            ),
+        ));
+    }
+    let Some(p) = lines.first().map(|l| l.trim()) else {
+        return Ok(None);
+    };
+    let (anchored, body) = if let Some(rest) = p.strip_prefix("{^LN-BEG}") {
+        (true, rest)
+    } else if let Some(rest) = p.strip_prefix('^') {
+        (true, rest)
+    } else {
+        (false, p)
+    };
+    let named = match body
+        .trim_matches(|c| c == '{' || c == '}')
+        .to_ascii_uppercase()
+        .as_str()
+    {
+        "" => return Ok(None),
+        "EPOCH" => Some("epoch"),
+        "TAI64N" => Some("tai64n"),
+        "ISO8601" => Some("iso8601"),
+        _ => None,
+    };
+    let prefix = if anchored { "^" } else { "" };
+    if let Some(n) = named {
+        return Ok(Some(format!("{prefix}{n}")));
+    }
+    let chars: Vec<char> = body.chars().collect();
+    let mut out = String::from(prefix);
+    let mut i = 0;
+    let mut strict = false;
+    while i < chars.len() {
+        match chars[i] {
+            '%' => {
+                let mut d = *chars.get(i + 1).ok_or_else(|| {
+                    refuse(Missing::DatePattern, format!("{p}: ends with a lone %"))
+                })?;
+                i += 2;
+                if d == 'E' && chars.get(i) == Some(&'x') {
+                    d = *chars.get(i + 1).unwrap_or(&' ');
+                    i += 2;
+                    strict = true;
+                }
+                if !matches!(
+                    d,
+                    'Y' | 'y'
+                        | 'm'
+                        | 'd'
+                        | 'e'
+                        | 'H'
+                        | 'M'
+                        | 'S'
+                        | 'b'
+                        | 'a'
+                        | 'z'
+                        | 'f'
+                        | 's'
+                        | '%'
+                ) {
+                    return Err(refuse(Missing::DatePattern, format!("{p}: directive %{d}")));
+                }
+                out.push('%');
+                out.push(d);
+            }
+            // An escaped punctuation character is that character.
+            '\\' => match chars.get(i + 1) {
+                Some(&c) if c.is_ascii_punctuation() => {
+                    out.push(c);
+                    i += 2;
+                }
+                _ => return Err(refuse(Missing::DatePattern, format!("{p}: regex escape"))),
+            },
+            c if "()[]{}?*+|$".contains(c) => {
+                return Err(refuse(
+                    Missing::DatePattern,
+                    format!("{p}: regex syntax `{c}`"),
+                ));
+            }
+            c => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    if strict {
+        notes.push(format!(
+            "datepattern {p}: fail2ban's %Ex... directives accept a narrower range than xban's plain ones"
+        ));
+    }
+    if !anchored {
+        notes.push(format!(
+            "datepattern {p} is not anchored: fail2ban cuts the date out wherever it is found; xban cuts only a leading one"
+        ));
+    }
+    Ok(Some(out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn equivalent_rewrites() {
+        for (py, rust) in [
+            (r"^a \Z", r"^a \z"),
+            (r"x{2,}", r"x{2,}"),
+            (r"x{,3}", r"x{0,3}"),
+            (r"{a} b", r"\{a\} b"),
+            (r"[^[]+", r"[^\[]+"),
+            (r"[]a]", r"[\]a]"),
+            (r"\<\>", r"\x3C\x3E"),
+            (r"a\/b\'c", r"a/b'c"),
+            (r"a(?#comment)b", r"ab"),
+            (
+                "<HOST> <F-USER>\\S+</F-USER>",
+                "<HOST> <F-USER>\\S+</F-USER>",
+            ),
+            ("<F-ALT_USER>x</F-ALT_USER>", "(?:x)"),
+            ("<F-ERROR>x</F-ERROR> <F-IP4/>", "(?:x) <IP4>"),
+            ("from=<> <PREFIX>", "from=<> \\x3CPREFIX\\x3E"),
+            ("a*? b+?", "a*? b+?"),
+        ] {
+            assert_eq!(translate_regex(py).unwrap(), rust, "{py}");
+        }
+    }
+
+    #[test]
+    fn refusals_name_the_feature() {
+        for (py, missing) in [
+            (r"(?!x)<HOST>", Missing::LookAround),
+            (r"(?<=x)<HOST>", Missing::LookAround),
+            (r"(a)\1 <HOST>", Missing::BackReference),
+            (r"(?P<a>x)(?P=a) <HOST>", Missing::BackReference),
+            (r"(?(a)b|c) <HOST>", Missing::Conditional),
+            (r"(?>a) <HOST>", Missing::Atomic),
+            (r"a*+ <HOST>", Missing::Atomic),
+            ("<F-NOFAIL>x</F-NOFAIL> <HOST>", Missing::NoFail),
+            ("<F-MLFID>x</F-MLFID> <HOST>", Missing::MultiLineState),
+            ("<SKIPLINES> <HOST>", Missing::Tag),
+            ("<F-ID>x</F-ID>", Missing::Tag),
+            ("<F-ID/>", Missing::Tag),
+            ("<F-IP4>\\S+</F-IP4>", Missing::Tag),
+        ] {
+            assert_eq!(translate_regex(py).unwrap_err().missing, missing, "{py}");
+        }
+    }
+
+    #[test]
+    fn regexes_that_need_the_date_cut_are_found() {
+        for r in [
+            r"^ SMTP from <HOST>",
+            r"^\s+\d <HOST>",
+            r"^(?: \[\d+\]| \w+ x:)? \S+ F=<HOST>",
+        ] {
+            assert_eq!(
+                needs_leading_blank(&translate_regex(r).unwrap()),
+                Some(true),
+                "{r}"
+            );
+        }
+        for r in [
+            r"^\s*x <HOST>",
+            r"^x <HOST>",
+            r"^(?:\[\])?\s*x <HOST>",
+            r"<HOST> x",
+        ] {
+            assert_eq!(
+                needs_leading_blank(&translate_regex(r).unwrap()),
+                Some(false),
+                "{r}"
+            );
+        }
+        assert!(needs_emptied_brackets(r"^\[\]\s\[error\] <HOST>"));
+        assert!(needs_emptied_brackets(r"^<HOST> - \S+ \[\] x"));
+        assert!(!needs_emptied_brackets(r"^(?:\[\])?\s*x <HOST>"));
+        assert!(!needs_emptied_brackets(r"^(?:\[\]\s+)?\[[^]]+\] x <HOST>"));
+        assert!(!needs_emptied_brackets(r"^[\[\]] <HOST>"));
+    }
+
+    #[test]
+    fn datepatterns() {
+        let mut notes = Vec::new();
+        let mut t = |p: &str| translate_datepattern(p, &mut notes);
+        assert_eq!(t("{^LN-BEG}").unwrap(), None);
+        assert_eq!(
+            t("^%Y-%m-%d %H:%M:%S").unwrap().as_deref(),
+            Some("^%Y-%m-%d %H:%M:%S")
+        );
+        assert_eq!(
+            t("{^LN-BEG}%ExY-%Exm-%Exd").unwrap().as_deref(),
+            Some("^%Y-%m-%d")
+        );
+        assert_eq!(t("{^LN-BEG}EPOCH").unwrap().as_deref(), Some("^epoch"));
+        assert_eq!(
+            t("^\\[%d/%b/%Y %H:%M:%S\\]").unwrap().as_deref(),
+            Some("^[%d/%b/%Y %H:%M:%S]")
+        );
+        assert_eq!(t("^(?:x)%Y").unwrap_err().missing, Missing::DatePattern);
+        assert_eq!(t("%Y\n%d").unwrap_err().missing, Missing::DatePattern);
+        assert_eq!(t("{^LN-BEG}EPOCH\n{^LN-BEG}").unwrap(), None);
+        assert_eq!(
+            t("^<\\d+>\\d+\\s+{DATE}").unwrap_err().missing,
+            Missing::DatePattern
+        );
+        assert_eq!(t("%B %d").unwrap_err().missing, Missing::DatePattern);
+    }
+}
