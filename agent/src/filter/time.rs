@@ -38,7 +38,7 @@ use std::cell::Cell;
 use std::ops::Range;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use chrono::{Datelike, LocalResult, NaiveDate, NaiveDateTime, Offset, TimeZone};
+use chrono::{Datelike, LocalResult, NaiveDate, Offset, TimeZone};
 
 use super::FilterError;
 
@@ -322,7 +322,7 @@ thread_local! {
     /// The last stamp resolved: (fields, `now` in whole seconds, result).
     /// Busy logs carry the same second on many consecutive lines, and the
     /// result depends on nothing else (year inference reads `now` to the
-    /// second; the zone offset is cached per hour in [`local_to_utc`]).
+    /// second; the zone offset is cached per hour in [`local_secs_to_utc`]).
     static RESOLVED: Cell<Option<(Fields, i64, Option<SystemTime>)>> = const { Cell::new(None) };
 }
 
@@ -402,24 +402,26 @@ fn infer_year(
     })
 }
 
+/// Slots of [`LOCAL_CACHE`]: lines of a few files (or a log and its
+/// rotated predecessor) interleaved keep their hours each.
+const LOCAL_SLOTS: usize = 64;
+
 thread_local! {
-    /// (local hour index, UTC offset in seconds) of the last conversion:
-    /// log lines arrive in time order, so nearly every line hits it.
-    static LOCAL_CACHE: Cell<Option<(i64, i32)>> = const { Cell::new(None) };
+    /// (local hour index, UTC offset in seconds) of recent conversions, in
+    /// the slot `hour % LOCAL_SLOTS`: log lines arrive in time order, so
+    /// nearly every line hits.
+    static LOCAL_CACHE: [Cell<Option<(i64, i32)>>; LOCAL_SLOTS] =
+        const { [const { Cell::new(None) }; LOCAL_SLOTS] };
 }
 
-/// Converts a local wall-clock time to Unix seconds. Ambiguous times (the
+/// Converts a local wall-clock time, `naive` seconds after 1970-01-01
+/// 00:00 local, to Unix seconds. Ambiguous times (the
 /// repeated hour when DST ends) take the earlier instant; times in the DST
 /// gap use the offset in force just before it.
-fn local_to_utc(ndt: NaiveDateTime) -> Option<i64> {
-    local_secs_to_utc(ndt.and_utc().timestamp())
-}
-
-/// [`local_to_utc`] of the wall-clock time `naive` seconds after
-/// 1970-01-01 00:00 (local); chrono is asked only when the hour changes.
 fn local_secs_to_utc(naive: i64) -> Option<i64> {
     let hour = naive.div_euclid(3600);
-    if let Some((h, off)) = LOCAL_CACHE.get() {
+    let slot = hour.rem_euclid(LOCAL_SLOTS as i64) as usize;
+    if let Some((h, off)) = LOCAL_CACHE.with(|c| c[slot].get()) {
         if h == hour {
             return Some(naive - i64::from(off));
         }
@@ -443,7 +445,7 @@ fn local_secs_to_utc(naive: i64) -> Option<i64> {
     // Zone transitions fall on whole hours in practice, so a whole local
     // hour shares one offset unless it is ambiguous or skipped.
     if cacheable {
-        LOCAL_CACHE.set(Some((hour, off)));
+        LOCAL_CACHE.with(|c| c[slot].set(Some((hour, off))));
     }
     Some(naive - i64::from(off))
 }
@@ -861,6 +863,10 @@ fn match_custom(b: &[u8], start: usize, toks: &[Tok]) -> Option<(Fields, usize)>
 mod tests {
     use super::*;
     use chrono::{Local, TimeZone};
+
+    fn local_to_utc(ndt: chrono::NaiveDateTime) -> Option<i64> {
+        local_secs_to_utc(ndt.and_utc().timestamp())
+    }
 
     fn utc(s: &str) -> SystemTime {
         let dt = chrono::DateTime::parse_from_rfc3339(s).unwrap();
