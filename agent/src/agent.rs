@@ -613,16 +613,17 @@ impl AgentCore {
     /// Feed one line to a jail; ban when it asks. Lines of a jail that a
     /// reload removed are dropped.
     pub fn on_line(&mut self, jail: &str, line: &SourceLine) -> Result<Option<BanRecord>> {
-        let Some(jail) = self.jails.iter().position(|j| j.name() == jail) else {
+        let name = jail;
+        let Some(jail) = self.jails.iter().position(|j| j.name() == name) else {
             return Ok(None);
         };
         let now = now_secs();
         let (book, staged) = (&self.book, &self.staged_keys);
         let j = &mut self.jails[jail];
-        let name = j.settings.name.clone();
+        // Asked only for failure lines: no per-line copy of the name.
         let banned = |addr: IpAddr| {
             let t = Target::host(addr);
-            book.has_active(&t, &name, now) || staged.contains(&(t, name.clone()))
+            book.has_active(&t, name, now) || staged.contains(&(t, name.to_string()))
         };
         let verdict = j.process_with(&line.text, line.read_at, line.time, &banned);
         match verdict {

@@ -10,9 +10,15 @@
 //!    (without timestamp and host) from the journal;
 //! 2. an Aho-Corasick scan for literals every failregex requires rejects
 //!    most uninteresting lines;
-//! 3. a [`regex::RegexSet`] tells which failregexes match;
-//! 4. only those are run again for captures (a bounded backtracker, no DFA
-//!    pass: the set already proved the match), in list order, and the first
+//! 3. when every failregex is anchored at the start of the text (`^`, as
+//!    all built-in ones are), one lazy-DFA search of all of them at once,
+//!    leftmost-first, gives the first failregex in list order that matches
+//!    and the end of its match; only that failregex is then run for captures
+//!    (a bounded backtracker, no DFA pass), anchored, on that span only, into
+//!    slots on the stack. If its captured address does not validate, the
+//!    general path below decides;
+//! 4. otherwise a [`regex::RegexSet`] tells which failregexes match, and
+//!    only those are run again for captures, in list order, and the first
 //!    whose captured address survives validation wins;
 //! 5. ignoreregexes are checked only for lines that produced a failure.
 //!
@@ -65,7 +71,8 @@ use std::path::PathBuf;
 use std::time::SystemTime;
 
 use regex::RegexSet;
-use regex_automata::{meta, Input, PatternID};
+use regex_automata::util::primitives::NonMaxUsize;
+use regex_automata::{meta, Anchored, Input, PatternID};
 use serde::{Deserialize, Serialize};
 
 use self::host::HostKind;
@@ -227,11 +234,22 @@ struct FailRegex {
     /// (capture index, kind) of each host tag.
     hosts: Vec<(usize, HostKind)>,
     users: Vec<usize>,
+    /// Slots needed to resolve every host and user group: 2 per group up
+    /// to the highest one used.
+    slots: usize,
 }
+
+/// Capture slots kept on the stack; a failregex whose tags sit in later
+/// groups uses a heap buffer instead.
+const STACK_SLOTS: usize = 32;
 
 /// A compiled filter: all failregexes of a jail in one matcher.
 #[derive(Debug, Clone)]
 pub struct FilterSet {
+    /// All failregexes as one leftmost-first regex, when every one of them
+    /// is anchored at the text start: its match names the first failregex
+    /// that matches and where that match ends.
+    first: Option<meta::Regex>,
     fail_set: RegexSet,
     fails: Vec<FailRegex>,
     ignore_set: Option<RegexSet>,
@@ -288,12 +306,20 @@ impl FilterSet {
                     .to_index(PatternID::ZERO, name)
                     .expect("tag group exists")
             };
-            let hosts = exp.hosts.iter().map(|(n, k)| (index_of(n), *k)).collect();
-            let users = exp.users.iter().map(|n| index_of(n)).collect();
+            let hosts: Vec<(usize, HostKind)> =
+                exp.hosts.iter().map(|(n, k)| (index_of(n), *k)).collect();
+            let users: Vec<usize> = exp.users.iter().map(|n| index_of(n)).collect();
+            let top = hosts
+                .iter()
+                .map(|h| h.0)
+                .chain(users.iter().copied())
+                .max()
+                .unwrap_or(0);
             fails.push(FailRegex {
                 regex,
                 hosts,
                 users,
+                slots: 2 * (top + 1),
             });
             expanded.push(exp.pattern);
         }
@@ -320,7 +346,19 @@ impl FilterSet {
             )
         };
         let datepattern = datepattern.map(DatePattern::parse).transpose()?;
+        let first = if expanded.iter().all(|p| anchored_at_start(p)) {
+            meta::Regex::builder()
+                .configure(
+                    meta::Config::new()
+                        .which_captures(regex_automata::nfa::thompson::WhichCaptures::Implicit),
+                )
+                .build_many(&expanded)
+                .ok()
+        } else {
+            None
+        };
         Ok(FilterSet {
+            first,
             prefilter: Prefilter::new(&expanded),
             fail_set,
             fails,
@@ -370,23 +408,52 @@ impl FilterSet {
         if !self.prefilter.may_match(text) {
             return LineMatch::NoMatch { time };
         }
+        if let Some(first) = &self.first {
+            let Some(m) = first.search(&Input::new(text)) else {
+                return LineMatch::NoMatch { time };
+            };
+            let idx = m.pattern().as_usize();
+            let input = Input::new(text).span(m.range()).anchored(Anchored::Yes);
+            if let Some((host, user)) = self.capture_once(idx, text, &input) {
+                return self.failure(text, idx, host, user, time);
+            }
+            // The first matching failregex captured no valid address: the
+            // general path tries the others (and that one again, bounded).
+        }
+        self.match_all(text, time)
+    }
+
+    /// A failure of failregex `idx`, unless an ignoreregex matches too.
+    fn failure(
+        &self,
+        text: &str,
+        idx: usize,
+        host: Host,
+        user: Option<String>,
+        time: TimeFound,
+    ) -> LineMatch {
+        if let Some(ign) = &self.ignore_set {
+            if let Some(regex) = ign.matches(text).iter().next() {
+                return LineMatch::Ignored { regex, time };
+            }
+        }
+        LineMatch::Failure(Failure {
+            host,
+            regex: idx,
+            user,
+            time,
+        })
+    }
+
+    /// The general path: every failregex that matches, in list order.
+    fn match_all(&self, text: &str, time: TimeFound) -> LineMatch {
         let matched = self.fail_set.matches(text);
         if !matched.matched_any() {
             return LineMatch::NoMatch { time };
         }
         for idx in matched.iter() {
             if let Some((host, user)) = self.capture(idx, text) {
-                if let Some(ign) = &self.ignore_set {
-                    if let Some(regex) = ign.matches(text).iter().next() {
-                        return LineMatch::Ignored { regex, time };
-                    }
-                }
-                return LineMatch::Failure(Failure {
-                    host,
-                    regex: idx,
-                    user,
-                    time,
-                });
+                return self.failure(text, idx, host, user, time);
             }
         }
         LineMatch::NoMatch { time }
@@ -396,37 +463,87 @@ impl FilterSet {
     /// valid, searches again after the match start (bounded), so that a
     /// decoy earlier in the line does not hide a real address later.
     fn capture(&self, idx: usize, text: &str) -> Option<(Host, Option<String>)> {
-        let fr = &self.fails[idx];
-        let mut caps = fr.regex.create_captures();
         let mut start = 0;
         for _ in 0..MAX_ATTEMPTS {
-            fr.regex
-                .search_captures(&Input::new(text).range(start..), &mut caps);
-            let m = caps.get_match()?;
-            let host = fr.hosts.iter().find_map(|&(g, kind)| {
-                let span = caps.get_group(g)?;
-                if !host::boundary_ok(text, span.start, span.end) {
-                    return None;
+            let input = Input::new(text).range(start..);
+            match self.capture_step(idx, text, &input)? {
+                Ok(found) => return Some(found),
+                Err(match_start) => {
+                    // Step one character past the match start.
+                    let next = text[match_start..].chars().next().map_or(1, char::len_utf8);
+                    start = match_start + next;
+                    if start > text.len() {
+                        return None;
+                    }
                 }
-                host::parse_host(&text[span.range()], kind)
-            });
-            if let Some(host) = host {
-                let user = fr
-                    .users
-                    .iter()
-                    .find_map(|&g| caps.get_group(g))
-                    .map(|span| text[span.range()].to_string());
-                return Some((host, user));
-            }
-            // Step one character past the match start.
-            let next = text[m.start()..].chars().next().map_or(1, char::len_utf8);
-            start = m.start() + next;
-            if start > text.len() {
-                return None;
             }
         }
         None
     }
+
+    /// One capture search of failregex `idx` over `input`, no retry.
+    fn capture_once(
+        &self,
+        idx: usize,
+        text: &str,
+        input: &Input<'_>,
+    ) -> Option<(Host, Option<String>)> {
+        self.capture_step(idx, text, input)?.ok()
+    }
+
+    /// One capture search: `None` if nothing matches, `Err(match start)` if
+    /// the match's address does not validate.
+    fn capture_step(
+        &self,
+        idx: usize,
+        text: &str,
+        input: &Input<'_>,
+    ) -> Option<Result<(Host, Option<String>), usize>> {
+        let fr = &self.fails[idx];
+        let mut stack = [None; STACK_SLOTS];
+        let mut heap = Vec::new();
+        let slots: &mut [Option<NonMaxUsize>] = if fr.slots <= STACK_SLOTS {
+            &mut stack[..fr.slots]
+        } else {
+            heap.resize(fr.slots, None);
+            &mut heap
+        };
+        fr.regex.search_slots(input, slots)?;
+        let group = |g: usize| -> Option<(usize, usize)> {
+            Some((slots[2 * g]?.get(), slots[2 * g + 1]?.get()))
+        };
+        let host = fr.hosts.iter().find_map(|&(g, kind)| {
+            let (s, e) = group(g)?;
+            if !host::boundary_ok(text, s, e) {
+                return None;
+            }
+            host::parse_host(&text[s..e], kind)
+        });
+        match host {
+            Some(host) => {
+                let user = fr
+                    .users
+                    .iter()
+                    .find_map(|&g| group(g))
+                    .map(|(s, e)| text[s..e].to_string());
+                Some(Ok((host, user)))
+            }
+            None => Some(Err(group(0)?.0)),
+        }
+    }
+}
+
+/// Whether every match of `pattern` starts at the start of the text (`^`
+/// without multi-line mode, on every branch).
+fn anchored_at_start(pattern: &str) -> bool {
+    regex_syntax::ParserBuilder::new()
+        .build()
+        .parse(pattern)
+        .is_ok_and(|hir| {
+            hir.properties()
+                .look_set_prefix()
+                .contains(regex_syntax::hir::Look::Start)
+        })
 }
 
 impl FilterDef {

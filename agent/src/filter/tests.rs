@@ -462,3 +462,180 @@ fn a_client_written_date_is_not_the_failure_time() {
         assert_eq!(f.time, TimeFound::Missing, "{line}");
     }
 }
+
+/// What `match_line` does without the fast path: timestamp cut, then every
+/// matching failregex in list order (no prefilter, which only skips lines
+/// that cannot match).
+fn general(fs: &FilterSet, line: &str) -> LineMatch {
+    let line = line.trim_end_matches(['\n', '\r']);
+    let (time, text) = match time::parse_time(line, now(), fs.datepattern.as_ref()) {
+        Some((t, r)) => (
+            TimeFound::Parsed(t),
+            time::leading_stamp_end(line, &r).map_or(line, |e| &line[e..]),
+        ),
+        None => (TimeFound::Missing, line),
+    };
+    fs.match_all(text, time)
+}
+
+/// Variants of a log line an attacker could produce: decoy addresses before
+/// and after, an invalid address in place of the real one, glued text,
+/// many addresses, a very long line, lossily decoded bytes.
+fn hostile_variants(line: &str) -> Vec<String> {
+    let mut out = vec![line.to_string()];
+    let swap = |from: &str, to: &str| line.replacen(from, to, 1);
+    for (from, to) in [
+        (" from ", " from 999.1.1.1 from "),
+        (" from ", " from 10.0.0.1 port 1 from "),
+        (" from ", " from [2001:db8::1] "),
+        ("user ", "user 192.0.2.9 from 192.0.2.10 port 22 ssh2 "),
+        (" port ", "x port "),
+        (" port ", ".5 port "),
+        (" port ", " port 22 ssh2 from 192.0.2.77 port "),
+    ] {
+        out.push(swap(from, to));
+    }
+    let addrs = (0..200).map(|i| format!("198.51.100.{} ", i % 250));
+    out.push(format!("{line} {}", addrs.collect::<String>()));
+    out.push(format!("{}{line}", "x".repeat(20_000)));
+    out.push(format!("{line}{}", " 1.2.3.4".repeat(3000)));
+    out.push(
+        String::from_utf8_lossy(&[line.as_bytes(), b"\xff\xfe", line.as_bytes()].concat())
+            .into_owned(),
+    );
+    out.push(line.replace(' ', "\u{00a0}"));
+    out
+}
+
+/// The DFA-then-captures-on-the-span path gives exactly what the general
+/// path gives, for every built-in filter and mode, on its samples and on
+/// hostile variants of them.
+#[test]
+fn fast_path_agrees_with_general_path() {
+    let mut fast_filters = 0;
+    let mut failures = 0;
+    for name in builtin::builtin_names() {
+        let def = builtin::builtin(name).unwrap();
+        let mut modes: Vec<Option<&str>> = def.modes.keys().map(|m| Some(m.as_str())).collect();
+        modes.push(None);
+        let sample = builtin::tests::sample(name);
+        for mode in modes {
+            let fs = FilterSet::from_def(&def, mode).unwrap();
+            fast_filters += usize::from(fs.first.is_some());
+            for line in sample
+                .lines()
+                .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+            {
+                for v in hostile_variants(line) {
+                    let got = fs.match_line(&v, now());
+                    failures += usize::from(matches!(got, LineMatch::Failure(_)));
+                    assert_eq!(got, general(&fs, &v), "{name} {mode:?}: {v:?}");
+                }
+            }
+        }
+    }
+    assert!(
+        fast_filters > 10,
+        "only {fast_filters} filters take the fast path"
+    );
+    assert!(failures > 300, "only {failures} failures exercised");
+}
+
+#[test]
+fn fast_path_is_taken_only_for_start_anchored_lists() {
+    assert!(set(&[r"^a <HOST>$", r"^(?:b|c) <HOST>"], &[])
+        .first
+        .is_some());
+    // One unanchored failregex, or a multi-line `^`, or an alternative
+    // without `^`: the general path.
+    assert!(set(&[r"^a <HOST>$", r"b <HOST>"], &[]).first.is_none());
+    assert!(set(&[r"(?m)^a <HOST>$"], &[]).first.is_none());
+    assert!(set(&[r"^a <HOST>|b <HOST>"], &[]).first.is_none());
+}
+
+/// Several failregexes match; the first one's address does not validate,
+/// so the next one's counts, as on the general path.
+#[test]
+fn fast_path_falls_back_when_the_first_match_has_no_valid_address() {
+    let fs = set(
+        &[
+            r"^x \S+ <ADDR>$",
+            r"^x <ADDR> \S+$",
+            r"^x (\S+) (\S+)<HOST>$",
+        ],
+        &[],
+    );
+    assert!(fs.first.is_some());
+    for line in [
+        "x 192.0.2.1 999.1.1.1",
+        "x 192.0.2.1 192.0.2.2",
+        "x 999.1.1.1 192.0.2.3",
+        "x 999.1.1.1 999.1.1.2",
+        "x 999.1.1.1 a.b",
+    ] {
+        assert_eq!(fs.match_line(line, now()), general(&fs, line), "{line}");
+    }
+    let LineMatch::Failure(f) = fs.match_line("x 192.0.2.1 999.1.1.1", now()) else {
+        panic!()
+    };
+    assert_eq!((f.regex, f.host), (1, v4("192.0.2.1").unwrap()));
+    let LineMatch::Failure(f) = fs.match_line("x 192.0.2.1 192.0.2.2", now()) else {
+        panic!()
+    };
+    assert_eq!((f.regex, f.host), (0, v4("192.0.2.2").unwrap()));
+}
+
+#[test]
+fn fast_path_applies_ignoreregex_and_users() {
+    let fs = set(
+        &[
+            r"^login <F-USER>.*?</F-USER> from <HOST>$",
+            r"^auth <F-USER> <HOST>$",
+        ],
+        &[r"trusted", r"from 192\.0\.2\.99$"],
+    );
+    assert!(fs.first.is_some());
+    assert_eq!(
+        fs.match_line("login trusted from 192.0.2.1", now()),
+        LineMatch::Ignored {
+            regex: 0,
+            time: TimeFound::Missing
+        }
+    );
+    assert_eq!(
+        fs.match_line("login bob from 192.0.2.99", now()),
+        LineMatch::Ignored {
+            regex: 1,
+            time: TimeFound::Missing
+        }
+    );
+    let LineMatch::Failure(f) = fs.match_line("login a b from c from 192.0.2.5", now()) else {
+        panic!()
+    };
+    assert_eq!(
+        (f.regex, f.user.as_deref(), f.host),
+        (0, Some("a b from c"), v4("192.0.2.5").unwrap())
+    );
+    let LineMatch::Failure(f) = fs.match_line("auth eve 2001:db8::5", now()) else {
+        panic!()
+    };
+    assert_eq!((f.regex, f.user.as_deref()), (1, Some("eve")));
+}
+
+/// A failregex whose tags sit behind many groups needs more capture slots
+/// than the stack buffer holds.
+#[test]
+fn many_groups_use_the_heap_slots() {
+    let groups = "(a)".repeat(STACK_SLOTS);
+    let fs = set(&[&format!(r"^{groups} <F-USER> <HOST>$")], &[]);
+    assert!(fs.fails[0].slots > STACK_SLOTS);
+    let line = format!("{} bob 192.0.2.7", "a".repeat(STACK_SLOTS));
+    let LineMatch::Failure(f) = fs.match_line(&line, now()) else {
+        panic!()
+    };
+    assert_eq!(
+        (f.user.as_deref(), f.host),
+        (Some("bob"), v4("192.0.2.7").unwrap())
+    );
+    assert_eq!(fs.match_line(&line, now()), general(&fs, &line));
+}

@@ -38,7 +38,7 @@ use std::cell::Cell;
 use std::ops::Range;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use chrono::{Datelike, LocalResult, NaiveDate, NaiveDateTime, Offset, TimeZone};
+use chrono::{Datelike, LocalResult, NaiveDate, Offset, TimeZone};
 
 use super::FilterError;
 
@@ -303,7 +303,7 @@ pub fn leading_stamp_end(line: &str, range: &Range<usize>) -> Option<usize> {
     Some(end)
 }
 
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 struct Fields {
     year: Option<i32>,
     month: u32,
@@ -318,18 +318,41 @@ struct Fields {
     epoch: Option<(i64, u32)>,
 }
 
+thread_local! {
+    /// The last stamp resolved: (fields, `now` in whole seconds, result).
+    /// Busy logs carry the same second on many consecutive lines, and the
+    /// result depends on nothing else (year inference reads `now` to the
+    /// second; the zone offset is cached per hour in [`local_secs_to_utc`]).
+    static RESOLVED: Cell<Option<(Fields, i64, Option<SystemTime>)>> = const { Cell::new(None) };
+}
+
 impl Fields {
     fn resolve(&self, now: SystemTime) -> Option<SystemTime> {
         if let Some((s, n)) = self.epoch {
             return to_system_time(s, n);
         }
+        let now_s = unix_secs(now);
+        if let Some((f, at, t)) = RESOLVED.get() {
+            if f == *self && at == now_s {
+                return t;
+            }
+        }
+        let t = self.resolve_uncached(now);
+        RESOLVED.set(Some((*self, now_s, t)));
+        t
+    }
+
+    fn resolve_uncached(&self, now: SystemTime) -> Option<SystemTime> {
         let sec = self.sec.min(59); // a leap second is read as :59
         let to_secs = |year: i32| -> Option<i64> {
-            let ndt = NaiveDate::from_ymd_opt(year, self.month, self.day)?
-                .and_hms_opt(self.hour, self.min, sec)?;
+            if self.hour > 23 || self.min > 59 {
+                return None;
+            }
+            let naive = days_from_civil(year, self.month, self.day)? * 86_400
+                + i64::from(self.hour * 3600 + self.min * 60 + sec);
             match self.offset {
-                Some(off) => Some(ndt.and_utc().timestamp() - i64::from(off)),
-                None => local_to_utc(ndt),
+                Some(off) => Some(naive - i64::from(off)),
+                None => local_secs_to_utc(naive),
             }
         };
         let secs = match self.year {
@@ -367,14 +390,11 @@ fn infer_year(
 ) -> Option<i64> {
     let now_s = unix_secs(now);
     let limit = now_s + 86_400;
-    let year = chrono::DateTime::from_timestamp(now_s, 0)?.year();
+    let year = civil_year(now_s.div_euclid(86_400));
     (year - 8..=year + 1).rev().find_map(|y| {
         // No zone is more than 14 h ahead of UTC: a date whose midnight is
         // further past the limit is skipped without a zone lookup.
-        let midnight = NaiveDate::from_ymd_opt(y, month, day)?
-            .and_hms_opt(0, 0, 0)?
-            .and_utc()
-            .timestamp();
+        let midnight = days_from_civil(y, month, day)? * 86_400;
         if midnight - 14 * 3600 > limit {
             return None;
         }
@@ -382,23 +402,31 @@ fn infer_year(
     })
 }
 
+/// Slots of [`LOCAL_CACHE`]: lines of a few files (or a log and its
+/// rotated predecessor) interleaved keep their hours each.
+const LOCAL_SLOTS: usize = 64;
+
 thread_local! {
-    /// (local hour index, UTC offset in seconds) of the last conversion:
-    /// log lines arrive in time order, so nearly every line hits it.
-    static LOCAL_CACHE: Cell<Option<(i64, i32)>> = const { Cell::new(None) };
+    /// (local hour index, UTC offset in seconds) of recent conversions, in
+    /// the slot `hour % LOCAL_SLOTS`: log lines arrive in time order, so
+    /// nearly every line hits.
+    static LOCAL_CACHE: [Cell<Option<(i64, i32)>>; LOCAL_SLOTS] =
+        const { [const { Cell::new(None) }; LOCAL_SLOTS] };
 }
 
-/// Converts a local wall-clock time to Unix seconds. Ambiguous times (the
+/// Converts a local wall-clock time, `naive` seconds after 1970-01-01
+/// 00:00 local, to Unix seconds. Ambiguous times (the
 /// repeated hour when DST ends) take the earlier instant; times in the DST
 /// gap use the offset in force just before it.
-fn local_to_utc(ndt: NaiveDateTime) -> Option<i64> {
-    let naive = ndt.and_utc().timestamp();
+fn local_secs_to_utc(naive: i64) -> Option<i64> {
     let hour = naive.div_euclid(3600);
-    if let Some((h, off)) = LOCAL_CACHE.get() {
+    let slot = hour.rem_euclid(LOCAL_SLOTS as i64) as usize;
+    if let Some((h, off)) = LOCAL_CACHE.with(|c| c[slot].get()) {
         if h == hour {
             return Some(naive - i64::from(off));
         }
     }
+    let ndt = chrono::DateTime::from_timestamp(naive, 0)?.naive_utc();
     let (off, cacheable) = match chrono::Local.from_local_datetime(&ndt) {
         LocalResult::Single(dt) => (dt.offset().fix().local_minus_utc(), true),
         LocalResult::Ambiguous(a, _) => (a.offset().fix().local_minus_utc(), false),
@@ -417,9 +445,53 @@ fn local_to_utc(ndt: NaiveDateTime) -> Option<i64> {
     // Zone transitions fall on whole hours in practice, so a whole local
     // hour shares one offset unless it is ambiguous or skipped.
     if cacheable {
-        LOCAL_CACHE.set(Some((hour, off)));
+        LOCAL_CACHE.with(|c| c[slot].set(Some((hour, off))));
     }
     Some(naive - i64::from(off))
+}
+
+/// Days from 1970-01-01 to `y-m-d` in the proleptic Gregorian calendar, or
+/// `None` if there is no such date (or chrono could not represent it:
+/// exactly when `NaiveDate::from_ymd_opt` gives `None`). Integer
+/// arithmetic (H. Hinnant's `days_from_civil`): chrono's constructor
+/// costs more than the rest of a line's time parsing.
+fn days_from_civil(y: i32, m: u32, d: u32) -> Option<i64> {
+    if !(NaiveDate::MIN.year()..=NaiveDate::MAX.year()).contains(&y)
+        || !(1..=12).contains(&m)
+        || d == 0
+    {
+        return None;
+    }
+    let leap = y % 4 == 0 && (y % 100 != 0 || y % 400 == 0);
+    let dim = match m {
+        2 if leap => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    };
+    if d > dim {
+        return None;
+    }
+    let y = i64::from(y) - i64::from(m <= 2);
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let mp = (i64::from(m) + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + i64::from(d) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    Some(era * 146_097 + doe - 719_468)
+}
+
+/// The year of the day `days` after 1970-01-01 (inverse of
+/// [`days_from_civil`]).
+fn civil_year(days: i64) -> i32 {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let y = yoe + era * 400 + i64::from(mp >= 10);
+    y as i32
 }
 
 // ---------------------------------------------------------------- scanners
@@ -792,6 +864,10 @@ mod tests {
     use super::*;
     use chrono::{Local, TimeZone};
 
+    fn local_to_utc(ndt: chrono::NaiveDateTime) -> Option<i64> {
+        local_secs_to_utc(ndt.and_utc().timestamp())
+    }
+
     fn utc(s: &str) -> SystemTime {
         let dt = chrono::DateTime::parse_from_rfc3339(s).unwrap();
         to_system_time(dt.timestamp(), dt.timestamp_subsec_nanos()).unwrap()
@@ -846,6 +922,52 @@ mod tests {
         let now = utc("2026-06-01T00:00:00Z");
         let (t, _) = at("Jun 20 10:00:00 h x", now);
         assert_eq!(t, local(2025, 6, 20, 10, 0, 0));
+    }
+
+    /// The integer calendar agrees with chrono on every day of 1900-2200,
+    /// on invalid dates and at chrono's limits.
+    #[test]
+    fn civil_days_agree_with_chrono() {
+        let epoch = NaiveDate::from_ymd_opt(1970, 1, 1).unwrap();
+        for y in (1890..2210).chain([-1, 0, 1, NaiveDate::MIN.year(), NaiveDate::MAX.year()]) {
+            for m in 0..=13 {
+                for d in 0..=32 {
+                    let want = NaiveDate::from_ymd_opt(y, m, d)
+                        .map(|nd| nd.signed_duration_since(epoch).num_days());
+                    assert_eq!(days_from_civil(y, m, d), want, "{y}-{m}-{d}");
+                    if let Some(days) = want {
+                        assert_eq!(civil_year(days), y, "{y}-{m}-{d}");
+                    }
+                }
+            }
+        }
+        for y in [NaiveDate::MIN.year() - 1, NaiveDate::MAX.year() + 1] {
+            assert_eq!(days_from_civil(y, 1, 1), None);
+        }
+    }
+
+    /// The last-stamp cache is keyed by the reading time too: the same
+    /// stamp read a year apart, or either side of a year's end, resolves
+    /// to different years, in any order.
+    #[test]
+    fn same_stamp_with_another_now_is_resolved_again() {
+        let line = "Dec 31 23:59:58 h sshd[1]: x";
+        let jan = utc("2027-01-01T00:30:00Z");
+        let june = utc("2026-06-01T00:00:00Z");
+        for _ in 0..2 {
+            assert_eq!(at(line, jan).0, local(2026, 12, 31, 23, 59, 58));
+            assert_eq!(at(line, jan).0, local(2026, 12, 31, 23, 59, 58));
+            assert_eq!(at(line, june).0, local(2025, 12, 31, 23, 59, 58));
+        }
+        // Same second of `now`, another stamp: not the cached one.
+        assert_eq!(
+            at("Dec 31 23:59:59 h sshd[1]: x", june).0,
+            local(2025, 12, 31, 23, 59, 59)
+        );
+        // Fractions are part of the key.
+        let a = at("2026-05-01T10:00:00.25Z x", june).0;
+        let b = at("2026-05-01T10:00:00.75Z x", june).0;
+        assert_eq!(b.duration_since(a).unwrap(), Duration::from_millis(500));
     }
 
     #[test]

@@ -903,6 +903,8 @@ impl Tailer {
                     return Ok(true);
                 }
             }
+            // Every line completed by this read was read now.
+            let read_at = SystemTime::now();
             let mut lines = Vec::new();
             self.asm.feed(&ctx.buf[..n], |bytes, kind, end| {
                 lines.push((bytes, kind, base + end as u64))
@@ -914,7 +916,7 @@ impl Tailer {
                 } else if kind == LineKind::Discarded {
                     self.progress.skipped(end);
                 } else {
-                    self.send(ctx, bytes, kind, end).await?;
+                    self.send(ctx, bytes, kind, end, read_at).await?;
                 }
             }
             if self.skipped > 0 && self.read_offset >= self.skip_until {
@@ -931,6 +933,7 @@ impl Tailer {
         bytes: Vec<u8>,
         kind: LineKind,
         end: u64,
+        read_at: SystemTime,
     ) -> Result<(), Closed> {
         let truncated = kind == LineKind::Truncated;
         let (text, invalid) = decode(bytes, truncated);
@@ -948,7 +951,7 @@ impl Tailer {
         let line = SourceLine {
             origin: self.origin.clone(),
             text,
-            read_at: SystemTime::now(),
+            read_at,
             time: None,
             end: LineEnd::File {
                 progress: self.progress.clone(),

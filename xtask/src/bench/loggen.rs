@@ -278,9 +278,32 @@ pub const ATTACKERS: u32 = 4000;
 
 /// Writes `lines` lines to `out`; same `seed`, same bytes.
 pub fn generate<W: Write>(out: W, lines: u64, seed: u64) -> io::Result<LogStats> {
+    generate_mix(out, lines, seed, 1)
+}
+
+/// How much more often failure kinds are drawn in [`generate_attack`]:
+/// about half of the lines are then failures (49%).
+pub const ATTACK_FAILURE_FACTOR: u32 = 6;
+
+/// The same host under a heavier campaign: the failure kinds are
+/// [`ATTACK_FAILURE_FACTOR`] times as frequent, the rest as in
+/// [`generate`], so about half of the lines are failures.
+pub fn generate_attack<W: Write>(out: W, lines: u64, seed: u64) -> io::Result<LogStats> {
+    generate_mix(out, lines, seed, ATTACK_FAILURE_FACTOR)
+}
+
+/// [`generate`] with the failure kinds' weights multiplied by `factor`.
+fn generate_mix<W: Write>(out: W, lines: u64, seed: u64, factor: u32) -> io::Result<LogStats> {
     let mut out = io::BufWriter::with_capacity(1 << 20, out);
     let mut rng = Rng::new(seed);
-    let total_weight: u32 = KINDS.iter().map(|(_, w)| w).sum();
+    let kinds: Vec<(Kind, u32)> = KINDS
+        .iter()
+        .map(|&(k, w)| {
+            let failure = k.counted_by_both() || k == Kind::TooManyAuthFailures;
+            (k, if failure { w * factor } else { w })
+        })
+        .collect();
+    let total_weight: u32 = kinds.iter().map(|(_, w)| w).sum();
     let mut stats = LogStats::default();
     let mut seen = vec![false; ATTACKERS as usize];
     // Mar 3 00:00:00, then ~5 lines per second on average.
@@ -293,7 +316,7 @@ pub fn generate<W: Write>(out: W, lines: u64, seed: u64) -> io::Result<LogStats>
         uptime_us += rng.below(400_000);
         let stamp = syslog_stamp(ms / 1000);
         let mut roll = rng.below(u64::from(total_weight)) as u32;
-        let kind = KINDS
+        let kind = kinds
             .iter()
             .find(|(_, w)| {
                 if roll < *w {
@@ -454,6 +477,16 @@ mod tests {
         let mut buf = Vec::new();
         let stats = generate(&mut buf, lines, seed).unwrap();
         (buf, stats)
+    }
+
+    #[test]
+    fn attack_log_is_half_failures() {
+        let mut buf = Vec::new();
+        let s = generate_attack(&mut buf, 20_000, 7).unwrap();
+        let share = (s.failures_both + s.failures_xban_only) as f64 / s.lines as f64;
+        assert!((0.45..0.53).contains(&share), "failure share {share}");
+        // The ordinary mix is unchanged by the factor's plumbing.
+        assert_eq!(gen(2_000, 7), gen(2_000, 7));
     }
 
     #[test]
