@@ -67,7 +67,7 @@ fn loop_turns_note(status: &serde_json::Value, when: &str) -> String {
         .collect();
     by_work.sort();
     format!(
-        "Slowest event-loop turn per kind of work, {when} (the agent's own `status` → `event_loop`; `lines` is one batch of up to 1,024 lines, `listing` one slice of a `banned` reply): {}; {} turns over 10 ms.",
+        "Slowest event-loop turn per kind of work, {when} (the agent's own `status` → `event_loop`; `lines` is one turn of lines, chunks of 128 until 5 ms are spent, `listing` one slice of a `banned` reply): {}; {} turns over 10 ms.",
         by_work.join(", "),
         turns["slow_turns"]
     )
