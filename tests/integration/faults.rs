@@ -62,6 +62,17 @@ fn set_nofile(pid: u32, n: usize) {
     );
 }
 
+/// An agent with the sshd jail and `list` as its blocklist file.
+fn start_with_blocklist(lab: &Lab, dir: &AgentDir, list: &Path) -> AgentProcess {
+    dir.write_config_with_agent(
+        lab,
+        &format!("blocklist_files = [\"{}\"]\n", list.display()),
+        SSHD_JAIL,
+    )
+    .unwrap();
+    AgentProcess::start(lab, dir).unwrap()
+}
+
 /// This test process needs many descriptors of its own (client sockets).
 fn raise_own_nofile(n: u64) {
     let lim = libc::rlimit {
@@ -206,13 +217,7 @@ fn blocklist_bad_bytes_rewrites_and_manual_unbans() {
     text.extend_from_slice(b"\xc3\x28 not text\n");
     text.extend_from_slice(format!("{ATK3_V4}\n").as_bytes());
     std::fs::write(&list, &text).unwrap();
-    dir.write_config_with_agent(
-        &lab,
-        &format!("blocklist_files = [\"{}\"]\n", list.display()),
-        SSHD_JAIL,
-    )
-    .unwrap();
-    let agent = AgentProcess::start(&lab, &dir).unwrap();
+    let agent = start_with_blocklist(&lab, &dir, &list);
     // One bad byte skips its line alone.
     assert!(
         !lab.udp_reaches(ATK_V4, SRV_V4),
@@ -494,13 +499,7 @@ fn a_long_listing_holds_no_ban_back() {
         text.push_str(&format!("10.{}.{}.{}\n", i >> 16, (i >> 8) & 255, i & 255));
     }
     std::fs::write(&list, text).unwrap();
-    dir.write_config_with_agent(
-        &lab,
-        &format!("blocklist_files = [\"{}\"]\n", list.display()),
-        SSHD_JAIL,
-    )
-    .unwrap();
-    let agent = AgentProcess::start(&lab, &dir).unwrap();
+    let agent = start_with_blocklist(&lab, &dir, &list);
     assert_eq!(status(&dir)["bans_active"], ENTRIES);
 
     let listing = {
