@@ -691,8 +691,13 @@ pub async fn run(config_path: &Path, opts: RunOptions) -> Result<()> {
                 Box::new(DryRunEnforcer::default()),
             )
         } else {
+            let loading = std::time::Instant::now();
             let store = BanStore::open(&agent.state_dir)?;
             let (program, mut maps) = XdpEnforcer::load(&agent.bpf_pin_dir)?;
+            tracing::info!(
+            secs = format!("{:.2}", loading.elapsed().as_secs_f64()),
+            "XDP program loaded, its maps opened and the fast path checked against the ban tries"
+        );
             let steering = setup_steering(&resolved, &mut maps)?;
             let geo = crate::enforce::geo_maps::GeoMaps::open(&agent.bpf_pin_dir)
                 .context("the XDP program's geo maps")?;
@@ -715,6 +720,7 @@ pub async fn run(config_path: &Path, opts: RunOptions) -> Result<()> {
         expired = report.expired,
         stale = report.stale_map_entries,
         adopted = report.adopted,
+        phases = %report.phases.render(),
         "bans restored"
     );
     core.set_interfaces(interfaces.clone(), opts.dry_run);

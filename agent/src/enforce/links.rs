@@ -81,13 +81,14 @@ fn ifindex(ifname: &str) -> Option<u32> {
     (i != 0).then_some(i)
 }
 
-// ---- bpf(2) for what aya does not expose: a link's fd and its ifindex ----
+// ---- bpf(2) for what aya does not expose: a link's fd and its ifindex,
+// and batch lookups (xdp.rs) ----
 
 const BPF_OBJ_PIN: libc::c_long = 6;
 const BPF_OBJ_GET: libc::c_long = 7;
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 
-fn bpf(cmd: libc::c_long, attr: &mut [u64; 4]) -> std::io::Result<libc::c_long> {
+pub(super) fn bpf(cmd: libc::c_long, attr: &mut [u64]) -> std::io::Result<libc::c_long> {
     // SAFETY: `attr` is a zeroed bpf_attr prefix of the size passed, laid
     // out for `cmd` by the callers; the kernel reads (and for info, writes
     // through the pointer in) it only during the call.

@@ -21,6 +21,12 @@ pub trait Enforcer: Send {
     fn set_allowlist(&mut self, list: &[Target]) -> Result<()>;
     /// Every target the XDP maps hold now, with its class when readable.
     fn entries(&self) -> Result<Vec<(Target, Option<BanClass>)>>;
+    /// At start, once: every target the XDP maps hold. May answer from
+    /// what the load read and what was written since, instead of reading
+    /// the maps again.
+    fn entries_for_restore(&mut self) -> Result<Vec<(Target, Option<BanClass>)>> {
+        self.entries()
+    }
     /// At start: the tarpit-class targets, all of them (steering set sync).
     fn sync_tarpit(&mut self, _targets: &[Target]) -> Result<()> {
         Ok(())
@@ -188,6 +194,10 @@ impl Enforcer for KernelEnforcer {
 
     fn entries(&self) -> Result<Vec<(Target, Option<BanClass>)>> {
         self.xdp.bans()
+    }
+
+    fn entries_for_restore(&mut self) -> Result<Vec<(Target, Option<BanClass>)>> {
+        self.xdp.bans_for_restore()
     }
 
     /// The sets first: the program passes the class only once they hold

@@ -84,6 +84,9 @@ impl XdpStats {
     }
 }
 
+/// For the maps of a million entries built at load.
+type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+
 type Trie4<V> = LpmTrie<MapData, [u8; 4], V>;
 type Trie6<V> = LpmTrie<MapData, [u8; 16], V>;
 
@@ -124,6 +127,18 @@ pub struct XdpMaps {
     /// hash), per family, so that each is logged once per crossing.
     warned: [u8; 2],
     dir: Directory,
+    /// The ban tries as read at load, and what was written since, until
+    /// restore takes them (see `bans_for_restore`).
+    at_load: Option<AtLoad>,
+}
+
+/// The ban tries as read at load and every change written since: what
+/// restore compares with the store, without a second read of a million
+/// entries.
+struct AtLoad {
+    read: Vec<(Target, Option<BanClass>)>,
+    /// `None`: removed since.
+    since: std::collections::HashMap<Target, Option<BanClass>>,
 }
 
 /// How full the fast path is, per family (`status --json`, metrics).
@@ -159,6 +174,84 @@ pub struct XdpEnforcer {
     pub(super) mode: XdpModeSetting,
     /// Times lost pins (maps, program) were re-created.
     pub(super) pin_repairs: u64,
+}
+
+/// A ban trie's entry: prefix length, address, value.
+type TrieRow<const N: usize> = (u32, [u8; N], BanValue);
+
+const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+/// The kernel's own "operation not supported" (not in libc), what bpf(2)
+/// answers for a batch command the map type lacks.
+const ENOTSUPP: i32 = 524;
+/// Entries per batch call.
+const BATCH: usize = 8192;
+
+/// Every entry of a ban trie with `N`-byte addresses (prefix length,
+/// address, value), by BPF_MAP_LOOKUP_BATCH. `None` when the kernel has
+/// no batch lookup for the map (then the caller iterates).
+fn dump_trie<const N: usize>(map: &MapData) -> Result<Option<Vec<TrieRow<N>>>> {
+    let key_size = 4 + N;
+    let value_size = std::mem::size_of::<BanValue>();
+    let mut keys = vec![0u8; BATCH * key_size];
+    let mut values = vec![0u8; BATCH * value_size];
+    let mut in_batch = vec![0u8; key_size];
+    let mut out_batch = vec![0u8; key_size];
+    let fd = map.fd().as_fd().as_raw_fd() as u32 as u64;
+    let mut out = Vec::new();
+    let mut first = true;
+    loop {
+        // struct { in_batch, out_batch, keys, values; u32 count, map_fd;
+        // u64 elem_flags, flags } of union bpf_attr.
+        let mut attr = [
+            if first { 0 } else { in_batch.as_ptr() as u64 },
+            out_batch.as_mut_ptr() as u64,
+            keys.as_mut_ptr() as u64,
+            values.as_mut_ptr() as u64,
+            BATCH as u64 | (fd << 32),
+            0,
+            0,
+        ];
+        let r = super::links::bpf(BPF_MAP_LOOKUP_BATCH, &mut attr);
+        let n = ((attr[4] & 0xffff_ffff) as usize).min(BATCH);
+        for i in 0..n {
+            let k = &keys[i * key_size..(i + 1) * key_size];
+            let len = u32::from_ne_bytes(k[..4].try_into().expect("4 bytes"));
+            let data: [u8; N] = k[4..].try_into().expect("N bytes");
+            let v = &values[i * value_size..(i + 1) * value_size];
+            // SAFETY: `v` holds `size_of::<BanValue>()` bytes the kernel
+            // wrote; BanValue is plain old data, read without alignment.
+            let value = unsafe { std::ptr::read_unaligned(v.as_ptr().cast::<BanValue>()) };
+            out.push((len, data, value));
+        }
+        match r {
+            Ok(_) => {
+                in_batch.copy_from_slice(&out_batch);
+                first = false;
+            }
+            // The end of the map.
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(Some(out)),
+            Err(e)
+                if first
+                    && out.is_empty()
+                    && matches!(
+                        e.raw_os_error(),
+                        Some(libc::EINVAL | libc::ENOTSUP | libc::ENOTTY | ENOTSUPP)
+                    ) =>
+            {
+                return Ok(None)
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// The class a ban value holds (`None`: a value no xban writes).
+fn class_of(v: &BanValue) -> Option<BanClass> {
+    match xban_common::BanClass::from_u32(v.class) {
+        Some(xban_common::BanClass::Drop) => Some(BanClass::Drop),
+        Some(xban_common::BanClass::Tarpit) => Some(BanClass::Tarpit),
+        None => None,
+    }
 }
 
 fn key4(t: &Target) -> Key<[u8; 4]> {
@@ -665,6 +758,12 @@ impl TrieOnly {
     }
 }
 
+/// What `read_state` read: the ban tries' entries and the fast maps'.
+struct Read {
+    trie: Vec<(Target, BanValue)>,
+    fast: Vec<(Entry, u32)>,
+}
+
 /// Where an entry is in the fast maps.
 enum Place {
     Way(usize),
@@ -735,6 +834,7 @@ impl XdpMaps {
             in_table: [0; 2],
             warned: [0; 2],
             dir: Directory::default(),
+            at_load: None,
         })
     }
 
@@ -778,7 +878,9 @@ impl XdpMaps {
     }
 
     /// Rebuild the in-memory counts (directory, overflow) from the maps.
-    fn read_state(&mut self) -> Result<()> {
+    /// Returns what it read of the ban tries and of the fast maps: with a
+    /// million bans each read takes a second or more.
+    fn read_state(&mut self) -> Result<Read> {
         self.spilled.clear();
         for k in self.over_v4.keys() {
             let k = k.context("read over_v4")?;
@@ -804,8 +906,13 @@ impl XdpMaps {
                 .sum()
         });
         self.dir = Directory::default();
-        self.in_table = [self.tab_v4.entries().len(), self.tab_v6.entries().len()];
-        let fast: HashSet<Entry> = self.fast_entries()?.into_iter().map(|(e, _)| e).collect();
+        let fast_entries = self.fast_entries()?;
+        // The overflow hashes' entries are counted in `in_over` already.
+        self.in_table = [false, true].map(|v6| {
+            fast_entries.iter().filter(|(e, _)| e.v6() == v6).count() - self.in_over[v6 as usize]
+        });
+        let fast: std::collections::HashSet<Entry, foldhash::fast::RandomState> =
+            fast_entries.iter().map(|(e, _)| *e).collect();
         for e in &fast {
             let t = e.target()?;
             if !t.is_host() {
@@ -816,29 +923,57 @@ impl XdpMaps {
         // What the trie holds beyond the fast maps is trie-only: its
         // regions stay in fallback until it finds room.
         self.trie_only.clear();
-        for (t, v) in self.trie_entries()? {
-            let e = Entry::of(&t);
+        let trie = self.trie_entries()?;
+        for (t, v) in &trie {
+            let e = Entry::of(t);
             if !fast.contains(&e) {
-                self.mark_trie_only(&e, &t, v);
+                self.mark_trie_only(&e, t, *v);
             }
         }
         for t in self.allow_entries()? {
             self.dir
                 .count(!t.is_ipv4(), &dir_slots(&t), &Touch::Allow, true);
         }
-        Ok(())
+        Ok(Read {
+            trie,
+            fast: fast_entries,
+        })
     }
 
-    /// Every entry of the ban tries, with its raw value.
+    /// Every entry of the ban tries, with its raw value: in batches where
+    /// the kernel has them (a million entries are two million calls one by
+    /// one).
     fn trie_entries(&self) -> Result<Vec<(Target, BanValue)>> {
         let mut out = Vec::new();
-        for item in self.bans_v4.iter() {
-            let (k, v) = item.context("read bans_v4")?;
-            out.push((Target::from_v4(k.data(), k.prefix_len())?, v));
+        match dump_trie::<4>(aya::maps::IterableMap::map(&self.bans_v4))
+            .context("read bans_v4 in batches")?
+        {
+            Some(all) => {
+                for (len, data, v) in all {
+                    out.push((Target::from_v4(data, len)?, v));
+                }
+            }
+            None => {
+                for item in self.bans_v4.iter() {
+                    let (k, v) = item.context("read bans_v4")?;
+                    out.push((Target::from_v4(k.data(), k.prefix_len())?, v));
+                }
+            }
         }
-        for item in self.bans_v6.iter() {
-            let (k, v) = item.context("read bans_v6")?;
-            out.push((Target::from_v6(k.data(), k.prefix_len())?, v));
+        match dump_trie::<16>(aya::maps::IterableMap::map(&self.bans_v6))
+            .context("read bans_v6 in batches")?
+        {
+            Some(all) => {
+                for (len, data, v) in all {
+                    out.push((Target::from_v6(data, len)?, v));
+                }
+            }
+            None => {
+                for item in self.bans_v6.iter() {
+                    let (k, v) = item.context("read bans_v6")?;
+                    out.push((Target::from_v6(k.data(), k.prefix_len())?, v));
+                }
+            }
         }
         Ok(out)
     }
@@ -860,13 +995,17 @@ impl XdpMaps {
     /// and allow tries say. Only differences are written: the program may be
     /// reading them (a restarted agent adopting its predecessor's maps).
     fn sync(&mut self) -> Result<()> {
-        self.read_state()?;
-        let mut want: std::collections::HashMap<Entry, (Target, BanValue)> = Default::default();
-        for (t, v) in self.trie_entries()? {
-            want.insert(Entry::of(&t), (t, v));
+        let read = self.read_state()?;
+        let mut want: FastMap<Entry, (Target, BanValue)> =
+            FastMap::with_capacity_and_hasher(read.trie.len(), Default::default());
+        for (t, v) in &read.trie {
+            want.insert(Entry::of(t), (*t, *v));
         }
-        let have: std::collections::HashMap<Entry, u32> =
-            self.fast_entries()?.into_iter().collect();
+        let have: FastMap<Entry, u32> = read.fast.into_iter().collect();
+        self.at_load = Some(AtLoad {
+            read: read.trie.iter().map(|(t, v)| (*t, class_of(v))).collect(),
+            since: Default::default(),
+        });
         // Stale entries first, to make room.
         for e in have.keys().filter(|e| !want.contains_key(e)) {
             self.fast_remove(&e.target()?)?;
@@ -1181,10 +1320,16 @@ impl XdpMaps {
             self.bans_v6.insert(&key6(target), value, 0)
         }
         .with_context(|| format!("write ban of {target} into the XDP map (is it full?)"))?;
+        if let Some(a) = self.at_load.as_mut() {
+            a.since.insert(*target, Some(class));
+        }
         self.fast_set(target, value)
     }
 
     pub fn remove_ban(&mut self, target: &Target) -> Result<()> {
+        if let Some(a) = self.at_load.as_mut() {
+            a.since.insert(*target, None);
+        }
         self.fast_remove(target)?;
         gone_ok(if target.is_ipv4() {
             self.bans_v4.remove(&key4(target))
@@ -1194,23 +1339,40 @@ impl XdpMaps {
         .with_context(|| format!("remove {target} from the XDP map"))
     }
 
+    /// Every entry of the ban tries, as the load read them plus what was
+    /// written since; read from the kernel when that is not known (maps
+    /// opened from pins, or asked a second time).
+    pub fn bans_for_restore(&mut self) -> Result<Vec<(Target, Option<BanClass>)>> {
+        let Some(AtLoad {
+            mut read,
+            mut since,
+        }) = self.at_load.take()
+        else {
+            return self.bans();
+        };
+        read.retain_mut(|(t, c)| match since.remove(t) {
+            Some(Some(now)) => {
+                *c = Some(now);
+                true
+            }
+            Some(None) => false,
+            None => true,
+        });
+        read.extend(
+            since
+                .into_iter()
+                .filter_map(|(t, c)| c.map(|c| (t, Some(c)))),
+        );
+        Ok(read)
+    }
+
     /// Every entry of the ban tries.
     pub fn bans(&self) -> Result<Vec<(Target, Option<BanClass>)>> {
-        let class = |v: &BanValue| match xban_common::BanClass::from_u32(v.class) {
-            Some(xban_common::BanClass::Drop) => Some(BanClass::Drop),
-            Some(xban_common::BanClass::Tarpit) => Some(BanClass::Tarpit),
-            None => None,
-        };
-        let mut out = Vec::new();
-        for item in self.bans_v4.iter() {
-            let (k, v) = item.context("read bans_v4")?;
-            out.push((Target::from_v4(k.data(), k.prefix_len())?, class(&v)));
-        }
-        for item in self.bans_v6.iter() {
-            let (k, v) = item.context("read bans_v6")?;
-            out.push((Target::from_v6(k.data(), k.prefix_len())?, class(&v)));
-        }
-        Ok(out)
+        Ok(self
+            .trie_entries()?
+            .into_iter()
+            .map(|(t, v)| (t, class_of(&v)))
+            .collect())
     }
 
     fn allow_entries(&self) -> Result<Vec<Target>> {
