@@ -580,22 +580,48 @@ impl AgentCore {
         self.sync_blocklists(false)?;
         self.sync_geo(false)?;
         phases.mark("lists");
-        let in_kernel: HashMap<Target, Option<BanClass>, foldhash::fast::RandomState> =
-            self.enforcer.entries_for_restore()?.into_iter().collect();
+        let mut in_kernel = self.enforcer.entries_for_restore()?;
         phases.mark("kernel read");
+        // The kernel's entries and the book's, both in target order, joined
+        // by one merge: what only the kernel holds (adopted, or removed when
+        // expired), what the kernel lacks or holds with another class
+        // (written below), and the tarpit class (steered first).
+        in_kernel.sort_unstable_by_key(|(t, _)| *t);
         let mut adopted = Vec::new();
-        for (target, class) in &in_kernel {
-            if self.book.holds(target) {
-                continue;
+        let mut write = Vec::new();
+        let mut tarpit = Vec::new();
+        let mut kernel = in_kernel.iter().peekable();
+        let mut kernel_only = Vec::new();
+        for (target, class) in self.book.effective_all() {
+            while let Some(k) = kernel.next_if(|(t, _)| *t < target) {
+                kernel_only.push(*k);
             }
-            if expired_targets.contains(target) {
-                self.enforcer.apply(target, MapChange::Remove)?;
+            let have = kernel.next_if(|(t, _)| *t == target).map(|(_, c)| *c);
+            if have != Some(Some(class)) {
+                write.push((target, class));
+            }
+            if class == BanClass::Tarpit {
+                tarpit.push(target);
+            }
+        }
+        kernel_only.extend(kernel.copied());
+        drop(in_kernel);
+        for (target, class) in kernel_only {
+            if expired_targets.contains(&target) {
+                self.enforcer.apply(&target, MapChange::Remove)?;
                 report.stale_map_entries += 1;
             } else {
+                let class_now = class.unwrap_or(BanClass::Drop);
+                if class != Some(class_now) {
+                    write.push((target, class_now));
+                }
+                if class_now == BanClass::Tarpit {
+                    tarpit.push(target);
+                }
                 adopted.push(BanRecord {
-                    target: *target,
+                    target,
                     jail: ADOPTED_JAIL.to_string(),
-                    class: class.unwrap_or(BanClass::Drop),
+                    class: class_now,
                     banned_at: now,
                     expires_at: expiry(now, self.default_bantime),
                     failures: 0,
@@ -623,29 +649,16 @@ impl AgentCore {
                 self.book.add(rec);
             }
         }
-        let effective = self.effective_bans();
         // Steering first, so tarpit-class addresses are in the set before
         // XDP is told to pass them.
-        let tarpit: Vec<Target> = effective
-            .iter()
-            .filter(|(_, c)| *c == BanClass::Tarpit)
-            .map(|(t, _)| *t)
-            .collect();
         self.enforcer.sync_tarpit(&tarpit)?;
-        for (target, class) in effective {
-            if in_kernel.get(&target) != Some(&Some(class)) {
-                self.enforcer.apply(&target, MapChange::Set(class))?;
-            }
+        for (target, class) in write {
+            self.enforcer.apply(&target, MapChange::Set(class))?;
         }
         self.relabel_geo_entries()?;
         phases.mark("kernel write");
         report.phases = phases;
         Ok(report)
-    }
-
-    /// Each banned target with the class its map entry must have.
-    fn effective_bans(&self) -> Vec<(Target, BanClass)> {
-        self.book.effective_all().collect()
     }
 
     /// Feed one line to a jail; ban when it asks. Lines of a jail that a

@@ -84,9 +84,6 @@ impl XdpStats {
     }
 }
 
-/// For the maps of a million entries built at load.
-type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
-
 type Trie4<V> = LpmTrie<MapData, [u8; 4], V>;
 type Trie6<V> = LpmTrie<MapData, [u8; 16], V>;
 
@@ -284,7 +281,7 @@ fn ban_value(class: BanClass) -> BanValue {
 
 /// A ban as the fast maps key it: the address bytes as native-endian words,
 /// as the program loads them from the packet.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 enum Entry {
     V4 { addr: u32, len: u32 },
     V6 { hi: u64, lo: u64, len: u32 },
@@ -309,6 +306,10 @@ impl Entry {
 
     fn v6(&self) -> bool {
         matches!(self, Entry::V6 { .. })
+    }
+
+    fn is_host(&self) -> bool {
+        matches!(*self, Entry::V4 { len: 32, .. } | Entry::V6 { len: 128, .. })
     }
 
     fn bucket(&self) -> u32 {
@@ -758,9 +759,10 @@ impl TrieOnly {
     }
 }
 
-/// What `read_state` read: the ban tries' entries and the fast maps'.
+/// What `read_state` read: the ban tries' entries and the fast maps',
+/// each sorted by entry.
 struct Read {
-    trie: Vec<(Target, BanValue)>,
+    trie: Vec<(Entry, Target, BanValue)>,
     fast: Vec<(Entry, u32)>,
 }
 
@@ -906,16 +908,19 @@ impl XdpMaps {
                 .sum()
         });
         self.dir = Directory::default();
-        let fast_entries = self.fast_entries()?;
+        // Sorted, and joined by a merge below: hash sets of a million
+        // entries took seconds at start.
+        let mut fast = self.fast_entries()?;
+        fast.sort_unstable_by_key(|(e, _)| *e);
+        // One entry in two places (a crash between writes) counts once.
+        fast.dedup_by_key(|(e, _)| *e);
         // The overflow hashes' entries are counted in `in_over` already.
         self.in_table = [false, true].map(|v6| {
-            fast_entries.iter().filter(|(e, _)| e.v6() == v6).count() - self.in_over[v6 as usize]
+            fast.iter().filter(|(e, _)| e.v6() == v6).count() - self.in_over[v6 as usize]
         });
-        let fast: std::collections::HashSet<Entry, foldhash::fast::RandomState> =
-            fast_entries.iter().map(|(e, _)| *e).collect();
-        for e in &fast {
-            let t = e.target()?;
-            if !t.is_host() {
+        for (e, _) in &fast {
+            if !e.is_host() {
+                let t = e.target()?;
                 self.dir
                     .count(e.v6(), &dir_slots(&t), &Touch::Net(t.prefix()), true);
             }
@@ -923,21 +928,24 @@ impl XdpMaps {
         // What the trie holds beyond the fast maps is trie-only: its
         // regions stay in fallback until it finds room.
         self.trie_only.clear();
-        let trie = self.trie_entries()?;
-        for (t, v) in &trie {
-            let e = Entry::of(t);
-            if !fast.contains(&e) {
-                self.mark_trie_only(&e, t, *v);
+        let mut trie: Vec<(Entry, Target, BanValue)> = self
+            .trie_entries()?
+            .into_iter()
+            .map(|(t, v)| (Entry::of(&t), t, v))
+            .collect();
+        trie.sort_unstable_by_key(|(e, _, _)| *e);
+        let mut f = fast.iter().peekable();
+        for (e, t, v) in &trie {
+            while f.next_if(|(x, _)| x < e).is_some() {}
+            if f.peek().is_none_or(|(x, _)| x != e) {
+                self.mark_trie_only(e, t, *v);
             }
         }
         for t in self.allow_entries()? {
             self.dir
                 .count(!t.is_ipv4(), &dir_slots(&t), &Touch::Allow, true);
         }
-        Ok(Read {
-            trie,
-            fast: fast_entries,
-        })
+        Ok(Read { trie, fast })
     }
 
     /// Every entry of the ban tries, with its raw value: in batches where
@@ -996,26 +1004,34 @@ impl XdpMaps {
     /// reading them (a restarted agent adopting its predecessor's maps).
     fn sync(&mut self) -> Result<()> {
         let read = self.read_state()?;
-        let mut want: FastMap<Entry, (Target, BanValue)> =
-            FastMap::with_capacity_and_hasher(read.trie.len(), Default::default());
-        for (t, v) in &read.trie {
-            want.insert(Entry::of(t), (*t, *v));
+        // Both sorted by entry: one merge finds what differs.
+        let mut stale = Vec::new();
+        let mut differ = Vec::new();
+        let mut f = read.fast.iter().peekable();
+        for (e, t, v) in &read.trie {
+            while let Some((x, _)) = f.next_if(|(x, _)| x < e) {
+                stale.push(*x);
+            }
+            let have = f.next_if(|(x, _)| x == e).map(|(_, c)| *c);
+            if self.trie_only.contains_key(e) || have != Some(v.class) {
+                differ.push((*e, *t, *v));
+            }
         }
-        let have: FastMap<Entry, u32> = read.fast.into_iter().collect();
+        stale.extend(f.map(|(x, _)| *x));
         self.at_load = Some(AtLoad {
-            read: read.trie.iter().map(|(t, v)| (*t, class_of(v))).collect(),
+            read: read.trie.iter().map(|(_, t, v)| (*t, class_of(v))).collect(),
             since: Default::default(),
         });
         // Stale entries first, to make room.
-        for e in have.keys().filter(|e| !want.contains_key(e)) {
+        for e in stale {
             self.fast_remove(&e.target()?)?;
         }
-        for (e, (t, v)) in &want {
-            if self.trie_only.contains_key(e) {
+        for (e, t, v) in differ {
+            if self.trie_only.contains_key(&e) {
                 // Room may have been made since: try the fast maps again.
-                self.promote(e)?;
-            } else if have.get(e) != Some(&v.class) {
-                self.fast_set(t, *v)?;
+                self.promote(&e)?;
+            } else {
+                self.fast_set(&t, v)?;
             }
         }
         self.warn_occupancy();
