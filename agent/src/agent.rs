@@ -2,7 +2,6 @@
 //! then the kernel. [`AgentCore`] holds every piece of state and is driven by
 //! one loop ([`run`]), so a control request never races a ban.
 
-use std::collections::HashMap;
 use std::net::IpAddr;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -1571,7 +1570,7 @@ mod tests {
 
     /// The kernel's view, as an enforcer would leave it.
     #[derive(Clone, Default)]
-    struct Recorder(Arc<Mutex<HashMap<Target, BanClass>>>);
+    struct Recorder(Arc<Mutex<std::collections::HashMap<Target, BanClass>>>);
 
     impl Recorder {
         /// An entry a previous agent left in the kernel.

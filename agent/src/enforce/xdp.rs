@@ -309,7 +309,10 @@ impl Entry {
     }
 
     fn is_host(&self) -> bool {
-        matches!(*self, Entry::V4 { len: 32, .. } | Entry::V6 { len: 128, .. })
+        matches!(
+            *self,
+            Entry::V4 { len: 32, .. } | Entry::V6 { len: 128, .. }
+        )
     }
 
     fn bucket(&self) -> u32 {
@@ -1019,7 +1022,11 @@ impl XdpMaps {
         }
         stale.extend(f.map(|(x, _)| *x));
         self.at_load = Some(AtLoad {
-            read: read.trie.iter().map(|(_, t, v)| (*t, class_of(v))).collect(),
+            read: read
+                .trie
+                .iter()
+                .map(|(_, t, v)| (*t, class_of(v)))
+                .collect(),
             since: Default::default(),
         });
         // Stale entries first, to make room.
