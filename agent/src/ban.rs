@@ -358,7 +358,7 @@ impl BanBook {
     }
 
     /// Has the target any ban?
-    pub fn holds(&self, target: &Target) -> bool {
+    fn holds(&self, target: &Target) -> bool {
         self.records.range(target_range(target)).next().is_some()
     }
 

@@ -242,6 +242,25 @@ fn dump_trie<const N: usize>(map: &MapData) -> Result<Option<Vec<TrieRow<N>>>> {
     }
 }
 
+/// Every entry of one ban trie: in batches, or one by one where the
+/// kernel has no batch lookup for it.
+fn trie_rows<const N: usize>(
+    trie: &LpmTrie<MapData, [u8; N], BanValue>,
+    name: &str,
+) -> Result<Vec<TrieRow<N>>> {
+    if let Some(all) = dump_trie::<N>(aya::maps::IterableMap::map(trie))
+        .with_context(|| format!("read {name} in batches"))?
+    {
+        return Ok(all);
+    }
+    let mut out = Vec::new();
+    for item in trie.iter() {
+        let (k, v) = item.with_context(|| format!("read {name}"))?;
+        out.push((k.prefix_len(), k.data(), v));
+    }
+    Ok(out)
+}
+
 /// The class a ban value holds (`None`: a value no xban writes).
 fn class_of(v: &BanValue) -> Option<BanClass> {
     match xban_common::BanClass::from_u32(v.class) {
@@ -956,35 +975,11 @@ impl XdpMaps {
     /// one).
     fn trie_entries(&self) -> Result<Vec<(Target, BanValue)>> {
         let mut out = Vec::new();
-        match dump_trie::<4>(aya::maps::IterableMap::map(&self.bans_v4))
-            .context("read bans_v4 in batches")?
-        {
-            Some(all) => {
-                for (len, data, v) in all {
-                    out.push((Target::from_v4(data, len)?, v));
-                }
-            }
-            None => {
-                for item in self.bans_v4.iter() {
-                    let (k, v) = item.context("read bans_v4")?;
-                    out.push((Target::from_v4(k.data(), k.prefix_len())?, v));
-                }
-            }
+        for (len, data, v) in trie_rows(&self.bans_v4, "bans_v4")? {
+            out.push((Target::from_v4(data, len)?, v));
         }
-        match dump_trie::<16>(aya::maps::IterableMap::map(&self.bans_v6))
-            .context("read bans_v6 in batches")?
-        {
-            Some(all) => {
-                for (len, data, v) in all {
-                    out.push((Target::from_v6(data, len)?, v));
-                }
-            }
-            None => {
-                for item in self.bans_v6.iter() {
-                    let (k, v) = item.context("read bans_v6")?;
-                    out.push((Target::from_v6(k.data(), k.prefix_len())?, v));
-                }
-            }
+        for (len, data, v) in trie_rows(&self.bans_v6, "bans_v6")? {
+            out.push((Target::from_v6(data, len)?, v));
         }
         Ok(out)
     }
