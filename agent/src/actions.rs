@@ -14,8 +14,8 @@ use std::time::Duration;
 use serde::Deserialize;
 use tokio::io::AsyncWriteExt;
 
-use crate::agent::{BanEvent, BanEventKind};
-use crate::config::{format_duration, DurationSetting};
+use crate::ban::{BanEvent, BanEventKind};
+use crate::units::{format_duration, DurationSetting};
 
 /// `[[jails.NAME.actions]]` or `[[defaults.actions]]`.
 #[derive(Debug, Clone, Deserialize, PartialEq)]

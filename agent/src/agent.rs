@@ -10,9 +10,12 @@ use serde::Serialize;
 
 use crate::addr::Target;
 use crate::backlog::StoreBacklog;
-use crate::ban::{now_secs, BanBook, BanClass, BanRecord, MapChange, UnixSecs};
+use crate::ban::{
+    now_secs, BanBook, BanClass, BanEvent, BanEventKind, BanRecord, MapChange, UnixSecs,
+    MANUAL_JAIL,
+};
 use crate::blocklist::{Blocklists, BLOCKLIST_JAIL};
-use crate::config::{BanTime, ResolvedConfig};
+use crate::config::ResolvedConfig;
 use crate::control::{Reply, Request};
 use crate::enforce::Enforcer;
 use crate::escalation::{self, EscalationConfig, SubnetTracker, SUBNET_JAIL};
@@ -21,14 +24,12 @@ use crate::jail::{BanRequest, Jail, JailVerdict};
 use crate::source::file::FilePosition;
 use crate::source::SourceLine;
 use crate::store::BanStore;
+use crate::units::BanTime;
 
 mod dynamic;
 #[cfg(test)]
 mod dynamic_tests;
 pub use dynamic::all_names;
-
-/// The jail name of bans made by hand with `xban ban`.
-pub const MANUAL_JAIL: &str = "manual";
 
 /// How many banned targets one slice of a `banned` listing reads on the
 /// event loop (about a millisecond): a ban waits for one slice at most,
@@ -226,21 +227,6 @@ pub struct RefusalCount {
     /// `manual`, `jail`, `blocklist` or `subnet`.
     pub origin: String,
     pub count: u64,
-}
-
-/// A ban or unban that happened, for actions and metrics.
-#[derive(Debug, Clone, PartialEq)]
-pub struct BanEvent {
-    pub kind: BanEventKind,
-    pub record: BanRecord,
-    /// Unbans: why (`expired`, `request`, `removed-from-file`).
-    pub reason: &'static str,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BanEventKind {
-    Ban,
-    Unban,
 }
 
 /// Every piece of the agent's state.
@@ -636,7 +622,7 @@ impl AgentCore {
                 self.backlog.failed(waiting, &format!("{e:#}"), now);
             }
             let bantime = match self.default_bantime {
-                BanTime::Finite(d) => crate::config::format_duration(d),
+                BanTime::Finite(d) => crate::units::format_duration(d),
                 BanTime::Permanent => "permanent".into(),
             };
             tracing::warn!(
@@ -986,7 +972,7 @@ impl AgentCore {
             }
         }
         let bantime = match rec.expires_at {
-            Some(e) => crate::config::format_duration(Duration::from_secs(
+            Some(e) => crate::units::format_duration(Duration::from_secs(
                 (e - rec.banned_at).max(0) as u64,
             )),
             None => "permanent".into(),

@@ -601,6 +601,24 @@ impl BanBook {
     }
 }
 
+/// The jail name of bans made by hand with `xban ban`.
+pub const MANUAL_JAIL: &str = "manual";
+
+/// A ban or unban that happened, for actions and metrics.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BanEvent {
+    pub kind: BanEventKind,
+    pub record: BanRecord,
+    /// Unbans: why (`expired`, `request`, `removed-from-file`).
+    pub reason: &'static str,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BanEventKind {
+    Ban,
+    Unban,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -680,37 +680,36 @@ pub async fn run(config_path: &Path, opts: RunOptions) -> Result<()> {
     // Bind first: a second agent must fail before touching the kernel.
     let listener = control::bind(&agent.socket)?;
 
-    let (mut program, store, enforcer): (Option<XdpEnforcer>, BanStore, Box<dyn Enforcer>) = if opts
-        .dry_run
-    {
-        tracing::warn!(
-            "dry run: nothing is written to XDP maps or iptables, bans are kept in memory"
-        );
-        (
-            None,
-            BanStore::open_in_memory()?,
-            Box::new(DryRunEnforcer::default()),
-        )
-    } else {
-        let loading = std::time::Instant::now();
-        let store = BanStore::open(&agent.state_dir)?;
-        let (program, mut maps) = XdpEnforcer::load(&agent.bpf_pin_dir)?;
-        tracing::info!(
+    let (mut program, store, enforcer): (Option<XdpEnforcer>, BanStore, Box<dyn Enforcer>) =
+        if opts.dry_run {
+            tracing::warn!(
+                "dry run: nothing is written to XDP maps or iptables, bans are kept in memory"
+            );
+            (
+                None,
+                BanStore::open_in_memory()?,
+                Box::new(DryRunEnforcer::default()),
+            )
+        } else {
+            let loading = std::time::Instant::now();
+            let store = BanStore::open(&agent.state_dir)?;
+            let (program, mut maps) = XdpEnforcer::load(&agent.bpf_pin_dir)?;
+            tracing::info!(
             secs = format!("{:.2}", loading.elapsed().as_secs_f64()),
             "XDP program loaded, its maps opened and the fast path checked against the ban tries"
         );
-        let steering = setup_steering(&resolved, &mut maps)?;
-        let geo = crate::enforce::geo_maps::GeoMaps::open(&agent.bpf_pin_dir)
-            .context("the XDP program's geo maps")?;
-        let enforcer = KernelEnforcer {
-            xdp: maps,
-            steering: Some(steering),
-            tarpit: resolved.tarpit.clone(),
-            geo: Some(geo),
-            steered: Default::default(),
+            let steering = setup_steering(&resolved, &mut maps)?;
+            let geo = crate::enforce::geo_maps::GeoMaps::open(&agent.bpf_pin_dir)
+                .context("the XDP program's geo maps")?;
+            let enforcer = KernelEnforcer {
+                xdp: maps,
+                steering: Some(steering),
+                tarpit: resolved.tarpit.clone(),
+                geo: Some(geo),
+                steered: Default::default(),
+            };
+            (Some(program), store, Box::new(enforcer))
         };
-        (Some(program), store, Box::new(enforcer))
-    };
     let mut core =
         AgentCore::with_host(&resolved, store, enforcer, crate::guard::HostAddrs::live())?;
     let dns_due = resolve_names_at_start(&mut core, &resolved.dns).await;

@@ -17,7 +17,7 @@ use serde::Deserialize;
 
 use crate::addr::Target;
 use crate::ban::{BanClass, UnixSecs};
-use crate::config::{BanTime, DurationSetting};
+use crate::units::{BanTime, DurationSetting};
 
 /// `[escalation]`.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -306,8 +306,8 @@ fn increment(inc: &IncrementConfig, base: Duration, previous: u32) -> Duration {
     // Saturating: whatever the factor, never past maxtime + rndtime, nor
     // past the longest duration xban takes.
     Duration::try_from_secs_f64(capped + jitter)
-        .unwrap_or(crate::config::MAX_DURATION)
-        .min(crate::config::MAX_DURATION)
+        .unwrap_or(crate::units::MAX_DURATION)
+        .min(crate::units::MAX_DURATION)
 }
 
 /// Recent host bans grouped by prefix, for subnet widening.
@@ -441,21 +441,21 @@ mod tests {
         };
         cfg.increment.enabled = true;
         cfg.increment.factor = 1e300;
-        cfg.increment.maxtime = DurationSetting(crate::config::MAX_DURATION);
+        cfg.increment.maxtime = DurationSetting(crate::units::MAX_DURATION);
         let dec = decide(
             &cfg,
-            d(crate::config::MAX_DURATION.as_secs()),
+            d(crate::units::MAX_DURATION.as_secs()),
             BanClass::Drop,
             |_| 1_000,
         );
-        assert_eq!(dec.bantime, d(crate::config::MAX_DURATION.as_secs()));
+        assert_eq!(dec.bantime, d(crate::units::MAX_DURATION.as_secs()));
         cfg.increment.multipliers = vec![u32::MAX];
-        cfg.increment.rndtime = DurationSetting(crate::config::MAX_DURATION);
+        cfg.increment.rndtime = DurationSetting(crate::units::MAX_DURATION);
         let BanTime::Finite(t) = decide(&cfg, d(u32::MAX as u64), BanClass::Drop, |_| 7).bantime
         else {
             panic!()
         };
-        assert!(t <= crate::config::MAX_DURATION, "{t:?}");
+        assert!(t <= crate::units::MAX_DURATION, "{t:?}");
     }
 
     #[test]

@@ -16,7 +16,7 @@ use crate::addr::Target;
 /// xban reserve): a configured jail may not take them, or its bans and
 /// theirs would be one and the same in `banned`, `unban --jail` and history.
 pub const RESERVED_JAIL_NAMES: &[&str] = &[
-    crate::agent::MANUAL_JAIL,
+    crate::ban::MANUAL_JAIL,
     crate::blocklist::BLOCKLIST_JAIL,
     crate::escalation::SUBNET_JAIL,
     "fleet",

@@ -7,8 +7,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::addr::{canonical_ip, Target};
 use crate::ban::BanClass;
-use crate::config::{BanTime, JailSettings};
+use crate::config::JailSettings;
 use crate::filter::{FilterSet, Host, LineMatch, TimeFound, UseDns};
+use crate::units::BanTime;
 
 /// Matched lines kept per failure are cut to this, so a hostile log line
 /// cannot make the window hold megabytes per address.

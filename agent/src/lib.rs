@@ -29,3 +29,4 @@ pub mod ratelimit;
 pub mod setup;
 pub mod source;
 pub mod store;
+pub mod units;

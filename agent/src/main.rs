@@ -426,7 +426,7 @@ fn expires_text(expires_at: Option<i64>) -> String {
             format!(
                 "until {} (in {})",
                 time_text(e),
-                xban::config::format_duration(Duration::from_secs(left))
+                xban::units::format_duration(Duration::from_secs(left))
             )
         }
     }

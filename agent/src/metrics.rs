@@ -5,7 +5,8 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use crate::agent::{BanEvent, BanEventKind, StatusView};
+use crate::agent::StatusView;
+use crate::ban::{BanEvent, BanEventKind};
 
 /// Ban latency buckets (seconds): from a line being read to its ban's map
 /// entry, typically well under a millisecond.

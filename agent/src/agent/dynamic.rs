@@ -11,9 +11,10 @@ use anyhow::Result;
 use super::AgentCore;
 use crate::addr::Target;
 use crate::ban::{now_secs, BanRecord};
-use crate::config::{BanTime, ResolvedConfig};
+use crate::config::ResolvedConfig;
 use crate::dns::{Lookup, NameStatus, NameTable};
 use crate::geo::{self, GeoConfig, GeoDb, GeoInfo, GeoSet, GEO_JAIL};
+use crate::units::BanTime;
 
 /// What the core keeps of the geo rules.
 #[derive(Debug, Default)]

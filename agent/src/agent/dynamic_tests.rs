@@ -8,8 +8,9 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use anyhow::Result;
 
-use super::{AgentCore, BanEventKind};
+use super::AgentCore;
 use crate::addr::Target;
+use crate::ban::BanEventKind;
 use crate::ban::{BanClass, MapChange};
 use crate::config::Config;
 use crate::dns::Lookup;

@@ -27,8 +27,26 @@ use xban_common::{stats, AllowValue, BanValue, NetKey4, NetKey6};
 
 use crate::addr::Target;
 use crate::ban::BanClass;
-use crate::config::XdpModeSetting;
 use crate::directories::pins;
+
+/// `[agent] xdp_mode`: how XDP attaches.
+#[derive(Debug, Clone, Copy, serde::Deserialize, serde::Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum XdpModeSetting {
+    Auto,
+    Native,
+    Generic,
+}
+
+impl std::fmt::Display for XdpModeSetting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            XdpModeSetting::Auto => "auto",
+            XdpModeSetting::Native => "native",
+            XdpModeSetting::Generic => "generic",
+        })
+    }
+}
 
 /// The XDP object, embedded at build time (see build.rs).
 static XDP_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xban-xdp.o"));

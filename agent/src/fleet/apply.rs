@@ -14,8 +14,9 @@ use super::message::{self, Body, DecodeError, FleetMessage};
 use super::state::{self, Outgoing};
 use super::{FleetSettings, FLEET_JAIL};
 use crate::addr::Target;
-use crate::agent::{AgentCore, BanEvent, BanEventKind};
+use crate::agent::AgentCore;
 use crate::ban::{now_secs, BanRecord, UnixSecs};
+use crate::ban::{BanEvent, BanEventKind};
 use crate::blocklist::BLOCKLIST_JAIL;
 
 /// The jail key of `node`'s bans in the ban book: `fleet@NODE`, so each

@@ -381,8 +381,8 @@ async fn ensure_stream(
                         tracing::warn!(
                             "fleet: stream {} keeps messages {}, less than this node's longest bantime ({}): a node that was down longer misses bans (raise its max_age)",
                             s.stream,
-                            crate::config::format_duration(have),
-                            s.max_age.map(crate::config::format_duration).unwrap_or_else(|| "permanent".into())
+                            crate::units::format_duration(have),
+                            s.max_age.map(crate::units::format_duration).unwrap_or_else(|| "permanent".into())
                         );
                     }
                 }

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::config::{BanTime, DurationSetting};
+use crate::units::{BanTime, DurationSetting};
 
 /// The jail remote bans are kept under (`fleet`), per origin node.
 pub const FLEET_JAIL: &str = "fleet";

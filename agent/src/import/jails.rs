@@ -11,7 +11,7 @@ use super::filters::{translate, Translated};
 use super::reader::ExpandedJail;
 use super::report::{Outcome, Report};
 use super::ImportError;
-use crate::config::{format_duration, MAX_DURATION};
+use crate::units::{format_duration, MAX_DURATION};
 
 /// Jail names xban keeps for its own ban origins.
 const RESERVED_JAILS: [&str; 7] = [

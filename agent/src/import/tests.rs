@@ -113,7 +113,7 @@ fn imported_config_passes_check_and_says_what_it_did() {
     assert_eq!(myapp.maxretry, 3);
     assert_eq!(
         myapp.bantime,
-        crate::config::BanTime::Finite(std::time::Duration::from_secs(3600))
+        crate::units::BanTime::Finite(std::time::Duration::from_secs(3600))
     );
     assert_eq!(myapp.actions.len(), 1);
     assert_eq!(myapp.actions[0].to.as_deref(), Some("ops@example.org"));
