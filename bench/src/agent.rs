@@ -10,14 +10,16 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
 
-use super::bpfmap::PinnedTrie;
-use super::lab::{Requester, Rig};
-use super::loggen::{attacker_addr, sshd_failure};
-use super::{dur, num, percentile, thousands, wait_for, Ctx, Section, Table};
+use xban_lab::{syslog_now, Control};
+
+use crate::bpf::PinnedTrie;
+use crate::loggen::{attacker_addr, sshd_failure};
+use crate::rig::AgentRig;
+use crate::{dur, num, percentile, thousands, wait_for, Ctx, Section, Table};
 
 const MAXRETRY: u64 = 3;
 
-const STATUS_REQ: &str = "{\"cmd\":\"status\",\"jail\":null}";
+const STATUS_REQ: &str = xban_lab::STATUS_REQUEST;
 
 /// `status` asked every `every` from another thread, round trips recorded,
 /// while the agent is busy with something else.
@@ -27,7 +29,7 @@ struct StatusProbe {
 }
 
 impl StatusProbe {
-    fn start(req: Requester, every: Duration) -> StatusProbe {
+    fn start(req: Control, every: Duration) -> StatusProbe {
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let flag = stop.clone();
         let thread = std::thread::spawn(move || {
@@ -86,7 +88,12 @@ fn p50_max(ms: &mut [f64]) -> (String, String) {
 /// With `bans` held: `status` and `metrics` round trips, a whole `banned`
 /// listing, and a ban asked while that listing is read; then the slowest
 /// event-loop turn per kind of work, as the agent measured them.
-fn responsiveness(rig: &Rig, bans: u64, table: &mut Table, notes: &mut Vec<String>) -> Result<()> {
+fn responsiveness(
+    rig: &AgentRig,
+    bans: u64,
+    table: &mut Table,
+    notes: &mut Vec<String>,
+) -> Result<()> {
     let req = rig.requester();
     let held = thousands(bans);
     for (name, json) in [("status", STATUS_REQ), ("metrics", "{\"cmd\":\"metrics\"}")] {
@@ -160,33 +167,6 @@ fn jail_config(maxretry: u64) -> String {
     )
 }
 
-/// The current local time as syslog writes it (`Nov 21 05:28:31`): the
-/// agent takes a failure's time from its line, and `findtime` counts from
-/// there, so the lines must carry the real time.
-fn syslog_now() -> String {
-    const MONTHS: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
-    let secs = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as libc::time_t)
-        .unwrap_or(0);
-    // SAFETY: localtime_r only writes the tm we own; a zeroed tm is valid.
-    let tm = unsafe {
-        let mut tm: libc::tm = std::mem::zeroed();
-        libc::localtime_r(&secs, &mut tm);
-        tm
-    };
-    format!(
-        "{} {:>2} {:02}:{:02}:{:02}",
-        MONTHS[tm.tm_mon.clamp(0, 11) as usize],
-        tm.tm_mday,
-        tm.tm_hour,
-        tm.tm_min,
-        tm.tm_sec
-    )
-}
-
 /// Sleeps in the polling loops are then as short as asked (the default
 /// timer slack of 50 µs would dominate them).
 fn fine_timer_slack() {
@@ -223,9 +203,9 @@ const LATENCY_BASE: u32 = 3_000_000;
 pub fn latency(ctx: &Ctx) -> Result<Vec<Section>> {
     let n = ctx.size(10_000, 300);
     fine_timer_slack();
-    let mut rig = Rig::new(ctx, &jail_config(MAXRETRY))?;
+    let mut rig = AgentRig::new(ctx, &jail_config(MAXRETRY))?;
     rig.start_and_wait()?;
-    let tries = Tries::open(&rig.files.pin_dir)?;
+    let tries = Tries::open(&rig.dir.pin_dir)?;
     let mut log = rig.log_writer()?;
     let mut lat_us = Vec::with_capacity(n as usize);
     let mut missing = 0u64;
@@ -365,7 +345,7 @@ enum Probe {
 /// Returns the latencies in µs and how many addresses lost a packet before
 /// their ban (left out).
 fn drop_latency(
-    rig: &Rig,
+    rig: &AgentRig,
     tries: &Tries,
     log: &mut std::fs::File,
     n: u64,
@@ -382,7 +362,7 @@ fn drop_latency(
         .take(n as usize)
         .collect();
     for a in &addrs {
-        rig.lab.add_peer_v4(*a)?;
+        rig.lab.add_atk_v4(*a)?;
     }
     // The receiver keeps the (probe, sequence number) of the latest packet.
     let latest = Arc::new(AtomicU64::new(u64::MAX));
@@ -390,8 +370,8 @@ fn drop_latency(
     let (port_tx, port_rx) = mpsc::channel();
     let receiver = {
         let (latest, stop) = (latest.clone(), stop.clone());
-        super::lab::in_netns(&rig.lab.srv_ns, move || -> Result<()> {
-            let sock = UdpSocket::bind((super::lab::SRV_V4, PROBE_PORT_ANY))?;
+        xban_lab::spawn_in_ns(&rig.lab.srv_ns, move || -> Result<()> {
+            let sock = UdpSocket::bind((xban_lab::SRV_V4, PROBE_PORT_ANY))?;
             sock.set_read_timeout(Some(Duration::from_millis(50)))?;
             port_tx.send(sock.local_addr()?)?;
             let mut buf = [0u8; 16];
@@ -408,7 +388,7 @@ fn drop_latency(
         .context("the probe receiver did not start")?;
     let (cmd_tx, cmd_rx) = mpsc::channel::<Probe>();
     let (sent_tx, sent_rx) = mpsc::channel::<Vec<Instant>>();
-    let sender = super::lab::in_netns(&rig.lab.peer_ns, move || -> Result<()> {
+    let sender = xban_lab::spawn_in_ns(&rig.lab.atk_ns, move || -> Result<()> {
         fine_timer_slack();
         loop {
             let (from, to) = match cmd_rx.recv()? {
@@ -678,7 +658,7 @@ pub fn scale(ctx: &Ctx) -> Result<Vec<Section>> {
 
     // Idle, then a million (quick: fewer) distinct addresses failing once.
     let failing = ctx.size(1_000_000, 20_000);
-    let mut rig = Rig::new(ctx, &jail_config(MAXRETRY))?;
+    let mut rig = AgentRig::new(ctx, &jail_config(MAXRETRY))?;
     rig.start_and_wait()?;
     commands.push(rig.run_command_text());
     commands.push(rig.bpftool_command_text());
@@ -734,9 +714,9 @@ pub fn scale(ctx: &Ctx) -> Result<Vec<Section>> {
 
     // A burst: 100,000 addresses, maxretry failures each, in one write.
     let burst = ctx.size(100_000, 5_000);
-    let mut rig = Rig::new(ctx, &jail_config(MAXRETRY))?;
+    let mut rig = AgentRig::new(ctx, &jail_config(MAXRETRY))?;
     rig.start_and_wait()?;
-    let tries = Tries::open(&rig.files.pin_dir)?;
+    let tries = Tries::open(&rig.dir.pin_dir)?;
     let base = 1_000_000u32;
     let last = attacker_addr(base + burst as u32 - 1);
     let data = failure_lines(base, burst, MAXRETRY);
@@ -885,11 +865,11 @@ fn restore(
     resp: &mut Table,
     resp_notes: &mut Vec<String>,
 ) -> Result<(Table, Vec<String>)> {
-    let mut rig = Rig::new(ctx, &jail_config(MAXRETRY))?;
+    let mut rig = AgentRig::new(ctx, &jail_config(MAXRETRY))?;
     // A first run creates the database and its schema (the agent's own migration).
     rig.start_and_wait()?;
     rig.teardown()?;
-    let db = rig.files.state.join("xban.sqlite3");
+    let db = rig.dir.path("state").join("xban.sqlite3");
     let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
     let sql = prefill_sql(bans, now);
     let started = Instant::now();

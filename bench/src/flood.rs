@@ -20,15 +20,17 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context, Result};
 use xban_common::stats;
 
-use super::xdp::{
-    agent_binary, insn, ipv6_udp_frame_to, load_xdp, prog_test_run, require_root, require_tool,
-    run_cmd, v6, Agent, BanMaps, BpfMap, Lab, Rng, BPF_F_TEST_XDP_LIVE_FRAMES, SRV_V6,
-};
-use super::{median, Section, Table};
-use crate::workspace::Workspace;
+use xban_lab::packet::ipv6_udp_frame_to;
+use xban_lab::{in_ns, mac_of, require_tool, run_cmd, Lab, SRV_V6};
+
+use crate::bpf::{insn, load_xdp, prog_test_run, BpfMap, BPF_F_TEST_XDP_LIVE_FRAMES};
+use crate::maps::BanMaps;
+use crate::rig::{agent_binary, lab, Agent};
+use crate::xdp::{v6, Rng};
+use crate::{median, require_root, Ctx, Section, Table};
 
 /// Where the banned flood sources live (never on any interface).
-pub(super) const FLOOD_NET: u128 = 0x2001_0db8_f00d_0000_0000_0000_0000_0000;
+pub const FLOOD_NET: u128 = 0x2001_0db8_f00d_0000_0000_0000_0000_0000;
 const DST_PORT: u16 = 9;
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -68,22 +70,23 @@ impl Mechanism {
 
 /// One measured flood.
 #[derive(Clone, Copy, Debug)]
-pub(super) struct Trial {
+pub struct Trial {
     /// Receiver core time per dropped packet.
-    pub(super) ns_per_drop: f64,
+    pub ns_per_drop: f64,
     /// Packets the mechanism dropped per second.
-    pub(super) drop_pps: f64,
-    pub(super) sent_pps: f64,
+    pub drop_pps: f64,
+    pub sent_pps: f64,
     /// Fraction of the receiver core the receive path used.
-    pub(super) busy: f64,
+    pub busy: f64,
 }
 
-pub fn run(ws: &Workspace, quick: bool) -> Result<Vec<Section>> {
+pub fn run(ctx: &Ctx) -> Result<Vec<Section>> {
+    let quick = ctx.quick;
     require_root()?;
     for tool in ["bpftool", "ip6tables", "ip6tables-restore", "ipset", "nft"] {
         require_tool(tool)?;
     }
-    let bin = agent_binary(ws)?;
+    let bin = agent_binary(ctx)?;
     let cpus = online_cpus()?;
     ensure!(
         cpus.len() >= 2,
@@ -219,7 +222,7 @@ fn trial(
     send_cpu: usize,
     recv_cpu: usize,
 ) -> Result<Trial> {
-    let lab = Lab::new("f")?;
+    let lab = lab()?;
     let sources = sources(n);
     let before = napi_threads()?;
     enable_napi(&lab)?;
@@ -229,11 +232,11 @@ fn trial(
         Mechanism::Xdp => {
             // The lab's own addresses only: flood sources are not allowlisted.
             let a = agent.insert(Agent::start(bin, &lab, r#"["127.0.0.0/8", "::1"]"#)?);
-            let maps = BanMaps::open(&a.pin_dir)?;
+            let maps = BanMaps::open(a.pin_dir())?;
             for s in &sources {
                 maps.ban(s, 128, xban_common::BanClass::Drop as u32)?;
             }
-            let stats_map = BpfMap::open(&a.pin_dir.join(xban_common::MAP_STATS))?;
+            let stats_map = BpfMap::open(&a.pin_dir().join(xban_common::MAP_STATS))?;
             percpu_counter(stats_map, vec![stats::DROPPED])?
         }
         Mechanism::Iptables => {
@@ -296,12 +299,12 @@ fn trial(
         }
     };
 
-    let sink = Lab::in_ns(&lab.srv_ns, || {
+    let sink = in_ns(&lab.srv_ns, || {
         UdpSocket::bind(SocketAddr::new(SRV_V6.parse().unwrap(), DST_PORT))
     })??;
     sink.set_nonblocking(true)?;
-    let srv_mac = Lab::mac(&lab.srv_ns, &lab.srv_if)?;
-    let atk_mac = Lab::mac(&lab.atk_ns, &lab.atk_if)?;
+    let srv_mac = mac_of(&lab.srv_ns, &lab.srv_if)?;
+    let atk_mac = mac_of(&lab.atk_ns, &lab.atk_if)?;
     let dst = v6(SRV_V6);
     // One source port for all: the generator only rewrites the source
     // address and the checksum.
@@ -341,7 +344,7 @@ fn trial(
 /// after the mechanism was set up) alone and real-time on `cpus.1`, the
 /// generator on `cpus.0`; `counted` reads the mechanism's own count of
 /// packets it handled.
-pub(super) fn receive_cost(
+pub fn receive_cost(
     lab: &Lab,
     before: &[(i32, String)],
     frames: &[Vec<u8>],
@@ -364,7 +367,7 @@ pub(super) fn receive_cost(
         "make the NAPI thread real-time: {}",
         std::io::Error::last_os_error()
     );
-    let ifindex = Lab::in_ns(&lab.atk_ns, || {
+    let ifindex = in_ns(&lab.atk_ns, || {
         let name = std::ffi::CString::new(lab.atk_if.as_str()).expect("interface name");
         // SAFETY: a valid C string.
         unsafe { libc::if_nametoindex(name.as_ptr()) }
@@ -391,7 +394,7 @@ pub(super) fn receive_cost(
 }
 
 /// `n` distinct banned sources in 2001:db8:f00d::/48, shuffled.
-pub(super) fn sources(n: usize) -> Vec<[u8; 16]> {
+pub fn sources(n: usize) -> Vec<[u8; 16]> {
     let mut rng = Rng(0xf100d);
     let mut seen = std::collections::HashSet::new();
     let mut out = Vec::with_capacity(n);
@@ -408,7 +411,7 @@ fn ipv6(a: &[u8; 16]) -> String {
     std::net::Ipv6Addr::from(*a).to_string()
 }
 
-pub(super) fn in_srv(lab: &Lab, args: &[&str]) -> Result<String> {
+pub fn in_srv(lab: &Lab, args: &[&str]) -> Result<String> {
     run_cmd(
         Command::new("ip")
             .args(["netns", "exec", &lab.srv_ns])
@@ -469,7 +472,7 @@ fn iptables_input_packets(ns: &str) -> Result<u64> {
 const SIOCETHTOOL: libc::c_ulong = 0x8946;
 const ETHTOOL_STSO: u32 = 0x1f;
 const ETHTOOL_SGRO: u32 = 0x2c;
-pub(super) const ETHTOOL_STXCSUM: u32 = 0x17;
+pub const ETHTOOL_STXCSUM: u32 = 0x17;
 
 #[repr(C)]
 struct EthtoolValue {
@@ -489,14 +492,14 @@ struct Ifreq {
 /// sender's end; veth hands TSO-capable senders' frames to the backlog of
 /// the sending CPU otherwise, and turns TSO off by itself once XDP is
 /// attached).
-pub(super) fn enable_napi(lab: &Lab) -> Result<()> {
+pub fn enable_napi(lab: &Lab) -> Result<()> {
     ethtool_set(&lab.srv_ns, &lab.srv_if, ETHTOOL_SGRO, 1)?;
     ethtool_set(&lab.atk_ns, &lab.atk_if, ETHTOOL_STSO, 0)?;
     threaded_napi(&lab.srv_ns, &lab.srv_if).context("threaded NAPI on the server's veth")
 }
 
 /// NAPI of `ifname` in `ns` in its own kernel thread (`napi/IFNAME-N`).
-pub(super) fn threaded_napi(ns: &str, ifname: &str) -> Result<()> {
+pub fn threaded_napi(ns: &str, ifname: &str) -> Result<()> {
     run_cmd(
         Command::new("ip")
             .args(["netns", "exec", ns, "sh", "-c"])
@@ -507,7 +510,7 @@ pub(super) fn threaded_napi(ns: &str, ifname: &str) -> Result<()> {
 
 /// Reads the sum over CPUs of the per-CPU counters `idx` of the pinned
 /// array `map` (XDP's `stats`, the tarpit's `tarpit_stats`).
-pub(super) fn percpu_counter(map: BpfMap, idx: Vec<u32>) -> Result<Box<dyn Fn() -> Result<u64>>> {
+pub fn percpu_counter(map: BpfMap, idx: Vec<u32>) -> Result<Box<dyn Fn() -> Result<u64>>> {
     let ncpu = possible_cpus()?;
     Ok(Box::new(move || {
         let mut total = 0;
@@ -525,9 +528,9 @@ pub(super) fn percpu_counter(map: BpfMap, idx: Vec<u32>) -> Result<Box<dyn Fn() 
 }
 
 /// A legacy ethtool "set" (`ethtool -K`), without needing ethtool installed.
-pub(super) fn ethtool_set(ns: &str, ifname: &str, cmd: u32, data: u32) -> Result<()> {
+pub fn ethtool_set(ns: &str, ifname: &str, cmd: u32, data: u32) -> Result<()> {
     let ifname = ifname.to_string();
-    Lab::in_ns(ns, move || -> Result<()> {
+    in_ns(ns, move || -> Result<()> {
         // SAFETY: plain socket for the ethtool ioctl, closed by OwnedFd.
         let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0) };
         ensure!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
@@ -551,7 +554,7 @@ pub(super) fn ethtool_set(ns: &str, ifname: &str, cmd: u32, data: u32) -> Result
 }
 
 /// PIDs of the NAPI kernel threads that exist now.
-pub(super) fn napi_threads() -> Result<Vec<(i32, String)>> {
+pub fn napi_threads() -> Result<Vec<(i32, String)>> {
     let mut out = Vec::new();
     for e in std::fs::read_dir("/proc")? {
         let e = e?;
@@ -569,7 +572,7 @@ pub(super) fn napi_threads() -> Result<Vec<(i32, String)>> {
 
 /// A veth end's NAPI thread: named after the interface (the kernel may
 /// cut the name short) and new since `before`.
-pub(super) fn napi_thread(ifname: &str, before: &[(i32, String)]) -> Result<i32> {
+pub fn napi_thread(ifname: &str, before: &[(i32, String)]) -> Result<i32> {
     let want = format!("napi/{ifname}-");
     let found: Vec<i32> = napi_threads()?
         .into_iter()
@@ -585,7 +588,7 @@ pub(super) fn napi_thread(ifname: &str, before: &[(i32, String)]) -> Result<i32>
 }
 
 /// On-CPU time of a thread (schedstat, ns).
-pub(super) fn thread_cpu_ns(pid: i32) -> Result<u64> {
+pub fn thread_cpu_ns(pid: i32) -> Result<u64> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/schedstat"))
         .with_context(|| format!("read /proc/{pid}/schedstat"))?;
     text.split_whitespace()
@@ -603,7 +606,7 @@ fn cpu_set(cpu: usize) -> libc::cpu_set_t {
     }
 }
 
-pub(super) fn set_affinity(pid: i32, cpu: usize) -> Result<()> {
+pub fn set_affinity(pid: i32, cpu: usize) -> Result<()> {
     let set = cpu_set(cpu);
     // SAFETY: valid cpu_set_t of the right size.
     let r = unsafe { libc::sched_setaffinity(pid, std::mem::size_of_val(&set), &set) };
@@ -686,7 +689,7 @@ const UDP_CSUM_OFF: i16 = 14 + 40 + 6;
 
 /// What the generator writes into each frame before sending it.
 #[derive(Clone, Copy)]
-pub(super) enum Rewrite {
+pub enum Rewrite {
     /// The IPv6 source address and the 2-byte checksum at this offset.
     SourceAndChecksum(i16),
     /// The whole frame (for receivers that rewrite frames in place).
