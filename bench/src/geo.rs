@@ -94,9 +94,9 @@ pub fn run(ctx: &Ctx) -> Result<Vec<Section>> {
         // Started without the rule, which a reload then adds: the reload
         // compiles it and writes every prefix into the running maps.
         let agent = Agent::start(&bin, &lab, "[\"127.0.0.0/8\"]")?;
-        let plain = std::fs::read_to_string(&agent.dir.config_path())?;
+        let plain = std::fs::read_to_string(agent.dir.config_path())?;
         std::fs::write(
-            &agent.dir.config_path(),
+            agent.dir.config_path(),
             plain.replacen(
                 "ignoreip = [\"127.0.0.0/8\"]",
                 &format!("ignoreip = {ignoreip}"),
