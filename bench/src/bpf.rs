@@ -142,6 +142,11 @@ pub fn pin_prog(prog: &OwnedFd, path: &Path) -> Result<()> {
 
 /// A pinned program's fd (BPF_OBJ_GET).
 pub fn open_pinned_prog(path: &Path) -> Result<OwnedFd> {
+    obj_get(path).with_context(|| format!("open pinned program {}", path.display()))
+}
+
+/// The fd of a pinned object (BPF_OBJ_GET).
+fn obj_get(path: &Path) -> Result<OwnedFd> {
     use std::os::unix::ffi::OsStrExt;
     let c = CString::new(path.as_os_str().as_bytes())?;
     let mut attr = ObjGetAttr {
@@ -149,8 +154,7 @@ pub fn open_pinned_prog(path: &Path) -> Result<OwnedFd> {
         bpf_fd: 0,
         file_flags: 0,
     };
-    let fd = sys_bpf(BPF_OBJ_GET, &mut attr)
-        .with_context(|| format!("open pinned program {}", path.display()))?;
+    let fd = sys_bpf(BPF_OBJ_GET, &mut attr)?;
     // SAFETY: BPF_OBJ_GET returned a new fd that we own.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
@@ -212,17 +216,8 @@ impl BpfMap {
     }
 
     pub fn open(path: &Path) -> Result<BpfMap> {
-        use std::os::unix::ffi::OsStrExt;
-        let c = CString::new(path.as_os_str().as_bytes())?;
-        let mut attr = ObjGetAttr {
-            pathname: c.as_ptr() as u64,
-            bpf_fd: 0,
-            file_flags: 0,
-        };
-        let fd = sys_bpf(BPF_OBJ_GET, &mut attr)
-            .with_context(|| format!("open pinned map {}", path.display()))?;
-        // SAFETY: BPF_OBJ_GET returned a new fd that we own.
-        Ok(BpfMap(unsafe { OwnedFd::from_raw_fd(fd as i32) }))
+        let fd = obj_get(path).with_context(|| format!("open pinned map {}", path.display()))?;
+        Ok(BpfMap(fd))
     }
 
     pub fn update(&self, key: &[u8], value: &[u8]) -> std::io::Result<()> {

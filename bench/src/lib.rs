@@ -16,7 +16,9 @@ mod geo;
 mod loggen;
 mod logmatch;
 mod maps;
+mod napi;
 mod rig;
+mod scale;
 pub mod tarpit;
 pub mod xdp;
 
@@ -339,7 +341,7 @@ pub fn run(setup: &Setup, areas: &[Area], quick: bool) -> Result<()> {
         let got = match area {
             Area::Logmatch => logmatch::run(&ctx),
             Area::Latency => agent::latency(&ctx),
-            Area::Scale => agent::scale(&ctx),
+            Area::Scale => scale::scale(&ctx),
             Area::Fleet => fleet::run(&ctx),
             // These take XBAN_BIN when set (rig::agent_binary).
             Area::Xdp => xdp::run(&ctx),

@@ -16,10 +16,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
 
-use crate::flood::{
-    enable_napi, ethtool_set, in_srv, napi_thread, napi_threads, percpu_counter, receive_cost,
-    set_affinity, sources, threaded_napi, Rewrite, Trial, ETHTOOL_STXCSUM, FLOOD_NET,
+use crate::flood::{in_srv, receive_cost, sources, Rewrite, Trial, FLOOD_NET};
+use crate::napi::{
+    enable_napi, ethtool_set, napi_thread, napi_threads, percpu_counter, set_affinity,
+    threaded_napi, ETHTOOL_STXCSUM,
 };
+use xban_lab::packet::{Tcp, BENCH_DST_MAC, BENCH_SRC_MAC};
 use xban_lab::{in_ns, mac_of, run_cmd, Lab, ATK_V4, ATK_V6, SRV_V4, SRV_V6};
 
 use crate::bpf::{insn, load_xdp, open_pinned_prog, pin_prog, prog_test_run, BpfMap};
@@ -415,20 +417,8 @@ fn syn_v6() -> Vec<u8> {
     )
 }
 
-fn sum(data: &[u8]) -> u32 {
-    data.chunks(2)
-        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
-        .sum()
-}
-
-fn fold(mut s: u32) -> u16 {
-    while s > 0xffff {
-        s = (s & 0xffff) + (s >> 16);
-    }
-    s as u16
-}
-
-/// An Ethernet frame with a TCP segment, checksums complete.
+/// An Ethernet frame with a TCP segment to the tarpit's port, checksums
+/// complete.
 fn tcp_frame(
     src: IpAddr,
     dst: IpAddr,
@@ -438,47 +428,22 @@ fn tcp_frame(
     flags: u8,
     payload: &[u8],
 ) -> Vec<u8> {
-    let mut t = Vec::new();
-    t.extend_from_slice(&sport.to_be_bytes());
-    t.extend_from_slice(&PORT.to_be_bytes());
-    t.extend_from_slice(&seq.to_be_bytes());
-    t.extend_from_slice(&ack.to_be_bytes());
-    t.extend_from_slice(&[0x50, flags, 0xfa, 0xf0, 0, 0, 0, 0]);
-    t.extend_from_slice(payload);
-    let mut pseudo = Vec::new();
-    let mut ip = Vec::new();
-    let ethertype: [u8; 2] = match (src, dst) {
-        (IpAddr::V4(s), IpAddr::V4(d)) => {
-            pseudo.extend_from_slice(&s.octets());
-            pseudo.extend_from_slice(&d.octets());
-            ip.extend_from_slice(&[0x45, 0]);
-            ip.extend_from_slice(&((20 + t.len()) as u16).to_be_bytes());
-            ip.extend_from_slice(&[0, 0, 0x40, 0, 64, 6, 0, 0]);
-            ip.extend_from_slice(&s.octets());
-            ip.extend_from_slice(&d.octets());
-            let c = !fold(sum(&ip));
-            ip[10..12].copy_from_slice(&c.to_be_bytes());
-            [0x08, 0x00]
-        }
-        (IpAddr::V6(s), IpAddr::V6(d)) => {
-            pseudo.extend_from_slice(&s.octets());
-            pseudo.extend_from_slice(&d.octets());
-            ip.extend_from_slice(&[0x60, 0, 0, 0]);
-            ip.extend_from_slice(&(t.len() as u16).to_be_bytes());
-            ip.extend_from_slice(&[6, 64]);
-            ip.extend_from_slice(&s.octets());
-            ip.extend_from_slice(&d.octets());
-            [0x86, 0xdd]
-        }
-        _ => unreachable!("one family"),
-    };
-    let c = !fold(sum(&pseudo) + 6 + t.len() as u32 + sum(&t));
-    t[16..18].copy_from_slice(&c.to_be_bytes());
-    let mut f = vec![0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2];
-    f.extend_from_slice(&ethertype);
-    f.extend_from_slice(&ip);
-    f.extend_from_slice(&t);
-    f
+    Tcp {
+        src_mac: BENCH_SRC_MAC,
+        dst_mac: BENCH_DST_MAC,
+        vlan: None,
+        src,
+        dst,
+        sport,
+        dport: PORT,
+        seq,
+        ack,
+        flags,
+        window: 0xfaf0,
+        options: Vec::new(),
+        payload: payload.to_vec(),
+    }
+    .frame()
 }
 
 /// Connect → give up, per engine, for a stock Linux client.
