@@ -1,7 +1,6 @@
 //! Running child processes: every command is echoed before it runs, and a
 //! failing one becomes an error that carries its exit status.
 
-use std::ffi::OsStr;
 use std::fmt;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Command, ExitStatus, Stdio};
@@ -119,46 +118,12 @@ impl fmt::Display for Failed {
 
 impl std::error::Error for Failed {}
 
-/// Shell-like rendering of a command, including variables it sets, so that
-/// it can be copied and rerun by hand.
-pub fn display(cmd: &Command) -> String {
-    let envs = cmd
-        .get_envs()
-        .filter_map(|(k, v)| v.map(|v| format!("{}={}", quote(k), quote(v))));
-    let program = std::iter::once(quote(cmd.get_program()));
-    let args = cmd.get_args().map(quote);
-    envs.chain(program)
-        .chain(args)
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-fn quote(s: &OsStr) -> String {
-    let s = s.to_string_lossy();
-    let plain = !s.is_empty()
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_./=+:,@%".contains(c));
-    if plain {
-        s.into_owned()
-    } else {
-        format!("'{}'", s.replace('\'', r"'\''"))
-    }
-}
+/// Shell-like rendering of a command (the lab's, which the benchmarks use too).
+pub use xban_lab::cmd::display;
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn display_quotes_only_what_needs_it() {
-        let mut cmd = Command::new("dpkg-query");
-        cmd.env("A", "x y")
-            .args(["-W", "--showformat=${Status}\n", "it's"]);
-        assert_eq!(
-            display(&cmd),
-            "A='x y' dpkg-query -W '--showformat=${Status}\n' 'it'\\''s'"
-        );
-    }
 
     #[test]
     fn display_omits_removed_variables() {

@@ -8,18 +8,17 @@
 //! Ctrl-C.
 
 use std::fmt;
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
-use std::net::{IpAddr, SocketAddr, TcpListener, UdpSocket};
-use std::os::fd::AsRawFd;
-use std::os::unix::process::CommandExt;
+use std::fs;
+use std::io;
+use std::net::{IpAddr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use serde_json::Value;
+use xban_lab::{in_ns, sshd_failure, AgentDir, Lab, LabSpec, Rig, Start};
 
 use crate::prereq::is_root;
 use crate::tasks::{self, Profile};
@@ -38,6 +37,14 @@ const THIRD_BAN_SECS: i64 = 60;
 /// A banned or unbanned state shows up within this (the agent follows the
 /// log with inotify and expires bans every second).
 const SETTLE: Duration = Duration::from_secs(10);
+/// The demo's lab: its own names, the server and two hosts on the
+/// attacker's side.
+const LAB: LabSpec<'static> = LabSpec {
+    ns_prefix: "xban-demo-",
+    if_prefix: "xd",
+    srv_addrs: &[SERVER],
+    atk_addrs: &[ATTACKER, BYSTANDER],
+};
 const TOOLS: &[(&str, &str)] = &[
     ("ip", "iproute2"),
     ("nsenter", "util-linux"),
@@ -171,49 +178,47 @@ fn show(prefix: &str, text: &str) {
 }
 
 fn run(binary: &Path) -> Result<()> {
-    let id = std::process::id();
-    let lab = Lab::create(id)?;
-    let dir = tempfile::Builder::new()
-        .prefix("xban-demo-")
-        .tempdir()
-        .context("create a temporary directory")?;
-    let paths = Paths::new(dir.path(), id);
-    fs::create_dir_all(paths.dir.join("filters"))?;
-    File::create(&paths.log)?;
-    fs::write(&paths.config, config_text(&lab, &paths))?;
+    let dir = AgentDir::with(binary, "demo", None).context("create a temporary directory")?;
+    let mut rig = Rig::new(&LAB, dir, "", &jail_config())?;
+    let (lab, paths) = (&rig.lab, &rig.dir);
 
     say("xban demo: a throwaway lab, removed at the end (also on Ctrl-C).");
     say(&format!(
         "  server    netns {}  {SERVER}  (xban runs here, XDP on {})",
-        lab.srv, lab.srv_if
+        lab.srv_ns, lab.srv_if
     ));
     say(&format!(
         "  attacker  netns {}  {ATTACKER}, and {BYSTANDER} (a bystander)",
-        lab.atk
+        lab.atk_ns
     ));
-    say(&format!("  files     {}", paths.dir.display()));
-    say(&format!("  pins      {}", paths.pins.display()));
+    say(&format!("  files     {}", paths.dir.path().display()));
+    say(&format!("  pins      {}", paths.pin_dir.display()));
     say(&format!(
         "The agent's config, {} (production values are minutes and hours, not seconds):",
-        paths.config.display()
+        paths.config_path().display()
     ));
-    show("", &fs::read_to_string(&paths.config)?);
+    show("", &fs::read_to_string(paths.config_path())?);
     say(&format!(
         "xban commands below run as `nsenter --net=/run/netns/{} xban -c {} ...`.",
-        lab.srv,
-        paths.config.display()
+        lab.srv_ns,
+        paths.config_path().display()
     ));
 
-    let xban = Xban {
-        bin: binary.to_path_buf(),
-        config: paths.config.clone(),
-        netns: lab.srv.clone(),
-    };
-    let ssh = lab.listen_ssh()?;
-    let mut agent = Agent::start(&xban, &paths)?;
+    let ssh = listen_ssh(lab)?;
+    rig.spawn(&Start {
+        run_args: &[],
+        rust_log: "info",
+        // Ctrl-C reaches the demo only; it stops the agent in order.
+        own_group: true,
+    })?;
+    rig.wait_ready(Duration::from_secs(30))
+        .context("the agent's control socket")?;
+    let lab = &rig.lab;
+    let mut news = News::default();
 
+    let xban = Xban(&rig.dir);
     step(1, "The agent starts");
-    show("agent | ", &agent.news());
+    show("agent | ", &news.take(&rig.agent_log()));
     let status = xban.json(&["status"])?;
     let mode = status["tarpit"]["mode"].as_str().unwrap_or("?").to_string();
     ensure!(
@@ -228,7 +233,7 @@ fn run(binary: &Path) -> Result<()> {
     }
 
     step(2, "The attacker reaches the server like anyone else");
-    let got = lab.udp_burst(ATTACKER, 10)?;
+    let got = udp_burst(lab, ATTACKER, 10)?;
     ensure!(
         got == 10,
         "before any ban, 10 UDP datagrams should arrive ({got} did)"
@@ -236,7 +241,7 @@ fn run(binary: &Path) -> Result<()> {
     say(&format!(
         "UDP: 10 datagrams sent from {ATTACKER}, {got} arrived."
     ));
-    let tcp = lab.tcp_probe(&ssh, ATTACKER)?;
+    let tcp = tcp_probe(lab, &ssh, ATTACKER)?;
     ensure!(
         tcp.accepted,
         "before any ban the SSH connection should be accepted ({tcp})"
@@ -249,7 +254,7 @@ fn run(binary: &Path) -> Result<()> {
     ));
 
     step(3, &format!("The attacker fails to log in {MAXRETRY} times"));
-    let first = offend(&xban, &paths, &mut agent, 0)?;
+    let first = offend(&xban, &rig, &mut news, 0)?;
     ensure!(
         first["class"] == "drop" && ban_secs(&first) == BANTIME_SECS,
         "the first ban should be the jail's own ({BANTIME_SECS} s, drop): {first}"
@@ -260,7 +265,7 @@ fn run(binary: &Path) -> Result<()> {
 
     step(4, "Its packets are dropped at XDP");
     let before = stats(&xban)?;
-    let got = lab.udp_burst(ATTACKER, 20)?;
+    let got = udp_burst(lab, ATTACKER, 20)?;
     let after = stats(&xban)?;
     let dropped = counter(&after, "dropped") - counter(&before, "dropped");
     say("$ xban stats   (before and after 20 UDP datagrams from the attacker)");
@@ -272,13 +277,13 @@ fn run(binary: &Path) -> Result<()> {
         got == 0 && dropped >= 20,
         "a banned address's packets should be dropped ({got} arrived, dropped +{dropped})"
     );
-    let tcp = lab.tcp_probe(&ssh, ATTACKER)?;
+    let tcp = tcp_probe(lab, &ssh, ATTACKER)?;
     ensure!(
         !tcp.accepted,
         "the banned attacker's SSH connection was accepted"
     );
     say(&format!("TCP to port {SSH_PORT} from {ATTACKER}: {tcp}."));
-    let tcp = lab.tcp_probe(&ssh, BYSTANDER)?;
+    let tcp = tcp_probe(lab, &ssh, BYSTANDER)?;
     ensure!(tcp.accepted, "the bystander should not be affected ({tcp})");
     say(&format!(
         "TCP to port {SSH_PORT} from {BYSTANDER}: {tcp} (not banned)."
@@ -293,8 +298,8 @@ fn run(binary: &Path) -> Result<()> {
         "the ban's expiry",
         || Ok(xban.banned()?.is_empty().then_some(())),
     )?;
-    show("agent | ", &agent.news());
-    let got = lab.udp_burst(ATTACKER, 5)?;
+    show("agent | ", &news.take(&rig.agent_log()));
+    let got = udp_burst(lab, ATTACKER, 5)?;
     ensure!(
         got == 5,
         "after the expiry the attacker should get through ({got} of 5)"
@@ -302,13 +307,13 @@ fn run(binary: &Path) -> Result<()> {
     say(&format!("Unbanned: {got} of 5 UDP datagrams arrive again."));
 
     step(6, "It comes back: the second ban is longer (escalation)");
-    let second = offend(&xban, &paths, &mut agent, 10)?;
+    let second = offend(&xban, &rig, &mut news, 10)?;
     ensure!(
         second["class"] == "drop" && ban_secs(&second) == SECOND_BAN_SECS,
         "the second ban within 1 h should be {SECOND_BAN_SECS} s: {second}"
     );
     ensure!(
-        agent.log().contains("escalated: repeat offender"),
+        rig.agent_log().contains("escalated: repeat offender"),
         "the agent should log the escalation"
     );
     say(&format!(
@@ -318,12 +323,12 @@ fn run(binary: &Path) -> Result<()> {
     step(7, "An operator lifts the ban by hand");
     say(&format!("$ xban unban {ATTACKER}"));
     show("", &xban.ok(&["unban", ATTACKER])?);
-    show("agent | ", &agent.news());
+    show("agent | ", &news.take(&rig.agent_log()));
     ensure!(
         xban.banned()?.is_empty(),
         "the ban should be gone after `xban unban`"
     );
-    let got = lab.udp_burst(ATTACKER, 5)?;
+    let got = udp_burst(lab, ATTACKER, 5)?;
     ensure!(
         got == 5,
         "after the unban the attacker should get through ({got} of 5)"
@@ -331,7 +336,7 @@ fn run(binary: &Path) -> Result<()> {
     say(&format!("{got} of 5 UDP datagrams arrive."));
 
     step(8, "Third offence: the tarpit class");
-    let third = offend(&xban, &paths, &mut agent, 20)?;
+    let third = offend(&xban, &rig, &mut news, 20)?;
     ensure!(
         third["class"] == "tarpit" && ban_secs(&third) == THIRD_BAN_SECS,
         "the third ban within 1 h should be {THIRD_BAN_SECS} s of tarpit: {third}"
@@ -339,7 +344,7 @@ fn run(binary: &Path) -> Result<()> {
     say("Class tarpit: XDP passes its packets on to iptables, which steers its TCP");
     say("through an ipset to the tarpit target instead of dropping it silently.");
     let before = stats(&xban)?;
-    let tcp = lab.tcp_probe(&ssh, ATTACKER)?;
+    let tcp = tcp_probe(lab, &ssh, ATTACKER)?;
     let after = stats(&xban)?;
     let passed = counter(&after, "passed_tarpit") - counter(&before, "passed_tarpit");
     say(&format!("TCP to port {SSH_PORT} from {ATTACKER}: {tcp}."));
@@ -362,12 +367,12 @@ fn run(binary: &Path) -> Result<()> {
 
     step(9, "Clean up");
     say("$ xban teardown   (stops the agent, detaches XDP, removes the pins, the chain and the sets)");
-    show("", &agent.teardown()?);
+    show("", &rig.teardown(Duration::from_secs(10))?);
     drop(ssh);
-    drop(dir);
-    say(&format!("removed {}", paths.dir.display()));
-    let (srv, atk) = (lab.srv.clone(), lab.atk.clone());
-    drop(lab);
+    let files = rig.dir.dir.path().display().to_string();
+    let (srv, atk) = (rig.lab.srv_ns.clone(), rig.lab.atk_ns.clone());
+    drop(rig);
+    say(&format!("removed {files}"));
     say(&format!(
         "deleted the namespaces {srv} and {atk} (and the veth pair with them)"
     ));
@@ -375,24 +380,20 @@ fn run(binary: &Path) -> Result<()> {
 }
 
 /// One offence: MAXRETRY failed logins in the log, then the ban they earn.
-fn offend(xban: &Xban, paths: &Paths, agent: &mut Agent, first: usize) -> Result<Value> {
+fn offend(xban: &Xban, rig: &Rig, news: &mut News, first: usize) -> Result<Value> {
     let lines: Vec<String> = (first..first + MAXRETRY)
         .map(|n| sshd_failure(ATTACKER, n))
         .collect();
-    say(&format!("sshd writes to {}:", paths.log.display()));
+    say(&format!("sshd writes to {}:", rig.dir.log_path().display()));
     show("", &lines.join("\n"));
-    let mut log = OpenOptions::new().append(true).open(&paths.log)?;
-    for l in &lines {
-        writeln!(log, "{l}")?;
-    }
-    log.flush()?;
+    rig.dir.append_log(&lines)?;
     let ban = wait_for(SETTLE, "the ban", || {
         Ok(xban
             .banned()?
             .into_iter()
             .find(|b| b["address"] == ATTACKER))
     })?;
-    show("agent | ", &agent.news());
+    show("agent | ", &news.take(&rig.agent_log()));
     say("$ xban banned");
     show("", &xban.ok(&["banned"])?);
     Ok(ban)
@@ -410,69 +411,11 @@ fn counter(stats: &Value, name: &str) -> i64 {
     stats[name].as_i64().unwrap_or(0)
 }
 
-/// An OpenSSH failure line as rsyslog writes it to auth.log.
-fn sshd_failure(addr: &str, n: usize) -> String {
+/// The jails, escalation and tarpit of the demo (after `[agent]`, which
+/// the lab writes); `{LOG}` stands for the followed log.
+fn jail_config() -> String {
     format!(
-        "{} demo sshd[{}]: Failed password for invalid user admin{n} from {addr} port {} ssh2",
-        syslog_time(),
-        4000 + n,
-        40000 + n
-    )
-}
-
-/// `Nov 21 05:28:31`, local time, as the agent reads it.
-fn syslog_time() -> String {
-    const MONTHS: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
-    // SAFETY: time(NULL) has no preconditions; localtime_r writes only into
-    // the zeroed tm it is given.
-    let tm = unsafe {
-        let now = libc::time(std::ptr::null_mut());
-        let mut tm: libc::tm = std::mem::zeroed();
-        libc::localtime_r(&now, &mut tm);
-        tm
-    };
-    format!(
-        "{} {:>2} {:02}:{:02}:{:02}",
-        MONTHS[tm.tm_mon.clamp(0, 11) as usize],
-        tm.tm_mday,
-        tm.tm_hour,
-        tm.tm_min,
-        tm.tm_sec
-    )
-}
-
-struct Paths {
-    dir: PathBuf,
-    config: PathBuf,
-    log: PathBuf,
-    agent_log: PathBuf,
-    pins: PathBuf,
-}
-
-impl Paths {
-    fn new(dir: &Path, id: u32) -> Paths {
-        Paths {
-            dir: dir.to_path_buf(),
-            config: dir.join("xban.toml"),
-            log: dir.join("auth.log"),
-            agent_log: dir.join("agent.log"),
-            pins: PathBuf::from(format!("/sys/fs/bpf/xban-demo-{id}")),
-        }
-    }
-}
-
-fn config_text(lab: &Lab, p: &Paths) -> String {
-    format!(
-        r#"[agent]
-interfaces = ["{srv_if}"]
-xdp_mode = "native"
-bpf_pin_dir = "{pins}"
-state_dir = "{dir}/state"
-socket = "{dir}/xban.sock"
-filters_dir = "{dir}/filters"
-
+        r#"
 [defaults]
 maxretry = {MAXRETRY}
 findtime = "1m"
@@ -496,168 +439,47 @@ fallback = "REJECT --reject-with tcp-reset"
 
 [jails.sshd]
 filter = "sshd"
-logpath = ["{log}"]
-"#,
-        srv_if = lab.srv_if,
-        pins = p.pins.display(),
-        dir = p.dir.display(),
-        log = p.log.display(),
+logpath = ["{{LOG}}"]
+"#
     )
 }
 
-// ---- commands -------------------------------------------------------------
+/// The `xban` command line in the server's namespace, stopping at an
+/// interrupt.
+struct Xban<'a>(&'a AgentDir);
 
-/// Runs `program args` and returns its stdout; fails with its stderr.
-fn run_quiet(program: &str, args: &[&str]) -> Result<String> {
-    let out = Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("could not run {program}"))?;
-    ensure!(
-        out.status.success(),
-        "`{program} {}` failed: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-/// For clean-up: in its own process group, so that a second Ctrl-C does not
-/// cut it short; failures are reported, not fatal.
-fn cleanup_command(cmd: &mut Command) -> Option<String> {
-    cmd.stdin(Stdio::null()).process_group(0);
-    match cmd.output() {
-        Ok(out) if out.status.success() => Some(String::from_utf8_lossy(&out.stdout).into_owned()),
-        Ok(out) => {
-            eprintln!(
-                "xtask demo: clean-up step {:?} failed: {}",
-                cmd.get_program(),
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-            None
-        }
-        Err(e) => {
-            eprintln!(
-                "xtask demo: clean-up step {:?} failed: {e}",
-                cmd.get_program()
-            );
-            None
-        }
-    }
-}
-
-/// The `xban` command line, run in the server's namespace (teardown's
-/// firewall clean-up must happen there).
-struct Xban {
-    bin: PathBuf,
-    config: PathBuf,
-    netns: String,
-}
-
-impl Xban {
-    fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new("nsenter");
-        cmd.arg(format!("--net=/run/netns/{}", self.netns))
-            .arg(&self.bin)
-            .arg("-c")
-            .arg(&self.config)
-            .args(args)
-            .env("NO_COLOR", "1");
-        cmd
-    }
-
+impl Xban<'_> {
     fn ok(&self, args: &[&str]) -> Result<String> {
         check_interrupt()?;
-        let out = self
-            .command(args)
-            .stdin(Stdio::null())
-            .output()
-            .context("could not run xban")?;
+        let out = self.0.xban_ok(args);
         check_interrupt()?;
-        ensure!(
-            out.status.success(),
-            "`xban {}` failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        out
     }
 
     fn json(&self, args: &[&str]) -> Result<Value> {
-        let mut args = args.to_vec();
-        args.push("--json");
-        let text = self.ok(&args)?;
-        serde_json::from_str(&text).with_context(|| format!("xban printed invalid JSON: {text}"))
+        check_interrupt()?;
+        let out = self.0.json(args);
+        check_interrupt()?;
+        out
     }
 
     fn banned(&self) -> Result<Vec<Value>> {
-        match self.json(&["banned"])? {
-            Value::Array(bans) => Ok(bans),
-            other => bail!("`xban banned --json` printed {other}"),
-        }
+        check_interrupt()?;
+        self.0.banned()
     }
 }
 
-/// The agent, running in the server's namespace. Dropping it tears down
-/// what it put in the kernel.
-struct Agent<'a> {
-    xban: &'a Xban,
-    child: Option<Child>,
-    log_path: PathBuf,
-    pins: PathBuf,
-    /// How much of the agent's log [`Agent::news`] has shown.
+/// The agent's log lines about bans and set-up, shown as they come.
+#[derive(Default)]
+struct News {
+    /// How much of the agent's log has been shown.
     shown: usize,
 }
 
-impl<'a> Agent<'a> {
-    fn start(xban: &'a Xban, paths: &Paths) -> Result<Agent<'a>> {
-        let stderr = File::create(&paths.agent_log)?;
-        let child = xban
-            .command(&["run"])
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            // Ctrl-C reaches the demo only; it stops the agent in order.
-            .process_group(0)
-            .spawn()
-            .context("could not start the agent")?;
-        let mut agent = Agent {
-            xban,
-            child: Some(child),
-            log_path: paths.agent_log.clone(),
-            pins: paths.pins.clone(),
-            shown: 0,
-        };
-        wait_for(
-            Duration::from_secs(30),
-            "the agent's control socket",
-            || {
-                if let Some(status) = agent.child.as_mut().expect("running").try_wait()? {
-                    bail!("the agent exited ({status}):\n{}", agent.log());
-                }
-                Ok(xban
-                    .command(&["status", "--json"])
-                    .stdin(Stdio::null())
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .status()?
-                    .success()
-                    .then_some(()))
-            },
-        )?;
-        Ok(agent)
-    }
-
-    fn log(&self) -> String {
-        fs::read_to_string(&self.log_path).unwrap_or_default()
-    }
-
-    /// The agent's log lines about bans and set-up written since the last
-    /// call, without the timestamps.
-    fn news(&mut self) -> String {
-        let log = self.log();
+impl News {
+    /// The lines about bans and set-up written since the last call,
+    /// without the timestamps.
+    fn take(&mut self, log: &str) -> String {
         let new = log.get(self.shown..).unwrap_or_default();
         let complete = new.rfind('\n').map_or(0, |i| i + 1);
         self.shown += complete;
@@ -685,210 +507,56 @@ impl<'a> Agent<'a> {
             .collect::<Vec<_>>()
             .join("\n")
     }
-
-    /// `xban teardown`, then waits for the agent to exit.
-    fn teardown(&mut self) -> Result<String> {
-        let out = self.xban.ok(&["teardown"])?;
-        let mut child = self.child.take().expect("running");
-        let end = Instant::now() + Duration::from_secs(10);
-        while child.try_wait()?.is_none() {
-            if Instant::now() > end {
-                let _ = child.kill();
-                let _ = child.wait();
-                bail!("the agent did not exit after the teardown:\n{}", self.log());
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        ensure!(
-            !self.pins.exists(),
-            "{} is still there after the teardown",
-            self.pins.display()
-        );
-        Ok(out)
-    }
 }
 
-impl Drop for Agent<'_> {
-    fn drop(&mut self) {
-        let Some(mut child) = self.child.take() else {
-            return;
-        };
-        eprintln!("xtask demo: tearing down the agent");
-        // Asks the running agent to remove XDP, pins, chain and sets.
-        cleanup_command(&mut self.xban.command(&["teardown"]));
-        let end = Instant::now() + Duration::from_secs(10);
-        while matches!(child.try_wait(), Ok(None)) && Instant::now() < end {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        if matches!(child.try_wait(), Ok(None)) {
-            let _ = child.kill();
-        }
-        let _ = child.wait();
-        if self.pins.exists() {
-            // The agent died before it could answer: tear down offline.
-            cleanup_command(&mut self.xban.command(&["teardown"]));
-            let _ = fs::remove_dir_all(&self.pins);
-        }
-    }
+// ---- probes ---------------------------------------------------------------
+
+/// The server's "sshd": a listener that accepts nothing by itself, so
+/// each probe can tell whether its connection arrived.
+fn listen_ssh(lab: &Lab) -> Result<TcpListener> {
+    let l = in_ns(&lab.srv_ns, || TcpListener::bind((SERVER, SSH_PORT)))??;
+    l.set_nonblocking(true)?;
+    Ok(l)
 }
 
-// ---- the lab --------------------------------------------------------------
-
-/// Two namespaces and a veth pair; deleted on drop (with the veth, the
-/// iptables rules and the ipsets inside them).
-struct Lab {
-    srv: String,
-    atk: String,
-    srv_if: String,
-    atk_if: String,
+/// Sends `n` UDP datagrams from `src` to the server; how many arrived.
+fn udp_burst(lab: &Lab, src: &str, n: usize) -> Result<usize> {
+    check_interrupt()?;
+    lab.udp_burst(src, SERVER, n)
 }
 
-impl Lab {
-    fn create(id: u32) -> Result<Lab> {
-        // The guard exists before the first command, so a half-built lab is
-        // removed too.
-        let lab = Lab {
-            srv: format!("xban-demo-{id}-srv"),
-            atk: format!("xban-demo-{id}-atk"),
-            // IFNAMSIZ: at most 15 characters.
-            srv_if: format!("xd{id}s"),
-            atk_if: format!("xd{id}a"),
-        };
-        run_quiet("ip", &["netns", "add", &lab.srv])?;
-        run_quiet("ip", &["netns", "add", &lab.atk])?;
-        run_quiet(
-            "ip",
-            &[
-                "link",
-                "add",
-                &lab.srv_if,
-                "netns",
-                &lab.srv,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                &lab.atk_if,
-                "netns",
-                &lab.atk,
-            ],
-        )?;
-        for (ns, ifname, addrs) in [
-            (&lab.srv, &lab.srv_if, &[SERVER][..]),
-            (&lab.atk, &lab.atk_if, &[ATTACKER, BYSTANDER][..]),
-        ] {
-            for addr in addrs {
-                let cidr = format!("{addr}/24");
-                run_quiet("ip", &["-n", ns, "addr", "add", &cidr, "dev", ifname])?;
-            }
-            run_quiet("ip", &["-n", ns, "link", "set", ifname, "up"])?;
-            run_quiet("ip", &["-n", ns, "link", "set", "lo", "up"])?;
+/// Connects from `src` to the "sshd" and reports what both sides saw.
+fn tcp_probe(lab: &Lab, listener: &TcpListener, src: &str) -> Result<TcpOutcome> {
+    check_interrupt()?;
+    let src_ip: IpAddr = src.parse()?;
+    let sock = lab.atk_tcp_socket(src_ip)?;
+    let to = SocketAddr::new(SERVER.parse()?, SSH_PORT);
+    let client = match sock.connect_timeout(&to.into(), Duration::from_millis(1500)) {
+        Ok(()) => TcpClient::Connected,
+        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => TcpClient::Reset,
+        Err(e) if e.kind() == io::ErrorKind::TimedOut || e.kind() == io::ErrorKind::WouldBlock => {
+            TcpClient::TimedOut
         }
-        Ok(lab)
-    }
-
-    /// Runs `f` on a thread inside namespace `ns`; sockets it creates stay
-    /// in that namespace.
-    fn in_ns<T: Send>(ns: &str, f: impl FnOnce() -> io::Result<T> + Send) -> Result<T> {
-        let path = format!("/run/netns/{ns}");
-        std::thread::scope(|scope| {
-            scope
-                .spawn(|| -> Result<T> {
-                    let file = File::open(&path).with_context(|| format!("open {path}"))?;
-                    // SAFETY: a valid namespace fd; only this thread moves.
-                    if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                        return Err(io::Error::last_os_error()).context("setns");
-                    }
-                    Ok(f()?)
-                })
-                .join()
-                .map_err(|_| anyhow::anyhow!("namespace thread panicked"))?
-        })
-    }
-
-    /// The server's "sshd": a listener that accepts nothing by itself, so
-    /// each probe can tell whether its connection arrived.
-    fn listen_ssh(&self) -> Result<TcpListener> {
-        let l = Self::in_ns(&self.srv, || TcpListener::bind((SERVER, SSH_PORT)))?;
-        l.set_nonblocking(true)?;
-        Ok(l)
-    }
-
-    /// Sends `n` UDP datagrams from `src` to the server; returns how many
-    /// arrived.
-    fn udp_burst(&self, src: &str, n: usize) -> Result<usize> {
-        check_interrupt()?;
-        let server = Self::in_ns(&self.srv, || UdpSocket::bind((SERVER, 0)))?;
-        server.set_read_timeout(Some(Duration::from_millis(300)))?;
-        let to = server.local_addr()?;
-        let src_ip: IpAddr = src.parse()?;
-        let client = Self::in_ns(&self.atk, || UdpSocket::bind((src_ip, 0)))?;
-        for i in 0..n {
-            client.send_to(format!("probe {i}").as_bytes(), to)?;
-        }
-        let mut buf = [0u8; 64];
-        let mut got = 0;
-        while let Ok((_, from)) = server.recv_from(&mut buf) {
-            if from.ip() == src_ip {
-                got += 1;
-            }
-        }
-        Ok(got)
-    }
-
-    /// Connects from `src` to the "sshd" and reports what both sides saw.
-    fn tcp_probe(&self, listener: &TcpListener, src: &str) -> Result<TcpOutcome> {
-        check_interrupt()?;
-        let src_ip: IpAddr = src.parse()?;
-        let sock = Self::in_ns(&self.atk, || {
-            let s = socket2::Socket::new(
-                socket2::Domain::IPV4,
-                socket2::Type::STREAM,
-                Some(socket2::Protocol::TCP),
-            )?;
-            s.bind(&SocketAddr::new(src_ip, 0).into())?;
-            Ok(s)
-        })?;
-        let to = SocketAddr::new(SERVER.parse()?, SSH_PORT);
-        let client = match sock.connect_timeout(&to.into(), Duration::from_millis(1500)) {
-            Ok(()) => TcpClient::Connected,
-            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => TcpClient::Reset,
-            Err(e)
-                if e.kind() == io::ErrorKind::TimedOut || e.kind() == io::ErrorKind::WouldBlock =>
-            {
-                TcpClient::TimedOut
-            }
-            Err(e) => TcpClient::Failed(e.kind()),
-        };
-        // A connection the server's stack completed is in the accept queue
-        // by the time the client sees it established.
-        let mut accepted = false;
-        let end = Instant::now() + Duration::from_millis(200);
-        while Instant::now() < end {
-            match listener.accept() {
-                Ok((_, peer)) if peer.ip() == src_ip => accepted = true,
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    if client != TcpClient::Connected || accepted {
-                        break;
-                    }
-                    std::thread::sleep(Duration::from_millis(20));
+        Err(e) => TcpClient::Failed(e.kind()),
+    };
+    // A connection the server's stack completed is in the accept queue
+    // by the time the client sees it established.
+    let mut accepted = false;
+    let end = Instant::now() + Duration::from_millis(200);
+    while Instant::now() < end {
+        match listener.accept() {
+            Ok((_, peer)) if peer.ip() == src_ip => accepted = true,
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                if client != TcpClient::Connected || accepted {
+                    break;
                 }
-                Err(e) => return Err(e).context("accept"),
+                std::thread::sleep(Duration::from_millis(20));
             }
-        }
-        Ok(TcpOutcome { client, accepted })
-    }
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        for ns in [&self.srv, &self.atk] {
-            if Path::new("/run/netns").join(ns).exists() {
-                cleanup_command(Command::new("ip").args(["netns", "del", ns]));
-            }
+            Err(e) => return Err(e).context("accept"),
         }
     }
+    Ok(TcpOutcome { client, accepted })
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -927,25 +595,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn syslog_time_has_the_sshd_filter_shape() {
-        let t = syslog_time();
-        let (month, rest) = t.split_at(3);
-        assert!(month.chars().all(|c| c.is_ascii_alphabetic()), "{t}");
-        assert_eq!(rest.len(), " dd hh:mm:ss".len(), "{t}");
-        assert_eq!(rest.matches(':').count(), 2, "{t}");
-    }
-
-    #[test]
     fn demo_config_stays_in_the_lab() {
-        let lab = Lab {
-            srv: "xban-demo-unit-test-srv".into(),
-            atk: "xban-demo-unit-test-atk".into(),
-            srv_if: "xd1s".into(),
-            atk_if: "xd1a".into(),
-        };
-        let text = config_text(&lab, &Paths::new(Path::new("/tmp/d"), 1));
-        // Dropping it would delete namespaces that were never created.
-        std::mem::forget(lab);
+        let dir = Path::new("/tmp/d");
+        let text = xban_lab::agent_section("xd1s", Path::new("/sys/fs/bpf/xban-demo-1"), dir, "")
+            + &jail_config().replace("{LOG}", "/tmp/d/auth.log");
         assert!(text.contains("interfaces = [\"xd1s\"]"), "{text}");
         assert!(
             text.contains("bpf_pin_dir = \"/sys/fs/bpf/xban-demo-1\""),
@@ -953,5 +606,7 @@ mod tests {
         );
         assert!(text.contains("socket = \"/tmp/d/xban.sock\""), "{text}");
         assert!(text.contains("logpath = [\"/tmp/d/auth.log\"]"), "{text}");
+        // The pins the demo's agents get are its own.
+        assert!(xban_lab::pin_prefix("demo").starts_with("/sys/fs/bpf/xban-demo-"));
     }
 }

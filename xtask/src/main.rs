@@ -1,6 +1,5 @@
 //! `cargo xtask`: builds, runs and tests xban (see `cargo xtask --help`).
 
-mod bench;
 mod cmd;
 mod demo;
 mod fuzz;
@@ -87,7 +86,7 @@ enum Task {
     Bench {
         /// Areas to run (all by default); with a subset, BENCHMARKS.md holds only those
         #[arg(value_enum, value_name = "AREA")]
-        areas: Vec<bench::Area>,
+        areas: Vec<xban_bench::Area>,
         /// Small data sets, one run each (smoke test); writes target/BENCHMARKS-quick.md
         #[arg(long)]
         quick: bool,
@@ -112,7 +111,7 @@ fn main() -> ExitCode {
 fn dispatch(task: Task) -> Result<()> {
     match task {
         Task::Test { .. } => tasks::require_root_for_tests()?,
-        Task::Bench { .. } => bench::require_root()?,
+        Task::Bench { .. } => xban_bench::require_root()?,
         _ => {}
     }
     let purpose = match task {
@@ -138,7 +137,14 @@ fn dispatch(task: Task) -> Result<()> {
         Task::Uninstall { root } => install::uninstall(root)?,
         Task::Demo { binary } => demo::demo(&ws, binary)?,
         Task::Test { args } => tasks::test(&ws, &args)?,
-        Task::Bench { areas, quick } => bench::run(&ws, &areas, quick)?,
+        Task::Bench { areas, quick } => {
+            let setup = xban_bench::Setup {
+                xban: tasks::build(&ws, Profile::Release)?,
+                root: ws.root.clone(),
+                target_dir: ws.target_dir.clone(),
+            };
+            xban_bench::run(&setup, &areas, quick)?
+        }
         Task::Fuzz { target, seconds } => fuzz::run(&ws, target.as_deref(), seconds)?,
     }
     Ok(())

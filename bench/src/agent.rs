@@ -1,6 +1,6 @@
-//! The agent under load: ban latency (log write to XDP map entry), memory
-//! with a million bans or failing addresses, restore of a million bans at
-//! start, and a burst of 100,000 offenders.
+//! The agent under load: ban latency (log write to XDP map entry, and to
+//! the first dropped packet), fail2ban alongside; and the helpers the scale
+//! area ([`crate::scale`]) shares.
 
 use std::io::Write;
 use std::net::IpAddr;
@@ -10,24 +10,26 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
 
-use super::bpfmap::PinnedTrie;
-use super::lab::{Requester, Rig};
-use super::loggen::{attacker_addr, sshd_failure};
-use super::{dur, num, percentile, thousands, wait_for, Ctx, Section, Table};
+use xban_lab::{syslog_now, Control};
 
-const MAXRETRY: u64 = 3;
+use crate::bpf::PinnedTrie;
+use crate::loggen::{attacker_addr, sshd_failure};
+use crate::rig::AgentRig;
+use crate::{dur, percentile, thousands, wait_for, Ctx, Section, Table};
 
-const STATUS_REQ: &str = "{\"cmd\":\"status\",\"jail\":null}";
+pub(crate) const MAXRETRY: u64 = 3;
+
+pub(crate) const STATUS_REQ: &str = xban_lab::STATUS_REQUEST;
 
 /// `status` asked every `every` from another thread, round trips recorded,
 /// while the agent is busy with something else.
-struct StatusProbe {
+pub(crate) struct StatusProbe {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     thread: std::thread::JoinHandle<Vec<f64>>,
 }
 
 impl StatusProbe {
-    fn start(req: Requester, every: Duration) -> StatusProbe {
+    pub(crate) fn start(req: Control, every: Duration) -> StatusProbe {
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let flag = stop.clone();
         let thread = std::thread::spawn(move || {
@@ -44,14 +46,14 @@ impl StatusProbe {
     }
 
     /// The round trips, in milliseconds.
-    fn stop(self) -> Vec<f64> {
+    pub(crate) fn stop(self) -> Vec<f64> {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
         self.thread.join().unwrap_or_default()
     }
 }
 
 /// The agent's own event-loop timings from a `status` reply, as a note.
-fn loop_turns_note(status: &serde_json::Value, when: &str) -> String {
+pub(crate) fn loop_turns_note(status: &serde_json::Value, when: &str) -> String {
     let turns = &status["event_loop"];
     let mut by_work: Vec<String> = turns["by_work"]
         .as_object()
@@ -74,7 +76,7 @@ fn loop_turns_note(status: &serde_json::Value, when: &str) -> String {
 }
 
 /// "p50 / max" of round trips in milliseconds.
-fn p50_max(ms: &mut [f64]) -> (String, String) {
+pub(crate) fn p50_max(ms: &mut [f64]) -> (String, String) {
     if ms.is_empty() {
         return ("?".into(), "?".into());
     }
@@ -86,7 +88,12 @@ fn p50_max(ms: &mut [f64]) -> (String, String) {
 /// With `bans` held: `status` and `metrics` round trips, a whole `banned`
 /// listing, and a ban asked while that listing is read; then the slowest
 /// event-loop turn per kind of work, as the agent measured them.
-fn responsiveness(rig: &Rig, bans: u64, table: &mut Table, notes: &mut Vec<String>) -> Result<()> {
+pub(crate) fn responsiveness(
+    rig: &AgentRig,
+    bans: u64,
+    table: &mut Table,
+    notes: &mut Vec<String>,
+) -> Result<()> {
     let req = rig.requester();
     let held = thousands(bans);
     for (name, json) in [("status", STATUS_REQ), ("metrics", "{\"cmd\":\"metrics\"}")] {
@@ -140,7 +147,7 @@ fn responsiveness(rig: &Rig, bans: u64, table: &mut Table, notes: &mut Vec<Strin
 /// The failure lines that ban `addr` (the `i`th address of a run): the
 /// first maxretry - 1, and the one that reaches maxretry, written apart so
 /// the clock can start at the last.
-fn ban_lines(addr: IpAddr, i: u64) -> (String, String) {
+pub(crate) fn ban_lines(addr: IpAddr, i: u64) -> (String, String) {
     let stamp = syslog_now();
     let mut first = String::new();
     for k in 0..MAXRETRY - 1 {
@@ -154,60 +161,33 @@ fn ban_lines(addr: IpAddr, i: u64) -> (String, String) {
     (first, last)
 }
 
-fn jail_config(maxretry: u64) -> String {
+pub(crate) fn jail_config(maxretry: u64) -> String {
     format!(
         "[defaults]\nmaxretry = {maxretry}\nfindtime = \"10m\"\nbantime = \"1d\"\n\n[jails.sshd]\nfilter = \"sshd\"\nlogpath = [\"{{LOG}}\"]\n"
     )
 }
 
-/// The current local time as syslog writes it (`Nov 21 05:28:31`): the
-/// agent takes a failure's time from its line, and `findtime` counts from
-/// there, so the lines must carry the real time.
-fn syslog_now() -> String {
-    const MONTHS: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
-    let secs = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as libc::time_t)
-        .unwrap_or(0);
-    // SAFETY: localtime_r only writes the tm we own; a zeroed tm is valid.
-    let tm = unsafe {
-        let mut tm: libc::tm = std::mem::zeroed();
-        libc::localtime_r(&secs, &mut tm);
-        tm
-    };
-    format!(
-        "{} {:>2} {:02}:{:02}:{:02}",
-        MONTHS[tm.tm_mon.clamp(0, 11) as usize],
-        tm.tm_mday,
-        tm.tm_hour,
-        tm.tm_min,
-        tm.tm_sec
-    )
-}
-
 /// Sleeps in the polling loops are then as short as asked (the default
 /// timer slack of 50 µs would dominate them).
-fn fine_timer_slack() {
+pub(crate) fn fine_timer_slack() {
     // SAFETY: PR_SET_TIMERSLACK takes a plain integer and changes only this thread.
     unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong, 0, 0, 0) };
 }
 
-struct Tries {
+pub(crate) struct Tries {
     v4: PinnedTrie,
     v6: PinnedTrie,
 }
 
 impl Tries {
-    fn open(pin_dir: &Path) -> Result<Tries> {
+    pub(crate) fn open(pin_dir: &Path) -> Result<Tries> {
         Ok(Tries {
             v4: PinnedTrie::open(&pin_dir.join("bans_v4"))?,
             v6: PinnedTrie::open(&pin_dir.join("bans_v6"))?,
         })
     }
 
-    fn contains(&self, addr: IpAddr) -> bool {
+    pub(crate) fn contains(&self, addr: IpAddr) -> bool {
         match addr {
             IpAddr::V4(_) => self.v4.contains(addr),
             IpAddr::V6(_) => self.v6.contains(addr),
@@ -223,9 +203,9 @@ const LATENCY_BASE: u32 = 3_000_000;
 pub fn latency(ctx: &Ctx) -> Result<Vec<Section>> {
     let n = ctx.size(10_000, 300);
     fine_timer_slack();
-    let mut rig = Rig::new(ctx, &jail_config(MAXRETRY))?;
+    let mut rig = AgentRig::new(ctx, &jail_config(MAXRETRY))?;
     rig.start_and_wait()?;
-    let tries = Tries::open(&rig.files.pin_dir)?;
+    let tries = Tries::open(&rig.dir.pin_dir)?;
     let mut log = rig.log_writer()?;
     let mut lat_us = Vec::with_capacity(n as usize);
     let mut missing = 0u64;
@@ -365,7 +345,7 @@ enum Probe {
 /// Returns the latencies in µs and how many addresses lost a packet before
 /// their ban (left out).
 fn drop_latency(
-    rig: &Rig,
+    rig: &AgentRig,
     tries: &Tries,
     log: &mut std::fs::File,
     n: u64,
@@ -382,7 +362,7 @@ fn drop_latency(
         .take(n as usize)
         .collect();
     for a in &addrs {
-        rig.lab.add_peer_v4(*a)?;
+        rig.lab.add_atk_v4(*a)?;
     }
     // The receiver keeps the (probe, sequence number) of the latest packet.
     let latest = Arc::new(AtomicU64::new(u64::MAX));
@@ -390,8 +370,8 @@ fn drop_latency(
     let (port_tx, port_rx) = mpsc::channel();
     let receiver = {
         let (latest, stop) = (latest.clone(), stop.clone());
-        super::lab::in_netns(&rig.lab.srv_ns, move || -> Result<()> {
-            let sock = UdpSocket::bind((super::lab::SRV_V4, PROBE_PORT_ANY))?;
+        xban_lab::spawn_in_ns(&rig.lab.srv_ns, move || -> Result<()> {
+            let sock = UdpSocket::bind((xban_lab::SRV_V4, PROBE_PORT_ANY))?;
             sock.set_read_timeout(Some(Duration::from_millis(50)))?;
             port_tx.send(sock.local_addr()?)?;
             let mut buf = [0u8; 16];
@@ -408,7 +388,7 @@ fn drop_latency(
         .context("the probe receiver did not start")?;
     let (cmd_tx, cmd_rx) = mpsc::channel::<Probe>();
     let (sent_tx, sent_rx) = mpsc::channel::<Vec<Instant>>();
-    let sender = super::lab::in_netns(&rig.lab.peer_ns, move || -> Result<()> {
+    let sender = xban_lab::spawn_in_ns(&rig.lab.atk_ns, move || -> Result<()> {
         fine_timer_slack();
         loop {
             let (from, to) = match cmd_rx.recv()? {
@@ -632,409 +612,5 @@ impl Drop for ChildGuard {
             let _ = c.kill();
             let _ = c.wait();
         }
-    }
-}
-
-// ---- scale ------------------------------------------------------------------
-
-fn mib(kib: u64) -> String {
-    format!("{:.0} MiB", kib as f64 / 1024.0)
-}
-
-fn bytes_mib(b: u64) -> String {
-    if b < 10 << 20 {
-        format!("{:.0} KiB", b as f64 / 1024.0)
-    } else {
-        format!("{:.0} MiB", b as f64 / 1024.0 / 1024.0)
-    }
-}
-
-/// `count` failure lines for distinct addresses from `base` on, `passes`
-/// times over (pass-major: every address fails once, then again, ...).
-fn failure_lines(base: u32, count: u64, passes: u64) -> Vec<u8> {
-    let stamp = syslog_now();
-    let mut out = Vec::with_capacity((count * passes * 110) as usize);
-    for p in 0..passes {
-        for i in 0..count {
-            let addr = attacker_addr(base + i as u32);
-            out.extend_from_slice(sshd_failure(&stamp, addr, p * count + i).as_bytes());
-            out.push(b'\n');
-        }
-    }
-    out
-}
-
-pub fn scale(ctx: &Ctx) -> Result<Vec<Section>> {
-    fine_timer_slack();
-    let mut mem = Table::new(&[
-        "agent state",
-        "RssAnon",
-        "VmRSS",
-        "VmHWM",
-        "ban tries in the kernel (bytes_memlock)",
-    ]);
-    let mut mem_notes = Vec::new();
-    let mut commands = Vec::new();
-
-    // Idle, then a million (quick: fewer) distinct addresses failing once.
-    let failing = ctx.size(1_000_000, 20_000);
-    let mut rig = Rig::new(ctx, &jail_config(MAXRETRY))?;
-    rig.start_and_wait()?;
-    commands.push(rig.run_command_text());
-    commands.push(rig.bpftool_command_text());
-    commands.push("grep -E 'RssAnon|VmRSS|VmHWM' /proc/$(pidof xban)/status".into());
-    let (rss, hwm, anon) = rig.memory_kib()?;
-    let (m4, m6) = rig.ban_map_bytes()?;
-    mem.row(vec![
-        "idle, 1 jail, no bans".into(),
-        mib(anon),
-        mib(rss),
-        mib(hwm),
-        bytes_mib(m4 + m6),
-    ]);
-    let data = failure_lines(0, failing, 1);
-    let started = Instant::now();
-    rig.append(&data)?;
-    drop(data);
-    let counted = wait_for(
-        Duration::from_secs(60 + failing / 2_000),
-        Duration::from_millis(100),
-        || (rig.jail_counter(0, "failures_total").ok()? >= failing).then_some(()),
-    );
-    let count_time = started.elapsed();
-    if counted.is_none() {
-        bail!(
-            "the agent did not count {failing} failures in time: {}",
-            rig.status()?
-        );
-    }
-    let (rss, hwm, anon) = rig.memory_kib()?;
-    let failing_now = rig.status()?["jails"][0]["failing_now"]
-        .as_u64()
-        .unwrap_or(0);
-    mem.row(vec![
-        format!(
-            "{} distinct addresses failing once each",
-            thousands(failing)
-        ),
-        mib(anon),
-        mib(rss),
-        mib(hwm),
-        "no bans".into(),
-    ]);
-    mem_notes.push(format!(
-        "{} failing addresses were held in the jail's window ({} per the agent) after {:.1} s to read and count them ({} lines/s).",
-        thousands(failing),
-        thousands(failing_now),
-        count_time.as_secs_f64(),
-        num(failing as f64 / count_time.as_secs_f64())
-    ));
-    rig.stop()?;
-    drop(rig);
-
-    // A burst: 100,000 addresses, maxretry failures each, in one write.
-    let burst = ctx.size(100_000, 5_000);
-    let mut rig = Rig::new(ctx, &jail_config(MAXRETRY))?;
-    rig.start_and_wait()?;
-    let tries = Tries::open(&rig.files.pin_dir)?;
-    let base = 1_000_000u32;
-    let last = attacker_addr(base + burst as u32 - 1);
-    let data = failure_lines(base, burst, MAXRETRY);
-    let probe = StatusProbe::start(rig.requester(), Duration::from_millis(20));
-    let started = Instant::now();
-    rig.append(&data)?;
-    drop(data);
-    let timeout = Duration::from_secs(60 + burst / 100);
-    // Lines are handled in order: once the last address is in the trie,
-    // all are (checked below).
-    let last_in = wait_for(timeout, Duration::from_micros(200), || {
-        tries.contains(last).then_some(())
-    });
-    let burst_time = started.elapsed();
-    let mut during_burst = probe.stop();
-    let burst_turns = loop_turns_note(
-        &rig.status()?,
-        &format!("during the burst of {}", thousands(burst)),
-    );
-    if last_in.is_none() {
-        bail!(
-            "the burst of {burst} was not banned within {timeout:?}: {}",
-            rig.status()?
-        );
-    }
-    let status = rig.status()?;
-    let active = status["bans_active"].as_u64().unwrap_or(0);
-    if active != burst {
-        bail!("after the burst the agent has {active} active bans, not {burst}");
-    }
-    let (rss, hwm, anon) = rig.memory_kib()?;
-    let (m4, m6) = rig.ban_map_bytes()?;
-    mem.row(vec![
-        format!("after a burst of {} bans", thousands(burst)),
-        mib(anon),
-        mib(rss),
-        mib(hwm),
-        bytes_mib(m4 + m6),
-    ]);
-    rig.stop()?;
-    drop(rig);
-    let mut burst_table = Table::new(&["burst", "lines", "time to the last ban in XDP", "bans/s"]);
-    burst_table.row(vec![
-        format!("{} addresses × {MAXRETRY} failures", thousands(burst)),
-        thousands(burst * MAXRETRY),
-        format!("{:.2} s", burst_time.as_secs_f64()),
-        num(burst as f64 / burst_time.as_secs_f64()),
-    ]);
-
-    let mut resp = Table::new(&["request", "samples", "round trip p50", "max"]);
-    let mut resp_notes = vec![burst_turns];
-    let samples = during_burst.len();
-    let (p50, max) = p50_max(&mut during_burst);
-    resp.row(vec![
-        format!(
-            "`status` every 20 ms during the burst of {}",
-            thousands(burst)
-        ),
-        samples.to_string(),
-        p50,
-        max,
-    ]);
-
-    // A million bans restored at start.
-    let bans = ctx.size(1_000_000, 20_000);
-    let (restore_table, restore_notes) = restore(ctx, bans, &mut mem, &mut resp, &mut resp_notes)?;
-
-    Ok(vec![
-        Section {
-            title: "Memory at scale".into(),
-            method: "The real agent (one sshd jail, maxretry 3) in its own network namespace. Agent memory from /proc/PID/status: RssAnon (its own heap, now), VmRSS (now; it also counts the mmapped fast-path maps, which are kernel memory) and VmHWM (peak); kernel memory of the two ban LPM tries is bpftool's `bytes_memlock`. Failing addresses: one failure line each for distinct addresses (IPv4 and every 7th IPv6), appended at once, read once the jail has counted them all. Bans: see the burst and restore sections.".into(),
-            commands,
-            table: mem,
-            notes: mem_notes,
-        },
-        Section {
-            title: format!("Burst: {} offenders at once", thousands(burst)),
-            method: format!(
-                "{} distinct addresses, {MAXRETRY} failure lines each (every address once, then again, then a third time), appended to the followed log in one write; the clock runs until the last address's entry is in the pinned trie (looked up with bpf(2) every 200 µs); the agent then reports exactly that many active bans (`xban status --json`). Each ban is written to SQLite, checked against the ban history (escalation), put in the XDP trie and logged.",
-                thousands(burst)
-            ),
-            commands: vec![],
-            table: burst_table,
-            notes: vec![],
-        },
-        Section {
-            title: format!("Restore: {} bans at start", thousands(bans)),
-            method: format!(
-                "The `bans` table is filled with {} active bans (90% IPv4, 10% IPv6, each with its 3 matched log lines, like real ones) with sqlite3, after an agent run created the schema. Cold: `xban teardown` first, so the agent creates the maps and inserts every entry. Warm: the agent is stopped (keep_on_exit) and started again, adopting the pinned maps that already hold the entries. Times from spawning `xban run` to its `bans restored` and `xban ready` log lines (the agent's own timestamps) and to the first answer to `status` on the control socket.",
-                thousands(bans)
-            ),
-            commands: vec![
-                "sqlite3 STATE/xban.sqlite3 'WITH RECURSIVE n(i) AS (...) INSERT INTO bans SELECT ... FROM n'".into(),
-            ],
-            table: restore_table,
-            notes: restore_notes,
-        },
-        Section {
-            title: "Responsiveness: requests while banning, and with a million bans".into(),
-            method: format!(
-                "Control requests on the agent's socket, timed by the client (connect, request, whole reply read). During the burst above a thread asks `status` every 20 ms. Then, with the {} restored bans held (warm start above): 30 `status` and 30 `metrics` requests one after another; one `banned` listing of every ban, and a `ban` sent 20 ms after it (answered while the listing is read a slice per loop turn); the agent's own event-loop timings close the section.",
-                thousands(bans)
-            ),
-            commands: vec![],
-            table: resp,
-            notes: resp_notes,
-        },
-    ])
-}
-
-/// Seconds since the epoch of a tracing timestamp (`2026-11-21T06:04:23.123456Z`).
-pub fn parse_rfc3339_utc(s: &str) -> Option<f64> {
-    let s = s.strip_suffix('Z')?;
-    let (date, time) = s.split_once('T')?;
-    let mut d = date.split('-').map(|x| x.parse::<i64>());
-    let (y, m, day) = (d.next()?.ok()?, d.next()?.ok()?, d.next()?.ok()?);
-    let mut t = time.split(':');
-    let (hh, mm) = (
-        t.next()?.parse::<i64>().ok()?,
-        t.next()?.parse::<i64>().ok()?,
-    );
-    let ss: f64 = t.next()?.parse().ok()?;
-    // Days from civil (Howard Hinnant's algorithm).
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let doy = (153 * (m + if m > 2 { -3 } else { 9 }) + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    Some((days * 86_400 + hh * 3600 + mm * 60) as f64 + ss)
-}
-
-/// When the agent logged the first line containing `needle`, as seconds
-/// after `since`.
-pub fn log_time_after(log: &str, needle: &str, since: SystemTime) -> Option<f64> {
-    let line = log.lines().find(|l| l.contains(needle))?;
-    let stamp = line.split_whitespace().next()?;
-    let at = parse_rfc3339_utc(stamp)?;
-    Some(at - since.duration_since(UNIX_EPOCH).ok()?.as_secs_f64())
-}
-
-fn restore(
-    ctx: &Ctx,
-    bans: u64,
-    mem: &mut Table,
-    resp: &mut Table,
-    resp_notes: &mut Vec<String>,
-) -> Result<(Table, Vec<String>)> {
-    let mut rig = Rig::new(ctx, &jail_config(MAXRETRY))?;
-    // A first run creates the database and its schema (the agent's own migration).
-    rig.start_and_wait()?;
-    rig.teardown()?;
-    let db = rig.files.state.join("xban.sqlite3");
-    let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
-    let sql = prefill_sql(bans, now);
-    let started = Instant::now();
-    let out = Command::new("sqlite3")
-        .arg(&db)
-        .arg(&sql)
-        .output()
-        .context("run sqlite3")?;
-    if !out.status.success() {
-        bail!(
-            "sqlite3 prefill failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    eprintln!(
-        "xtask: {} bans written to {} in {:.1} s",
-        thousands(bans),
-        db.display(),
-        started.elapsed().as_secs_f64()
-    );
-    let mut table = Table::new(&[
-        "start",
-        "→ `bans restored` logged",
-        "→ `xban ready` logged",
-        "→ `status` answered",
-    ]);
-    let mut notes = Vec::new();
-    for (label, cold) in [("cold (empty maps)", true), ("warm (maps pinned)", false)] {
-        if !cold {
-            rig.stop()?;
-        }
-        rig.start()?;
-        let spawned = rig.spawned_at().context("just started")?;
-        let answered = rig.wait_ready(Duration::from_secs(600))?;
-        let log = rig.agent_log();
-        let restored = log_time_after(&log, "bans restored", spawned);
-        let ready = log_time_after(&log, "xban ready", spawned);
-        let line = log
-            .lines()
-            .find(|l| l.contains("bans restored"))
-            .unwrap_or("(no `bans restored` line)")
-            .to_string();
-        let status = rig.status()?;
-        let active = status["bans_active"].as_u64().unwrap_or(0);
-        let entries = status["map_entries"].as_u64().unwrap_or(0);
-        if active != bans || entries != bans {
-            bail!("after restore: {active} active bans and {entries} map entries, not {bans}");
-        }
-        let secs = |x: Option<f64>| x.map_or("?".into(), |s| format!("{s:.2} s"));
-        table.row(vec![
-            label.into(),
-            secs(restored),
-            secs(ready),
-            format!("{:.2} s", answered.as_secs_f64()),
-        ]);
-        notes.push(format!(
-            "{label}: the agent logged `{}`; its first `status` answer came {} after `xban ready`.",
-            line.split_once("INFO")
-                .map_or(line.as_str(), |(_, r)| r.trim()),
-            match ready {
-                Some(r) => format!("{:.2} s", answered.as_secs_f64() - r),
-                None => "?".into(),
-            }
-        ));
-        let (rss, hwm, anon) = rig.memory_kib()?;
-        let (m4, m6) = rig.ban_map_bytes()?;
-        mem.row(vec![
-            format!("{} active bans, restored {label}", thousands(bans)),
-            mib(anon),
-            mib(rss),
-            mib(hwm),
-            format!(
-                "{} (v4 {}, v6 {})",
-                bytes_mib(m4 + m6),
-                bytes_mib(m4),
-                bytes_mib(m6)
-            ),
-        ]);
-    }
-    responsiveness(&rig, bans, resp, resp_notes)?;
-    rig.stop()?;
-    drop(rig);
-    // Start to `status` answered, cold then warm, against issue 12's
-    // targets.
-    let answered: Vec<f64> = table
-        .rows
-        .iter()
-        .filter_map(|r| r[3].trim_end_matches(" s").parse::<f64>().ok())
-        .collect();
-    if let [cold, warm] = answered[..] {
-        let verdict = |t: f64, target: f64| if t <= target { "met" } else { "MISSED" };
-        notes.push(format!(
-            "Target: {} bans restored to `status` answered in ≤ 2 s cold and ≤ 1 s warm: cold {cold:.1} s ({}), warm {warm:.1} s ({}).",
-            thousands(bans),
-            verdict(cold, 2.0),
-            verdict(warm, 1.0)
-        ));
-    }
-    Ok((table, notes))
-}
-
-/// `count` distinct active bans with realistic matched lines, by one
-/// recursive CTE (no data files). Textual addresses as the agent writes them.
-fn prefill_sql(count: u64, now: u64) -> String {
-    format!(
-        "BEGIN;
-WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < {last}),
-a(i, addr) AS (SELECT i, CASE WHEN i % 10 = 9
-    THEN printf('2001:db8:bad:%x::%x', i >> 16, (i & 65535) | 1)
-    ELSE printf('100.%d.%d.%d', 64 + ((i >> 16) & 63), (i >> 8) & 255, i & 255) END FROM n)
-INSERT INTO bans (target, jail, class, banned_at, expires_at, failures, matches)
-SELECT addr, 'sshd', 'drop', {now}, {exp}, 3, json_array(
-    printf('Nov 21 05:28:31 bastion sshd[%d]: Failed password for invalid user admin from %s port %d ssh2', 1000 + i % 60000, addr, 1024 + i % 64000),
-    printf('Nov 21 05:28:32 bastion sshd[%d]: Failed password for invalid user admin from %s port %d ssh2', 1000 + i % 60000, addr, 1025 + i % 64000),
-    printf('Nov 21 05:28:33 bastion sshd[%d]: Failed password for invalid user admin from %s port %d ssh2', 1000 + i % 60000, addr, 1026 + i % 64000))
-FROM a;
-COMMIT;",
-        last = count - 1,
-        exp = now + 86_400
-    )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn tracing_timestamps() {
-        assert_eq!(parse_rfc3339_utc("1970-01-01T00:00:00.000000Z"), Some(0.0));
-        assert_eq!(
-            parse_rfc3339_utc("2026-11-21T06:04:23.5Z"),
-            Some(1_795_241_063.5)
-        );
-        assert_eq!(parse_rfc3339_utc("2026-11-21 06:04:23"), None);
-        let log =
-            "2026-11-21T06:04:23.500000Z  INFO xban::agent: bans restored from /x restored=3\n";
-        let since = UNIX_EPOCH + Duration::from_secs(1_795_241_063);
-        assert_eq!(log_time_after(log, "bans restored", since), Some(0.5));
-        assert_eq!(log_time_after(log, "xban ready", since), None);
-    }
-
-    #[test]
-    fn syslog_now_shape() {
-        let s = syslog_now();
-        assert_eq!(s.len(), 15, "{s}");
-        assert_eq!(&s[9..10], ":");
     }
 }

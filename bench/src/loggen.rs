@@ -100,11 +100,13 @@ pub fn syslog_stamp(second_of_year: u64) -> String {
 /// One failure line both filters count, for the agent benchmarks (which
 /// timestamp it themselves).
 pub fn sshd_failure(stamp: &str, addr: IpAddr, n: u64) -> String {
-    format!(
-        "{stamp} bench sshd[{}]: Failed password for invalid user {} from {addr} port {} ssh2",
+    xban_lab::sshd_failed_password(
+        stamp,
+        "bench",
         2000 + n % 60_000,
         ATTACK_USERS[(n % ATTACK_USERS.len() as u64) as usize],
-        1024 + n % 64_000
+        addr,
+        1024 + n % 64_000,
     )
 }
 

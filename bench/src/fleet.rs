@@ -6,20 +6,21 @@ use std::net::{IpAddr, Ipv6Addr};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use xban_tests::fleet::{Hub, NatsServer};
-use xban_tests::{sshd_failure, AgentDir, AgentProcess, Lab};
+use xban_lab::fleet::{Hub, NatsServer};
+use xban_lab::{sshd_failure, AgentDir, AgentProcess, Lab};
 
-use super::bpfmap::PinnedTrie;
 use super::{dur, percentile, thousands, Ctx, Section, Table};
+use crate::bpf::PinnedTrie;
 
 /// CrowdSec's firewall bouncer pulls decisions every `update_frequency`,
 /// 10 s by default (its documented configuration).
 const CROWDSEC_POLL: Duration = Duration::from_secs(10);
 
+/// Fields in drop order: the agent, its directory, then the namespaces.
 struct Host {
-    lab: Lab,
-    dir: AgentDir,
     agent: Option<AgentProcess>,
+    dir: AgentDir,
+    lab: Lab,
 }
 
 impl Host {

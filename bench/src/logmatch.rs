@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use super::lab::Rig;
 use super::loggen::{self, LogStats};
 use super::{median, num, run_timed, thousands, Ctx, Section, Table};
+use crate::rig::AgentRig;
 
 /// The generator's seed: the published figures come from this data set.
 pub const SEED: u64 = 0x5eed_0001;
@@ -361,9 +361,9 @@ fn regex_section(
         commands: vec![
             format!(
                 "{}   # config: [agent] filters_dir = <empty dir> (built-in filters only)",
-                crate::cmd::display(&xban_regex_cmd(ctx, cfg, log))
+                xban_lab::cmd::display(&xban_regex_cmd(ctx, cfg, log))
             ),
-            crate::cmd::display(&f2b_regex_cmd(log)),
+            xban_lab::cmd::display(&f2b_regex_cmd(log)),
         ],
         table,
         notes,
@@ -459,7 +459,7 @@ fn agent_run(ctx: &Ctx, log: &Path, lines: u64, jails: Jails) -> Result<(Duratio
         }
         rest.push('\n');
     }
-    let mut rig = Rig::new(ctx, &rest)?;
+    let mut rig = AgentRig::new(ctx, &rest)?;
     rig.start_and_wait()?;
     let data = std::fs::read(log)?;
     let started = Instant::now();

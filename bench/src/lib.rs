@@ -1,5 +1,7 @@
 //! `cargo xtask bench`: every speed and memory claim as a measured figure,
 //! side by side with what operators use today, written to BENCHMARKS.md.
+//! The agent runs in the lab of `xban-lab` ([`rig`] adapts it to the
+//! benchmarks); `xtask` builds the agent and calls [`run`].
 //!
 //! Each area is a module returning [`Section`]s; comparisons inside a section
 //! run in the same invocation, alternating, several runs each, and report
@@ -7,13 +9,16 @@
 //! the claim.
 
 mod agent;
-mod bpfmap;
+mod bpf;
 mod fleet;
 pub mod flood;
 mod geo;
-mod lab;
 mod loggen;
 mod logmatch;
+mod maps;
+mod napi;
+mod rig;
+mod scale;
 pub mod tarpit;
 pub mod xdp;
 
@@ -27,9 +32,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use crate::cmd;
-use crate::tasks::{self, Profile};
-use crate::workspace::Workspace;
+pub use xban_lab::tail;
+use xban_lab::{cmd, LabSpec};
 
 /// One area's results, rendered as a Markdown section of BENCHMARKS.md.
 #[derive(Debug, Clone)]
@@ -278,6 +282,16 @@ impl Area {
     }
 }
 
+/// Where the run happens, from the task runner.
+pub struct Setup {
+    /// The repository root: BENCHMARKS.md goes there.
+    pub root: PathBuf,
+    /// The target directory: a quick run writes BENCHMARKS-quick.md there.
+    pub target_dir: PathBuf,
+    /// The freshly built release agent, with its XDP program embedded.
+    pub xban: PathBuf,
+}
+
 /// What every area needs.
 pub struct Ctx {
     /// The release agent, with its XDP program embedded.
@@ -303,14 +317,17 @@ impl Ctx {
 /// Writes BENCHMARKS.md at the repository root; a quick run writes
 /// BENCHMARKS-quick.md in the target directory instead, so that a smoke test
 /// never replaces the committed figures.
-pub fn run(ws: &Workspace, areas: &[Area], quick: bool) -> Result<()> {
+pub fn run(setup: &Setup, areas: &[Area], quick: bool) -> Result<()> {
     let chosen: Vec<Area> = Area::ALL
         .iter()
         .copied()
         .filter(|a| areas.is_empty() || areas.contains(a))
         .collect();
-    let xban = tasks::build(ws, Profile::Release)?;
-    lab::reap_leftovers();
+    let xban = setup.xban.clone();
+    xban_lab::reap_leftovers(
+        LabSpec::BENCH.ns_prefix,
+        &xban_lab::pin_prefix(rig::PIN_NAME),
+    );
     let load_at_start = logmatch::load_average();
     let scratch = Scratch::new()?;
     let ctx = Ctx {
@@ -324,12 +341,12 @@ pub fn run(ws: &Workspace, areas: &[Area], quick: bool) -> Result<()> {
         let got = match area {
             Area::Logmatch => logmatch::run(&ctx),
             Area::Latency => agent::latency(&ctx),
-            Area::Scale => agent::scale(&ctx),
+            Area::Scale => scale::scale(&ctx),
             Area::Fleet => fleet::run(&ctx),
-            // These build (or take XBAN_BIN) themselves; the build is fresh.
-            Area::Xdp => xdp::run(ws, quick),
-            Area::Flood => flood::run(ws, quick),
-            Area::Geo => geo::run(ws, quick),
+            // These take XBAN_BIN when set (rig::agent_binary).
+            Area::Xdp => xdp::run(&ctx),
+            Area::Flood => flood::run(&ctx),
+            Area::Geo => geo::run(&ctx),
         }
         .with_context(|| format!("bench area {}", area.name()))?;
         for s in &got {
@@ -360,9 +377,9 @@ pub fn run(ws: &Workspace, areas: &[Area], quick: bool) -> Result<()> {
         ));
     }
     let out = if quick {
-        ws.target_dir.join("BENCHMARKS-quick.md")
+        setup.target_dir.join("BENCHMARKS-quick.md")
     } else {
-        ws.root.join("BENCHMARKS.md")
+        setup.root.join("BENCHMARKS.md")
     };
     let mut text = render_markdown(&sections, Some(&scope.join(" ")));
     // Some areas of a full run: their sections replace theirs in the
@@ -386,7 +403,7 @@ pub fn run(ws: &Workspace, areas: &[Area], quick: bool) -> Result<()> {
 
 /// Checked before anything is built or installed.
 pub fn require_root() -> Result<()> {
-    if !crate::prereq::is_root() {
+    if !xban_lab::is_root() {
         bail!(
             "`cargo xtask bench` creates network namespaces, attaches XDP and runs the agent, \
              so it must run as root, e.g.:\n  sudo -E env \"PATH=$PATH\" cargo xtask bench"
@@ -486,12 +503,6 @@ pub fn run_timed(command: &mut Command, scratch: &Path, timeout: Duration) -> Re
         );
     }
     Ok(Timed { stdout, wall, cpu })
-}
-
-/// The last `n` lines of `text`, for error messages.
-pub fn tail(text: &str, n: usize) -> String {
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 /// Polls `f` every `every` until it yields a value or `timeout` passes.

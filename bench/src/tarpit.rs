@@ -16,15 +16,17 @@ use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
 
-use super::flood::{
-    enable_napi, ethtool_set, in_srv, napi_thread, napi_threads, percpu_counter, receive_cost,
-    set_affinity, sources, threaded_napi, Rewrite, Trial, ETHTOOL_STXCSUM, FLOOD_NET,
+use crate::flood::{in_srv, receive_cost, sources, Rewrite, Trial, FLOOD_NET};
+use crate::napi::{
+    enable_napi, ethtool_set, napi_thread, napi_threads, percpu_counter, set_affinity,
+    threaded_napi, ETHTOOL_STXCSUM,
 };
-use super::xdp::{
-    insn, load_xdp, open_pinned_prog, pin_prog, prog_test_run, run_cmd, Agent, BpfMap, Lab, ATK_V4,
-    ATK_V6, SRV_V4, SRV_V6,
-};
-use super::{median, Section, Table};
+use xban_lab::packet::{Tcp, BENCH_DST_MAC, BENCH_SRC_MAC};
+use xban_lab::{in_ns, mac_of, run_cmd, Lab, ATK_V4, ATK_V6, SRV_V4, SRV_V6};
+
+use crate::bpf::{insn, load_xdp, open_pinned_prog, pin_prog, prog_test_run, BpfMap};
+use crate::rig::{self, Agent};
+use crate::{median, Section, Table};
 
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
@@ -183,7 +185,7 @@ fn flood_cost(bin: &std::path::Path, quick: bool, cpus: (usize, usize)) -> Resul
 /// One SYN flood against a fresh lab and agent holding the flood's prefix
 /// in `path`'s way.
 fn syn_flood(bin: &std::path::Path, path: Path, secs: f64, cpus: (usize, usize)) -> Result<Trial> {
-    let lab = Lab::new("p")?;
+    let lab = rig::lab()?;
     let before = napi_threads()?;
     enable_napi(&lab)?;
     let agent = Agent::start_with(bin, &lab, r#"["127.0.0.0/8", "::1"]"#, &path.tarpit_keys())?;
@@ -194,7 +196,7 @@ fn syn_flood(bin: &std::path::Path, path: Path, secs: f64, cpus: (usize, usize))
         "tarpit"
     };
     agent.xban(&["ban", &prefix, "--class", class])?;
-    let pin = |name: &str| agent.pin_dir.join(name);
+    let pin = |name: &str| agent.pin_dir().join(name);
     if path == Path::XdpAnswerAll {
         let cfg = BpfMap::open(&pin(xban_common::tarpit::MAP_CFG))?;
         let mut v = [0u8; 24];
@@ -232,8 +234,8 @@ fn syn_flood(bin: &std::path::Path, path: Path, secs: f64, cpus: (usize, usize))
     let atk_napi = napi_thread(&lab.atk_if, &before)?;
     set_affinity(atk_napi, cpus.0)?;
 
-    let srv_mac = Lab::mac(&lab.srv_ns, &lab.srv_if)?;
-    let atk_mac = Lab::mac(&lab.atk_ns, &lab.atk_if)?;
+    let srv_mac = mac_of(&lab.srv_ns, &lab.srv_if)?;
+    let atk_mac = mac_of(&lab.atk_ns, &lab.atk_if)?;
     let dst: IpAddr = SRV_V6.parse()?;
     let frames: Vec<Vec<u8>> = sources(1_000)
         .iter()
@@ -284,13 +286,13 @@ fn syn_flood(bin: &std::path::Path, path: Path, secs: f64, cpus: (usize, usize))
 
 fn per_packet(bin: &std::path::Path, quick: bool) -> Result<Section> {
     let samples = if quick { 2_000 } else { 20_000 };
-    let lab = Lab::new("t")?;
+    let lab = rig::lab()?;
     let agent = Agent::start_with(bin, &lab, r#"["127.0.0.0/8", "::1"]"#, "engine = \"xdp\"")?;
     agent.xban(&["ban", ATK_V4, "--class", "tarpit"])?;
     agent.xban(&["ban", ATK_V6, "--class", "tarpit"])?;
     agent.xban(&["ban", DROP_V4, "--class", "drop"])?;
-    let prog = open_pinned_prog(&agent.pin_dir.join("prog_xdp"))?;
-    let cfg = BpfMap::open(&agent.pin_dir.join(xban_common::tarpit::MAP_CFG))?;
+    let prog = open_pinned_prog(&agent.pin_dir().join("prog_xdp"))?;
+    let cfg = BpfMap::open(&agent.pin_dir().join(xban_common::tarpit::MAP_CFG))?;
     let mut saved = [0u8; 24];
     cfg.lookup(&0u32.to_ne_bytes(), &mut saved)?;
     let empty = load_xdp(&[insn(0xb7, 0, 0, 0, XDP_PASS as i32), insn(0x95, 0, 0, 0, 0)])?;
@@ -415,20 +417,8 @@ fn syn_v6() -> Vec<u8> {
     )
 }
 
-fn sum(data: &[u8]) -> u32 {
-    data.chunks(2)
-        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
-        .sum()
-}
-
-fn fold(mut s: u32) -> u16 {
-    while s > 0xffff {
-        s = (s & 0xffff) + (s >> 16);
-    }
-    s as u16
-}
-
-/// An Ethernet frame with a TCP segment, checksums complete.
+/// An Ethernet frame with a TCP segment to the tarpit's port, checksums
+/// complete.
 fn tcp_frame(
     src: IpAddr,
     dst: IpAddr,
@@ -438,47 +428,22 @@ fn tcp_frame(
     flags: u8,
     payload: &[u8],
 ) -> Vec<u8> {
-    let mut t = Vec::new();
-    t.extend_from_slice(&sport.to_be_bytes());
-    t.extend_from_slice(&PORT.to_be_bytes());
-    t.extend_from_slice(&seq.to_be_bytes());
-    t.extend_from_slice(&ack.to_be_bytes());
-    t.extend_from_slice(&[0x50, flags, 0xfa, 0xf0, 0, 0, 0, 0]);
-    t.extend_from_slice(payload);
-    let mut pseudo = Vec::new();
-    let mut ip = Vec::new();
-    let ethertype: [u8; 2] = match (src, dst) {
-        (IpAddr::V4(s), IpAddr::V4(d)) => {
-            pseudo.extend_from_slice(&s.octets());
-            pseudo.extend_from_slice(&d.octets());
-            ip.extend_from_slice(&[0x45, 0]);
-            ip.extend_from_slice(&((20 + t.len()) as u16).to_be_bytes());
-            ip.extend_from_slice(&[0, 0, 0x40, 0, 64, 6, 0, 0]);
-            ip.extend_from_slice(&s.octets());
-            ip.extend_from_slice(&d.octets());
-            let c = !fold(sum(&ip));
-            ip[10..12].copy_from_slice(&c.to_be_bytes());
-            [0x08, 0x00]
-        }
-        (IpAddr::V6(s), IpAddr::V6(d)) => {
-            pseudo.extend_from_slice(&s.octets());
-            pseudo.extend_from_slice(&d.octets());
-            ip.extend_from_slice(&[0x60, 0, 0, 0]);
-            ip.extend_from_slice(&(t.len() as u16).to_be_bytes());
-            ip.extend_from_slice(&[6, 64]);
-            ip.extend_from_slice(&s.octets());
-            ip.extend_from_slice(&d.octets());
-            [0x86, 0xdd]
-        }
-        _ => unreachable!("one family"),
-    };
-    let c = !fold(sum(&pseudo) + 6 + t.len() as u32 + sum(&t));
-    t[16..18].copy_from_slice(&c.to_be_bytes());
-    let mut f = vec![0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2];
-    f.extend_from_slice(&ethertype);
-    f.extend_from_slice(&ip);
-    f.extend_from_slice(&t);
-    f
+    Tcp {
+        src_mac: BENCH_SRC_MAC,
+        dst_mac: BENCH_DST_MAC,
+        vlan: None,
+        src,
+        dst,
+        sport,
+        dport: PORT,
+        seq,
+        ack,
+        flags,
+        window: 0xfaf0,
+        options: Vec::new(),
+        payload: payload.to_vec(),
+    }
+    .frame()
 }
 
 /// Connect → give up, per engine, for a stock Linux client.
@@ -494,7 +459,7 @@ fn stuck_clients(bin: &std::path::Path, quick: bool) -> Result<Section> {
     ]);
 
     // XDP tarpit and XDP drop, one lab.
-    let lab = Lab::new("c")?;
+    let lab = rig::lab()?;
     let agent = Agent::start_with(bin, &lab, r#"["127.0.0.0/8", "::1"]"#, "engine = \"xdp\"")?;
     attacker_setup(&lab, &agent)?;
     run_cmd(Command::new("ip").args([
@@ -523,7 +488,7 @@ fn stuck_clients(bin: &std::path::Path, quick: bool) -> Result<Section> {
     drop(lab);
 
     // The iptables engine with its substitute (TARPIT is missing here).
-    let lab = Lab::new("c")?;
+    let lab = rig::lab()?;
     let agent = Agent::start_with(
         bin,
         &lab,
@@ -581,7 +546,7 @@ fn row(label: &str, ends: &[(f64, String)], bound: Duration) -> Vec<String> {
 /// receive XDP_TX), shorter retries.
 fn attacker_setup(lab: &Lab, agent: &Agent) -> Result<()> {
     ethtool_set(&lab.atk_ns, &lab.atk_if, ETHTOOL_STXCSUM, 0)?;
-    attach_to_attacker(lab, &agent.pin_dir.join("prog_xdp"))
+    attach_to_attacker(lab, &agent.pin_dir().join("prog_xdp"))
         .context("attach an XDP program to the attacker's veth end")?;
     for kv in ["net.ipv4.tcp_retries2=3", "net.ipv4.tcp_syn_retries=2"] {
         run_cmd(Command::new("ip").args(["netns", "exec", &lab.atk_ns, "sysctl", "-qw", kv]))?;
@@ -611,7 +576,7 @@ fn clients_stuck(lab: &Lab, src: &str, n: usize, bound: Duration) -> Result<Vec<
         .map(|_| {
             let ns = lab.atk_ns.clone();
             std::thread::spawn(move || -> Result<(f64, String)> {
-                Lab::in_ns(&ns, move || one_client(src, dst, bound))?
+                in_ns(&ns, move || one_client(src, dst, bound))?
             })
         })
         .collect();

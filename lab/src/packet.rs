@@ -1,13 +1,14 @@
-//! Raw frames for the tarpit tests: an AF_PACKET socket in a namespace that
-//! sends hand-made frames and captures what comes back (VLAN tags restored
-//! from the kernel's auxdata), and builders/parsers for Ethernet, 802.1Q,
-//! IPv4, IPv6 and TCP with checksums checked independently of xban's code.
+//! Raw frames: an AF_PACKET socket in a namespace that sends hand-made
+//! frames and captures what comes back (VLAN tags restored from the
+//! kernel's auxdata), builders/parsers for Ethernet, 802.1Q, IPv4, IPv6 and
+//! TCP with checksums checked independently of xban's code (the tarpit
+//! tests), and the UDP frames the benchmarks feed the XDP program.
 
 use std::net::IpAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 
 use crate::Lab;
 
@@ -17,23 +18,7 @@ pub const RST: u8 = 0x04;
 pub const PSH: u8 = 0x08;
 pub const ACK: u8 = 0x10;
 
-/// The MAC address of `ifname` in namespace `ns`.
-pub fn mac_of(ns: &str, ifname: &str) -> Result<[u8; 6]> {
-    let out = std::process::Command::new("ip")
-        .args(["-n", ns, "link", "show", "dev", ifname])
-        .output()?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let word = text
-        .split_whitespace()
-        .skip_while(|w| *w != "link/ether")
-        .nth(1)
-        .with_context(|| format!("no MAC for {ifname} in {ns}: {text}"))?;
-    let mut mac = [0u8; 6];
-    for (i, part) in word.split(':').enumerate().take(6) {
-        mac[i] = u8::from_str_radix(part, 16)?;
-    }
-    Ok(mac)
-}
+pub use crate::netns::mac_of;
 
 /// An AF_PACKET socket bound to one interface of one namespace.
 pub struct RawSock {
@@ -482,4 +467,101 @@ pub fn veth_like_nic(ns: &str, ifname: &str) -> Result<()> {
         }
         Ok(())
     })
+}
+
+// ---------------------------------------------------------------------------
+// UDP frames for the benchmarks
+
+/// The source MAC of the benchmarks' frames.
+pub const BENCH_SRC_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 2];
+/// A made-up unicast destination MAC.
+pub const BENCH_DST_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 1];
+
+/// Ethernet + IPv4 + UDP (port 40000 to 9), 8 bytes of payload, checksums
+/// filled in.
+pub fn ipv4_udp_frame(src: [u8; 4], dst: [u8; 4]) -> Vec<u8> {
+    let mut f = BENCH_DST_MAC.to_vec();
+    f.extend_from_slice(&BENCH_SRC_MAC);
+    f.extend_from_slice(&0x0800u16.to_be_bytes());
+    let total = 20 + 8 + 8u16;
+    let mut ip = vec![0x45, 0];
+    ip.extend_from_slice(&total.to_be_bytes());
+    ip.extend_from_slice(&[0, 0, 0x40, 0, 64, 17, 0, 0]);
+    ip.extend_from_slice(&src);
+    ip.extend_from_slice(&dst);
+    let sum = !fold(csum_sum(&ip));
+    ip[10..12].copy_from_slice(&sum.to_be_bytes());
+    f.extend(ip);
+    // UDP checksum 0: optional over IPv4.
+    f.extend_from_slice(&[0x9c, 0x40, 0x00, 0x09, 0x00, 0x10, 0x00, 0x00]);
+    f.extend_from_slice(b"xbanbnch");
+    f
+}
+
+/// Ethernet + IPv6 + UDP with 18 bytes of payload and a valid checksum
+/// (mandatory over IPv6), between the made-up MACs.
+pub fn ipv6_udp_frame(src: [u8; 16], dst: [u8; 16], sport: u16, dport: u16) -> Vec<u8> {
+    ipv6_udp_frame_to(BENCH_DST_MAC, BENCH_SRC_MAC, src, dst, sport, dport)
+}
+
+/// As [`ipv6_udp_frame`], between the given MACs.
+pub fn ipv6_udp_frame_to(
+    dst_mac: [u8; 6],
+    src_mac: [u8; 6],
+    src: [u8; 16],
+    dst: [u8; 16],
+    sport: u16,
+    dport: u16,
+) -> Vec<u8> {
+    let payload = b"xban-bench-flood!!";
+    let udp_len = (8 + payload.len()) as u16;
+    let mut f = Vec::with_capacity(14 + 40 + udp_len as usize);
+    f.extend_from_slice(&dst_mac);
+    f.extend_from_slice(&src_mac);
+    f.extend_from_slice(&0x86ddu16.to_be_bytes());
+    f.extend_from_slice(&[0x60, 0, 0, 0]);
+    f.extend_from_slice(&udp_len.to_be_bytes());
+    f.extend_from_slice(&[17, 64]);
+    f.extend_from_slice(&src);
+    f.extend_from_slice(&dst);
+    let mut udp = Vec::with_capacity(udp_len as usize);
+    udp.extend_from_slice(&sport.to_be_bytes());
+    udp.extend_from_slice(&dport.to_be_bytes());
+    udp.extend_from_slice(&udp_len.to_be_bytes());
+    udp.extend_from_slice(&[0, 0]);
+    udp.extend_from_slice(payload);
+    // Pseudo-header: addresses, length, next header.
+    let pseudo = csum_sum(&src) + csum_sum(&dst) + u32::from(udp_len) + 17;
+    let mut sum = !fold(pseudo + csum_sum(&udp));
+    if sum == 0 {
+        sum = 0xffff;
+    }
+    udp[6..8].copy_from_slice(&sum.to_be_bytes());
+    f.extend(udp);
+    f
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bench_frames_parse_with_valid_checksums() {
+        let f = ipv4_udp_frame([203, 0, 113, 7], [198, 51, 100, 1]);
+        assert_eq!(f.len(), 14 + 20 + 8 + 8);
+        assert_eq!(fold(csum_sum(&f[14..34])), 0xffff, "IPv4 header checksum");
+        let src: [u8; 16] = "2001:db8:bad::7"
+            .parse::<std::net::Ipv6Addr>()
+            .unwrap()
+            .octets();
+        let dst: [u8; 16] = "2001:db8:100::1"
+            .parse::<std::net::Ipv6Addr>()
+            .unwrap()
+            .octets();
+        let f = ipv6_udp_frame(src, dst, 40000, 9);
+        let udp = &f[54..];
+        let pseudo = csum_sum(&src) + csum_sum(&dst) + udp.len() as u32 + 17;
+        assert_eq!(fold(pseudo + csum_sum(udp)), 0xffff, "UDP checksum");
+        assert_eq!(u16::from_be_bytes([udp[0], udp[1]]), 40000);
+    }
 }

@@ -7,12 +7,11 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use crate::{run, Lab, COUNTER};
+use crate::{next_id, run, Lab, NetNsGuard};
 
 /// The NATS servers' address, on the hub's bridge.
 pub const HUB_V4: &str = "203.0.113.1";
@@ -23,6 +22,8 @@ pub struct Hub {
     id: String,
     bridge: String,
     joined: std::cell::Cell<u32>,
+    /// Deletes the hub (bridge, veth ends, NATS servers' sockets) on drop.
+    _guard: NetNsGuard,
 }
 
 impl Hub {
@@ -36,16 +37,17 @@ impl Hub {
                     .is_ok(),
             "nats-server is missing: `cargo xtask test` installs it (apt-get install nats-server)"
         );
-        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let n = next_id();
         let id = format!("{}{}", std::process::id() % 100_000, n);
+        let ns = format!("xbt-{}-{n}-hub", std::process::id());
         let hub = Hub {
-            ns: format!("xbt-{id}-hub"),
+            _guard: NetNsGuard::new(&ns)?,
+            ns,
             bridge: format!("xb{id}"),
             id,
             joined: std::cell::Cell::new(0),
         };
-        let build = || -> Result<()> {
-            run("ip", &["netns", "add", &hub.ns])?;
+        {
             run(
                 "ip",
                 &["-n", &hub.ns, "link", "add", &hub.bridge, "type", "bridge"],
@@ -64,11 +66,6 @@ impl Hub {
                     &hub.bridge,
                 ],
             )?;
-            Ok(())
-        };
-        if let Err(e) = build() {
-            let _ = Command::new("ip").args(["netns", "del", &hub.ns]).output();
-            return Err(e);
         }
         Ok(hub)
     }
@@ -190,12 +187,6 @@ impl Hub {
                 }
             }
         })
-    }
-}
-
-impl Drop for Hub {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.ns]).output();
     }
 }
 
@@ -470,8 +461,10 @@ pub fn nats_jwt(
     nats: serde_json::Value,
 ) -> Result<String> {
     use data_encoding::BASE64URL_NOPAD as B64;
-    let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-    let now = chrono::Utc::now().timestamp();
+    let n = next_id();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
     let claims = serde_json::json!({
         "jti": data_encoding::BASE32_NOPAD.encode(
             format!("xbt-{}-{n}-{now}-{subject}", std::process::id()).as_bytes()

@@ -9,9 +9,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
 
-use super::xdp::{agent_binary, require_root, require_tool, Agent, Lab};
-use super::{median, Section, Table};
-use crate::workspace::Workspace;
+use xban_lab::require_tool;
+
+use crate::rig::{agent_binary, lab, Agent};
+use crate::{median, require_root, Ctx, Section, Table};
 
 const V4_PREFIXES: usize = 10_000;
 const V6_PREFIXES: usize = 5_000;
@@ -70,10 +71,11 @@ fn geo_status(agent: &Agent) -> Result<serde_json::Value> {
     Ok(st["geo"].clone())
 }
 
-pub fn run(ws: &Workspace, quick: bool) -> Result<Vec<Section>> {
+pub fn run(ctx: &Ctx) -> Result<Vec<Section>> {
+    let quick = ctx.quick;
     require_root()?;
     require_tool("perl")?;
-    let bin = agent_binary(ws)?;
+    let bin = agent_binary(ctx)?;
     let runs = if quick { 1 } else { 3 };
     let dir = std::env::temp_dir().join(format!("xban-geobench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
@@ -82,7 +84,7 @@ pub fn run(ws: &Workspace, quick: bool) -> Result<Vec<Section>> {
     let (mut swap_compile, mut swap_load, mut swap_wall) = (vec![], vec![], vec![]);
     for run in 0..runs {
         write_mmdb(&db, &records(0))?;
-        let lab = Lab::new("g")?;
+        let lab = lab()?;
         // The bench agent's config takes the ignoreip list verbatim: the
         // [geo] tables follow it (the jail's table comes after).
         let ignoreip = format!(
@@ -92,9 +94,9 @@ pub fn run(ws: &Workspace, quick: bool) -> Result<Vec<Section>> {
         // Started without the rule, which a reload then adds: the reload
         // compiles it and writes every prefix into the running maps.
         let agent = Agent::start(&bin, &lab, "[\"127.0.0.0/8\"]")?;
-        let plain = std::fs::read_to_string(&agent.config)?;
+        let plain = std::fs::read_to_string(agent.dir.config_path())?;
         std::fs::write(
-            &agent.config,
+            agent.dir.config_path(),
             plain.replacen(
                 "ignoreip = [\"127.0.0.0/8\"]",
                 &format!("ignoreip = {ignoreip}"),

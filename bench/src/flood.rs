@@ -11,24 +11,30 @@
 
 use std::io::ErrorKind;
 use std::net::{SocketAddr, UdpSocket};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 use xban_common::stats;
 
-use super::xdp::{
-    agent_binary, insn, ipv6_udp_frame_to, load_xdp, prog_test_run, require_root, require_tool,
-    run_cmd, v6, Agent, BanMaps, BpfMap, Lab, Rng, BPF_F_TEST_XDP_LIVE_FRAMES, SRV_V6,
+use xban_lab::packet::ipv6_udp_frame_to;
+use xban_lab::{in_ns, mac_of, require_tool, run_cmd, Lab, SRV_V6};
+
+use crate::bpf::{insn, load_xdp, prog_test_run, BpfMap, BPF_F_TEST_XDP_LIVE_FRAMES};
+use crate::maps::BanMaps;
+use crate::napi::{
+    enable_napi, napi_thread, napi_threads, online_cpus, percpu_counter, set_affinity,
+    thread_cpu_ns, AffinityGuard,
 };
-use super::{median, Section, Table};
-use crate::workspace::Workspace;
+use crate::rig::{agent_binary, lab, Agent};
+use crate::xdp::{v6, Rng};
+use crate::{median, require_root, Ctx, Section, Table};
 
 /// Where the banned flood sources live (never on any interface).
-pub(super) const FLOOD_NET: u128 = 0x2001_0db8_f00d_0000_0000_0000_0000_0000;
+pub const FLOOD_NET: u128 = 0x2001_0db8_f00d_0000_0000_0000_0000_0000;
 const DST_PORT: u16 = 9;
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -68,22 +74,23 @@ impl Mechanism {
 
 /// One measured flood.
 #[derive(Clone, Copy, Debug)]
-pub(super) struct Trial {
+pub struct Trial {
     /// Receiver core time per dropped packet.
-    pub(super) ns_per_drop: f64,
+    pub ns_per_drop: f64,
     /// Packets the mechanism dropped per second.
-    pub(super) drop_pps: f64,
-    pub(super) sent_pps: f64,
+    pub drop_pps: f64,
+    pub sent_pps: f64,
     /// Fraction of the receiver core the receive path used.
-    pub(super) busy: f64,
+    pub busy: f64,
 }
 
-pub fn run(ws: &Workspace, quick: bool) -> Result<Vec<Section>> {
+pub fn run(ctx: &Ctx) -> Result<Vec<Section>> {
+    let quick = ctx.quick;
     require_root()?;
     for tool in ["bpftool", "ip6tables", "ip6tables-restore", "ipset", "nft"] {
         require_tool(tool)?;
     }
-    let bin = agent_binary(ws)?;
+    let bin = agent_binary(ctx)?;
     let cpus = online_cpus()?;
     ensure!(
         cpus.len() >= 2,
@@ -219,7 +226,7 @@ fn trial(
     send_cpu: usize,
     recv_cpu: usize,
 ) -> Result<Trial> {
-    let lab = Lab::new("f")?;
+    let lab = lab()?;
     let sources = sources(n);
     let before = napi_threads()?;
     enable_napi(&lab)?;
@@ -229,11 +236,11 @@ fn trial(
         Mechanism::Xdp => {
             // The lab's own addresses only: flood sources are not allowlisted.
             let a = agent.insert(Agent::start(bin, &lab, r#"["127.0.0.0/8", "::1"]"#)?);
-            let maps = BanMaps::open(&a.pin_dir)?;
+            let maps = BanMaps::open(a.pin_dir())?;
             for s in &sources {
                 maps.ban(s, 128, xban_common::BanClass::Drop as u32)?;
             }
-            let stats_map = BpfMap::open(&a.pin_dir.join(xban_common::MAP_STATS))?;
+            let stats_map = BpfMap::open(&a.pin_dir().join(xban_common::MAP_STATS))?;
             percpu_counter(stats_map, vec![stats::DROPPED])?
         }
         Mechanism::Iptables => {
@@ -296,12 +303,12 @@ fn trial(
         }
     };
 
-    let sink = Lab::in_ns(&lab.srv_ns, || {
+    let sink = in_ns(&lab.srv_ns, || {
         UdpSocket::bind(SocketAddr::new(SRV_V6.parse().unwrap(), DST_PORT))
     })??;
     sink.set_nonblocking(true)?;
-    let srv_mac = Lab::mac(&lab.srv_ns, &lab.srv_if)?;
-    let atk_mac = Lab::mac(&lab.atk_ns, &lab.atk_if)?;
+    let srv_mac = mac_of(&lab.srv_ns, &lab.srv_if)?;
+    let atk_mac = mac_of(&lab.atk_ns, &lab.atk_if)?;
     let dst = v6(SRV_V6);
     // One source port for all: the generator only rewrites the source
     // address and the checksum.
@@ -341,7 +348,7 @@ fn trial(
 /// after the mechanism was set up) alone and real-time on `cpus.1`, the
 /// generator on `cpus.0`; `counted` reads the mechanism's own count of
 /// packets it handled.
-pub(super) fn receive_cost(
+pub fn receive_cost(
     lab: &Lab,
     before: &[(i32, String)],
     frames: &[Vec<u8>],
@@ -364,7 +371,7 @@ pub(super) fn receive_cost(
         "make the NAPI thread real-time: {}",
         std::io::Error::last_os_error()
     );
-    let ifindex = Lab::in_ns(&lab.atk_ns, || {
+    let ifindex = in_ns(&lab.atk_ns, || {
         let name = std::ffi::CString::new(lab.atk_if.as_str()).expect("interface name");
         // SAFETY: a valid C string.
         unsafe { libc::if_nametoindex(name.as_ptr()) }
@@ -391,7 +398,7 @@ pub(super) fn receive_cost(
 }
 
 /// `n` distinct banned sources in 2001:db8:f00d::/48, shuffled.
-pub(super) fn sources(n: usize) -> Vec<[u8; 16]> {
+pub fn sources(n: usize) -> Vec<[u8; 16]> {
     let mut rng = Rng(0xf100d);
     let mut seen = std::collections::HashSet::new();
     let mut out = Vec::with_capacity(n);
@@ -408,7 +415,7 @@ fn ipv6(a: &[u8; 16]) -> String {
     std::net::Ipv6Addr::from(*a).to_string()
 }
 
-pub(super) fn in_srv(lab: &Lab, args: &[&str]) -> Result<String> {
+pub fn in_srv(lab: &Lab, args: &[&str]) -> Result<String> {
     run_cmd(
         Command::new("ip")
             .args(["netns", "exec", &lab.srv_ns])
@@ -462,209 +469,6 @@ fn iptables_input_packets(ns: &str) -> Result<u64> {
 }
 
 // ---------------------------------------------------------------------------
-// The server's receive path: NAPI with or without XDP (the same path for
-// every mechanism), threaded, so that it runs on a core of our choosing and
-// its CPU time is one thread's.
-
-const SIOCETHTOOL: libc::c_ulong = 0x8946;
-const ETHTOOL_STSO: u32 = 0x1f;
-const ETHTOOL_SGRO: u32 = 0x2c;
-pub(super) const ETHTOOL_STXCSUM: u32 = 0x17;
-
-#[repr(C)]
-struct EthtoolValue {
-    cmd: u32,
-    data: u32,
-}
-
-#[repr(C)]
-struct Ifreq {
-    name: [u8; libc::IFNAMSIZ],
-    data: *mut libc::c_void,
-    _pad: [u8; 16],
-}
-
-/// The same receive path for every mechanism: NAPI on the server's veth
-/// (GRO on), threaded, and every frame eligible for it (TSO off on the
-/// sender's end; veth hands TSO-capable senders' frames to the backlog of
-/// the sending CPU otherwise, and turns TSO off by itself once XDP is
-/// attached).
-pub(super) fn enable_napi(lab: &Lab) -> Result<()> {
-    ethtool_set(&lab.srv_ns, &lab.srv_if, ETHTOOL_SGRO, 1)?;
-    ethtool_set(&lab.atk_ns, &lab.atk_if, ETHTOOL_STSO, 0)?;
-    threaded_napi(&lab.srv_ns, &lab.srv_if).context("threaded NAPI on the server's veth")
-}
-
-/// NAPI of `ifname` in `ns` in its own kernel thread (`napi/IFNAME-N`).
-pub(super) fn threaded_napi(ns: &str, ifname: &str) -> Result<()> {
-    run_cmd(
-        Command::new("ip")
-            .args(["netns", "exec", ns, "sh", "-c"])
-            .arg(format!("echo 1 > /sys/class/net/{ifname}/threaded")),
-    )?;
-    Ok(())
-}
-
-/// Reads the sum over CPUs of the per-CPU counters `idx` of the pinned
-/// array `map` (XDP's `stats`, the tarpit's `tarpit_stats`).
-pub(super) fn percpu_counter(map: BpfMap, idx: Vec<u32>) -> Result<Box<dyn Fn() -> Result<u64>>> {
-    let ncpu = possible_cpus()?;
-    Ok(Box::new(move || {
-        let mut total = 0;
-        for i in &idx {
-            let mut buf = vec![0u8; 8 * ncpu];
-            map.lookup(&i.to_ne_bytes(), &mut buf)
-                .context("read an XDP counter")?;
-            total += buf
-                .chunks(8)
-                .map(|c| u64::from_ne_bytes(c.try_into().unwrap()))
-                .sum::<u64>();
-        }
-        Ok(total)
-    }))
-}
-
-/// A legacy ethtool "set" (`ethtool -K`), without needing ethtool installed.
-pub(super) fn ethtool_set(ns: &str, ifname: &str, cmd: u32, data: u32) -> Result<()> {
-    let ifname = ifname.to_string();
-    Lab::in_ns(ns, move || -> Result<()> {
-        // SAFETY: plain socket for the ethtool ioctl, closed by OwnedFd.
-        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0) };
-        ensure!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        let mut value = EthtoolValue { cmd, data };
-        let mut req = Ifreq {
-            name: [0; libc::IFNAMSIZ],
-            data: &mut value as *mut EthtoolValue as *mut libc::c_void,
-            _pad: [0; 16],
-        };
-        req.name[..ifname.len()].copy_from_slice(ifname.as_bytes());
-        // SAFETY: req points at a valid ifreq whose data is an ethtool_value.
-        let r = unsafe { libc::ioctl(fd.as_raw_fd(), SIOCETHTOOL, &mut req) };
-        ensure!(
-            r == 0,
-            "ethtool command {cmd:#x} on {ifname}: {}",
-            std::io::Error::last_os_error()
-        );
-        Ok(())
-    })?
-}
-
-/// PIDs of the NAPI kernel threads that exist now.
-pub(super) fn napi_threads() -> Result<Vec<(i32, String)>> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir("/proc")? {
-        let e = e?;
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        if let Ok(comm) = std::fs::read_to_string(e.path().join("comm")) {
-            if comm.starts_with("napi/") {
-                out.push((pid, comm.trim().to_string()));
-            }
-        }
-    }
-    Ok(out)
-}
-
-/// A veth end's NAPI thread: named after the interface (the kernel may
-/// cut the name short) and new since `before`.
-pub(super) fn napi_thread(ifname: &str, before: &[(i32, String)]) -> Result<i32> {
-    let want = format!("napi/{ifname}-");
-    let found: Vec<i32> = napi_threads()?
-        .into_iter()
-        .filter(|(_, comm)| want.starts_with(comm.as_str()) || comm.starts_with(&want))
-        .filter(|t| !before.contains(t))
-        .map(|(pid, _)| pid)
-        .collect();
-    match found.as_slice() {
-        [pid] => Ok(*pid),
-        [] => bail!("no NAPI thread for {ifname} (threaded NAPI not enabled?)"),
-        _ => bail!("several NAPI threads for {ifname}: {found:?}"),
-    }
-}
-
-/// On-CPU time of a thread (schedstat, ns).
-pub(super) fn thread_cpu_ns(pid: i32) -> Result<u64> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/schedstat"))
-        .with_context(|| format!("read /proc/{pid}/schedstat"))?;
-    text.split_whitespace()
-        .next()
-        .and_then(|v| v.parse().ok())
-        .with_context(|| format!("/proc/{pid}/schedstat: {text}"))
-}
-
-fn cpu_set(cpu: usize) -> libc::cpu_set_t {
-    // SAFETY: cpu_set_t is plain data; CPU_SET writes inside it.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        set
-    }
-}
-
-pub(super) fn set_affinity(pid: i32, cpu: usize) -> Result<()> {
-    let set = cpu_set(cpu);
-    // SAFETY: valid cpu_set_t of the right size.
-    let r = unsafe { libc::sched_setaffinity(pid, std::mem::size_of_val(&set), &set) };
-    ensure!(
-        r == 0,
-        "pin thread {pid} to CPU {cpu}: {}",
-        std::io::Error::last_os_error()
-    );
-    Ok(())
-}
-
-/// Pins the calling thread (and what it starts) to one CPU; restores the
-/// previous mask on drop.
-struct AffinityGuard(libc::cpu_set_t);
-
-impl AffinityGuard {
-    fn pin_self(cpu: usize) -> Result<AffinityGuard> {
-        // SAFETY: cpu_set_t is plain data, filled by the kernel.
-        let mut old: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-        let r = unsafe { libc::sched_getaffinity(0, std::mem::size_of_val(&old), &mut old) };
-        ensure!(
-            r == 0,
-            "sched_getaffinity: {}",
-            std::io::Error::last_os_error()
-        );
-        set_affinity(0, cpu)?;
-        Ok(AffinityGuard(old))
-    }
-}
-
-impl Drop for AffinityGuard {
-    fn drop(&mut self) {
-        // SAFETY: restoring a mask the kernel gave us.
-        unsafe { libc::sched_setaffinity(0, std::mem::size_of_val(&self.0), &self.0) };
-    }
-}
-
-fn online_cpus() -> Result<Vec<usize>> {
-    cpu_list(&std::fs::read_to_string("/sys/devices/system/cpu/online")?)
-}
-
-fn possible_cpus() -> Result<usize> {
-    Ok(cpu_list(&std::fs::read_to_string(
-        "/sys/devices/system/cpu/possible",
-    )?)?
-    .len())
-}
-
-/// "0-3,5" → [0, 1, 2, 3, 5]
-fn cpu_list(text: &str) -> Result<Vec<usize>> {
-    let mut out = Vec::new();
-    for part in text.trim().split(',') {
-        match part.split_once('-') {
-            Some((a, b)) => out.extend(a.parse::<usize>()?..=b.parse::<usize>()?),
-            None => out.push(part.parse()?),
-        }
-    }
-    Ok(out)
-}
-
-// ---------------------------------------------------------------------------
 // The sender: frames generated in the kernel, as a NIC would hand them over.
 //
 // A small XDP program runs through BPF_PROG_TEST_RUN in live-frames mode on
@@ -686,7 +490,7 @@ const UDP_CSUM_OFF: i16 = 14 + 40 + 6;
 
 /// What the generator writes into each frame before sending it.
 #[derive(Clone, Copy)]
-pub(super) enum Rewrite {
+pub enum Rewrite {
     /// The IPv6 source address and the 2-byte checksum at this offset.
     SourceAndChecksum(i16),
     /// The whole frame (for receivers that rewrite frames in place).
