@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::addr::{canonical_ip, Target};
 use crate::ban::BanClass;
+use crate::validation::{invalid, ValidationError};
 
 /// The jail name of geo bans.
 pub const GEO_JAIL: &str = "geo";
@@ -71,22 +72,8 @@ impl GeoRule {
     }
 }
 
-/// A geo error: which setting, and what to do.
-#[derive(Debug, thiserror::Error)]
-pub enum GeoError {
-    #[error("{place}: {message}")]
-    Invalid { place: String, message: String },
-}
-
-fn invalid(place: impl Into<String>, message: impl Into<String>) -> GeoError {
-    GeoError::Invalid {
-        place: place.into(),
-        message: message.into(),
-    }
-}
-
 /// A country code as rules and `bantime_by_country` write it.
-pub fn country_code(place: &str, text: &str) -> Result<String, GeoError> {
+pub fn country_code(place: &str, text: &str) -> Result<String, ValidationError> {
     let t = text.trim();
     if t.len() == 2 && t.bytes().all(|b| b.is_ascii_alphabetic()) {
         Ok(t.to_ascii_uppercase())
@@ -115,7 +102,7 @@ impl GeoConfig {
     }
 
     /// Check what needs no file, and normalise the codes.
-    pub fn validate(&mut self) -> Result<(), GeoError> {
+    pub fn validate(&mut self) -> Result<(), ValidationError> {
         for (key, path) in [
             ("geo.database", &self.database),
             ("geo.asn_database", &self.asn_database),
@@ -186,7 +173,7 @@ impl std::fmt::Debug for GeoFile {
 }
 
 impl GeoFile {
-    pub fn open(key: &str, path: &Path) -> Result<GeoFile, GeoError> {
+    pub fn open(key: &str, path: &Path) -> Result<GeoFile, ValidationError> {
         let st = stamp(path);
         let bytes = std::fs::read(path).map_err(|e| {
             invalid(
@@ -248,7 +235,7 @@ pub struct GeoInfo {
 }
 
 impl GeoDb {
-    pub fn open(cfg: &GeoConfig) -> Result<GeoDb, GeoError> {
+    pub fn open(cfg: &GeoConfig) -> Result<GeoDb, ValidationError> {
         Ok(GeoDb {
             country: cfg
                 .database
@@ -524,7 +511,7 @@ pub fn compile_networks(
 }
 
 /// Walk the databases for the rules' countries and ASNs, and compile.
-pub fn compile(db: &GeoDb, rules: &[GeoRule]) -> Result<GeoSet, GeoError> {
+pub fn compile(db: &GeoDb, rules: &[GeoRule]) -> Result<GeoSet, ValidationError> {
     let started = std::time::Instant::now();
     let mut nets: Vec<(usize, Arc<str>, IpNetwork)> = Vec::new();
     let mut by_country: HashMap<&str, Vec<usize>> = HashMap::new();
