@@ -1,4 +1,3 @@
-
 use super::*;
 use crate::units::{parse_duration, MAX_DURATION};
 
