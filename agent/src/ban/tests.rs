@@ -1,4 +1,3 @@
-
 use super::*;
 
 fn rec(target: &str, jail: &str, class: BanClass, expires: Option<i64>) -> BanRecord {

@@ -1,6 +1,7 @@
-
+use super::calendar::civil_year;
 use super::*;
-use chrono::{Local, TimeZone};
+use chrono::{Datelike, Local, LocalResult, NaiveDate, TimeZone};
+use std::time::{Duration, UNIX_EPOCH};
 
 fn local_to_utc(ndt: chrono::NaiveDateTime) -> Option<i64> {
     local_secs_to_utc(ndt.and_utc().timestamp())

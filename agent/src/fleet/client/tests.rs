@@ -1,4 +1,3 @@
-
 use super::*;
 use async_nats::rustls::{AlertDescription, CertificateError, Error as Tls};
 use async_nats::{ConnectError, ConnectErrorKind};
