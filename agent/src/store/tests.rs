@@ -1,4 +1,8 @@
+use super::checkpoint::CHECKPOINT_EVERY;
+use super::schema::MIGRATIONS;
 use super::*;
+use crate::addr::Target;
+use crate::ban::{BanClass, BanRecord};
 
 fn rec(target: &str, jail: &str, expires: Option<i64>) -> BanRecord {
     BanRecord {
