@@ -1,4 +1,11 @@
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+
+use ipnetwork::IpNetwork;
+
+use super::prefixes::{prefixes_of, Span};
 use super::*;
+use crate::addr::Target;
 
 fn t(s: &str) -> Target {
     s.parse().unwrap()
