@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 
 use crate::config::{file_kind, ResolvedConfig, SourceSpec};
 use crate::directories;
+use crate::validation::ValidationError;
 
 /// What the pre-flight hands on to the agent.
 #[derive(Debug, Default)]
@@ -31,11 +32,31 @@ pub struct PreflightOptions {
     pub kernel_side: bool,
 }
 
+/// Why the agent does not start: every problem found, each with its key.
+#[derive(Debug, thiserror::Error)]
+pub enum PreflightError {
+    #[error("start-up checks failed, nothing was changed:\n  {}", join(.0))]
+    Problems(Vec<ValidationError>),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+fn join(problems: &[ValidationError]) -> String {
+    problems
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("\n  ")
+}
+
 /// Everything that would fail after XDP is attached, found before. All
 /// problems are reported at once, each with its key.
-pub fn preflight(cfg: &ResolvedConfig, opts: PreflightOptions) -> anyhow::Result<Preflight> {
+pub fn preflight(
+    cfg: &ResolvedConfig,
+    opts: PreflightOptions,
+) -> Result<Preflight, PreflightError> {
     let mut out = Preflight::default();
-    let mut errors: Vec<String> = Vec::new();
+    let mut errors: Vec<ValidationError> = Vec::new();
     for jail in &cfg.jails {
         let (patterns, journal_fallback) = match &jail.source {
             SourceSpec::Files(p) => (p.as_slice(), false),
@@ -50,7 +71,7 @@ pub fn preflight(cfg: &ResolvedConfig, opts: PreflightOptions) -> anyhow::Result
             match check_pattern_now(raw) {
                 Ok(PatternNow::Readable) => any_found = true,
                 Ok(PatternNow::NotYet(note)) => missing.push(format!("{key}: {note}")),
-                Err(e) => errors.push(format!("{key}: {e}")),
+                Err(e) => errors.push(ValidationError::new(key, e)),
             }
         }
         if !journal_fallback || any_found {
@@ -66,7 +87,7 @@ pub fn preflight(cfg: &ResolvedConfig, opts: PreflightOptions) -> anyhow::Result
             }
         }
         if let Err(e) = check_pin_dir_mount(&cfg.agent.bpf_pin_dir) {
-            errors.push(format!("agent.bpf_pin_dir: {e}"));
+            errors.push(ValidationError::new("agent.bpf_pin_dir", e));
         }
     }
     if let (Some(addr), true) = (cfg.agent.metrics_listen, opts.bind_metrics) {
@@ -75,14 +96,11 @@ pub fn preflight(cfg: &ResolvedConfig, opts: PreflightOptions) -> anyhow::Result
                 l.set_nonblocking(true)?;
                 out.metrics = Some(l);
             }
-            Err(e) => errors.push(format!("agent.metrics_listen: cannot listen on {addr}: {e} (choose a free address and port, or remove metrics_listen)")),
+            Err(e) => errors.push(ValidationError::new("agent.metrics_listen", format!("cannot listen on {addr}: {e} (choose a free address and port, or remove metrics_listen)"))),
         }
     }
     if !errors.is_empty() {
-        anyhow::bail!(
-            "start-up checks failed, nothing was changed:\n  {}",
-            errors.join("\n  ")
-        );
+        return Err(PreflightError::Problems(errors));
     }
     Ok(out)
 }
@@ -210,13 +228,13 @@ mod tests {
     }
 
     fn run(cfg: &ResolvedConfig, bind_metrics: bool) -> anyhow::Result<Preflight> {
-        preflight(
+        Ok(preflight(
             cfg,
             PreflightOptions {
                 bind_metrics,
                 kernel_side: true,
             },
-        )
+        )?)
     }
 
     #[test]
