@@ -62,6 +62,8 @@ impl Config {
                 )
             })?;
         self.escalation.validate()?;
+        // `[tarpit]` belongs to steering (enforce), whose check still
+        // returns `PLACE: MESSAGE` as text.
         self.tarpit
             .validate()
             .map_err(|m| match m.split_once(": ") {
