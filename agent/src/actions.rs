@@ -16,6 +16,7 @@ use tokio::io::AsyncWriteExt;
 
 use crate::ban::{BanEvent, BanEventKind};
 use crate::units::{format_duration, DurationSetting};
+use crate::validation::ValidationError;
 
 /// `[[jails.NAME.actions]]` or `[[defaults.actions]]`.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -78,9 +79,10 @@ fn default_whois() -> Vec<String> {
 }
 
 impl ActionConfig {
-    /// Checks serde cannot make; `Err(message)` for the caller to place.
-    pub fn validate(&self) -> Result<(), String> {
-        match self.kind {
+    /// Checks serde cannot make; `place` is where the action is listed
+    /// (`jails.NAME.actions[I]`), the message names the key within it.
+    pub fn validate(&self, place: &str) -> Result<(), ValidationError> {
+        let problem: Result<(), String> = match self.kind {
             ActionKind::Exec if self.command.is_empty() => {
                 Err("command: an exec action needs a command, e.g. command = [\"/usr/local/bin/notify\", \"<ip>\"]".into())
             }
@@ -90,7 +92,8 @@ impl ActionConfig {
             ActionKind::Mail if self.sendmail.is_empty() => Err("sendmail: must name a program".into()),
             _ if self.timeout.0.is_zero() => Err("timeout: must be longer than 0".into()),
             _ => Ok(()),
-        }
+        };
+        problem.map_err(|message| ValidationError::new(place, message))
     }
 
     fn wants(&self, kind: BanEventKind) -> bool {
@@ -313,7 +316,7 @@ mod tests {
 
     fn action(text: &str) -> ActionConfig {
         let a: ActionConfig = toml::from_str(text).unwrap();
-        a.validate().unwrap();
+        a.validate("actions[0]").unwrap();
         a
     }
 
@@ -400,8 +403,9 @@ mod tests {
         assert!(mail.contains("inetnum: 203.0.113.7 netname: TEST-NET-3"));
         let err = toml::from_str::<ActionConfig>("kind = \"mail\"")
             .unwrap()
-            .validate()
-            .unwrap_err();
+            .validate("actions[0]")
+            .unwrap_err()
+            .message;
         assert!(err.starts_with("to:"), "{err}");
     }
 }

@@ -18,6 +18,7 @@ use serde::Deserialize;
 use crate::addr::Target;
 use crate::ban::{BanClass, UnixSecs};
 use crate::units::{BanTime, DurationSetting};
+use crate::validation::ValidationError;
 
 /// `[escalation]`.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -138,9 +139,9 @@ impl Default for SubnetConfig {
 pub const SUBNET_JAIL: &str = "subnet";
 
 impl EscalationConfig {
-    /// Checks serde cannot make: `Err((key, problem))`.
-    pub fn validate(&self) -> Result<(), (String, String)> {
-        let err = |key: String, msg: String| Err((key, msg));
+    /// Checks serde cannot make.
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        let err = |key: String, msg: String| Err(ValidationError::new(key, msg));
         for (i, s) in self.steps.iter().enumerate() {
             if s.bans < 2 {
                 return err(
@@ -517,7 +518,10 @@ hosts = 4
             }],
             ..Default::default()
         };
-        assert_eq!(bad.validate().unwrap_err().0, "escalation.steps[0].bans");
+        assert_eq!(
+            bad.validate().unwrap_err().place,
+            "escalation.steps[0].bans"
+        );
         let e = toml::from_str::<EscalationConfig>("steps = [{ bans = 3 }]").unwrap_err();
         assert!(e.to_string().contains("missing field `within`"), "{e}");
         assert_eq!(

@@ -30,3 +30,4 @@ pub mod setup;
 pub mod source;
 pub mod store;
 pub mod units;
+pub mod validation;

@@ -20,6 +20,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::units::{BanTime, DurationSetting};
+use crate::validation::ValidationError;
 
 /// The jail remote bans are kept under (`fleet`), per origin node.
 pub const FLEET_JAIL: &str = "fleet";
@@ -207,8 +208,8 @@ impl FleetConfig {
         &self,
         bantimes: &[BanTime],
         ignoreself: bool,
-    ) -> Result<Option<FleetSettings>, (String, String)> {
-        let err = |key: &str, m: String| Err((format!("fleet.{key}"), m));
+    ) -> Result<Option<FleetSettings>, ValidationError> {
+        let err = |key: &str, m: String| Err(ValidationError::new(format!("fleet.{key}"), m));
         if !self.enabled || self.servers.is_empty() {
             return Ok(None);
         }

@@ -1,0 +1,338 @@
+//! Ban rows (`bans`) and the ban history escalation counts (`ban_history`).
+
+use rusqlite::{params, Connection};
+
+use super::{offence_key, BanStore, Batch, StoreError};
+use crate::addr::Target;
+use crate::ban::{BanClass, BanRecord, UnixSecs};
+
+/// The statements of [`BanStore::put_bans`], on a transaction or on the
+/// connection inside an open batch.
+pub(super) fn write_bans(
+    conn: &Connection,
+    recs: &[BanRecord],
+    event_at: Option<UnixSecs>,
+) -> rusqlite::Result<()> {
+    let mut put = conn.prepare_cached(
+        "INSERT OR REPLACE INTO bans (target, jail, class, banned_at, expires_at, failures, matches)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?;
+    let mut hist = conn.prepare_cached(
+        // A row from before migration 3 has no offence key: it is taken as
+        // this offence, so a replay across the upgrade is not counted twice.
+        "INSERT INTO ban_history (target, jail, banned_at, offence) SELECT ?1, ?2, ?3, ?4
+         WHERE NOT EXISTS (SELECT 1 FROM ban_history
+             WHERE target = ?1 AND jail = ?2 AND banned_at = ?3 AND offence IN ('', ?4))",
+    )?;
+    for rec in recs {
+        let target = rec.target.to_string();
+        let matches = serde_json::to_string(&rec.matches).unwrap_or_else(|_| "[]".into());
+        put.execute(params![
+            target,
+            rec.jail,
+            rec.class.as_str(),
+            rec.banned_at,
+            rec.expires_at,
+            rec.failures,
+            matches
+        ])?;
+        if let Some(at) = event_at {
+            hist.execute(params![target, rec.jail, at, offence_key(&rec.matches)])?;
+        }
+    }
+    Ok(())
+}
+
+impl BanStore {
+    /// Insert or replace a jail's ban and note it in the ban history at
+    /// `event_at` (the log time of the failure that caused it), atomically.
+    pub fn put_ban(&mut self, rec: &BanRecord, event_at: UnixSecs) -> Result<(), StoreError> {
+        self.put_bans(std::slice::from_ref(rec), Some(event_at))
+    }
+
+    /// Many bans in one transaction (or in the armed batch's); with
+    /// `event_at`, each goes into the history too (bans loaded from a
+    /// blocklist file do not).
+    pub fn put_bans(
+        &mut self,
+        recs: &[BanRecord],
+        event_at: Option<UnixSecs>,
+    ) -> Result<(), StoreError> {
+        let path = self.path.clone();
+        let wrap = |source| StoreError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        match self.batch {
+            Batch::Off => {
+                let tx = self.conn.transaction().map_err(wrap)?;
+                write_bans(&tx, recs, event_at).map_err(wrap)?;
+                tx.commit().map_err(wrap)
+            }
+            Batch::Armed | Batch::Open => {
+                if self.batch == Batch::Armed {
+                    self.conn.execute_batch("BEGIN IMMEDIATE").map_err(wrap)?;
+                    self.batch = Batch::Open;
+                }
+                // A savepoint keeps this call all-or-nothing within the batch.
+                let sp = self.conn.savepoint().map_err(wrap)?;
+                write_bans(&sp, recs, event_at).map_err(wrap)?;
+                sp.commit().map_err(wrap)
+            }
+        }
+    }
+
+    /// Bans, each with its own history time, in one transaction.
+    pub fn put_bans_at(&mut self, recs: &[(BanRecord, UnixSecs)]) -> Result<(), StoreError> {
+        let path = self.path.clone();
+        let wrap = |source| StoreError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let tx = self.conn.transaction().map_err(wrap)?;
+        for (rec, at) in recs {
+            write_bans(&tx, std::slice::from_ref(rec), Some(*at)).map_err(wrap)?;
+        }
+        tx.commit().map_err(wrap)
+    }
+
+    /// Remove one jail's ban of a target, or all of them (`jail = None`).
+    pub fn delete_ban(&mut self, target: &Target, jail: Option<&str>) -> Result<usize, StoreError> {
+        let t = target.to_string();
+        match jail {
+            Some(j) => self.conn.execute(
+                "DELETE FROM bans WHERE target = ?1 AND jail = ?2",
+                params![t, j],
+            ),
+            None => self
+                .conn
+                .execute("DELETE FROM bans WHERE target = ?1", params![t]),
+        }
+        .map_err(self.wrap())
+    }
+
+    /// Remove bans that expired at or before `now`; returns how many.
+    pub fn delete_expired(&mut self, now: UnixSecs) -> Result<usize, StoreError> {
+        self.conn
+            .execute(
+                "DELETE FROM bans WHERE expires_at IS NOT NULL AND expires_at <= ?1",
+                params![now],
+            )
+            .map_err(self.wrap())
+    }
+
+    /// The targets of bans that expired at or before `now`.
+    pub fn for_each_expired(
+        &self,
+        now: UnixSecs,
+        mut f: impl FnMut(Target),
+    ) -> Result<(), StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT target FROM bans WHERE expires_at IS NOT NULL AND expires_at <= ?1")
+            .map_err(self.wrap())?;
+        let mut rows = stmt.query(params![now]).map_err(self.wrap())?;
+        while let Some(row) = rows.next().map_err(self.wrap())? {
+            if let Ok(t) = row
+                .get_ref(0)
+                .map_err(self.wrap())?
+                .as_str()
+                .unwrap_or("")
+                .parse()
+            {
+                f(t);
+            }
+        }
+        Ok(())
+    }
+
+    pub fn load_bans(&self) -> Result<Vec<BanRecord>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT target, jail, class, banned_at, expires_at, failures, matches FROM bans",
+            )
+            .map_err(self.wrap())?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, i64>(3)?,
+                    r.get::<_, Option<i64>>(4)?,
+                    r.get::<_, u32>(5)?,
+                    r.get::<_, String>(6)?,
+                ))
+            })
+            .map_err(self.wrap())?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (target, jail, class, banned_at, expires_at, failures, matches) =
+                row.map_err(self.wrap())?;
+            let bad = |message: String| StoreError::BadRow {
+                path: self.path.clone(),
+                target: target.clone(),
+                jail: jail.clone(),
+                message,
+            };
+            out.push(BanRecord {
+                target: target
+                    .parse()
+                    .map_err(|e: crate::addr::AddrError| bad(e.to_string()))?,
+                class: class.parse::<BanClass>().map_err(bad)?,
+                jail,
+                banned_at,
+                expires_at,
+                failures,
+                matches: serde_json::from_str(&matches).unwrap_or_default(),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Every stored ban without its matched lines (`matches` is empty),
+    /// handed to `f` row by row so that all bans are never in memory twice.
+    /// Returns how many there were.
+    pub fn for_each_ban(&self, mut f: impl FnMut(BanRecord)) -> Result<usize, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT target, jail, class, banned_at, expires_at, failures FROM bans")
+            .map_err(self.wrap())?;
+        let mut rows = stmt.query([]).map_err(self.wrap())?;
+        let mut n = 0;
+        while let Some(row) = rows.next().map_err(self.wrap())? {
+            let get = |row: &rusqlite::Row| -> rusqlite::Result<_> {
+                Ok((
+                    row.get_ref(0)?.as_str()?.parse::<Target>(),
+                    row.get::<_, String>(1)?,
+                    row.get_ref(2)?.as_str()?.parse::<BanClass>(),
+                    row.get::<_, i64>(3)?,
+                    row.get::<_, Option<i64>>(4)?,
+                    row.get::<_, u32>(5)?,
+                ))
+            };
+            let (target, jail, class, banned_at, expires_at, failures) =
+                get(row).map_err(self.wrap())?;
+            let bad = |message: String| StoreError::BadRow {
+                path: self.path.clone(),
+                target: row.get::<_, String>(0).unwrap_or_default(),
+                jail: jail.clone(),
+                message,
+            };
+            f(BanRecord {
+                target: target.map_err(|e| bad(e.to_string()))?,
+                class: class.map_err(bad)?,
+                jail,
+                banned_at,
+                expires_at,
+                failures,
+                matches: Vec::new(),
+            });
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// How many times the target was banned since `since` (all jails, or one).
+    pub fn ban_count_since(
+        &self,
+        target: &Target,
+        jail: Option<&str>,
+        since: UnixSecs,
+    ) -> Result<u32, StoreError> {
+        let t = target.to_string();
+        // Cached: this runs for every ban, and parsing it each time costs
+        // more than the indexed lookup.
+        match jail {
+            Some(j) => self
+                .conn
+                .prepare_cached(
+                    "SELECT COUNT(*) FROM ban_history WHERE target = ?1 AND jail = ?2 AND banned_at >= ?3",
+                )
+                .and_then(|mut s| s.query_row(params![t, j, since], |r| r.get(0))),
+            None => self
+                .conn
+                .prepare_cached(
+                    "SELECT COUNT(*) FROM ban_history WHERE target = ?1 AND banned_at >= ?2",
+                )
+                .and_then(|mut s| s.query_row(params![t, since], |r| r.get(0))),
+        }
+        .map_err(self.wrap())
+    }
+
+    /// Like [`ban_count_since`](Self::ban_count_since), leaving out the
+    /// history row of the ban being decided (`jail` at `event_at`, caused by
+    /// the line of `offence`, see [`offence_key`]), which a re-read of the
+    /// same lines finds there already: a replay decides as the first
+    /// reading did.
+    pub fn earlier_ban_count(
+        &self,
+        target: &Target,
+        only_jail: Option<&str>,
+        since: UnixSecs,
+        jail: &str,
+        event_at: UnixSecs,
+        offence: &str,
+    ) -> Result<u32, StoreError> {
+        let t = target.to_string();
+        match only_jail {
+            Some(j) => self
+                .conn
+                .prepare_cached(
+                    "SELECT COUNT(*) FROM ban_history WHERE target = ?1 AND jail = ?2 AND banned_at >= ?3 AND NOT (jail = ?4 AND banned_at = ?5 AND offence IN ('', ?6))",
+                )
+                .and_then(|mut s| {
+                    s.query_row(params![t, j, since, jail, event_at, offence], |r| r.get(0))
+                }),
+            None => self
+                .conn
+                .prepare_cached(
+                    "SELECT COUNT(*) FROM ban_history WHERE target = ?1 AND banned_at >= ?2 AND NOT (jail = ?3 AND banned_at = ?4 AND offence IN ('', ?5))",
+                )
+                .and_then(|mut s| {
+                    s.query_row(params![t, since, jail, event_at, offence], |r| r.get(0))
+                }),
+        }
+        .map_err(self.wrap())
+    }
+
+    /// Host and prefix bans in the history since `since`, oldest first.
+    pub fn history_since(
+        &self,
+        since: UnixSecs,
+    ) -> Result<Vec<(Target, String, UnixSecs)>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT target, jail, banned_at FROM ban_history WHERE banned_at >= ?1 ORDER BY banned_at")
+            .map_err(self.wrap())?;
+        let rows = stmt
+            .query_map(params![since], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, i64>(2)?,
+                ))
+            })
+            .map_err(self.wrap())?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (t, jail, at) = row.map_err(self.wrap())?;
+            // A row we cannot parse is skipped: history only tunes escalation.
+            if let Ok(target) = t.parse() {
+                out.push((target, jail, at));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Forget history older than `before` (dbpurgeage); returns rows removed.
+    pub fn purge_history(&mut self, before: UnixSecs) -> Result<usize, StoreError> {
+        self.conn
+            .execute(
+                "DELETE FROM ban_history WHERE banned_at < ?1",
+                params![before],
+            )
+            .map_err(self.wrap())
+    }
+}
