@@ -229,7 +229,7 @@ fn find_v4(addr: u32, len: u32) -> Option<(u32, u32)> {
             return Some((c, tab_label_v4(way)));
         }
     }
-    // SAFETY: as above.
+    // SAFETY: `bucket` as in the loop.
     if unsafe { read_volatile(&raw const (*bucket).overflow) } != 0 {
         let key = NetKey4 {
             prefix_len: len,
@@ -249,16 +249,16 @@ fn find_v6(hi: u64, lo: u64, len: u32) -> Option<(u32, u32)> {
     let bucket = TAB_V6.get_ptr(tab_bucket_v6(hi, lo, len))?;
     // Volatile and through raw places, as in `find_v4`.
     for i in 0..xban_common::TAB_V6_WAYS {
-        // SAFETY (this block and the three reads below): `bucket` is the
-        // kernel's pointer to an element of `tab_v6`, non-null, valid for
-        // the program's run and 8-aligned; `i` is within `ways`.
+        // SAFETY: `bucket` is the kernel's pointer to an element of
+        // `tab_v6`, non-null, valid for the program's run and 8-aligned;
+        // `i` is within `ways`. Only the address is taken.
         let way = unsafe { &raw const (*bucket).ways[i] };
-        // SAFETY: see above.
+        // SAFETY: `way` points into that element.
         let meta = unsafe { read_volatile(&raw const (*way).meta) };
         if tab_meta_match_v6(meta, len).is_none() {
             continue;
         }
-        // SAFETY: see above.
+        // SAFETY: as for `meta`.
         let (h, l) = unsafe {
             (
                 read_volatile(&raw const (*way).hi),
@@ -266,7 +266,7 @@ fn find_v6(hi: u64, lo: u64, len: u32) -> Option<(u32, u32)> {
             )
         };
         // Unchanged meta: the address read belongs to that entry.
-        // SAFETY: see above.
+        // SAFETY: as for `meta`.
         let again = unsafe { read_volatile(&raw const (*way).meta) };
         if h == hi && l == lo && again >> 32 == meta >> 32 {
             if let Some(c) = tab_meta_match_v6(again, len) {
@@ -274,7 +274,7 @@ fn find_v6(hi: u64, lo: u64, len: u32) -> Option<(u32, u32)> {
             }
         }
     }
-    // SAFETY: see above.
+    // SAFETY: `bucket` as in the loop.
     if unsafe { read_volatile(&raw const (*bucket).overflow) } != 0 {
         let key = NetKey6 {
             prefix_len: len,
@@ -364,9 +364,7 @@ fn count_geo_drop(label: u32) {
         return;
     }
     if let Some(c) = GEO_DROPS.get_ptr_mut(label & 0xffff) {
-        // SAFETY: the kernel's pointer to this CPU's slot (non-null,
-        // 8-aligned); only this CPU writes it, and XDP runs to completion
-        // without preemption, so nothing writes it meanwhile.
+        // SAFETY: as in `count`.
         unsafe { *c += 1 };
     }
 }
@@ -374,8 +372,9 @@ fn count_geo_drop(label: u32) {
 #[inline(always)]
 fn count(index: u32) {
     if let Some(c) = STATS.get_ptr_mut(index) {
-        // Per-CPU slot: no other CPU writes it, a plain add is enough.
-        // SAFETY: as in `count_geo_drop`.
+        // SAFETY: the kernel's pointer to this CPU's slot (non-null,
+        // 8-aligned); no other CPU writes it and XDP runs to completion
+        // without preemption, so a plain add is enough.
         unsafe { *c += 1 };
     }
 }
@@ -431,7 +430,9 @@ pub(crate) fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Result<*const T, ()>
 }
 
 /// The `N` packet bytes at `offset`, bounds-checked. Callers turn them into
-/// numbers with `from_be_bytes` / `from_ne_bytes`.
+/// numbers with `from_be_bytes` / `from_ne_bytes`. (For a word, LLVM's BPF
+/// backend emits byte loads and shifts: a few instructions more than the
+/// old misaligned `*ptr`, no measurable cost per packet.)
 #[inline(always)]
 pub(crate) fn load<const N: usize>(ctx: &XdpContext, offset: usize) -> Result<[u8; N], ()> {
     let p = ptr_at::<[u8; N]>(ctx, offset)?;

@@ -488,7 +488,8 @@ fn take() -> bool {
     };
     // SAFETY: the kernel's ktime helper, no arguments.
     let now = unsafe { bpf_ktime_get_ns() };
-    // SAFETY: this CPU's slot of a per-CPU array: nothing else writes it
+    // SAFETY: the kernel's pointer to this CPU's slot of a per-CPU array
+    // (non-null, 8-aligned as `TokenBucket` needs): nothing else writes it
     // while this program runs here (XDP runs with preemption off).
     take_token(unsafe { &mut *b }, now, cfg.cost_ns, cfg.cap_ns)
 }
@@ -496,7 +497,8 @@ fn take() -> bool {
 #[inline(always)]
 fn count(index: u32) {
     if let Some(c) = TARPIT_STATS.get_ptr_mut(index) {
-        // SAFETY: this CPU's slot; no other CPU writes it.
+        // SAFETY: the kernel's pointer to this CPU's slot (non-null,
+        // 8-aligned); no other CPU writes it.
         unsafe { *c += 1 };
     }
 }
