@@ -80,7 +80,7 @@ const IPV4_SRC_OFF: usize = 12;
 const IPV6_SRC_OFF: usize = 8;
 
 #[xdp]
-pub fn xban_xdp(ctx: XdpContext) -> u32 {
+pub(crate) fn xban_xdp(ctx: XdpContext) -> u32 {
     count(stats::SEEN);
     match try_xban_xdp(&ctx) {
         Ok(verdict) => verdict,

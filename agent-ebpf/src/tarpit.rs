@@ -55,7 +55,7 @@ const ACK: u8 = 0x10;
 
 /// What the program does with tarpit-class packets, as the agent set it.
 #[inline(always)]
-pub fn engine() -> u32 {
+pub(crate) fn engine() -> u32 {
     TARPIT_CFG
         .get(0)
         .map(|c| c.engine)
@@ -65,7 +65,7 @@ pub fn engine() -> u32 {
 /// Answer (or drop) a packet from a tarpit-class source; `l3` is the offset
 /// of its IP header, `v6` its family.
 #[inline(always)]
-pub fn tarpit(ctx: &XdpContext, l3: usize, v6: bool) -> u32 {
+pub(crate) fn tarpit(ctx: &XdpContext, l3: usize, v6: bool) -> u32 {
     if v6 {
         tarpit_v6(XdpContext::new(ctx.ctx), l3)
     } else {
