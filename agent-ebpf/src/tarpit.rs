@@ -16,7 +16,7 @@
 //! next header, no fragments, a valid TCP checksum; everything else from the
 //! source is dropped, and counted.
 
-use crate::ptr_at;
+use crate::{load, ptr_at};
 use core::ptr::{read_unaligned, write_unaligned};
 
 use aya_ebpf::{
@@ -55,7 +55,7 @@ const ACK: u8 = 0x10;
 
 /// What the program does with tarpit-class packets, as the agent set it.
 #[inline(always)]
-pub fn engine() -> u32 {
+pub(crate) fn engine() -> u32 {
     TARPIT_CFG
         .get(0)
         .map(|c| c.engine)
@@ -65,7 +65,7 @@ pub fn engine() -> u32 {
 /// Answer (or drop) a packet from a tarpit-class source; `l3` is the offset
 /// of its IP header, `v6` its family.
 #[inline(always)]
-pub fn tarpit(ctx: &XdpContext, l3: usize, v6: bool) -> u32 {
+pub(crate) fn tarpit(ctx: &XdpContext, l3: usize, v6: bool) -> u32 {
     if v6 {
         tarpit_v6(XdpContext::new(ctx.ctx), l3)
     } else {
@@ -140,10 +140,7 @@ fn reply_v4(ctx: &XdpContext, l3: usize) -> Result<Reply, ()> {
     if !unicast_mac(ctx)? {
         return Ok(Reply::Dropped(stats::UNANSWERABLE));
     }
-    let ip = ptr_at::<[u8; IPV4_HDR_LEN]>(ctx, l3)?;
-    // SAFETY: `ptr_at` checked that the 20 bytes are inside the packet; an
-    // unaligned read copies them out.
-    let h = unsafe { read_unaligned(ip) };
+    let h = load::<IPV4_HDR_LEN>(ctx, l3)?;
     if h[9] != IPPROTO_TCP {
         return Ok(Reply::Dropped(stats::NOT_TCP));
     }
@@ -229,9 +226,7 @@ fn reply_v6(ctx: &XdpContext, l3: usize) -> Result<Reply, ()> {
             return Ok(Reply::Dropped(stats::UNANSWERABLE))
         }
         IPPROTO_ICMPV6 => {
-            let t = ptr_at::<[u8; 1]>(ctx, l3 + IPV6_HDR_LEN)?;
-            // SAFETY: `ptr_at` checked the byte.
-            let icmp_type = unsafe { read_unaligned(t) }[0];
+            let [icmp_type] = load::<1>(ctx, l3 + IPV6_HDR_LEN)?;
             if icmp_type == ND_SOLICIT || icmp_type == ND_ADVERT {
                 return Ok(Reply::Pass);
             }
@@ -358,9 +353,7 @@ fn read_segment(
     seg_len: usize,
     pseudo: u64,
 ) -> Result<Option<Segment>, ()> {
-    let p = ptr_at::<[u8; TCP_HDR_LEN]>(ctx, tcp)?;
-    // SAFETY: `ptr_at` checked the 20 bytes; an unaligned read copies them.
-    let t = unsafe { read_unaligned(p) };
+    let t = load::<TCP_HDR_LEN>(ctx, tcp)?;
     let doff = (t[12] >> 4) as usize * 4;
     if doff < TCP_HDR_LEN || doff > seg_len {
         return Ok(None);
@@ -393,10 +386,7 @@ fn sum_packet(ctx: &XdpContext, off: usize, len: usize) -> Result<u64, ()> {
         if i + 4 > len {
             break;
         }
-        let p = ptr_at::<[u8; 4]>(ctx, off + i)?;
-        // SAFETY: `ptr_at` checked the 4 bytes.
-        let w = unsafe { read_unaligned(p) };
-        sum += u32::from_be_bytes(w) as u64;
+        sum += u32::from_be_bytes(load(ctx, off + i)?) as u64;
         i += 4;
     }
     // The 0..3 bytes left.
@@ -404,9 +394,8 @@ fn sum_packet(ctx: &XdpContext, off: usize, len: usize) -> Result<u64, ()> {
         if i >= len {
             break;
         }
-        let p = ptr_at::<u8>(ctx, off + i)?;
-        // SAFETY: `ptr_at` checked the byte.
-        let b = unsafe { *p } as u64;
+        let [b] = load::<1>(ctx, off + i)?;
+        let b = b as u64;
         sum += if i & 1 == 0 { b << 8 } else { b };
         i += 1;
     }
@@ -456,9 +445,8 @@ fn sum_words<const N: usize>(b: &[u8; N]) -> u64 {
 fn unicast_mac(ctx: &XdpContext) -> Result<bool, ()> {
     // The whole Ethernet header: a one-byte check at offset 0 compiles to
     // `data >= data_end`, from which the verifier learns no range.
-    let p = ptr_at::<[u8; 14]>(ctx, 0)? as *const u8;
-    // SAFETY: `ptr_at` checked the 14 bytes.
-    Ok(unsafe { *p } & 1 == 0)
+    let eth = load::<14>(ctx, 0)?;
+    Ok(eth[0] & 1 == 0)
 }
 
 #[inline(always)]
@@ -500,7 +488,8 @@ fn take() -> bool {
     };
     // SAFETY: the kernel's ktime helper, no arguments.
     let now = unsafe { bpf_ktime_get_ns() };
-    // SAFETY: this CPU's slot of a per-CPU array: nothing else writes it
+    // SAFETY: the kernel's pointer to this CPU's slot of a per-CPU array
+    // (non-null, 8-aligned as `TokenBucket` needs): nothing else writes it
     // while this program runs here (XDP runs with preemption off).
     take_token(unsafe { &mut *b }, now, cfg.cost_ns, cfg.cap_ns)
 }
@@ -508,7 +497,8 @@ fn take() -> bool {
 #[inline(always)]
 fn count(index: u32) {
     if let Some(c) = TARPIT_STATS.get_ptr_mut(index) {
-        // SAFETY: this CPU's slot; no other CPU writes it.
+        // SAFETY: the kernel's pointer to this CPU's slot (non-null,
+        // 8-aligned); no other CPU writes it.
         unsafe { *c += 1 };
     }
 }

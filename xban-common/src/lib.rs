@@ -313,6 +313,10 @@ impl BanClass {
 }
 
 /// Value stored in `bans_v4` / `bans_v6` and `over_v4` / `over_v6`.
+///
+/// Keep its alignment at 4 (u32 fields only): an LPM trie stores the value
+/// right after the key's address bytes, so in `bans_v4` it sits 4 bytes off
+/// an 8-byte boundary, and the XDP program takes a reference to it.
 #[repr(C)]
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub struct BanValue {
@@ -323,6 +327,7 @@ pub struct BanValue {
 }
 
 /// Value stored in `allow_v4` / `allow_v6` (presence is what matters).
+/// Alignment 4 at most, as for [`BanValue`].
 #[repr(C)]
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub struct AllowValue {
