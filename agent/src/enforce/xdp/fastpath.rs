@@ -15,58 +15,37 @@ use super::maps::{class_of, gone_ok, is_errno, trie_rows};
 use super::{AtLoad, FastPathFamily, FastPathStatus, XdpMaps};
 use crate::addr::Target;
 
-/// A ban as the fast maps key it: the address bytes as native-endian words,
-/// as the program loads them from the packet.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub(super) enum Entry {
-    V4 { addr: u32, len: u32 },
-    V6 { hi: u64, lo: u64, len: u32 },
+/// A ban as the fast maps key it: the address bytes as native-endian
+/// words, as the program loads them from the packet (the codec's key).
+pub(super) use xban_common::fastpath::FastKey as Entry;
+
+/// An [`Entry`] to and from the agent's [`Target`].
+pub(super) trait EntryExt: Sized {
+    fn of(t: &Target) -> Self;
+    fn v6(&self) -> bool;
+    fn target(&self) -> Result<Target>;
 }
 
-impl Entry {
-    pub(super) fn of(t: &Target) -> Entry {
+impl EntryExt for Entry {
+    fn of(t: &Target) -> Entry {
         let len = t.prefix() as u32;
         match (t.v4_octets(), t.v6_octets()) {
-            (Some(a), _) => Entry::V4 {
-                addr: u32::from_ne_bytes(a),
-                len,
-            },
-            (_, Some(a)) => Entry::V6 {
-                hi: u64::from_ne_bytes(a[..8].try_into().expect("8 bytes")),
-                lo: u64::from_ne_bytes(a[8..].try_into().expect("8 bytes")),
-                len,
-            },
+            (Some(a), _) => Entry::v4(a, len),
+            (_, Some(a)) => Entry::v6(a, len),
             _ => unreachable!("a target is IPv4 or IPv6"),
         }
     }
 
-    pub(super) fn v6(&self) -> bool {
-        matches!(self, Entry::V6 { .. })
+    fn v6(&self) -> bool {
+        self.is_v6()
     }
 
-    pub(super) fn is_host(&self) -> bool {
-        matches!(
-            *self,
-            Entry::V4 { len: 32, .. } | Entry::V6 { len: 128, .. }
-        )
-    }
-
-    pub(super) fn bucket(&self) -> u32 {
-        match *self {
-            Entry::V4 { addr, len } => xban_common::tab_bucket_v4(addr, len),
-            Entry::V6 { hi, lo, len } => xban_common::tab_bucket_v6(hi, lo, len),
-        }
-    }
-
-    pub(super) fn target(&self) -> Result<Target> {
-        Ok(match *self {
-            Entry::V4 { addr, len } => Target::from_v4(addr.to_ne_bytes(), len)?,
-            Entry::V6 { hi, lo, len } => {
-                let mut a = [0u8; 16];
-                a[..8].copy_from_slice(&hi.to_ne_bytes());
-                a[8..].copy_from_slice(&lo.to_ne_bytes());
-                Target::from_v6(a, len)?
-            }
+    fn target(&self) -> Result<Target> {
+        let len = self.prefix_len();
+        Ok(match (self.v4_octets(), self.v6_octets()) {
+            (Some(a), _) => Target::from_v4(a, len)?,
+            (_, Some(a)) => Target::from_v6(a, len)?,
+            _ => unreachable!("an entry is IPv4 or IPv6"),
         })
     }
 }
@@ -114,7 +93,8 @@ impl SlotCounts {
         let mut w = [0u64; 2];
         for (len, &n) in self.lens.iter().enumerate() {
             if n > 0 {
-                w[len / 64] |= 1 << (len % 64);
+                let (i, bit) = xban_common::fastpath::dir_len_bit(len as u32);
+                w[i] |= bit;
             }
         }
         let mut flags = 0;
