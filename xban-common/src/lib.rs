@@ -335,6 +335,8 @@ pub struct AllowValue {
 }
 
 /// Indices of the per-CPU `stats` array.
+pub mod fastpath;
+
 pub mod stats {
     /// Every packet the program saw.
     pub const SEEN: u32 = 0;

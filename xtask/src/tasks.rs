@@ -113,10 +113,9 @@ pub fn test(ws: &Workspace, args: &[OsString]) -> Result<()> {
             .current_dir(&ws.root)
             .args(["test", "--workspace", "--release"])
             .args(["--exclude", TESTS_PACKAGE, "--exclude", EBPF_PACKAGE])
-            // The agent's unit tests that need root (`cargo xtask test` runs
-            // as root; plain `cargo test` leaves them out), and those that
-            // compare `xban import` with the installed fail2ban.
-            .args(["--features", "xban/privileged-tests,xban/fail2ban-tests"])
+            // The agent's tests that compare `xban import` with the
+            // installed fail2ban (plain `cargo test` leaves them out).
+            .args(["--features", "xban/fail2ban-tests"])
             .env(EBPF_OBJ_VAR, &obj)
             .envs(
                 journald

@@ -2,16 +2,19 @@
 //! XDP maps and, for the tarpit class, in iptables' steering set.
 
 pub mod geo_maps;
-pub mod iptables;
 pub mod links;
+pub mod steering;
 pub mod tarpit;
 pub mod xdp;
+
+/// The old name of [`steering`], kept for the code that imports it.
+pub use steering as iptables;
 
 use anyhow::Result;
 
 use crate::addr::Target;
 use crate::ban::{BanClass, MapChange};
-use iptables::{TarpitConfig, TarpitSteering};
+use steering::{TarpitConfig, TarpitSteering};
 use tarpit::Engine;
 
 /// Where ban decisions are written. The kernel in production; tests of the

@@ -13,7 +13,7 @@ use anyhow::{bail, Context, Result};
 use aya::maps::{Array, Map, MapData, PerCpuArray};
 use xban_common::tarpit::{self as common, engine, TarpitCfg, TarpitKey};
 
-use super::iptables::{limit_rate, SteeringMode, TarpitConfig};
+use super::steering::{limit_rate, SteeringMode, TarpitConfig};
 
 /// Reply counters summed over CPUs (`xban stats`: `tarpit_*`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]

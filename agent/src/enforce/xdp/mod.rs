@@ -1,0 +1,180 @@
+//! The XDP side of enforcement: load (or adopt) the program and its pinned
+//! maps, attach it through pinned bpf_links, and keep the ban maps in step
+//! with the agent's bans: the LPM tries (the record) and the exact-match
+//! table, overflow hash and directory the program reads (see `xban_common`).
+//!
+//! Everything is pinned under the pin directory so that bans keep dropping
+//! while the agent is stopped: maps by name, the program as `prog_xdp`, one
+//! link per interface under `links/`. A new agent reuses the maps, brings the
+//! program's maps in line with the tries (an older agent's pin directory has
+//! none of them), and only then swaps its program into the existing links
+//! atomically (bpf_link_update), so there is no moment without a program
+//! attached or with bans missing.
+//!
+//! The module follows that split: `program` loads, pins, attaches and
+//! tears down (the link swap), `maps` owns the ban and allow tries, the
+//! stats and their batch reads, and `fastpath` keeps the exact-match fast
+//! tables and directory in step with the tries, through the shared
+//! mappings of `mapped` and the layout of `xban_common::fastpath`.
+
+mod fastpath;
+mod mapped;
+mod maps;
+mod program;
+
+use aya::maps::{HashMap, LpmTrie, MapData, PerCpuArray};
+use xban_common::{stats, AllowValue, BanValue, NetKey4, NetKey6};
+
+use crate::addr::Target;
+use crate::ban::BanClass;
+use fastpath::{Directory, TrieOnly};
+use mapped::{Dir, Table};
+
+pub use maps::stats_from_pins;
+pub(super) use program::{link_dir, xdp_mode, PROGRAM_NAME};
+pub use program::{pinned_interfaces, teardown, XdpEnforcer};
+
+/// `[agent] xdp_mode`: how XDP attaches.
+#[derive(Debug, Clone, Copy, serde::Deserialize, serde::Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum XdpModeSetting {
+    Auto,
+    Native,
+    Generic,
+}
+
+impl std::fmt::Display for XdpModeSetting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            XdpModeSetting::Auto => "auto",
+            XdpModeSetting::Native => "native",
+            XdpModeSetting::Generic => "generic",
+        })
+    }
+}
+
+/// Per-CPU counters summed, by `xban_common::stats` index.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct XdpStats {
+    pub seen: u64,
+    pub dropped: u64,
+    pub passed_allowlisted: u64,
+    pub passed_tarpit: u64,
+    pub passed_clean: u64,
+    pub passed_not_ip: u64,
+    /// The XDP tarpit's replies and drops (zero where its map is missing).
+    #[serde(flatten, serialize_with = "tarpit_prefixed")]
+    pub tarpit: crate::enforce::tarpit::TarpitStats,
+}
+
+/// The tarpit counters as `tarpit_<name>` keys beside the others.
+fn tarpit_prefixed<S: serde::Serializer>(
+    t: &crate::enforce::tarpit::TarpitStats,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeMap;
+    let mut m = s.serialize_map(Some(8))?;
+    for (k, v) in [
+        ("tarpit_synack", t.synack),
+        ("tarpit_ack", t.ack),
+        ("tarpit_rst", t.rst),
+        ("tarpit_ignored", t.ignored),
+        ("tarpit_over_limit", t.over_limit),
+        ("tarpit_not_tcp", t.not_tcp),
+        ("tarpit_unanswerable", t.unanswerable),
+        ("tarpit_passed_nd", t.passed_nd),
+    ] {
+        m.serialize_entry(k, &v)?;
+    }
+    m.end()
+}
+
+impl XdpStats {
+    fn from_counters(c: &[u64; stats::COUNT as usize]) -> Self {
+        XdpStats {
+            seen: c[stats::SEEN as usize],
+            dropped: c[stats::DROPPED as usize],
+            passed_allowlisted: c[stats::PASSED_ALLOWED as usize],
+            passed_tarpit: c[stats::PASSED_TARPIT as usize],
+            passed_clean: c[stats::PASSED_CLEAN as usize],
+            passed_not_ip: c[stats::PASSED_NOT_IP as usize],
+            tarpit: Default::default(),
+        }
+    }
+}
+
+type Trie4<V> = LpmTrie<MapData, [u8; 4], V>;
+type Trie6<V> = LpmTrie<MapData, [u8; 16], V>;
+
+/// The ban and allow maps, owned by the running agent.
+///
+/// `bans_v4`/`bans_v6` (LPM tries) hold every ban and are the record the
+/// agent reads back. The XDP program reads copies laid out for speed (see
+/// `xban_common`): an exact-match bucket table per family that this agent
+/// writes through a shared mapping, an overflow hash for entries whose
+/// bucket is full, and per region a directory slot listing the prefix
+/// lengths banned there and whether the allowlist has entries there. The
+/// agent is the only writer; the counts behind the directory and the
+/// overflow flags are kept here.
+pub struct XdpMaps {
+    allow_v4: Trie4<AllowValue>,
+    allow_v6: Trie6<AllowValue>,
+    bans_v4: Trie4<BanValue>,
+    bans_v6: Trie6<BanValue>,
+    tab_v4: Table,
+    tab_v6: Table,
+    over_v4: HashMap<MapData, NetKey4, BanValue>,
+    over_v6: HashMap<MapData, NetKey6, BanValue>,
+    dir_v4: Dir,
+    dir_v6: Dir,
+    stats: PerCpuArray<MapData, u64>,
+    /// The XDP tarpit's maps (absent in a pin directory an older agent left).
+    pub tarpit: Option<crate::enforce::tarpit::TarpitMaps>,
+    /// (IPv6?, bucket) → how many of its entries are in the overflow hash.
+    spilled: std::collections::HashMap<(bool, u32), u32>,
+    /// Bans that fit neither their bucket nor the overflow hash: in the trie
+    /// only, their regions flagged so that the program looks there.
+    trie_only: TrieOnly,
+    /// Entries in the overflow hashes, per family (the sum of `spilled`).
+    in_over: [usize; 2],
+    /// Entries in the bucket tables, per family (IPv4, IPv6).
+    in_table: [usize; 2],
+    /// The highest occupancy warning given (0, 80 or 95 % of the overflow
+    /// hash), per family, so that each is logged once per crossing.
+    warned: [u8; 2],
+    dir: Directory,
+    /// The ban tries as read at load, and what was written since, until
+    /// restore takes them (see `bans_for_restore`).
+    at_load: Option<AtLoad>,
+}
+
+/// The ban tries as read at load and every change written since: what
+/// restore compares with the store, without a second read of a million
+/// entries.
+struct AtLoad {
+    read: Vec<(Target, Option<BanClass>)>,
+    /// `None`: removed since.
+    since: std::collections::HashMap<Target, Option<BanClass>>,
+}
+
+/// How full the fast path is, per family (`status --json`, metrics).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FastPathFamily {
+    /// Entries in the exact-match bucket table.
+    pub table_entries: usize,
+    pub table_capacity: usize,
+    /// Entries in the overflow hash (their bucket was full).
+    pub overflow_entries: usize,
+    pub overflow_capacity: usize,
+    /// Bans held by the trie only: neither table nor overflow had room.
+    pub trie_only: usize,
+    /// Directory slots whose sources are looked up in the trie for that reason.
+    pub fallback_regions: usize,
+}
+
+/// [`FastPathFamily`] for both families.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FastPathStatus {
+    pub v4: FastPathFamily,
+    pub v6: FastPathFamily,
+}

@@ -1,0 +1,156 @@
+//! The XDP program: load it (adopting pinned maps), pin it, attach it to
+//! interfaces through pinned links (swapped atomically, see `links`), and
+//! tear everything down.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use aya::programs::{Xdp, XdpMode};
+use aya::{Ebpf, EbpfLoader};
+
+use super::{XdpMaps, XdpModeSetting};
+use crate::directories::pins;
+
+/// The XDP object, embedded at build time (see build.rs).
+static XDP_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xban-xdp.o"));
+pub(in crate::enforce) const PROGRAM_NAME: &str = "xban_xdp";
+
+/// The loaded program. Dropping it leaves pinned things in place.
+pub struct XdpEnforcer {
+    pub(in crate::enforce) ebpf: Ebpf,
+    pub(in crate::enforce) pin_dir: PathBuf,
+    /// Interfaces configured.
+    pub attached: Vec<String>,
+    /// Each configured interface's link, as last checked (see `links`).
+    pub(in crate::enforce) links: Vec<crate::enforce::links::LinkWatch>,
+    pub(in crate::enforce) mode: XdpModeSetting,
+    /// Times lost pins (maps, program) were re-created.
+    pub(in crate::enforce) pin_repairs: u64,
+}
+
+pub(in crate::enforce) fn link_dir(pin_dir: &Path) -> PathBuf {
+    pin_dir.join(pins::LINKS)
+}
+
+impl XdpEnforcer {
+    /// Load the program, reusing maps already pinned in `pin_dir` (so bans
+    /// written by a previous agent stay), or creating and pinning them.
+    pub fn load(pin_dir: &Path) -> Result<(XdpEnforcer, XdpMaps)> {
+        if XDP_OBJECT.is_empty() {
+            bail!("this xban binary was built without its XDP program: build it with `cargo xtask build` (it runs build-ebpf first)");
+        }
+        crate::setup::private_dir(pin_dir)?;
+        crate::setup::private_dir(&link_dir(pin_dir))?;
+        let mut ebpf = EbpfLoader::new()
+            .default_map_pin_directory(pin_dir)
+            .load(XDP_OBJECT)
+            .with_context(|| {
+                format!(
+                    "load the XDP program with maps pinned in {} (if an older xban left incompatible maps there, run `xban teardown`)",
+                    pin_dir.display()
+                )
+            })?;
+        let prog: &mut Xdp = ebpf
+            .program_mut(PROGRAM_NAME)
+            .context("the XDP object has no program xban_xdp")?
+            .try_into()?;
+        prog.load()
+            .context("the kernel's verifier refused the XDP program")?;
+        // Re-pin the program for bpftool (`bpftool prog run pinned ...`).
+        let prog_pin = pin_dir.join(pins::PROGRAM);
+        let _ = std::fs::remove_file(&prog_pin);
+        prog.pin(&prog_pin)
+            .with_context(|| format!("pin program at {}", prog_pin.display()))?;
+        let maps = XdpMaps::from_ebpf(&mut ebpf)?;
+        let enforcer = XdpEnforcer {
+            ebpf,
+            pin_dir: pin_dir.to_path_buf(),
+            attached: Vec::new(),
+            links: Vec::new(),
+            mode: XdpModeSetting::Auto,
+            pin_repairs: 0,
+        };
+        Ok((enforcer, maps))
+    }
+
+    /// Attach to each interface, adopting links a previous agent pinned
+    /// (atomic program swap), replacing severed ones, and detaching from
+    /// interfaces no longer listed. An interface that does not exist is
+    /// reported and attached when it appears (see `links`); any other
+    /// failure to attach is an error.
+    pub fn attach(&mut self, interfaces: &[String], mode: XdpModeSetting) -> Result<()> {
+        let links = link_dir(&self.pin_dir);
+        self.mode = mode;
+        self.links = interfaces
+            .iter()
+            .map(|i| crate::enforce::links::LinkWatch::new(i))
+            .collect();
+        for idx in 0..self.links.len() {
+            self.ensure_link(idx, true)?;
+        }
+        // Interfaces dropped from the config: unpinning the link detaches it.
+        for entry in
+            std::fs::read_dir(&links).with_context(|| format!("read {}", links.display()))?
+        {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !interfaces.contains(&name) {
+                std::fs::remove_file(entry.path())?;
+                tracing::info!(interface = %name, "detached XDP from an interface no longer configured");
+            }
+        }
+        self.attached = interfaces.to_vec();
+        Ok(())
+    }
+}
+
+pub(in crate::enforce) fn xdp_mode(m: XdpModeSetting) -> XdpMode {
+    match m {
+        XdpModeSetting::Auto => XdpMode::Default,
+        XdpModeSetting::Native => XdpMode::Driver,
+        XdpModeSetting::Generic => XdpMode::Skb,
+    }
+}
+
+/// Remove everything pinned under `pin_dir`: links first (which detaches the
+/// program from every interface), then the program and the maps. Returns what
+/// was removed.
+pub fn teardown(pin_dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut removed = Vec::new();
+    if !pin_dir.exists() {
+        return Ok(removed);
+    }
+    let links = link_dir(pin_dir);
+    if links.exists() {
+        for entry in std::fs::read_dir(&links)? {
+            let path = entry?.path();
+            std::fs::remove_file(&path).with_context(|| format!("remove {}", path.display()))?;
+            removed.push(path);
+        }
+        std::fs::remove_dir(&links).with_context(|| format!("remove {}", links.display()))?;
+    }
+    for entry in std::fs::read_dir(pin_dir)? {
+        let path = entry?.path();
+        if path.is_dir() {
+            bail!(
+                "unexpected directory {} in the pin directory: remove it by hand",
+                path.display()
+            );
+        }
+        std::fs::remove_file(&path).with_context(|| format!("remove {}", path.display()))?;
+        removed.push(path);
+    }
+    std::fs::remove_dir(pin_dir).with_context(|| format!("remove {}", pin_dir.display()))?;
+    Ok(removed)
+}
+
+/// Interfaces with a pinned xban link (attached even while no agent runs).
+pub fn pinned_interfaces(pin_dir: &Path) -> Vec<String> {
+    std::fs::read_dir(link_dir(pin_dir))
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
