@@ -9,6 +9,7 @@ use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
 use crate::addr::Target;
+use crate::api::protocol::{Reply, Request};
 use crate::backlog::StoreBacklog;
 use crate::ban::{
     now_secs, BanBook, BanClass, BanEvent, BanEventKind, BanRecord, MapChange, UnixSecs,
@@ -16,7 +17,6 @@ use crate::ban::{
 };
 use crate::blocklist::{Blocklists, BLOCKLIST_JAIL};
 use crate::config::ResolvedConfig;
-use crate::control::{Reply, Request};
 use crate::enforce::Enforcer;
 use crate::escalation::{self, EscalationConfig, SubnetTracker, SUBNET_JAIL};
 use crate::guard::{BanGuard, BanOrigin, HostAddrs, Refusal};
@@ -1541,12 +1541,6 @@ fn expiry(now: UnixSecs, bantime: BanTime) -> Option<UnixSecs> {
     }
 }
 
-/// This machine's addresses (and loopback) now: a snapshot. The agent
-/// itself follows changes through [`HostAddrs::live`].
-pub fn self_addresses() -> Vec<Target> {
-    crate::guard::read_host_addresses()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1973,7 +1967,7 @@ bogus
         );
         let cfg = Config::parse(&text).unwrap().validate().unwrap();
         // A 0-byte database file, as a full disk or an operator leaves it.
-        std::fs::write(dir.path().join(crate::directories::STATE_DB), b"").unwrap();
+        std::fs::write(dir.path().join(crate::sys::paths::STATE_DB), b"").unwrap();
         let kernel = Recorder::default();
         kernel.preload("203.0.113.5");
         kernel.preload("2001:db8:1::/48");
@@ -2234,7 +2228,7 @@ bogus
                 ("min_prefix".into(), "blocklist".into()),
             ]
         );
-        let text = crate::metrics::Metrics::default().render(&st, 1);
+        let text = crate::api::metrics::Metrics::default().render(&st, 1);
         assert!(
             text.contains("xban_ban_refusals_total{rule=\"host_address\",origin=\"subnet\"} 1"),
             "{text}"
@@ -2420,7 +2414,7 @@ bogus
         assert!(st.jails[0].failing_now <= 1000);
         // 50,001 addresses tracked in all, 1,000 at a time.
         assert_eq!(st.jails[0].counters["window_evictions"], 50_001 - 1000);
-        let text = crate::metrics::Metrics::default().render(&st, 1);
+        let text = crate::api::metrics::Metrics::default().render(&st, 1);
         assert!(
             text.contains("xban_window_evictions_total{jail=\"ssh\"} 49001"),
             "{text}"

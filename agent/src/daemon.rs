@@ -12,13 +12,14 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::actions::{self, ActionConfig};
 use crate::agent::{AgentCore, BanListing, LoopTurns, LISTING_SLICE};
+use crate::api::metrics::Metrics;
+use crate::api::protocol::{ControlMessage, Reply, Request};
+use crate::api::socket;
 use crate::ban::now_secs;
 use crate::config::{Config, JailSettings, ResolvedConfig, SourceSpec};
-use crate::control::{self, ControlMessage, Reply, Request};
 use crate::enforce::iptables::TarpitSteering;
 use crate::enforce::xdp::{self, XdpEnforcer, XdpStats};
 use crate::enforce::{DryRunEnforcer, Enforcer, KernelEnforcer};
-use crate::metrics::Metrics;
 use crate::source::file::{FilePosition, FileSource, FileSourceOptions};
 use crate::source::journal::{journal_available, JournalSource, JournalSourceOptions};
 use crate::source::{SourceLine, SourceStats};
@@ -652,33 +653,33 @@ pub async fn run(config_path: &Path, opts: RunOptions) -> Result<()> {
         tracing::warn!("{note}");
     }
     let agent = resolved.agent.clone();
-    let nofile = crate::setup::raise_nofile_limit();
+    let nofile = crate::sys::setup::raise_nofile_limit();
     tracing::debug!(nofile, "open-file limit");
     // Held until the process ends: one agent per pin and per state directory.
     let mut _locks = Vec::new();
     if !opts.dry_run {
-        crate::setup::check_capabilities()?;
-        crate::setup::ensure_bpffs(&agent.bpf_pin_dir)?;
-        crate::setup::private_dir(&agent.state_dir)?;
-        crate::setup::private_dir(&agent.bpf_pin_dir)?;
-        _locks.push(crate::instance::lock_dir(
+        crate::sys::setup::check_capabilities()?;
+        crate::sys::setup::ensure_bpffs(&agent.bpf_pin_dir)?;
+        crate::sys::setup::private_dir(&agent.state_dir)?;
+        crate::sys::setup::private_dir(&agent.bpf_pin_dir)?;
+        _locks.push(crate::sys::instance::lock_dir(
             &agent.bpf_pin_dir,
             "pin directory",
             "bpf_pin_dir",
         )?);
-        _locks.push(crate::instance::lock_dir(
+        _locks.push(crate::sys::instance::lock_dir(
             &agent.state_dir,
             "state directory",
             "state_dir",
         )?);
     }
     let interfaces = if agent.interfaces.is_empty() {
-        vec![crate::setup::default_route_interface()?]
+        vec![crate::sys::interfaces::default_route_interface()?]
     } else {
         agent.interfaces.clone()
     };
     // Bind first: a second agent must fail before touching the kernel.
-    let listener = control::bind(&agent.socket)?;
+    let listener = socket::bind(&agent.socket)?;
 
     let (mut program, store, enforcer): (Option<XdpEnforcer>, BanStore, Box<dyn Enforcer>) =
         if opts.dry_run {
@@ -733,9 +734,9 @@ pub async fn run(config_path: &Path, opts: RunOptions) -> Result<()> {
         let l = tokio::net::TcpListener::from_std(l)
             .with_context(|| format!("[agent] metrics_listen: {addr}"))?;
         tracing::info!(%addr, "serving Prometheus metrics at /metrics");
-        tokio::spawn(crate::metrics::serve(l, ctl_tx.clone()));
+        tokio::spawn(crate::api::metrics::serve(l, ctl_tx.clone()));
     }
-    tokio::spawn(control::serve(listener, ctl_tx));
+    tokio::spawn(socket::serve(listener, ctl_tx));
 
     // Link events wake the XDP check at once; a periodic one catches what
     // no event says (a detached link, removed pins).
@@ -774,7 +775,7 @@ pub async fn run(config_path: &Path, opts: RunOptions) -> Result<()> {
             d.fleet = Some(crate::fleet::apply::FleetRuntime::start(
                 settings.clone(),
                 &mut d.core,
-                crate::agent::self_addresses(),
+                crate::sys::interfaces::read_host_addresses(),
             )?)
         }
         (None, _) => {}

@@ -13,8 +13,8 @@ use std::path::{Component, Path, PathBuf};
 
 use crate::addr::Target;
 use crate::config::{AgentConfig, ResolvedConfig, SourceSpec};
-use crate::directories;
 use crate::escalation::EscalationConfig;
+use crate::sys::paths;
 
 type Problem = (String, String);
 
@@ -141,7 +141,7 @@ fn check_path(key: &str, path: &Path, kind: PathKind, example: &str) -> Result<(
         ));
     }
     if kind == PathKind::PinDir {
-        let root = Path::new(directories::BPFFS_MOUNT);
+        let root = Path::new(paths::BPFFS_MOUNT);
         if path == root || path == Path::new("/") {
             return Err(problem(
                 key,
@@ -194,9 +194,7 @@ fn check_path(key: &str, path: &Path, kind: PathKind, example: &str) -> Result<(
         // Inside another agent's pin directory, either teardown removes the
         // other's pins.
         for anc in path.ancestors().skip(1) {
-            if anc.join(directories::pins::PROGRAM).exists()
-                || anc.join(directories::pins::LINKS).is_dir()
-            {
+            if anc.join(paths::pins::PROGRAM).exists() || anc.join(paths::pins::LINKS).is_dir() {
                 return Err(problem(
                     key,
                     format!("`{shown}` is inside {}, another xban pin directory: use a directory beside it, e.g. \"{}\"", anc.display(), anc.with_file_name("xban-2").display()),
@@ -217,25 +215,25 @@ pub fn check_agent_section(agent: &AgentConfig) -> Result<(), Problem> {
         "agent.state_dir",
         &agent.state_dir,
         PathKind::Dir,
-        directories::STATE_DIR,
+        paths::STATE_DIR,
     )?;
     check_path(
         "agent.socket",
         &agent.socket,
         PathKind::Socket,
-        directories::SOCKET,
+        paths::SOCKET,
     )?;
     check_path(
         "agent.bpf_pin_dir",
         &agent.bpf_pin_dir,
         PathKind::PinDir,
-        directories::BPF_PIN_DIR,
+        paths::BPF_PIN_DIR,
     )?;
     check_path(
         "agent.filters_dir",
         &agent.filters_dir,
         PathKind::Dir,
-        directories::FILTERS_DIR,
+        paths::FILTERS_DIR,
     )?;
     if agent.state_dir.starts_with(&agent.bpf_pin_dir)
         || agent.socket.starts_with(&agent.bpf_pin_dir)
@@ -508,7 +506,7 @@ fn check_pin_dir_mount(pin_dir: &Path) -> Result<(), String> {
         .ancestors()
         .find(|a| a.exists())
         .unwrap_or(Path::new("/"));
-    let mount = Path::new(directories::BPFFS_MOUNT);
+    let mount = Path::new(paths::BPFFS_MOUNT);
     if !on_bpffs(nearest)
         && !(pin_dir.starts_with(mount) && (nearest == mount || mount.starts_with(nearest)))
     {
@@ -516,7 +514,7 @@ fn check_pin_dir_mount(pin_dir: &Path) -> Result<(), String> {
             "{} is not on bpffs ({} is on another filesystem): put it under /sys/fs/bpf, e.g. {}",
             pin_dir.display(),
             nearest.display(),
-            directories::BPF_PIN_DIR
+            paths::BPF_PIN_DIR
         ));
     }
     Ok(())

@@ -175,7 +175,7 @@ enum Batch {
 
 impl BanStore {
     pub fn open(state_dir: &Path) -> Result<BanStore, StoreError> {
-        let path = state_dir.join(crate::directories::STATE_DB);
+        let path = state_dir.join(crate::sys::paths::STATE_DB);
         let wrap = |source| StoreError::Sqlite {
             path: path.clone(),
             source,
@@ -765,7 +765,7 @@ mod tests {
     #[test]
     fn the_log_is_checkpointed_by_its_own_thread() {
         let dir = tempfile::tempdir().unwrap();
-        let db = dir.path().join(crate::directories::STATE_DB);
+        let db = dir.path().join(crate::sys::paths::STATE_DB);
         let mut store = BanStore::open(dir.path()).unwrap();
         let auto: i64 = store
             .conn
@@ -797,7 +797,7 @@ mod tests {
         {
             // A database written by the previous schema, with a replayed ban
             // recorded twice.
-            let conn = Connection::open(dir.path().join(crate::directories::STATE_DB)).unwrap();
+            let conn = Connection::open(dir.path().join(crate::sys::paths::STATE_DB)).unwrap();
             conn.execute_batch(MIGRATIONS[0]).unwrap();
             conn.pragma_update(None, "user_version", 1).unwrap();
             for _ in 0..2 {

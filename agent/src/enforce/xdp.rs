@@ -27,7 +27,7 @@ use xban_common::{stats, AllowValue, BanValue, NetKey4, NetKey6};
 
 use crate::addr::Target;
 use crate::ban::BanClass;
-use crate::directories::pins;
+use crate::sys::paths::pins;
 
 /// `[agent] xdp_mode`: how XDP attaches.
 #[derive(Debug, Clone, Copy, serde::Deserialize, serde::Serialize, PartialEq, Eq)]
@@ -1530,8 +1530,8 @@ impl XdpEnforcer {
         if XDP_OBJECT.is_empty() {
             bail!("this xban binary was built without its XDP program: build it with `cargo xtask build` (it runs build-ebpf first)");
         }
-        crate::setup::private_dir(pin_dir)?;
-        crate::setup::private_dir(&link_dir(pin_dir))?;
+        crate::sys::setup::private_dir(pin_dir)?;
+        crate::sys::setup::private_dir(&link_dir(pin_dir))?;
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(pin_dir)
             .load(XDP_OBJECT)

@@ -421,7 +421,7 @@ impl Metrics {
 /// Serve `GET /metrics` on `listener`, asking `fetch` for the text.
 pub async fn serve(
     listener: tokio::net::TcpListener,
-    tx: tokio::sync::mpsc::Sender<crate::control::ControlMessage>,
+    tx: tokio::sync::mpsc::Sender<crate::api::protocol::ControlMessage>,
 ) {
     serve_with(listener, tx, LIMITS).await
 }
@@ -434,7 +434,7 @@ pub const LIMITS: crate::conn_limit::Limits = crate::conn_limit::Limits {
 
 pub async fn serve_with(
     listener: tokio::net::TcpListener,
-    tx: tokio::sync::mpsc::Sender<crate::control::ControlMessage>,
+    tx: tokio::sync::mpsc::Sender<crate::api::protocol::ControlMessage>,
     limits: crate::conn_limit::Limits,
 ) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -463,8 +463,8 @@ pub async fn serve_with(
             let (status, body) = if head.starts_with("GET /metrics ") || head.starts_with("GET / ")
             {
                 let (reply_tx, reply_rx) = tokio::sync::oneshot::channel();
-                let msg = crate::control::ControlMessage {
-                    request: crate::control::Request::Metrics,
+                let msg = crate::api::protocol::ControlMessage {
+                    request: crate::api::protocol::Request::Metrics,
                     reply: reply_tx,
                 };
                 match tx.send(msg).await {
