@@ -11,7 +11,6 @@ use anyhow::{Context, Result};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::actions::{self, ActionConfig};
-use crate::agent::{AgentCore, BanListing, LoopTurns, LISTING_SLICE};
 use crate::api::metrics::Metrics;
 use crate::api::protocol::{ControlMessage, Reply, Request};
 use crate::api::socket;
@@ -20,6 +19,8 @@ use crate::config::{Config, JailSettings, ResolvedConfig, SourceSpec};
 use crate::enforce::iptables::TarpitSteering;
 use crate::enforce::xdp::{self, XdpEnforcer, XdpStats};
 use crate::enforce::{DryRunEnforcer, Enforcer, KernelEnforcer};
+use crate::engine::status::{BanListing, LoopTurns, LISTING_SLICE};
+use crate::engine::Agent;
 use crate::source::file::{FilePosition, FileSource, FileSourceOptions};
 use crate::source::journal::{journal_available, JournalSource, JournalSourceOptions};
 use crate::source::{SourceLine, SourceStats};
@@ -101,7 +102,7 @@ struct PreparedSource {
 struct Daemon {
     config_path: PathBuf,
     resolved: ResolvedConfig,
-    core: AgentCore,
+    core: Agent,
     sources: HashMap<String, RunningSource>,
     /// The generation of each jail's running source: lines a stopped source
     /// left queued are dropped (their positions were not saved past them, so
@@ -116,7 +117,7 @@ struct Daemon {
     dns: Option<crate::dns::Refresher>,
     dns_tx: mpsc::Sender<crate::dns::LookupResult>,
     /// `[fleet]`, when on.
-    fleet: Option<crate::fleet::apply::FleetRuntime>,
+    fleet: Option<crate::engine::fleet_sync::FleetRuntime>,
     /// `banned` replies being read, a slice per loop turn, oldest first.
     listings: std::collections::VecDeque<(BanListing, oneshot::Sender<Reply>)>,
     /// How long the loop's turns take (status, metrics).
@@ -287,7 +288,7 @@ impl Daemon {
         for ev in events {
             self.metrics.record_event(&ev);
             // Actions run where the ban was decided, not on every node.
-            if !crate::fleet::apply::is_fleet_jail(&ev.record.jail) {
+            if !crate::engine::fleet_sync::is_fleet_jail(&ev.record.jail) {
                 actions::dispatch(self.actions_for(&ev.record.jail), &ev);
             }
         }
@@ -296,7 +297,7 @@ impl Daemon {
     /// An operator's unban; with `[fleet]`, for every node unless `--local`
     /// or one jail's.
     fn unban(&mut self, req: &Request) -> Reply {
-        let reply = self.core.handle(req);
+        let reply = crate::api::handler::handle(&mut self.core, req);
         if let (
             Request::Unban {
                 jail: None,
@@ -440,14 +441,14 @@ impl Daemon {
         self.resolved.jails = new.jails.clone();
         self.resolved.allowlist = new.allowlist.clone();
         self.resolved.default_actions = new.default_actions.clone();
-        if crate::agent::all_names(&self.resolved) != crate::agent::all_names(&new)
+        if crate::engine::all_names(&self.resolved) != crate::engine::all_names(&new)
             || self.resolved.dns != new.dns
         {
             // New names are looked up now; the others again soon.
             self.resolved.allow_names = new.allow_names.clone();
             self.resolved.dns = new.dns.clone();
             self.dns = None;
-            let first = crate::agent::all_names(&new)
+            let first = crate::engine::all_names(&new)
                 .into_iter()
                 .map(|n| (n, Duration::ZERO))
                 .collect();
@@ -565,7 +566,7 @@ fn start_refresher(
 /// the administrator's address is let through from the first packet.
 /// Returns when each name is due next.
 async fn resolve_names_at_start(
-    core: &mut AgentCore,
+    core: &mut Agent,
     settings: &crate::dns::DnsSettings,
 ) -> Vec<(String, Duration)> {
     let names = core.dns_names();
@@ -711,8 +712,7 @@ pub async fn run(config_path: &Path, opts: RunOptions) -> Result<()> {
             };
             (Some(program), store, Box::new(enforcer))
         };
-    let mut core =
-        AgentCore::with_host(&resolved, store, enforcer, crate::guard::HostAddrs::live())?;
+    let mut core = Agent::with_host(&resolved, store, enforcer, crate::guard::HostAddrs::live())?;
     let dns_due = resolve_names_at_start(&mut core, &resolved.dns).await;
     let report = core.restore(now_secs())?;
     core.lift_bans_of_names()?;
@@ -772,7 +772,7 @@ pub async fn run(config_path: &Path, opts: RunOptions) -> Result<()> {
     match (&resolved.fleet, opts.dry_run) {
         (Some(_), true) => tracing::warn!("dry run: [fleet] is off (nothing published or applied)"),
         (Some(settings), false) => {
-            d.fleet = Some(crate::fleet::apply::FleetRuntime::start(
+            d.fleet = Some(crate::engine::fleet_sync::FleetRuntime::start(
                 settings.clone(),
                 &mut d.core,
                 crate::sys::interfaces::read_host_addresses(),
@@ -807,7 +807,7 @@ pub async fn run(config_path: &Path, opts: RunOptions) -> Result<()> {
                 let started = Instant::now();
                 let mut batch = vec![first];
                 if let Some(f) = d.fleet.as_mut() {
-                    while batch.len() < crate::fleet::apply::APPLY_BATCH {
+                    while batch.len() < crate::engine::fleet_sync::APPLY_BATCH {
                         match f.incoming.try_recv() {
                             Ok(i) => batch.push(i),
                             Err(_) => break,
@@ -864,7 +864,7 @@ pub async fn run(config_path: &Path, opts: RunOptions) -> Result<()> {
                         Err(e) => Reply::err(format!("{e:#}")),
                     },
                     Request::Unban { .. } => d.unban(&msg.request),
-                    other => d.core.handle(other),
+                    other => crate::api::handler::handle(&mut d.core, other),
                 };
                 d.drain_events();
                 let is_teardown = msg.request == Request::Teardown;

@@ -4,7 +4,6 @@
 
 pub mod actions;
 pub mod addr;
-pub mod agent;
 pub mod api;
 pub mod backlog;
 pub mod ban;
@@ -14,6 +13,7 @@ pub mod conn_limit;
 pub mod daemon;
 pub mod dns;
 pub mod enforce;
+pub mod engine;
 pub mod escalation;
 pub mod filter;
 pub mod fleet;

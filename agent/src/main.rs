@@ -6,10 +6,10 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
-use xban::agent::{BanView, StatusView};
 use xban::api::protocol::{Reply, Request};
 use xban::api::socket;
 use xban::config::Config;
+use xban::engine::status::{BanView, StatusView};
 use xban::sys::paths;
 
 #[derive(Parser)]
@@ -436,7 +436,7 @@ fn expires_text(expires_at: Option<i64>) -> String {
 /// `check`: each ignoreip host name is looked up once; one that does not
 /// resolve is reported (the agent would allowlist nothing for it yet).
 fn check_names(resolved: &xban::config::ResolvedConfig) -> Result<()> {
-    let names = xban::agent::all_names(resolved);
+    let names = xban::engine::all_names(resolved);
     if names.is_empty() {
         return Ok(());
     }
@@ -602,7 +602,7 @@ fn print_status(s: &StatusView) {
             "event loop: {} turns, {} over {} ms, slowest {:.1} ms ({})",
             l.turns,
             l.slow_turns,
-            xban::agent::LoopTurns::SLOW_MS,
+            xban::engine::status::LoopTurns::SLOW_MS,
             l.slowest_ms,
             l.slowest_work
         );

@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use crate::agent::StatusView;
 use crate::ban::{BanEvent, BanEventKind};
+use crate::engine::status::StatusView;
 
 /// Ban latency buckets (seconds): from a line being read to its ban's map
 /// entry, typically well under a millisecond.
@@ -548,7 +548,7 @@ mod tests {
             geo: None,
             bans_by_country: Default::default(),
             fleet: None,
-            event_loop: Some(crate::agent::LoopTurns {
+            event_loop: Some(crate::engine::status::LoopTurns {
                 turns: 9,
                 slow_turns: 2,
                 slowest_ms: 12.5,
@@ -556,14 +556,14 @@ mod tests {
                 by_work: [
                     (
                         "status".to_string(),
-                        crate::agent::WorkTurns {
+                        crate::engine::status::WorkTurns {
                             turns: 3,
                             slowest_ms: 12.5,
                         },
                     ),
                     (
                         "lines".to_string(),
-                        crate::agent::WorkTurns {
+                        crate::engine::status::WorkTurns {
                             turns: 6,
                             slowest_ms: 2.0,
                         },

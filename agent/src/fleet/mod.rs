@@ -9,7 +9,6 @@
 //! and `min_prefix_*`, and applies them idempotently with their absolute
 //! expiry under the jail `fleet`. Remote bans are never published again.
 
-pub mod apply;
 pub mod client;
 pub mod message;
 pub mod state;

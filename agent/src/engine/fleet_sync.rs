@@ -6,18 +6,19 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::atomic::Ordering::Relaxed;
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 use tokio::sync::mpsc;
 
-use super::client::{Delivery, FleetClient, Incoming};
-use super::message::{self, Body, DecodeError, FleetMessage};
-use super::state::{self, Outgoing};
-use super::{FleetSettings, FLEET_JAIL};
+use super::Agent;
 use crate::addr::Target;
-use crate::agent::AgentCore;
 use crate::ban::{now_secs, BanRecord, UnixSecs};
 use crate::ban::{BanEvent, BanEventKind};
 use crate::blocklist::BLOCKLIST_JAIL;
+use crate::fleet::client::{Delivery, FleetClient, Incoming};
+use crate::fleet::message::{self, Body, DecodeError, FleetMessage};
+use crate::fleet::state::{self, Outgoing};
+use crate::fleet::{FleetSettings, FLEET_JAIL};
+use crate::guard::BanOrigin;
 
 /// The jail key of `node`'s bans in the ban book: `fleet@NODE`, so each
 /// origin keeps its own record of a target.
@@ -74,7 +75,7 @@ pub struct Counters {
 /// Checks a remote ban against what this host never bans.
 pub fn refusal(
     settings: &FleetSettings,
-    core: &AgentCore,
+    core: &Agent,
     self_addrs: &[Target],
     target: &Target,
 ) -> Option<Refusal> {
@@ -118,7 +119,7 @@ impl FleetRuntime {
     /// Create the tables, load the outbox, start the client.
     pub fn start(
         settings: FleetSettings,
-        core: &mut AgentCore,
+        core: &mut Agent,
         self_addrs: Vec<Target>,
     ) -> Result<FleetRuntime> {
         state::ensure_tables(core.store())?;
@@ -155,7 +156,7 @@ impl FleetRuntime {
 
     /// Without a client (unit tests): messages stay in the outbox.
     #[cfg(test)]
-    fn offline(settings: FleetSettings, core: &mut AgentCore, self_addrs: Vec<Target>) -> Self {
+    fn offline(settings: FleetSettings, core: &mut Agent, self_addrs: Vec<Target>) -> Self {
         state::ensure_tables(core.store()).unwrap();
         let (_tx, rx) = mpsc::channel(1);
         FleetRuntime {
@@ -169,7 +170,7 @@ impl FleetRuntime {
         }
     }
 
-    fn queue(&mut self, core: &mut AgentCore, msgs: Vec<FleetMessage>) {
+    fn queue(&mut self, core: &mut Agent, msgs: Vec<FleetMessage>) {
         if msgs.is_empty() {
             return;
         }
@@ -202,7 +203,7 @@ impl FleetRuntime {
     }
 
     /// The bans this host decided (not fleet, not blocklist files) go out.
-    pub fn on_events(&mut self, core: &mut AgentCore, events: &[BanEvent]) {
+    pub fn on_events(&mut self, core: &mut Agent, events: &[BanEvent]) {
         if !self.settings.publish {
             return;
         }
@@ -217,7 +218,7 @@ impl FleetRuntime {
     }
 
     /// An operator's unban, for every node.
-    pub fn publish_unbans(&mut self, core: &mut AgentCore, targets: &[Target]) {
+    pub fn publish_unbans(&mut self, core: &mut Agent, targets: &[Target]) {
         if !self.settings.publish {
             return;
         }
@@ -238,7 +239,7 @@ impl FleetRuntime {
     }
 
     /// A batch from the client: acknowledgements and deliveries.
-    pub fn on_incoming(&mut self, core: &mut AgentCore, batch: Vec<Incoming>) {
+    pub fn on_incoming(&mut self, core: &mut Agent, batch: Vec<Incoming>) {
         let mut acked = Vec::new();
         let mut deliveries = Vec::new();
         for i in batch {
@@ -263,7 +264,7 @@ impl FleetRuntime {
     /// Apply deliveries in order; consecutive bans share one database
     /// commit, an unban ends the batch before it (so it lifts what came
     /// before it, never what follows). Acknowledged once stored.
-    pub fn apply(&mut self, core: &mut AgentCore, deliveries: Vec<Delivery>, now: UnixSecs) {
+    pub fn apply(&mut self, core: &mut Agent, deliveries: Vec<Delivery>, now: UnixSecs) {
         let mut segment: Vec<(Delivery, FleetMessage)> = Vec::new();
         for d in deliveries {
             let msg = match FleetMessage::decode(&self.settings.subject, &d.subject, &d.payload) {
@@ -296,7 +297,7 @@ impl FleetRuntime {
 
     fn apply_bans(
         &mut self,
-        core: &mut AgentCore,
+        core: &mut Agent,
         segment: Vec<(Delivery, FleetMessage)>,
         now: UnixSecs,
     ) {
@@ -389,7 +390,7 @@ impl FleetRuntime {
         }
     }
 
-    fn apply_unban(&mut self, core: &mut AgentCore, d: Delivery, msg: FleetMessage) {
+    fn apply_unban(&mut self, core: &mut Agent, d: Delivery, msg: FleetMessage) {
         let Body::Unban { target, at } = msg.body else {
             return;
         };
@@ -433,9 +434,9 @@ impl FleetRuntime {
     }
 
     /// `status`'s fleet section.
-    pub fn status(&self, core: &AgentCore) -> serde_json::Value {
+    pub fn status(&self, core: &Agent) -> serde_json::Value {
         let sh = self.client.as_ref().map(|c| c.shared.clone());
-        let get = |f: fn(&super::client::Shared) -> u64| sh.as_deref().map(f).unwrap_or(0);
+        let get = |f: fn(&crate::fleet::client::Shared) -> u64| sh.as_deref().map(f).unwrap_or(0);
         let stream_last = get(|s| s.stream_last_seq.load(Relaxed));
         let pending = get(|s| s.consumer_pending.load(Relaxed));
         serde_json::json!({
@@ -475,7 +476,7 @@ impl FleetRuntime {
     }
 
     /// Prometheus lines for the fleet.
-    pub fn metrics(&self, core: &AgentCore, o: &mut String) {
+    pub fn metrics(&self, core: &Agent, o: &mut String) {
         let st = self.status(core);
         let mut family = |name: &str, kind: &str, help: &str, lines: Vec<(String, u64)>| {
             let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
@@ -576,16 +577,69 @@ fn ban_message(node: &str, r: &BanRecord) -> FleetMessage {
     }
 }
 
+impl Agent {
+    /// A ban from another node, already checked: stored (with history only
+    /// when remote bans count towards the ladder), then into the kernel
+    /// (at the end of the batch inside [`batched`](Self::batched)).
+    pub fn fleet_ban(&mut self, rec: BanRecord, history: bool) -> Result<()> {
+        // The local allowlist and this host's addresses always win; the
+        // width rule for remote bans is [fleet]'s own (checked before).
+        if let Err(r) = self.guard_ban(&rec.target, BanOrigin::Fleet, &[], true) {
+            bail!("{r}");
+        }
+        self.bans
+            .store
+            .put_bans(std::slice::from_ref(&rec), history.then_some(rec.banned_at))?;
+        if self.bans.batching {
+            let at = rec.banned_at;
+            self.bans.staged.push((rec, at));
+        } else {
+            self.enforce_ban(&rec)?;
+        }
+        Ok(())
+    }
+
+    /// An operator's unban on another node: lift this host's bans of the
+    /// target (fleet and local alike) that began at or before `at`.
+    pub fn fleet_unban(&mut self, target: &Target, at: UnixSecs) -> Result<Vec<BanRecord>> {
+        let jails: Vec<String> = self
+            .bans
+            .book
+            .records(target)
+            .iter()
+            .filter(|r| r.banned_at <= at)
+            .map(|r| r.jail.clone())
+            .collect();
+        let mut removed = Vec::new();
+        for j in jails {
+            removed.extend(self.unban_because(target, Some(&j), "fleet")?);
+        }
+        Ok(removed)
+    }
+
+    /// Fleet bans held now, per origin node.
+    pub fn fleet_origins(&self) -> std::collections::BTreeMap<String, usize> {
+        let mut out = std::collections::BTreeMap::new();
+        for (jail, n) in &self.bans.book.tally().records_by_jail {
+            if let Some(o) = crate::engine::fleet_sync::origin_of(jail) {
+                *out.entry(o.to_string()).or_default() += n;
+            }
+        }
+        out
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::handler::BanText;
     use crate::ban::BanClass;
     use crate::config::Config;
     use crate::enforce::DryRunEnforcer;
     use crate::store::BanStore;
 
     struct Fixture {
-        core: AgentCore,
+        core: Agent,
         fleet: FleetRuntime,
         seq: u64,
         _dir: tempfile::TempDir,
@@ -601,8 +655,7 @@ mod tests {
         );
         let cfg = Config::parse(&text).unwrap().validate().unwrap();
         let store = BanStore::open(dir.path()).unwrap();
-        let mut core =
-            AgentCore::new(&cfg, store, Box::new(DryRunEnforcer::default()), &[]).unwrap();
+        let mut core = Agent::new(&cfg, store, Box::new(DryRunEnforcer::default()), &[]).unwrap();
         let self_addrs = vec!["203.0.113.250".parse().unwrap()];
         let fleet = FleetRuntime::offline(cfg.fleet.unwrap(), &mut core, self_addrs);
         Fixture {
@@ -761,7 +814,7 @@ mod tests {
         let mut f = fixture();
         let now = now_secs();
         f.core
-            .manual_ban("203.0.113.20", Some("ssh"), None, None)
+            .ban_text("203.0.113.20", Some("ssh"), None, None)
             .unwrap();
         f.deliver(&[ban("a", "203.0.113.20", now - 5, Some(now + 600))], now);
         assert_eq!(f.banned().len(), 2);
@@ -800,7 +853,7 @@ mod tests {
     #[test]
     fn local_bans_and_unbans_go_to_the_outbox_until_acknowledged() {
         let mut f = fixture();
-        f.core.manual_ban("203.0.113.30", None, None, None).unwrap();
+        f.core.ban_text("203.0.113.30", None, None, None).unwrap();
         let events = f.core.take_events();
         f.fleet.on_events(&mut f.core, &events);
         f.fleet
