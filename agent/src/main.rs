@@ -8,8 +8,8 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use xban::api::protocol::{Reply, Request};
 use xban::api::socket;
+use xban::api::views::{BanView, StatusView};
 use xban::config::Config;
-use xban::engine::status::{BanView, StatusView};
 use xban::sys::paths;
 
 #[derive(Parser)]
@@ -602,7 +602,7 @@ fn print_status(s: &StatusView) {
             "event loop: {} turns, {} over {} ms, slowest {:.1} ms ({})",
             l.turns,
             l.slow_turns,
-            xban::engine::status::LoopTurns::SLOW_MS,
+            xban::api::views::LoopTurns::SLOW_MS,
             l.slowest_ms,
             l.slowest_work
         );
@@ -647,12 +647,12 @@ fn print_status(s: &StatusView) {
         let c = &j.counters;
         println!(
             "jail {}: failing now {}, failures total {}, bans now {}, bans total {}, lines {}",
-            j.name, j.failing_now, c["failures_total"], j.bans_now, c["bans_total"], c["lines"]
+            j.name, j.failing_now, c.failures_total, j.bans_now, c.bans_total, c.lines
         );
-        if c["window_evictions"].as_u64().is_some_and(|n| n > 0) {
+        if c.window_evictions > 0 {
             println!(
                 "  forgot {} failing addresses at max_tracked",
-                c["window_evictions"]
+                c.window_evictions
             );
         }
         if !j.following.is_empty() {

@@ -6,9 +6,11 @@ use std::time::Duration;
 use anyhow::{bail, Result};
 
 use super::protocol::{Reply, Request};
+use super::views::BanView;
+use super::views::StatusView;
 use crate::addr::Target;
 use crate::ban::BanClass;
-use crate::engine::status::BanView;
+use crate::engine::status::BanListing;
 use crate::engine::{Agent, ManualBan};
 use crate::units::BanTime;
 
@@ -49,7 +51,76 @@ pub fn parse_ban(
     })
 }
 
-/// Answer a control request.
+/// What answers requests beyond the engine's state: the daemon, which holds
+/// the config file, the sources, the XDP links and the fleet.
+pub trait Runner {
+    fn agent(&mut self) -> &mut Agent;
+    /// Fill in what only the runner knows: sources followed, links, the
+    /// event loop's turns, the fleet.
+    fn complete_status(&self, status: &mut StatusView);
+    /// Re-read the config: what changed, or why it was refused.
+    fn reload(&mut self) -> impl std::future::Future<Output = Result<String>>;
+    /// The Prometheus exposition text.
+    fn metrics_text(&mut self) -> Result<String>;
+    /// An operator lifted these targets here (all jails, not `--local`):
+    /// with `[fleet]`, for every node.
+    fn unbanned_everywhere(&mut self, targets: &[Target]);
+}
+
+/// An answer: a reply now, or a `banned` listing the caller reads a slice
+/// per loop turn (so that a ban never waits behind a million-ban listing).
+pub enum Answer {
+    Now(Reply),
+    Listing(BanListing),
+}
+
+/// Answer any control request.
+pub async fn answer(runner: &mut impl Runner, req: &Request) -> Answer {
+    let reply = match req {
+        Request::Banned { jail } => {
+            return match runner.agent().start_listing(jail.as_deref()) {
+                Ok(l) => Answer::Listing(l),
+                Err(e) => Answer::Now(Reply::err(format!("{e:#}"))),
+            }
+        }
+        Request::Reload => match runner.reload().await {
+            Ok(m) => Reply::ok(m),
+            Err(e) => Reply::err(format!("reload refused, running config kept: {e:#}")),
+        },
+        Request::Metrics => match runner.metrics_text() {
+            Ok(t) => Reply::ok(t),
+            Err(e) => Reply::err(format!("{e:#}")),
+        },
+        Request::Status { jail } => match runner.agent().status(jail.as_deref()) {
+            Ok(mut st) => {
+                runner.complete_status(&mut st);
+                Reply::ok(st)
+            }
+            Err(e) => Reply::err(format!("{e:#}")),
+        },
+        Request::Unban { jail, local, .. } => {
+            let reply = handle(runner.agent(), req);
+            if jail.is_none() && !local && reply.ok {
+                let mut targets: Vec<Target> = reply
+                    .data
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|b| b["address"].as_str()?.parse().ok())
+                    .collect();
+                targets.sort();
+                targets.dedup();
+                runner.unbanned_everywhere(&targets);
+            }
+            reply
+        }
+        other => handle(runner.agent(), other),
+    };
+    Answer::Now(reply)
+}
+
+/// Answer a request from the engine's state alone (a `banned` listing read
+/// whole; reload, metrics and teardown answered with nothing).
 pub fn handle(agent: &mut Agent, req: &Request) -> Reply {
     let result: Result<serde_json::Value> = (|| match req {
         Request::Status { jail } => Ok(serde_json::to_value(agent.status(jail.as_deref())?)?),

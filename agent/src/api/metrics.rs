@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::time::Duration;
 
+use super::views::StatusView;
 use crate::ban::{BanEvent, BanEventKind};
-use crate::engine::status::StatusView;
 
 /// Ban latency buckets (seconds): from a line being read to its ban's map
 /// entry, typically well under a millisecond.
@@ -66,7 +66,7 @@ impl Metrics {
             let _ = writeln!(
                 o,
                 "xban_lines_read_total{{jail=\"{}\"}} {}",
-                j.name, j.counters["lines"]
+                j.name, j.counters.lines
             );
         }
         family(
@@ -79,7 +79,7 @@ impl Metrics {
             let _ = writeln!(
                 o,
                 "xban_lines_matched_total{{jail=\"{}\"}} {}",
-                j.name, j.counters["matched"]
+                j.name, j.counters.matched
             );
         }
         family(
@@ -92,7 +92,7 @@ impl Metrics {
             let _ = writeln!(
                 o,
                 "xban_parse_errors_total{{jail=\"{}\",kind=\"no_timestamp\"}} {}",
-                j.name, j.counters["lines_without_time"]
+                j.name, j.counters.lines_without_time
             );
             let (trunc, utf8) = self.source_errors.get(&j.name).copied().unwrap_or_default();
             let _ = writeln!(
@@ -129,11 +129,7 @@ impl Metrics {
             let _ = writeln!(
                 o,
                 "xban_window_evictions_total{{jail=\"{}\"}} {}",
-                j.name,
-                j.counters
-                    .get("window_evictions")
-                    .cloned()
-                    .unwrap_or(0.into())
+                j.name, j.counters.window_evictions
             );
         }
         family(
@@ -548,7 +544,7 @@ mod tests {
             geo: None,
             bans_by_country: Default::default(),
             fleet: None,
-            event_loop: Some(crate::engine::status::LoopTurns {
+            event_loop: Some(crate::api::views::LoopTurns {
                 turns: 9,
                 slow_turns: 2,
                 slowest_ms: 12.5,
@@ -556,14 +552,14 @@ mod tests {
                 by_work: [
                     (
                         "status".to_string(),
-                        crate::engine::status::WorkTurns {
+                        crate::api::views::WorkTurns {
                             turns: 3,
                             slowest_ms: 12.5,
                         },
                     ),
                     (
                         "lines".to_string(),
-                        crate::engine::status::WorkTurns {
+                        crate::api::views::WorkTurns {
                             turns: 6,
                             slowest_ms: 2.0,
                         },

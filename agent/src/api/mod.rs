@@ -5,3 +5,4 @@ pub mod handler;
 pub mod metrics;
 pub mod protocol;
 pub mod socket;
+pub mod views;

@@ -1,4 +1,3 @@
-
 use super::*;
 use crate::api::handler::BanText;
 use crate::api::protocol::Request;
@@ -552,7 +551,7 @@ fn a_burst_is_one_ban_and_a_replay_records_nothing_twice() {
     let t: Target = a.parse().unwrap();
     assert_eq!(core.store().ban_count_since(&t, None, 0).unwrap(), 1);
     let st = core.status(Some("ssh")).unwrap();
-    assert_eq!(st.jails[0].counters["failures_while_banned"], 12);
+    assert_eq!(st.jails[0].counters.failures_while_banned, 12);
     assert_eq!(
         st.jails[0].failing_now, 0,
         "failures while banned are not kept"
@@ -711,7 +710,7 @@ fn ignoreself_follows_the_hosts_addresses() {
     core.on_lines(&[line("ssh fail from 203.0.113.50".into(), T0)]);
     assert!(core.bans(None).is_empty());
     let st = core.status(Some("ssh")).unwrap();
-    assert_eq!(st.jails[0].counters["ignored_addresses"], 1);
+    assert_eq!(st.jails[0].counters.ignored_addresses, 1);
     assert!(st.ban_refusals.is_empty(), "ignored, not even asked");
     // The address moves away: its failures count again.
     core.guard.host.set_fixed(vec![]);
@@ -880,7 +879,7 @@ fn max_tracked_keeps_repeat_offenders_under_a_flood() {
     let st = core.status(Some("ssh")).unwrap();
     assert!(st.jails[0].failing_now <= 1000);
     // 50,001 addresses tracked in all, 1,000 at a time.
-    assert_eq!(st.jails[0].counters["window_evictions"], 50_001 - 1000);
+    assert_eq!(st.jails[0].counters.window_evictions, 50_001 - 1000);
     let text = crate::api::metrics::Metrics::default().render(&st, 1);
     assert!(
         text.contains("xban_window_evictions_total{jail=\"ssh\"} 49001"),
