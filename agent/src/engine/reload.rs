@@ -8,7 +8,7 @@ use super::{dynamic, Agent};
 use crate::config::ResolvedConfig;
 use crate::jail::Jail;
 
-/// A checked reload, ready to switch to ([`AgentCore::apply_reload`]).
+/// A checked reload, ready to switch to ([`Agent::apply_reload`]).
 pub struct PreparedReload {
     jails: Vec<Jail>,
     /// Jails whose source is new or changed.
