@@ -1,15 +1,15 @@
 //! xban: a packet-level banning agent. Log lines flow
 //! source → filter → jail → ban book → store → enforcement (XDP maps),
-//! driven by one loop in [`agent`] and controlled over a unix socket.
+//! composed by the [`engine`], driven by one loop in the [`daemon`], and
+//! controlled through the [`api`] (unix socket, metrics); [`sys`] is the
+//! operating system as the agent sees it.
 
 pub mod actions;
 pub mod addr;
 pub mod api;
-pub mod backlog;
 pub mod ban;
 pub mod blocklist;
 pub mod config;
-pub mod conn_limit;
 pub mod daemon;
 pub mod dns;
 pub mod enforce;

@@ -423,7 +423,7 @@ pub async fn serve(
 }
 
 /// Scrapes served at once; a scraper holds one connection at a time.
-pub const LIMITS: crate::conn_limit::Limits = crate::conn_limit::Limits {
+pub const LIMITS: crate::api::conn_limit::Limits = crate::api::conn_limit::Limits {
     max_connections: 16,
     request_timeout: Duration::from_secs(5),
 };
@@ -431,11 +431,11 @@ pub const LIMITS: crate::conn_limit::Limits = crate::conn_limit::Limits {
 pub async fn serve_with(
     listener: tokio::net::TcpListener,
     tx: tokio::sync::mpsc::Sender<crate::api::protocol::ControlMessage>,
-    limits: crate::conn_limit::Limits,
+    limits: crate::api::conn_limit::Limits,
 ) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let limiter = crate::conn_limit::Limiter::new(limits);
-    let mut backoff = crate::conn_limit::AcceptBackoff::default();
+    let limiter = crate::api::conn_limit::Limiter::new(limits);
+    let mut backoff = crate::api::conn_limit::AcceptBackoff::default();
     loop {
         let mut slot = limiter.slot().await;
         let mut stream = match listener.accept().await {

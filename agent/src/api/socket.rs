@@ -10,7 +10,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot};
 
 use super::protocol::{parse_request, ControlMessage, Reply, Request, MAX_REQUEST};
-use crate::conn_limit::{AcceptBackoff, Limiter, Limits, Slot};
+use crate::api::conn_limit::{AcceptBackoff, Limiter, Limits, Slot};
 
 /// Bind the socket (owner-only permissions), replacing a stale one.
 pub fn bind(path: &Path) -> Result<UnixListener> {

@@ -47,7 +47,7 @@ impl RunningSource {
     }
 }
 
-pub(super) fn position_prefix(jail: &str) -> String {
+fn position_prefix(jail: &str) -> String {
     format!("file:{jail}:")
 }
 

@@ -9,10 +9,10 @@ use anyhow::Result;
 
 use super::{dynamic_geo_jail, Agent};
 use crate::addr::Target;
-use crate::backlog::StoreBacklog;
 use crate::ban::{now_secs, BanBook, BanEvent, BanEventKind, BanRecord, MapChange, UnixSecs};
 use crate::blocklist::BLOCKLIST_JAIL;
 use crate::enforce::Enforcer;
+use crate::engine::backlog::StoreBacklog;
 use crate::source::SourceLine;
 use crate::store::BanStore;
 
@@ -103,7 +103,7 @@ impl BanEngine {
         }
     }
 
-    pub fn store_health(&self) -> crate::backlog::StoreHealth {
+    pub fn store_health(&self) -> crate::engine::backlog::StoreHealth {
         self.backlog.health()
     }
 

@@ -17,6 +17,7 @@ use crate::source::file::FilePosition;
 use crate::store::BanStore;
 use crate::units::BanTime;
 
+pub mod backlog;
 mod bans;
 mod blocklist_sync;
 mod dynamic;
@@ -177,7 +178,7 @@ impl Agent {
         self.bans.retry_store()
     }
 
-    pub fn store_health(&self) -> crate::backlog::StoreHealth {
+    pub fn store_health(&self) -> crate::engine::backlog::StoreHealth {
         self.bans.store_health()
     }
 

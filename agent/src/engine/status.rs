@@ -227,7 +227,7 @@ pub struct StatusView {
     pub bans_by_country: std::collections::BTreeMap<String, usize>,
     /// Whether bans reach the database (disk full: a backlog waits).
     #[serde(default)]
-    pub store: crate::backlog::StoreHealth,
+    pub store: crate::engine::backlog::StoreHealth,
     /// Bad lines and unreadable files of the blocklists.
     #[serde(default)]
     pub blocklists: crate::blocklist::BlocklistHealth,

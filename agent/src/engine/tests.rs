@@ -1,10 +1,10 @@
 use super::*;
 use crate::api::handler::BanText;
 use crate::api::protocol::Request;
-use crate::backlog::StoreBacklog;
 use crate::ban::MapChange;
 use crate::blocklist::BLOCKLIST_JAIL;
 use crate::config::Config;
+use crate::engine::backlog::StoreBacklog;
 use crate::escalation::SUBNET_JAIL;
 use crate::source::SourceLine;
 use std::sync::{Arc, Mutex};
