@@ -198,7 +198,7 @@ impl HostAddrs {
                 cache: Mutex::new(Cached {
                     generation: 0,
                     read_at: Instant::now(),
-                    addrs: Arc::new(read_host_addresses()),
+                    addrs: Arc::new(crate::sys::interfaces::read_host_addresses()),
                 }),
             }))
         })
@@ -207,7 +207,7 @@ impl HostAddrs {
 
     /// A fixed list (plus loopback), for tests and tools.
     pub fn fixed(addrs: Vec<Target>) -> HostAddrs {
-        let mut all = loopback();
+        let mut all = crate::sys::interfaces::loopback();
         all.extend(addrs);
         HostAddrs(Arc::new(HostInner {
             events: None,
@@ -221,7 +221,7 @@ impl HostAddrs {
 
     /// Replace a fixed list (tests: an address appears).
     pub fn set_fixed(&self, addrs: Vec<Target>) {
-        let mut all = loopback();
+        let mut all = crate::sys::interfaces::loopback();
         all.extend(addrs);
         self.0.cache.lock().expect("host addresses lock").addrs = Arc::new(all);
     }
@@ -236,7 +236,7 @@ impl HostAddrs {
                 || age >= SAFETY_REFRESH
                 || (!w.alive.load(Ordering::Relaxed) && age >= POLL_REFRESH);
             if stale {
-                c.addrs = Arc::new(read_host_addresses());
+                c.addrs = Arc::new(crate::sys::interfaces::read_host_addresses());
                 c.generation = generation;
                 c.read_at = Instant::now();
             }
@@ -248,7 +248,7 @@ impl HostAddrs {
     pub fn refresh(&self) {
         if self.0.events.is_some() {
             let mut c = self.0.cache.lock().expect("host addresses lock");
-            c.addrs = Arc::new(read_host_addresses());
+            c.addrs = Arc::new(crate::sys::interfaces::read_host_addresses());
             c.read_at = Instant::now();
         }
     }
@@ -256,35 +256,6 @@ impl HostAddrs {
     pub fn contains(&self, ip: IpAddr) -> bool {
         self.current().iter().any(|t| t.contains(ip))
     }
-}
-
-fn loopback() -> Vec<Target> {
-    vec![
-        "127.0.0.0/8".parse().expect("literal"),
-        "::1".parse().expect("literal"),
-    ]
-}
-
-/// Every address of every interface in this network namespace, and loopback.
-pub fn read_host_addresses() -> Vec<Target> {
-    let mut out = loopback();
-    if let Ok(addrs) = nix::ifaddrs::getifaddrs() {
-        for ifa in addrs {
-            let Some(a) = ifa.address else { continue };
-            let ip: Option<IpAddr> = if let Some(v4) = a.as_sockaddr_in() {
-                Some(IpAddr::V4(v4.ip()))
-            } else {
-                a.as_sockaddr_in6().map(|v6| IpAddr::V6(v6.ip()))
-            };
-            if let Some(ip) = ip {
-                let t = Target::host(ip);
-                if !out.contains(&t) {
-                    out.push(t);
-                }
-            }
-        }
-    }
-    out
 }
 
 /// A thread blocked on a netlink socket subscribed to IPv4 and IPv6 address
@@ -418,7 +389,7 @@ mod tests {
         let now = live.current();
         assert!(now.contains(&t("127.0.0.0/8")) && now.contains(&t("::1")));
         // Whatever getifaddrs lists is in the view.
-        for a in read_host_addresses() {
+        for a in crate::sys::interfaces::read_host_addresses() {
             assert!(now.contains(&a), "{a}");
         }
     }

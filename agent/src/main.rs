@@ -6,10 +6,11 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
-use xban::agent::{BanView, StatusView};
+use xban::api::protocol::{Reply, Request};
+use xban::api::socket;
+use xban::api::views::{BanView, StatusView};
 use xban::config::Config;
-use xban::control::{self, Reply, Request};
-use xban::directories;
+use xban::sys::paths;
 
 #[derive(Parser)]
 #[command(
@@ -19,7 +20,7 @@ use xban::directories;
 )]
 struct Cli {
     /// Config file (also gives the control socket and pin directory).
-    #[arg(short = 'c', long = "config", global = true, default_value = directories::CONFIG)]
+    #[arg(short = 'c', long = "config", global = true, default_value = paths::CONFIG)]
     config: PathBuf,
     #[command(subcommand)]
     command: Command,
@@ -198,7 +199,7 @@ fn dispatch(cli: Cli) -> Result<()> {
                 xban::preflight::preflight(
                     &resolved,
                     xban::preflight::PreflightOptions {
-                        bind_metrics: !control::agent_running(&resolved.agent.socket),
+                        bind_metrics: !socket::agent_running(&resolved.agent.socket),
                         kernel_side: true,
                     },
                 )
@@ -367,7 +368,7 @@ fn dispatch(cli: Cli) -> Result<()> {
             // The config is optional here: it only says where operators' filters live.
             let filters_dir = Config::load(&cli.config)
                 .map(|c| c.agent.filters_dir)
-                .unwrap_or_else(|_| PathBuf::from(directories::FILTERS_DIR));
+                .unwrap_or_else(|_| PathBuf::from(paths::FILTERS_DIR));
             let report = xban::filter::regex_tool::run(&xban::filter::regex_tool::RegexToolArgs {
                 input,
                 filter,
@@ -393,7 +394,7 @@ fn agent_config(path: &Path) -> Result<xban::config::AgentConfig> {
 
 fn ask(config: &Path, req: &Request) -> Result<serde_json::Value> {
     let socket = agent_config(config)?.socket;
-    let Reply { ok, error, data } = control::request(&socket, req)?;
+    let Reply { ok, error, data } = socket::request(&socket, req)?;
     if !ok {
         bail!(
             "{}",
@@ -435,7 +436,7 @@ fn expires_text(expires_at: Option<i64>) -> String {
 /// `check`: each ignoreip host name is looked up once; one that does not
 /// resolve is reported (the agent would allowlist nothing for it yet).
 fn check_names(resolved: &xban::config::ResolvedConfig) -> Result<()> {
-    let names = xban::agent::all_names(resolved);
+    let names = xban::engine::all_names(resolved);
     if names.is_empty() {
         return Ok(());
     }
@@ -601,7 +602,7 @@ fn print_status(s: &StatusView) {
             "event loop: {} turns, {} over {} ms, slowest {:.1} ms ({})",
             l.turns,
             l.slow_turns,
-            xban::agent::LoopTurns::SLOW_MS,
+            xban::api::views::LoopTurns::SLOW_MS,
             l.slowest_ms,
             l.slowest_work
         );
@@ -646,12 +647,12 @@ fn print_status(s: &StatusView) {
         let c = &j.counters;
         println!(
             "jail {}: failing now {}, failures total {}, bans now {}, bans total {}, lines {}",
-            j.name, j.failing_now, c["failures_total"], j.bans_now, c["bans_total"], c["lines"]
+            j.name, j.failing_now, c.failures_total, j.bans_now, c.bans_total, c.lines
         );
-        if c["window_evictions"].as_u64().is_some_and(|n| n > 0) {
+        if c.window_evictions > 0 {
             println!(
                 "  forgot {} failing addresses at max_tracked",
-                c["window_evictions"]
+                c.window_evictions
             );
         }
         if !j.following.is_empty() {
@@ -718,8 +719,8 @@ fn print_fleet(f: &serde_json::Value) {
 
 fn teardown(config: &Path) -> Result<()> {
     let agent = agent_config(config)?;
-    if control::agent_running(&agent.socket) {
-        let reply = control::request(&agent.socket, &Request::Teardown)?;
+    if socket::agent_running(&agent.socket) {
+        let reply = socket::request(&agent.socket, &Request::Teardown)?;
         if !reply.ok {
             bail!("{}", reply.error.unwrap_or_default());
         }
@@ -740,7 +741,7 @@ fn teardown(config: &Path) -> Result<()> {
         );
     }
     let tarpit = Config::load(config)?.tarpit;
-    xban::enforce::iptables::TarpitSteering::teardown(&tarpit)
+    xban::enforce::steering::TarpitSteering::teardown(&tarpit)
         .context("remove the tarpit chain and sets")?;
     let removed = xban::enforce::xdp::teardown(&agent.bpf_pin_dir)
         .with_context(|| format!("teardown of {}", agent.bpf_pin_dir.display()))?;
@@ -764,7 +765,7 @@ fn teardown(config: &Path) -> Result<()> {
 fn import(dir: &Path, out: Option<&Path>, dry_run: bool) -> Result<()> {
     let out_dir = match out {
         Some(o) => std::path::absolute(o).with_context(|| format!("--out {}", o.display()))?,
-        None => PathBuf::from(directories::CONFIG)
+        None => PathBuf::from(paths::CONFIG)
             .parent()
             .map(Path::to_path_buf)
             .unwrap_or_default(),

@@ -11,7 +11,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::config::{file_kind, ResolvedConfig, SourceSpec};
-use crate::directories;
+use crate::sys::paths;
 use crate::validation::ValidationError;
 
 /// What the pre-flight hands on to the agent.
@@ -204,7 +204,7 @@ fn check_pin_dir_mount(pin_dir: &Path) -> Result<(), String> {
         .ancestors()
         .find(|a| a.exists())
         .unwrap_or(Path::new("/"));
-    let mount = Path::new(directories::BPFFS_MOUNT);
+    let mount = Path::new(paths::BPFFS_MOUNT);
     if !on_bpffs(nearest)
         && !(pin_dir.starts_with(mount) && (nearest == mount || mount.starts_with(nearest)))
     {
@@ -212,7 +212,7 @@ fn check_pin_dir_mount(pin_dir: &Path) -> Result<(), String> {
             "{} is not on bpffs ({} is on another filesystem): put it under /sys/fs/bpf, e.g. {}",
             pin_dir.display(),
             nearest.display(),
-            directories::BPF_PIN_DIR
+            paths::BPF_PIN_DIR
         ));
     }
     Ok(())

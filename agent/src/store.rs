@@ -77,7 +77,7 @@ enum Batch {
 
 impl BanStore {
     pub fn open(state_dir: &Path) -> Result<BanStore, StoreError> {
-        let path = state_dir.join(crate::directories::STATE_DB);
+        let path = state_dir.join(crate::sys::paths::STATE_DB);
         let wrap = |source| StoreError::Sqlite {
             path: path.clone(),
             source,

@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use xban::control::{parse_request, Request};
+use xban::api::protocol::{parse_request, Request};
 
 fuzz_target!(|data: &[u8]| {
     match parse_request(data) {

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use super::AgentConfig;
 use crate::addr::Target;
-use crate::directories;
+use crate::sys::paths;
 use crate::escalation::EscalationConfig;
 use crate::units::{BanTime, MAX_DURATION};
 use crate::validation::{invalid, ValidationError};
@@ -207,7 +207,7 @@ fn check_path(
         ));
     }
     if kind == PathKind::PinDir {
-        let root = Path::new(directories::BPFFS_MOUNT);
+        let root = Path::new(paths::BPFFS_MOUNT);
         if path == root || path == Path::new("/") {
             return Err(invalid(
                 key,
@@ -260,8 +260,8 @@ fn check_path(
         // Inside another agent's pin directory, either teardown removes the
         // other's pins.
         for anc in path.ancestors().skip(1) {
-            if anc.join(directories::pins::PROGRAM).exists()
-                || anc.join(directories::pins::LINKS).is_dir()
+            if anc.join(paths::pins::PROGRAM).exists()
+                || anc.join(paths::pins::LINKS).is_dir()
             {
                 return Err(invalid(
                     key,
@@ -283,25 +283,25 @@ pub(super) fn check_agent_section(agent: &AgentConfig) -> Result<(), ValidationE
         "agent.state_dir",
         &agent.state_dir,
         PathKind::Dir,
-        directories::STATE_DIR,
+        paths::STATE_DIR,
     )?;
     check_path(
         "agent.socket",
         &agent.socket,
         PathKind::Socket,
-        directories::SOCKET,
+        paths::SOCKET,
     )?;
     check_path(
         "agent.bpf_pin_dir",
         &agent.bpf_pin_dir,
         PathKind::PinDir,
-        directories::BPF_PIN_DIR,
+        paths::BPF_PIN_DIR,
     )?;
     check_path(
         "agent.filters_dir",
         &agent.filters_dir,
         PathKind::Dir,
-        directories::FILTERS_DIR,
+        paths::FILTERS_DIR,
     )?;
     if agent.state_dir.starts_with(&agent.bpf_pin_dir)
         || agent.socket.starts_with(&agent.bpf_pin_dir)

@@ -21,8 +21,8 @@ use serde::Deserialize;
 use crate::actions::ActionConfig;
 use crate::addr::Target;
 use crate::ban::BanClass;
-use crate::directories;
-use crate::enforce::iptables::TarpitConfig;
+use crate::sys::paths;
+use crate::enforce::steering::TarpitConfig;
 use crate::enforce::xdp::XdpModeSetting;
 use crate::escalation::EscalationConfig;
 use crate::filter::{FilterDef, UseDns};
@@ -99,11 +99,11 @@ impl Default for AgentConfig {
         AgentConfig {
             interfaces: Vec::new(),
             xdp_mode: XdpModeSetting::Auto,
-            bpf_pin_dir: directories::BPF_PIN_DIR.into(),
-            state_dir: directories::STATE_DIR.into(),
-            socket: directories::SOCKET.into(),
+            bpf_pin_dir: paths::BPF_PIN_DIR.into(),
+            state_dir: paths::STATE_DIR.into(),
+            socket: paths::SOCKET.into(),
             keep_on_exit: true,
-            filters_dir: directories::FILTERS_DIR.into(),
+            filters_dir: paths::FILTERS_DIR.into(),
             dbpurgeage: None,
             blocklist_files: Vec::new(),
             blocklist_append: false,

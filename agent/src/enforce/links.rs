@@ -25,7 +25,7 @@ use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::Xdp;
 
 use super::xdp::{link_dir, xdp_mode, XdpEnforcer, PROGRAM_NAME};
-use crate::directories::pins;
+use crate::sys::paths::pins;
 
 /// What the agent knows of one configured interface.
 #[derive(Debug, Default)]
@@ -197,7 +197,7 @@ impl XdpEnforcer {
                         self.links[idx].state = LinkState::Attached;
                         return Ok(false);
                     }
-                    crate::setup::private_dir(&link_dir(&self.pin_dir))?;
+                    crate::sys::setup::private_dir(&link_dir(&self.pin_dir))?;
                     obj_pin(fd.as_fd(), &pin)?;
                     self.repaired(idx, format!("link pin {} re-created", pin.display()));
                     return Ok(true);
@@ -298,7 +298,7 @@ impl XdpEnforcer {
             let fd_link: FdLink = link.try_into().with_context(|| {
                 format!("the kernel attached XDP to {ifname} without a bpf_link, which cannot be pinned: xban needs Linux 5.9 or later")
             })?;
-            crate::setup::private_dir(&link_dir(&self.pin_dir))?;
+            crate::sys::setup::private_dir(&link_dir(&self.pin_dir))?;
             let pinned = fd_link
                 .pin(pin)
                 .with_context(|| format!("pin XDP link at {}", pin.display()))?;
@@ -356,8 +356,8 @@ impl XdpEnforcer {
         }
         let mut made = 0;
         let had_dir = self.pin_dir.is_dir();
-        crate::setup::private_dir(&self.pin_dir)?;
-        crate::setup::private_dir(&link_dir(&self.pin_dir))?;
+        crate::sys::setup::private_dir(&self.pin_dir)?;
+        crate::sys::setup::private_dir(&link_dir(&self.pin_dir))?;
         if !prog_pin.exists() {
             self.prog()?
                 .pin(&prog_pin)

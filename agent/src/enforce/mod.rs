@@ -7,9 +7,6 @@ pub mod steering;
 pub mod tarpit;
 pub mod xdp;
 
-/// The old name of [`steering`], kept for the code that imports it.
-pub use steering as iptables;
-
 use anyhow::Result;
 
 use crate::addr::Target;

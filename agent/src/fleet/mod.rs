@@ -5,11 +5,10 @@
 //! client task ([`client`]), which retries until the server acknowledges it
 //! (`Nats-Msg-Id` deduplicates retries). The same task reads the stream
 //! through one durable consumer per node and hands messages to the main
-//! loop, where [`apply`] checks them against the local allowlist, ignoreself
+//! loop, where the engine ([`crate::engine::fleet_sync`]) checks them against the local allowlist, ignoreself
 //! and `min_prefix_*`, and applies them idempotently with their absolute
 //! expiry under the jail `fleet`. Remote bans are never published again.
 
-pub mod apply;
 pub mod client;
 pub mod message;
 pub mod state;

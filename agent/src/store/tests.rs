@@ -22,7 +22,7 @@ fn rec(target: &str, jail: &str, expires: Option<i64>) -> BanRecord {
 #[test]
 fn the_log_is_checkpointed_by_its_own_thread() {
     let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join(crate::directories::STATE_DB);
+    let db = dir.path().join(crate::sys::paths::STATE_DB);
     let mut store = BanStore::open(dir.path()).unwrap();
     let auto: i64 = store
         .conn
@@ -54,7 +54,7 @@ fn history_is_idempotent_and_old_duplicates_are_merged() {
     {
         // A database written by the previous schema, with a replayed ban
         // recorded twice.
-        let conn = Connection::open(dir.path().join(crate::directories::STATE_DB)).unwrap();
+        let conn = Connection::open(dir.path().join(crate::sys::paths::STATE_DB)).unwrap();
         conn.execute_batch(MIGRATIONS[0]).unwrap();
         conn.pragma_update(None, "user_version", 1).unwrap();
         for _ in 0..2 {

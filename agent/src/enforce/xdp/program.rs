@@ -9,7 +9,7 @@ use aya::programs::{Xdp, XdpMode};
 use aya::{Ebpf, EbpfLoader};
 
 use super::{XdpMaps, XdpModeSetting};
-use crate::directories::pins;
+use crate::sys::paths::pins;
 
 /// The XDP object, embedded at build time (see build.rs).
 static XDP_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xban-xdp.o"));
@@ -39,8 +39,8 @@ impl XdpEnforcer {
         if XDP_OBJECT.is_empty() {
             bail!("this xban binary was built without its XDP program: build it with `cargo xtask build` (it runs build-ebpf first)");
         }
-        crate::setup::private_dir(pin_dir)?;
-        crate::setup::private_dir(&link_dir(pin_dir))?;
+        crate::sys::setup::private_dir(pin_dir)?;
+        crate::sys::setup::private_dir(&link_dir(pin_dir))?;
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(pin_dir)
             .load(XDP_OBJECT)

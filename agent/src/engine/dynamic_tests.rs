@@ -8,8 +8,9 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use anyhow::Result;
 
-use super::AgentCore;
+use super::Agent;
 use crate::addr::Target;
+use crate::api::handler::BanText;
 use crate::ban::BanEventKind;
 use crate::ban::{BanClass, MapChange};
 use crate::config::Config;
@@ -94,7 +95,7 @@ fn found(addrs: &[&str]) -> Lookup {
 }
 
 struct Fx {
-    core: AgentCore,
+    core: Agent,
     kernel: Kernel,
     _dir: tempfile::TempDir,
 }
@@ -112,7 +113,7 @@ fn fixture(extra: &str, tweak: impl FnOnce(&mut crate::config::ResolvedConfig)) 
     tweak(&mut cfg);
     let kernel = Kernel::default();
     let self_addrs = vec![t("203.0.113.200")];
-    let mut core = AgentCore::new(
+    let mut core = Agent::new(
         &cfg,
         BanStore::open(dir.path()).unwrap(),
         Box::new(kernel.clone()),
@@ -148,10 +149,10 @@ fn a_defaults_name_follows_its_record_and_lifts_bans() {
         ["home.example.org", "office.example.org"]
     );
     f.core
-        .manual_ban("203.0.113.5", Some("ssh"), None, None)
+        .ban_text("203.0.113.5", Some("ssh"), None, None)
         .unwrap();
     f.core
-        .manual_ban("203.0.113.5", Some("web"), None, None)
+        .ban_text("203.0.113.5", Some("web"), None, None)
         .unwrap();
     assert!(f.kernel.drops("203.0.113.5"));
     f.core.take_events();
@@ -214,10 +215,10 @@ fn a_defaults_name_follows_its_record_and_lifts_bans() {
 fn a_jail_name_only_stops_that_jail() {
     let mut f = fixture("", |_| {});
     f.core
-        .manual_ban("203.0.113.9", Some("ssh"), None, None)
+        .ban_text("203.0.113.9", Some("ssh"), None, None)
         .unwrap();
     f.core
-        .manual_ban("203.0.113.9", Some("web"), None, None)
+        .ban_text("203.0.113.9", Some("web"), None, None)
         .unwrap();
     f.core
         .dns_result("office.example.org", &found(&["203.0.113.9"]))

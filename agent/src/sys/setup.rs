@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
-use crate::directories;
+use crate::sys::paths;
 
 /// bpffs's magic number (statfs f_type).
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
@@ -62,7 +62,7 @@ pub fn ensure_bpffs(pin_dir: &Path) -> Result<()> {
     if is_bpffs(&parent) || is_bpffs(pin_dir) {
         return Ok(());
     }
-    let mount = Path::new(directories::BPFFS_MOUNT);
+    let mount = Path::new(paths::BPFFS_MOUNT);
     if pin_dir.starts_with(mount) && !is_bpffs(mount) {
         std::fs::create_dir_all(mount).with_context(|| format!("create {}", mount.display()))?;
         nix::mount::mount(
@@ -101,32 +101,6 @@ pub fn private_dir(path: &Path) -> Result<PathBuf> {
         .create(path)
         .with_context(|| format!("create directory {}", path.display()))?;
     Ok(path.to_path_buf())
-}
-
-/// The interface of the IPv4 default route (from /proc/net/route), else IPv6's.
-pub fn default_route_interface() -> Result<String> {
-    if let Ok(text) = std::fs::read_to_string("/proc/net/route") {
-        for line in text.lines().skip(1) {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            // Destination 0.0.0.0 with mask 0.0.0.0 is the default route.
-            if f.len() > 7 && f[1] == "00000000" && f[7] == "00000000" {
-                return Ok(f[0].to_string());
-            }
-        }
-    }
-    if let Ok(text) = std::fs::read_to_string("/proc/net/ipv6_route") {
-        for line in text.lines() {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            if f.len() >= 10
-                && f[0] == "00000000000000000000000000000000"
-                && f[1] == "00"
-                && f[9] != "lo"
-            {
-                return Ok(f[9].to_string());
-            }
-        }
-    }
-    bail!("no default route: list the interfaces to protect in [agent] interfaces = [\"eth0\"]")
 }
 
 /// Raise the soft limit on open files to the hard one: log files, the

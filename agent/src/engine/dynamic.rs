@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use anyhow::Result;
 
-use super::AgentCore;
+use super::Agent;
 use crate::addr::Target;
 use crate::ban::{now_secs, BanRecord};
 use crate::config::ResolvedConfig;
@@ -102,7 +102,7 @@ pub fn all_names(cfg: &ResolvedConfig) -> Vec<String> {
     all.into_iter().collect()
 }
 
-impl AgentCore {
+impl Agent {
     /// The effective allowlist: configured entries, the names' addresses and
     /// geo allow rules; written to XDP.
     pub(super) fn rebuild_allowlist(&mut self) -> Result<()> {
@@ -114,7 +114,7 @@ impl AgentCore {
         all.extend(geo::allow_targets(&d.geo.applied));
         let list: Vec<Target> = all.into_iter().collect();
         if list != self.allowlist {
-            self.enforcer.set_allowlist(&list)?;
+            self.bans.enforcer.set_allowlist(&list)?;
             self.allowlist = list;
         }
         // The guard refuses bans of every allowed address, names' too.
@@ -124,7 +124,7 @@ impl AgentCore {
 
     /// Each jail's ignore set gets its names' current addresses.
     pub(super) fn refresh_jail_ignores(&mut self) {
-        for j in &mut self.jails {
+        for j in &mut self.jails.list {
             let resolved: Vec<Target> = j
                 .settings
                 .ignore_names
@@ -179,11 +179,13 @@ impl AgentCore {
             // `[defaults]` name, else the jails that list the name.
             let jails: Vec<String> = self
                 .jails
+                .list
                 .iter()
                 .filter(|j| j.settings.ignore_names.iter().any(|n| n == name))
                 .map(|j| j.name().to_string())
                 .collect();
             let lifted: Vec<(Target, String)> = self
+                .bans
                 .book
                 .iter()
                 .filter(|r| r.jail != GEO_JAIL && added.covers(&r.target))
@@ -199,11 +201,11 @@ impl AgentCore {
 
     /// Remove one jail's ban of a target, with its unban event.
     fn lift(&mut self, target: &Target, jail: &str, reason: &'static str) -> Result<()> {
-        self.store.delete_ban(target, Some(jail))?;
-        let (removed, change) = self.book.remove(target, Some(jail));
-        self.enforcer.apply(target, change)?;
+        self.bans.store.delete_ban(target, Some(jail))?;
+        let (removed, change) = self.bans.book.remove(target, Some(jail));
+        self.bans.enforcer.apply(target, change)?;
         for r in removed {
-            self.unbanned(r, reason);
+            self.bans.unbanned(r, reason);
         }
         Ok(())
     }
@@ -231,7 +233,7 @@ impl AgentCore {
         // Labels first: the entries written next carry them.
         self.sync_geo_labels(&want)?;
         for (t, ban) in &diff.add {
-            let change = self.book.add(BanRecord {
+            let change = self.bans.book.add(BanRecord {
                 target: *t,
                 jail: GEO_JAIL.to_string(),
                 class: ban.class,
@@ -241,13 +243,13 @@ impl AgentCore {
                 matches: Vec::new(),
             });
             if apply {
-                self.enforcer.apply(t, change)?;
+                self.bans.enforcer.apply(t, change)?;
             }
         }
         for t in &diff.remove {
-            let (_, change) = self.book.remove(t, Some(GEO_JAIL));
+            let (_, change) = self.bans.book.remove(t, Some(GEO_JAIL));
             if apply {
-                self.enforcer.apply(t, change)?;
+                self.bans.enforcer.apply(t, change)?;
             }
         }
         let (v4, v6) = want.counts();
@@ -277,7 +279,7 @@ impl AgentCore {
             let id = if id < xban_common::GEO_LABELS { id } else { 0 };
             entries.push((*t, id));
         }
-        self.enforcer.sync_geo_labels(&entries)
+        self.bans.enforcer.sync_geo_labels(&entries)
     }
 
     /// At start, after the reconcile: geo entries a previous agent left are
@@ -290,14 +292,17 @@ impl AgentCore {
             .bans
             .keys()
             .filter_map(|t| {
-                self.book
+                self.bans
+                    .book
                     .effective(t)
                     .filter(|r| r.jail == GEO_JAIL)
                     .map(|r| (*t, r.class))
             })
             .collect();
         for (t, class) in targets {
-            self.enforcer.apply(&t, crate::ban::MapChange::Set(class))?;
+            self.bans
+                .enforcer
+                .apply(&t, crate::ban::MapChange::Set(class))?;
         }
         Ok(())
     }
@@ -306,7 +311,7 @@ impl AgentCore {
     pub fn geo_drops(&self) -> std::collections::BTreeMap<String, u64> {
         let g = &self.dynamic.geo;
         let n = (g.label_ids.len() as u32 + 1).min(xban_common::GEO_LABELS);
-        let counts = self.enforcer.geo_drops(n).unwrap_or_default();
+        let counts = self.bans.enforcer.geo_drops(n).unwrap_or_default();
         let mut out = std::collections::BTreeMap::new();
         for (label, id) in &g.label_ids {
             if let Some(c) = counts.get(*id as usize) {
@@ -334,7 +339,8 @@ impl AgentCore {
         let db = GeoDb::open(&cfg)?;
         let set = geo::compile(&db, &cfg.rules)?;
         self.dynamic.geo.db = Some(Arc::new(db));
-        self.book
+        self.bans
+            .book
             .set_labeller(country_labeller(&self.dynamic.geo.db));
         self.dynamic.geo.compiled = Arc::new(set);
         tracing::info!("geo: database changed, applying the difference");
@@ -347,7 +353,7 @@ impl AgentCore {
 
     /// A jail's bantime for an offender: longer for listed countries.
     pub(super) fn bantime_for(&self, jail: &str, addr: IpAddr, bantime: BanTime) -> BanTime {
-        let Some(j) = self.jails.iter().find(|j| j.name() == jail) else {
+        let Some(j) = self.jails.list.iter().find(|j| j.name() == jail) else {
             return bantime;
         };
         if j.settings.bantime_by_country.is_empty() {
@@ -436,8 +442,13 @@ impl AgentCore {
     /// Lift a non-geo target's bans; a geo prefix is the rule's, not the
     /// operator's to lift by hand.
     pub(super) fn refuse_geo_unban(&self, target: &Target, jail: Option<&str>) -> Result<()> {
-        let geo_only = self.book.records(target).iter().all(|r| r.jail == GEO_JAIL);
-        if jail == Some(GEO_JAIL) || (!self.book.records(target).is_empty() && geo_only) {
+        let geo_only = self
+            .bans
+            .book
+            .records(target)
+            .iter()
+            .all(|r| r.jail == GEO_JAIL);
+        if jail == Some(GEO_JAIL) || (!self.bans.book.records(target).is_empty() && geo_only) {
             anyhow::bail!(
                 "{target} is banned by a geo rule: change [[geo.rules]] (or add the address to [defaults] ignoreip) and reload"
             );

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use crate::agent::StatusView;
+use super::views::StatusView;
 use crate::ban::{BanEvent, BanEventKind};
 
 /// Ban latency buckets (seconds): from a line being read to its ban's map
@@ -66,7 +66,7 @@ impl Metrics {
             let _ = writeln!(
                 o,
                 "xban_lines_read_total{{jail=\"{}\"}} {}",
-                j.name, j.counters["lines"]
+                j.name, j.counters.lines
             );
         }
         family(
@@ -79,7 +79,7 @@ impl Metrics {
             let _ = writeln!(
                 o,
                 "xban_lines_matched_total{{jail=\"{}\"}} {}",
-                j.name, j.counters["matched"]
+                j.name, j.counters.matched
             );
         }
         family(
@@ -92,7 +92,7 @@ impl Metrics {
             let _ = writeln!(
                 o,
                 "xban_parse_errors_total{{jail=\"{}\",kind=\"no_timestamp\"}} {}",
-                j.name, j.counters["lines_without_time"]
+                j.name, j.counters.lines_without_time
             );
             let (trunc, utf8) = self.source_errors.get(&j.name).copied().unwrap_or_default();
             let _ = writeln!(
@@ -129,11 +129,7 @@ impl Metrics {
             let _ = writeln!(
                 o,
                 "xban_window_evictions_total{{jail=\"{}\"}} {}",
-                j.name,
-                j.counters
-                    .get("window_evictions")
-                    .cloned()
-                    .unwrap_or(0.into())
+                j.name, j.counters.window_evictions
             );
         }
         family(
@@ -421,25 +417,25 @@ impl Metrics {
 /// Serve `GET /metrics` on `listener`, asking `fetch` for the text.
 pub async fn serve(
     listener: tokio::net::TcpListener,
-    tx: tokio::sync::mpsc::Sender<crate::control::ControlMessage>,
+    tx: tokio::sync::mpsc::Sender<crate::api::protocol::ControlMessage>,
 ) {
     serve_with(listener, tx, LIMITS).await
 }
 
 /// Scrapes served at once; a scraper holds one connection at a time.
-pub const LIMITS: crate::conn_limit::Limits = crate::conn_limit::Limits {
+pub const LIMITS: crate::api::conn_limit::Limits = crate::api::conn_limit::Limits {
     max_connections: 16,
     request_timeout: Duration::from_secs(5),
 };
 
 pub async fn serve_with(
     listener: tokio::net::TcpListener,
-    tx: tokio::sync::mpsc::Sender<crate::control::ControlMessage>,
-    limits: crate::conn_limit::Limits,
+    tx: tokio::sync::mpsc::Sender<crate::api::protocol::ControlMessage>,
+    limits: crate::api::conn_limit::Limits,
 ) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let limiter = crate::conn_limit::Limiter::new(limits);
-    let mut backoff = crate::conn_limit::AcceptBackoff::default();
+    let limiter = crate::api::conn_limit::Limiter::new(limits);
+    let mut backoff = crate::api::conn_limit::AcceptBackoff::default();
     loop {
         let mut slot = limiter.slot().await;
         let mut stream = match listener.accept().await {
@@ -463,8 +459,8 @@ pub async fn serve_with(
             let (status, body) = if head.starts_with("GET /metrics ") || head.starts_with("GET / ")
             {
                 let (reply_tx, reply_rx) = tokio::sync::oneshot::channel();
-                let msg = crate::control::ControlMessage {
-                    request: crate::control::Request::Metrics,
+                let msg = crate::api::protocol::ControlMessage {
+                    request: crate::api::protocol::Request::Metrics,
                     reply: reply_tx,
                 };
                 match tx.send(msg).await {
@@ -548,7 +544,7 @@ mod tests {
             geo: None,
             bans_by_country: Default::default(),
             fleet: None,
-            event_loop: Some(crate::agent::LoopTurns {
+            event_loop: Some(crate::api::views::LoopTurns {
                 turns: 9,
                 slow_turns: 2,
                 slowest_ms: 12.5,
@@ -556,14 +552,14 @@ mod tests {
                 by_work: [
                     (
                         "status".to_string(),
-                        crate::agent::WorkTurns {
+                        crate::api::views::WorkTurns {
                             turns: 3,
                             slowest_ms: 12.5,
                         },
                     ),
                     (
                         "lines".to_string(),
-                        crate::agent::WorkTurns {
+                        crate::api::views::WorkTurns {
                             turns: 6,
                             slowest_ms: 2.0,
                         },

@@ -1,117 +1,21 @@
-//! The control socket: one JSON request per line, one JSON reply per line.
-//!
-//! The server only parses and forwards; the agent's main loop owns all state
-//! and answers, so requests never race with bans.
+//! The control socket. The server only parses and forwards; the agent's
+//! main loop owns all state and answers, so requests never race with bans.
 
 use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::conn_limit::{AcceptBackoff, Limiter, Limits, Slot};
-
-/// Requests are bounded: nothing legitimate is near this.
-const MAX_REQUEST: usize = 64 * 1024;
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "cmd", rename_all = "snake_case", deny_unknown_fields)]
-pub enum Request {
-    Status {
-        jail: Option<String>,
-    },
-    Banned {
-        jail: Option<String>,
-    },
-    Ban {
-        target: String,
-        jail: Option<String>,
-        bantime: Option<String>,
-        class: Option<String>,
-        /// Lift the `[agent] min_prefix_v4/v6` rule for this ban (never the
-        /// allowlist or this host's addresses).
-        #[serde(default)]
-        force: bool,
-    },
-    Unban {
-        target: Option<String>,
-        jail: Option<String>,
-        #[serde(default)]
-        all: bool,
-        /// With `[fleet]`: lift it on this host only (not fleet-wide).
-        #[serde(default)]
-        local: bool,
-    },
-    Stats,
-    /// What the geo database says of an address, and which rule covers it.
-    Geo {
-        address: String,
-    },
-    /// Re-read the config; a broken one is refused and the old one kept.
-    Reload,
-    /// Prometheus text exposition.
-    Metrics,
-    /// Stop the agent and remove everything it put in the kernel.
-    Teardown,
-}
-
-impl Request {
-    /// The request's name, as the event loop's timings label it.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Request::Status { .. } => "status",
-            Request::Banned { .. } => "banned",
-            Request::Ban { .. } => "ban",
-            Request::Unban { .. } => "unban",
-            Request::Stats => "stats",
-            Request::Geo { .. } => "geo",
-            Request::Reload => "reload",
-            Request::Metrics => "metrics",
-            Request::Teardown => "teardown",
-        }
-    }
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Reply {
-    pub ok: bool,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    #[serde(default)]
-    pub data: serde_json::Value,
-}
-
-impl Reply {
-    pub fn ok(data: impl Serialize) -> Reply {
-        Reply {
-            ok: true,
-            error: None,
-            data: serde_json::to_value(data).unwrap_or(serde_json::Value::Null),
-        }
-    }
-
-    pub fn err(message: impl Into<String>) -> Reply {
-        Reply {
-            ok: false,
-            error: Some(message.into()),
-            data: serde_json::Value::Null,
-        }
-    }
-}
-
-/// A request from the socket, with where to send the answer.
-pub struct ControlMessage {
-    pub request: Request,
-    pub reply: oneshot::Sender<Reply>,
-}
+use super::protocol::{parse_request, ControlMessage, Reply, Request, MAX_REQUEST};
+use crate::api::conn_limit::{AcceptBackoff, Limiter, Limits, Slot};
 
 /// Bind the socket (owner-only permissions), replacing a stale one.
 pub fn bind(path: &Path) -> Result<UnixListener> {
     if let Some(dir) = path.parent() {
-        crate::setup::private_dir(dir)?;
+        crate::sys::setup::private_dir(dir)?;
     }
     if let Ok(meta) = std::fs::symlink_metadata(path) {
         use std::os::unix::fs::FileTypeExt;
@@ -120,7 +24,7 @@ pub fn bind(path: &Path) -> Result<UnixListener> {
             bail!(
                 "[agent] socket: {} exists and is not a socket: set socket to a path of its own, e.g. {}",
                 path.display(),
-                crate::directories::SOCKET
+                crate::sys::paths::SOCKET
             );
         }
         // A socket that still answers belongs to a running agent.
@@ -229,21 +133,6 @@ async fn handle(
     };
     write_reply(&mut write, &reply).await
 }
-
-/// One request line as bytes: JSON in UTF-8, or an error reply's text.
-/// Public for the fuzz target.
-#[doc(hidden)]
-pub fn parse_request(raw: &[u8]) -> Result<Request, String> {
-    let text = std::str::from_utf8(raw).map_err(|e| {
-        format!(
-            "malformed request: not UTF-8 text (invalid byte at offset {}); send one JSON object per line (see `xban --help` for the commands)",
-            e.valid_up_to()
-        )
-    })?;
-    serde_json::from_str::<Request>(text.trim())
-        .map_err(|e| format!("malformed request: {e} (see `xban --help` for the commands)"))
-}
-
 async fn write_reply(w: &mut tokio::net::unix::OwnedWriteHalf, reply: &Reply) -> Result<()> {
     let mut text = serde_json::to_string(reply)?;
     text.push('\n');
@@ -293,27 +182,9 @@ pub fn request(socket: &Path, req: &Request) -> Result<Reply> {
 pub fn agent_running(socket: &Path) -> bool {
     std::os::unix::net::UnixStream::connect(socket).is_ok()
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn requests_roundtrip_and_bad_ones_are_named() {
-        let r = Request::Ban {
-            target: "203.0.113.9".into(),
-            jail: Some("sshd".into()),
-            bantime: Some("1h".into()),
-            class: None,
-            force: false,
-        };
-        let text = serde_json::to_string(&r).unwrap();
-        assert_eq!(serde_json::from_str::<Request>(&text).unwrap(), r);
-        let e = serde_json::from_str::<Request>(r#"{"cmd":"explode"}"#).unwrap_err();
-        assert!(e.to_string().contains("unknown variant `explode`"), "{e}");
-        let e = serde_json::from_str::<Request>(r#"{"cmd":"ban"}"#).unwrap_err();
-        assert!(e.to_string().contains("missing field `target`"), "{e}");
-    }
 
     #[tokio::test]
     async fn server_answers_and_survives_garbage() {

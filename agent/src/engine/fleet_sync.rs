@@ -6,18 +6,19 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::atomic::Ordering::Relaxed;
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 use tokio::sync::mpsc;
 
-use super::client::{Delivery, FleetClient, Incoming};
-use super::message::{self, Body, DecodeError, FleetMessage};
-use super::state::{self, Outgoing};
-use super::{FleetSettings, FLEET_JAIL};
+use super::Agent;
 use crate::addr::Target;
-use crate::agent::AgentCore;
 use crate::ban::{now_secs, BanRecord, UnixSecs};
 use crate::ban::{BanEvent, BanEventKind};
 use crate::blocklist::BLOCKLIST_JAIL;
+use crate::fleet::client::{Delivery, FleetClient, Incoming};
+use crate::fleet::message::{self, Body, DecodeError, FleetMessage};
+use crate::fleet::state::{self, Outgoing};
+use crate::fleet::{FleetSettings, FLEET_JAIL};
+use crate::guard::BanOrigin;
 
 /// The jail key of `node`'s bans in the ban book: `fleet@NODE`, so each
 /// origin keeps its own record of a target.
@@ -74,7 +75,7 @@ pub struct Counters {
 /// Checks a remote ban against what this host never bans.
 pub fn refusal(
     settings: &FleetSettings,
-    core: &AgentCore,
+    core: &Agent,
     self_addrs: &[Target],
     target: &Target,
 ) -> Option<Refusal> {
@@ -118,7 +119,7 @@ impl FleetRuntime {
     /// Create the tables, load the outbox, start the client.
     pub fn start(
         settings: FleetSettings,
-        core: &mut AgentCore,
+        core: &mut Agent,
         self_addrs: Vec<Target>,
     ) -> Result<FleetRuntime> {
         state::ensure_tables(core.store())?;
@@ -155,7 +156,7 @@ impl FleetRuntime {
 
     /// Without a client (unit tests): messages stay in the outbox.
     #[cfg(test)]
-    fn offline(settings: FleetSettings, core: &mut AgentCore, self_addrs: Vec<Target>) -> Self {
+    fn offline(settings: FleetSettings, core: &mut Agent, self_addrs: Vec<Target>) -> Self {
         state::ensure_tables(core.store()).unwrap();
         let (_tx, rx) = mpsc::channel(1);
         FleetRuntime {
@@ -169,7 +170,7 @@ impl FleetRuntime {
         }
     }
 
-    fn queue(&mut self, core: &mut AgentCore, msgs: Vec<FleetMessage>) {
+    fn queue(&mut self, core: &mut Agent, msgs: Vec<FleetMessage>) {
         if msgs.is_empty() {
             return;
         }
@@ -202,7 +203,7 @@ impl FleetRuntime {
     }
 
     /// The bans this host decided (not fleet, not blocklist files) go out.
-    pub fn on_events(&mut self, core: &mut AgentCore, events: &[BanEvent]) {
+    pub fn on_events(&mut self, core: &mut Agent, events: &[BanEvent]) {
         if !self.settings.publish {
             return;
         }
@@ -217,7 +218,7 @@ impl FleetRuntime {
     }
 
     /// An operator's unban, for every node.
-    pub fn publish_unbans(&mut self, core: &mut AgentCore, targets: &[Target]) {
+    pub fn publish_unbans(&mut self, core: &mut Agent, targets: &[Target]) {
         if !self.settings.publish {
             return;
         }
@@ -238,7 +239,7 @@ impl FleetRuntime {
     }
 
     /// A batch from the client: acknowledgements and deliveries.
-    pub fn on_incoming(&mut self, core: &mut AgentCore, batch: Vec<Incoming>) {
+    pub fn on_incoming(&mut self, core: &mut Agent, batch: Vec<Incoming>) {
         let mut acked = Vec::new();
         let mut deliveries = Vec::new();
         for i in batch {
@@ -263,7 +264,7 @@ impl FleetRuntime {
     /// Apply deliveries in order; consecutive bans share one database
     /// commit, an unban ends the batch before it (so it lifts what came
     /// before it, never what follows). Acknowledged once stored.
-    pub fn apply(&mut self, core: &mut AgentCore, deliveries: Vec<Delivery>, now: UnixSecs) {
+    pub fn apply(&mut self, core: &mut Agent, deliveries: Vec<Delivery>, now: UnixSecs) {
         let mut segment: Vec<(Delivery, FleetMessage)> = Vec::new();
         for d in deliveries {
             let msg = match FleetMessage::decode(&self.settings.subject, &d.subject, &d.payload) {
@@ -296,7 +297,7 @@ impl FleetRuntime {
 
     fn apply_bans(
         &mut self,
-        core: &mut AgentCore,
+        core: &mut Agent,
         segment: Vec<(Delivery, FleetMessage)>,
         now: UnixSecs,
     ) {
@@ -389,7 +390,7 @@ impl FleetRuntime {
         }
     }
 
-    fn apply_unban(&mut self, core: &mut AgentCore, d: Delivery, msg: FleetMessage) {
+    fn apply_unban(&mut self, core: &mut Agent, d: Delivery, msg: FleetMessage) {
         let Body::Unban { target, at } = msg.body else {
             return;
         };
@@ -433,9 +434,9 @@ impl FleetRuntime {
     }
 
     /// `status`'s fleet section.
-    pub fn status(&self, core: &AgentCore) -> serde_json::Value {
+    pub fn status(&self, core: &Agent) -> serde_json::Value {
         let sh = self.client.as_ref().map(|c| c.shared.clone());
-        let get = |f: fn(&super::client::Shared) -> u64| sh.as_deref().map(f).unwrap_or(0);
+        let get = |f: fn(&crate::fleet::client::Shared) -> u64| sh.as_deref().map(f).unwrap_or(0);
         let stream_last = get(|s| s.stream_last_seq.load(Relaxed));
         let pending = get(|s| s.consumer_pending.load(Relaxed));
         serde_json::json!({
@@ -475,7 +476,7 @@ impl FleetRuntime {
     }
 
     /// Prometheus lines for the fleet.
-    pub fn metrics(&self, core: &AgentCore, o: &mut String) {
+    pub fn metrics(&self, core: &Agent, o: &mut String) {
         let st = self.status(core);
         let mut family = |name: &str, kind: &str, help: &str, lines: Vec<(String, u64)>| {
             let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
@@ -576,247 +577,58 @@ fn ban_message(node: &str, r: &BanRecord) -> FleetMessage {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::ban::BanClass;
-    use crate::config::Config;
-    use crate::enforce::DryRunEnforcer;
-    use crate::store::BanStore;
-
-    struct Fixture {
-        core: AgentCore,
-        fleet: FleetRuntime,
-        seq: u64,
-        _dir: tempfile::TempDir,
+impl Agent {
+    /// A ban from another node, already checked: stored (with history only
+    /// when remote bans count towards the ladder), then into the kernel
+    /// (at the end of the batch inside [`batched`](Self::batched)).
+    pub fn fleet_ban(&mut self, rec: BanRecord, history: bool) -> Result<()> {
+        // The local allowlist and this host's addresses always win; the
+        // width rule for remote bans is [fleet]'s own (checked before).
+        if let Err(r) = self.guard_ban(&rec.target, BanOrigin::Fleet, &[], true) {
+            bail!("{r}");
+        }
+        self.bans
+            .store
+            .put_bans(std::slice::from_ref(&rec), history.then_some(rec.banned_at))?;
+        if self.bans.batching {
+            let at = rec.banned_at;
+            self.bans.staged.push((rec, at));
+        } else {
+            self.enforce_ban(&rec)?;
+        }
+        Ok(())
     }
 
-    fn fixture() -> Fixture {
-        let dir = tempfile::tempdir().unwrap();
-        let text = format!(
-            "[agent]\nfilters_dir = \"{}\"\n[defaults]\nignoreip = [\"198.51.100.0/24\"]\n\
-             [jails.ssh]\nlogpath = [\"/l\"]\nfailregex = ['fail from <HOST>$']\n\
-             [fleet]\nservers = [\"nats://127.0.0.1:1\"]\nnode = \"b\"\n",
-            dir.path().join("none").display()
-        );
-        let cfg = Config::parse(&text).unwrap().validate().unwrap();
-        let store = BanStore::open(dir.path()).unwrap();
-        let mut core =
-            AgentCore::new(&cfg, store, Box::new(DryRunEnforcer::default()), &[]).unwrap();
-        let self_addrs = vec!["203.0.113.250".parse().unwrap()];
-        let fleet = FleetRuntime::offline(cfg.fleet.unwrap(), &mut core, self_addrs);
-        Fixture {
-            core,
-            fleet,
-            seq: 0,
-            _dir: dir,
+    /// An operator's unban on another node: lift this host's bans of the
+    /// target (fleet and local alike) that began at or before `at`.
+    pub fn fleet_unban(&mut self, target: &Target, at: UnixSecs) -> Result<Vec<BanRecord>> {
+        let jails: Vec<String> = self
+            .bans
+            .book
+            .records(target)
+            .iter()
+            .filter(|r| r.banned_at <= at)
+            .map(|r| r.jail.clone())
+            .collect();
+        let mut removed = Vec::new();
+        for j in jails {
+            removed.extend(self.unban_because(target, Some(&j), "fleet")?);
         }
+        Ok(removed)
     }
 
-    fn ban(node: &str, target: &str, banned_at: i64, expires_at: Option<i64>) -> FleetMessage {
-        FleetMessage {
-            v: message::VERSION,
-            id: message::new_id(node),
-            node: node.into(),
-            body: Body::Ban {
-                target: target.parse().unwrap(),
-                class: BanClass::Drop,
-                jail: "sshd".into(),
-                failures: 5,
-                banned_at,
-                expires_at,
-            },
-        }
-    }
-
-    fn unban(node: &str, target: &str, at: i64) -> FleetMessage {
-        FleetMessage {
-            v: message::VERSION,
-            id: message::new_id(node),
-            node: node.into(),
-            body: Body::Unban {
-                target: target.parse().unwrap(),
-                at,
-            },
-        }
-    }
-
-    impl Fixture {
-        fn deliver_raw(&mut self, subject: &str, payloads: Vec<Vec<u8>>, now: i64) {
-            let ds = payloads
-                .into_iter()
-                .map(|payload| {
-                    self.seq += 1;
-                    Delivery {
-                        subject: subject.into(),
-                        payload,
-                        stream_seq: self.seq,
-                        message: None,
-                    }
-                })
-                .collect();
-            self.fleet.apply(&mut self.core, ds, now);
-        }
-
-        fn deliver(&mut self, msgs: &[FleetMessage], now: i64) {
-            for m in msgs {
-                let subject = format!("xban.bans.{}", m.node);
-                self.deliver_raw(&subject, vec![m.encode()], now);
+    /// Fleet bans held now, per origin node.
+    pub fn fleet_origins(&self) -> std::collections::BTreeMap<String, usize> {
+        let mut out = std::collections::BTreeMap::new();
+        for (jail, n) in &self.bans.book.tally().records_by_jail {
+            if let Some(o) = crate::engine::fleet_sync::origin_of(jail) {
+                *out.entry(o.to_string()).or_default() += n;
             }
         }
-
-        fn banned(&self) -> Vec<(String, String, Option<String>)> {
-            let mut v: Vec<_> = self
-                .core
-                .bans(None)
-                .into_iter()
-                .map(|b| (b.address, b.jail, b.origin))
-                .collect();
-            v.sort();
-            v
-        }
-    }
-
-    #[test]
-    fn remote_bans_apply_once_with_their_origin_and_absolute_expiry() {
-        let mut f = fixture();
-        let now = now_secs();
-        let m = ban("a", "203.0.113.7", now - 10, Some(now + 600));
-        f.deliver(&[m.clone(), m.clone()], now);
-        assert_eq!(
-            f.banned(),
-            vec![("203.0.113.7".into(), "fleet".into(), Some("a".into()))]
-        );
-        assert_eq!(
-            (f.fleet.counters.applied_bans, f.fleet.counters.duplicates),
-            (1, 1)
-        );
-        let view = &f.core.bans(Some("fleet"))[0];
-        assert_eq!(view.expires_at, Some(now + 600));
-        // The same target from another origin is its own record.
-        f.deliver(&[ban("c", "203.0.113.7", now, Some(now + 60))], now);
-        assert_eq!(f.core.fleet_origins().len(), 2);
-        // Already over when it arrives: not applied.
-        f.deliver(&[ban("a", "203.0.113.8", now - 100, Some(now - 1))], now);
-        assert_eq!(f.fleet.counters.expired, 1);
-        // Expiry ends it at the absolute time: c's at now+60, a's at now+600.
-        assert_eq!(f.core.expire(now + 60).unwrap(), 1);
-        assert_eq!(f.core.expire(now + 600).unwrap(), 1);
-        assert!(f.banned().is_empty());
-        // Own messages (the consumer reads the whole stream) are skipped.
-        f.deliver(&[ban("b", "203.0.113.9", now, None)], now);
-        assert_eq!(f.fleet.counters.own, 1);
-        assert!(f.banned().is_empty());
-        // Remote bans are never published again.
-        let events = f.core.take_events();
-        assert!(events.iter().any(|e| e.kind == BanEventKind::Ban));
-        f.fleet.on_events(&mut f.core, &events);
-        assert!(f.fleet.sent.is_empty());
-    }
-
-    #[test]
-    fn local_rules_win_and_refusals_are_counted() {
-        let mut f = fixture();
-        let now = now_secs();
-        let exp = Some(now + 600);
-        f.deliver(
-            &[
-                ban("a", "0.0.0.0/1", now, exp),
-                ban("a", "203.0.0.0/15", now, exp),
-                ban("a", "2001:db8::/32", now, exp),
-                ban("a", "198.51.100.7", now, exp),
-                ban("a", "198.51.0.0/16", now, exp),
-                ban("a", "203.0.113.250", now, exp),
-                ban("a", "203.0.113.0/24", now, exp),
-                ban("a", "2001:db8:bad::/48", now, exp),
-            ],
-            now,
-        );
-        let r = &f.fleet.counters.refused;
-        assert_eq!(r.get("min_prefix"), Some(&3));
-        assert_eq!(r.get("allowlist"), Some(&2));
-        assert_eq!(r.get("ignoreself"), Some(&2));
-        assert_eq!(
-            f.banned(),
-            vec![("2001:db8:bad::/48".into(), "fleet".into(), Some("a".into()))]
-        );
-        // Garbage on the subject is counted and dropped.
-        f.deliver_raw(
-            "xban.bans.a",
-            vec![
-                b"not json".to_vec(),
-                vec![b'x'; message::MAX_MESSAGE_BYTES + 1],
-                ban("c", "203.0.113.1", now, exp).encode(),
-                br#"{"v":1,"kind":"ban"}"#.to_vec(),
-            ],
-            now,
-        );
-        assert_eq!(f.fleet.counters.malformed, 3);
-        assert_eq!(f.fleet.counters.oversized, 1);
-        assert_eq!(f.banned().len(), 1);
-    }
-
-    #[test]
-    fn operator_unban_lifts_local_and_fleet_bans_made_before_it() {
-        let mut f = fixture();
-        let now = now_secs();
-        f.core
-            .manual_ban("203.0.113.20", Some("ssh"), None, None)
-            .unwrap();
-        f.deliver(&[ban("a", "203.0.113.20", now - 5, Some(now + 600))], now);
-        assert_eq!(f.banned().len(), 2);
-        f.deliver(&[unban("c", "203.0.113.20", now + 1)], now);
-        assert!(f.banned().is_empty(), "{:?}", f.banned());
-        let events = f.core.take_events();
-        assert!(events
-            .iter()
-            .filter(|e| e.kind == BanEventKind::Unban)
-            .all(|e| e.reason == "fleet"));
-        // A ban and its unban in one batch: the unban comes after, and wins.
-        let b = ban("a", "203.0.113.21", now, Some(now + 600));
-        let u = unban("c", "203.0.113.21", now + 1);
-        let later = ban("a", "203.0.113.22", now + 5, Some(now + 600));
-        let u2 = unban("c", "203.0.113.22", now + 1);
-        f.deliver_raw("xban.bans.a", vec![b.encode()], now);
-        let ds: Vec<Delivery> = [("a", &b), ("c", &u), ("a", &later), ("c", &u2)]
-            .into_iter()
-            .map(|(n, m)| Delivery {
-                subject: format!("xban.bans.{n}"),
-                payload: m.encode(),
-                stream_seq: 0,
-                message: None,
-            })
-            .collect();
-        f.fleet.apply(&mut f.core, ds, now);
-        // 21: banned, unbanned (its redelivery was a duplicate); 22 began
-        // after the unban's time and stays.
-        assert_eq!(
-            f.banned(),
-            vec![("203.0.113.22".into(), "fleet".into(), Some("a".into()))]
-        );
-        assert_eq!(f.fleet.counters.duplicates, 1);
-    }
-
-    #[test]
-    fn local_bans_and_unbans_go_to_the_outbox_until_acknowledged() {
-        let mut f = fixture();
-        f.core.manual_ban("203.0.113.30", None, None, None).unwrap();
-        let events = f.core.take_events();
-        f.fleet.on_events(&mut f.core, &events);
-        f.fleet
-            .publish_unbans(&mut f.core, &["203.0.113.30".parse().unwrap()]);
-        assert_eq!(f.fleet.sent.len(), 2);
-        let stored = state::outbox_load(f.core.store()).unwrap();
-        assert_eq!(stored, f.fleet.sent);
-        assert!(stored.iter().all(|m| m.subject == "xban.bans.b"));
-        let first = FleetMessage::decode("xban.bans", "xban.bans.b", &stored[0].payload).unwrap();
-        assert!(matches!(first.body, Body::Ban { ref jail, .. } if jail == "manual"));
-        assert_eq!(first.id, stored[0].id);
-        f.fleet.on_incoming(
-            &mut f.core,
-            vec![Incoming::Acked(vec![stored[0].id.clone()])],
-        );
-        assert_eq!(state::outbox_load(f.core.store()).unwrap(), stored[1..]);
-        assert_eq!(f.fleet.outbox_len(), 1);
+        out
     }
 }
+
+#[cfg(test)]
+#[path = "fleet_sync_tests.rs"]
+mod tests;

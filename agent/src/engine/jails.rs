@@ -1,0 +1,94 @@
+//! The jails: each counts its failures in a window and asks for a ban.
+//! Lines go in here ([`Agent::on_line`], [`Agent::on_lines`] in `bans`).
+
+use std::net::IpAddr;
+use std::time::SystemTime;
+
+use anyhow::Result;
+
+use super::Agent;
+use crate::addr::Target;
+use crate::ban::{now_secs, BanRecord};
+use crate::jail::{Jail, JailVerdict};
+use crate::source::SourceLine;
+
+/// The configured jails, in config order.
+#[derive(Default)]
+pub struct JailSet {
+    pub(super) list: Vec<Jail>,
+}
+
+impl JailSet {
+    pub(super) fn find(&self, name: &str) -> Option<&Jail> {
+        self.list.iter().find(|j| j.name() == name)
+    }
+
+    /// The jail called `name`, or an error naming the jails there are.
+    pub(super) fn by_name(&self, name: &str) -> Result<&Jail> {
+        self.find(name).ok_or_else(|| {
+            let names: Vec<&str> = self.list.iter().map(|j| j.name()).collect();
+            anyhow::anyhow!("no jail named `{name}` (jails: {})", names.join(", "))
+        })
+    }
+
+    /// An unbanned host starts counting afresh in every jail.
+    pub(super) fn forget(&mut self, addr: &IpAddr) {
+        for j in &mut self.list {
+            j.window.forget(addr);
+        }
+    }
+
+    /// Drop failures older than each jail's findtime; log the warnings
+    /// gathered since the last time.
+    pub(super) fn prune(&mut self, now: SystemTime) {
+        for j in &mut self.list {
+            j.window.prune(now);
+            j.flush_warnings();
+        }
+    }
+}
+
+impl Agent {
+    /// Feed one line to a jail; ban when it asks. Lines of a jail that a
+    /// reload removed are dropped.
+    pub fn on_line(&mut self, jail: &str, line: &SourceLine) -> Result<Option<BanRecord>> {
+        let name = jail;
+        let Some(jail) = self.jails.list.iter().position(|j| j.name() == name) else {
+            return Ok(None);
+        };
+        let now = now_secs();
+        let (book, staged) = (&self.bans.book, &self.bans.staged_keys);
+        let j = &mut self.jails.list[jail];
+        // Asked only for failure lines: no per-line copy of the name.
+        let banned = |addr: IpAddr| {
+            let t = Target::host(addr);
+            book.has_active(&t, name, now) || staged.contains(&(t, name.to_string()))
+        };
+        let verdict = j.process_with(&line.text, line.read_at, line.time, &banned);
+        match verdict {
+            JailVerdict::Ban(req) => self.ban_from_jail(req),
+            JailVerdict::AlreadyBanned(addr) => {
+                tracing::debug!(jail = %name, %addr, "failure by an address the jail has banned already: not counted");
+                Ok(None)
+            }
+            JailVerdict::Failure(addr) => {
+                tracing::debug!(jail = %self.jails.list[jail].name(), %addr, "failure");
+                Ok(None)
+            }
+            JailVerdict::Ignored(addr) => {
+                tracing::debug!(jail = %self.jails.list[jail].name(), %addr, "failure by an ignored address");
+                Ok(None)
+            }
+            JailVerdict::Nothing => Ok(None),
+        }
+    }
+
+    pub fn prune_windows(&mut self, now: SystemTime) {
+        self.jails.prune(now);
+        let secs = now
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        self.escalator.prune(secs);
+    }
+}
