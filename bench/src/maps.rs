@@ -1,13 +1,14 @@
 //! The bench's writer of the agent's ban maps: bans written straight into
 //! the maps a pin directory holds, the way the agent's `set_ban` writes
-//! them (the control socket is far too slow for a million bans). Kept
-//! together here so that it can move onto the fast-table codec in
-//! xban-common in one step.
+//! them (the control socket is far too slow for a million bans). Bucket and
+//! directory words come from xban-common's fast-table codec, which the agent
+//! uses too.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, Result};
+use xban_common::fastpath::{self, FastKey, NeBytes, Words};
 use xban_lab::run_cmd;
 
 use crate::bpf::BpfMap;
@@ -31,23 +32,6 @@ struct FastMaps {
 
 const V4: usize = 0;
 const V6: usize = 1;
-/// Bytes of a `tab_v4` / `tab_v6` bucket, a `dir_v4` / `dir_v6` slot.
-const BUCKET: [usize; 2] = [
-    std::mem::size_of::<xban_common::TabBucketV4>(),
-    std::mem::size_of::<xban_common::TabBucketV6>(),
-];
-const DIR_SLOT: [usize; 2] = [
-    std::mem::size_of::<xban_common::DirV4>(),
-    std::mem::size_of::<xban_common::DirV6>(),
-];
-
-fn word(b: &[u8], i: usize) -> u64 {
-    u64::from_ne_bytes(b[i * 8..i * 8 + 8].try_into().unwrap())
-}
-
-fn set_word(b: &mut [u8], i: usize, w: u64) {
-    b[i * 8..i * 8 + 8].copy_from_slice(&w.to_ne_bytes());
-}
 
 impl BanMaps {
     pub fn open(pin_dir: &Path) -> Result<BanMaps> {
@@ -97,62 +81,31 @@ impl BanMaps {
         };
         // The bucket, read, changed and written back whole: nothing reads the
         // maps while the bench fills them.
-        let (bucket, key) = if fam == V4 {
-            let a = u32::from_ne_bytes(addr.try_into().unwrap());
-            (xban_common::tab_bucket_v4(a, prefix_len), a as u64)
+        let v6 = fam == V6;
+        let key = if v6 {
+            FastKey::v6(addr.try_into().expect("16 bytes"), prefix_len)
         } else {
-            let hi = u64::from_ne_bytes(addr[..8].try_into().unwrap());
-            let lo = u64::from_ne_bytes(addr[8..].try_into().unwrap());
-            (xban_common::tab_bucket_v6(hi, lo, prefix_len), 0)
+            FastKey::v4(addr.try_into().expect("4 bytes"), prefix_len)
         };
-        let mut b = vec![0u8; BUCKET[fam]];
+        let bucket = key.bucket();
+        let mut b = vec![0u8; fastpath::bucket_words(v6) * 8];
         fast.tab[fam].lookup(&bucket.to_ne_bytes(), &mut b)?;
-        let placed = if fam == V4 {
-            let k = xban_common::tab_key_v4(key as u32, prefix_len);
-            let free = (1..=xban_common::TAB_V4_WAYS)
-                .find(|&i| xban_common::tab_match_v4(word(&b, i), k).is_some())
-                .or_else(|| (1..=xban_common::TAB_V4_WAYS).find(|&i| word(&b, i) >> 40 == 0));
-            free.map(|i| {
-                set_word(
-                    &mut b,
-                    i,
-                    xban_common::tab_way_v4_labelled(key as u32, prefix_len, class, label),
-                )
-            })
-        } else {
-            let (hi, lo) = (word(addr, 0), word(addr, 1));
-            // Way i: words 1 + 3i (hi), 2 + 3i (lo), 3 + 3i (meta).
-            let free = (0..xban_common::TAB_V6_WAYS)
-                .find(|&i| {
-                    word(&b, 1 + 3 * i) == hi
-                        && word(&b, 2 + 3 * i) == lo
-                        && xban_common::tab_meta_match_v6(word(&b, 3 + 3 * i), prefix_len).is_some()
-                })
-                .or_else(|| {
-                    (0..xban_common::TAB_V6_WAYS)
-                        .find(|&i| xban_common::tab_meta_free_v6(word(&b, 3 + 3 * i)))
-                });
-            free.map(|i| {
-                let version = xban_common::tab_meta_version_v6(word(&b, 3 + 3 * i));
-                set_word(&mut b, 1 + 3 * i, hi);
-                set_word(&mut b, 2 + 3 * i, lo);
-                set_word(
-                    &mut b,
-                    3 + 3 * i,
-                    xban_common::tab_meta_v6_labelled(
-                        prefix_len,
-                        class,
-                        version.wrapping_add(1),
-                        label,
-                    ),
-                );
-            })
-        };
-        if placed.is_none() {
-            fast.over[fam]
-                .update(&trie_key, &value)
-                .context("write into the overflow hash")?;
-            set_word(&mut b, 0, 1);
+        let way = fastpath::find_way(&NeBytes(&b), &key)
+            .map(|(i, _)| i)
+            .or_else(|| fastpath::free_way(&NeBytes(&b), v6));
+        match way {
+            Some(i) => {
+                let stores = fastpath::put_way(&NeBytes(&b), &key, i, class, label);
+                for &(w, v) in stores.as_slice() {
+                    fastpath::set_ne_word(&mut b, w, v);
+                }
+            }
+            None => {
+                fast.over[fam]
+                    .update(&trie_key, &value)
+                    .context("write into the overflow hash")?;
+                fastpath::set_ne_word(&mut b, fastpath::OVERFLOW_WORD, 1);
+            }
         }
         fast.tab[fam].update(&bucket.to_ne_bytes(), &b)?;
         if prefix_len as usize != addr.len() * 8 {
@@ -175,12 +128,12 @@ impl BanMaps {
                 Some(r) => r.map(xban_common::dir_slot_v6).collect(),
             }
         };
+        let (i, bit) = fastpath::dir_len_bit(len);
         for slot in slots {
-            let mut v = vec![0u8; DIR_SLOT[fam]];
+            let mut v = vec![0u8; fastpath::dir_words(fam == V6) * 8];
             dirs[fam].lookup(&slot.to_ne_bytes(), &mut v)?;
-            let i = (len / 64) as usize;
-            let w = word(&v, i) | 1 << (len % 64);
-            set_word(&mut v, i, w);
+            let w = NeBytes(&v).word(i) | bit;
+            fastpath::set_ne_word(&mut v, i, w);
             dirs[fam].update(&slot.to_ne_bytes(), &v)?;
         }
         Ok(())
