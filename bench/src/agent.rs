@@ -200,7 +200,7 @@ impl Tries {
 /// Attacker indices for the latency run, away from the other runs' ranges.
 const LATENCY_BASE: u32 = 3_000_000;
 
-pub fn latency(ctx: &Ctx) -> Result<Vec<Section>> {
+pub(crate) fn latency(ctx: &Ctx) -> Result<Vec<Section>> {
     let n = ctx.size(10_000, 300);
     fine_timer_slack();
     let mut rig = AgentRig::new(ctx, &jail_config(MAXRETRY))?;

@@ -24,7 +24,7 @@ const BPF_PROG_TEST_RUN: libc::c_long = 10;
 const BPF_PROG_TYPE_XDP: u32 = 6;
 const BPF_MAP_TYPE_ARRAY: u32 = 2;
 /// BPF_PROG_TEST_RUN flag: frames really go out (XDP_TX, XDP_REDIRECT).
-pub const BPF_F_TEST_XDP_LIVE_FRAMES: u32 = 1 << 1;
+pub(crate) const BPF_F_TEST_XDP_LIVE_FRAMES: u32 = 1 << 1;
 
 #[repr(C)]
 struct MapCreateAttr {
@@ -72,7 +72,7 @@ struct TestRunAttr {
 }
 
 /// One BPF instruction.
-pub fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> u64 {
+pub(crate) fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> u64 {
     let mut b = [0u8; 8];
     b[0] = code;
     b[1] = (src << 4) | dst;
@@ -82,7 +82,7 @@ pub fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> u64 {
 }
 
 /// Loads an XDP program given as instructions; the verifier log on refusal.
-pub fn load_xdp(insns: &[u64]) -> Result<OwnedFd> {
+pub(crate) fn load_xdp(insns: &[u64]) -> Result<OwnedFd> {
     let license = c"GPL";
     let mut log = vec![0u8; 64 * 1024];
     let mut load = ProgLoadAttr {
@@ -108,7 +108,7 @@ pub fn load_xdp(insns: &[u64]) -> Result<OwnedFd> {
 }
 
 /// BPF_PROG_TEST_RUN of `prog` on `packet`: verdict and average ns.
-pub fn prog_test_run(
+pub(crate) fn prog_test_run(
     prog: &OwnedFd,
     packet: &[u8],
     repeat: u32,
@@ -127,7 +127,7 @@ pub fn prog_test_run(
 }
 
 /// Pins `prog` at `path` (BPF_OBJ_PIN), for tools that attach by path.
-pub fn pin_prog(prog: &OwnedFd, path: &Path) -> Result<()> {
+pub(crate) fn pin_prog(prog: &OwnedFd, path: &Path) -> Result<()> {
     use std::os::unix::ffi::OsStrExt;
     let c = CString::new(path.as_os_str().as_bytes())?;
     let mut attr = ObjGetAttr {
@@ -141,7 +141,7 @@ pub fn pin_prog(prog: &OwnedFd, path: &Path) -> Result<()> {
 }
 
 /// A pinned program's fd (BPF_OBJ_GET).
-pub fn open_pinned_prog(path: &Path) -> Result<OwnedFd> {
+pub(crate) fn open_pinned_prog(path: &Path) -> Result<OwnedFd> {
     obj_get(path).with_context(|| format!("open pinned program {}", path.display()))
 }
 
@@ -194,11 +194,11 @@ fn sys_bpf<T>(cmd: libc::c_long, attr: &mut T) -> std::io::Result<libc::c_long> 
 }
 
 /// A BPF map: pinned by the agent, or made here.
-pub struct BpfMap(OwnedFd);
+pub(crate) struct BpfMap(OwnedFd);
 
 impl BpfMap {
     /// A new (unpinned) array map, freed with the fd.
-    pub fn create_array(value_size: u32, max_entries: u32) -> Result<BpfMap> {
+    pub(crate) fn create_array(value_size: u32, max_entries: u32) -> Result<BpfMap> {
         let mut attr = MapCreateAttr {
             map_type: BPF_MAP_TYPE_ARRAY,
             key_size: 4,
@@ -211,16 +211,16 @@ impl BpfMap {
         Ok(BpfMap(unsafe { OwnedFd::from_raw_fd(fd as i32) }))
     }
 
-    pub fn raw_fd(&self) -> i32 {
+    pub(crate) fn raw_fd(&self) -> i32 {
         self.0.as_raw_fd()
     }
 
-    pub fn open(path: &Path) -> Result<BpfMap> {
+    pub(crate) fn open(path: &Path) -> Result<BpfMap> {
         let fd = obj_get(path).with_context(|| format!("open pinned map {}", path.display()))?;
         Ok(BpfMap(fd))
     }
 
-    pub fn update(&self, key: &[u8], value: &[u8]) -> std::io::Result<()> {
+    pub(crate) fn update(&self, key: &[u8], value: &[u8]) -> std::io::Result<()> {
         let mut attr = ElemAttr {
             map_fd: self.0.as_fd().as_raw_fd() as u32,
             _pad: 0,
@@ -233,7 +233,7 @@ impl BpfMap {
 
     /// Looks `key` up into `value` (sized by the caller: per-CPU maps hold
     /// one slot per possible CPU).
-    pub fn lookup(&self, key: &[u8], value: &mut [u8]) -> std::io::Result<()> {
+    pub(crate) fn lookup(&self, key: &[u8], value: &mut [u8]) -> std::io::Result<()> {
         let mut attr = ElemAttr {
             map_fd: self.0.as_fd().as_raw_fd() as u32,
             _pad: 0,
@@ -246,18 +246,18 @@ impl BpfMap {
 }
 
 /// A pinned LPM trie of bans (`bans_v4` or `bans_v6`).
-pub struct PinnedTrie(BpfMap);
+pub(crate) struct PinnedTrie(BpfMap);
 
 /// `xban_common::BanValue`: class and flags, two u32.
 const BAN_VALUE_SIZE: usize = 8;
 
 impl PinnedTrie {
-    pub fn open(path: &Path) -> Result<PinnedTrie> {
+    pub(crate) fn open(path: &Path) -> Result<PinnedTrie> {
         Ok(PinnedTrie(BpfMap::open(path)?))
     }
 
     /// Is `addr` (as a host, /32 or /128) covered by an entry?
-    pub fn contains(&self, addr: IpAddr) -> bool {
+    pub(crate) fn contains(&self, addr: IpAddr) -> bool {
         let mut key = [0u8; 20];
         let len = match addr {
             IpAddr::V4(a) => {

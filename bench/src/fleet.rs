@@ -115,7 +115,7 @@ fn wait_all(trie: &PinnedTrie, addrs: &[IpAddr], timeout: Duration) -> Option<Du
     None
 }
 
-pub fn run(ctx: &Ctx) -> Result<Vec<Section>> {
+pub(crate) fn run(ctx: &Ctx) -> Result<Vec<Section>> {
     // The test harness finds the agent under test here.
     std::env::set_var("XBAN_BIN", &ctx.xban);
     let n_conv = ctx.size(1000, 100) as u32;

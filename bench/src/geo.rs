@@ -71,7 +71,7 @@ fn geo_status(agent: &Agent) -> Result<serde_json::Value> {
     Ok(st["geo"].clone())
 }
 
-pub fn run(ctx: &Ctx) -> Result<Vec<Section>> {
+pub(crate) fn run(ctx: &Ctx) -> Result<Vec<Section>> {
     let quick = ctx.quick;
     require_root()?;
     require_tool("perl")?;

@@ -17,14 +17,14 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 /// SplitMix64: tiny, fast, and identical everywhere, which is all a
 /// reproducible data set needs.
 #[derive(Debug, Clone)]
-pub struct Rng(u64);
+pub(crate) struct Rng(u64);
 
 impl Rng {
-    pub fn new(seed: u64) -> Rng {
+    pub(crate) fn new(seed: u64) -> Rng {
         Rng(seed)
     }
 
-    pub fn next_u64(&mut self) -> u64 {
+    pub(crate) fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -33,16 +33,16 @@ impl Rng {
     }
 
     /// Uniform in `0..n` (n > 0); the modulo bias is irrelevant here.
-    pub fn below(&mut self, n: u64) -> u64 {
+    pub(crate) fn below(&mut self, n: u64) -> u64 {
         self.next_u64() % n
     }
 
     /// Uniform in [0, 1).
-    pub fn unit(&mut self) -> f64 {
+    pub(crate) fn unit(&mut self) -> f64 {
         (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
     }
 
-    pub fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
+    pub(crate) fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
         &items[self.below(items.len() as u64) as usize]
     }
 }
@@ -50,7 +50,7 @@ impl Rng {
 /// The i-th attacker address: IPv4 from 100.64.0.0/10 (shared address
 /// space, 4M addresses, never routed here), every 7th IPv6 from
 /// 2001:db8::/32. Distinct for distinct `i` below 4M.
-pub fn attacker_addr(i: u32) -> IpAddr {
+pub(crate) fn attacker_addr(i: u32) -> IpAddr {
     if i % 7 == 6 {
         let v6 = Ipv6Addr::new(
             0x2001,
@@ -79,7 +79,7 @@ const MONTHS: [&str; 12] = [
 const MONTH_DAYS: [u32; 12] = [31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31];
 
 /// `Mar  3 04:05:06` for a second of a (non-leap) year.
-pub fn syslog_stamp(second_of_year: u64) -> String {
+pub(crate) fn syslog_stamp(second_of_year: u64) -> String {
     let mut day = (second_of_year / 86_400) as u32 % 365;
     let mut month = 0;
     while day >= MONTH_DAYS[month] {
@@ -99,7 +99,7 @@ pub fn syslog_stamp(second_of_year: u64) -> String {
 
 /// One failure line both filters count, for the agent benchmarks (which
 /// timestamp it themselves).
-pub fn sshd_failure(stamp: &str, addr: IpAddr, n: u64) -> String {
+pub(crate) fn sshd_failure(stamp: &str, addr: IpAddr, n: u64) -> String {
     xban_lab::sshd_failed_password(
         stamp,
         "bench",
@@ -261,7 +261,7 @@ impl Kind {
 
 /// What was generated, to check both tools' counts against.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct LogStats {
+pub(crate) struct LogStats {
     pub lines: u64,
     pub bytes: u64,
     /// Failure lines both filters (normal mode) count.
@@ -276,21 +276,21 @@ pub struct LogStats {
 const PID_MAX: u64 = 4_194_304;
 
 /// Attacker pool size: "a few thousand" addresses, a few of them loud.
-pub const ATTACKERS: u32 = 4000;
+pub(crate) const ATTACKERS: u32 = 4000;
 
 /// Writes `lines` lines to `out`; same `seed`, same bytes.
-pub fn generate<W: Write>(out: W, lines: u64, seed: u64) -> io::Result<LogStats> {
+pub(crate) fn generate<W: Write>(out: W, lines: u64, seed: u64) -> io::Result<LogStats> {
     generate_mix(out, lines, seed, 1)
 }
 
 /// How much more often failure kinds are drawn in [`generate_attack`]:
 /// about half of the lines are then failures (49%).
-pub const ATTACK_FAILURE_FACTOR: u32 = 6;
+pub(crate) const ATTACK_FAILURE_FACTOR: u32 = 6;
 
 /// The same host under a heavier campaign: the failure kinds are
 /// [`ATTACK_FAILURE_FACTOR`] times as frequent, the rest as in
 /// [`generate`], so about half of the lines are failures.
-pub fn generate_attack<W: Write>(out: W, lines: u64, seed: u64) -> io::Result<LogStats> {
+pub(crate) fn generate_attack<W: Write>(out: W, lines: u64, seed: u64) -> io::Result<LogStats> {
     generate_mix(out, lines, seed, ATTACK_FAILURE_FACTOR)
 }
 

@@ -14,7 +14,7 @@ use super::{median, num, run_timed, thousands, Ctx, Section, Table};
 use crate::rig::AgentRig;
 
 /// The generator's seed: the published figures come from this data set.
-pub const SEED: u64 = 0x5eed_0001;
+pub(crate) const SEED: u64 = 0x5eed_0001;
 const F2B_FILTER: &str = "/etc/fail2ban/filter.d/sshd.conf";
 /// Throughput targets the figures are checked against: lines/s on one core
 /// and the ratio to fail2ban, for the ordinary mix ...
@@ -37,14 +37,14 @@ struct Targets {
 
 /// What one `xban regex --json` run reported.
 #[derive(Debug, Clone, PartialEq)]
-pub struct XbanRegexOut {
+pub(crate) struct XbanRegexOut {
     pub lines: u64,
     pub matched: u64,
     pub elapsed_secs: f64,
     pub lines_per_sec: f64,
 }
 
-pub fn parse_xban_regex(json: &str) -> Result<XbanRegexOut> {
+pub(crate) fn parse_xban_regex(json: &str) -> Result<XbanRegexOut> {
     let v: serde_json::Value = serde_json::from_str(json).context("xban regex --json output")?;
     let u = |k: &str| {
         v[k].as_u64()
@@ -65,7 +65,7 @@ pub fn parse_xban_regex(json: &str) -> Result<XbanRegexOut> {
 /// What one `fail2ban-regex` run reported: its `Lines: N lines, I ignored,
 /// M matched, X missed` and `[processed in S sec]` lines.
 #[derive(Debug, Clone, PartialEq)]
-pub struct F2bRegexOut {
+pub(crate) struct F2bRegexOut {
     pub lines: u64,
     pub ignored: u64,
     pub matched: u64,
@@ -73,7 +73,7 @@ pub struct F2bRegexOut {
     pub processed_secs: f64,
 }
 
-pub fn parse_fail2ban_regex(text: &str) -> Result<F2bRegexOut> {
+pub(crate) fn parse_fail2ban_regex(text: &str) -> Result<F2bRegexOut> {
     let lines_line = text
         .lines()
         .find_map(|l| l.trim().strip_prefix("Lines: "))
@@ -140,7 +140,7 @@ fn f2b_regex_cmd(log: &Path) -> Command {
     c
 }
 
-pub fn run(ctx: &Ctx) -> Result<Vec<Section>> {
+pub(crate) fn run(ctx: &Ctx) -> Result<Vec<Section>> {
     let lines = ctx.size(1_000_000, 100_000);
     let runs = ctx.size(3, 1) as usize;
     let cfg = ctx.scratch.join("regex.toml");
@@ -372,7 +372,7 @@ fn regex_section(
 
 /// The 1-minute load average (/proc/loadavg), for the reader to judge
 /// wall-time figures by.
-pub fn load_average() -> String {
+pub(crate) fn load_average() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .ok()
         .and_then(|t| t.split_whitespace().next().map(str::to_string))

@@ -18,7 +18,7 @@ use crate::bpf::BpfMap;
 /// exist (agents since the exact-match table), into `tab_*` (or `over_*`
 /// when its bucket is full) with prefix lengths listed in `dir_*`. Older pin
 /// directories have the tries only.
-pub struct BanMaps {
+pub(crate) struct BanMaps {
     pin_dir: PathBuf,
     bans: [BpfMap; 2],
     fast: Option<FastMaps>,
@@ -34,7 +34,7 @@ const V4: usize = 0;
 const V6: usize = 1;
 
 impl BanMaps {
-    pub fn open(pin_dir: &Path) -> Result<BanMaps> {
+    pub(crate) fn open(pin_dir: &Path) -> Result<BanMaps> {
         use xban_common as c;
         let open = |name: &str| BpfMap::open(&pin_dir.join(name));
         let fast = if pin_dir.join(c::MAP_TAB_V4).exists() {
@@ -53,7 +53,7 @@ impl BanMaps {
         })
     }
 
-    pub fn layout(&self) -> &'static str {
+    pub(crate) fn layout(&self) -> &'static str {
         if self.fast.is_some() {
             "bans_v4/v6 LPM tries (the record, what bpftool shows) + tab_v4/v6 exact-match bucket tables (inlined array lookups) + over_v4/v6 overflow hashes + dir_v4/v6 region directories; the XDP program reads the last three"
         } else {
@@ -61,12 +61,12 @@ impl BanMaps {
         }
     }
 
-    pub fn ban(&self, addr: &[u8], prefix_len: u32, class: u32) -> Result<()> {
+    pub(crate) fn ban(&self, addr: &[u8], prefix_len: u32, class: u32) -> Result<()> {
         self.ban_labelled(addr, prefix_len, class, 0)
     }
 
     /// As the agent writes a geo rule's entry: with its country's label.
-    pub fn ban_labelled(&self, addr: &[u8], prefix_len: u32, class: u32, label: u32) -> Result<()> {
+    pub(crate) fn ban_labelled(&self, addr: &[u8], prefix_len: u32, class: u32, label: u32) -> Result<()> {
         let fam = if addr.len() == 4 { V4 } else { V6 };
         let mut value = [0u8; 8];
         value[..4].copy_from_slice(&class.to_ne_bytes());
@@ -140,7 +140,7 @@ impl BanMaps {
     }
 
     /// Kernel memory of one family's ban maps, as `bpftool map show` reports.
-    pub fn memlock(&self, v4: bool) -> Result<u64> {
+    pub(crate) fn memlock(&self, v4: bool) -> Result<u64> {
         let suffix = if v4 { "v4" } else { "v6" };
         let mut total = 0;
         for name in ["bans", "tab", "over", "dir"] {

@@ -14,7 +14,7 @@ use crate::bpf::BpfMap;
 const SIOCETHTOOL: libc::c_ulong = 0x8946;
 pub(crate) const ETHTOOL_STSO: u32 = 0x1f;
 const ETHTOOL_SGRO: u32 = 0x2c;
-pub const ETHTOOL_STXCSUM: u32 = 0x17;
+pub(crate) const ETHTOOL_STXCSUM: u32 = 0x17;
 
 #[repr(C)]
 struct EthtoolValue {
@@ -34,14 +34,14 @@ struct Ifreq {
 /// sender's end; veth hands TSO-capable senders' frames to the backlog of
 /// the sending CPU otherwise, and turns TSO off by itself once XDP is
 /// attached).
-pub fn enable_napi(lab: &Lab) -> Result<()> {
+pub(crate) fn enable_napi(lab: &Lab) -> Result<()> {
     ethtool_set(&lab.srv_ns, &lab.srv_if, ETHTOOL_SGRO, 1)?;
     ethtool_set(&lab.atk_ns, &lab.atk_if, ETHTOOL_STSO, 0)?;
     threaded_napi(&lab.srv_ns, &lab.srv_if).context("threaded NAPI on the server's veth")
 }
 
 /// NAPI of `ifname` in `ns` in its own kernel thread (`napi/IFNAME-N`).
-pub fn threaded_napi(ns: &str, ifname: &str) -> Result<()> {
+pub(crate) fn threaded_napi(ns: &str, ifname: &str) -> Result<()> {
     run_cmd(
         Command::new("ip")
             .args(["netns", "exec", ns, "sh", "-c"])
@@ -52,7 +52,7 @@ pub fn threaded_napi(ns: &str, ifname: &str) -> Result<()> {
 
 /// Reads the sum over CPUs of the per-CPU counters `idx` of the pinned
 /// array `map` (XDP's `stats`, the tarpit's `tarpit_stats`).
-pub fn percpu_counter(map: BpfMap, idx: Vec<u32>) -> Result<Box<dyn Fn() -> Result<u64>>> {
+pub(crate) fn percpu_counter(map: BpfMap, idx: Vec<u32>) -> Result<Box<dyn Fn() -> Result<u64>>> {
     let ncpu = possible_cpus()?;
     Ok(Box::new(move || {
         let mut total = 0;
@@ -70,7 +70,7 @@ pub fn percpu_counter(map: BpfMap, idx: Vec<u32>) -> Result<Box<dyn Fn() -> Resu
 }
 
 /// A legacy ethtool "set" (`ethtool -K`), without needing ethtool installed.
-pub fn ethtool_set(ns: &str, ifname: &str, cmd: u32, data: u32) -> Result<()> {
+pub(crate) fn ethtool_set(ns: &str, ifname: &str, cmd: u32, data: u32) -> Result<()> {
     let ifname = ifname.to_string();
     in_ns(ns, move || -> Result<()> {
         // SAFETY: plain socket for the ethtool ioctl, closed by OwnedFd.
@@ -96,7 +96,7 @@ pub fn ethtool_set(ns: &str, ifname: &str, cmd: u32, data: u32) -> Result<()> {
 }
 
 /// PIDs of the NAPI kernel threads that exist now.
-pub fn napi_threads() -> Result<Vec<(i32, String)>> {
+pub(crate) fn napi_threads() -> Result<Vec<(i32, String)>> {
     let mut out = Vec::new();
     for e in std::fs::read_dir("/proc")? {
         let e = e?;
@@ -114,7 +114,7 @@ pub fn napi_threads() -> Result<Vec<(i32, String)>> {
 
 /// A veth end's NAPI thread: named after the interface (the kernel may
 /// cut the name short) and new since `before`.
-pub fn napi_thread(ifname: &str, before: &[(i32, String)]) -> Result<i32> {
+pub(crate) fn napi_thread(ifname: &str, before: &[(i32, String)]) -> Result<i32> {
     let want = format!("napi/{ifname}-");
     let found: Vec<i32> = napi_threads()?
         .into_iter()
@@ -130,7 +130,7 @@ pub fn napi_thread(ifname: &str, before: &[(i32, String)]) -> Result<i32> {
 }
 
 /// On-CPU time of a thread (schedstat, ns).
-pub fn thread_cpu_ns(pid: i32) -> Result<u64> {
+pub(crate) fn thread_cpu_ns(pid: i32) -> Result<u64> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/schedstat"))
         .with_context(|| format!("read /proc/{pid}/schedstat"))?;
     text.split_whitespace()
@@ -148,7 +148,7 @@ pub(crate) fn cpu_set(cpu: usize) -> libc::cpu_set_t {
     }
 }
 
-pub fn set_affinity(pid: i32, cpu: usize) -> Result<()> {
+pub(crate) fn set_affinity(pid: i32, cpu: usize) -> Result<()> {
     let set = cpu_set(cpu);
     // SAFETY: valid cpu_set_t of the right size.
     let r = unsafe { libc::sched_setaffinity(pid, std::mem::size_of_val(&set), &set) };

@@ -18,17 +18,17 @@ use xban_lab::{cmd, AgentDir, AgentProcess, Control, Lab, LabSpec, Rig, Start, S
 use crate::Ctx;
 
 /// Pins at `/sys/fs/bpf/xban-bench-PID-N`.
-pub const PIN_NAME: &str = "bench";
+pub(crate) const PIN_NAME: &str = "bench";
 
 /// A fresh bench lab.
-pub fn lab() -> Result<Lab> {
+pub(crate) fn lab() -> Result<Lab> {
     Lab::with(&LabSpec::BENCH)
 }
 
 /// The agent under test for the XDP-level areas: `XBAN_BIN` when set (e.g.
 /// to compare an older build with the same bench code), else the fresh
 /// build.
-pub fn agent_binary(ctx: &Ctx) -> Result<PathBuf> {
+pub(crate) fn agent_binary(ctx: &Ctx) -> Result<PathBuf> {
     if let Some(bin) = std::env::var_os("XBAN_BIN") {
         let bin = PathBuf::from(bin);
         ensure!(bin.is_file(), "XBAN_BIN={} does not exist", bin.display());
@@ -40,7 +40,7 @@ pub fn agent_binary(ctx: &Ctx) -> Result<PathBuf> {
 /// The agent in its lab, for the agent-level areas. Dropping it kills the
 /// agent, tears down what it put in the kernel (`xban teardown`), then
 /// removes the namespaces.
-pub struct AgentRig(Rig);
+pub(crate) struct AgentRig(Rig);
 
 impl std::ops::Deref for AgentRig {
     type Target = Rig;
@@ -51,18 +51,18 @@ impl std::ops::Deref for AgentRig {
 
 impl AgentRig {
     /// `rest` is the config after `[agent]`; `{LOG}` stands for the log path.
-    pub fn new(ctx: &Ctx, rest: &str) -> Result<AgentRig> {
+    pub(crate) fn new(ctx: &Ctx, rest: &str) -> Result<AgentRig> {
         let dir = AgentDir::with(&ctx.xban, PIN_NAME, Some(&ctx.scratch))?;
         Ok(AgentRig(Rig::new(&LabSpec::BENCH, dir, "", rest)?))
     }
 
     /// The command line that starts the agent, for the report.
-    pub fn run_command_text(&self) -> String {
+    pub(crate) fn run_command_text(&self) -> String {
         cmd::display(&AgentProcess::command(&self.lab.srv_ns, &self.dir))
     }
 
     /// Starts `xban run` (without waiting for it).
-    pub fn start(&mut self) -> Result<()> {
+    pub(crate) fn start(&mut self) -> Result<()> {
         self.0.spawn(&Start {
             run_args: &[],
             rust_log: "info",
@@ -71,32 +71,32 @@ impl AgentRig {
     }
 
     /// Waits until the control socket answers `status`; the time from spawn.
-    pub fn wait_ready(&mut self, timeout: Duration) -> Result<Duration> {
+    pub(crate) fn wait_ready(&mut self, timeout: Duration) -> Result<Duration> {
         self.0.wait_ready(timeout)
     }
 
-    pub fn start_and_wait(&mut self) -> Result<Duration> {
+    pub(crate) fn start_and_wait(&mut self) -> Result<Duration> {
         self.start()?;
         self.wait_ready(Duration::from_secs(120))
     }
 
     /// When the running agent was spawned.
-    pub fn spawned_at(&self) -> Option<SystemTime> {
+    pub(crate) fn spawned_at(&self) -> Option<SystemTime> {
         self.running().ok().map(AgentProcess::spawned_at)
     }
 
     /// Sends control requests from any thread.
-    pub fn requester(&self) -> Control {
+    pub(crate) fn requester(&self) -> Control {
         self.dir.control()
     }
 
     /// `xban status --json`.
-    pub fn status(&self) -> Result<serde_json::Value> {
+    pub(crate) fn status(&self) -> Result<serde_json::Value> {
         self.requester().request(STATUS_REQUEST)
     }
 
     /// A counter of a jail (`lines`, `failures_total`, `bans_total`).
-    pub fn jail_counter(&self, jail: usize, name: &str) -> Result<u64> {
+    pub(crate) fn jail_counter(&self, jail: usize, name: &str) -> Result<u64> {
         let s = self.status()?;
         s["jails"][jail]["counters"][name]
             .as_u64()
@@ -104,26 +104,26 @@ impl AgentRig {
     }
 
     /// Appends bytes to the followed log in one write.
-    pub fn append(&self, bytes: &[u8]) -> Result<()> {
+    pub(crate) fn append(&self, bytes: &[u8]) -> Result<()> {
         self.dir.append_bytes(bytes)
     }
 
     /// The log file, opened for appending (for many small timed writes).
-    pub fn log_writer(&self) -> Result<File> {
+    pub(crate) fn log_writer(&self) -> Result<File> {
         self.dir.log_writer()
     }
 
     /// VmRSS, VmHWM and RssAnon of the agent, in KiB.
-    pub fn memory_kib(&self) -> Result<(u64, u64, u64)> {
+    pub(crate) fn memory_kib(&self) -> Result<(u64, u64, u64)> {
         self.running()?.memory_kib()
     }
 
     /// Kernel memory of the two ban tries, v4 and v6, in bytes.
-    pub fn ban_map_bytes(&self) -> Result<(u64, u64)> {
+    pub(crate) fn ban_map_bytes(&self) -> Result<(u64, u64)> {
         self.dir.ban_map_bytes()
     }
 
-    pub fn bpftool_command_text(&self) -> String {
+    pub(crate) fn bpftool_command_text(&self) -> String {
         format!(
             "bpftool -j map show pinned {}/bans_v4   # bytes_memlock",
             self.dir.pin_dir.display()
@@ -131,13 +131,13 @@ impl AgentRig {
     }
 
     /// SIGTERM, then wait (bounded) for a clean exit.
-    pub fn stop(&mut self) -> Result<()> {
+    pub(crate) fn stop(&mut self) -> Result<()> {
         self.0.stop(Duration::from_secs(60))
     }
 
     /// `xban teardown` after the agent stopped: XDP detached, maps and pins
     /// removed; the database stays.
-    pub fn teardown(&mut self) -> Result<()> {
+    pub(crate) fn teardown(&mut self) -> Result<()> {
         self.stop()?;
         if self.dir.pin_dir.exists() {
             self.dir.xban_ok(&["teardown"])?;
@@ -148,19 +148,19 @@ impl AgentRig {
 
 /// `xban run` in a lab the area owns, with a `[tarpit]` section and a jail
 /// on its own log. Dropping it kills the agent and tears down offline.
-pub struct Agent {
+pub(crate) struct Agent {
     /// Declared first: killed before the directory's teardown.
     process: AgentProcess,
     pub dir: AgentDir,
 }
 
 impl Agent {
-    pub fn start(bin: &Path, lab: &Lab, ignoreip: &str) -> Result<Agent> {
+    pub(crate) fn start(bin: &Path, lab: &Lab, ignoreip: &str) -> Result<Agent> {
         Self::start_with(bin, lab, ignoreip, "fallback = \"DROP\"")
     }
 
     /// As [`start`](Self::start), with these `[tarpit]` keys.
-    pub fn start_with(bin: &Path, lab: &Lab, ignoreip: &str, tarpit: &str) -> Result<Agent> {
+    pub(crate) fn start_with(bin: &Path, lab: &Lab, ignoreip: &str, tarpit: &str) -> Result<Agent> {
         let dir = AgentDir::with(bin, PIN_NAME, None)?;
         std::fs::create_dir_all(dir.path("filters"))?;
         dir.write_config(
@@ -183,16 +183,16 @@ impl Agent {
     }
 
     /// `xban ARGS` in the server namespace; stdout.
-    pub fn xban(&self, args: &[&str]) -> Result<String> {
+    pub(crate) fn xban(&self, args: &[&str]) -> Result<String> {
         self.dir.xban_ok(args)
     }
 
-    pub fn pin_dir(&self) -> &Path {
+    pub(crate) fn pin_dir(&self) -> &Path {
         &self.dir.pin_dir
     }
 
     /// Teardown through the agent (detach, unpin, exit), checked.
-    pub fn stop(mut self) -> Result<()> {
+    pub(crate) fn stop(mut self) -> Result<()> {
         self.xban(&["teardown"])?;
         self.process
             .wait_exit_mut(Duration::from_secs(30))

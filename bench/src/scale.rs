@@ -43,7 +43,7 @@ fn failure_lines(base: u32, count: u64, passes: u64) -> Vec<u8> {
     out
 }
 
-pub fn scale(ctx: &Ctx) -> Result<Vec<Section>> {
+pub(crate) fn scale(ctx: &Ctx) -> Result<Vec<Section>> {
     fine_timer_slack();
     let mut mem = Table::new(&[
         "agent state",
@@ -227,7 +227,7 @@ pub fn scale(ctx: &Ctx) -> Result<Vec<Section>> {
 }
 
 /// Seconds since the epoch of a tracing timestamp (`2026-11-21T06:04:23.123456Z`).
-pub fn parse_rfc3339_utc(s: &str) -> Option<f64> {
+pub(crate) fn parse_rfc3339_utc(s: &str) -> Option<f64> {
     let s = s.strip_suffix('Z')?;
     let (date, time) = s.split_once('T')?;
     let mut d = date.split('-').map(|x| x.parse::<i64>());
@@ -250,7 +250,7 @@ pub fn parse_rfc3339_utc(s: &str) -> Option<f64> {
 
 /// When the agent logged the first line containing `needle`, as seconds
 /// after `since`.
-pub fn log_time_after(log: &str, needle: &str, since: SystemTime) -> Option<f64> {
+pub(crate) fn log_time_after(log: &str, needle: &str, since: SystemTime) -> Option<f64> {
     let line = log.lines().find(|l| l.contains(needle))?;
     let stamp = line.split_whitespace().next()?;
     let at = parse_rfc3339_utc(stamp)?;

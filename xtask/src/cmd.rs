@@ -23,13 +23,13 @@ const TOOLCHAIN_VARS: &[&str] = &[
 ];
 
 /// `cargo` for host builds, with the toolchain (and flags) xtask runs under.
-pub fn cargo() -> Command {
+pub(crate) fn cargo() -> Command {
     Command::new("cargo")
 }
 
 /// `cargo +<toolchain>` with the variables that would override the toolchain
 /// (or leak host rustflags into it) removed.
-pub fn cargo_on(toolchain: &str) -> Command {
+pub(crate) fn cargo_on(toolchain: &str) -> Command {
     let mut cmd = Command::new("cargo");
     cmd.arg(format!("+{toolchain}"));
     scrub(&mut cmd);
@@ -38,7 +38,7 @@ pub fn cargo_on(toolchain: &str) -> Command {
 
 /// `rustup` that reports on (and installs) the toolchains named on its
 /// command line, not the one xtask happens to run under.
-pub fn rustup() -> Command {
+pub(crate) fn rustup() -> Command {
     let mut cmd = Command::new("rustup");
     scrub(&mut cmd);
     cmd
@@ -51,7 +51,7 @@ fn scrub(cmd: &mut Command) {
 }
 
 /// Echoes `cmd`, runs it with inherited stdio and fails unless it succeeds.
-pub fn run(cmd: &mut Command) -> Result<()> {
+pub(crate) fn run(cmd: &mut Command) -> Result<()> {
     let shown = display(cmd);
     eprintln!("xtask: $ {shown}");
     let status = cmd
@@ -65,7 +65,7 @@ pub fn run(cmd: &mut Command) -> Result<()> {
 }
 
 /// Runs `cmd` quietly (a check, not an action) and returns its stdout.
-pub fn stdout(cmd: &mut Command) -> Result<String> {
+pub(crate) fn stdout(cmd: &mut Command) -> Result<String> {
     let shown = display(cmd);
     let out = cmd
         .stdin(Stdio::null())
@@ -84,7 +84,7 @@ pub fn stdout(cmd: &mut Command) -> Result<String> {
 
 /// Echoes `cmd` and replaces this process with it, so that its exit code and
 /// signals (Ctrl-C) reach the caller directly. Returns only on failure.
-pub fn exec(cmd: &mut Command) -> anyhow::Error {
+pub(crate) fn exec(cmd: &mut Command) -> anyhow::Error {
     let shown = display(cmd);
     eprintln!("xtask: $ {shown}");
     let err = cmd.exec();
@@ -93,14 +93,14 @@ pub fn exec(cmd: &mut Command) -> anyhow::Error {
 
 /// A command that ran but did not succeed.
 #[derive(Debug)]
-pub struct Failed {
+pub(crate) struct Failed {
     cmd: String,
     status: ExitStatus,
 }
 
 impl Failed {
     /// The exit code to hand on: the child's own, or 128+signal as shells do.
-    pub fn exit_code(&self) -> u8 {
+    pub(crate) fn exit_code(&self) -> u8 {
         let code = match (self.status.code(), self.status.signal()) {
             (Some(code), _) => code,
             (None, Some(signal)) => 128 + signal,
@@ -119,7 +119,7 @@ impl fmt::Display for Failed {
 impl std::error::Error for Failed {}
 
 /// Shell-like rendering of a command (the lab's, which the benchmarks use too).
-pub use xban_lab::cmd::display;
+pub(crate) use xban_lab::cmd::display;
 
 #[cfg(test)]
 mod tests {

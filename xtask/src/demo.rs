@@ -114,7 +114,7 @@ fn wait_for<T>(
 }
 
 /// Runs the demo; exits with 130 after cleaning up when interrupted.
-pub fn demo(ws: &Workspace, binary: Option<PathBuf>) -> Result<()> {
+pub(crate) fn demo(ws: &Workspace, binary: Option<PathBuf>) -> Result<()> {
     if !is_root() {
         bail!(
             "the demo creates network namespaces and attaches XDP: run it as root, e.g.\n  \

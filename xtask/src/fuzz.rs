@@ -15,7 +15,7 @@ use crate::cmd;
 use crate::workspace::Workspace;
 
 /// Every fuzz target (`fuzz/fuzz_targets/NAME.rs`).
-pub const TARGETS: &[&str] = &[
+pub(crate) const TARGETS: &[&str] = &[
     "time_scan",
     "host_extract",
     "filter_match",
@@ -25,13 +25,13 @@ pub const TARGETS: &[&str] = &[
 ];
 
 /// Seconds per target inside `cargo xtask test` (6 targets: 2.5 minutes).
-pub const TEST_SECONDS: u64 = 25;
+pub(crate) const TEST_SECONDS: u64 = 25;
 /// Default for `cargo xtask fuzz`.
-pub const DEFAULT_SECONDS: u64 = 300;
+pub(crate) const DEFAULT_SECONDS: u64 = 300;
 
 /// What one bounded run did, from libFuzzer's final statistics.
 #[derive(Debug, Default, PartialEq, Eq)]
-pub struct RunStats {
+pub(crate) struct RunStats {
     pub execs: u64,
     pub execs_per_sec: u64,
     pub new_units: u64,
@@ -40,7 +40,7 @@ pub struct RunStats {
 
 /// Builds the targets, then runs `only` (or all) for `seconds` each. A
 /// finding fails with the crashing input's path and what to do with it.
-pub fn run(ws: &Workspace, only: Option<&str>, seconds: u64) -> Result<()> {
+pub(crate) fn run(ws: &Workspace, only: Option<&str>, seconds: u64) -> Result<()> {
     let targets: Vec<&str> = match only {
         None => TARGETS.to_vec(),
         Some(name) if TARGETS.contains(&name) => vec![name],
@@ -146,7 +146,7 @@ fn newest_artifact(dir: &Path) -> Option<PathBuf> {
 }
 
 /// Reads libFuzzer's `-print_final_stats=1` lines (`stat::NAME: VALUE`).
-pub fn parse_stats(log: &str) -> RunStats {
+pub(crate) fn parse_stats(log: &str) -> RunStats {
     let mut s = RunStats::default();
     for line in log.lines() {
         let Some((name, value)) = line

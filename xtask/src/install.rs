@@ -94,7 +94,7 @@ fn systemd_running() -> bool {
     Path::new("/run/systemd/system").is_dir()
 }
 
-pub fn install(ws: &Workspace, root: Option<PathBuf>, binary: Option<PathBuf>) -> Result<()> {
+pub(crate) fn install(ws: &Workspace, root: Option<PathBuf>, binary: Option<PathBuf>) -> Result<()> {
     let layout = Layout::new(root)?;
     layout.require_privileges("install")?;
     let binary = match binary {
@@ -239,7 +239,7 @@ fn replace_file(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
         .with_context(|| format!("rename {} to {}", tmp.display(), path.display()))
 }
 
-pub fn uninstall(root: Option<PathBuf>) -> Result<()> {
+pub(crate) fn uninstall(root: Option<PathBuf>) -> Result<()> {
     let layout = Layout::new(root)?;
     layout.require_privileges("uninstall")?;
     teardown(&layout);

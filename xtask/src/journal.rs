@@ -21,19 +21,19 @@ fn journald_answers() -> bool {
 
 /// Stops the journald it started when dropped; does nothing when one was
 /// already running or none is installed.
-pub struct JournalGuard(Option<Child>);
+pub(crate) struct JournalGuard(Option<Child>);
 
 /// Set for the test run when a journald answers, so the journal test fails
 /// rather than skips.
-pub const REQUIRE_VAR: &str = "XBAN_REQUIRE_JOURNAL";
+pub(crate) const REQUIRE_VAR: &str = "XBAN_REQUIRE_JOURNAL";
 
 impl JournalGuard {
     /// Is a journald answering now (one we started, or the system's)?
-    pub fn available(&self) -> bool {
+    pub(crate) fn available(&self) -> bool {
         journald_answers()
     }
 
-    pub fn ensure() -> JournalGuard {
+    pub(crate) fn ensure() -> JournalGuard {
         if journald_answers() {
             return JournalGuard(None);
         }

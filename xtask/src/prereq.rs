@@ -11,7 +11,7 @@ use crate::cmd;
 
 /// What the caller is about to do; tests need more than builds.
 #[derive(Clone, Copy, PartialEq, Eq)]
-pub enum Purpose {
+pub(crate) enum Purpose {
     Build,
     Test,
     /// The tests' tools plus what the benchmarks compare against.
@@ -65,7 +65,7 @@ const BPF_LINKER_INSTALL: &[&str] = &[
 
 /// Makes sure everything needed for `purpose` is installed. Order matters:
 /// system packages (LLVM) first, since bpf-linker is built against them.
-pub fn ensure(purpose: Purpose) -> Result<()> {
+pub(crate) fn ensure(purpose: Purpose) -> Result<()> {
     add_cargo_bin_to_path();
     let mut packages = BUILD_PACKAGES.to_vec();
     if matches!(purpose, Purpose::Test | Purpose::Bench) {
@@ -89,7 +89,7 @@ pub fn ensure(purpose: Purpose) -> Result<()> {
     Ok(())
 }
 
-pub fn is_root() -> bool {
+pub(crate) fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
     unsafe { libc::geteuid() == 0 }
 }

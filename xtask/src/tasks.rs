@@ -21,13 +21,13 @@ const AGENT_PACKAGE: &str = "xban";
 const TESTS_PACKAGE: &str = "xban-tests";
 
 #[derive(Clone, Copy, PartialEq, Eq)]
-pub enum Profile {
+pub(crate) enum Profile {
     Release,
     Debug,
 }
 
 /// Builds the XDP program with nightly and returns the object's path.
-pub fn build_ebpf(ws: &Workspace) -> Result<PathBuf> {
+pub(crate) fn build_ebpf(ws: &Workspace) -> Result<PathBuf> {
     cmd::run(
         cmd::cargo_on("nightly")
             .current_dir(&ws.root)
@@ -46,7 +46,7 @@ pub fn build_ebpf(ws: &Workspace) -> Result<PathBuf> {
 
 /// Builds the eBPF object, then the agent that embeds it; returns the
 /// agent's path.
-pub fn build(ws: &Workspace, profile: Profile) -> Result<PathBuf> {
+pub(crate) fn build(ws: &Workspace, profile: Profile) -> Result<PathBuf> {
     let obj = build_ebpf(ws)?;
     eprintln!("xtask: eBPF object: {}", obj.display());
     let mut cargo = cmd::cargo();
@@ -71,7 +71,7 @@ pub fn build(ws: &Workspace, profile: Profile) -> Result<PathBuf> {
 
 /// Builds, then replaces this process with the agent. Without `args` it runs
 /// the daemon with the repository's deploy/xban.toml.
-pub fn run(ws: &Workspace, args: &[OsString]) -> Result<()> {
+pub(crate) fn run(ws: &Workspace, args: &[OsString]) -> Result<()> {
     let bin = build(ws, Profile::Release)?;
     let mut agent = Command::new(&bin);
     if args.is_empty() {
@@ -101,7 +101,7 @@ pub fn run(ws: &Workspace, args: &[OsString]) -> Result<()> {
 /// Unit and doc tests of the whole workspace, then the privileged
 /// integration tests, stopping at the first failure. `args` go to the test
 /// binaries of both runs (e.g. a name filter).
-pub fn test(ws: &Workspace, args: &[OsString]) -> Result<()> {
+pub(crate) fn test(ws: &Workspace, args: &[OsString]) -> Result<()> {
     let bin = build(ws, Profile::Release)?;
     let obj = ws.ebpf_object();
     let journald = crate::journal::JournalGuard::ensure();
@@ -155,7 +155,7 @@ pub fn test(ws: &Workspace, args: &[OsString]) -> Result<()> {
 
 /// Checked before anything is built: the integration tests cannot run
 /// unprivileged and must fail loudly rather than be skipped.
-pub fn require_root_for_tests() -> Result<()> {
+pub(crate) fn require_root_for_tests() -> Result<()> {
     if !is_root() {
         bail!(
             "`cargo xtask test` runs privileged integration tests (network namespaces, XDP) \

@@ -8,13 +8,13 @@ use anyhow::{Context, Result};
 use crate::cmd;
 
 /// Target triple and package of the XDP program.
-pub const EBPF_TARGET: &str = "bpfel-unknown-none";
-pub const EBPF_PACKAGE: &str = "xban-ebpf";
+pub(crate) const EBPF_TARGET: &str = "bpfel-unknown-none";
+pub(crate) const EBPF_PACKAGE: &str = "xban-ebpf";
 const EBPF_BIN: &str = "xban-xdp";
 const AGENT_BIN: &str = "xban";
 
 #[derive(Debug, PartialEq)]
-pub struct Workspace {
+pub(crate) struct Workspace {
     pub root: PathBuf,
     /// Absolute; honours CARGO_TARGET_DIR and `build.target-dir`.
     pub target_dir: PathBuf,
@@ -23,7 +23,7 @@ pub struct Workspace {
 impl Workspace {
     /// Asks cargo rather than assuming `<root>/target`, so that
     /// CARGO_TARGET_DIR and cargo config are respected.
-    pub fn locate() -> Result<Self> {
+    pub(crate) fn locate() -> Result<Self> {
         absolutize_target_dir_var()?;
         // xtask is compiled from inside the workspace; its parent is the root.
         let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
@@ -38,7 +38,7 @@ impl Workspace {
     }
 
     /// The XDP object that `cargo xtask build-ebpf` produces.
-    pub fn ebpf_object(&self) -> PathBuf {
+    pub(crate) fn ebpf_object(&self) -> PathBuf {
         self.target_dir
             .join(EBPF_TARGET)
             .join("release")
@@ -47,7 +47,7 @@ impl Workspace {
 
     /// The agent binary built with the given profile directory
     /// (`release` or `debug`).
-    pub fn agent_binary(&self, profile_dir: &str) -> PathBuf {
+    pub(crate) fn agent_binary(&self, profile_dir: &str) -> PathBuf {
         self.target_dir.join(profile_dir).join(AGENT_BIN)
     }
 }

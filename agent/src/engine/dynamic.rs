@@ -18,7 +18,7 @@ use crate::units::BanTime;
 
 /// What the core keeps of the geo rules.
 #[derive(Debug, Default)]
-pub struct GeoState {
+pub(super) struct GeoState {
     pub config: GeoConfig,
     pub db: Option<Arc<GeoDb>>,
     /// Compiled, before the host's addresses are cut out.
@@ -37,7 +37,7 @@ pub struct GeoState {
 
 /// The dynamic parts of the core's state.
 #[derive(Debug, Default)]
-pub struct Dynamic {
+pub(super) struct Dynamic {
     /// `[defaults] ignoreip` addresses and prefixes, as configured.
     pub allow_config: Vec<Target>,
     /// Host names of `[defaults] ignoreip`.
@@ -48,7 +48,7 @@ pub struct Dynamic {
 }
 
 impl Dynamic {
-    pub fn new(cfg: &ResolvedConfig, self_addrs: &[Target]) -> Dynamic {
+    pub(super) fn new(cfg: &ResolvedConfig, self_addrs: &[Target]) -> Dynamic {
         let mut d = Dynamic {
             self_addrs: self_addrs.to_vec(),
             ..Default::default()
@@ -59,7 +59,7 @@ impl Dynamic {
 
     /// Take a new config's names and geo rules (what is known of names
     /// still configured is kept).
-    pub fn configure(&mut self, cfg: &ResolvedConfig) {
+    pub(super) fn configure(&mut self, cfg: &ResolvedConfig) {
         self.allow_config = cfg.allowlist.clone();
         self.allow_names = cfg.allow_names.clone();
         let all = all_names(cfg);
@@ -73,7 +73,7 @@ impl Dynamic {
 
 /// Names each banned target by its country in `db` ("unknown" where the
 /// database has none), for `status`'s bans per country.
-pub fn country_labeller(db: &Option<Arc<GeoDb>>) -> Option<crate::ban::Labeller> {
+pub(super) fn country_labeller(db: &Option<Arc<GeoDb>>) -> Option<crate::ban::Labeller> {
     let db = db.clone()?;
     Some(Arc::new(move |t: &Target| {
         Some(
@@ -85,7 +85,7 @@ pub fn country_labeller(db: &Option<Arc<GeoDb>>) -> Option<crate::ban::Labeller>
 
 /// The same database (not just an equal one): a reload that keeps it
 /// need not count the bans per country again.
-pub fn same_db(a: &Option<Arc<GeoDb>>, b: &Option<Arc<GeoDb>>) -> bool {
+pub(super) fn same_db(a: &Option<Arc<GeoDb>>, b: &Option<Arc<GeoDb>>) -> bool {
     match (a, b) {
         (Some(a), Some(b)) => Arc::ptr_eq(a, b),
         (None, None) => true,
