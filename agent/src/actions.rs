@@ -133,7 +133,7 @@ fn tags(ev: &BanEvent) -> Vec<(&'static str, String)> {
 
 /// Replace `<tag>`s in one argument. The result is one argument whatever
 /// it contains: no shell ever sees it.
-pub fn substitute(arg: &str, tags: &[(&'static str, String)]) -> String {
+pub(crate) fn substitute(arg: &str, tags: &[(&'static str, String)]) -> String {
     let mut out = arg.to_string();
     for (name, value) in tags {
         out = out.replace(&format!("<{name}>"), value);
@@ -142,7 +142,7 @@ pub fn substitute(arg: &str, tags: &[(&'static str, String)]) -> String {
 }
 
 /// Run every action of `actions` that wants this event, each in its own task.
-pub fn dispatch(actions: &[ActionConfig], ev: &BanEvent) {
+pub(crate) fn dispatch(actions: &[ActionConfig], ev: &BanEvent) {
     for a in actions.iter().filter(|a| a.wants(ev.kind)) {
         let (a, ev) = (a.clone(), ev.clone());
         tokio::spawn(async move {
@@ -209,7 +209,7 @@ async fn whois(a: &ActionConfig, ip: &str) -> String {
 
 /// Only the jail name and address (both checked by xban) reach the headers;
 /// log text goes to the body only.
-pub fn compose_mail(a: &ActionConfig, ev: &BanEvent, whois_text: &str) -> String {
+pub(crate) fn compose_mail(a: &ActionConfig, ev: &BanEvent, whois_text: &str) -> String {
     let r = &ev.record;
     let t = tags(ev);
     let value = |n: &str| {

@@ -136,7 +136,7 @@ impl Default for SubnetConfig {
 }
 
 /// The jail name under which subnet bans are recorded.
-pub const SUBNET_JAIL: &str = "subnet";
+pub(crate) const SUBNET_JAIL: &str = "subnet";
 
 impl EscalationConfig {
     /// Checks serde cannot make.
@@ -228,7 +228,7 @@ impl EscalationConfig {
 
 /// What a ban becomes after escalation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Decision {
+pub(crate) struct Decision {
     pub bantime: BanTime,
     pub class: BanClass,
     /// Which ladder step (index) decided, if any.
@@ -238,7 +238,7 @@ pub struct Decision {
 /// Decide a ban's length and class. `count_since(window)` gives how many
 /// earlier bans of the address the history holds within `window` before this
 /// one (all jails or the jail's, as the caller chose).
-pub fn decide(
+pub(crate) fn decide(
     cfg: &EscalationConfig,
     base_bantime: BanTime,
     base_class: BanClass,
@@ -313,12 +313,12 @@ fn increment(inc: &IncrementConfig, base: Duration, previous: u32) -> Duration {
 
 /// Recent host bans grouped by prefix, for subnet widening.
 #[derive(Debug, Default)]
-pub struct SubnetTracker {
+pub(crate) struct SubnetTracker {
     recent: HashMap<Target, Vec<(IpAddr, UnixSecs)>>,
 }
 
 impl SubnetTracker {
-    pub fn prefix_of(cfg: &SubnetConfig, ip: IpAddr) -> Target {
+    pub(crate) fn prefix_of(cfg: &SubnetConfig, ip: IpAddr) -> Target {
         let len = if ip.is_ipv4() {
             cfg.v4_prefix
         } else {
@@ -329,7 +329,7 @@ impl SubnetTracker {
 
     /// Note a host ban at `at`; returns the prefix to ban when this ban
     /// makes `hosts` distinct hosts within `within`.
-    pub fn record(&mut self, cfg: &SubnetConfig, ip: IpAddr, at: UnixSecs) -> Option<Target> {
+    pub(crate) fn record(&mut self, cfg: &SubnetConfig, ip: IpAddr, at: UnixSecs) -> Option<Target> {
         let prefix = Self::prefix_of(cfg, ip);
         let window = cfg.within.0.as_secs() as i64;
         let hosts = self.recent.entry(prefix).or_default();
@@ -343,7 +343,7 @@ impl SubnetTracker {
     }
 
     /// Forget entries older than the window (bounded memory).
-    pub fn prune(&mut self, cfg: &SubnetConfig, now: UnixSecs) {
+    pub(crate) fn prune(&mut self, cfg: &SubnetConfig, now: UnixSecs) {
         let window = cfg.within.0.as_secs() as i64;
         self.recent.retain(|_, v| {
             v.retain(|(_, t)| now - *t <= window);

@@ -15,7 +15,7 @@ use crate::addr::Target;
 /// Jail names the agent uses for bans of its own (or that other parts of
 /// xban reserve): a configured jail may not take them, or its bans and
 /// theirs would be one and the same in `banned`, `unban --jail` and history.
-pub const RESERVED_JAIL_NAMES: &[&str] = &[
+pub(crate) const RESERVED_JAIL_NAMES: &[&str] = &[
     crate::ban::MANUAL_JAIL,
     crate::blocklist::BLOCKLIST_JAIL,
     crate::escalation::SUBNET_JAIL,
@@ -27,7 +27,7 @@ pub const RESERVED_JAIL_NAMES: &[&str] = &[
 
 /// Where a ban comes from, for refusal counters and messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum BanOrigin {
+pub(crate) enum BanOrigin {
     Manual,
     Jail,
     Blocklist,
@@ -37,7 +37,7 @@ pub enum BanOrigin {
 }
 
 impl BanOrigin {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             BanOrigin::Manual => "manual",
             BanOrigin::Jail => "jail",
@@ -100,7 +100,7 @@ impl std::error::Error for Refusal {}
 
 /// The rules every ban is checked against.
 #[derive(Clone)]
-pub struct BanGuard {
+pub(crate) struct BanGuard {
     pub min_prefix_v4: u8,
     pub min_prefix_v6: u8,
     /// `[defaults] ignoreip`: never banned by anyone.
@@ -111,7 +111,7 @@ pub struct BanGuard {
 impl BanGuard {
     /// May `target` be banned? `extra_allow` adds entries of the caller's
     /// own (a jail's ignoreip); `force` lifts the min-prefix rule only.
-    pub fn check(
+    pub(crate) fn check(
         &self,
         target: &Target,
         extra_allow: &[Target],

@@ -4,7 +4,7 @@
 //! controlled through the [`api`] (unix socket, metrics); [`sys`] is the
 //! operating system as the agent sees it.
 
-pub mod actions;
+mod actions;
 pub mod addr;
 pub mod api;
 pub mod ban;
@@ -14,17 +14,17 @@ pub mod daemon;
 pub mod dns;
 pub mod enforce;
 pub mod engine;
-pub mod escalation;
+mod escalation;
 pub mod filter;
 pub mod fleet;
 pub mod geo;
-pub mod guard;
+mod guard;
 pub mod import;
-pub mod jail;
+mod jail;
 pub mod preflight;
-pub mod ratelimit;
-pub mod source;
-pub mod store;
+mod ratelimit;
+mod source;
+mod store;
 pub mod sys;
 pub mod units;
-pub mod validation;
+mod validation;

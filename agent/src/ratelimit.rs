@@ -11,9 +11,9 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 /// Occurrences logged per key and window.
-pub const BURST: u32 = 5;
+pub(crate) const BURST: u32 = 5;
 /// The window.
-pub const WINDOW: Duration = Duration::from_secs(60);
+pub(crate) const WINDOW: Duration = Duration::from_secs(60);
 /// Keys remembered at most; a flood of distinct keys (each line naming
 /// another host) is limited as one key beyond this.
 const MAX_KEYS: usize = 1024;
@@ -21,7 +21,7 @@ const OVERFLOW_KEY: &str = "(other warnings)";
 
 /// What to do with one occurrence.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Admit {
+pub(crate) enum Admit {
     /// Log it.
     Log,
     /// Log it and say that further ones are counted (the burst is used up).
@@ -32,7 +32,7 @@ pub enum Admit {
 
 /// Suppressed occurrences of one key in a window that is over.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Summary {
+pub(crate) struct Summary {
     pub key: String,
     pub suppressed: u64,
     pub over: Duration,
@@ -46,7 +46,7 @@ struct KeyState {
 }
 
 #[derive(Debug)]
-pub struct WarnLimiter {
+pub(crate) struct WarnLimiter {
     burst: u32,
     window: Duration,
     keys: HashMap<String, KeyState>,
@@ -61,7 +61,7 @@ impl Default for WarnLimiter {
 }
 
 impl WarnLimiter {
-    pub fn new(burst: u32, window: Duration) -> Self {
+    pub(crate) fn new(burst: u32, window: Duration) -> Self {
         Self {
             burst: burst.max(1),
             window,
@@ -72,7 +72,7 @@ impl WarnLimiter {
 
     /// Records one occurrence of `key` at `now`. A summary of the key's
     /// previous window comes back with the decision when that window is over.
-    pub fn admit(&mut self, key: &str, now: Instant) -> (Admit, Option<Summary>) {
+    pub(crate) fn admit(&mut self, key: &str, now: Instant) -> (Admit, Option<Summary>) {
         let key = if self.keys.len() >= MAX_KEYS && !self.keys.contains_key(key) {
             OVERFLOW_KEY
         } else {
@@ -116,7 +116,7 @@ impl WarnLimiter {
     }
 
     /// Summaries of every window that is over, and forgets quiet keys.
-    pub fn flush(&mut self, now: Instant) -> Vec<Summary> {
+    pub(crate) fn flush(&mut self, now: Instant) -> Vec<Summary> {
         let window = self.window;
         let mut out = Vec::new();
         self.keys.retain(|key, st| {
@@ -139,7 +139,7 @@ impl WarnLimiter {
 }
 
 /// Logs a summary line for suppressed warnings.
-pub fn log_summary(s: &Summary) {
+pub(crate) fn log_summary(s: &Summary) {
     tracing::warn!(
         warning = %s.key,
         suppressed = s.suppressed,

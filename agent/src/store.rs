@@ -23,7 +23,7 @@ mod schema;
 /// re-read of that line is the same offence and a new line is another.
 /// Empty for bans with no matched lines (manual, blocklist). FNV-1a, so the
 /// key is the same across builds and versions.
-pub fn offence_key(matches: &[String]) -> String {
+pub(crate) fn offence_key(matches: &[String]) -> String {
     let Some(line) = matches.last() else {
         return String::new();
     };

@@ -23,6 +23,6 @@ impl ValidationError {
 }
 
 /// Shorthand for [`ValidationError::new`], as checks call it.
-pub fn invalid(place: impl Into<String>, message: impl Into<String>) -> ValidationError {
+pub(crate) fn invalid(place: impl Into<String>, message: impl Into<String>) -> ValidationError {
     ValidationError::new(place, message)
 }

@@ -61,7 +61,7 @@ pub(crate) use pattern::{pattern_parts, PatternParts};
 use tailer::{open_predecessor, Ctx, FileId, Start, Tailer};
 
 /// Default for [`FileSourceOptions::max_line_bytes`].
-pub const DEFAULT_MAX_LINE_BYTES: usize = 64 * 1024;
+pub(crate) const DEFAULT_MAX_LINE_BYTES: usize = 64 * 1024;
 
 /// Bytes read per `read` call.
 const READ_CHUNK: usize = 64 * 1024;
@@ -91,7 +91,7 @@ pub struct FilePosition {
 }
 
 #[derive(Debug, Clone)]
-pub struct FileSourceOptions {
+pub(crate) struct FileSourceOptions {
     /// Paths or file-name globs (`/var/log/nginx/*.log`).
     pub patterns: Vec<String>,
     /// Positions remembered from a previous run.
@@ -112,7 +112,7 @@ impl Default for FileSourceOptions {
 
 /// Handle on the task following the files.
 #[derive(Debug)]
-pub struct FileSource {
+pub(crate) struct FileSource {
     shared: Arc<Shared>,
     stop: oneshot::Sender<()>,
     task: JoinHandle<()>,
@@ -136,7 +136,7 @@ impl FileSource {
     /// opened and watched, so that a line appended after `spawn` returns is
     /// never missed. Reading (also of a resumed backlog) happens in the
     /// background task, so `spawn` never waits on the channel.
-    pub async fn spawn(
+    pub(crate) async fn spawn(
         opts: FileSourceOptions,
         tx: mpsc::Sender<SourceLine>,
     ) -> Result<FileSource, SourceError> {
@@ -247,7 +247,7 @@ impl FileSource {
 
     /// Current offsets (just past the last line the consumer marked
     /// [processed](SourceLine::processed)), for persisting.
-    pub fn positions(&self) -> HashMap<PathBuf, FilePosition> {
+    pub(crate) fn positions(&self) -> HashMap<PathBuf, FilePosition> {
         self.followed()
             .into_iter()
             .map(|(path, f)| {
@@ -262,19 +262,19 @@ impl FileSource {
     }
 
     /// Files being followed now.
-    pub fn files(&self) -> Vec<PathBuf> {
+    pub(crate) fn files(&self) -> Vec<PathBuf> {
         let mut files: Vec<PathBuf> = self.followed().into_keys().collect();
         files.sort();
         files
     }
 
-    pub fn stats(&self) -> Arc<SourceStats> {
+    pub(crate) fn stats(&self) -> Arc<SourceStats> {
         self.shared.stats.clone()
     }
 
     /// Stops the task; lines not yet processed are not in
     /// [`positions`](Self::positions), so a resume re-reads them.
-    pub async fn shutdown(self) {
+    pub(crate) async fn shutdown(self) {
         let _ = self.stop.send(());
         if let Err(e) = self.task.await {
             if e.is_panic() {

@@ -24,7 +24,7 @@ use super::line::{decode, LineAssembler, LineKind};
 use super::{LineEnd, SourceError, SourceLine, SourceStats};
 
 /// `origin` of every journal line.
-pub const JOURNAL_ORIGIN: &str = "journal";
+pub(crate) const JOURNAL_ORIGIN: &str = "journal";
 /// Messages are cut to this, like file lines with the default limit.
 const MAX_MESSAGE_BYTES: usize = 64 * 1024;
 /// A JSON entry longer than this is skipped: a byte-array MESSAGE of
@@ -37,7 +37,7 @@ const RESTART_MAX: Duration = Duration::from_secs(30);
 const CURSOR_GIVE_UP: u32 = 3;
 
 #[derive(Debug, Clone, Default)]
-pub struct JournalSourceOptions {
+pub(crate) struct JournalSourceOptions {
     /// journalctl matches, e.g. `_SYSTEMD_UNIT=sshd.service`; `+` separates
     /// alternatives, as on journalctl's command line.
     pub matches: Vec<String>,
@@ -47,7 +47,7 @@ pub struct JournalSourceOptions {
 
 /// Handle on the task following the journal.
 #[derive(Debug)]
-pub struct JournalSource {
+pub(crate) struct JournalSource {
     shared: Arc<Shared>,
     stop: oneshot::Sender<()>,
     task: JoinHandle<()>,
@@ -107,7 +107,7 @@ impl JournalSource {
     /// Starts `journalctl --follow`. Without a cursor, reading starts after
     /// the newest matching entry as of this call (looked up before
     /// returning), so entries logged after `spawn` returns are not missed.
-    pub async fn spawn(
+    pub(crate) async fn spawn(
         opts: JournalSourceOptions,
         tx: mpsc::Sender<SourceLine>,
     ) -> Result<JournalSource, SourceError> {
@@ -155,16 +155,16 @@ impl JournalSource {
     /// Cursor of the last entry whose line was
     /// [processed](super::SourceLine::processed) (or the starting point if
     /// none was yet), for persisting and resuming.
-    pub fn cursor(&self) -> Option<String> {
+    pub(crate) fn cursor(&self) -> Option<String> {
         self.shared.processed()
     }
 
-    pub fn stats(&self) -> Arc<SourceStats> {
+    pub(crate) fn stats(&self) -> Arc<SourceStats> {
         self.shared.stats.clone()
     }
 
     /// Stops the task and journalctl.
-    pub async fn shutdown(self) {
+    pub(crate) async fn shutdown(self) {
         let _ = self.stop.send(());
         if let Err(e) = self.task.await {
             if e.is_panic() {
@@ -176,7 +176,7 @@ impl JournalSource {
 
 /// Whether journalctl is installed and shows at least one journal entry.
 /// Runs journalctl once (blocking): call it at start-up, not per line.
-pub fn journal_available() -> bool {
+pub(crate) fn journal_available() -> bool {
     journal_status().is_ok()
 }
 

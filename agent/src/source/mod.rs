@@ -4,8 +4,8 @@
 //! await when it is full, so a slow consumer slows the reader down instead of
 //! losing lines.
 
-pub mod file;
-pub mod journal;
+pub(crate) mod file;
+pub(crate) mod journal;
 mod line;
 
 use std::path::PathBuf;
@@ -148,7 +148,7 @@ impl FileProgress {
 
 /// Counters a source exposes (atomics, shared with the reading task).
 #[derive(Debug, Default)]
-pub struct SourceStats {
+pub(crate) struct SourceStats {
     /// Lines delivered on the channel.
     pub lines: AtomicU64,
     /// Bytes read from the source (files: file bytes including newlines and
@@ -174,7 +174,7 @@ impl SourceStats {
 
 /// Errors from starting a source. Each message names what failed and how to fix it.
 #[derive(Debug, thiserror::Error)]
-pub enum SourceError {
+pub(crate) enum SourceError {
     #[error(
         "log pattern `{pattern}` has a glob in its directory part; only the file name may be a \
          glob (e.g. /var/log/nginx/*.log): list each directory as its own pattern"
