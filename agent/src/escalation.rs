@@ -329,7 +329,12 @@ impl SubnetTracker {
 
     /// Note a host ban at `at`; returns the prefix to ban when this ban
     /// makes `hosts` distinct hosts within `within`.
-    pub(crate) fn record(&mut self, cfg: &SubnetConfig, ip: IpAddr, at: UnixSecs) -> Option<Target> {
+    pub(crate) fn record(
+        &mut self,
+        cfg: &SubnetConfig,
+        ip: IpAddr,
+        at: UnixSecs,
+    ) -> Option<Target> {
         let prefix = Self::prefix_of(cfg, ip);
         let window = cfg.within.0.as_secs() as i64;
         let hosts = self.recent.entry(prefix).or_default();

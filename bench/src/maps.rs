@@ -66,7 +66,13 @@ impl BanMaps {
     }
 
     /// As the agent writes a geo rule's entry: with its country's label.
-    pub(crate) fn ban_labelled(&self, addr: &[u8], prefix_len: u32, class: u32, label: u32) -> Result<()> {
+    pub(crate) fn ban_labelled(
+        &self,
+        addr: &[u8],
+        prefix_len: u32,
+        class: u32,
+        label: u32,
+    ) -> Result<()> {
         let fam = if addr.len() == 4 { V4 } else { V6 };
         let mut value = [0u8; 8];
         value[..4].copy_from_slice(&class.to_ne_bytes());

@@ -94,7 +94,11 @@ fn systemd_running() -> bool {
     Path::new("/run/systemd/system").is_dir()
 }
 
-pub(crate) fn install(ws: &Workspace, root: Option<PathBuf>, binary: Option<PathBuf>) -> Result<()> {
+pub(crate) fn install(
+    ws: &Workspace,
+    root: Option<PathBuf>,
+    binary: Option<PathBuf>,
+) -> Result<()> {
     let layout = Layout::new(root)?;
     layout.require_privileges("install")?;
     let binary = match binary {

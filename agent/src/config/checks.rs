@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use super::AgentConfig;
 use crate::addr::Target;
-use crate::sys::paths;
 use crate::escalation::EscalationConfig;
+use crate::sys::paths;
 use crate::units::{BanTime, MAX_DURATION};
 use crate::validation::{invalid, ValidationError};
 
@@ -260,9 +260,7 @@ fn check_path(
         // Inside another agent's pin directory, either teardown removes the
         // other's pins.
         for anc in path.ancestors().skip(1) {
-            if anc.join(paths::pins::PROGRAM).exists()
-                || anc.join(paths::pins::LINKS).is_dir()
-            {
+            if anc.join(paths::pins::PROGRAM).exists() || anc.join(paths::pins::LINKS).is_dir() {
                 return Err(invalid(
                     key,
                     format!("`{shown}` is inside {}, another xban pin directory: use a directory beside it, e.g. \"{}\"", anc.display(), anc.with_file_name("xban-2").display()),

@@ -21,12 +21,12 @@ use serde::Deserialize;
 use crate::actions::ActionConfig;
 use crate::addr::Target;
 use crate::ban::BanClass;
-use crate::sys::paths;
 use crate::enforce::steering::TarpitConfig;
 use crate::enforce::xdp::XdpModeSetting;
 use crate::escalation::EscalationConfig;
 use crate::filter::{FilterDef, UseDns};
 use crate::geo::{GeoConfig, GeoDb, GeoSet};
+use crate::sys::paths;
 use crate::units::{BanTime, DurationSetting};
 pub use crate::validation::ValidationError;
 

@@ -1,4 +1,3 @@
-
 use super::*;
 
 fn t(secs: u64) -> SystemTime {
