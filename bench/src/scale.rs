@@ -404,7 +404,7 @@ mod tests {
         );
         assert_eq!(parse_rfc3339_utc("2026-11-21 06:04:23"), None);
         let log =
-            "2026-11-21T06:04:23.500000Z  INFO xban::agent: bans restored from /x restored=3\n";
+            "2026-11-21T06:04:23.500000Z  INFO xban::daemon::startup: bans restored from /x restored=3\n";
         let since = UNIX_EPOCH + Duration::from_secs(1_795_241_063);
         assert_eq!(log_time_after(log, "bans restored", since), Some(0.5));
         assert_eq!(log_time_after(log, "xban ready", since), None);

@@ -23,7 +23,7 @@ const CONFIG: &str = "xban.toml";
 const FILTERS: &str = "filters";
 /// Operator data, never removed: named in uninstall's report.
 const STATE_DIR: &str = "var/lib/xban";
-/// The agent's pins when the config does not say (agent/src/directories.rs).
+/// The agent's pins when the config does not say (agent/src/sys/paths.rs).
 const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/xban";
 
 /// Any user may run the binary; only root can do anything with it.
