@@ -30,6 +30,7 @@ use crate::sys::paths::pins;
 /// `status`'s `links`: each configured interface's XDP link, and the pin
 /// repairs.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct LinksStatus {
     pub interfaces: Vec<LinkStatus>,
     /// Times lost pins under the pin directory were re-created.
@@ -37,7 +38,8 @@ pub struct LinksStatus {
 }
 
 /// One interface's link in [`LinksStatus`].
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct LinkStatus {
     pub interface: String,
     /// `unknown`, `attached`, `waiting-for-interface` or `failed`.

@@ -57,7 +57,8 @@ pub trait Enforcer: Send {
 
 /// `status`'s `tarpit`: the engine holding the class, the steering mode
 /// and its chain counters.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct TarpitStatus {
     /// The tarpit engine in force ([`Engine::name`]).
     pub engine: String,

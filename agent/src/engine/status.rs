@@ -236,8 +236,13 @@ pub struct StatusView {
     pub ban_refusals: Vec<RefusalCount>,
 }
 
+// The parts below read missing keys as their defaults, as the JSON values
+// they replace did: a `status` reply from an agent a version apart still
+// prints.
+
 /// `status`'s `geo`: the geo rules in force (with a database).
-#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct GeoStatus {
     pub database: Option<std::path::PathBuf>,
     pub asn_database: Option<std::path::PathBuf>,
@@ -257,7 +262,8 @@ pub struct GeoStatus {
 }
 
 /// `status`'s `fleet`: connection, stream and consumer positions, counters.
-#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct FleetStatus {
     pub node: String,
     pub servers: Vec<String>,
@@ -287,7 +293,8 @@ pub struct FleetStatus {
 }
 
 /// The fleet's stream, as the server last reported it.
-#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct FleetStreamStatus {
     pub name: String,
     pub ready: bool,
@@ -296,7 +303,8 @@ pub struct FleetStreamStatus {
 }
 
 /// This node's durable consumer of the stream.
-#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct FleetConsumerStatus {
     pub name: String,
     pub ready: bool,
@@ -629,5 +637,29 @@ mod tests {
         let back: StatusView = serde_json::from_value(v).unwrap();
         assert!(back.xdp.is_none() && back.tarpit.is_none() && back.links.is_none());
         assert!(back.geo.is_none() && back.fleet.is_none());
+    }
+
+    /// A reply missing keys (an agent a version apart) still reads, as
+    /// the JSON values these views replace did.
+    #[test]
+    fn parts_read_with_keys_missing() {
+        let empty = json!({});
+        assert_eq!(
+            serde_json::from_value::<FleetStatus>(json!({"node": "a", "stream": {}})).unwrap(),
+            FleetStatus {
+                node: "a".into(),
+                ..Default::default()
+            }
+        );
+        serde_json::from_value::<GeoStatus>(empty.clone()).unwrap();
+        serde_json::from_value::<crate::enforce::TarpitStatus>(empty.clone()).unwrap();
+        serde_json::from_value::<crate::enforce::links::LinksStatus>(
+            json!({"interfaces": [{"interface": "eth9"}]}),
+        )
+        .unwrap();
+        let x: crate::enforce::xdp::XdpStats =
+            serde_json::from_value(json!({"seen": 4, "tarpit_ack": 2})).unwrap();
+        assert_eq!((x.seen, x.tarpit.ack, x.dropped), (4, 2, 0));
+        serde_json::from_value::<crate::enforce::xdp::XdpStats>(empty).unwrap();
     }
 }

@@ -55,6 +55,7 @@ impl std::fmt::Display for XdpModeSetting {
 
 /// Per-CPU counters summed, by `xban_common::stats` index.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct XdpStats {
     pub seen: u64,
     pub dropped: u64,
@@ -97,7 +98,8 @@ fn tarpit_prefixed<S: serde::Serializer>(
 fn tarpit_unprefixed<'de, D: serde::Deserializer<'de>>(
     d: D,
 ) -> Result<crate::enforce::tarpit::TarpitStats, D::Error> {
-    #[derive(serde::Deserialize)]
+    #[derive(Default, serde::Deserialize)]
+    #[serde(default)]
     struct Prefixed {
         tarpit_synack: u64,
         tarpit_ack: u64,
