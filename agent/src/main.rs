@@ -8,7 +8,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use xban::api::protocol::{Reply, Request};
 use xban::api::socket;
-use xban::api::views::{BanView, StatusView};
+use xban::api::views::{BanView, FleetStatus, StatusView, XdpStats};
 use xban::config::Config;
 use xban::sys::paths;
 
@@ -344,7 +344,7 @@ fn dispatch(cli: Cli) -> Result<()> {
             if json {
                 return print_json(&serde_json::to_value(stats)?);
             }
-            print_xdp(&serde_json::to_value(stats)?);
+            print_xdp(&stats);
             Ok(())
         }
         Command::Teardown => teardown(&cli.config),
@@ -496,40 +496,37 @@ fn print_bans(bans: &[BanView]) {
     println!("{} ban(s)", bans.len());
 }
 
-fn print_xdp(v: &serde_json::Value) {
-    if let Some(map) = v.as_object() {
-        for (k, n) in map {
-            println!("  {k:<20} {n}");
-        }
+fn print_xdp(x: &XdpStats) {
+    for (k, n) in x.named() {
+        println!("  {k:<20} {n}");
     }
 }
 
 fn print_status(s: &StatusView) {
     println!("XDP on {} (mode {})", s.interfaces.join(", "), s.xdp_mode);
     if let Some(links) = &s.links {
-        for l in links["interfaces"].as_array().into_iter().flatten() {
-            let repairs = l["repairs"].as_u64().unwrap_or(0);
+        for l in &links.interfaces {
             println!(
                 "  {}: {}{}{}",
-                l["interface"].as_str().unwrap_or("?"),
-                l["state"].as_str().unwrap_or("?"),
-                l["error"]
-                    .as_str()
+                l.interface,
+                l.state,
+                l.error
+                    .as_deref()
                     .map(|e| format!(" ({e})"))
                     .unwrap_or_default(),
-                if repairs > 0 {
+                if l.repairs > 0 {
                     format!(
-                        ", {repairs} repairs, last: {}",
-                        l["last_repair"].as_str().unwrap_or("?")
+                        ", {} repairs, last: {}",
+                        l.repairs,
+                        l.last_repair.as_deref().unwrap_or("?")
                     )
                 } else {
                     String::new()
                 }
             );
         }
-        let pins = links["pin_repairs"].as_u64().unwrap_or(0);
-        if pins > 0 {
-            println!("  pins re-created {pins} times");
+        if links.pin_repairs > 0 {
+            println!("  pins re-created {} times", links.pin_repairs);
         }
     }
     if let Some(fp) = &s.fast_path {
@@ -569,30 +566,24 @@ fn print_status(s: &StatusView) {
     if let Some(t) = &s.tarpit {
         println!(
             "tarpit engine: {} ({}; limit {}, burst {})",
-            t["engine"].as_str().unwrap_or("?"),
-            t["reason"].as_str().unwrap_or("?"),
-            t["limit"].as_str().unwrap_or("?"),
-            t["burst"]
+            t.engine, t.reason, t.limit, t.burst
         );
         println!(
             "tarpit steering: {} ({} addresses in the sets)",
-            t["mode"].as_str().unwrap_or("?"),
-            t["members"]
+            t.mode, t.members
         );
-        if let Some(e) = t["counters_error"].as_str() {
+        if let Some(e) = &t.counters_error {
             println!("  counters not readable: {e}");
         }
-        if let Some(c) = t.get("counters").filter(|c| !c.is_null()) {
+        if let Some(c) = &t.counters {
             println!(
                 "  counters read {:.1} s ago:",
-                t["counters_age_secs"].as_f64().unwrap_or(0.0)
+                t.counters_age_secs.unwrap_or(0.0)
             );
-            for fam in ["v4", "v6"] {
+            for (fam, f) in [("v4", &c.v4), ("v6", &c.v6)] {
                 println!(
                     "  {fam}: steered {} packets, {} to the target, {} dropped over the limit",
-                    c[fam]["steered_packets"],
-                    c[fam]["limited_packets"],
-                    c[fam]["dropped_over_limit"]
+                    f.steered_packets, f.limited_packets, f.dropped_over_limit
                 );
             }
         }
@@ -629,7 +620,7 @@ fn print_status(s: &StatusView) {
     if let Some(g) = &s.geo {
         println!(
             "geo: {} IPv4 + {} IPv6 prefixes banned, {} allowed",
-            g["prefixes_v4"], g["prefixes_v6"], g["allow_prefixes"]
+            g.prefixes_v4, g.prefixes_v6, g.allow_prefixes
         );
     }
     if !s.bans_by_country.is_empty() {
@@ -664,56 +655,48 @@ fn print_status(s: &StatusView) {
     }
 }
 
-fn print_fleet(f: &serde_json::Value) {
+fn print_fleet(f: &FleetStatus) {
     println!(
         "fleet: node {} {} ({}), stream {} {} (last seq {}, {} messages)",
-        f["node"].as_str().unwrap_or("?"),
-        if f["connected"].as_bool().unwrap_or(false) {
+        f.node,
+        if f.connected {
             "connected"
         } else {
             "NOT connected"
         },
-        f["servers"]
-            .as_array()
-            .map(|a| a
-                .iter()
-                .filter_map(|s| s.as_str())
-                .collect::<Vec<_>>()
-                .join(", "))
-            .unwrap_or_default(),
-        f["stream"]["name"].as_str().unwrap_or("?"),
-        if f["stream"]["ready"].as_bool().unwrap_or(false) {
-            "ready"
-        } else {
-            "not ready"
-        },
-        f["stream"]["last_seq"],
-        f["stream"]["messages"],
+        f.servers.join(", "),
+        f.stream.name,
+        if f.stream.ready { "ready" } else { "not ready" },
+        f.stream.last_seq,
+        f.stream.messages,
     );
     println!(
         "  consumer {}: acknowledged up to {}, lag {}",
-        f["consumer"]["name"].as_str().unwrap_or("?"),
-        f["consumer"]["ack_floor"],
-        f["consumer"]["lag"]
+        f.consumer.name, f.consumer.ack_floor, f.consumer.lag
     );
     println!(
         "  outbox {}, sent {}, applied {} (+{} unbans), refused {} {}, malformed {}, oversized {}, duplicates {}",
-        f["outbox"],
-        f["sent"],
-        f["applied"],
-        f["applied_unbans"],
-        f["refused"],
-        f["refused_by_reason"],
-        f["malformed"],
-        f["oversized"],
-        f["duplicates"]
+        f.outbox,
+        f.sent,
+        f.applied,
+        f.applied_unbans,
+        f.refused,
+        // As the JSON object it was printed as (`{"allowlist":1}`).
+        serde_json::to_string(&f.refused_by_reason).unwrap_or_default(),
+        f.malformed,
+        f.oversized,
+        f.duplicates
     );
-    if let Some(o) = f["bans_by_origin"].as_object().filter(|o| !o.is_empty()) {
-        let list: Vec<String> = o.iter().map(|(k, v)| format!("{k} {v}")).collect();
+    if !f.bans_by_origin.is_empty() {
+        let list: Vec<String> = f
+            .bans_by_origin
+            .iter()
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect();
         println!("  fleet bans by origin: {}", list.join(", "));
     }
-    if let Some(e) = f["last_error"].as_str().filter(|e| !e.is_empty()) {
-        println!("  last error: {e}");
+    if !f.last_error.is_empty() {
+        println!("  last error: {}", f.last_error);
     }
 }
 

@@ -202,7 +202,7 @@ impl Metrics {
                 "counter",
                 "Packets seen by XDP, per verdict.",
             );
-            for (k, v) in x.as_object().into_iter().flatten() {
+            for (k, v) in x.named() {
                 let _ = writeln!(o, "xban_xdp_packets_total{{verdict=\"{k}\"}} {v}");
             }
         }
@@ -245,23 +245,19 @@ impl Metrics {
                 let _ = writeln!(o, "{name}{{family=\"ipv6\"}} {}", get(&fp.v6));
             }
         }
-        if let Some(links) = status
-            .links
-            .as_ref()
-            .and_then(|l| l["interfaces"].as_array())
-        {
+        if let Some(links) = &status.links {
             family(
                 &mut o,
                 "xban_xdp_attached",
                 "gauge",
                 "1 while the XDP program is attached to the interface through its link.",
             );
-            for l in links {
+            for l in &links.interfaces {
                 let _ = writeln!(
                     o,
                     "xban_xdp_attached{{interface=\"{}\"}} {}",
-                    l["interface"].as_str().unwrap_or_default(),
-                    (l["state"] == "attached") as u8
+                    l.interface,
+                    u8::from(l.is_attached())
                 );
             }
             family(
@@ -270,12 +266,11 @@ impl Metrics {
                 "counter",
                 "Repairs of lost XDP attachments and pins, per interface.",
             );
-            for l in links {
+            for l in &links.interfaces {
                 let _ = writeln!(
                     o,
                     "xban_xdp_repairs_total{{interface=\"{}\"}} {}",
-                    l["interface"].as_str().unwrap_or_default(),
-                    l["repairs"].as_u64().unwrap_or_default()
+                    l.interface, l.repairs
                 );
             }
             family(
@@ -284,12 +279,7 @@ impl Metrics {
                 "counter",
                 "Times lost pins (maps, program) under the pin directory were re-created.",
             );
-            let pins = status.links.as_ref().map(|l| &l["pin_repairs"]);
-            let _ = writeln!(
-                o,
-                "xban_xdp_pin_repairs_total {}",
-                pins.and_then(|p| p.as_u64()).unwrap_or_default()
-            );
+            let _ = writeln!(o, "xban_xdp_pin_repairs_total {}", links.pin_repairs);
         }
         if let Some(l) = &status.event_loop {
             family(
@@ -391,12 +381,7 @@ impl Metrics {
         );
         let _ = writeln!(o, "xban_ban_latency_seconds_sum {}", self.latency_sum);
         let _ = writeln!(o, "xban_ban_latency_seconds_count {}", self.latency_count);
-        if let Some(drops) = status
-            .geo
-            .as_ref()
-            .and_then(|g| g.get("dropped_packets"))
-            .and_then(|d| d.as_object())
-        {
+        if let Some(drops) = status.geo.as_ref().map(|g| &g.dropped_packets) {
             family(
                 &mut o,
                 "xban_geo_dropped_packets_total",
@@ -507,6 +492,7 @@ mod tests {
 
     #[test]
     fn fast_path_occupancy_and_link_repairs_are_exported() {
+        use crate::enforce::links::{LinkStatus, LinksStatus};
         use crate::enforce::xdp::{FastPathFamily, FastPathStatus};
         let status = StatusView {
             interfaces: vec!["eth9".into()],
@@ -528,13 +514,27 @@ mod tests {
                 },
                 v6: FastPathFamily::default(),
             }),
-            links: Some(serde_json::json!({
-                "interfaces": [
-                    {"interface": "eth9", "state": "attached", "repairs": 3},
-                    {"interface": "late0", "state": "waiting-for-interface", "repairs": 0},
+            links: Some(LinksStatus {
+                interfaces: vec![
+                    LinkStatus {
+                        interface: "eth9".into(),
+                        state: "attached".into(),
+                        ifindex: 9,
+                        error: None,
+                        repairs: 3,
+                        last_repair: None,
+                    },
+                    LinkStatus {
+                        interface: "late0".into(),
+                        state: "waiting-for-interface".into(),
+                        ifindex: 0,
+                        error: None,
+                        repairs: 0,
+                        last_repair: None,
+                    },
                 ],
-                "pin_repairs": 1,
-            })),
+                pin_repairs: 1,
+            }),
             jails: Vec::new(),
             store: Default::default(),
             blocklists: Default::default(),

@@ -5,5 +5,10 @@
 //! (and the CLI reading replies) on the engine.
 
 pub use crate::engine::status::{
-    BanView, JailCountersView, JailStatus, LoopTurns, RefusalCount, StatusView, WorkTurns,
+    BanView, FleetConsumerStatus, FleetStatus, FleetStreamStatus, GeoStatus, JailCountersView,
+    JailStatus, LoopTurns, RefusalCount, StatusView, WorkTurns,
 };
+// The parts of `status` the enforcer builds.
+pub use crate::enforce::links::{LinkStatus, LinksStatus};
+pub use crate::enforce::xdp::{FastPathFamily, FastPathStatus, XdpStats};
+pub use crate::enforce::TarpitStatus;

@@ -27,6 +27,37 @@ use aya::programs::Xdp;
 use super::xdp::{link_dir, xdp_mode, XdpEnforcer, PROGRAM_NAME};
 use crate::sys::paths::pins;
 
+/// `status`'s `links`: each configured interface's XDP link, and the pin
+/// repairs.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct LinksStatus {
+    pub interfaces: Vec<LinkStatus>,
+    /// Times lost pins under the pin directory were re-created.
+    pub pin_repairs: u64,
+}
+
+/// One interface's link in [`LinksStatus`].
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct LinkStatus {
+    pub interface: String,
+    /// `unknown`, `attached`, `waiting-for-interface` or `failed`.
+    pub state: String,
+    pub ifindex: u32,
+    /// Why the state is `failed` (`null` otherwise).
+    pub error: Option<String>,
+    pub repairs: u64,
+    pub last_repair: Option<String>,
+}
+
+impl LinkStatus {
+    /// `attached` (the metrics' `xban_xdp_attached`).
+    pub fn is_attached(&self) -> bool {
+        self.state == LinkState::Attached.name()
+    }
+}
+
 /// What the agent knows of one configured interface.
 #[derive(Debug, Default)]
 pub struct LinkWatch {
@@ -411,22 +442,25 @@ impl XdpEnforcer {
     }
 
     /// Links for `status --json` and the metrics.
-    pub fn link_status(&self) -> serde_json::Value {
-        let ifs: Vec<serde_json::Value> = self
-            .links
-            .iter()
-            .map(|w| {
-                serde_json::json!({
-                    "interface": w.interface,
-                    "state": w.state.name(),
-                    "ifindex": w.ifindex,
-                    "error": match &w.state { LinkState::Failed(m) => Some(m.clone()), _ => None },
-                    "repairs": w.repairs,
-                    "last_repair": w.last_repair,
+    pub fn link_status(&self) -> LinksStatus {
+        LinksStatus {
+            interfaces: self
+                .links
+                .iter()
+                .map(|w| LinkStatus {
+                    interface: w.interface.clone(),
+                    state: w.state.name().to_string(),
+                    ifindex: w.ifindex,
+                    error: match &w.state {
+                        LinkState::Failed(m) => Some(m.clone()),
+                        _ => None,
+                    },
+                    repairs: w.repairs,
+                    last_repair: w.last_repair.clone(),
                 })
-            })
-            .collect();
-        serde_json::json!({ "interfaces": ifs, "pin_repairs": self.pin_repairs })
+                .collect(),
+            pin_repairs: self.pin_repairs,
+        }
     }
 
     /// Interfaces attached now.
@@ -518,4 +552,76 @@ pub fn watch_link_events(tx: tokio::sync::mpsc::Sender<()>) -> Result<()> {
 /// The pin of `ifname`'s link.
 pub fn link_pin(pin_dir: &Path, ifname: &str) -> PathBuf {
     link_dir(pin_dir).join(ifname)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The wire format of `status`'s `links`, as the JSON object the daemon
+    /// built before it was typed.
+    #[test]
+    fn links_status_json_is_pinned() {
+        let st = LinksStatus {
+            interfaces: vec![
+                LinkStatus {
+                    interface: "eth9".into(),
+                    state: "attached".into(),
+                    ifindex: 7,
+                    error: None,
+                    repairs: 2,
+                    last_repair: Some("re-attached after detach".into()),
+                },
+                LinkStatus {
+                    interface: "bad0".into(),
+                    state: "failed".into(),
+                    ifindex: 0,
+                    error: Some("attach: EBUSY".into()),
+                    repairs: 0,
+                    last_repair: None,
+                },
+            ],
+            pin_repairs: 1,
+        };
+        let v = serde_json::to_value(&st).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({
+                "interfaces": [
+                    {
+                        "interface": "eth9",
+                        "state": "attached",
+                        "ifindex": 7,
+                        "error": null,
+                        "repairs": 2,
+                        "last_repair": "re-attached after detach",
+                    },
+                    {
+                        "interface": "bad0",
+                        "state": "failed",
+                        "ifindex": 0,
+                        "error": "attach: EBUSY",
+                        "repairs": 0,
+                        "last_repair": null,
+                    },
+                ],
+                "pin_repairs": 1,
+            })
+        );
+        assert_eq!(serde_json::from_value::<LinksStatus>(v).unwrap(), st);
+        assert!(st.interfaces[0].is_attached());
+        assert!(!st.interfaces[1].is_attached());
+    }
+
+    #[test]
+    fn link_state_names_are_the_status_strings() {
+        for (state, name) in [
+            (LinkState::Unknown, "unknown"),
+            (LinkState::Attached, "attached"),
+            (LinkState::NoInterface, "waiting-for-interface"),
+            (LinkState::Failed("x".into()), "failed"),
+        ] {
+            assert_eq!(state.name(), name);
+        }
+    }
 }

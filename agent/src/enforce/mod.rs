@@ -36,7 +36,7 @@ pub trait Enforcer: Send {
         Ok(None)
     }
     /// Steering mode and counters, where there is steering.
-    fn steering_status(&self) -> Option<serde_json::Value> {
+    fn steering_status(&self) -> Option<TarpitStatus> {
         None
     }
     /// Occupancy of the XDP fast path, where there is one.
@@ -53,6 +53,31 @@ pub trait Enforcer: Send {
     fn geo_drops(&self, _labels: u32) -> Result<Vec<u64>> {
         Ok(Vec::new())
     }
+}
+
+/// `status`'s `tarpit`: the engine holding the class, the steering mode
+/// and its chain counters.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct TarpitStatus {
+    /// The tarpit engine in force ([`Engine::name`]).
+    pub engine: String,
+    /// Why that engine and mode.
+    pub reason: String,
+    pub limit: String,
+    pub burst: u32,
+    /// The steering mode, as the operator reads it.
+    pub mode: String,
+    /// Whether tarpit-class addresses are steered by iptables.
+    pub active: bool,
+    /// What the agent put in the sets: `ipset list` of a large set would
+    /// hold the loop for seconds.
+    pub members: usize,
+    /// Read off the loop, at most a few seconds old (`null`: unreadable or
+    /// not read yet).
+    pub counters: Option<steering::SteeringCounters>,
+    pub counters_age_secs: Option<f64>,
+    pub counters_error: Option<String>,
 }
 
 /// `--dry-run`: says what it would write, writes nothing.
@@ -232,7 +257,7 @@ impl Enforcer for KernelEnforcer {
         }
     }
 
-    fn steering_status(&self) -> Option<serde_json::Value> {
+    fn steering_status(&self) -> Option<TarpitStatus> {
         let s = self.steering.as_ref()?;
         // Read off the loop, at most a few seconds old, with its age.
         let reading = s.counters_snapshot();
@@ -243,19 +268,135 @@ impl Enforcer for KernelEnforcer {
             .as_ref()
             .and_then(|r| r.counters.as_ref().err().cloned());
         let counters_age_secs = reading.map(|r| r.at.elapsed().as_secs_f64());
-        Some(serde_json::json!({
-            "engine": self.engine().name(),
-            "reason": s.reason(),
-            "limit": self.tarpit.limit,
-            "burst": self.tarpit.burst,
-            "mode": s.mode().to_string(),
-            "active": s.mode().is_active(),
-            // What the agent put in the sets: `ipset list` of a large set
-            // would hold the loop for seconds.
-            "members": self.steered.len(),
-            "counters": counters,
-            "counters_age_secs": counters_age_secs,
-            "counters_error": counters_error,
-        }))
+        Some(TarpitStatus {
+            engine: self.engine().name().to_string(),
+            reason: s.reason().to_string(),
+            limit: self.tarpit.limit.clone(),
+            burst: self.tarpit.burst,
+            mode: s.mode().to_string(),
+            active: s.mode().is_active(),
+            members: self.steered.len(),
+            counters,
+            counters_age_secs,
+            counters_error,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use steering::{FamilyCounters, SteeringCounters};
+
+    /// The wire format of `status`'s `tarpit`, as the JSON object the
+    /// enforcer built before it was typed.
+    #[test]
+    fn tarpit_status_json_is_pinned() {
+        let mut t = TarpitStatus {
+            engine: "iptables".into(),
+            reason: "TARPIT target available".into(),
+            limit: "10/second".into(),
+            burst: 20,
+            mode: "TARPIT".into(),
+            active: true,
+            members: 3,
+            counters: Some(SteeringCounters {
+                v4: FamilyCounters {
+                    steered_packets: 5,
+                    limited_packets: 4,
+                    dropped_over_limit: 1,
+                },
+                v6: FamilyCounters::default(),
+            }),
+            counters_age_secs: Some(1.5),
+            counters_error: None,
+        };
+        let zero = serde_json::json!({
+            "steered_packets": 0, "limited_packets": 0, "dropped_over_limit": 0,
+        });
+        assert_eq!(
+            serde_json::to_value(&t).unwrap(),
+            serde_json::json!({
+                "engine": "iptables",
+                "reason": "TARPIT target available",
+                "limit": "10/second",
+                "burst": 20,
+                "mode": "TARPIT",
+                "active": true,
+                "members": 3,
+                "counters": {
+                    "v4": {"steered_packets": 5, "limited_packets": 4, "dropped_over_limit": 1},
+                    "v6": zero,
+                },
+                "counters_age_secs": 1.5,
+                "counters_error": null,
+            })
+        );
+        t.counters = None;
+        t.counters_age_secs = None;
+        t.counters_error = Some("iptables: exit 4".into());
+        let v = serde_json::to_value(&t).unwrap();
+        assert_eq!(v["counters"], serde_json::Value::Null);
+        assert_eq!(v["counters_age_secs"], serde_json::Value::Null);
+        assert_eq!(v["counters_error"], "iptables: exit 4");
+        assert_eq!(serde_json::from_value::<TarpitStatus>(v).unwrap(), t);
+    }
+
+    /// The wire format of `status`'s `xdp` (and of `stats`): the counters
+    /// with the tarpit's beside them as `tarpit_<name>`.
+    #[test]
+    fn xdp_stats_json_is_pinned() {
+        let x = xdp::XdpStats {
+            seen: 1,
+            dropped: 2,
+            passed_allowlisted: 3,
+            passed_tarpit: 4,
+            passed_clean: 5,
+            passed_not_ip: 6,
+            tarpit: tarpit::TarpitStats {
+                synack: 7,
+                ack: 8,
+                rst: 9,
+                ignored: 10,
+                over_limit: 11,
+                not_tcp: 12,
+                unanswerable: 13,
+                passed_nd: 14,
+            },
+        };
+        let v = serde_json::to_value(x).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({
+                "seen": 1,
+                "dropped": 2,
+                "passed_allowlisted": 3,
+                "passed_tarpit": 4,
+                "passed_clean": 5,
+                "passed_not_ip": 6,
+                "tarpit_synack": 7,
+                "tarpit_ack": 8,
+                "tarpit_rst": 9,
+                "tarpit_ignored": 10,
+                "tarpit_over_limit": 11,
+                "tarpit_not_tcp": 12,
+                "tarpit_unanswerable": 13,
+                "tarpit_passed_nd": 14,
+            })
+        );
+        assert_eq!(
+            serde_json::from_value::<xdp::XdpStats>(v.clone()).unwrap(),
+            x
+        );
+        // `named` lists what the JSON holds, in the JSON object's order
+        // (what `stats` printed and the metrics exported before).
+        let named: Vec<(String, serde_json::Value)> = x
+            .named()
+            .iter()
+            .map(|(k, n)| (k.to_string(), serde_json::json!(n)))
+            .collect();
+        let from_json: Vec<(String, serde_json::Value)> =
+            v.as_object().unwrap().clone().into_iter().collect();
+        assert_eq!(named, from_json);
     }
 }

@@ -403,7 +403,7 @@ impl Agent {
     }
 
     /// `status`: the geo rules in force.
-    pub(super) fn geo_status(&self) -> Option<serde_json::Value> {
+    pub(super) fn geo_status(&self) -> Option<super::status::GeoStatus> {
         let g = &self.dynamic.geo;
         g.db.as_ref()?;
         let (v4, v6) = g.applied.counts();
@@ -414,18 +414,18 @@ impl Agent {
             .enumerate()
             .map(|(i, r)| r.describe(i))
             .collect();
-        Some(serde_json::json!({
-            "database": g.config.database,
-            "asn_database": g.config.asn_database,
-            "rules": rules,
-            "prefixes_v4": v4,
-            "prefixes_v6": v6,
-            "allow_prefixes": g.applied.allow.len(),
-            "dropped_packets": self.geo_drops(),
-            "generation": g.generation,
-            "compile_ms": g.compiled.compile_ms,
-            "load_ms": g.load_ms,
-        }))
+        Some(super::status::GeoStatus {
+            database: g.config.database.clone(),
+            asn_database: g.config.asn_database.clone(),
+            rules,
+            prefixes_v4: v4,
+            prefixes_v6: v6,
+            allow_prefixes: g.applied.allow.len(),
+            dropped_packets: self.geo_drops(),
+            generation: g.generation,
+            compile_ms: g.compiled.compile_ms,
+            load_ms: g.load_ms,
+        })
     }
 
     /// The label (country or AS) of each geo prefix in force, for metrics.

@@ -9,6 +9,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use anyhow::{bail, Result};
 use tokio::sync::mpsc;
 
+use super::status::{FleetConsumerStatus, FleetStatus, FleetStreamStatus};
 use super::Agent;
 use crate::addr::Target;
 use crate::ban::{now_secs, BanRecord, UnixSecs};
@@ -434,45 +435,55 @@ impl FleetRuntime {
     }
 
     /// `status`'s fleet section.
-    pub fn status(&self, core: &Agent) -> serde_json::Value {
+    pub fn status(&self, core: &Agent) -> FleetStatus {
         let sh = self.client.as_ref().map(|c| c.shared.clone());
         let get = |f: fn(&crate::fleet::client::Shared) -> u64| sh.as_deref().map(f).unwrap_or(0);
         let stream_last = get(|s| s.stream_last_seq.load(Relaxed));
         let pending = get(|s| s.consumer_pending.load(Relaxed));
-        serde_json::json!({
-            "node": self.settings.node,
-            "servers": self.settings.servers,
-            "connected": sh.as_deref().is_some_and(|s| s.connected.load(Relaxed)),
-            "stream": {
-                "name": self.settings.stream,
-                "ready": sh.as_deref().is_some_and(|s| s.stream_ready.load(Relaxed)),
-                "messages": get(|s| s.stream_messages.load(Relaxed)),
-                "last_seq": stream_last,
+        FleetStatus {
+            node: self.settings.node.clone(),
+            servers: self.settings.servers.clone(),
+            connected: sh.as_deref().is_some_and(|s| s.connected.load(Relaxed)),
+            stream: FleetStreamStatus {
+                name: self.settings.stream.clone(),
+                ready: sh.as_deref().is_some_and(|s| s.stream_ready.load(Relaxed)),
+                messages: get(|s| s.stream_messages.load(Relaxed)),
+                last_seq: stream_last,
             },
-            "consumer": {
-                "name": self.settings.consumer_name(),
-                "ready": sh.as_deref().is_some_and(|s| s.consumer_ready.load(Relaxed)),
-                "ack_floor": get(|s| s.consumer_ack_floor.load(Relaxed)),
-                "delivered_seq": get(|s| s.consumer_delivered_seq.load(Relaxed)),
-                "ack_pending": get(|s| s.consumer_ack_pending.load(Relaxed)),
-                "lag": pending + get(|s| s.consumer_ack_pending.load(Relaxed)),
+            consumer: FleetConsumerStatus {
+                name: self.settings.consumer_name(),
+                ready: sh
+                    .as_deref()
+                    .is_some_and(|s| s.consumer_ready.load(Relaxed)),
+                ack_floor: get(|s| s.consumer_ack_floor.load(Relaxed)),
+                delivered_seq: get(|s| s.consumer_delivered_seq.load(Relaxed)),
+                ack_pending: get(|s| s.consumer_ack_pending.load(Relaxed)),
+                lag: pending + get(|s| s.consumer_ack_pending.load(Relaxed)),
             },
-            "publish": self.settings.publish,
-            "apply": self.settings.apply,
-            "outbox": self.outbox_len,
-            "sent": get(|s| s.published.load(Relaxed)),
-            "publish_errors": get(|s| s.publish_errors.load(Relaxed)),
-            "applied": self.counters.applied_bans,
-            "applied_unbans": self.counters.applied_unbans,
-            "refused": self.counters.refused.values().sum::<u64>(),
-            "refused_by_reason": self.counters.refused,
-            "malformed": self.counters.malformed,
-            "oversized": self.counters.oversized,
-            "duplicates": self.counters.duplicates,
-            "expired_on_arrival": self.counters.expired,
-            "bans_by_origin": core.fleet_origins(),
-            "last_error": sh.as_deref().map(|s| s.last_error.lock().map(|e| e.clone()).unwrap_or_default()).unwrap_or_default(),
-        })
+            publish: self.settings.publish,
+            apply: self.settings.apply,
+            outbox: self.outbox_len,
+            sent: get(|s| s.published.load(Relaxed)),
+            publish_errors: get(|s| s.publish_errors.load(Relaxed)),
+            applied: self.counters.applied_bans,
+            applied_unbans: self.counters.applied_unbans,
+            refused: self.counters.refused.values().sum::<u64>(),
+            refused_by_reason: self
+                .counters
+                .refused
+                .iter()
+                .map(|(r, n)| (r.to_string(), *n))
+                .collect(),
+            malformed: self.counters.malformed,
+            oversized: self.counters.oversized,
+            duplicates: self.counters.duplicates,
+            expired_on_arrival: self.counters.expired,
+            bans_by_origin: core.fleet_origins(),
+            last_error: sh
+                .as_deref()
+                .map(|s| s.last_error.lock().map(|e| e.clone()).unwrap_or_default())
+                .unwrap_or_default(),
+        }
     }
 
     /// Prometheus lines for the fleet.
@@ -484,35 +495,31 @@ impl FleetRuntime {
                 let _ = writeln!(o, "{name}{labels} {v}");
             }
         };
-        let n = |v: &serde_json::Value| v.as_u64().unwrap_or(0);
         family(
             "xban_fleet_connected",
             "gauge",
             "1 while connected to a NATS server.",
-            vec![(
-                String::new(),
-                st["connected"].as_bool().unwrap_or(false) as u64,
-            )],
+            vec![(String::new(), u64::from(st.connected))],
         );
         family(
             "xban_fleet_outbox_messages",
             "gauge",
             "Messages waiting for the server's acknowledgement.",
-            vec![(String::new(), n(&st["outbox"]))],
+            vec![(String::new(), st.outbox)],
         );
         family(
             "xban_fleet_sent_total",
             "counter",
             "Messages the server acknowledged.",
-            vec![(String::new(), n(&st["sent"]))],
+            vec![(String::new(), st.sent)],
         );
         family(
             "xban_fleet_applied_total",
             "counter",
             "Remote messages applied, by kind.",
             vec![
-                ("{kind=\"ban\"}".into(), n(&st["applied"])),
-                ("{kind=\"unban\"}".into(), n(&st["applied_unbans"])),
+                ("{kind=\"ban\"}".into(), st.applied),
+                ("{kind=\"unban\"}".into(), st.applied_unbans),
             ],
         );
         family(
@@ -544,19 +551,19 @@ impl FleetRuntime {
             "xban_fleet_stream_last_sequence",
             "gauge",
             "The stream's last sequence number.",
-            vec![(String::new(), n(&st["stream"]["last_seq"]))],
+            vec![(String::new(), st.stream.last_seq)],
         );
         family(
             "xban_fleet_consumer_ack_floor",
             "gauge",
             "The stream sequence this node's consumer acknowledged up to.",
-            vec![(String::new(), n(&st["consumer"]["ack_floor"]))],
+            vec![(String::new(), st.consumer.ack_floor)],
         );
         family(
             "xban_fleet_consumer_lag",
             "gauge",
             "Messages not yet applied by this node (pending and unacknowledged).",
-            vec![(String::new(), n(&st["consumer"]["lag"]))],
+            vec![(String::new(), st.consumer.lag)],
         );
     }
 }

@@ -239,3 +239,57 @@ fn local_bans_and_unbans_go_to_the_outbox_until_acknowledged() {
     assert_eq!(state::outbox_load(f.core.store()).unwrap(), stored[1..]);
     assert_eq!(f.fleet.outbox_len(), 1);
 }
+
+/// `status`'s `fleet` of a node without a connection: the whole object,
+/// as the runtime built it as JSON before it was typed.
+#[test]
+fn status_of_an_offline_node_reads_the_counters() {
+    let mut f = fixture();
+    let now = now_secs();
+    let exp = Some(now + 600);
+    let m = ban("a", "203.0.113.7", now, exp);
+    f.deliver(&[m.clone(), m, ban("a", "198.51.100.7", now, exp)], now);
+    let v = serde_json::to_value(f.fleet.status(&f.core)).unwrap();
+    assert_eq!(
+        v,
+        serde_json::json!({
+            "node": "b",
+            "servers": ["nats://127.0.0.1:1"],
+            "connected": false,
+            "stream": {"name": "XBAN", "ready": false, "messages": 0, "last_seq": 0},
+            "consumer": {
+                "name": "xban-b",
+                "ready": false,
+                "ack_floor": 0,
+                "delivered_seq": 0,
+                "ack_pending": 0,
+                "lag": 0,
+            },
+            "publish": true,
+            "apply": true,
+            "outbox": 0,
+            "sent": 0,
+            "publish_errors": 0,
+            "applied": 1,
+            "applied_unbans": 0,
+            "refused": 1,
+            "refused_by_reason": {"allowlist": 1},
+            "malformed": 0,
+            "oversized": 0,
+            "duplicates": 1,
+            "expired_on_arrival": 0,
+            "bans_by_origin": {"a": 1},
+            "last_error": "",
+        })
+    );
+    let mut text = String::new();
+    f.fleet.metrics(&f.core, &mut text);
+    for line in [
+        "xban_fleet_connected 0",
+        "xban_fleet_applied_total{kind=\"ban\"} 1",
+        "xban_fleet_refused_total{reason=\"allowlist\"} 1",
+        "xban_fleet_consumer_lag 0",
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line} missing:\n{text}");
+    }
+}

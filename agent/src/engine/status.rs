@@ -196,20 +196,20 @@ pub struct StatusView {
     pub bans_drop: usize,
     pub bans_tarpit: usize,
     pub map_entries: usize,
-    pub xdp: Option<serde_json::Value>,
+    pub xdp: Option<crate::enforce::xdp::XdpStats>,
     /// Tarpit steering: mode, set members, chain counters.
-    pub tarpit: Option<serde_json::Value>,
+    pub tarpit: Option<crate::enforce::TarpitStatus>,
     /// XDP fast-path occupancy (entries in the table, the overflow hash, the
     /// trie only; regions in trie fallback).
     #[serde(default)]
     pub fast_path: Option<crate::enforce::xdp::FastPathStatus>,
     /// XDP links per interface and their repairs (filled by the daemon).
     #[serde(default)]
-    pub links: Option<serde_json::Value>,
+    pub links: Option<crate::enforce::links::LinksStatus>,
     pub jails: Vec<JailStatus>,
     /// `[fleet]`: connection, stream and consumer positions, counters.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub fleet: Option<serde_json::Value>,
+    pub fleet: Option<FleetStatus>,
     /// The daemon's event loop (absent outside it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub event_loop: Option<LoopTurns>,
@@ -221,7 +221,7 @@ pub struct StatusView {
     pub dns_unresolved: Vec<String>,
     /// Geo rules in force, when a database is configured.
     #[serde(default)]
-    pub geo: Option<serde_json::Value>,
+    pub geo: Option<GeoStatus>,
     /// Active bans per country of the banned address (with a geo database).
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub bans_by_country: std::collections::BTreeMap<String, usize>,
@@ -234,6 +234,85 @@ pub struct StatusView {
     /// Bans the guard refused since start, by rule and origin.
     #[serde(default)]
     pub ban_refusals: Vec<RefusalCount>,
+}
+
+// The parts below read missing keys as their defaults, as the JSON values
+// they replace did: a `status` reply from an agent a version apart still
+// prints.
+
+/// `status`'s `geo`: the geo rules in force (with a database).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct GeoStatus {
+    pub database: Option<std::path::PathBuf>,
+    pub asn_database: Option<std::path::PathBuf>,
+    /// Each rule as the operator reads it.
+    pub rules: Vec<String>,
+    /// Ban prefixes in force, per family.
+    pub prefixes_v4: usize,
+    pub prefixes_v6: usize,
+    pub allow_prefixes: usize,
+    /// Packets dropped at XDP per country (or AS) of the prefix, `other`
+    /// for prefixes without a label of their own.
+    pub dropped_packets: std::collections::BTreeMap<String, u64>,
+    /// Loads of the databases since start.
+    pub generation: u64,
+    pub compile_ms: f64,
+    pub load_ms: f64,
+}
+
+/// `status`'s `fleet`: connection, stream and consumer positions, counters.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct FleetStatus {
+    pub node: String,
+    pub servers: Vec<String>,
+    pub connected: bool,
+    pub stream: FleetStreamStatus,
+    pub consumer: FleetConsumerStatus,
+    pub publish: bool,
+    pub apply: bool,
+    /// Stored messages the server has not acknowledged yet.
+    pub outbox: u64,
+    /// Messages the server acknowledged.
+    pub sent: u64,
+    pub publish_errors: u64,
+    pub applied: u64,
+    pub applied_unbans: u64,
+    /// The sum of `refused_by_reason`.
+    pub refused: u64,
+    pub refused_by_reason: std::collections::BTreeMap<String, u64>,
+    pub malformed: u64,
+    pub oversized: u64,
+    pub duplicates: u64,
+    pub expired_on_arrival: u64,
+    /// Active fleet bans per node that made them.
+    pub bans_by_origin: std::collections::BTreeMap<String, usize>,
+    /// The client's last error (empty: none).
+    pub last_error: String,
+}
+
+/// The fleet's stream, as the server last reported it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct FleetStreamStatus {
+    pub name: String,
+    pub ready: bool,
+    pub messages: u64,
+    pub last_seq: u64,
+}
+
+/// This node's durable consumer of the stream.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct FleetConsumerStatus {
+    pub name: String,
+    pub ready: bool,
+    pub ack_floor: u64,
+    pub delivered_seq: u64,
+    pub ack_pending: u64,
+    /// Messages not applied yet: pending and unacknowledged.
+    pub lag: u64,
 }
 
 #[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
@@ -356,11 +435,7 @@ impl Agent {
             // One entry per banned target. Not read back from the kernel: a
             // walk of a million-entry trie holds the loop for seconds.
             map_entries: self.bans.book.len_targets(),
-            xdp: self
-                .bans
-                .enforcer
-                .xdp_stats()?
-                .map(|s| serde_json::to_value(s).unwrap_or_default()),
+            xdp: self.bans.enforcer.xdp_stats()?,
             tarpit: self.bans.enforcer.steering_status(),
             fast_path: self.bans.enforcer.fast_path(),
             links: None,
@@ -409,5 +484,182 @@ impl Agent {
             "no jail named `{name}` (jails: {}): check the name with `xban status`",
             names.join(", ")
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// The wire format of `status`'s `geo`, as the JSON object the engine
+    /// built before it was typed.
+    #[test]
+    fn geo_status_json_is_pinned() {
+        let g = GeoStatus {
+            database: Some("/var/lib/GeoIP/GeoLite2-Country.mmdb".into()),
+            asn_database: None,
+            rules: vec!["rules[0]: ban countries XA".into()],
+            prefixes_v4: 12,
+            prefixes_v6: 3,
+            allow_prefixes: 1,
+            dropped_packets: [("XA".to_string(), 40), ("other".to_string(), 2)]
+                .into_iter()
+                .collect(),
+            generation: 2,
+            compile_ms: 1.25,
+            load_ms: 0.5,
+        };
+        let v = serde_json::to_value(&g).unwrap();
+        assert_eq!(
+            v,
+            json!({
+                "database": "/var/lib/GeoIP/GeoLite2-Country.mmdb",
+                "asn_database": null,
+                "rules": ["rules[0]: ban countries XA"],
+                "prefixes_v4": 12,
+                "prefixes_v6": 3,
+                "allow_prefixes": 1,
+                "dropped_packets": {"XA": 40, "other": 2},
+                "generation": 2,
+                "compile_ms": 1.25,
+                "load_ms": 0.5,
+            })
+        );
+        assert_eq!(serde_json::from_value::<GeoStatus>(v).unwrap(), g);
+    }
+
+    /// The wire format of `status`'s `fleet`, as the JSON object the fleet
+    /// runtime built before it was typed.
+    #[test]
+    fn fleet_status_json_is_pinned() {
+        let f = FleetStatus {
+            node: "b".into(),
+            servers: vec!["nats://127.0.0.1:4222".into()],
+            connected: true,
+            stream: FleetStreamStatus {
+                name: "XBAN".into(),
+                ready: true,
+                messages: 10,
+                last_seq: 11,
+            },
+            consumer: FleetConsumerStatus {
+                name: "xban-b".into(),
+                ready: false,
+                ack_floor: 9,
+                delivered_seq: 10,
+                ack_pending: 1,
+                lag: 2,
+            },
+            publish: true,
+            apply: false,
+            outbox: 3,
+            sent: 4,
+            publish_errors: 5,
+            applied: 6,
+            applied_unbans: 7,
+            refused: 8,
+            refused_by_reason: [("allowlist".to_string(), 8)].into_iter().collect(),
+            malformed: 9,
+            oversized: 10,
+            duplicates: 11,
+            expired_on_arrival: 12,
+            bans_by_origin: [("a".to_string(), 13)].into_iter().collect(),
+            last_error: String::new(),
+        };
+        let v = serde_json::to_value(&f).unwrap();
+        assert_eq!(
+            v,
+            json!({
+                "node": "b",
+                "servers": ["nats://127.0.0.1:4222"],
+                "connected": true,
+                "stream": {"name": "XBAN", "ready": true, "messages": 10, "last_seq": 11},
+                "consumer": {
+                    "name": "xban-b",
+                    "ready": false,
+                    "ack_floor": 9,
+                    "delivered_seq": 10,
+                    "ack_pending": 1,
+                    "lag": 2,
+                },
+                "publish": true,
+                "apply": false,
+                "outbox": 3,
+                "sent": 4,
+                "publish_errors": 5,
+                "applied": 6,
+                "applied_unbans": 7,
+                "refused": 8,
+                "refused_by_reason": {"allowlist": 8},
+                "malformed": 9,
+                "oversized": 10,
+                "duplicates": 11,
+                "expired_on_arrival": 12,
+                "bans_by_origin": {"a": 13},
+                "last_error": "",
+            })
+        );
+        assert_eq!(serde_json::from_value::<FleetStatus>(v).unwrap(), f);
+    }
+
+    /// In `status`, absent parts stay as they were: `xdp`, `tarpit`, `links`
+    /// and `geo` are `null`, `fleet` is left out.
+    #[test]
+    fn absent_parts_of_status_keep_their_shape() {
+        let st = StatusView {
+            interfaces: Vec::new(),
+            xdp_mode: "native".into(),
+            bans_active: 0,
+            bans_drop: 0,
+            bans_tarpit: 0,
+            map_entries: 0,
+            xdp: None,
+            tarpit: None,
+            fast_path: None,
+            links: None,
+            jails: Vec::new(),
+            fleet: None,
+            event_loop: None,
+            dns: Vec::new(),
+            dns_unresolved: Vec::new(),
+            geo: None,
+            bans_by_country: Default::default(),
+            store: Default::default(),
+            blocklists: Default::default(),
+            ban_refusals: Vec::new(),
+        };
+        let v = serde_json::to_value(&st).unwrap();
+        for key in ["xdp", "tarpit", "links", "geo"] {
+            assert_eq!(v.get(key), Some(&serde_json::Value::Null), "{key}");
+        }
+        assert!(v.get("fleet").is_none());
+        let back: StatusView = serde_json::from_value(v).unwrap();
+        assert!(back.xdp.is_none() && back.tarpit.is_none() && back.links.is_none());
+        assert!(back.geo.is_none() && back.fleet.is_none());
+    }
+
+    /// A reply missing keys (an agent a version apart) still reads, as
+    /// the JSON values these views replace did.
+    #[test]
+    fn parts_read_with_keys_missing() {
+        let empty = json!({});
+        assert_eq!(
+            serde_json::from_value::<FleetStatus>(json!({"node": "a", "stream": {}})).unwrap(),
+            FleetStatus {
+                node: "a".into(),
+                ..Default::default()
+            }
+        );
+        serde_json::from_value::<GeoStatus>(empty.clone()).unwrap();
+        serde_json::from_value::<crate::enforce::TarpitStatus>(empty.clone()).unwrap();
+        serde_json::from_value::<crate::enforce::links::LinksStatus>(
+            json!({"interfaces": [{"interface": "eth9"}]}),
+        )
+        .unwrap();
+        let x: crate::enforce::xdp::XdpStats =
+            serde_json::from_value(json!({"seen": 4, "tarpit_ack": 2})).unwrap();
+        assert_eq!((x.seen, x.tarpit.ack, x.dropped), (4, 2, 0));
+        serde_json::from_value::<crate::enforce::xdp::XdpStats>(empty).unwrap();
     }
 }

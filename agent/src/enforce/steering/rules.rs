@@ -54,7 +54,7 @@ impl fmt::Display for SteeringMode {
 }
 
 /// One family's chain counters, in packets.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct FamilyCounters {
     /// TCP packets from set members that entered the chain (the INPUT hook).
     pub steered_packets: u64,
@@ -64,7 +64,7 @@ pub struct FamilyCounters {
     pub dropped_over_limit: u64,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct SteeringCounters {
     pub v4: FamilyCounters,
     pub v6: FamilyCounters,

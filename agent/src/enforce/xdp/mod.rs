@@ -54,7 +54,8 @@ impl std::fmt::Display for XdpModeSetting {
 }
 
 /// Per-CPU counters summed, by `xban_common::stats` index.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct XdpStats {
     pub seen: u64,
     pub dropped: u64,
@@ -63,7 +64,11 @@ pub struct XdpStats {
     pub passed_clean: u64,
     pub passed_not_ip: u64,
     /// The XDP tarpit's replies and drops (zero where its map is missing).
-    #[serde(flatten, serialize_with = "tarpit_prefixed")]
+    #[serde(
+        flatten,
+        serialize_with = "tarpit_prefixed",
+        deserialize_with = "tarpit_unprefixed"
+    )]
     pub tarpit: crate::enforce::tarpit::TarpitStats,
 }
 
@@ -87,6 +92,59 @@ fn tarpit_prefixed<S: serde::Serializer>(
         m.serialize_entry(k, &v)?;
     }
     m.end()
+}
+
+/// The `tarpit_<name>` keys read back (`status` and `stats` replies).
+fn tarpit_unprefixed<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<crate::enforce::tarpit::TarpitStats, D::Error> {
+    #[derive(Default, serde::Deserialize)]
+    #[serde(default)]
+    struct Prefixed {
+        tarpit_synack: u64,
+        tarpit_ack: u64,
+        tarpit_rst: u64,
+        tarpit_ignored: u64,
+        tarpit_over_limit: u64,
+        tarpit_not_tcp: u64,
+        tarpit_unanswerable: u64,
+        tarpit_passed_nd: u64,
+    }
+    let p = <Prefixed as serde::Deserialize>::deserialize(d)?;
+    Ok(crate::enforce::tarpit::TarpitStats {
+        synack: p.tarpit_synack,
+        ack: p.tarpit_ack,
+        rst: p.tarpit_rst,
+        ignored: p.tarpit_ignored,
+        over_limit: p.tarpit_over_limit,
+        not_tcp: p.tarpit_not_tcp,
+        unanswerable: p.tarpit_unanswerable,
+        passed_nd: p.tarpit_passed_nd,
+    })
+}
+
+impl XdpStats {
+    /// Every counter with its name in the JSON, names sorted: what `stats`
+    /// prints and the metrics label `verdict` carry.
+    pub fn named(&self) -> [(&'static str, u64); 14] {
+        let t = &self.tarpit;
+        [
+            ("dropped", self.dropped),
+            ("passed_allowlisted", self.passed_allowlisted),
+            ("passed_clean", self.passed_clean),
+            ("passed_not_ip", self.passed_not_ip),
+            ("passed_tarpit", self.passed_tarpit),
+            ("seen", self.seen),
+            ("tarpit_ack", t.ack),
+            ("tarpit_ignored", t.ignored),
+            ("tarpit_not_tcp", t.not_tcp),
+            ("tarpit_over_limit", t.over_limit),
+            ("tarpit_passed_nd", t.passed_nd),
+            ("tarpit_rst", t.rst),
+            ("tarpit_synack", t.synack),
+            ("tarpit_unanswerable", t.unanswerable),
+        ]
+    }
 }
 
 impl XdpStats {
