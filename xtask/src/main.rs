@@ -5,6 +5,8 @@ mod demo;
 mod fuzz;
 mod install;
 mod journal;
+#[cfg(test)]
+mod layout;
 mod prereq;
 mod tasks;
 mod workspace;

@@ -492,7 +492,7 @@ mod tests {
 
     #[test]
     fn fast_path_occupancy_and_link_repairs_are_exported() {
-        use crate::enforce::links::{LinkStatus, LinksStatus};
+        use crate::enforce::xdp::links::{LinkStatus, LinksStatus};
         use crate::enforce::xdp::{FastPathFamily, FastPathStatus};
         let status = StatusView {
             interfaces: vec!["eth9".into()],

@@ -9,6 +9,6 @@ pub use crate::engine::status::{
     JailStatus, LoopTurns, RefusalCount, StatusView, WorkTurns,
 };
 // The parts of `status` the enforcer builds.
-pub use crate::enforce::links::{LinkStatus, LinksStatus};
+pub use crate::enforce::xdp::links::{LinkStatus, LinksStatus};
 pub use crate::enforce::xdp::{FastPathFamily, FastPathStatus, XdpStats};
 pub use crate::enforce::TarpitStatus;

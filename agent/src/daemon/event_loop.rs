@@ -203,7 +203,7 @@ impl Daemon {
         for ev in events {
             self.metrics.record_event(&ev);
             // Actions run where the ban was decided, not on every node.
-            if !crate::engine::fleet_sync::is_fleet_jail(&ev.record.jail) {
+            if !crate::fleet::is_fleet_jail(&ev.record.jail) {
                 actions::dispatch(self.actions_for(&ev.record.jail), &ev);
             }
         }

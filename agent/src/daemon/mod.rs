@@ -91,7 +91,7 @@ pub async fn run(config_path: &Path, opts: RunOptions) -> Result<()> {
 
     let (link_tx, link_rx) = mpsc::channel::<()>(1);
     if program.is_some() {
-        if let Err(e) = crate::enforce::links::watch_link_events(link_tx) {
+        if let Err(e) = crate::enforce::xdp::links::watch_link_events(link_tx) {
             tracing::warn!("{e:#}; XDP links are checked every 500 ms only");
         }
     }

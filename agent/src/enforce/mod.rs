@@ -2,7 +2,6 @@
 //! XDP maps and, for the tarpit class, in iptables' steering set.
 
 pub mod geo_maps;
-pub mod links;
 pub mod steering;
 pub mod tarpit;
 pub mod xdp;

@@ -18,24 +18,8 @@ use crate::blocklist::BLOCKLIST_JAIL;
 use crate::fleet::client::{Delivery, FleetClient, Incoming};
 use crate::fleet::message::{self, Body, DecodeError, FleetMessage};
 use crate::fleet::state::{self, Outgoing};
-use crate::fleet::{FleetSettings, FLEET_JAIL};
+use crate::fleet::{is_fleet_jail, origin_jail, origin_of, FleetSettings};
 use crate::guard::BanOrigin;
-
-/// The jail key of `node`'s bans in the ban book: `fleet@NODE`, so each
-/// origin keeps its own record of a target.
-pub fn origin_jail(node: &str) -> String {
-    format!("{FLEET_JAIL}@{node}")
-}
-
-/// `fleet@NODE` → `Some(NODE)`.
-pub fn origin_of(jail: &str) -> Option<&str> {
-    jail.strip_prefix(FLEET_JAIL)?.strip_prefix('@')
-}
-
-/// A jail whose bans came from the fleet (never published again).
-pub fn is_fleet_jail(jail: &str) -> bool {
-    origin_of(jail).is_some()
-}
 
 /// Why a remote ban was not applied.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -628,7 +612,7 @@ impl Agent {
     pub fn fleet_origins(&self) -> std::collections::BTreeMap<String, usize> {
         let mut out = std::collections::BTreeMap::new();
         for (jail, n) in &self.bans.book.tally().records_by_jail {
-            if let Some(o) = crate::engine::fleet_sync::origin_of(jail) {
+            if let Some(o) = origin_of(jail) {
                 *out.entry(o.to_string()).or_default() += n;
             }
         }

@@ -71,7 +71,7 @@ pub struct BanView {
 
 impl From<&BanRecord> for BanView {
     fn from(r: &BanRecord) -> Self {
-        let origin = crate::engine::fleet_sync::origin_of(&r.jail);
+        let origin = crate::fleet::origin_of(&r.jail);
         BanView {
             address: r.target.to_string(),
             origin: origin.map(str::to_string),
@@ -205,7 +205,7 @@ pub struct StatusView {
     pub fast_path: Option<crate::enforce::xdp::FastPathStatus>,
     /// XDP links per interface and their repairs (filled by the daemon).
     #[serde(default)]
-    pub links: Option<crate::enforce::links::LinksStatus>,
+    pub links: Option<crate::enforce::xdp::links::LinksStatus>,
     pub jails: Vec<JailStatus>,
     /// `[fleet]`: connection, stream and consumer positions, counters.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -372,7 +372,7 @@ impl Agent {
             last = Some(t);
             for r in recs {
                 let wanted = listing.jail.as_deref().is_none_or(|j| r.jail == j)
-                    || (fleet && crate::engine::fleet_sync::is_fleet_jail(&r.jail));
+                    || (fleet && crate::fleet::is_fleet_jail(&r.jail));
                 if wanted {
                     let mut b = BanView::from(&r);
                     b.country = self.country_of(r.target.addr());
@@ -653,7 +653,7 @@ mod tests {
         );
         serde_json::from_value::<GeoStatus>(empty.clone()).unwrap();
         serde_json::from_value::<crate::enforce::TarpitStatus>(empty.clone()).unwrap();
-        serde_json::from_value::<crate::enforce::links::LinksStatus>(
+        serde_json::from_value::<crate::enforce::xdp::links::LinksStatus>(
             json!({"interfaces": [{"interface": "eth9"}]}),
         )
         .unwrap();

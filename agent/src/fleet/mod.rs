@@ -24,6 +24,22 @@ use crate::validation::ValidationError;
 /// The jail remote bans are kept under (`fleet`), per origin node.
 pub const FLEET_JAIL: &str = "fleet";
 
+/// The jail key of `node`'s bans in the ban book: `fleet@NODE`, so each
+/// origin keeps its own record of a target.
+pub fn origin_jail(node: &str) -> String {
+    format!("{FLEET_JAIL}@{node}")
+}
+
+/// `fleet@NODE` → `Some(NODE)`.
+pub fn origin_of(jail: &str) -> Option<&str> {
+    jail.strip_prefix(FLEET_JAIL)?.strip_prefix('@')
+}
+
+/// A jail whose bans came from the fleet (never published again).
+pub fn is_fleet_jail(jail: &str) -> bool {
+    origin_of(jail).is_some()
+}
+
 /// `[fleet]`: off unless `servers` is set.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]

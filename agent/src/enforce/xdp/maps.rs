@@ -54,7 +54,7 @@ pub(super) fn dump_trie<const N: usize>(map: &MapData) -> Result<Option<Vec<Trie
             0,
             0,
         ];
-        let r = crate::enforce::links::bpf(BPF_MAP_LOOKUP_BATCH, &mut attr);
+        let r = crate::enforce::xdp::links::bpf(BPF_MAP_LOOKUP_BATCH, &mut attr);
         let n = ((attr[4] & 0xffff_ffff) as usize).min(BATCH);
         for i in 0..n {
             let k = &keys[i * key_size..(i + 1) * key_size];

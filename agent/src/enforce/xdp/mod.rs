@@ -18,6 +18,7 @@
 //! mappings of `mapped` and the layout of `xban_common::fastpath`.
 
 mod fastpath;
+pub mod links;
 mod mapped;
 mod maps;
 mod program;

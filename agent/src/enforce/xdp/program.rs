@@ -22,7 +22,7 @@ pub struct XdpEnforcer {
     /// Interfaces configured.
     pub attached: Vec<String>,
     /// Each configured interface's link, as last checked (see `links`).
-    pub(in crate::enforce) links: Vec<crate::enforce::links::LinkWatch>,
+    pub(in crate::enforce) links: Vec<crate::enforce::xdp::links::LinkWatch>,
     pub(in crate::enforce) mode: XdpModeSetting,
     /// Times lost pins (maps, program) were re-created.
     pub(in crate::enforce) pin_repairs: u64,
@@ -83,7 +83,7 @@ impl XdpEnforcer {
         self.mode = mode;
         self.links = interfaces
             .iter()
-            .map(|i| crate::enforce::links::LinkWatch::new(i))
+            .map(|i| crate::enforce::xdp::links::LinkWatch::new(i))
             .collect();
         for idx in 0..self.links.len() {
             self.ensure_link(idx, true)?;

@@ -24,7 +24,7 @@ use aya::maps::MapData;
 use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::Xdp;
 
-use super::xdp::{link_dir, xdp_mode, XdpEnforcer, PROGRAM_NAME};
+use super::{link_dir, xdp_mode, XdpEnforcer, PROGRAM_NAME};
 use crate::sys::paths::pins;
 
 /// `status`'s `links`: each configured interface's XDP link, and the pin
