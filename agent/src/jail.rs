@@ -210,8 +210,10 @@ pub struct BanRequest {
     pub matches: Vec<String>,
 }
 
-/// Running counters of a jail.
-#[derive(Debug, Default, Clone, serde::Serialize)]
+/// Running counters of a jail; `status` shows them as they are (their field
+/// names are the wire format), and the CLI reads them back.
+#[derive(Debug, Default, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct JailCounters {
     pub lines: u64,
     pub matched: u64,
@@ -222,10 +224,8 @@ pub struct JailCounters {
     pub lines_without_time: u64,
     pub hostnames_skipped: u64,
     /// Failures by addresses the jail had banned already (not counted).
-    #[serde(default)]
     pub failures_while_banned: u64,
     /// Addresses forgotten because the jail tracked `max_tracked` already.
-    #[serde(default)]
     pub window_evictions: u64,
 }
 

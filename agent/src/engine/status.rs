@@ -102,42 +102,9 @@ pub struct JailStatus {
     pub failing: Vec<(String, usize)>,
 }
 
-/// A jail's running counters as `status` shows them: the names and JSON of
-/// [`JailCounters`](crate::jail::JailCounters), a view of its own so that the
-/// wire format does not follow the jail's internals by accident.
-#[derive(Debug, Clone, Default, Serialize, serde::Deserialize, PartialEq)]
-#[serde(default)]
-pub struct JailCountersView {
-    pub lines: u64,
-    pub matched: u64,
-    pub ignored_lines: u64,
-    pub failures_total: u64,
-    pub ignored_addresses: u64,
-    pub bans_total: u64,
-    pub lines_without_time: u64,
-    pub hostnames_skipped: u64,
-    /// Failures by addresses the jail had banned already (not counted).
-    pub failures_while_banned: u64,
-    /// Addresses forgotten because the jail tracked `max_tracked` already.
-    pub window_evictions: u64,
-}
-
-impl From<&crate::jail::JailCounters> for JailCountersView {
-    fn from(c: &crate::jail::JailCounters) -> Self {
-        JailCountersView {
-            lines: c.lines,
-            matched: c.matched,
-            ignored_lines: c.ignored_lines,
-            failures_total: c.failures_total,
-            ignored_addresses: c.ignored_addresses,
-            bans_total: c.bans_total,
-            lines_without_time: c.lines_without_time,
-            hostnames_skipped: c.hostnames_skipped,
-            failures_while_banned: c.failures_while_banned,
-            window_evictions: c.window_evictions,
-        }
-    }
-}
+/// A jail's running counters as `status` shows them: the jail's own
+/// counters, whose field names are the wire format.
+pub use crate::jail::JailCounters as JailCountersView;
 
 /// How long the event loop's turns take: every ban waits for the turn in
 /// progress, so a slow one is a ban held back.
@@ -402,7 +369,7 @@ impl Agent {
             name: j.name().to_string(),
             failing_now: j.window.failing_count(),
             bans_now,
-            counters: JailCountersView::from(&j.counters),
+            counters: j.counters.clone(),
             following: Vec::new(),
             failing,
         }
