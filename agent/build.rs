@@ -8,6 +8,9 @@ use std::path::PathBuf;
 
 fn main() {
     println!("cargo:rerun-if-env-changed=XBAN_EBPF_OBJ");
+    // Set by xtask to a digest of the object: reruns this script when the
+    // content changes even if the mtime went back (see xtask's tasks.rs).
+    println!("cargo:rerun-if-env-changed=XBAN_EBPF_DIGEST");
     let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());
     let default = manifest.join("../target/bpfel-unknown-none/release/xban-xdp");
     let source = std::env::var_os("XBAN_EBPF_OBJ")

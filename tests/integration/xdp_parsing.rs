@@ -68,6 +68,7 @@ fn parser_handles_vlans_options_ipv6_and_non_ip() {
     dir.xban_ok(&["ban", ATK_V4]).unwrap();
     dir.xban_ok(&["ban", ATK_V6]).unwrap();
     dir.xban_ok(&["ban", "203.0.113.0/24"]).unwrap();
+    dir.xban_ok(&["ban", "2001:db8:77:1::/64"]).unwrap();
     dir.xban_ok(&["ban", "198.51.100.5", "--class", "tarpit"])
         .unwrap();
 
@@ -119,6 +120,34 @@ fn parser_handles_vlans_options_ipv6_and_non_ip() {
         "IPv6 behind two tags"
     );
     assert_eq!(v6(&[], "2001:db8:100::9".parse().unwrap()), XDP_PASS);
+    // One tag puts the source 2 bytes off an 8-byte boundary (and the IPv4
+    // source 2 off a 4-byte one): the word loads must read the same address
+    // there, byte order included, which the prefix bans check.
+    assert_eq!(
+        v6(&[0x8100], ATK_V6.parse().unwrap()),
+        XDP_DROP,
+        "IPv6 behind one tag"
+    );
+    assert_eq!(
+        v6(&[0x8100], "2001:db8:77:1:abcd::5".parse().unwrap()),
+        XDP_DROP,
+        "IPv6 inside a banned /64, behind one tag"
+    );
+    assert_eq!(
+        v6(&[0x8100], "2001:db8:77:2::5".parse().unwrap()),
+        XDP_PASS,
+        "IPv6 next to the banned /64, behind one tag"
+    );
+    assert_eq!(
+        v4(&[0x8100], Ipv4Addr::new(203, 0, 113, 200), 0),
+        XDP_DROP,
+        "inside a banned /24, behind one tag"
+    );
+    assert_eq!(
+        v4(&[0x8100], Ipv4Addr::new(203, 0, 114, 1), 0),
+        XDP_PASS,
+        "next to the banned /24, behind one tag"
+    );
 
     // ARP, and an IPv4 frame cut short before the source address.
     let mut arp = eth(0x0806, &[]);
@@ -132,10 +161,19 @@ fn parser_handles_vlans_options_ipv6_and_non_ip() {
         "truncated header passes, no out-of-bounds read"
     );
 
+    // An IPv6 frame cut inside the source address (15 of its 16 bytes).
+    let mut short6 = eth(0x86dd, &[0x8100]);
+    short6.extend(&ipv6(ATK_V6.parse().unwrap())[..8 + 15]);
+    assert_eq!(
+        verdict(&dir, &short6),
+        XDP_PASS,
+        "truncated IPv6 header passes, no out-of-bounds read"
+    );
+
     let stats = dir.stats().unwrap();
     assert!(stats["passed_tarpit"].as_u64().unwrap() >= 1);
     assert!(stats["passed_allowlisted"].as_u64().unwrap() >= 1);
-    assert!(stats["passed_not_ip"].as_u64().unwrap() >= 2);
+    assert!(stats["passed_not_ip"].as_u64().unwrap() >= 3);
     agent.stop().unwrap();
 }
 

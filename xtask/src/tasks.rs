@@ -15,6 +15,29 @@ use crate::workspace::{Workspace, EBPF_PACKAGE, EBPF_TARGET};
 
 /// Read by the agent's build.rs, which embeds the XDP object it names.
 const EBPF_OBJ_VAR: &str = "XBAN_EBPF_OBJ";
+/// A digest of that object's bytes, for build.rs to rerun on: cargo's
+/// `rerun-if-changed` compares mtimes, and cargo may hand back an older
+/// object with its older mtime (e.g. after eBPF flags flip back), which
+/// would leave the agent embedding the wrong program.
+const EBPF_DIGEST_VAR: &str = "XBAN_EBPF_DIGEST";
+
+/// The variables that make the agent's build embed `obj`, and re-embed it
+/// whenever its content changes.
+fn embed_vars(obj: &std::path::Path) -> Result<[(&'static str, OsString); 2]> {
+    let bytes =
+        fs::read(obj).with_context(|| format!("reading the XDP object {}", obj.display()))?;
+    Ok([
+        (EBPF_OBJ_VAR, obj.as_os_str().to_owned()),
+        (EBPF_DIGEST_VAR, format!("{:016x}", fnv1a(&bytes)).into()),
+    ])
+}
+
+/// FNV-1a, 64 bits: enough to tell two builds of one object apart.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
 /// Tells the integration tests which agent binary to drive.
 const AGENT_BIN_VAR: &str = "XBAN_BIN";
 const AGENT_PACKAGE: &str = "xban";
@@ -54,7 +77,7 @@ pub(crate) fn build(ws: &Workspace, profile: Profile) -> Result<PathBuf> {
     if profile == Profile::Release {
         cargo.arg("--release");
     }
-    cargo.args(["-p", AGENT_PACKAGE]).env(EBPF_OBJ_VAR, &obj);
+    cargo.args(["-p", AGENT_PACKAGE]).envs(embed_vars(&obj)?);
     cmd::run(&mut cargo).context("building the xban agent failed")?;
     let dir = match profile {
         Profile::Release => "release",
@@ -116,7 +139,7 @@ pub(crate) fn test(ws: &Workspace, args: &[OsString]) -> Result<()> {
             // The agent's tests that compare `xban import` with the
             // installed fail2ban (plain `cargo test` leaves them out).
             .args(["--features", "xban/fail2ban-tests"])
-            .env(EBPF_OBJ_VAR, &obj)
+            .envs(embed_vars(&obj)?)
             .envs(
                 journald
                     .available()
@@ -145,7 +168,7 @@ pub(crate) fn test(ws: &Workspace, args: &[OsString]) -> Result<()> {
             .current_dir(&ws.root)
             .args(["test", "--release", "-p", TESTS_PACKAGE])
             .env(AGENT_BIN_VAR, &bin)
-            .env(EBPF_OBJ_VAR, &obj)
+            .envs(embed_vars(&obj)?)
             .args(test_binary_args(&["--test-threads=1"], args)),
     )
     .context("integration tests failed")?;
@@ -188,6 +211,25 @@ fn test_binary_args(fixed: &[&str], extra: &[OsString]) -> Vec<OsString> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_embed_digest_follows_the_objects_content_not_its_mtime() {
+        let dir = std::env::temp_dir().join(format!("xtask-embed-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let obj = dir.join("xban-xdp");
+        let digest = |bytes: &[u8]| {
+            fs::write(&obj, bytes).unwrap();
+            let vars = embed_vars(&obj).unwrap();
+            assert_eq!(vars[0], (EBPF_OBJ_VAR, obj.as_os_str().to_owned()));
+            vars[1].1.clone()
+        };
+        let a = digest(b"\x7fELF one program");
+        let b = digest(b"\x7fELF another program");
+        assert_ne!(a, b, "a new object must rerun the agent's build script");
+        assert_eq!(digest(b"\x7fELF one program"), a, "same bytes, same digest");
+        fs::remove_dir_all(&dir).unwrap();
+        assert!(embed_vars(&obj).is_err(), "a missing object is an error");
+    }
 
     #[test]
     fn test_binary_args_only_add_separator_when_needed() {
