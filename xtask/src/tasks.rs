@@ -17,6 +17,8 @@ use crate::workspace::{Workspace, EBPF_PACKAGE, EBPF_TARGET};
 const EBPF_OBJ_VAR: &str = "XBAN_EBPF_OBJ";
 /// Tells the integration tests which agent binary to drive.
 const AGENT_BIN_VAR: &str = "XBAN_BIN";
+/// And which Debian package to install.
+const DEB_VAR: &str = "XBAN_DEB";
 const AGENT_PACKAGE: &str = "xban";
 const TESTS_PACKAGE: &str = "xban-tests";
 
@@ -104,6 +106,7 @@ pub(crate) fn run(ws: &Workspace, args: &[OsString]) -> Result<()> {
 pub(crate) fn test(ws: &Workspace, args: &[OsString]) -> Result<()> {
     let bin = build(ws, Profile::Release)?;
     let obj = ws.ebpf_object();
+    let deb = crate::deb::build(ws, &bin).context("building the Debian package failed")?;
     let journald = crate::journal::JournalGuard::ensure();
 
     // Same profile and XBAN_EBPF_OBJ as `build`, so its artifacts are reused.
@@ -145,6 +148,7 @@ pub(crate) fn test(ws: &Workspace, args: &[OsString]) -> Result<()> {
             .current_dir(&ws.root)
             .args(["test", "--release", "-p", TESTS_PACKAGE])
             .env(AGENT_BIN_VAR, &bin)
+            .env(DEB_VAR, &deb)
             .env(EBPF_OBJ_VAR, &obj)
             .args(test_binary_args(&["--test-threads=1"], args)),
     )
