@@ -9,6 +9,7 @@ pub mod addr;
 pub mod api;
 pub mod ban;
 pub mod blocklist;
+pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod dns;

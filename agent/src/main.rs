@@ -5,148 +5,13 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use clap::{Parser, Subcommand};
+use clap::Parser;
 use xban::api::protocol::{Reply, Request};
 use xban::api::socket;
 use xban::api::views::{BanView, FleetStatus, StatusView, XdpStats};
+use xban::cli::{Cli, Command};
 use xban::config::Config;
 use xban::sys::paths;
-
-#[derive(Parser)]
-#[command(
-    name = "xban",
-    version,
-    about = "Bans attackers found in logs, dropping their packets at XDP"
-)]
-struct Cli {
-    /// Config file (also gives the control socket and pin directory).
-    #[arg(short = 'c', long = "config", global = true, default_value = paths::CONFIG)]
-    config: PathBuf,
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Run the agent in the foreground.
-    Run {
-        /// Run and report everything, write nothing to XDP maps or iptables
-        /// (bans are kept in memory).
-        #[arg(long)]
-        dry_run: bool,
-    },
-    /// Jails, bans, interfaces and counters (or one jail's failing addresses).
-    Status {
-        jail: Option<String>,
-        #[arg(long)]
-        json: bool,
-    },
-    /// Active bans (of one jail, if given).
-    Banned {
-        jail: Option<String>,
-        #[arg(long)]
-        json: bool,
-    },
-    /// Ban an address or CIDR prefix now.
-    Ban {
-        target: String,
-        /// Account the ban to this jail (its bantime and class apply).
-        #[arg(long)]
-        jail: Option<String>,
-        /// e.g. 1h, 1d, 1w, or permanent.
-        #[arg(long)]
-        bantime: Option<String>,
-        /// drop or tarpit.
-        #[arg(long)]
-        class: Option<String>,
-        /// Ban a prefix wider than [agent] min_prefix_v4/min_prefix_v6 (the
-        /// allowlist and this host's own addresses stay protected).
-        #[arg(long)]
-        force: bool,
-        #[arg(long)]
-        json: bool,
-    },
-    /// Lift a ban now (all jails' bans of it, or one jail's), or every ban with --all.
-    Unban {
-        #[arg(required_unless_present = "all", conflicts_with = "all")]
-        target: Option<String>,
-        /// Every active ban (of --jail, if given).
-        #[arg(long)]
-        all: bool,
-        #[arg(long)]
-        jail: Option<String>,
-        /// With [fleet]: lift it on this host only, not on every node.
-        #[arg(long)]
-        local: bool,
-        #[arg(long)]
-        json: bool,
-    },
-    /// Re-read the config (also on SIGHUP); a broken one is refused and the running one kept.
-    Reload,
-    /// XDP packet counters, summed over CPUs (works while the agent is stopped).
-    Stats {
-        #[arg(long)]
-        json: bool,
-    },
-    /// What the geo database says of an address: country, ASN, and the rule
-    /// (if any) that covers it.
-    Geo {
-        address: String,
-        #[arg(long)]
-        json: bool,
-    },
-    /// Check a config file (default: the -c one) and exit: the file itself,
-    /// then what `xban run` checks on this machine before touching the
-    /// kernel (log files readable, log directories there, interfaces,
-    /// metrics address free, pin directory on bpffs).
-    Check {
-        config: Option<PathBuf>,
-        /// Check the file only, not this machine (for a config meant for
-        /// another host).
-        #[arg(long)]
-        config_only: bool,
-    },
-    /// Turn a fail2ban configuration into an xban one: the enabled jails,
-    /// the filters they use (translated, or refused naming what xban's
-    /// engine lacks) and a report of every key mapped, approximated or
-    /// dropped. Nothing is written on any error.
-    Import {
-        /// fail2ban's configuration directory.
-        #[arg(default_value = "/etc/fail2ban")]
-        dir: PathBuf,
-        /// Where xban.toml and filters/ go (must not hold them already).
-        #[arg(long, required_unless_present = "dry_run")]
-        out: Option<PathBuf>,
-        /// Print the report, the config and the filters; write nothing.
-        #[arg(long)]
-        dry_run: bool,
-    },
-    /// Test a filter on a log file or one line, without a running agent
-    /// or root: hits per regex, matched/ignored/missed lines, hosts, times.
-    Regex {
-        /// A log file, or a literal log line.
-        input: String,
-        /// A filter name (built-in or in filters_dir), a filter file
-        /// (`.toml`), or a literal failregex with <HOST>.
-        filter: String,
-        /// Extra ignoreregex (repeatable).
-        #[arg(long)]
-        ignoreregex: Vec<String>,
-        /// The filter's mode (e.g. sshd: normal, ddos, aggressive).
-        #[arg(long)]
-        mode: Option<String>,
-        /// List the lines that matched nothing.
-        #[arg(long)]
-        print_missed: bool,
-        #[arg(long)]
-        json: bool,
-    },
-    /// Detach XDP and remove every map and pin (stops a running agent first).
-    Teardown,
-    /// A new [fleet] node key: the seed into FILE (0600, for
-    /// nkey_seed_file), the public key printed for the NATS server's config.
-    FleetKey { file: PathBuf },
-}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -182,7 +47,7 @@ fn dispatch(cli: Cli) -> Result<()> {
                 xban::daemon::RunOptions { dry_run },
             ))
         }
-        Command::Import { dir, out, dry_run } => import(&dir, out.as_deref(), dry_run),
+        Command::Import { dir, out, dry_run } => import(&cli.config, &dir, out.as_deref(), dry_run),
         Command::Check {
             config,
             config_only,
@@ -355,6 +220,14 @@ fn dispatch(cli: Cli) -> Result<()> {
                 "seed written to {} (0600); put the public key above in the server's users: {{ nkey: {public}, ... }}",
                 file.display()
             );
+            Ok(())
+        }
+        Command::Manpage { dir } => {
+            for page in xban::cli::write_man_pages(&dir)
+                .with_context(|| format!("writing the man pages into {}", dir.display()))?
+            {
+                println!("{}", page.display());
+            }
             Ok(())
         }
         Command::Regex {
@@ -745,14 +618,11 @@ fn teardown(config: &Path) -> Result<()> {
 
 /// `xban import`: everything is built in memory first, so an error writes
 /// nothing; the report goes to stdout either way.
-fn import(dir: &Path, out: Option<&Path>, dry_run: bool) -> Result<()> {
-    let out_dir = match out {
-        Some(o) => std::path::absolute(o).with_context(|| format!("--out {}", o.display()))?,
-        None => PathBuf::from(paths::CONFIG)
-            .parent()
-            .map(Path::to_path_buf)
-            .unwrap_or_default(),
-    };
+fn import(config: &Path, dir: &Path, out: Option<&Path>, dry_run: bool) -> Result<()> {
+    // Without --out: beside the config the agent reads (-c), so that the
+    // import is what `systemctl start xban` runs.
+    let out = out.unwrap_or_else(|| config.parent().unwrap_or(Path::new(".")));
+    let out_dir = std::path::absolute(out).with_context(|| format!("--out {}", out.display()))?;
     let import = xban::import::import(dir, &out_dir)
         .with_context(|| format!("importing fail2ban's configuration from {}", dir.display()))?;
     print!("{}", import.report);
@@ -770,8 +640,14 @@ fn import(dir: &Path, out: Option<&Path>, dry_run: bool) -> Result<()> {
         }
         return Ok(());
     }
-    let written = import.write(&out_dir)?;
-    for path in &written {
+    let written = import.write(&out_dir, xban::config::DEFAULT_CONFIG)?;
+    if written.replaced_default {
+        println!(
+            "replaced {}: it was the untouched default config",
+            out_dir.join("xban.toml").display()
+        );
+    }
+    for path in &written.files {
         println!("wrote {}", path.display());
     }
     println!("next: xban check {}", out_dir.join("xban.toml").display());

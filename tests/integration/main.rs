@@ -3,6 +3,7 @@
 //! `cargo xtask test` (which passes `--test-threads=1`).
 
 mod ban_path;
+mod debian_package;
 mod deploy;
 mod fastpath;
 mod faults;

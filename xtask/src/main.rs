@@ -1,6 +1,7 @@
 //! `cargo xtask`: builds, runs and tests xban (see `cargo xtask --help`).
 
 mod cmd;
+mod deb;
 mod demo;
 mod fuzz;
 mod install;
@@ -63,6 +64,12 @@ enum Task {
         #[arg(long, value_name = "DIR")]
         root: Option<std::path::PathBuf>,
     },
+    /// Build, then make a Debian package: target/deb/xban_VERSION_ARCH.deb
+    Deb {
+        /// Package this xban binary instead of building one
+        #[arg(long, value_name = "PATH")]
+        binary: Option<std::path::PathBuf>,
+    },
     /// Build, then watch xban ban, escalate and tarpit an attacker in a throwaway lab (root)
     Demo {
         /// Run this xban binary instead of building one
@@ -120,6 +127,7 @@ fn dispatch(task: Task) -> Result<()> {
         Task::Test { .. } => Purpose::Test,
         Task::Bench { .. } => Purpose::Bench,
         Task::Fuzz { .. } => Purpose::Fuzz,
+        Task::Deb { .. } => Purpose::Package,
         _ => Purpose::Build,
     };
     prereq::ensure(purpose)?;
@@ -138,6 +146,18 @@ fn dispatch(task: Task) -> Result<()> {
         Task::Install { root, binary } => install::install(&ws, root, binary)?,
         Task::Uninstall { root } => install::uninstall(root)?,
         Task::Demo { binary } => demo::demo(&ws, binary)?,
+        Task::Deb { binary } => {
+            let binary = match binary {
+                Some(b) => b,
+                None => tasks::build(&ws, Profile::Release)?,
+            };
+            let deb = deb::build(&ws, &binary)?;
+            println!("{}", deb.display());
+            eprintln!(
+                "xtask: install with: apt install {} (enables nothing; it says how to go on)",
+                deb.display()
+            );
+        }
         Task::Test { args } => tasks::test(&ws, &args)?,
         Task::Bench { areas, quick } => {
             let setup = xban_bench::Setup {

@@ -18,6 +18,8 @@ pub(crate) enum Purpose {
     Bench,
     /// `cargo xtask fuzz`: cargo-fuzz on nightly.
     Fuzz,
+    /// `cargo xtask deb`: a build, then the Debian packaging tools.
+    Package,
 }
 
 /// LLVM for building bpf-linker, which must match the LLVM of the nightly
@@ -50,6 +52,9 @@ const TEST_PACKAGES: &[&str] = &[
     // The fleet TLS test's throwaway CA and certificates.
     "openssl",
 ];
+/// `cargo xtask deb` (and the test that installs the package it makes):
+/// dpkg-shlibdeps for Depends, strip, xz for dpkg-deb.
+const PACKAGE_PACKAGES: &[&str] = &["dpkg-dev", "binutils", "xz-utils"];
 /// Compared against by `cargo xtask bench` (fail2ban-regex and the daemon).
 const BENCH_PACKAGES: &[&str] = &["fail2ban"];
 /// libfuzzer-sys compiles libFuzzer's C++ sources.
@@ -73,6 +78,9 @@ pub(crate) fn ensure(purpose: Purpose) -> Result<()> {
     }
     if purpose == Purpose::Bench {
         packages.extend_from_slice(BENCH_PACKAGES);
+    }
+    if matches!(purpose, Purpose::Test | Purpose::Package) {
+        packages.extend_from_slice(PACKAGE_PACKAGES);
     }
     if matches!(purpose, Purpose::Test | Purpose::Fuzz) {
         packages.extend_from_slice(FUZZ_PACKAGES);

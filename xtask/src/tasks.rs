@@ -38,8 +38,11 @@ fn fnv1a(bytes: &[u8]) -> u64 {
         (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
     })
 }
+
 /// Tells the integration tests which agent binary to drive.
 const AGENT_BIN_VAR: &str = "XBAN_BIN";
+/// And which Debian package to install.
+const DEB_VAR: &str = "XBAN_DEB";
 const AGENT_PACKAGE: &str = "xban";
 const TESTS_PACKAGE: &str = "xban-tests";
 
@@ -127,6 +130,7 @@ pub(crate) fn run(ws: &Workspace, args: &[OsString]) -> Result<()> {
 pub(crate) fn test(ws: &Workspace, args: &[OsString]) -> Result<()> {
     let bin = build(ws, Profile::Release)?;
     let obj = ws.ebpf_object();
+    let deb = crate::deb::build(ws, &bin).context("building the Debian package failed")?;
     let journald = crate::journal::JournalGuard::ensure();
 
     // Same profile and XBAN_EBPF_OBJ as `build`, so its artifacts are reused.
@@ -168,6 +172,7 @@ pub(crate) fn test(ws: &Workspace, args: &[OsString]) -> Result<()> {
             .current_dir(&ws.root)
             .args(["test", "--release", "-p", TESTS_PACKAGE])
             .env(AGENT_BIN_VAR, &bin)
+            .env(DEB_VAR, &deb)
             .envs(embed_vars(&obj)?)
             .args(test_binary_args(&["--test-threads=1"], args)),
     )

@@ -35,6 +35,11 @@ mod validate;
 
 pub(crate) use checks::file_kind;
 
+/// The default config, `deploy/xban.toml`, as installed by the package and
+/// by `cargo xtask install`: `xban import` may replace it while it is
+/// untouched.
+pub const DEFAULT_CONFIG: &str = include_str!("../../../deploy/xban.toml");
+
 /// The whole file.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]

@@ -604,7 +604,9 @@ fn a_jail_local_of_our_own_over_the_stock_files_expands_as_fail2ban_does_and_che
     let out = tempfile::tempdir().unwrap();
     let import = super::import(dir.path(), out.path()).unwrap();
     eprintln!("{}", import.report);
-    import.write(out.path()).unwrap();
+    import
+        .write(out.path(), crate::config::DEFAULT_CONFIG)
+        .unwrap();
     let resolved = Config::load(&out.path().join("xban.toml"))
         .unwrap()
         .validate()

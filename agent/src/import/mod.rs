@@ -105,22 +105,34 @@ pub fn import(dir: &Path, out: &Path) -> Result<Import, ImportError> {
 
 impl Import {
     /// Writes `out/xban.toml` and `out/filters/NAME.toml`. Refuses before
-    /// writing anything when one of them already exists.
-    pub fn write(&self, out: &Path) -> Result<Vec<PathBuf>, ImportError> {
+    /// writing anything when one of them already exists, except an
+    /// `xban.toml` that is still `default_config` byte for byte (the one
+    /// the package or `cargo xtask install` put there, never edited): that
+    /// one is replaced, since nothing of the operator's is in it.
+    pub fn write(&self, out: &Path, default_config: &str) -> Result<Written, ImportError> {
         let filters_dir = out.join("filters");
-        let mut targets = vec![(out.join("xban.toml"), self.config.as_str())];
+        let config_path = out.join("xban.toml");
+        let mut replaced_default = false;
+        let mut targets = vec![(config_path.clone(), self.config.as_str())];
         for (name, text) in &self.filters {
             targets.push((filters_dir.join(format!("{name}.toml")), text.as_str()));
         }
         for (path, _) in &targets {
-            if path.exists() {
-                return Err(ImportError::Output {
-                    path: path.clone(),
-                    message:
-                        "already exists: import into an empty --out directory (nothing was written)"
-                            .into(),
-                });
+            if !path.exists() {
+                continue;
             }
+            if *path == config_path
+                && std::fs::read(path).is_ok_and(|old| old == default_config.as_bytes())
+            {
+                replaced_default = true;
+                continue;
+            }
+            return Err(ImportError::Output {
+                path: path.clone(),
+                message: "already exists (and is not the untouched default config): import \
+                          into another --out directory (nothing was written)"
+                    .into(),
+            });
         }
         let io = |path: &Path| {
             let path = path.to_path_buf();
@@ -167,8 +179,20 @@ impl Import {
             written.push(path);
         }
         let _ = std::fs::remove_dir_all(&staging);
-        Ok(written)
+        Ok(Written {
+            files: written,
+            replaced_default,
+        })
     }
+}
+
+/// What [`Import::write`] did.
+#[derive(Debug)]
+pub struct Written {
+    /// Every file written, config first.
+    pub files: Vec<PathBuf>,
+    /// The config replaced an untouched default one.
+    pub replaced_default: bool,
 }
 
 #[cfg(all(test, feature = "fail2ban-tests"))]

@@ -104,7 +104,9 @@ fn layering_includes_interpolation_and_tags_expand_as_fail2ban_does() {
 fn imported_config_passes_check_and_says_what_it_did() {
     let out = tempfile::tempdir().unwrap();
     let import = import(&fixture(), out.path()).unwrap();
-    import.write(out.path()).unwrap();
+    import
+        .write(out.path(), crate::config::DEFAULT_CONFIG)
+        .unwrap();
     let config = Config::load(&out.path().join("xban.toml")).unwrap();
     let resolved = config.validate().unwrap();
     let names: Vec<&str> = resolved.jails.iter().map(|j| j.name.as_str()).collect();
@@ -161,7 +163,10 @@ fn imported_config_passes_check_and_says_what_it_did() {
     assert!(r.find("myapp", "port").unwrap().detail.contains("XDP"));
 
     // A second write into the same directory is refused whole.
-    let e = import.write(out.path()).unwrap_err().to_string();
+    let e = import
+        .write(out.path(), crate::config::DEFAULT_CONFIG)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("already exists"), "{e}");
 }
 
@@ -334,7 +339,9 @@ fn refused_variants_name_the_feature_and_leave_the_jail_out() {
         );
     }
     // The other jails are imported all the same, and the result checks.
-    import.write(out.path()).unwrap();
+    import
+        .write(out.path(), crate::config::DEFAULT_CONFIG)
+        .unwrap();
     let resolved = Config::load(&out.path().join("xban.toml"))
         .unwrap()
         .validate()
@@ -391,12 +398,46 @@ fn fail2ban_times() {
 }
 
 #[test]
+fn an_untouched_default_config_is_replaced_an_edited_one_never() {
+    let out = tempfile::tempdir().unwrap();
+    let config = out.path().join("xban.toml");
+    let default = crate::config::DEFAULT_CONFIG;
+    let import = import(&fixture(), out.path()).unwrap();
+
+    // Edited by one byte: the operator's, so refused, and left as it was.
+    let edited = format!("{default}\n");
+    std::fs::write(&config, &edited).unwrap();
+    let e = import.write(out.path(), default).unwrap_err().to_string();
+    assert!(
+        e.contains("xban.toml") && e.contains("not the untouched default"),
+        "{e}"
+    );
+    assert_eq!(std::fs::read_to_string(&config).unwrap(), edited);
+    assert!(!out.path().join("filters").exists(), "nothing written");
+
+    // Exactly the default (as the package installs it): replaced.
+    std::fs::write(&config, default).unwrap();
+    let written = import.write(out.path(), default).unwrap();
+    assert!(written.replaced_default);
+    assert_eq!(written.files[0], config);
+    assert_eq!(std::fs::read_to_string(&config).unwrap(), import.config);
+    assert_eq!(written.files.len(), 1 + import.filters.len());
+
+    // Now it is the import, no longer the default: a second import is refused.
+    let e = import.write(out.path(), default).unwrap_err().to_string();
+    assert!(e.contains("already exists"), "{e}");
+}
+
+#[test]
 fn a_write_that_fails_leaves_nothing_behind() {
     let out = tempfile::tempdir().unwrap();
     let import = import(&fixture(), out.path()).unwrap();
     // `filters` taken by a file: the filter files cannot go there.
     std::fs::write(out.path().join("filters"), "").unwrap();
-    let e = import.write(out.path()).unwrap_err().to_string();
+    let e = import
+        .write(out.path(), crate::config::DEFAULT_CONFIG)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("filters"), "{e}");
     let left: Vec<_> = std::fs::read_dir(out.path())
         .unwrap()
