@@ -5,7 +5,8 @@
 //! Here: opening, the connection, and group commit. The tables by topic:
 //! `schema.rs` (migrations), `bans.rs` (bans and their history),
 //! `positions.rs` (where each log source got to); `checkpoint.rs` runs the
-//! write-ahead log checkpoints on their own thread.
+//! write-ahead log checkpoints on their own thread; `marker.rs` is the
+//! restore marker a clean stop leaves beside the database.
 
 use std::path::{Path, PathBuf};
 
@@ -15,6 +16,7 @@ use checkpoint::Checkpointer;
 
 mod bans;
 mod checkpoint;
+pub(crate) mod marker;
 mod positions;
 mod schema;
 

@@ -91,8 +91,20 @@ pub(super) async fn start(config_path: &Path, opts: RunOptions) -> Result<Starte
             )
         } else {
             let loading = std::time::Instant::now();
+            // Before the store is opened: the marker holds only for the
+            // database file as the last clean stop left it.
+            let warm = match crate::store::marker::take(&agent.state_dir) {
+                Ok(w) => Some(xdp::WarmMaps {
+                    fingerprint: w.maps,
+                    extra: w.extra,
+                }),
+                Err(why) => {
+                    tracing::info!("restore marker not used: {why}; the ban maps are read back");
+                    None
+                }
+            };
             let store = BanStore::open(&agent.state_dir)?;
-            let (program, mut maps) = XdpEnforcer::load(&agent.bpf_pin_dir)?;
+            let (program, mut maps) = XdpEnforcer::load(&agent.bpf_pin_dir, warm)?;
             tracing::info!(
             secs = format!("{:.2}", loading.elapsed().as_secs_f64()),
             "XDP program loaded, its maps opened and the fast path checked against the ban tries"

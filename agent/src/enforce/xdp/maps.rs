@@ -15,9 +15,10 @@ use xban_common::{stats, AllowValue, BanValue};
 
 use super::fastpath::{dir_slots, Directory, Touch};
 use super::mapped::{Dir, Table};
-use super::{AtLoad, XdpMaps, XdpStats};
+use super::{AtLoad, KernelAtLoad, XdpMaps, XdpStats};
 use crate::addr::Target;
 use crate::ban::BanClass;
+use crate::enforce::KernelBans;
 
 /// A ban trie's entry: prefix length, address, value.
 pub(super) type TrieRow<const N: usize> = (u32, [u8; N], BanValue);
@@ -30,8 +31,9 @@ pub(super) const ENOTSUPP: i32 = 524;
 pub(super) const BATCH: usize = 8192;
 
 /// Every entry of a ban trie with `N`-byte addresses (prefix length,
-/// address, value), by BPF_MAP_LOOKUP_BATCH. `None` when the kernel has
-/// no batch lookup for the map (then the caller iterates).
+/// address, value), by BPF_MAP_LOOKUP_BATCH; also of an overflow hash,
+/// whose keys have the same layout. `None` when the kernel has no batch
+/// lookup for the map (then the caller iterates).
 pub(super) fn dump_trie<const N: usize>(map: &MapData) -> Result<Option<Vec<TrieRow<N>>>> {
     let key_size = 4 + N;
     let value_size = std::mem::size_of::<BanValue>();
@@ -158,7 +160,7 @@ impl XdpMaps {
     /// fast maps brought in line with the ban tries: after an upgrade from
     /// an agent without them they start empty, and the program must not
     /// be swapped in before they hold every ban.
-    pub(super) fn from_ebpf(ebpf: &mut Ebpf) -> Result<XdpMaps> {
+    pub(super) fn from_ebpf(ebpf: &mut Ebpf, warm: Option<super::WarmMaps>) -> Result<XdpMaps> {
         let mut maps = XdpMaps::assemble(|name: &str| -> Result<Map> {
             ebpf.take_map(name)
                 .with_context(|| format!("the XDP object has no map `{name}`"))
@@ -167,7 +169,7 @@ impl XdpMaps {
             bail!("the XDP object lacks the tarpit maps");
         };
         tarpit.ensure_key()?;
-        maps.sync()?;
+        maps.sync(warm)?;
         Ok(maps)
     }
 
@@ -238,16 +240,17 @@ impl XdpMaps {
         .with_context(|| format!("remove {target} from the XDP map"))
     }
 
-    /// Every entry of the ban tries, as the load read them plus what was
-    /// written since; read from the kernel when that is not known (maps
-    /// opened from pins, or asked a second time).
-    pub fn bans_for_restore(&mut self) -> Result<Vec<(Target, Option<BanClass>)>> {
-        let Some(AtLoad {
-            mut read,
-            mut since,
-        }) = self.at_load.take()
-        else {
-            return self.bans();
+    /// Every entry of the ban tries, as the load read them (or as the
+    /// restore marker vouched for them) plus what was written since; read
+    /// from the kernel when that is not known (maps opened from pins, or
+    /// asked a second time).
+    pub fn bans_for_restore(&mut self) -> Result<KernelBans> {
+        let Some(AtLoad { read, mut since }) = self.at_load.take() else {
+            return Ok(KernelBans::Read(self.bans()?));
+        };
+        let mut read = match read {
+            KernelAtLoad::Read(read) => read,
+            KernelAtLoad::AsStored(extra) => return Ok(KernelBans::AsStored { extra, since }),
         };
         read.retain_mut(|(t, c)| match since.remove(t) {
             Some(Some(now)) => {
@@ -262,7 +265,7 @@ impl XdpMaps {
                 .into_iter()
                 .filter_map(|(t, c)| c.map(|c| (t, Some(c)))),
         );
-        Ok(read)
+        Ok(KernelBans::Read(read))
     }
 
     /// Every entry of the ban tries.
@@ -347,6 +350,19 @@ impl XdpMaps {
             xban_common::BanClass::Tarpit => Some(BanClass::Tarpit),
         }
     }
+}
+
+/// A map's `memlock` as the kernel reports it in the fd's fdinfo: for the
+/// ban tries and the overflow hashes, their entry count times the size of
+/// one, so any entry added or removed changes it.
+pub(super) fn memlock(map: &MapData) -> Result<u64> {
+    let fd = map.fd().as_fd().as_raw_fd();
+    let path = format!("/proc/self/fdinfo/{fd}");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("read {path}"))?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("memlock:"))
+        .and_then(|v| v.trim().parse().ok())
+        .with_context(|| format!("no memlock in {path}"))
 }
 
 pub(super) fn open_pinned(pin_dir: &Path, name: &str) -> Result<Map> {

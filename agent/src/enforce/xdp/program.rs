@@ -35,7 +35,8 @@ pub(in crate::enforce) fn link_dir(pin_dir: &Path) -> PathBuf {
 impl XdpEnforcer {
     /// Load the program, reusing maps already pinned in `pin_dir` (so bans
     /// written by a previous agent stay), or creating and pinning them.
-    pub fn load(pin_dir: &Path) -> Result<(XdpEnforcer, XdpMaps)> {
+    /// `warm`: what a clean stop recorded of the maps (see `warm`).
+    pub fn load(pin_dir: &Path, warm: Option<super::WarmMaps>) -> Result<(XdpEnforcer, XdpMaps)> {
         if XDP_OBJECT.is_empty() {
             bail!("this xban binary was built without its XDP program: build it with `cargo xtask build` (it runs build-ebpf first)");
         }
@@ -61,7 +62,7 @@ impl XdpEnforcer {
         let _ = std::fs::remove_file(&prog_pin);
         prog.pin(&prog_pin)
             .with_context(|| format!("pin program at {}", prog_pin.display()))?;
-        let maps = XdpMaps::from_ebpf(&mut ebpf)?;
+        let maps = XdpMaps::from_ebpf(&mut ebpf, warm)?;
         let enforcer = XdpEnforcer {
             ebpf,
             pin_dir: pin_dir.to_path_buf(),
