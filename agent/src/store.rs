@@ -65,6 +65,8 @@ pub struct BanStore {
     batch: Batch,
     /// Checkpoints the write-ahead log from its own thread (none in memory).
     _checkpointer: Option<Checkpointer>,
+    /// Bans being read ahead for the restore (see `read_bans_ahead`).
+    ahead: Option<bans::Ahead>,
 }
 
 /// Group commit: while a batch is armed, ban writes join one transaction
@@ -97,6 +99,7 @@ impl BanStore {
             path,
             batch: Batch::Off,
             _checkpointer: None,
+            ahead: None,
         };
         store.migrate()?;
         store._checkpointer = Some(Checkpointer::start(&store.path));
@@ -115,6 +118,7 @@ impl BanStore {
             path,
             batch: Batch::Off,
             _checkpointer: None,
+            ahead: None,
         };
         store.migrate()?;
         Ok(store)

@@ -310,6 +310,7 @@ fn restore(
         "→ `bans restored` logged",
         "→ `xban ready` logged",
         "→ `status` answered",
+        "agent CPU to then (user + sys)",
     ]);
     let mut notes = Vec::new();
     for (label, cold) in [("cold (empty maps)", true), ("warm (maps pinned)", false)] {
@@ -319,6 +320,7 @@ fn restore(
         rig.start()?;
         let spawned = rig.spawned_at().context("just started")?;
         let answered = rig.wait_ready(Duration::from_secs(600))?;
+        let (user, sys) = rig.cpu_secs()?;
         let log = rig.agent_log();
         let restored = log_time_after(&log, "bans restored", spawned);
         let ready = log_time_after(&log, "xban ready", spawned);
@@ -339,6 +341,7 @@ fn restore(
             secs(restored),
             secs(ready),
             format!("{:.2} s", answered.as_secs_f64()),
+            format!("{:.2} s ({user:.2} + {sys:.2})", user + sys),
         ]);
         notes.push(format!(
             "{label}: the agent logged `{}`; its first `status` answer came {} after `xban ready`.",

@@ -103,8 +103,11 @@ pub(super) async fn start(config_path: &Path, opts: RunOptions) -> Result<Starte
                     None
                 }
             };
-            let store = BanStore::open(&agent.state_dir)?;
-            let (program, mut maps) = XdpEnforcer::load(&agent.bpf_pin_dir, warm)?;
+            let mut store = BanStore::open(&agent.state_dir)?;
+            // The book's rows are read meanwhile, on a thread of their own.
+            store.read_bans_ahead();
+            let (program, mut maps) =
+                XdpEnforcer::load(&agent.bpf_pin_dir, warm, agent.fast_path_capacity)?;
             tracing::info!(
             secs = format!("{:.2}", loading.elapsed().as_secs_f64()),
             "XDP program loaded, its maps opened and the fast path checked against the ban tries"

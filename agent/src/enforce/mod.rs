@@ -18,6 +18,14 @@ use tarpit::Engine;
 pub trait Enforcer: Send {
     fn apply(&mut self, target: &Target, change: MapChange) -> Result<()>;
     fn set_allowlist(&mut self, list: &[Target]) -> Result<()>;
+    /// Many `MapChange::Set`s at once (restore); the kernel's enforcer
+    /// writes them in batches.
+    fn set_all(&mut self, sets: &[(Target, BanClass)]) -> Result<()> {
+        for (t, c) in sets {
+            self.apply(t, MapChange::Set(*c))?;
+        }
+        Ok(())
+    }
     /// Every target the XDP maps hold now, with its class when readable.
     fn entries(&self) -> Result<Vec<(Target, Option<BanClass>)>>;
     /// At start, once: every target the XDP maps hold. May answer from
@@ -239,6 +247,21 @@ impl Enforcer for KernelEnforcer {
 
     fn set_allowlist(&mut self, list: &[Target]) -> Result<()> {
         self.xdp.set_allowlist(list)
+    }
+
+    /// Drop-class entries not steered (the bulk of a restore) in one batch;
+    /// the rest as `apply` does them.
+    fn set_all(&mut self, sets: &[(Target, BanClass)]) -> Result<()> {
+        let mut batch = Vec::with_capacity(sets.len());
+        for (t, c) in sets {
+            match c {
+                BanClass::Drop if !self.steered.contains(t) => {
+                    batch.push((*t, BanClass::Drop, self.label(t)))
+                }
+                _ => self.apply(t, MapChange::Set(*c))?,
+            }
+        }
+        self.xdp.set_bans(&batch)
     }
 
     fn entries(&self) -> Result<Vec<(Target, Option<BanClass>)>> {

@@ -89,7 +89,15 @@ impl Agent {
         // Streamed without the matched lines: they stay in the database, the
         // agent never shows them, and a million bans' worth is gigabytes.
         let mut loader = self.bans.book.loader();
-        report.restored = self.bans.store.for_each_ban(|rec| loader.push(rec))?;
+        let mut restored = 0;
+        // Rows read ahead (during the XDP load) predate `delete_expired`.
+        self.bans.store.for_each_ban(|rec| {
+            if rec.expires_at.is_none_or(|e| e > now) {
+                loader.push(rec);
+                restored += 1;
+            }
+        })?;
+        report.restored = restored;
         loader.finish();
         phases.mark("book");
         // What the kernel held at load, before the lists add to the book:
@@ -188,9 +196,7 @@ impl Agent {
         // Steering first, so tarpit-class addresses are in the set before
         // XDP is told to pass them.
         self.bans.enforcer.sync_tarpit(&tarpit)?;
-        for (target, class) in write {
-            self.bans.enforcer.apply(&target, MapChange::Set(class))?;
-        }
+        self.bans.enforcer.set_all(&write)?;
         self.relabel_geo_entries()?;
         phases.mark("kernel write");
         report.phases = phases;

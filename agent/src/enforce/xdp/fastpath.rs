@@ -517,6 +517,10 @@ impl XdpMaps {
     /// Puts `e` into a free way of its bucket, else the overflow hash.
     /// `Ok(false)`: both are full (nothing written).
     pub(super) fn try_place(&mut self, e: &Entry, t: &Target, value: BanValue) -> Result<bool> {
+        let f = e.v6() as usize;
+        if self.in_table[f] + self.in_over[f] >= self.capacity {
+            return Ok(false);
+        }
         if let Some(i) = self.table(e).free_way(e) {
             self.table(e).put(e, i, value);
             self.in_table[e.v6() as usize] += 1;
@@ -612,10 +616,11 @@ impl XdpMaps {
                 xban_common::TAB_V4_WAYS
             };
             FastPathFamily {
+                capacity: self.capacity.min(xban_common::BANS_MAX_ENTRIES as usize),
                 table_entries: self.in_table[v6 as usize],
                 table_capacity: xban_common::TAB_BUCKETS as usize * ways,
                 overflow_entries: self.in_over[v6 as usize],
-                overflow_capacity: xban_common::OVER_MAX_ENTRIES as usize,
+                overflow_capacity: self.over_capacity,
                 trie_only: self.trie_only.len(v6),
                 fallback_regions: self.dir.fallback_regions(v6),
             }
@@ -631,7 +636,10 @@ impl XdpMaps {
     pub(super) fn warn_occupancy(&mut self) {
         let st = self.fast_path_status();
         for (i, (name, f)) in [("IPv4", st.v4), ("IPv6", st.v6)].into_iter().enumerate() {
-            let pct = f.overflow_entries * 100 / f.overflow_capacity.max(1);
+            // Whichever is nearer full: the overflow hash (what decides
+            // whether an entry that misses its bucket fits) or the capacity.
+            let pct = (f.overflow_entries * 100 / f.overflow_capacity.max(1))
+                .max((f.table_entries + f.overflow_entries) * 100 / f.capacity.max(1));
             let level = if f.trie_only > 0 || pct >= 95 {
                 95
             } else if pct >= 80 {
@@ -645,8 +653,9 @@ impl XdpMaps {
                     table = f.table_entries,
                     overflow = f.overflow_entries,
                     overflow_capacity = f.overflow_capacity,
+                    capacity = f.capacity,
                     trie_only = f.trie_only,
-                    "XDP fast path {pct}% full for {name}: beyond it, bans are enforced from the ban trie (slower per packet in their regions)"
+                    "XDP fast path {pct}% full for {name}: beyond it ([agent] fast_path_capacity, the overflow hash), bans are enforced from the ban trie (slower per packet in their regions)"
                 );
             }
             self.warned[i] = level;
@@ -702,7 +711,10 @@ impl XdpMaps {
         }
         self.write_slots(t, &slots);
         // Room was made: a trie-only entry of the same bucket (a way) or of
-        // the family (the overflow hash) may move into the fast maps.
-        self.promote_after_free(e.v6(), e.bucket(), freed_over)
+        // the family (the overflow hash, or the capacity) may move into the
+        // fast maps.
+        let f = e.v6() as usize;
+        let at_capacity = self.in_table[f] + self.in_over[f] + 1 >= self.capacity;
+        self.promote_after_free(e.v6(), e.bucket(), freed_over || at_capacity)
     }
 }

@@ -200,6 +200,10 @@ pub struct XdpMaps {
     in_over: [usize; 2],
     /// Entries in the bucket tables, per family (IPv4, IPv6).
     in_table: [usize; 2],
+    /// `[agent] fast_path_capacity`: beyond it, entries are trie-only.
+    capacity: usize,
+    /// Entries each overflow hash holds at most (its max_entries).
+    over_capacity: usize,
     /// The highest occupancy warning given (0, 80 or 95 % of the overflow
     /// hash), per family, so that each is logged once per crossing.
     warned: [u8; 2],
@@ -227,6 +231,9 @@ enum KernelAtLoad {
 /// How full the fast path is, per family (`status --json`, metrics).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct FastPathFamily {
+    /// `[agent] fast_path_capacity`: bans the fast path holds at most.
+    #[serde(default)]
+    pub capacity: usize,
     /// Entries in the exact-match bucket table.
     pub table_entries: usize,
     pub table_capacity: usize,
