@@ -127,6 +127,14 @@ pub(super) async fn start(config_path: &Path, opts: RunOptions) -> Result<Starte
     let mut core = Agent::with_host(&resolved, store, enforcer, crate::guard::HostAddrs::live())?;
     let dns_due = resolve_names_at_start(&mut core, &resolved.dns).await;
     let report = core.restore(now_secs())?;
+    // A million rows were read (on another thread), sorted and written:
+    // their buffers go back to the system instead of staying in the
+    // allocator's arenas as the agent's resident memory.
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only returns free memory of glibc's arenas.
+    unsafe {
+        libc::malloc_trim(0);
+    }
     core.lift_bans_of_names()?;
     tracing::info!(
         restored = report.restored,

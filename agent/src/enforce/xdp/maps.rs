@@ -127,12 +127,13 @@ pub(super) fn update_trie<const N: usize>(fd: RawFd, rows: &[TrieRow<N>]) -> std
             ];
             match crate::enforce::xdp::links::bpf(BPF_MAP_UPDATE_BATCH, &mut attr) {
                 Ok(_) => continue,
+                // No batch update for this map: this chunk and the rest one
+                // by one (writing an entry again is harmless).
                 Err(e)
-                    if (attr[4] & 0xffff_ffff) == 0
-                        && matches!(
-                            e.raw_os_error(),
-                            Some(libc::EINVAL | libc::ENOTSUP | libc::ENOTTY | ENOTSUPP)
-                        ) =>
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::EINVAL | libc::ENOTSUP | libc::ENOTTY | ENOTSUPP)
+                    ) =>
                 {
                     batched = false;
                 }
