@@ -256,7 +256,8 @@ pub enum Area {
     Geo,
     /// [fleet]: convergence between three agents through nats-server, a burst, catch-up.
     Fleet,
-    /// Only scale's restore of 1M bans, cold and warm (not in the default run: scale has it).
+    /// Only scale's restore of 1M bans, cold and warm (not in the default run: scale has it);
+    /// XBAN_BIN runs another agent build (a before/after).
     Restore,
 }
 

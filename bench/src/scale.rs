@@ -248,9 +248,15 @@ pub(crate) fn log_time_after(log: &str, needle: &str, since: SystemTime) -> Opti
 }
 
 /// Only the restore section (`cargo xtask bench restore`), without the
-/// responsiveness probes that scale runs on the restored agent.
+/// responsiveness probes that scale runs on the restored agent. With
+/// `XBAN_BIN`, of that agent (an older build, for a before/after).
 pub(crate) fn restore_only(ctx: &Ctx) -> Result<Vec<Section>> {
     fine_timer_slack();
+    let ctx = &Ctx {
+        xban: crate::rig::agent_binary(ctx)?,
+        scratch: ctx.scratch.clone(),
+        quick: ctx.quick,
+    };
     let bans = ctx.size(1_000_000, 20_000);
     let mut mem = Table::new(&["agent state", "RssAnon", "VmRSS", "VmHWM", "ban tries"]);
     let (table, mut notes) = restore(ctx, bans, &mut mem, None)?;
@@ -343,6 +349,19 @@ fn restore(
             format!("{:.2} s", answered.as_secs_f64()),
             format!("{:.2} s ({user:.2} + {sys:.2})", user + sys),
         ]);
+        // How the maps were taken at load (restore marker or read back).
+        for l in log.lines().filter(|l| {
+            l.contains("restore marker")
+                || l.contains("warm start")
+                || l.contains("XDP program loaded")
+        }) {
+            notes.push(format!(
+                "{label}: `{}`",
+                l.split_once("INFO")
+                    .or(l.split_once("WARN"))
+                    .map_or(l, |(_, r)| r.trim())
+            ));
+        }
         notes.push(format!(
             "{label}: the agent logged `{}`; its first `status` answer came {} after `xban ready`.",
             line.split_once("INFO")
