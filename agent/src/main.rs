@@ -408,8 +408,8 @@ fn print_status(s: &StatusView) {
                 continue;
             }
             println!(
-                "fast path {name}: {} in table ({} max), {} in overflow ({} max), {} in the trie only, {} regions in trie fallback",
-                f.table_entries, f.table_capacity, f.overflow_entries, f.overflow_capacity, f.trie_only, f.fallback_regions
+                "fast path {name}: {} in table ({} max), {} in overflow ({} max), capacity {}, {} in the trie only, {} regions in trie fallback",
+                f.table_entries, f.table_capacity, f.overflow_entries, f.overflow_capacity, f.capacity, f.trie_only, f.fallback_regions
             );
         }
     }

@@ -5,7 +5,8 @@
 //! Here: opening, the connection, and group commit. The tables by topic:
 //! `schema.rs` (migrations), `bans.rs` (bans and their history),
 //! `positions.rs` (where each log source got to); `checkpoint.rs` runs the
-//! write-ahead log checkpoints on their own thread.
+//! write-ahead log checkpoints on their own thread; `marker.rs` is the
+//! restore marker a clean stop leaves beside the database.
 
 use std::path::{Path, PathBuf};
 
@@ -15,6 +16,7 @@ use checkpoint::Checkpointer;
 
 mod bans;
 mod checkpoint;
+pub(crate) mod marker;
 mod positions;
 mod schema;
 
@@ -63,6 +65,8 @@ pub struct BanStore {
     batch: Batch,
     /// Checkpoints the write-ahead log from its own thread (none in memory).
     _checkpointer: Option<Checkpointer>,
+    /// Bans being read ahead for the restore (see `read_bans_ahead`).
+    ahead: Option<bans::Ahead>,
 }
 
 /// Group commit: while a batch is armed, ban writes join one transaction
@@ -95,6 +99,7 @@ impl BanStore {
             path,
             batch: Batch::Off,
             _checkpointer: None,
+            ahead: None,
         };
         store.migrate()?;
         store._checkpointer = Some(Checkpointer::start(&store.path));
@@ -113,6 +118,7 @@ impl BanStore {
             path,
             batch: Batch::Off,
             _checkpointer: None,
+            ahead: None,
         };
         store.migrate()?;
         Ok(store)

@@ -256,6 +256,9 @@ pub enum Area {
     Geo,
     /// [fleet]: convergence between three agents through nats-server, a burst, catch-up.
     Fleet,
+    /// Only scale's restore of 1M bans, cold and warm (not in the default run: scale has it);
+    /// XBAN_BIN runs another agent build (a before/after).
+    Restore,
 }
 
 impl Area {
@@ -278,6 +281,7 @@ impl Area {
             Area::Flood => "flood",
             Area::Geo => "geo",
             Area::Fleet => "fleet",
+            Area::Restore => "restore",
         }
     }
 }
@@ -318,10 +322,18 @@ impl Ctx {
 /// BENCHMARKS-quick.md in the target directory instead, so that a smoke test
 /// never replaces the committed figures.
 pub fn run(setup: &Setup, areas: &[Area], quick: bool) -> Result<()> {
+    // Areas outside ALL (restore, a part of scale) run only when named.
     let chosen: Vec<Area> = Area::ALL
         .iter()
+        .chain(&[Area::Restore])
         .copied()
-        .filter(|a| areas.is_empty() || areas.contains(a))
+        .filter(|a| {
+            if areas.is_empty() {
+                Area::ALL.contains(a)
+            } else {
+                areas.contains(a)
+            }
+        })
         .collect();
     let xban = setup.xban.clone();
     xban_lab::reap_leftovers(
@@ -342,6 +354,7 @@ pub fn run(setup: &Setup, areas: &[Area], quick: bool) -> Result<()> {
             Area::Logmatch => logmatch::run(&ctx),
             Area::Latency => agent::latency(&ctx),
             Area::Scale => scale::scale(&ctx),
+            Area::Restore => scale::restore_only(&ctx),
             Area::Fleet => fleet::run(&ctx),
             // These take XBAN_BIN when set (rig::agent_binary).
             Area::Xdp => xdp::run(&ctx),

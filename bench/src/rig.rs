@@ -118,6 +118,27 @@ impl AgentRig {
         self.running()?.memory_kib()
     }
 
+    /// CPU time the agent used so far, user and system (its threads and its
+    /// system calls, such as map writes), in seconds: less noisy than wall
+    /// time on a shared machine.
+    pub(crate) fn cpu_secs(&self) -> Result<(f64, f64)> {
+        let pid = self.running()?.pid();
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+        // Fields after the command (which may hold spaces), from field 3.
+        let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        // SAFETY: sysconf has no memory effects.
+        let tick = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+        let get = |i: usize| -> Result<f64> {
+            Ok(f.get(i)
+                .and_then(|v| v.parse::<f64>().ok())
+                .with_context(|| format!("/proc/{pid}/stat: {stat}"))?
+                / tick)
+        };
+        // utime and stime: fields 14 and 15, so 11 and 12 after the state.
+        Ok((get(11)?, get(12)?))
+    }
+
     /// Kernel memory of the two ban tries, v4 and v6, in bytes.
     pub(crate) fn ban_map_bytes(&self) -> Result<(u64, u64)> {
         self.dir.ban_map_bytes()

@@ -181,7 +181,8 @@ pub(crate) fn scale(ctx: &Ctx) -> Result<Vec<Section>> {
 
     // A million bans restored at start.
     let bans = ctx.size(1_000_000, 20_000);
-    let (restore_table, restore_notes) = restore(ctx, bans, &mut mem, &mut resp, &mut resp_notes)?;
+    let (restore_table, restore_notes) =
+        restore(ctx, bans, &mut mem, Some((&mut resp, &mut resp_notes)))?;
 
     Ok(vec![
         Section {
@@ -201,18 +202,7 @@ pub(crate) fn scale(ctx: &Ctx) -> Result<Vec<Section>> {
             table: burst_table,
             notes: vec![],
         },
-        Section {
-            title: format!("Restore: {} bans at start", thousands(bans)),
-            method: format!(
-                "The `bans` table is filled with {} active bans (90% IPv4, 10% IPv6, each with its 3 matched log lines, like real ones) with sqlite3, after an agent run created the schema. Cold: `xban teardown` first, so the agent creates the maps and inserts every entry. Warm: the agent is stopped (keep_on_exit) and started again, adopting the pinned maps that already hold the entries. Times from spawning `xban run` to its `bans restored` and `xban ready` log lines (the agent's own timestamps) and to the first answer to `status` on the control socket.",
-                thousands(bans)
-            ),
-            commands: vec![
-                "sqlite3 STATE/xban.sqlite3 'WITH RECURSIVE n(i) AS (...) INSERT INTO bans SELECT ... FROM n'".into(),
-            ],
-            table: restore_table,
-            notes: restore_notes,
-        },
+        restore_section(bans, restore_table, restore_notes),
         Section {
             title: "Responsiveness: requests while banning, and with a million bans".into(),
             method: format!(
@@ -257,12 +247,44 @@ pub(crate) fn log_time_after(log: &str, needle: &str, since: SystemTime) -> Opti
     Some(at - since.duration_since(UNIX_EPOCH).ok()?.as_secs_f64())
 }
 
+/// Only the restore section (`cargo xtask bench restore`), without the
+/// responsiveness probes that scale runs on the restored agent. With
+/// `XBAN_BIN`, of that agent (an older build, for a before/after).
+pub(crate) fn restore_only(ctx: &Ctx) -> Result<Vec<Section>> {
+    fine_timer_slack();
+    let ctx = &Ctx {
+        xban: crate::rig::agent_binary(ctx)?,
+        scratch: ctx.scratch.clone(),
+        quick: ctx.quick,
+    };
+    let bans = ctx.size(1_000_000, 20_000);
+    let mut mem = Table::new(&["agent state", "RssAnon", "VmRSS", "VmHWM", "ban tries"]);
+    let (table, mut notes) = restore(ctx, bans, &mut mem, None)?;
+    notes.push(format!("Memory after each start:\n\n{}", mem.text()));
+    Ok(vec![restore_section(bans, table, notes)])
+}
+
+fn restore_section(bans: u64, table: Table, notes: Vec<String>) -> Section {
+    Section {
+        title: format!("Restore: {} bans at start", thousands(bans)),
+        method: format!(
+            "The `bans` table is filled with {} active bans (90% IPv4, 10% IPv6, each with its 3 matched log lines, like real ones) with sqlite3, after an agent run created the schema. Cold: `xban teardown` first, so the agent creates the maps and inserts every entry. Warm: the agent is stopped (keep_on_exit) and started again, adopting the pinned maps that already hold the entries. Times from spawning `xban run` to its `bans restored` and `xban ready` log lines (the agent's own timestamps) and to the first answer to `status` on the control socket.",
+            thousands(bans)
+        ),
+        commands: vec![
+            "sqlite3 STATE/xban.sqlite3 'WITH RECURSIVE n(i) AS (...) INSERT INTO bans SELECT ... FROM n'".into(),
+        ],
+        table,
+        notes,
+    }
+}
+
 fn restore(
     ctx: &Ctx,
     bans: u64,
     mem: &mut Table,
-    resp: &mut Table,
-    resp_notes: &mut Vec<String>,
+    // The responsiveness probes run on the restored agent when given.
+    resp: Option<(&mut Table, &mut Vec<String>)>,
 ) -> Result<(Table, Vec<String>)> {
     let mut rig = AgentRig::new(ctx, &jail_config(MAXRETRY))?;
     // A first run creates the database and its schema (the agent's own migration).
@@ -294,6 +316,7 @@ fn restore(
         "→ `bans restored` logged",
         "→ `xban ready` logged",
         "→ `status` answered",
+        "agent CPU to then (user + sys)",
     ]);
     let mut notes = Vec::new();
     for (label, cold) in [("cold (empty maps)", true), ("warm (maps pinned)", false)] {
@@ -303,6 +326,7 @@ fn restore(
         rig.start()?;
         let spawned = rig.spawned_at().context("just started")?;
         let answered = rig.wait_ready(Duration::from_secs(600))?;
+        let (user, sys) = rig.cpu_secs()?;
         let log = rig.agent_log();
         let restored = log_time_after(&log, "bans restored", spawned);
         let ready = log_time_after(&log, "xban ready", spawned);
@@ -323,7 +347,21 @@ fn restore(
             secs(restored),
             secs(ready),
             format!("{:.2} s", answered.as_secs_f64()),
+            format!("{:.2} s ({user:.2} + {sys:.2})", user + sys),
         ]);
+        // How the maps were taken at load (restore marker or read back).
+        for l in log.lines().filter(|l| {
+            l.contains("restore marker")
+                || l.contains("warm start")
+                || l.contains("XDP program loaded")
+        }) {
+            notes.push(format!(
+                "{label}: `{}`",
+                l.split_once("INFO")
+                    .or(l.split_once("WARN"))
+                    .map_or(l, |(_, r)| r.trim())
+            ));
+        }
         notes.push(format!(
             "{label}: the agent logged `{}`; its first `status` answer came {} after `xban ready`.",
             line.split_once("INFO")
@@ -348,7 +386,9 @@ fn restore(
             ),
         ]);
     }
-    responsiveness(&rig, bans, resp, resp_notes)?;
+    if let Some((resp, resp_notes)) = resp {
+        responsiveness(&rig, bans, resp, resp_notes)?;
+    }
     rig.stop()?;
     drop(rig);
     // Start to `status` answered, cold then warm, against issue 12's

@@ -119,3 +119,85 @@ fn bans_beyond_a_full_fast_path_drop_from_the_trie_and_the_agent_starts() {
     );
     agent.stop().unwrap();
 }
+
+/// `[agent] fast_path_capacity` with the first `n` hosts of 10.0.0.0/8 on a
+/// blocklist (bans only, never traffic).
+fn capacity_config(lab: &Lab, dir: &AgentDir, capacity: u32, n: u32) {
+    let list = dir.path("blocklist.txt");
+    let text: String = (0..n)
+        .map(|i| format!("{}\n", std::net::Ipv4Addr::from(0x0a00_0000 | i)))
+        .collect();
+    std::fs::write(&list, text).unwrap();
+    dir.write_config_with_agent(
+        lab,
+        &format!(
+            "blocklist_files = [\"{}\"]\nfast_path_capacity = {capacity}\n",
+            list.display()
+        ),
+        "[defaults]\nignoreip = []\n\n[jails.sshd]\nfilter = \"sshd\"\nlogpath = [\"{LOG}\"]\n",
+    )
+    .unwrap();
+}
+
+#[test]
+fn bans_beyond_a_configured_fast_path_capacity_drop_from_the_trie_and_the_agent_says_so() {
+    let lab = Lab::new().unwrap();
+    let dir = AgentDir::new().unwrap();
+    capacity_config(&lab, &dir, 1000, 1000);
+    let agent = AgentProcess::start(&lab, &dir).unwrap();
+    let fp = fast_path(&dir);
+    assert_eq!(fp["capacity"], 1000, "{fp}");
+    assert_eq!(
+        fp["table_entries"].as_u64().unwrap() + fp["overflow_entries"].as_u64().unwrap(),
+        1000,
+        "{fp}"
+    );
+    assert_eq!(fp["trie_only"], 0, "{fp}");
+
+    // One more ban is beyond the capacity: in the trie only, and it drops.
+    assert!(lab.udp_reaches(ATK_V4, SRV_V4));
+    dir.xban_ok(&["ban", ATK_V4]).unwrap();
+    let fp = fast_path(&dir);
+    assert_eq!(fp["trie_only"], 1, "{fp}");
+    assert!(fp["fallback_regions"].as_u64().unwrap() >= 1, "{fp}");
+    assert!(
+        !lab.udp_reaches(ATK_V4, SRV_V4),
+        "beyond the capacity: drops"
+    );
+    assert!(lab.udp_reaches(ATK2_V4, SRV_V4), "the neighbour passes");
+    let log = agent.log();
+    assert!(
+        log.contains("XDP fast path") && log.contains("fast_path_capacity"),
+        "the log says so:\n{log}"
+    );
+    let text = dir.xban_ok(&["status"]).unwrap();
+    assert!(
+        text.contains("capacity 1000, 1 in the trie only"),
+        "status says so:\n{text}"
+    );
+
+    // Room made anywhere in the family takes the trie-only ban in.
+    dir.xban_ok(&["unban", "10.0.0.5"]).unwrap();
+    let fp = fast_path(&dir);
+    assert_eq!(fp["trie_only"], 0, "{fp}");
+    assert!(!lab.udp_reaches(ATK_V4, SRV_V4), "still drops");
+    agent.stop().unwrap();
+
+    // A larger capacity at the next start: the overflow hashes are made
+    // again at their new size, filled before the program is swapped in.
+    capacity_config(&lab, &dir, 1_300_000, 1000);
+    let agent = AgentProcess::start(&lab, &dir).unwrap();
+    let log = agent.log();
+    assert!(log.contains("made again at its new size"), "{log}");
+    let fp = fast_path(&dir);
+    assert_eq!(fp["capacity"], 1_300_000, "{fp}");
+    assert_eq!(
+        fp["overflow_capacity"].as_u64().unwrap(),
+        u64::from(OVER_MAX_ENTRIES) + 100_000,
+        "{fp}"
+    );
+    assert_eq!(fp["trie_only"], 0, "{fp}");
+    assert!(!lab.udp_reaches(ATK_V4, SRV_V4), "restarted: drops");
+    assert!(lab.udp_reaches(ATK2_V4, SRV_V4));
+    agent.stop().unwrap();
+}

@@ -15,6 +15,7 @@ mod lifecycle;
 mod names_geo;
 mod operations;
 mod persistence;
+mod restore;
 mod steering;
 mod systemd_nspawn;
 mod tarpit;

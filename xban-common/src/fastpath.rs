@@ -16,6 +16,24 @@ use crate::{
     TabBucketV6, TabWayV6, TAB_V4_WAYS, TAB_V6_WAYS,
 };
 
+/// Bans per family the fast path holds by default (`[agent]
+/// fast_path_capacity`): about what the bucket table and an overflow hash of
+/// [`crate::OVER_MAX_ENTRIES`] hold for random IPv6 hosts.
+pub const DEFAULT_CAPACITY: u32 = 1_200_000;
+/// The least and the most `fast_path_capacity` may be (the most: what each
+/// ban trie holds, [`crate::BANS_MAX_ENTRIES`]).
+pub const MIN_CAPACITY: u32 = 1_000;
+pub const MAX_CAPACITY: u32 = crate::BANS_MAX_ENTRIES;
+
+/// Entries of each overflow hash for a fast-path capacity: the default
+/// size, plus one per ban of capacity beyond the default (the bucket table
+/// is fixed, so every extra ban may need an overflow entry). The hash is
+/// allocated as it fills; its bucket array (16 bytes per entry of this
+/// size) is not.
+pub const fn over_max_entries(capacity: u32) -> u32 {
+    crate::OVER_MAX_ENTRIES + capacity.saturating_sub(DEFAULT_CAPACITY)
+}
+
 /// u64 words in a `tab_v4` bucket.
 pub const V4_BUCKET_WORDS: usize = size_of::<TabBucketV4>() / 8;
 /// u64 words in a `tab_v6` bucket.
@@ -447,6 +465,17 @@ mod tests {
         assert_eq!(find_way(&NeBytes(&bytes), &k), Some((0, 1)));
         set_ne_word(&mut bytes, OVERFLOW_WORD, 1);
         assert_eq!(NeBytes(&bytes).word(OVERFLOW_WORD), 1);
+    }
+
+    #[test]
+    fn the_overflow_hash_grows_with_the_capacity_beyond_the_default() {
+        use crate::OVER_MAX_ENTRIES;
+        assert_eq!(over_max_entries(MIN_CAPACITY), OVER_MAX_ENTRIES);
+        assert_eq!(over_max_entries(DEFAULT_CAPACITY), OVER_MAX_ENTRIES);
+        assert_eq!(
+            over_max_entries(MAX_CAPACITY),
+            OVER_MAX_ENTRIES + MAX_CAPACITY - DEFAULT_CAPACITY
+        );
     }
 
     #[test]

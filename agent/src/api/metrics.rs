@@ -207,7 +207,12 @@ impl Metrics {
             }
         }
         if let Some(fp) = &status.fast_path {
-            let rows: [(&str, &str, FamilyField); 6] = [
+            let rows: [(&str, &str, FamilyField); 7] = [
+                (
+                    "xban_fastpath_capacity",
+                    "Bans the XDP fast path holds at most ([agent] fast_path_capacity), per family.",
+                    |f| f.capacity,
+                ),
                 (
                     "xban_fastpath_table_entries",
                     "Bans in the XDP exact-match bucket table, per family.",
@@ -505,6 +510,7 @@ mod tests {
             tarpit: None,
             fast_path: Some(FastPathStatus {
                 v4: FastPathFamily {
+                    capacity: 12,
                     table_entries: 7,
                     table_capacity: 70,
                     overflow_entries: 3,

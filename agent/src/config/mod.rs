@@ -71,6 +71,11 @@ pub struct AgentConfig {
     /// On exit, leave XDP attached and maps pinned so bans keep dropping
     /// while the agent restarts. `false`: exit tears everything down.
     pub keep_on_exit: bool,
+    /// Bans per family (IPv4, IPv6) the XDP fast path holds (1,200,000;
+    /// from 1,000 to 2,000,000). Beyond it bans still drop, looked up in the
+    /// ban trie (slower per packet in their regions); status, metrics and
+    /// the log say so. More than the default grows the overflow hashes.
+    pub fast_path_capacity: u32,
     /// Operators' filter files (`NAME.toml`), adding to the built-in library.
     pub filters_dir: PathBuf,
     /// Ban history older than this is forgotten. Default: the longest
@@ -108,6 +113,7 @@ impl Default for AgentConfig {
             state_dir: paths::STATE_DIR.into(),
             socket: paths::SOCKET.into(),
             keep_on_exit: true,
+            fast_path_capacity: xban_common::fastpath::DEFAULT_CAPACITY,
             filters_dir: paths::FILTERS_DIR.into(),
             dbpurgeage: None,
             blocklist_files: Vec::new(),

@@ -295,6 +295,26 @@ fn logpaths_that_are_not_files_and_bad_agent_keys_are_named() {
             .to_string();
         assert!(e.starts_with(key), "{text}: {e}");
     }
+    for bad in ["fast_path_capacity = 999", "fast_path_capacity = 2000001"] {
+        let full = format!("[agent]\nfilters_dir = \"/nonexistent-xban\"\n{bad}\n");
+        let e = Config::parse(&full)
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("agent.fast_path_capacity:") && e.contains("from 1000 to 2000000"),
+            "{e}"
+        );
+    }
+    let ok = "[agent]\nfilters_dir = \"/nonexistent-xban\"\nfast_path_capacity = 1000\n";
+    let r = Config::parse(ok).unwrap().validate().unwrap();
+    assert_eq!(r.agent.fast_path_capacity, 1000);
+    assert_eq!(
+        crate::config::AgentConfig::default().fast_path_capacity,
+        1_200_000,
+        "the documented default"
+    );
     let full = "[agent]\nfilters_dir = \"/nonexistent-xban\"\nmin_prefix_v4 = 16\n[escalation.subnet]\nenabled = true\nv4_prefix = 12\n";
     let e = Config::parse(full)
         .unwrap()

@@ -81,6 +81,16 @@ impl Config {
                 ));
             }
         }
+        {
+            use xban_common::fastpath::{MAX_CAPACITY, MIN_CAPACITY};
+            let c = self.agent.fast_path_capacity;
+            if !(MIN_CAPACITY..=MAX_CAPACITY).contains(&c) {
+                return Err(invalid(
+                    "agent.fast_path_capacity",
+                    format!("{c} is out of range: set from {MIN_CAPACITY} to {MAX_CAPACITY} bans per family (the most a ban trie holds), or leave it out for the default {}", xban_common::fastpath::DEFAULT_CAPACITY),
+                ));
+            }
+        }
         if self.agent.blocklist_append && self.agent.blocklist_files.is_empty() {
             return Err(invalid(
                 "agent.blocklist_append",

@@ -150,6 +150,8 @@ pub async fn run(config_path: &Path, opts: RunOptions) -> Result<()> {
         s.shutdown().await;
     }
     let _ = std::fs::remove_file(&agent.socket);
+    // Taken while the maps are open; written once the store is closed.
+    let marker = d.core.restore_marker();
     // The agent's own link handles go with it; the pins keep XDP attached.
     drop(d);
     if opts.dry_run {
@@ -163,6 +165,12 @@ pub async fn run(config_path: &Path, opts: RunOptions) -> Result<()> {
             "teardown: XDP detached, maps and pins removed"
         );
     } else {
+        if let Some((maps, extra)) = marker {
+            // The next start need not read the maps back (store::marker).
+            if let Err(e) = crate::store::marker::write(&agent.state_dir, maps, &extra) {
+                tracing::warn!("restore marker not written: {e}");
+            }
+        }
         tracing::info!(
             "stopped; XDP stays attached and bans keep dropping until the next agent adopts them"
         );

@@ -91,8 +91,23 @@ pub(super) async fn start(config_path: &Path, opts: RunOptions) -> Result<Starte
             )
         } else {
             let loading = std::time::Instant::now();
-            let store = BanStore::open(&agent.state_dir)?;
-            let (program, mut maps) = XdpEnforcer::load(&agent.bpf_pin_dir)?;
+            // Before the store is opened: the marker holds only for the
+            // database file as the last clean stop left it.
+            let warm = match crate::store::marker::take(&agent.state_dir) {
+                Ok(w) => Some(xdp::WarmMaps {
+                    fingerprint: w.maps,
+                    extra: w.extra,
+                }),
+                Err(why) => {
+                    tracing::info!("restore marker not used: {why}; the ban maps are read back");
+                    None
+                }
+            };
+            let mut store = BanStore::open(&agent.state_dir)?;
+            // The book's rows are read meanwhile, on a thread of their own.
+            store.read_bans_ahead();
+            let (program, mut maps) =
+                XdpEnforcer::load(&agent.bpf_pin_dir, warm, agent.fast_path_capacity)?;
             tracing::info!(
             secs = format!("{:.2}", loading.elapsed().as_secs_f64()),
             "XDP program loaded, its maps opened and the fast path checked against the ban tries"
@@ -112,6 +127,14 @@ pub(super) async fn start(config_path: &Path, opts: RunOptions) -> Result<Starte
     let mut core = Agent::with_host(&resolved, store, enforcer, crate::guard::HostAddrs::live())?;
     let dns_due = resolve_names_at_start(&mut core, &resolved.dns).await;
     let report = core.restore(now_secs())?;
+    // A million rows were read (on another thread), sorted and written:
+    // their buffers go back to the system instead of staying in the
+    // allocator's arenas as the agent's resident memory.
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only returns free memory of glibc's arenas.
+    unsafe {
+        libc::malloc_trim(0);
+    }
     core.lift_bans_of_names()?;
     tracing::info!(
         restored = report.restored,

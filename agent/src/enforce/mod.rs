@@ -18,13 +18,32 @@ use tarpit::Engine;
 pub trait Enforcer: Send {
     fn apply(&mut self, target: &Target, change: MapChange) -> Result<()>;
     fn set_allowlist(&mut self, list: &[Target]) -> Result<()>;
+    /// Many `MapChange::Set`s at once (restore); the kernel's enforcer
+    /// writes them in batches.
+    fn set_all(&mut self, sets: &[(Target, BanClass)]) -> Result<()> {
+        for (t, c) in sets {
+            self.apply(t, MapChange::Set(*c))?;
+        }
+        Ok(())
+    }
     /// Every target the XDP maps hold now, with its class when readable.
     fn entries(&self) -> Result<Vec<(Target, Option<BanClass>)>>;
     /// At start, once: every target the XDP maps hold. May answer from
     /// what the load read and what was written since, instead of reading
-    /// the maps again.
-    fn entries_for_restore(&mut self) -> Result<Vec<(Target, Option<BanClass>)>> {
-        self.entries()
+    /// the maps again, or, when the restore marker held, with "as stored".
+    fn entries_for_restore(&mut self) -> Result<KernelBans> {
+        Ok(KernelBans::Read(self.entries()?))
+    }
+    /// How many targets the maps hold, where that is known without reading
+    /// them (a check of [`KernelBans::AsStored`]).
+    fn entry_count(&self) -> Option<usize> {
+        None
+    }
+    /// At a clean stop: the maps' part of the restore marker, when the maps
+    /// hold exactly `book_targets` targets, all of them where the marker
+    /// can vouch for them (`None`: the next start reads the maps back).
+    fn stop_fingerprint(&self, _book_targets: usize) -> Option<Vec<u64>> {
+        None
     }
     /// At start: the tarpit-class targets, all of them (steering set sync).
     fn sync_tarpit(&mut self, _targets: &[Target]) -> Result<()> {
@@ -52,6 +71,20 @@ pub trait Enforcer: Send {
     fn geo_drops(&self, _labels: u32) -> Result<Vec<u64>> {
         Ok(Vec::new())
     }
+}
+
+/// What the kernel's ban maps held when the agent loaded them.
+#[derive(Debug)]
+pub enum KernelBans {
+    /// Read from the maps (at load, with what was written since).
+    Read(Vec<(Target, Option<BanClass>)>),
+    /// The restore marker held: the maps held the stored bans at the last
+    /// stop (the stored bans as loaded now, plus those that expired since)
+    /// and `extra`; then `since` was written (`None`: removed).
+    AsStored {
+        extra: Vec<Target>,
+        since: std::collections::HashMap<Target, Option<BanClass>>,
+    },
 }
 
 /// `status`'s `tarpit`: the engine holding the class, the steering mode
@@ -216,12 +249,35 @@ impl Enforcer for KernelEnforcer {
         self.xdp.set_allowlist(list)
     }
 
+    /// Drop-class entries not steered (the bulk of a restore) in one batch;
+    /// the rest as `apply` does them.
+    fn set_all(&mut self, sets: &[(Target, BanClass)]) -> Result<()> {
+        let mut batch = Vec::with_capacity(sets.len());
+        for (t, c) in sets {
+            match c {
+                BanClass::Drop if !self.steered.contains(t) => {
+                    batch.push((*t, BanClass::Drop, self.label(t)))
+                }
+                _ => self.apply(t, MapChange::Set(*c))?,
+            }
+        }
+        self.xdp.set_bans(&batch)
+    }
+
     fn entries(&self) -> Result<Vec<(Target, Option<BanClass>)>> {
         self.xdp.bans()
     }
 
-    fn entries_for_restore(&mut self) -> Result<Vec<(Target, Option<BanClass>)>> {
+    fn entries_for_restore(&mut self) -> Result<KernelBans> {
         self.xdp.bans_for_restore()
+    }
+
+    fn entry_count(&self) -> Option<usize> {
+        Some(self.xdp.entry_count())
+    }
+
+    fn stop_fingerprint(&self, book_targets: usize) -> Option<Vec<u64>> {
+        self.xdp.stop_fingerprint(book_targets)
     }
 
     /// The sets first: the program passes the class only once they hold

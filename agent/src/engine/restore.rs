@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 
 use super::{expiry, Agent};
+use crate::addr::Target;
 use crate::ban::{BanClass, BanRecord, MapChange, UnixSecs};
+use crate::enforce::KernelBans;
 use crate::units::BanTime;
 
 /// Time spent per step of a long operation (start-up), for the log.
@@ -87,16 +89,43 @@ impl Agent {
         // Streamed without the matched lines: they stay in the database, the
         // agent never shows them, and a million bans' worth is gigabytes.
         let mut loader = self.bans.book.loader();
-        report.restored = self.bans.store.for_each_ban(|rec| loader.push(rec))?;
+        let mut restored = 0;
+        // Rows read ahead (during the XDP load) predate `delete_expired`.
+        self.bans.store.for_each_ban(|rec| {
+            if rec.expires_at.is_none_or(|e| e > now) {
+                loader.push(rec);
+                restored += 1;
+            }
+        })?;
+        report.restored = restored;
         loader.finish();
         phases.mark("book");
+        // What the kernel held at load, before the lists add to the book:
+        // "as stored" is the book as loaded now.
+        let mut in_kernel = match self.bans.enforcer.entries_for_restore()? {
+            KernelBans::Read(read) => read,
+            KernelBans::AsStored { extra, since } => {
+                let model = self.kernel_as_stored(&expired_targets, extra, since);
+                let count = self.bans.enforcer.entry_count();
+                if count.is_some_and(|n| n != model.len()) {
+                    // The marker vouched for something else: read them.
+                    tracing::warn!(
+                        kernel = count.unwrap_or(0),
+                        stored = model.len(),
+                        "warm start: the pinned ban maps do not hold what the store says; reading them back"
+                    );
+                    self.bans.enforcer.entries()?
+                } else {
+                    model
+                }
+            }
+        };
+        phases.mark("kernel read");
         // Before the reconcile below, so blocklisted entries a previous
         // agent left in the kernel are kept, not removed and re-added.
         self.sync_blocklists(false)?;
         self.sync_geo(false)?;
         phases.mark("lists");
-        let mut in_kernel = self.bans.enforcer.entries_for_restore()?;
-        phases.mark("kernel read");
         // The kernel's entries and the book's, both in target order, joined
         // by one merge: what only the kernel holds (adopted, or removed when
         // expired), what the kernel lacks or holds with another class
@@ -167,12 +196,80 @@ impl Agent {
         // Steering first, so tarpit-class addresses are in the set before
         // XDP is told to pass them.
         self.bans.enforcer.sync_tarpit(&tarpit)?;
-        for (target, class) in write {
-            self.bans.enforcer.apply(&target, MapChange::Set(class))?;
-        }
+        self.bans.enforcer.set_all(&write)?;
         self.relabel_geo_entries()?;
         phases.mark("kernel write");
         report.phases = phases;
         Ok(report)
     }
+
+    /// The kernel's entries when the restore marker held: what the store
+    /// held at the last stop (the bans loaded now and those expired since)
+    /// and `extra`, then what was written since load. Tarpit-class entries,
+    /// expired ones and `extra` have no class here, so the merge writes
+    /// them again (the kernel class of a tarpit ban depends on the steering
+    /// found at start), never trusting what cannot be known.
+    fn kernel_as_stored(
+        &self,
+        expired: &std::collections::HashSet<Target>,
+        extra: Vec<Target>,
+        mut since: std::collections::HashMap<Target, Option<BanClass>>,
+    ) -> Vec<(Target, Option<BanClass>)> {
+        let mut model: Vec<(Target, Option<BanClass>)> = self
+            .bans
+            .book
+            .effective_all()
+            .map(|(t, c)| (t, (c != BanClass::Tarpit).then_some(c)))
+            .collect();
+        model.extend(expired.iter().map(|t| (*t, None)));
+        model.extend(extra.into_iter().map(|t| (t, None)));
+        model.sort_unstable_by_key(|(t, _)| *t);
+        // A target in two parts (a live and an expired ban): once, unknown.
+        model.dedup_by(|later, earlier| {
+            if later.0 == earlier.0 {
+                earlier.1 = None;
+                true
+            } else {
+                false
+            }
+        });
+        model.retain_mut(|(t, c)| match since.remove(t) {
+            Some(Some(now)) => {
+                *c = Some(now);
+                true
+            }
+            Some(None) => false,
+            None => true,
+        });
+        model.extend(
+            since
+                .into_iter()
+                .filter_map(|(t, c)| c.map(|c| (t, Some(c)))),
+        );
+        model
+    }
+
+    /// At a clean stop: the maps' fingerprint and the kernel entries no
+    /// stored ban accounts for (geo and blocklist entries), when the kernel
+    /// holds exactly the book and the store every book ban but those (no
+    /// backlog waiting for the disk). `None`: the next start reads the
+    /// kernel back (see `store::marker`).
+    pub fn restore_marker(&self) -> Option<(Vec<u64>, Vec<Target>)> {
+        if !self.bans.backlog.is_empty() {
+            return None;
+        }
+        let maps = self
+            .bans
+            .enforcer
+            .stop_fingerprint(self.bans.book.len_targets())?;
+        let mut extra: Vec<Target> = self.dynamic.geo.applied.bans.keys().copied().collect();
+        extra.extend(self.blocklists.listed.iter().copied());
+        extra.sort_unstable();
+        extra.dedup();
+        Some((maps, extra))
+    }
 }
+
+#[cfg(test)]
+#[path = "restore_tests.rs"]
+mod tests;

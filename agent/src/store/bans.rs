@@ -6,6 +6,66 @@ use super::{offence_key, BanStore, Batch, StoreError};
 use crate::addr::Target;
 use crate::ban::{BanClass, BanRecord, UnixSecs};
 
+/// Stored bans read by a thread of their own, in chunks (see
+/// [`BanStore::read_bans_ahead`]).
+pub(super) struct Ahead {
+    rows: std::sync::mpsc::Receiver<Result<Vec<BanRecord>, StoreError>>,
+}
+
+/// Bans per chunk handed from the reading thread.
+const AHEAD_CHUNK: usize = 4096;
+
+/// Every ban of `conn` without its matched lines, to `f` until it answers
+/// `false`; how many it was given.
+fn read_bans(
+    conn: &Connection,
+    path: &std::path::Path,
+    mut f: impl FnMut(BanRecord) -> bool,
+) -> Result<usize, StoreError> {
+    let wrap = |source| StoreError::Sqlite {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut stmt = conn
+        .prepare("SELECT target, jail, class, banned_at, expires_at, failures FROM bans")
+        .map_err(wrap)?;
+    let mut rows = stmt.query([]).map_err(wrap)?;
+    let mut n = 0;
+    while let Some(row) = rows.next().map_err(wrap)? {
+        let get = |row: &rusqlite::Row| -> rusqlite::Result<_> {
+            Ok((
+                row.get_ref(0)?.as_str()?.parse::<Target>(),
+                row.get::<_, String>(1)?,
+                row.get_ref(2)?.as_str()?.parse::<BanClass>(),
+                row.get::<_, i64>(3)?,
+                row.get::<_, Option<i64>>(4)?,
+                row.get::<_, u32>(5)?,
+            ))
+        };
+        let (target, jail, class, banned_at, expires_at, failures) = get(row).map_err(wrap)?;
+        let bad = |message: String| StoreError::BadRow {
+            path: path.to_path_buf(),
+            target: row.get::<_, String>(0).unwrap_or_default(),
+            jail: jail.clone(),
+            message,
+        };
+        n += 1;
+        let more = f(BanRecord {
+            target: target.map_err(|e| bad(e.to_string()))?,
+            class: class.map_err(bad)?,
+            jail,
+            banned_at,
+            expires_at,
+            failures,
+            matches: Vec::new(),
+        });
+        if !more {
+            break;
+        }
+    }
+    Ok(n)
+}
+
 /// The statements of [`BanStore::put_bans`], on a transaction or on the
 /// connection inside an open batch.
 pub(super) fn write_bans(
@@ -193,45 +253,66 @@ impl BanStore {
 
     /// Every stored ban without its matched lines (`matches` is empty),
     /// handed to `f` row by row so that all bans are never in memory twice.
-    /// Returns how many there were.
-    pub fn for_each_ban(&self, mut f: impl FnMut(BanRecord)) -> Result<usize, StoreError> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT target, jail, class, banned_at, expires_at, failures FROM bans")
-            .map_err(self.wrap())?;
-        let mut rows = stmt.query([]).map_err(self.wrap())?;
-        let mut n = 0;
-        while let Some(row) = rows.next().map_err(self.wrap())? {
-            let get = |row: &rusqlite::Row| -> rusqlite::Result<_> {
-                Ok((
-                    row.get_ref(0)?.as_str()?.parse::<Target>(),
-                    row.get::<_, String>(1)?,
-                    row.get_ref(2)?.as_str()?.parse::<BanClass>(),
-                    row.get::<_, i64>(3)?,
-                    row.get::<_, Option<i64>>(4)?,
-                    row.get::<_, u32>(5)?,
-                ))
-            };
-            let (target, jail, class, banned_at, expires_at, failures) =
-                get(row).map_err(self.wrap())?;
-            let bad = |message: String| StoreError::BadRow {
-                path: self.path.clone(),
-                target: row.get::<_, String>(0).unwrap_or_default(),
-                jail: jail.clone(),
-                message,
-            };
-            f(BanRecord {
-                target: target.map_err(|e| bad(e.to_string()))?,
-                class: class.map_err(bad)?,
-                jail,
-                banned_at,
-                expires_at,
-                failures,
-                matches: Vec::new(),
+    /// Returns how many there were. After [`read_bans_ahead`](Self::read_bans_ahead),
+    /// the rows come from that thread (the database as it was then).
+    pub fn for_each_ban(&mut self, mut f: impl FnMut(BanRecord)) -> Result<usize, StoreError> {
+        let Some(ahead) = self.ahead.take() else {
+            return read_bans(&self.conn, &self.path, |r| {
+                f(r);
+                true
             });
-            n += 1;
+        };
+        let mut n = 0;
+        for chunk in ahead.rows {
+            for rec in chunk? {
+                f(rec);
+                n += 1;
+            }
         }
         Ok(n)
+    }
+
+    /// Starts reading every stored ban on a thread with its own connection,
+    /// so that at start the reading overlaps the XDP load; the next
+    /// [`for_each_ban`](Self::for_each_ban) takes the rows. They are the
+    /// database as the thread's read began: call it before any ban is
+    /// written (start-up writes none before the restore).
+    pub fn read_bans_ahead(&mut self) {
+        if self.path.as_os_str() == ":memory:" {
+            return;
+        }
+        let path = self.path.clone();
+        // Bounded: at most this many chunks wait for the book.
+        let (tx, rx) = std::sync::mpsc::sync_channel(64);
+        let spawned = std::thread::Builder::new()
+            .name("xban-read-bans".into())
+            .spawn(move || {
+                let conn = match Connection::open_with_flags(
+                    &path,
+                    rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY
+                        | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                ) {
+                    Ok(c) => c,
+                    Err(source) => {
+                        let _ = tx.send(Err(StoreError::Sqlite { path, source }));
+                        return;
+                    }
+                };
+                let mut chunk = Vec::with_capacity(AHEAD_CHUNK);
+                let read = read_bans(&conn, &path, |rec| {
+                    chunk.push(rec);
+                    if chunk.len() == AHEAD_CHUNK {
+                        let full = std::mem::replace(&mut chunk, Vec::with_capacity(AHEAD_CHUNK));
+                        // Nobody reads any more (start-up failed): stop.
+                        return tx.send(Ok(full)).is_ok();
+                    }
+                    true
+                });
+                let _ = tx.send(read.map(|_| chunk));
+            });
+        if spawned.is_ok() {
+            self.ahead = Some(Ahead { rows: rx });
+        }
     }
 
     /// How many times the target was banned since `since` (all jails, or one).

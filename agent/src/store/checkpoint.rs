@@ -13,14 +13,19 @@ pub(super) const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::fr
 /// up to a second (measured in a burst); the agent's own connection, which
 /// commits every ban on the event loop, never checkpoints and so never
 /// fsyncs. A passive checkpoint blocks no writer.
+///
+/// Dropping it stops the thread and waits for it, so that once the store is
+/// dropped its last connection is closed (the log copied and removed) and
+/// the database file no longer changes (see `marker`).
 pub(super) struct Checkpointer {
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Dropped to stop the thread at once.
+    stop: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Checkpointer {
     pub(super) fn start(path: &Path) -> Checkpointer {
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let flag = stop.clone();
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
         let path = path.to_path_buf();
         let spawned = std::thread::Builder::new()
             .name("xban-checkpoint".into())
@@ -36,8 +41,9 @@ impl Checkpointer {
                     }
                 };
                 let mut last_error = None;
-                while !flag.load(std::sync::atomic::Ordering::Relaxed) {
-                    std::thread::sleep(CHECKPOINT_EVERY);
+                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                    stopped.recv_timeout(CHECKPOINT_EVERY)
+                {
                     let done: rusqlite::Result<(i64, i64, i64)> = conn
                         .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
                             Ok((r.get(0)?, r.get(1)?, r.get(2)?))
@@ -57,15 +63,25 @@ impl Checkpointer {
                     }
                 }
             });
-        if let Err(e) = spawned {
-            tracing::error!("ban database: no checkpointer thread ({e})");
+        let thread = match spawned {
+            Ok(t) => Some(t),
+            Err(e) => {
+                tracing::error!("ban database: no checkpointer thread ({e})");
+                None
+            }
+        };
+        Checkpointer {
+            stop: Some(stop),
+            thread,
         }
-        Checkpointer { stop }
     }
 }
 
 impl Drop for Checkpointer {
     fn drop(&mut self) {
-        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        drop(self.stop.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 }

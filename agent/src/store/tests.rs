@@ -128,6 +128,16 @@ fn bans_survive_reopen_and_expire() {
     // The restore path streams the same rows, without the matched lines.
     let mut streamed = Vec::new();
     assert_eq!(s.for_each_ban(|r| streamed.push(r)).unwrap(), 3);
+    // Read ahead by a thread of its own: the same rows.
+    let mut ahead = Vec::new();
+    s.read_bans_ahead();
+    assert_eq!(s.for_each_ban(|r| ahead.push(r)).unwrap(), 3);
+    let key = |r: &BanRecord| (r.target, r.jail.clone());
+    let mut a: Vec<_> = ahead.iter().map(key).collect();
+    let mut b: Vec<_> = streamed.iter().map(key).collect();
+    a.sort();
+    b.sort();
+    assert_eq!(a, b);
     streamed.sort_by(|a, b| (a.target, &a.jail).cmp(&(b.target, &b.jail)));
     let without_matches: Vec<BanRecord> = bans
         .iter()

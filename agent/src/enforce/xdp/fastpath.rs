@@ -11,8 +11,8 @@ use aya::maps::MapError;
 use xban_common::{BanValue, NetKey4, NetKey6};
 
 use super::mapped::Table;
-use super::maps::{class_of, gone_ok, is_errno, trie_rows};
-use super::{AtLoad, FastPathFamily, FastPathStatus, XdpMaps};
+use super::maps::{class_of, dump_trie, gone_ok, is_errno, trie_rows};
+use super::{AtLoad, FastPathFamily, FastPathStatus, KernelAtLoad, XdpMaps};
 use crate::addr::Target;
 
 /// A ban as the fast maps key it: the address bytes as native-endian
@@ -251,69 +251,51 @@ impl XdpMaps {
         }
     }
 
-    /// Every entry of the fast maps (table and overflow), with its class.
-    pub(super) fn fast_entries(&self) -> Result<Vec<(Entry, u32)>> {
-        let mut out = self.tab_v4.entries();
-        out.extend(self.tab_v6.entries());
-        for item in self.over_v4.iter() {
-            let (k, v) = item.context("read over_v4")?;
-            let addr = u32::from_ne_bytes(k.addr);
-            out.push((
-                Entry::V4 {
-                    addr,
-                    len: k.prefix_len,
-                },
-                v.class,
-            ));
+    /// Every entry of the overflow hashes, read once, in batches where the
+    /// kernel has them.
+    pub(super) fn over_rows(&self) -> Result<Vec<(Entry, BanValue)>> {
+        use aya::maps::IterableMap;
+        let mut out = Vec::new();
+        match dump_trie::<4>(self.over_v4.map()).context("read over_v4 in batches")? {
+            Some(rows) => out.extend(rows.into_iter().map(|(len, a, v)| (Entry::v4(a, len), v))),
+            None => {
+                for item in self.over_v4.iter() {
+                    let (k, v) = item.context("read over_v4")?;
+                    out.push((Entry::v4(k.addr, k.prefix_len), v));
+                }
+            }
         }
-        for item in self.over_v6.iter() {
-            let (k, v) = item.context("read over_v6")?;
-            let hi = u64::from_ne_bytes(k.addr[..8].try_into().expect("8 bytes"));
-            let lo = u64::from_ne_bytes(k.addr[8..].try_into().expect("8 bytes"));
-            out.push((
-                Entry::V6 {
-                    hi,
-                    lo,
-                    len: k.prefix_len,
-                },
-                v.class,
-            ));
+        match dump_trie::<16>(self.over_v6.map()).context("read over_v6 in batches")? {
+            Some(rows) => out.extend(rows.into_iter().map(|(len, a, v)| (Entry::v6(a, len), v))),
+            None => {
+                for item in self.over_v6.iter() {
+                    let (k, v) = item.context("read over_v6")?;
+                    out.push((Entry::v6(k.addr, k.prefix_len), v));
+                }
+            }
         }
         Ok(out)
     }
 
-    /// Rebuild the in-memory counts (directory, overflow) from the maps.
-    /// Returns what it read of the ban tries and of the fast maps: with a
-    /// million bans each read takes a second or more.
-    pub(super) fn read_state(&mut self) -> Result<Read> {
+    /// Rebuild the in-memory counts (overflow, table, directory) from the
+    /// fast maps and the allowlist, each read once. Trie-only entries are
+    /// not known here (see `read_state`). Returns the fast maps' entries
+    /// with their class, sorted.
+    pub(super) fn read_fast(&mut self) -> Result<Vec<(Entry, u32)>> {
+        let over = self.over_rows()?;
         self.spilled.clear();
-        for k in self.over_v4.keys() {
-            let k = k.context("read over_v4")?;
-            let e = Entry::V4 {
-                addr: u32::from_ne_bytes(k.addr),
-                len: k.prefix_len,
-            };
-            *self.spilled.entry((false, e.bucket())).or_default() += 1;
+        self.in_over = [0; 2];
+        for (e, _) in &over {
+            *self.spilled.entry((e.v6(), e.bucket())).or_default() += 1;
+            self.in_over[e.v6() as usize] += 1;
         }
-        for k in self.over_v6.keys() {
-            let k = k.context("read over_v6")?;
-            let t = Target::from_v6(k.addr, k.prefix_len)?;
-            *self
-                .spilled
-                .entry((true, Entry::of(&t).bucket()))
-                .or_default() += 1;
-        }
-        self.in_over = [false, true].map(|v6| {
-            self.spilled
-                .iter()
-                .filter(|((f, _), _)| *f == v6)
-                .map(|(_, &n)| n as usize)
-                .sum()
-        });
         self.dir = Directory::default();
-        // Sorted, and joined by a merge below: hash sets of a million
-        // entries took seconds at start.
-        let mut fast = self.fast_entries()?;
+        // Sorted, and joined by a merge in `read_state`: hash sets of a
+        // million entries took seconds at start.
+        let mut fast = self.tab_v4.entries();
+        fast.extend(self.tab_v6.entries());
+        fast.extend(over.iter().map(|(e, v)| (*e, v.class)));
+        drop(over);
         fast.sort_unstable_by_key(|(e, _)| *e);
         // One entry in two places (a crash between writes) counts once.
         fast.dedup_by_key(|(e, _)| *e);
@@ -328,9 +310,21 @@ impl XdpMaps {
                     .count(e.v6(), &dir_slots(&t), &Touch::Net(t.prefix()), true);
             }
         }
+        self.trie_only.clear();
+        for t in self.allow_entries()? {
+            self.dir
+                .count(!t.is_ipv4(), &dir_slots(&t), &Touch::Allow, true);
+        }
+        Ok(fast)
+    }
+
+    /// Rebuild the in-memory counts (directory, overflow, trie-only) from
+    /// the maps. Returns what it read of the ban tries and of the fast
+    /// maps: with a million bans each read takes a second or more.
+    pub(super) fn read_state(&mut self) -> Result<Read> {
+        let fast = self.read_fast()?;
         // What the trie holds beyond the fast maps is trie-only: its
         // regions stay in fallback until it finds room.
-        self.trie_only.clear();
         let mut trie: Vec<(Entry, Target, BanValue)> = self
             .trie_entries()?
             .into_iter()
@@ -343,10 +337,6 @@ impl XdpMaps {
             if f.peek().is_none_or(|(x, _)| x != e) {
                 self.mark_trie_only(e, t, *v);
             }
-        }
-        for t in self.allow_entries()? {
-            self.dir
-                .count(!t.is_ipv4(), &dir_slots(&t), &Touch::Allow, true);
         }
         Ok(Read { trie, fast })
     }
@@ -381,7 +371,15 @@ impl XdpMaps {
     /// Make the table, overflow hash and directory hold exactly what the ban
     /// and allow tries say. Only differences are written: the program may be
     /// reading them (a restarted agent adopting its predecessor's maps).
-    pub(super) fn sync(&mut self) -> Result<()> {
+    /// With a restore marker that the maps still match, the tries are not
+    /// read: the fast maps held them at the last stop (see `warm`).
+    pub(super) fn sync(&mut self, warm: Option<super::WarmMaps>) -> Result<()> {
+        if let Some(w) = warm {
+            if self.sync_warm(w)? {
+                self.write_flags_and_slots();
+                return Ok(());
+            }
+        }
         let read = self.read_state()?;
         // Both sorted by entry: one merge finds what differs.
         let mut stale = Vec::new();
@@ -398,11 +396,12 @@ impl XdpMaps {
         }
         stale.extend(f.map(|(x, _)| *x));
         self.at_load = Some(AtLoad {
-            read: read
-                .trie
-                .iter()
-                .map(|(_, t, v)| (*t, class_of(v)))
-                .collect(),
+            read: KernelAtLoad::Read(
+                read.trie
+                    .iter()
+                    .map(|(_, t, v)| (*t, class_of(v)))
+                    .collect(),
+            ),
             since: Default::default(),
         });
         // Stale entries first, to make room.
@@ -417,8 +416,14 @@ impl XdpMaps {
                 self.fast_set(&t, v)?;
             }
         }
+        self.write_flags_and_slots();
+        Ok(())
+    }
+
+    /// Overflow flags and directory slots as the counts say, whatever a
+    /// crash left.
+    fn write_flags_and_slots(&mut self) {
         self.warn_occupancy();
-        // Flags and slots as the counts say, whatever a crash left.
         for v6 in [false, true] {
             let tab = if v6 { &self.tab_v6 } else { &self.tab_v4 };
             for b in 0..xban_common::TAB_BUCKETS {
@@ -434,7 +439,6 @@ impl XdpMaps {
             let (nets, allow) = self.dir.words(true, slot);
             self.dir_v6.set(slot, nets, allow);
         }
-        Ok(())
     }
 
     /// Write the directory slots of `t`'s regions from the counts.
@@ -513,6 +517,10 @@ impl XdpMaps {
     /// Puts `e` into a free way of its bucket, else the overflow hash.
     /// `Ok(false)`: both are full (nothing written).
     pub(super) fn try_place(&mut self, e: &Entry, t: &Target, value: BanValue) -> Result<bool> {
+        let f = e.v6() as usize;
+        if self.in_table[f] + self.in_over[f] >= self.capacity {
+            return Ok(false);
+        }
         if let Some(i) = self.table(e).free_way(e) {
             self.table(e).put(e, i, value);
             self.in_table[e.v6() as usize] += 1;
@@ -608,10 +616,11 @@ impl XdpMaps {
                 xban_common::TAB_V4_WAYS
             };
             FastPathFamily {
+                capacity: self.capacity.min(xban_common::BANS_MAX_ENTRIES as usize),
                 table_entries: self.in_table[v6 as usize],
                 table_capacity: xban_common::TAB_BUCKETS as usize * ways,
                 overflow_entries: self.in_over[v6 as usize],
-                overflow_capacity: xban_common::OVER_MAX_ENTRIES as usize,
+                overflow_capacity: self.over_capacity,
                 trie_only: self.trie_only.len(v6),
                 fallback_regions: self.dir.fallback_regions(v6),
             }
@@ -627,7 +636,10 @@ impl XdpMaps {
     pub(super) fn warn_occupancy(&mut self) {
         let st = self.fast_path_status();
         for (i, (name, f)) in [("IPv4", st.v4), ("IPv6", st.v6)].into_iter().enumerate() {
-            let pct = f.overflow_entries * 100 / f.overflow_capacity.max(1);
+            // Whichever is nearer full: the overflow hash (what decides
+            // whether an entry that misses its bucket fits) or the capacity.
+            let pct = (f.overflow_entries * 100 / f.overflow_capacity.max(1))
+                .max((f.table_entries + f.overflow_entries) * 100 / f.capacity.max(1));
             let level = if f.trie_only > 0 || pct >= 95 {
                 95
             } else if pct >= 80 {
@@ -641,8 +653,9 @@ impl XdpMaps {
                     table = f.table_entries,
                     overflow = f.overflow_entries,
                     overflow_capacity = f.overflow_capacity,
+                    capacity = f.capacity,
                     trie_only = f.trie_only,
-                    "XDP fast path {pct}% full for {name}: beyond it, bans are enforced from the ban trie (slower per packet in their regions)"
+                    "XDP fast path {pct}% full for {name}: beyond it ([agent] fast_path_capacity, the overflow hash), bans are enforced from the ban trie (slower per packet in their regions)"
                 );
             }
             self.warned[i] = level;
@@ -698,7 +711,10 @@ impl XdpMaps {
         }
         self.write_slots(t, &slots);
         // Room was made: a trie-only entry of the same bucket (a way) or of
-        // the family (the overflow hash) may move into the fast maps.
-        self.promote_after_free(e.v6(), e.bucket(), freed_over)
+        // the family (the overflow hash, or the capacity) may move into the
+        // fast maps.
+        let f = e.v6() as usize;
+        let at_capacity = self.in_table[f] + self.in_over[f] + 1 >= self.capacity;
+        self.promote_after_free(e.v6(), e.bucket(), freed_over || at_capacity)
     }
 }

@@ -18,7 +18,7 @@ use super::fastpath::Entry;
 /// written with one atomic store.
 pub(super) struct Mapped {
     /// Keeps the map (and the mapping's backing) alive.
-    _map: MapData,
+    map: MapData,
     base: *mut u64,
     bytes: usize,
 }
@@ -52,7 +52,7 @@ impl Mapped {
             });
         }
         Ok(Mapped {
-            _map: data,
+            map: data,
             base: base.cast(),
             bytes,
         })
@@ -63,6 +63,19 @@ impl Mapped {
         // SAFETY: in bounds (checked), 8-aligned (page-aligned base), and
         // valid while self lives.
         unsafe { AtomicU64::from_ptr(self.base.add(i)) }
+    }
+
+    /// A checksum of every word (the restore marker's).
+    pub(super) fn checksum(&self) -> u64 {
+        (0..self.bytes / 8).fold(0u64, |h, i| {
+            (h ^ self.word(i).load(Ordering::Relaxed))
+                .wrapping_mul(0x9e37_79b9_7f4a_7c15)
+                .rotate_left(29)
+        })
+    }
+
+    pub(super) fn map(&self) -> &MapData {
+        &self.map
     }
 
     /// Stores `v` unless the word already holds it.
@@ -122,6 +135,10 @@ impl Table {
 
     fn word(&self, i: usize) -> &AtomicU64 {
         self.mem.word(i)
+    }
+
+    pub(super) fn mapped(&self) -> &Mapped {
+        &self.mem
     }
 
     fn bucket(&self, bucket: u32) -> Bucket<'_> {

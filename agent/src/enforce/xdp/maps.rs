@@ -3,7 +3,7 @@
 
 use std::collections::HashSet;
 use std::net::IpAddr;
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
@@ -15,9 +15,10 @@ use xban_common::{stats, AllowValue, BanValue};
 
 use super::fastpath::{dir_slots, Directory, Touch};
 use super::mapped::{Dir, Table};
-use super::{AtLoad, XdpMaps, XdpStats};
+use super::{AtLoad, KernelAtLoad, XdpMaps, XdpStats};
 use crate::addr::Target;
 use crate::ban::BanClass;
+use crate::enforce::KernelBans;
 
 /// A ban trie's entry: prefix length, address, value.
 pub(super) type TrieRow<const N: usize> = (u32, [u8; N], BanValue);
@@ -30,8 +31,9 @@ pub(super) const ENOTSUPP: i32 = 524;
 pub(super) const BATCH: usize = 8192;
 
 /// Every entry of a ban trie with `N`-byte addresses (prefix length,
-/// address, value), by BPF_MAP_LOOKUP_BATCH. `None` when the kernel has
-/// no batch lookup for the map (then the caller iterates).
+/// address, value), by BPF_MAP_LOOKUP_BATCH; also of an overflow hash,
+/// whose keys have the same layout. `None` when the kernel has no batch
+/// lookup for the map (then the caller iterates).
 pub(super) fn dump_trie<const N: usize>(map: &MapData) -> Result<Option<Vec<TrieRow<N>>>> {
     let key_size = 4 + N;
     let value_size = std::mem::size_of::<BanValue>();
@@ -86,6 +88,70 @@ pub(super) fn dump_trie<const N: usize>(map: &MapData) -> Result<Option<Vec<Trie
             Err(e) => return Err(e.into()),
         }
     }
+}
+
+const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
+const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
+
+/// Writes `rows` into the ban trie `fd` (`N`-byte addresses): by
+/// BPF_MAP_UPDATE_BATCH, 8,192 entries per call, or one by one where the
+/// kernel has no batch update for the map. A million single updates are a
+/// million system calls at start.
+pub(super) fn update_trie<const N: usize>(fd: RawFd, rows: &[TrieRow<N>]) -> std::io::Result<()> {
+    let key_size = 4 + N;
+    let value_size = std::mem::size_of::<BanValue>();
+    let fd = fd as u32 as u64;
+    let mut keys = Vec::with_capacity(BATCH.min(rows.len()) * key_size);
+    let mut values = Vec::with_capacity(BATCH.min(rows.len()) * value_size);
+    let mut batched = true;
+    for chunk in rows.chunks(BATCH) {
+        keys.clear();
+        values.clear();
+        for (len, data, v) in chunk {
+            keys.extend_from_slice(&len.to_ne_bytes());
+            keys.extend_from_slice(data);
+            values.extend_from_slice(&v.class.to_ne_bytes());
+            values.extend_from_slice(&v.flags.to_ne_bytes());
+        }
+        if batched {
+            // struct { in_batch, out_batch, keys, values; u32 count, map_fd;
+            // u64 elem_flags, flags } of union bpf_attr.
+            let mut attr = [
+                0,
+                0,
+                keys.as_ptr() as u64,
+                values.as_ptr() as u64,
+                chunk.len() as u64 | (fd << 32),
+                0,
+                0,
+            ];
+            match crate::enforce::xdp::links::bpf(BPF_MAP_UPDATE_BATCH, &mut attr) {
+                Ok(_) => continue,
+                // No batch update for this map: this chunk and the rest one
+                // by one (writing an entry again is harmless).
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::EINVAL | libc::ENOTSUP | libc::ENOTTY | ENOTSUPP)
+                    ) =>
+                {
+                    batched = false;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        for i in 0..chunk.len() {
+            // struct { u32 map_fd; u64 key, value, flags } of union bpf_attr.
+            let mut attr = [
+                fd,
+                keys[i * key_size..].as_ptr() as u64,
+                values[i * value_size..].as_ptr() as u64,
+                0,
+            ];
+            crate::enforce::xdp::links::bpf(BPF_MAP_UPDATE_ELEM, &mut attr)?;
+        }
+    }
+    Ok(())
 }
 
 /// Every entry of one ban trie: in batches, or one by one where the
@@ -158,16 +224,21 @@ impl XdpMaps {
     /// fast maps brought in line with the ban tries: after an upgrade from
     /// an agent without them they start empty, and the program must not
     /// be swapped in before they hold every ban.
-    pub(super) fn from_ebpf(ebpf: &mut Ebpf) -> Result<XdpMaps> {
+    pub(super) fn from_ebpf(
+        ebpf: &mut Ebpf,
+        warm: Option<super::WarmMaps>,
+        capacity: usize,
+    ) -> Result<XdpMaps> {
         let mut maps = XdpMaps::assemble(|name: &str| -> Result<Map> {
             ebpf.take_map(name)
                 .with_context(|| format!("the XDP object has no map `{name}`"))
         })?;
+        maps.capacity = capacity;
         let Some(tarpit) = maps.tarpit.as_mut() else {
             bail!("the XDP object lacks the tarpit maps");
         };
         tarpit.ensure_key()?;
-        maps.sync()?;
+        maps.sync(warm)?;
         Ok(maps)
     }
 
@@ -177,6 +248,11 @@ impl XdpMaps {
         let tab_v6 = Table::new(get(c::MAP_TAB_V6)?, true, c::MAP_TAB_V6)?;
         let dir_v4 = Dir::new(get(c::MAP_DIR_V4)?, false, c::MAP_DIR_V4)?;
         let dir_v6 = Dir::new(get(c::MAP_DIR_V6)?, true, c::MAP_DIR_V6)?;
+        let over_v4: aya::maps::HashMap<MapData, xban_common::NetKey4, BanValue> =
+            get(c::MAP_OVER_V4)?.try_into()?;
+        let over_capacity = aya::maps::IterableMap::map(&over_v4)
+            .info()
+            .map_or(c::OVER_MAX_ENTRIES, |i| i.max_entries()) as usize;
         Ok(XdpMaps {
             allow_v4: get(c::MAP_ALLOW_V4)?.try_into()?,
             allow_v6: get(c::MAP_ALLOW_V6)?.try_into()?,
@@ -184,7 +260,11 @@ impl XdpMaps {
             bans_v6: get(c::MAP_BANS_V6)?.try_into()?,
             tab_v4,
             tab_v6,
-            over_v4: get(c::MAP_OVER_V4)?.try_into()?,
+            over_v4,
+            over_capacity,
+            // Maps opened from pins (commands run while the agent is
+            // stopped): as full as the maps allow.
+            capacity: usize::MAX,
             over_v6: get(c::MAP_OVER_V6)?.try_into()?,
             dir_v4,
             dir_v6,
@@ -225,6 +305,58 @@ impl XdpMaps {
         self.fast_set(target, value)
     }
 
+    /// Many bans at once (a cold start writes a million): the tries in
+    /// batches, IPv4 and IPv6 on threads of their own, while this thread
+    /// fills the fast maps. Each `(target, class, geo label)`.
+    pub fn set_bans(&mut self, bans: &[(Target, BanClass, u32)]) -> Result<()> {
+        let value = |class, label: u32| BanValue {
+            flags: label & 0xffff,
+            ..ban_value(class)
+        };
+        let mut rows4: Vec<TrieRow<4>> = Vec::new();
+        let mut rows6: Vec<TrieRow<16>> = Vec::new();
+        for (t, class, label) in bans {
+            let len = t.prefix() as u32;
+            match (t.v4_octets(), t.v6_octets()) {
+                (Some(a), _) => rows4.push((len, a, value(*class, *label))),
+                (_, Some(a)) => rows6.push((len, a, value(*class, *label))),
+                _ => unreachable!("a target is IPv4 or IPv6"),
+            }
+        }
+        // Plain descriptors: the writers borrow nothing of `self`, which
+        // this thread changes meanwhile. Both maps outlive the scope.
+        let fd4 = aya::maps::IterableMap::map(&self.bans_v4)
+            .fd()
+            .as_fd()
+            .as_raw_fd();
+        let fd6 = aya::maps::IterableMap::map(&self.bans_v6)
+            .fd()
+            .as_fd()
+            .as_raw_fd();
+        std::thread::scope(|s| -> Result<()> {
+            let v4 = s.spawn(move || update_trie::<4>(fd4, &rows4));
+            let v6 = s.spawn(move || update_trie::<16>(fd6, &rows6));
+            // The program finds each entry in the fast maps or, where
+            // they are full, in the tries: both are complete on return.
+            let mut fast = Ok(());
+            for (t, class, label) in bans {
+                if let Some(a) = self.at_load.as_mut() {
+                    a.since.insert(*t, Some(*class));
+                }
+                fast = self.fast_set(t, value(*class, *label));
+                if fast.is_err() {
+                    break;
+                }
+            }
+            for (name, h) in [("bans_v4", v4), ("bans_v6", v6)] {
+                h.join()
+                    .map_err(|_| anyhow::anyhow!("the {name} writer panicked"))?
+                    .with_context(|| format!("write bans into the XDP map {name} (is it full?)"))?;
+            }
+            fast
+        })
+    }
+
     pub fn remove_ban(&mut self, target: &Target) -> Result<()> {
         if let Some(a) = self.at_load.as_mut() {
             a.since.insert(*target, None);
@@ -238,16 +370,17 @@ impl XdpMaps {
         .with_context(|| format!("remove {target} from the XDP map"))
     }
 
-    /// Every entry of the ban tries, as the load read them plus what was
-    /// written since; read from the kernel when that is not known (maps
-    /// opened from pins, or asked a second time).
-    pub fn bans_for_restore(&mut self) -> Result<Vec<(Target, Option<BanClass>)>> {
-        let Some(AtLoad {
-            mut read,
-            mut since,
-        }) = self.at_load.take()
-        else {
-            return self.bans();
+    /// Every entry of the ban tries, as the load read them (or as the
+    /// restore marker vouched for them) plus what was written since; read
+    /// from the kernel when that is not known (maps opened from pins, or
+    /// asked a second time).
+    pub fn bans_for_restore(&mut self) -> Result<KernelBans> {
+        let Some(AtLoad { read, mut since }) = self.at_load.take() else {
+            return Ok(KernelBans::Read(self.bans()?));
+        };
+        let mut read = match read {
+            KernelAtLoad::Read(read) => read,
+            KernelAtLoad::AsStored(extra) => return Ok(KernelBans::AsStored { extra, since }),
         };
         read.retain_mut(|(t, c)| match since.remove(t) {
             Some(Some(now)) => {
@@ -262,7 +395,7 @@ impl XdpMaps {
                 .into_iter()
                 .filter_map(|(t, c)| c.map(|c| (t, Some(c)))),
         );
-        Ok(read)
+        Ok(KernelBans::Read(read))
     }
 
     /// Every entry of the ban tries.
@@ -347,6 +480,19 @@ impl XdpMaps {
             xban_common::BanClass::Tarpit => Some(BanClass::Tarpit),
         }
     }
+}
+
+/// A map's `memlock` as the kernel reports it in the fd's fdinfo: for the
+/// ban tries and the overflow hashes, their entry count times the size of
+/// one, so any entry added or removed changes it.
+pub(super) fn memlock(map: &MapData) -> Result<u64> {
+    let fd = map.fd().as_fd().as_raw_fd();
+    let path = format!("/proc/self/fdinfo/{fd}");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("read {path}"))?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("memlock:"))
+        .and_then(|v| v.trim().parse().ok())
+        .with_context(|| format!("no memlock in {path}"))
 }
 
 pub(super) fn open_pinned(pin_dir: &Path, name: &str) -> Result<Map> {

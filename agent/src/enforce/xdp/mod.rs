@@ -22,6 +22,7 @@ pub mod links;
 mod mapped;
 mod maps;
 mod program;
+mod warm;
 
 use aya::maps::{HashMap, LpmTrie, MapData, PerCpuArray};
 use xban_common::{stats, AllowValue, BanValue, NetKey4, NetKey6};
@@ -34,6 +35,7 @@ use mapped::{Dir, Table};
 pub use maps::stats_from_pins;
 pub(super) use program::{link_dir, xdp_mode, PROGRAM_NAME};
 pub use program::{pinned_interfaces, teardown, XdpEnforcer};
+pub use warm::WarmMaps;
 
 /// `[agent] xdp_mode`: how XDP attaches.
 #[derive(Debug, Clone, Copy, serde::Deserialize, serde::Serialize, PartialEq, Eq)]
@@ -198,6 +200,10 @@ pub struct XdpMaps {
     in_over: [usize; 2],
     /// Entries in the bucket tables, per family (IPv4, IPv6).
     in_table: [usize; 2],
+    /// `[agent] fast_path_capacity`: beyond it, entries are trie-only.
+    capacity: usize,
+    /// Entries each overflow hash holds at most (its max_entries).
+    over_capacity: usize,
     /// The highest occupancy warning given (0, 80 or 95 % of the overflow
     /// hash), per family, so that each is logged once per crossing.
     warned: [u8; 2],
@@ -207,18 +213,27 @@ pub struct XdpMaps {
     at_load: Option<AtLoad>,
 }
 
-/// The ban tries as read at load and every change written since: what
-/// restore compares with the store, without a second read of a million
-/// entries.
+/// The ban tries as read at load (or as the restore marker vouched for
+/// them) and every change written since: what restore compares with the
+/// store, without a second read of a million entries.
 struct AtLoad {
-    read: Vec<(Target, Option<BanClass>)>,
+    read: KernelAtLoad,
     /// `None`: removed since.
     since: std::collections::HashMap<Target, Option<BanClass>>,
+}
+
+enum KernelAtLoad {
+    Read(Vec<(Target, Option<BanClass>)>),
+    /// The stored bans, plus these (see `enforce::KernelBans::AsStored`).
+    AsStored(Vec<Target>),
 }
 
 /// How full the fast path is, per family (`status --json`, metrics).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct FastPathFamily {
+    /// `[agent] fast_path_capacity`: bans the fast path holds at most.
+    #[serde(default)]
+    pub capacity: usize,
     /// Entries in the exact-match bucket table.
     pub table_entries: usize,
     pub table_capacity: usize,

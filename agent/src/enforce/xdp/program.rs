@@ -35,14 +35,42 @@ pub(in crate::enforce) fn link_dir(pin_dir: &Path) -> PathBuf {
 impl XdpEnforcer {
     /// Load the program, reusing maps already pinned in `pin_dir` (so bans
     /// written by a previous agent stay), or creating and pinning them.
-    pub fn load(pin_dir: &Path) -> Result<(XdpEnforcer, XdpMaps)> {
+    /// `warm`: what a clean stop recorded of the maps (see `warm`).
+    /// `capacity`: `[agent] fast_path_capacity`, which sizes the overflow
+    /// hashes (pinned ones of another size are made again, and filled from
+    /// the tries before the program is swapped in).
+    pub fn load(
+        pin_dir: &Path,
+        warm: Option<super::WarmMaps>,
+        capacity: u32,
+    ) -> Result<(XdpEnforcer, XdpMaps)> {
         if XDP_OBJECT.is_empty() {
             bail!("this xban binary was built without its XDP program: build it with `cargo xtask build` (it runs build-ebpf first)");
         }
         crate::sys::setup::private_dir(pin_dir)?;
         crate::sys::setup::private_dir(&link_dir(pin_dir))?;
+        let over = xban_common::fastpath::over_max_entries(capacity);
+        for name in [xban_common::MAP_OVER_V4, xban_common::MAP_OVER_V6] {
+            let path = pin_dir.join(name);
+            let pinned = aya::maps::MapData::from_pin(&path)
+                .ok()
+                .and_then(|m| m.info().ok())
+                .map(|i| i.max_entries());
+            if pinned.is_some_and(|n| n != over) {
+                // The running program keeps its own until the link swap.
+                std::fs::remove_file(&path)
+                    .with_context(|| format!("remove {} to resize it", path.display()))?;
+                tracing::info!(
+                    map = name,
+                    entries = over,
+                    "fast_path_capacity changed: the overflow hash is made again at its new size"
+                );
+            }
+        }
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(pin_dir)
+            .map_max_entries(xban_common::MAP_OVER_V4, over)
+            .map_max_entries(xban_common::MAP_OVER_V6, over)
             .load(XDP_OBJECT)
             .with_context(|| {
                 format!(
@@ -61,7 +89,7 @@ impl XdpEnforcer {
         let _ = std::fs::remove_file(&prog_pin);
         prog.pin(&prog_pin)
             .with_context(|| format!("pin program at {}", prog_pin.display()))?;
-        let maps = XdpMaps::from_ebpf(&mut ebpf)?;
+        let maps = XdpMaps::from_ebpf(&mut ebpf, warm, capacity as usize)?;
         let enforcer = XdpEnforcer {
             ebpf,
             pin_dir: pin_dir.to_path_buf(),
