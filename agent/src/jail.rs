@@ -339,8 +339,34 @@ impl Jail {
         known_time: Option<SystemTime>,
         banned: &dyn Fn(IpAddr) -> bool,
     ) -> JailVerdict {
+        let found = self.filter.match_line(text, read_at);
+        self.take_match(&found, text, read_at, known_time, banned)
+    }
+
+    /// The jail's filter: jails with the same one share its match of a
+    /// line ([`take_match`](Self::take_match)).
+    pub fn filter(&self) -> &FilterSet {
+        &self.filter
+    }
+
+    /// A line this jail's filter cannot match (a shared prefilter said
+    /// so): counted, nothing else.
+    pub fn take_unmatched(&mut self) {
         self.counters.lines += 1;
-        let failure = match self.filter.match_line(text, read_at) {
+    }
+
+    /// [`process_with`](Self::process_with) for a line already matched by
+    /// this jail's filter, or by an identical one (`found`).
+    pub fn take_match(
+        &mut self,
+        found: &LineMatch,
+        text: &str,
+        read_at: SystemTime,
+        known_time: Option<SystemTime>,
+        banned: &dyn Fn(IpAddr) -> bool,
+    ) -> JailVerdict {
+        self.counters.lines += 1;
+        let failure = match found {
             LineMatch::NoMatch { .. } => return JailVerdict::Nothing,
             LineMatch::Ignored { .. } => {
                 self.counters.ignored_lines += 1;
@@ -357,9 +383,9 @@ impl Jail {
                 read_at
             }
         };
-        let addr = match failure.host {
-            Host::Addr(a) => canonical_ip(a),
-            Host::Name(name) => match self.resolve(&name) {
+        let addr = match &failure.host {
+            Host::Addr(a) => canonical_ip(*a),
+            Host::Name(name) => match self.resolve(name) {
                 Some(a) => a,
                 None => return JailVerdict::Nothing,
             },

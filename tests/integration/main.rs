@@ -14,6 +14,7 @@ mod lifecycle;
 mod names_geo;
 mod operations;
 mod persistence;
+mod shared_log;
 mod steering;
 mod systemd_nspawn;
 mod tarpit;
