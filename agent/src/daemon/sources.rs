@@ -165,11 +165,12 @@ impl Daemon {
                 }
             }
         });
-        let place = jails
-            .iter()
-            .map(|j| format!("jails.{j}"))
-            .collect::<Vec<_>>()
-            .join(", ");
+        // The jail the error names: the first; the others read it too.
+        let first = jails.first().cloned().unwrap_or_default();
+        let also = match jails.len() {
+            0 | 1 => String::new(),
+            _ => format!(" (read for jails {} too)", jails[1..].join(", ")),
+        };
         let mut members: Vec<Member> = jails.into_iter().map(Member::new).collect();
         let source = match &key {
             ReaderKey::Journal { jail, matches } => {
@@ -182,7 +183,7 @@ impl Daemon {
                     tx,
                 )
                 .await
-                .with_context(|| format!("{place} (journal)"))?;
+                .with_context(|| format!("jails.{first} (journal)"))?;
                 tracing::info!(jail = %jail, "following the systemd journal");
                 RunningSource::Journal(s)
             }
@@ -209,7 +210,7 @@ impl Daemon {
                     tx,
                 )
                 .await
-                .with_context(|| format!("{place}: logpath"))?;
+                .with_context(|| format!("jails.{first}.logpath{also}"))?;
                 for f in s.followed_files() {
                     let id = (f.position.dev, f.position.inode);
                     // Only files the reader resumed in mid-way (not one it
@@ -224,7 +225,8 @@ impl Daemon {
                         }
                     }
                 }
-                tracing::info!(jails = %place, files = ?patterns, "following log files");
+                let jails: Vec<&str> = members.iter().map(|m| m.jail.as_str()).collect();
+                tracing::info!(jails = ?jails, files = ?patterns, "following log files");
                 RunningSource::Files(s)
             }
         };

@@ -20,6 +20,7 @@ use super::Agent;
 use crate::addr::Target;
 use crate::ban::{now_secs, BanRecord};
 use crate::filter::shared::SharedPrefilter;
+use crate::filter::LineMatch;
 use crate::jail::{Jail, JailVerdict};
 use crate::source::SourceLine;
 
@@ -167,16 +168,19 @@ impl Agent {
     /// batched as in [`on_lines`](Self::on_lines). Returns when each applied
     /// ban's line was read. Lines of a reader with no route are dropped.
     pub fn on_reader_lines(&mut self, lines: &[ReaderLine]) -> Vec<SystemTime> {
+        self.in_line_batch(|agent| agent.feed_reader_lines(lines))
+    }
+
+    /// [`on_reader_lines`](Self::on_reader_lines) without the batch around
+    /// it: for a caller that batches several calls.
+    pub fn feed_reader_lines(&mut self, lines: &[ReaderLine]) -> Vec<SystemTime> {
         let mut routes = std::mem::take(&mut self.routes);
-        let read_at = self.in_line_batch(|agent| {
-            let mut read_at = Vec::new();
-            for l in lines {
-                if let Some(route) = routes.routes.get(&l.reader) {
-                    agent.route_line(route, &mut routes.admitted, l, &mut read_at);
-                }
+        let mut read_at = Vec::new();
+        for l in lines {
+            if let Some(route) = routes.routes.get(&l.reader) {
+                self.route_line(route, &mut routes.admitted, l, &mut read_at);
             }
-            read_at
-        });
+        }
         self.routes = routes;
         read_at
     }
@@ -207,12 +211,17 @@ impl Agent {
             let found = self.jails.list[class.filter_of]
                 .filter()
                 .match_line(&line.text, line.read_at);
+            // Asked only for failures, by each jail: the clock read once.
+            let now = match found {
+                LineMatch::Failure(_) => now_secs(),
+                _ => 0,
+            };
             for (_, idx, name) in members {
                 let verdict = {
                     let (book, staged) = (&self.bans.book, &self.bans.staged_keys);
                     let banned = |addr: IpAddr| {
                         let t = Target::host(addr);
-                        book.has_active(&t, name, now_secs())
+                        book.has_active(&t, name, now)
                             || (!staged.is_empty() && staged.contains(&(t, name.to_string())))
                     };
                     self.jails.list[*idx].take_match(

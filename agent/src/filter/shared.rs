@@ -33,7 +33,7 @@ impl SharedPrefilter {
         let mut open = Vec::new();
         for (i, f) in filters.iter().enumerate() {
             match f.required_literals() {
-                Some(lits) => literals.extend(lits.iter().map(|l| (l.clone(), i))),
+                Some(lits) => literals.extend(minimal(lits).into_iter().map(|l| (l, i))),
                 None => open.push(i),
             }
         }
@@ -50,7 +50,7 @@ impl SharedPrefilter {
                 o.push(i);
             }
         }
-        let build = |kind: MatchKind, dfa: bool| {
+        let build = |patterns: &[Vec<u8>], kind: MatchKind, dfa: bool| {
             if patterns.is_empty() {
                 return None;
             }
@@ -59,11 +59,15 @@ impl SharedPrefilter {
             if dfa {
                 b.kind(Some(AhoCorasickKind::DFA));
             }
-            b.build(&patterns).ok()
+            b.build(patterns).ok()
         };
+        // Whether a line has any literal at all is decided by the fewest:
+        // a line with "Failed password" has "Failed " too. Few enough, they
+        // make a SIMD (Teddy) searcher.
         let (any, which) = match (
-            build(MatchKind::LeftmostFirst, false),
-            build(MatchKind::Standard, true).or_else(|| build(MatchKind::Standard, false)),
+            build(&minimal(&patterns), MatchKind::LeftmostFirst, false),
+            build(&patterns, MatchKind::Standard, true)
+                .or_else(|| build(&patterns, MatchKind::Standard, false)),
         ) {
             (Some(a), Some(w)) => (Some(a), Some(w)),
             // An automaton that cannot be built (too large): every filter
@@ -119,6 +123,25 @@ impl SharedPrefilter {
     }
 }
 
+/// `literals` without those that contain another one: a line that has
+/// the longer one has the shorter one too.
+fn minimal(literals: &[Vec<u8>]) -> Vec<Vec<u8>> {
+    let mut by_len: Vec<&Vec<u8>> = literals.iter().collect();
+    by_len.sort_by_key(|l| (l.len(), l.as_slice()));
+    by_len.dedup();
+    let mut kept: Vec<Vec<u8>> = Vec::new();
+    for l in by_len {
+        if !kept.iter().any(|k| contains(l, k)) {
+            kept.push(l.clone());
+        }
+    }
+    kept
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    needle.is_empty() || hay.windows(needle.len()).any(|w| w == needle)
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::SystemTime;
@@ -160,6 +183,23 @@ mod tests {
             admitted(&p, "ftp login refused from 198.51.100.7"),
             [false, true, false]
         );
+    }
+
+    #[test]
+    fn literals_containing_another_are_left_out() {
+        let lits: Vec<Vec<u8>> = [
+            "Failed password",
+            "Failed ",
+            "Invalid user",
+            "user",
+            "Failed ",
+        ]
+        .iter()
+        .map(|s| s.as_bytes().to_vec())
+        .collect();
+        let mut m = minimal(&lits);
+        m.sort();
+        assert_eq!(m, [b"Failed ".to_vec(), b"user".to_vec()]);
     }
 
     #[test]
