@@ -116,7 +116,8 @@ impl JailWindow {
     /// this one reaches `maxretry`, and forgets them: the ban takes over.
     pub fn record(&mut self, addr: IpAddr, at: SystemTime, line: &str) -> Option<Vec<String>> {
         let at = millis(at);
-        if !self.failures.contains_key(&addr) && self.failures.len() >= self.max_tracked {
+        // At the cap only: the common case looks the address up once.
+        if self.failures.len() >= self.max_tracked && !self.failures.contains_key(&addr) {
             self.evict_one();
         }
         let seq = self.next_seq;
@@ -129,10 +130,13 @@ impl JailWindow {
         });
         tracked.seq = seq;
         let q = &mut tracked.failures;
-        let kept = match line.char_indices().nth(MAX_KEPT_LINE) {
-            Some((cut, _)) => line[..cut].to_string(),
-            None => line.to_string(),
+        // A line of at most MAX_KEPT_LINE bytes has at most as many
+        // characters: no need to count them.
+        let cut = match line.len() > MAX_KEPT_LINE {
+            true => line.char_indices().nth(MAX_KEPT_LINE).map(|(cut, _)| cut),
+            false => None,
         };
+        let kept = line[..cut.unwrap_or(line.len())].to_string();
         q.push_back((at, kept));
         // Failures older than findtime before this one no longer count.
         // Lines may arrive slightly out of order (several files): compare
