@@ -116,7 +116,8 @@ impl JailWindow {
     /// this one reaches `maxretry`, and forgets them: the ban takes over.
     pub fn record(&mut self, addr: IpAddr, at: SystemTime, line: &str) -> Option<Vec<String>> {
         let at = millis(at);
-        if !self.failures.contains_key(&addr) && self.failures.len() >= self.max_tracked {
+        // At the cap only: the common case looks the address up once.
+        if self.failures.len() >= self.max_tracked && !self.failures.contains_key(&addr) {
             self.evict_one();
         }
         let seq = self.next_seq;
@@ -129,10 +130,13 @@ impl JailWindow {
         });
         tracked.seq = seq;
         let q = &mut tracked.failures;
-        let kept = match line.char_indices().nth(MAX_KEPT_LINE) {
-            Some((cut, _)) => line[..cut].to_string(),
-            None => line.to_string(),
+        // A line of at most MAX_KEPT_LINE bytes has at most as many
+        // characters: no need to count them.
+        let cut = match line.len() > MAX_KEPT_LINE {
+            true => line.char_indices().nth(MAX_KEPT_LINE).map(|(cut, _)| cut),
+            false => None,
         };
+        let kept = line[..cut.unwrap_or(line.len())].to_string();
         q.push_back((at, kept));
         // Failures older than findtime before this one no longer count.
         // Lines may arrive slightly out of order (several files): compare
@@ -339,8 +343,34 @@ impl Jail {
         known_time: Option<SystemTime>,
         banned: &dyn Fn(IpAddr) -> bool,
     ) -> JailVerdict {
+        let found = self.filter.match_line(text, read_at);
+        self.take_match(&found, text, read_at, known_time, banned)
+    }
+
+    /// The jail's filter: jails with the same one share its match of a
+    /// line ([`take_match`](Self::take_match)).
+    pub fn filter(&self) -> &FilterSet {
+        &self.filter
+    }
+
+    /// A line this jail's filter cannot match (a shared prefilter said
+    /// so): counted, nothing else.
+    pub fn take_unmatched(&mut self) {
         self.counters.lines += 1;
-        let failure = match self.filter.match_line(text, read_at) {
+    }
+
+    /// [`process_with`](Self::process_with) for a line already matched by
+    /// this jail's filter, or by an identical one (`found`).
+    pub fn take_match(
+        &mut self,
+        found: &LineMatch,
+        text: &str,
+        read_at: SystemTime,
+        known_time: Option<SystemTime>,
+        banned: &dyn Fn(IpAddr) -> bool,
+    ) -> JailVerdict {
+        self.counters.lines += 1;
+        let failure = match found {
             LineMatch::NoMatch { .. } => return JailVerdict::Nothing,
             LineMatch::Ignored { .. } => {
                 self.counters.ignored_lines += 1;
@@ -357,9 +387,9 @@ impl Jail {
                 read_at
             }
         };
-        let addr = match failure.host {
-            Host::Addr(a) => canonical_ip(a),
-            Host::Name(name) => match self.resolve(&name) {
+        let addr = match &failure.host {
+            Host::Addr(a) => canonical_ip(*a),
+            Host::Name(name) => match self.resolve(name) {
                 Some(a) => a,
                 None => return JailVerdict::Nothing,
             },

@@ -518,14 +518,14 @@ fn agent_section(ctx: &Ctx, log: &Path, stats: &LogStats) -> Result<Section> {
         ]);
     }
     notes.push(format!(
-        "20 sshd jails take {:.1}× as long as 1 for the same lines (each jail has its own reader of the file and matches every line itself). With 20 different filters most lines are rejected by each filter's literal prefilter, and 20 jails take {:.1}× as long as 1 sshd jail.",
+        "20 sshd jails take {:.1}× as long as 1 for the same lines: the jails share one reader of the file, and jails with the same filter share one match of each line, counted in each jail (and each counts the failures in its own window). With 20 different filters one literal scan over all of them drops a line no filter can match and picks the filters that can; 20 jails take {:.1}× as long as 1 sshd jail.",
         times_of[1] / times_of[0],
         times_of[2] / times_of[0]
     ));
     Ok(Section {
         title: "Log matching in the agent: 1 and 20 jails on one log".into(),
         method: format!(
-            "The real agent (`xban run`, in its own network namespace, XDP on a veth) follows the same {}-line log with 1 jail, 20 jails all using the sshd filter (every line tested by every jail: the worst case, since sshd lines pass the sshd filter's literal prefilter), and 20 jails with 20 different filters (every built-in filter, plus the ddos/aggressive modes of those that have them), all on that one file. The whole file is appended at once; the time runs until every jail's `lines` counter (`xban status --json`, polled every 50 ms) reaches the line count. maxretry is set above any address's failure count, so this is the line path (read, match, count failures), not the ban path (see latency and scale). Each configuration ran {}, median; not pinned (the agent reads the file in a task per jail and matches in its main loop).",
+            "The real agent (`xban run`, in its own network namespace, XDP on a veth) follows the same {}-line log with 1 jail, 20 jails all using the sshd filter (every line tested by every jail: the worst case, since sshd lines pass the sshd filter's literal prefilter), and 20 jails with 20 different filters (every built-in filter, plus the ddos/aggressive modes of those that have them), all on that one file. The whole file is appended at once; the time runs until every jail's `lines` counter (`xban status --json`, polled every 50 ms) reaches the line count. maxretry is set above any address's failure count, so this is the line path (read, match, count failures), not the ban path (see latency and scale). Each configuration ran {}, median; not pinned (the agent reads the file in one task shared by the jails that follow it, and matches in its main loop).",
             thousands(stats.lines),
             super::times(runs)
         ),

@@ -16,6 +16,7 @@ mod names_geo;
 mod operations;
 mod persistence;
 mod restore;
+mod shared_log;
 mod steering;
 mod systemd_nspawn;
 mod tarpit;

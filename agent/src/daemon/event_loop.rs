@@ -2,7 +2,6 @@
 //! fleet messages, DNS answers, XDP link checks and the second's tick, so a
 //! request never races a ban.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Result;
@@ -16,6 +15,7 @@ use crate::api::protocol::{ControlMessage, Reply, Request};
 use crate::api::views::StatusView;
 use crate::ban::now_secs;
 use crate::enforce::xdp::XdpEnforcer;
+use crate::engine::routes::{ReaderId, ReaderLine};
 use crate::engine::status::LISTING_SLICE;
 use crate::engine::Agent;
 use crate::source::SourceLine;
@@ -29,9 +29,8 @@ const LINE_CHUNK: usize = 128;
 /// request waits a few milliseconds behind a burst, not the whole batch.
 const LINE_TURN_BUDGET: Duration = Duration::from_millis(5);
 
-/// Lines from every source, tagged with their jail's name and the
-/// generation of the source that read them.
-pub(super) type TaggedLine = (Arc<str>, u64, SourceLine);
+/// Lines from every source, tagged with the reader that read them.
+pub(super) type TaggedLine = (ReaderId, SourceLine);
 pub(super) type LineSender = mpsc::Sender<TaggedLine>;
 
 /// What the loop waits on besides its timers and signals.
@@ -225,17 +224,17 @@ impl Daemon {
     }
 
     pub(super) fn on_lines(&mut self, batch: Vec<TaggedLine>) {
-        let lines: Vec<(Arc<str>, SourceLine)> = batch
+        // Lines of a stopped reader are dropped.
+        let lines: Vec<ReaderLine> = batch
             .into_iter()
-            .filter(|(jail, generation, _)| self.generations.get(&**jail) == Some(generation))
-            .map(|(jail, _, line)| (jail, line))
+            .filter_map(|(id, line)| Some(self.readers.get(&id)?.route(id, line)))
             .collect();
-        let lines = &lines[..];
-        let banned = self.core.on_lines(lines);
+        let banned = self.core.on_reader_lines(&lines);
         // Only now may the saved positions pass these lines: a stop with
-        // lines still queued re-reads them at the next start.
-        for (_, line) in lines {
-            line.processed();
+        // lines still queued re-reads them at the next start. Every jail of
+        // a reader had each line in this call.
+        for l in &lines {
+            l.line.processed();
         }
         // After on_lines: the bans are in the kernel now.
         let now = SystemTime::now();
@@ -269,16 +268,16 @@ impl Daemon {
     }
 
     pub(super) fn metrics_text(&mut self) -> Result<String> {
-        for (jail, s) in &self.sources {
-            let st = s.stats();
+        for r in self.readers.values() {
+            let st = r.source.stats();
             use std::sync::atomic::Ordering::Relaxed;
-            self.metrics.source_errors.insert(
-                jail.clone(),
-                (
-                    st.truncated_lines.load(Relaxed),
-                    st.invalid_utf8_lines.load(Relaxed),
-                ),
+            let errors = (
+                st.truncated_lines.load(Relaxed),
+                st.invalid_utf8_lines.load(Relaxed),
             );
+            for m in &r.members {
+                self.metrics.source_errors.insert(m.jail.clone(), errors);
+            }
         }
         let mut status = self.core.status(None)?;
         status.links = self.xdp.as_ref().map(XdpEnforcer::link_status);
@@ -303,9 +302,10 @@ impl Runner for Daemon {
         st.fleet = self.fleet.as_ref().map(|f| f.status(&self.core));
         for j in &mut st.jails {
             j.following = self
-                .sources
-                .get(&j.name)
-                .map(super::sources::RunningSource::following)
+                .readers
+                .values()
+                .find(|r| r.has_jail(&j.name))
+                .map(|r| r.source.following())
                 .unwrap_or_default();
         }
         st.links = self.xdp.as_ref().map(XdpEnforcer::link_status);

@@ -2,7 +2,7 @@
 //! source lines to the core, answers control requests, expires bans, and
 //! reloads the config on SIGHUP or `xban reload`.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -19,13 +19,15 @@ use crate::engine::status::{BanListing, LoopTurns};
 use crate::engine::Agent;
 
 mod event_loop;
+mod readers;
 mod reload;
 mod sources;
 mod startup;
 
+use crate::engine::routes::ReaderId;
 use event_loop::{Inbox, LineSender, TaggedLine};
 use reload::start_refresher;
-use sources::RunningSource;
+use sources::Reader;
 
 #[derive(Debug, Clone, Copy, Default)]
 pub struct RunOptions {
@@ -38,12 +40,12 @@ struct Daemon {
     config_path: PathBuf,
     resolved: ResolvedConfig,
     core: Agent,
-    sources: HashMap<String, RunningSource>,
-    /// The generation of each jail's running source: lines a stopped source
-    /// left queued are dropped (their positions were not saved past them, so
-    /// its successor reads them again).
-    generations: HashMap<String, u64>,
-    next_generation: u64,
+    /// The running sources, each read once for the jails that follow it.
+    /// Lines a stopped reader left queued are dropped (their positions were
+    /// not saved past them, so its successor reads them again): ids are
+    /// never reused.
+    readers: BTreeMap<ReaderId, Reader>,
+    next_reader: ReaderId,
     line_tx: LineSender,
     metrics: Metrics,
     /// The XDP program and its links (none in a dry run).
@@ -105,9 +107,8 @@ pub async fn run(config_path: &Path, opts: RunOptions) -> Result<()> {
         config_path: config_path.to_path_buf(),
         resolved: resolved.clone(),
         core,
-        sources: HashMap::new(),
-        generations: HashMap::new(),
-        next_generation: 0,
+        readers: BTreeMap::new(),
+        next_reader: 0,
         line_tx,
         metrics: Metrics::default(),
         xdp: program,
@@ -129,9 +130,7 @@ pub async fn run(config_path: &Path, opts: RunOptions) -> Result<()> {
         }
         (None, _) => {}
     }
-    for jail in &resolved.jails {
-        d.start_source(jail).await?;
-    }
+    d.start_readers(&resolved.jails).await?;
     d.drain_events();
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
     tracing::info!(interfaces = ?interfaces, jails = resolved.jails.len(), bans = restored, "xban ready");
@@ -146,8 +145,8 @@ pub async fn run(config_path: &Path, opts: RunOptions) -> Result<()> {
     let teardown_requested = event_loop::run(&mut d, inbox).await?;
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     d.save_positions();
-    for (_, s) in d.sources.drain() {
-        s.shutdown().await;
+    for (_, r) in std::mem::take(&mut d.readers) {
+        r.source.shutdown().await;
     }
     let _ = std::fs::remove_file(&agent.socket);
     // Taken while the maps are open; written once the store is closed.

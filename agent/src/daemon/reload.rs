@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::Result;
 use tokio::sync::mpsc;
 
+use super::readers::{self, ReaderKey};
 use super::{load_config, Daemon};
 
 impl Daemon {
@@ -53,19 +54,26 @@ impl Daemon {
         // Positions as of now, so the new sources resume where the old ones
         // stop (no lines are processed while the reload runs).
         self.save_positions();
+        // Which jails leave or join a running reader, which readers open
+        // and which stop (readers::plan_reload).
+        let keyed: Vec<(String, ReaderKey)> = new
+            .jails
+            .iter()
+            .map(|j| (j.name.clone(), ReaderKey::of(j)))
+            .collect();
+        let running: Vec<_> = self
+            .readers
+            .iter()
+            .map(|(id, r)| (*id, r.key.clone(), r.names()))
+            .collect();
+        let plan = readers::plan_reload(&running, &keyed, &prepared.restart);
         let mut opened = Vec::new();
-        for name in &prepared.restart {
-            let jail = new
-                .jails
-                .iter()
-                .find(|j| &j.name == name)
-                .expect("restart lists new jails")
-                .clone();
-            match self.prepare_source(&jail).await {
+        for (key, jails) in plan.open.clone() {
+            match self.prepare_reader(key, jails).await {
                 Ok(p) => opened.push(p),
                 Err(e) => {
                     for p in opened {
-                        p.source.shutdown().await;
+                        p.reader.source.shutdown().await;
                     }
                     return Err(e);
                 }
@@ -75,19 +83,25 @@ impl Daemon {
             Ok(r) => r,
             Err(e) => {
                 for p in opened {
-                    p.source.shutdown().await;
+                    p.reader.source.shutdown().await;
                 }
                 return Err(e);
             }
         };
-        let removed: Vec<String> = self
-            .sources
-            .keys()
-            .filter(|name| !new.jails.iter().any(|j| &j.name == *name))
-            .cloned()
-            .collect();
-        for name in removed.iter().chain(&restart) {
-            self.stop_source(name).await;
+        let removed = self
+            .resolved
+            .jails
+            .iter()
+            .filter(|old| !new.jails.iter().any(|j| j.name == old.name))
+            .count();
+        for (id, jail) in &plan.leave {
+            self.leave_reader(*id, jail);
+        }
+        for id in &plan.stop {
+            self.stop_reader(*id).await;
+        }
+        for (id, jail) in &plan.join {
+            self.join_reader(*id, jail);
         }
         self.resolved.jails = new.jails.clone();
         self.resolved.allowlist = new.allowlist.clone();
@@ -106,15 +120,25 @@ impl Daemon {
             self.dns = start_refresher(&new.dns, first, self.dns_tx.clone());
         }
         for p in opened {
-            self.install_source(p);
+            self.install_reader(p);
+        }
+        // Every route again: the jails were rebuilt, members changed.
+        let routes: Vec<_> = self
+            .readers
+            .iter()
+            .map(|(id, r)| (*id, r.names()))
+            .collect();
+        for (id, names) in routes {
+            self.core.set_route(id, names);
         }
         notes.insert(
             0,
             format!(
-                "{} jails ({} sources restarted, {} removed); bans kept",
+                "{} jails ({} sources restarted, {} removed, {} log readers); bans kept",
                 new.jails.len(),
                 restart.len(),
-                removed.len()
+                removed,
+                self.readers.len()
             ),
         );
         Ok(notes.join("; "))

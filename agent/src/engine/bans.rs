@@ -148,16 +148,28 @@ impl Agent {
     /// the kernel anyway and wait in the backlog. Returns when each applied
     /// ban's line was read.
     pub fn on_lines(&mut self, lines: &[(std::sync::Arc<str>, SourceLine)]) -> Vec<SystemTime> {
+        self.in_line_batch(|agent| {
+            let mut read_at = Vec::new();
+            for (jail, line) in lines {
+                match agent.on_line(jail, line) {
+                    Ok(Some(_)) => read_at.push(line.read_at),
+                    Ok(None) => {}
+                    Err(e) => tracing::error!("jail {jail}: {e:#}"),
+                }
+            }
+            read_at
+        })
+    }
+
+    /// Run `feed` (lines into jails) as one batch of [`on_lines`](Self::on_lines);
+    /// `feed` returns when each ban's line was read.
+    pub(super) fn in_line_batch(
+        &mut self,
+        feed: impl FnOnce(&mut Agent) -> Vec<SystemTime>,
+    ) -> Vec<SystemTime> {
         self.bans.store.arm_batch();
         self.bans.batching = true;
-        let mut read_at = Vec::new();
-        for (jail, line) in lines {
-            match self.on_line(jail, line) {
-                Ok(Some(_)) => read_at.push(line.read_at),
-                Ok(None) => {}
-                Err(e) => tracing::error!("jail {jail}: {e:#}"),
-            }
-        }
+        let read_at = feed(self);
         self.bans.batching = false;
         self.bans.staged_keys.clear();
         let staged = std::mem::take(&mut self.bans.staged);

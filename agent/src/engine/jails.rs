@@ -9,7 +9,7 @@ use anyhow::Result;
 use super::Agent;
 use crate::addr::Target;
 use crate::ban::{now_secs, BanRecord};
-use crate::jail::{Jail, JailVerdict};
+use crate::jail::Jail;
 use crate::source::SourceLine;
 
 /// The configured jails, in config order.
@@ -62,25 +62,11 @@ impl Agent {
         // Asked only for failure lines: no per-line copy of the name.
         let banned = |addr: IpAddr| {
             let t = Target::host(addr);
-            book.has_active(&t, name, now) || staged.contains(&(t, name.to_string()))
+            book.has_active(&t, name, now)
+                || (!staged.is_empty() && staged.contains(&(t, name.to_string())))
         };
         let verdict = j.process_with(&line.text, line.read_at, line.time, &banned);
-        match verdict {
-            JailVerdict::Ban(req) => self.ban_from_jail(req),
-            JailVerdict::AlreadyBanned(addr) => {
-                tracing::debug!(jail = %name, %addr, "failure by an address the jail has banned already: not counted");
-                Ok(None)
-            }
-            JailVerdict::Failure(addr) => {
-                tracing::debug!(jail = %self.jails.list[jail].name(), %addr, "failure");
-                Ok(None)
-            }
-            JailVerdict::Ignored(addr) => {
-                tracing::debug!(jail = %self.jails.list[jail].name(), %addr, "failure by an ignored address");
-                Ok(None)
-            }
-            JailVerdict::Nothing => Ok(None),
-        }
+        self.take_verdict(jail, verdict)
     }
 
     pub fn prune_windows(&mut self, now: SystemTime) {

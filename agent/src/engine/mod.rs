@@ -28,6 +28,7 @@ pub mod fleet_sync;
 mod jails;
 mod reload;
 mod restore;
+pub mod routes;
 pub mod status;
 #[cfg(test)]
 mod tests;
@@ -56,6 +57,8 @@ pub struct Agent {
     /// What a ban may cover (min prefix, allowlist, this host's addresses).
     guard: BanGuard,
     refusals: std::collections::BTreeMap<(&'static str, &'static str), u64>,
+    /// Which jails each reader's lines go to.
+    routes: routes::LineRoutes,
 }
 
 /// An operator's ban (`xban ban`), its options parsed.
@@ -122,6 +125,7 @@ impl Agent {
                 host,
             },
             refusals: Default::default(),
+            routes: Default::default(),
         })
     }
 

@@ -63,6 +63,7 @@ impl Agent {
         self.guard.min_prefix_v4 = cfg.agent.min_prefix_v4;
         self.guard.min_prefix_v6 = cfg.agent.min_prefix_v6;
         self.jails.list = jails;
+        self.routes.rebuild(&self.jails.list);
         // The allowlist map: the configured entries with the names'
         // current addresses and geo allow rules, written whole.
         self.dynamic.self_addrs = self.guard.host.current().to_vec();

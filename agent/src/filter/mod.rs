@@ -62,6 +62,7 @@ pub mod builtin;
 pub mod host;
 mod prefilter;
 pub mod regex_tool;
+pub mod shared;
 pub mod time;
 
 use std::collections::BTreeMap;
@@ -385,6 +386,15 @@ impl FilterSet {
     /// Number of failregexes (indices in [`Failure::regex`] are below it).
     pub fn failregex_count(&self) -> usize {
         self.fails.len()
+    }
+
+    /// Literals of which every line this filter can match contains one
+    /// (the line's timestamp is cut before matching, so they lie in the
+    /// rest); `None` when no such set is known and any line may match.
+    /// Jails on one file share one search for all their filters' literals
+    /// ([`shared`]).
+    pub fn required_literals(&self) -> Option<&[Vec<u8>]> {
+        self.prefilter.literals()
     }
 
     /// The failregex sources, in index order.

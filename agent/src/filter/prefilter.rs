@@ -17,9 +17,11 @@ const MAX_SET: usize = 48;
 /// Upper bound on one literal's length while building cross products.
 const MAX_LIT: usize = 64;
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub(crate) struct Prefilter {
     ac: Option<AhoCorasick>,
+    /// The literals `ac` searches for (empty when it is `None`).
+    literals: Vec<Vec<u8>>,
 }
 
 impl Prefilter {
@@ -30,11 +32,11 @@ impl Prefilter {
         for p in patterns {
             match required_literals(p) {
                 Some(set) => all.extend(set),
-                None => return Prefilter { ac: None },
+                None => return Prefilter::default(),
             }
         }
         if all.is_empty() {
-            return Prefilter { ac: None };
+            return Prefilter::default();
         }
         all.sort();
         all.dedup();
@@ -42,7 +44,14 @@ impl Prefilter {
             .match_kind(MatchKind::LeftmostFirst)
             .build(&all)
             .ok();
-        Prefilter { ac }
+        let literals = if ac.is_some() { all } else { Vec::new() };
+        Prefilter { ac, literals }
+    }
+
+    /// Every line the patterns can match contains one of these; `None`
+    /// when any line may match.
+    pub(crate) fn literals(&self) -> Option<&[Vec<u8>]> {
+        self.ac.as_ref().map(|_| self.literals.as_slice())
     }
 
     /// `false` means no pattern can match `line`.

@@ -100,6 +100,12 @@ fn kept_lines_are_bounded() {
         .record("203.0.113.1".parse().unwrap(), t(1), &long)
         .unwrap();
     assert_eq!(lines[0].chars().count(), MAX_KEPT_LINE);
+    // More bytes than the bound but fewer characters: kept whole.
+    let wide = "é".repeat(300);
+    let lines = w
+        .record("203.0.113.2".parse().unwrap(), t(1), &wide)
+        .unwrap();
+    assert_eq!(lines[0], wide);
 }
 
 /// Issue 10 item 7: a flood of lines carrying hostnames (usedns =

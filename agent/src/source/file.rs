@@ -110,6 +110,15 @@ impl Default for FileSourceOptions {
     }
 }
 
+/// A file being followed: where its lines were processed to, and the
+/// progress its lines carry ([`super::StartAfter`]).
+#[derive(Debug, Clone)]
+pub(crate) struct FollowedFile {
+    pub path: PathBuf,
+    pub position: FilePosition,
+    pub progress: Arc<FileProgress>,
+}
+
 /// Handle on the task following the files.
 #[derive(Debug)]
 pub(crate) struct FileSource {
@@ -246,17 +255,27 @@ impl FileSource {
     }
 
     /// Current offsets (just past the last line the consumer marked
-    /// [processed](SourceLine::processed)), for persisting.
+    /// [processed](SourceLine::processed)).
+    #[cfg(test)]
     pub(crate) fn positions(&self) -> HashMap<PathBuf, FilePosition> {
+        self.followed_files()
+            .into_iter()
+            .map(|f| (f.path, f.position))
+            .collect()
+    }
+
+    /// The files being followed, with their positions and progress.
+    pub(crate) fn followed_files(&self) -> Vec<FollowedFile> {
         self.followed()
             .into_iter()
-            .map(|(path, f)| {
-                let pos = FilePosition {
+            .map(|(path, f)| FollowedFile {
+                path,
+                position: FilePosition {
                     dev: f.id.dev,
                     inode: f.id.ino,
                     offset: f.progress.offset(),
-                };
-                (path, pos)
+                },
+                progress: f.progress,
             })
             .collect()
     }

@@ -146,6 +146,59 @@ impl FileProgress {
     }
 }
 
+/// A jail's own start in a file read for several jails (the daemon's
+/// shared readers): the file's lines as read now (same progress, same
+/// epoch) that end at or before `until` were had by the jail already.
+#[derive(Debug, Clone)]
+pub(crate) struct StartAfter {
+    progress: Arc<FileProgress>,
+    epoch: u64,
+    until: u64,
+}
+
+impl StartAfter {
+    /// `None` when the reader is there already (nothing to skip).
+    pub(crate) fn new(progress: &Arc<FileProgress>, until: u64) -> Option<StartAfter> {
+        let s = progress.lock();
+        (until > s.processed).then(|| StartAfter {
+            progress: progress.clone(),
+            epoch: s.epoch,
+            until,
+        })
+    }
+
+    /// Whether `line` is one of the lines the jail had already.
+    pub(crate) fn covers(&self, line: &SourceLine) -> bool {
+        match &line.end {
+            LineEnd::File {
+                progress,
+                epoch,
+                offset,
+            } => {
+                Arc::ptr_eq(progress, &self.progress)
+                    && *epoch == self.epoch
+                    && *offset <= self.until
+            }
+            _ => false,
+        }
+    }
+
+    /// `until`, while the reader of `progress`'s file has not processed
+    /// past it (nor re-positioned the file: truncated, read again).
+    pub(crate) fn pending_for(&self, progress: &Arc<FileProgress>) -> Option<u64> {
+        if !Arc::ptr_eq(progress, &self.progress) {
+            return None;
+        }
+        self.pending()
+    }
+
+    /// `until` while it still matters (see [`pending_for`](Self::pending_for)).
+    pub(crate) fn pending(&self) -> Option<u64> {
+        let s = self.progress.lock();
+        (s.epoch == self.epoch && s.processed < self.until).then_some(self.until)
+    }
+}
+
 /// Counters a source exposes (atomics, shared with the reading task).
 #[derive(Debug, Default)]
 pub(crate) struct SourceStats {
@@ -282,6 +335,30 @@ mod tests {
                 offset,
             },
         }
+    }
+
+    #[test]
+    fn a_start_after_covers_the_lines_up_to_it_until_the_reader_passes() {
+        let p = Arc::new(FileProgress::default());
+        p.reset(100);
+        assert!(StartAfter::new(&p, 100).is_none(), "the reader is there");
+        let s = StartAfter::new(&p, 300).unwrap();
+        let before = line(&p, p.sending(200), 200);
+        let at = line(&p, p.sending(300), 300);
+        let after = line(&p, p.sending(400), 400);
+        assert!(s.covers(&before) && s.covers(&at) && !s.covers(&after));
+        let other = Arc::new(FileProgress::default());
+        assert!(!s.covers(&line(&other, 0, 200)), "another file's line");
+        assert!(s.pending_for(&other).is_none());
+        before.processed();
+        assert_eq!(s.pending_for(&p), Some(300), "the jail's row stays at 300");
+        at.processed();
+        assert_eq!(s.pending(), None, "the reader passed it");
+        // Truncated and read again: the old start no longer applies.
+        let s = StartAfter::new(&p, 900).unwrap();
+        p.reset(0);
+        assert!(!s.covers(&line(&p, p.sending(50), 50)));
+        assert_eq!(s.pending(), None);
     }
 
     #[test]
