@@ -1,0 +1,195 @@
+//! Capture spans from DFA passes instead of the backtracker.
+//!
+//! On a log under attack most lines are failures, and running the bounded
+//! backtracker over each matched line was most of the matching work. When
+//! every host and user group of a failregex is a direct part of its
+//! top-level concatenation (`^<SSHD>Failed ... for <F-USER>.*?</F-USER>
+//! from <HOST>(?: port \d+)?$`), the regex is cut at those groups into
+//! pieces, and the spans are found by walking the pieces with anchored
+//! lazy-DFA searches:
+//!
+//! * a piece (or a group's body) ends where its own leftmost-first match
+//!   ends, i.e. at the end of its first path in backtracking order;
+//! * a lazy `(?P<g>.*?)` group ends where the rest of the regex first
+//!   matches (its paths, in backtracking order, are by increasing length).
+//!
+//! Why this is the backtracker's answer: the backtracker takes, piece by
+//! piece, the first path whose continuation can still complete a match. If
+//! the walk of first paths completes a match, every first path had a
+//! completing continuation, so the walk *is* the backtracker's path. If it
+//! does not (a first path was not the one that completes, or the walk ends
+//! elsewhere than the match the set found), the caller runs the backtracker.
+//! Searches run over the whole line, so look-around at piece edges sees the
+//! same bytes as in the whole regex.
+
+use memchr::memchr;
+use regex_automata::util::primitives::NonMaxUsize;
+use regex_automata::{meta, Anchored, Input};
+use regex_syntax::hir::{Dot, Hir, HirKind};
+
+/// The pieces of one failregex, in order.
+#[derive(Debug, Clone)]
+pub(super) struct SplitPlan {
+    steps: Vec<Step>,
+}
+
+#[derive(Debug, Clone)]
+enum Step {
+    /// Plain text: one path, no search needed.
+    Literal(Box<[u8]>),
+    /// Text between groups: advance to the end of its first path.
+    Piece(meta::Regex),
+    /// A wanted group: its span is its body's first path.
+    Group { group: usize, body: meta::Regex },
+    /// A wanted lazy `.*?` group: it ends where `rest` (everything after it)
+    /// first matches.
+    LazyAny {
+        group: usize,
+        rest: meta::Regex,
+        /// `.` rather than `(?s:.)`: the span may not hold a `\n`.
+        except_lf: bool,
+    },
+}
+
+fn build(hir: &Hir) -> Option<meta::Regex> {
+    meta::Regex::builder().build_from_hir(hir).ok()
+}
+
+/// `Some(except_lf)` when `hir` is a lazy `.*?` (or `(?s:.*?)`).
+fn lazy_any(hir: &Hir) -> Option<bool> {
+    let HirKind::Repetition(rep) = hir.kind() else {
+        return None;
+    };
+    if rep.greedy || rep.min != 0 || rep.max.is_some() {
+        return None;
+    }
+    if *rep.sub == Hir::dot(Dot::AnyCharExceptLF) {
+        Some(true)
+    } else if *rep.sub == Hir::dot(Dot::AnyChar) {
+        Some(false)
+    } else {
+        None
+    }
+}
+
+impl SplitPlan {
+    /// Plans `pattern` for the capture groups `groups` (indices). `None`
+    /// when a wanted group is not a direct item of the top-level
+    /// concatenation (inside an alternation or a repetition), or when a
+    /// piece does not compile on its own.
+    pub(super) fn new(pattern: &str, groups: &[usize]) -> Option<SplitPlan> {
+        let hir = regex_automata::util::syntax::parse(pattern).ok()?;
+        let items: Vec<Hir> = match hir.kind() {
+            HirKind::Concat(items) => items.clone(),
+            _ => vec![hir],
+        };
+        let wanted = |h: &Hir| match h.kind() {
+            HirKind::Capture(c) if groups.contains(&(c.index as usize)) => Some(c.clone()),
+            _ => None,
+        };
+        if items.iter().filter(|h| wanted(h).is_some()).count() != groups.len() {
+            return None;
+        }
+        let mut steps = Vec::new();
+        let mut piece: Vec<Hir> = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            let Some(cap) = wanted(item) else {
+                piece.push(item.clone());
+                continue;
+            };
+            flush(&mut piece, &mut steps)?;
+            let group = cap.index as usize;
+            let rest = &items[i + 1..];
+            match lazy_any(&cap.sub) {
+                Some(except_lf) if !rest.is_empty() => steps.push(Step::LazyAny {
+                    group,
+                    rest: build(&Hir::concat(rest.to_vec()))?,
+                    except_lf,
+                }),
+                _ => steps.push(Step::Group {
+                    group,
+                    body: build(&cap.sub)?,
+                }),
+            }
+        }
+        flush(&mut piece, &mut steps)?;
+        Some(SplitPlan { steps })
+    }
+
+    /// Walks the pieces over `text`, for the match that starts at 0 and
+    /// ends at `end`, and writes the wanted groups' spans and the whole
+    /// match into `slots` (two per group, as `search_slots` does; groups
+    /// beyond `slots` are not written). `false` when the walk does not
+    /// complete that match: the caller must then use the backtracker.
+    pub(super) fn spans(&self, text: &str, end: usize, slots: &mut [Option<NonMaxUsize>]) -> bool {
+        let mut set = |g: usize, s: usize, e: usize| {
+            if 2 * g + 1 < slots.len() {
+                slots[2 * g] = NonMaxUsize::new(s);
+                slots[2 * g + 1] = NonMaxUsize::new(e);
+            }
+        };
+        let first_end = |re: &meta::Regex, at: usize| {
+            re.search(&Input::new(text).range(at..).anchored(Anchored::Yes))
+                .map(|m| m.end())
+        };
+        let mut at = 0;
+        for step in &self.steps {
+            match step {
+                Step::Literal(lit) => {
+                    if !text.as_bytes()[at..].starts_with(lit) {
+                        return false;
+                    }
+                    at += lit.len();
+                }
+                Step::Piece(re) => match first_end(re, at) {
+                    Some(e) => at = e,
+                    None => return false,
+                },
+                Step::Group { group, body } => match first_end(body, at) {
+                    Some(e) => {
+                        set(*group, at, e);
+                        at = e;
+                    }
+                    None => return false,
+                },
+                Step::LazyAny {
+                    group,
+                    rest,
+                    except_lf,
+                } => {
+                    let Some(m) = rest.search(&Input::new(text).range(at..)) else {
+                        return false;
+                    };
+                    let q = m.start();
+                    if !text.is_char_boundary(q)
+                        || (*except_lf && memchr(b'\n', &text.as_bytes()[at..q]).is_some())
+                    {
+                        return false;
+                    }
+                    set(*group, at, q);
+                    at = q;
+                }
+            }
+        }
+        if at != end {
+            return false;
+        }
+        set(0, 0, end);
+        true
+    }
+}
+
+/// Turns the items gathered since the last group into a step.
+fn flush(piece: &mut Vec<Hir>, steps: &mut Vec<Step>) -> Option<()> {
+    if piece.is_empty() {
+        return Some(());
+    }
+    let hir = Hir::concat(std::mem::take(piece));
+    let step = match hir.kind() {
+        HirKind::Literal(lit) => Step::Literal(lit.0.clone()),
+        HirKind::Empty => return Some(()),
+        _ => Step::Piece(build(&hir)?),
+    };
+    steps.push(step);
+    Some(())
+}
