@@ -45,10 +45,25 @@ enum Step {
     /// first matches.
     LazyAny {
         group: usize,
-        rest: meta::Regex,
+        rest: Rest,
         /// `.` rather than `(?s:.)`: the span may not hold a `\n`.
         except_lf: bool,
     },
+}
+
+/// How a lazy group finds where the rest of the regex first matches.
+#[derive(Debug, Clone)]
+enum Rest {
+    /// The rest starts with this text: the places it occurs are the
+    /// candidates, in order.
+    Lead {
+        lead: memchr::memmem::Finder<'static>,
+        /// The whole rest, to tell a place where it does not match from
+        /// one where only a path other than the walk's matches.
+        rest: meta::Regex,
+    },
+    /// A search for the whole rest: its leftmost start.
+    Search(meta::Regex),
 }
 
 fn build(hir: &Hir) -> Option<meta::Regex> {
@@ -101,11 +116,21 @@ impl SplitPlan {
             let group = cap.index as usize;
             let rest = &items[i + 1..];
             match lazy_any(&cap.sub) {
-                Some(except_lf) if !rest.is_empty() => steps.push(Step::LazyAny {
-                    group,
-                    rest: build(&Hir::concat(rest.to_vec()))?,
-                    except_lf,
-                }),
+                Some(except_lf) if !rest.is_empty() => {
+                    let whole = build(&Hir::concat(rest.to_vec()))?;
+                    let rest = match rest.first().map(Hir::kind) {
+                        Some(HirKind::Literal(lit)) => Rest::Lead {
+                            lead: memchr::memmem::Finder::new(&lit.0).into_owned(),
+                            rest: whole,
+                        },
+                        _ => Rest::Search(whole),
+                    };
+                    steps.push(Step::LazyAny {
+                        group,
+                        rest,
+                        except_lf,
+                    })
+                }
                 _ => steps.push(Step::Group {
                     group,
                     body: build(&cap.sub)?,
@@ -122,61 +147,99 @@ impl SplitPlan {
     /// beyond `slots` are not written). `false` when the walk does not
     /// complete that match: the caller must then use the backtracker.
     pub(super) fn spans(&self, text: &str, end: usize, slots: &mut [Option<NonMaxUsize>]) -> bool {
-        let mut set = |g: usize, s: usize, e: usize| {
-            if 2 * g + 1 < slots.len() {
-                slots[2 * g] = NonMaxUsize::new(s);
-                slots[2 * g + 1] = NonMaxUsize::new(e);
-            }
-        };
+        if self.walk(0, 0, text, slots) != Some(end) {
+            return false;
+        }
+        set(slots, 0, 0, end);
+        true
+    }
+
+    /// Walks steps `i..` from `at`; the end reached, or `None` (decline).
+    fn walk(
+        &self,
+        i: usize,
+        mut at: usize,
+        text: &str,
+        slots: &mut [Option<NonMaxUsize>],
+    ) -> Option<usize> {
         let first_end = |re: &meta::Regex, at: usize| {
             re.search(&Input::new(text).range(at..).anchored(Anchored::Yes))
                 .map(|m| m.end())
         };
-        let mut at = 0;
-        for step in &self.steps {
+        for (k, step) in self.steps.iter().enumerate().skip(i) {
             match step {
                 Step::Literal(lit) => {
                     if !text.as_bytes()[at..].starts_with(lit) {
-                        return false;
+                        return None;
                     }
                     at += lit.len();
                 }
-                Step::Piece(re) => match first_end(re, at) {
-                    Some(e) => at = e,
-                    None => return false,
-                },
-                Step::Group { group, body } => match first_end(body, at) {
-                    Some(e) => {
-                        set(*group, at, e);
-                        at = e;
-                    }
-                    None => return false,
-                },
+                Step::Piece(re) => at = first_end(re, at)?,
+                Step::Group { group, body } => {
+                    let e = first_end(body, at)?;
+                    set(slots, *group, at, e);
+                    at = e;
+                }
                 Step::LazyAny {
                     group,
-                    rest,
+                    rest: Rest::Search(rest),
                     except_lf,
                 } => {
-                    let Some(m) = rest.search(&Input::new(text).range(at..)) else {
-                        return false;
-                    };
-                    let q = m.start();
-                    if !text.is_char_boundary(q)
-                        || (*except_lf && memchr(b'\n', &text.as_bytes()[at..q]).is_some())
-                    {
-                        return false;
+                    let q = rest.search(&Input::new(text).range(at..))?.start();
+                    if !lazy_span_ok(text, at, q, *except_lf) {
+                        return None;
                     }
-                    set(*group, at, q);
+                    set(slots, *group, at, q);
                     at = q;
+                }
+                Step::LazyAny {
+                    group,
+                    rest: Rest::Lead { lead, rest },
+                    except_lf,
+                } => {
+                    // Candidates in order: the first where the rest matches
+                    // is the group's end. A walk that completes proves the
+                    // rest matches there; one that does not, at a place
+                    // where the rest does match, needs the backtracker.
+                    let mut from = at;
+                    for _ in 0..MAX_CANDIDATES {
+                        let q = from + lead.find(&text.as_bytes()[from..])?;
+                        if !lazy_span_ok(text, at, q, *except_lf) {
+                            return None;
+                        }
+                        set(slots, *group, at, q);
+                        if let Some(e) = self.walk(k + 1, q, text, slots) {
+                            return Some(e);
+                        }
+                        let input = Input::new(text).range(q..).anchored(Anchored::Yes);
+                        if rest.is_match(input) {
+                            return None;
+                        }
+                        from = q + 1;
+                    }
+                    return None;
                 }
             }
         }
-        if at != end {
-            return false;
-        }
-        set(0, 0, end);
-        true
+        Some(at)
     }
+}
+
+/// Candidate ends tried for one lazy group before the backtracker decides,
+/// so that a line full of decoys costs a bounded number of searches.
+const MAX_CANDIDATES: usize = 8;
+
+fn set(slots: &mut [Option<NonMaxUsize>], g: usize, s: usize, e: usize) {
+    if 2 * g + 1 < slots.len() {
+        slots[2 * g] = NonMaxUsize::new(s);
+        slots[2 * g + 1] = NonMaxUsize::new(e);
+    }
+}
+
+/// Whether a lazy `.*?` can span `at..q`: whole characters, and no `\n`
+/// unless it is `(?s:.*?)`.
+fn lazy_span_ok(text: &str, at: usize, q: usize, except_lf: bool) -> bool {
+    text.is_char_boundary(q) && !(except_lf && memchr(b'\n', &text.as_bytes()[at..q]).is_some())
 }
 
 /// Turns the items gathered since the last group into a step.
