@@ -57,7 +57,7 @@ enum Rest {
     /// The rest starts with this text: the places it occurs are the
     /// candidates, in order.
     Lead {
-        lead: memchr::memmem::Finder<'static>,
+        lead: Box<memchr::memmem::Finder<'static>>,
         /// The whole rest, to tell a place where it does not match from
         /// one where only a path other than the walk's matches.
         rest: meta::Regex,
@@ -120,7 +120,7 @@ impl SplitPlan {
                     let whole = build(&Hir::concat(rest.to_vec()))?;
                     let rest = match rest.first().map(Hir::kind) {
                         Some(HirKind::Literal(lit)) => Rest::Lead {
-                            lead: memchr::memmem::Finder::new(&lit.0).into_owned(),
+                            lead: Box::new(memchr::memmem::Finder::new(&lit.0).into_owned()),
                             rest: whole,
                         },
                         _ => Rest::Search(whole),
