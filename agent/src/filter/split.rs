@@ -11,7 +11,10 @@
 //! * a piece (or a group's body) ends where its own leftmost-first match
 //!   ends, i.e. at the end of its first path in backtracking order;
 //! * a lazy `(?P<g>.*?)` group ends where the rest of the regex first
-//!   matches (its paths, in backtracking order, are by increasing length).
+//!   matches (its paths, in backtracking order, are by increasing length);
+//! * the line's head, before the first group, is not searched when the
+//!   text that ends it (` for ` in sshd's) occurs once in the match: every
+//!   matching path crosses it there.
 //!
 //! Why this is the backtracker's answer: the backtracker takes, piece by
 //! piece, the first path whose continuation can still complete a match. If
@@ -31,6 +34,30 @@ use regex_syntax::hir::{Dot, Hir, HirKind};
 #[derive(Debug, Clone)]
 pub(super) struct SplitPlan {
     steps: Vec<Step>,
+    /// The last text before the first wanted group, when there is one.
+    anchor: Option<Anchor>,
+}
+
+/// Text of the regex before its first wanted group. When it occurs once
+/// in the match, every matching path, the backtracker's too, crosses it
+/// there, so the walk starts right after it (at step `resume`) instead of
+/// searching the line's head, which holds no wanted group.
+#[derive(Debug, Clone)]
+struct Anchor {
+    lead: Box<memchr::memmem::Finder<'static>>,
+    resume: usize,
+}
+
+impl Anchor {
+    /// Where the text ends, if it occurs exactly once in `hay` (the match);
+    /// occurrences that overlap count.
+    fn only_end(&self, hay: &[u8]) -> Option<usize> {
+        let o = self.lead.find(hay)?;
+        if self.lead.find(&hay[o + 1..]).is_some() {
+            return None;
+        }
+        Some(o + self.lead.needle().len())
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -107,11 +134,32 @@ impl SplitPlan {
         }
         let mut steps = Vec::new();
         let mut piece: Vec<Hir> = Vec::new();
+        let mut anchor = None;
         for (i, item) in items.iter().enumerate() {
             let Some(cap) = wanted(item) else {
                 piece.push(item.clone());
                 continue;
             };
+            if anchor.is_none() && steps.is_empty() {
+                // The last text before the first group ends its own piece,
+                // so that a walk can resume right after it.
+                if let Some(j) = piece
+                    .iter()
+                    .rposition(|h| matches!(h.kind(), HirKind::Literal(_)))
+                {
+                    let HirKind::Literal(lit) = piece[j].kind() else {
+                        unreachable!()
+                    };
+                    let lead = Box::new(memchr::memmem::Finder::new(&lit.0).into_owned());
+                    let mut after = piece.split_off(j + 1);
+                    flush(&mut piece, &mut steps)?;
+                    anchor = Some(Anchor {
+                        lead,
+                        resume: steps.len(),
+                    });
+                    piece.append(&mut after);
+                }
+            }
             flush(&mut piece, &mut steps)?;
             let group = cap.index as usize;
             let rest = &items[i + 1..];
@@ -138,7 +186,7 @@ impl SplitPlan {
             }
         }
         flush(&mut piece, &mut steps)?;
-        Some(SplitPlan { steps })
+        Some(SplitPlan { steps, anchor })
     }
 
     /// Walks the pieces over `text`, for the match that starts at 0 and
@@ -147,7 +195,12 @@ impl SplitPlan {
     /// beyond `slots` are not written). `false` when the walk does not
     /// complete that match: the caller must then use the backtracker.
     pub(super) fn spans(&self, text: &str, end: usize, slots: &mut [Option<NonMaxUsize>]) -> bool {
-        if self.walk(0, 0, text, slots) != Some(end) {
+        let (i, at) = self
+            .anchor
+            .as_ref()
+            .and_then(|a| Some((a.resume, a.only_end(&text.as_bytes()[..end])?)))
+            .unwrap_or((0, 0));
+        if self.walk(i, at, text, slots) != Some(end) {
             return false;
         }
         set(slots, 0, 0, end);
@@ -255,4 +308,21 @@ fn flush(piece: &mut Vec<Hir>, steps: &mut Vec<Step>) -> Option<()> {
     };
     steps.push(step);
     Some(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_anchor_counts_overlapping_occurrences() {
+        let anchor = Anchor {
+            lead: Box::new(memchr::memmem::Finder::new("aa").into_owned()),
+            resume: 0,
+        };
+        assert_eq!(anchor.only_end(b"xaay"), Some(3));
+        assert_eq!(anchor.only_end(b"xaaa"), None);
+        assert_eq!(anchor.only_end(b"aaxaa"), None);
+        assert_eq!(anchor.only_end(b"xa"), None);
+    }
 }

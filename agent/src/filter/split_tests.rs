@@ -118,6 +118,9 @@ fn split_spans_agree_on_tricky_shapes() {
         r"^a <HOST> <F-USER>.*?</F-USER>",
         r"^a <HOST>:?\d*$",
         r"^a <F-USER>(?:x|xy)</F-USER>y? <HOST>$",
+        // The text before the first group (`x `) occurs more than once.
+        r"^(?:a|b) x (?:y )?<F-USER>.*?</F-USER> from <HOST>$",
+        r"^(?:a|b)(?: x)+ <F-USER>\S+</F-USER> from <HOST>$",
     ];
     let lines = [
         "a bob from 192.0.2.1",
@@ -143,6 +146,10 @@ fn split_spans_agree_on_tricky_shapes() {
         "a xyy 192.0.2.11",
         "a ::ffff:192.0.2.12 fe80::1%eth0",
         "a é from 192.0.2.13",
+        "a x y x from 192.0.2.20",
+        "b x a x y from 192.0.2.21",
+        "a x x x bob from 192.0.2.22",
+        "a x y bob from 192.0.2.23",
     ];
     let mut agreed = 0;
     for (i, p) in patterns.iter().enumerate() {
