@@ -13,9 +13,11 @@
 //! 3. when every failregex is anchored at the start of the text (`^`, as
 //!    all built-in ones are), one lazy-DFA search of all of them at once,
 //!    leftmost-first, gives the first failregex in list order that matches
-//!    and the end of its match; only that failregex is then run for captures
-//!    (a bounded backtracker, no DFA pass), anchored, on that span only, into
-//!    slots on the stack. If its captured address does not validate, the
+//!    and the end of its match; only that failregex is then run for captures,
+//!    on that span only, into slots on the stack: when its host and user
+//!    groups are items of its top-level concatenation, by anchored lazy-DFA
+//!    passes over its pieces ([`split`]), else (or when those decline) by a
+//!    bounded backtracker. If its captured address does not validate, the
 //!    general path below decides;
 //! 4. otherwise a [`regex::RegexSet`] tells which failregexes match, and
 //!    only those are run again for captures, in list order, and the first
@@ -63,12 +65,14 @@ pub mod host;
 mod prefilter;
 pub mod regex_tool;
 pub mod shared;
+mod split;
 pub mod time;
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
 use std::path::PathBuf;
+use std::sync::OnceLock;
 use std::time::SystemTime;
 
 use regex::RegexSet;
@@ -78,6 +82,7 @@ use serde::{Deserialize, Serialize};
 
 use self::host::HostKind;
 use self::prefilter::Prefilter;
+use self::split::SplitPlan;
 use self::time::DatePattern;
 
 /// Errors from compiling filters or loading filter files. Each message names
@@ -238,6 +243,29 @@ struct FailRegex {
     /// Slots needed to resolve every host and user group: 2 per group up
     /// to the highest one used.
     slots: usize,
+    /// The expanded pattern, to plan [`FailRegex::split`] from.
+    pattern: String,
+    /// Host and user spans from DFA passes ([`split`]), planned on the
+    /// first match of this failregex (most are never matched, so a jail
+    /// does not pay for planning them); `None` when the groups do not allow
+    /// it.
+    split: OnceLock<Option<SplitPlan>>,
+}
+
+impl FailRegex {
+    fn split_plan(&self) -> Option<&SplitPlan> {
+        self.split
+            .get_or_init(|| {
+                let groups: Vec<usize> = self
+                    .hosts
+                    .iter()
+                    .map(|h| h.0)
+                    .chain(self.users.iter().copied())
+                    .collect();
+                SplitPlan::new(&self.pattern, &groups)
+            })
+            .as_ref()
+    }
 }
 
 /// Capture slots kept on the stack; a failregex whose tags sit in later
@@ -321,6 +349,8 @@ impl FilterSet {
                 hosts,
                 users,
                 slots: 2 * (top + 1),
+                pattern: exp.pattern.clone(),
+                split: OnceLock::new(),
             });
             expanded.push(exp.pattern);
         }
@@ -423,8 +453,7 @@ impl FilterSet {
                 return LineMatch::NoMatch { time };
             };
             let idx = m.pattern().as_usize();
-            let input = Input::new(text).span(m.range()).anchored(Anchored::Yes);
-            if let Some((host, user)) = self.capture_once(idx, text, &input) {
+            if let Some((host, user)) = self.capture_first(idx, text, m.end()) {
                 return self.failure(text, idx, host, user, time);
             }
             // The first matching failregex captured no valid address: the
@@ -491,14 +520,21 @@ impl FilterSet {
         None
     }
 
-    /// One capture search of failregex `idx` over `input`, no retry.
-    fn capture_once(
-        &self,
-        idx: usize,
-        text: &str,
-        input: &Input<'_>,
-    ) -> Option<(Host, Option<String>)> {
-        self.capture_step(idx, text, input)?.ok()
+    /// Captures of failregex `idx`, whose match (found by the set's DFA)
+    /// is `0..end`: from DFA passes when the regex allows it, else from the
+    /// backtracker on that span. No retry.
+    fn capture_first(&self, idx: usize, text: &str, end: usize) -> Option<(Host, Option<String>)> {
+        let fr = &self.fails[idx];
+        with_slots(fr.slots, |slots| {
+            let split = fr
+                .split_plan()
+                .is_some_and(|plan| plan.spans(text, end, slots));
+            if !split {
+                let input = Input::new(text).span(0..end).anchored(Anchored::Yes);
+                fr.regex.search_slots(&input, slots)?;
+            }
+            resolve(fr, text, slots)?.ok()
+        })
     }
 
     /// One capture search: `None` if nothing matches, `Err(match start)` if
@@ -510,36 +546,51 @@ impl FilterSet {
         input: &Input<'_>,
     ) -> Option<Result<(Host, Option<String>), usize>> {
         let fr = &self.fails[idx];
+        with_slots(fr.slots, |slots| {
+            fr.regex.search_slots(input, slots)?;
+            resolve(fr, text, slots)
+        })
+    }
+}
+
+/// Runs `f` with `n` empty capture slots, on the stack when they fit.
+fn with_slots<T>(n: usize, f: impl FnOnce(&mut [Option<NonMaxUsize>]) -> T) -> T {
+    if n <= STACK_SLOTS {
         let mut stack = [None; STACK_SLOTS];
-        let mut heap = Vec::new();
-        let slots: &mut [Option<NonMaxUsize>] = if fr.slots <= STACK_SLOTS {
-            &mut stack[..fr.slots]
-        } else {
-            heap.resize(fr.slots, None);
-            &mut heap
-        };
-        fr.regex.search_slots(input, slots)?;
-        let group = |g: usize| -> Option<(usize, usize)> {
-            Some((slots[2 * g]?.get(), slots[2 * g + 1]?.get()))
-        };
-        let host = fr.hosts.iter().find_map(|&(g, kind)| {
-            let (s, e) = group(g)?;
-            if !host::boundary_ok(text, s, e) {
-                return None;
-            }
-            host::parse_host(&text[s..e], kind)
-        });
-        match host {
-            Some(host) => {
-                let user = fr
-                    .users
-                    .iter()
-                    .find_map(|&g| group(g))
-                    .map(|(s, e)| text[s..e].to_string());
-                Some(Ok((host, user)))
-            }
-            None => Some(Err(group(0)?.0)),
+        f(&mut stack[..n])
+    } else {
+        f(&mut vec![None; n])
+    }
+}
+
+/// The host and user of a match whose groups are in `slots`: `None` if
+/// the whole match is not there, `Err(match start)` if no host group holds
+/// a valid address.
+fn resolve(
+    fr: &FailRegex,
+    text: &str,
+    slots: &[Option<NonMaxUsize>],
+) -> Option<Result<(Host, Option<String>), usize>> {
+    let group = |g: usize| -> Option<(usize, usize)> {
+        Some((slots[2 * g]?.get(), slots[2 * g + 1]?.get()))
+    };
+    let host = fr.hosts.iter().find_map(|&(g, kind)| {
+        let (s, e) = group(g)?;
+        if !host::boundary_ok(text, s, e) {
+            return None;
         }
+        host::parse_host(&text[s..e], kind)
+    });
+    match host {
+        Some(host) => {
+            let user = fr
+                .users
+                .iter()
+                .find_map(|&g| group(g))
+                .map(|(s, e)| text[s..e].to_string());
+            Some(Ok((host, user)))
+        }
+        None => Some(Err(group(0)?.0)),
     }
 }
 
@@ -596,5 +647,7 @@ impl FilterDef {
 
 #[cfg(test)]
 mod corpus_tests;
+#[cfg(test)]
+mod split_tests;
 #[cfg(test)]
 mod tests;

@@ -5,7 +5,7 @@ use super::*;
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::time::{Duration, UNIX_EPOCH};
 
-fn now() -> SystemTime {
+pub(super) fn now() -> SystemTime {
     // 2026-11-22T00:00:00Z
     UNIX_EPOCH + Duration::from_secs(1_795_305_600)
 }
@@ -466,7 +466,7 @@ fn a_client_written_date_is_not_the_failure_time() {
 /// What `match_line` does without the fast path: timestamp cut, then every
 /// matching failregex in list order (no prefilter, which only skips lines
 /// that cannot match).
-fn general(fs: &FilterSet, line: &str) -> LineMatch {
+pub(super) fn general(fs: &FilterSet, line: &str) -> LineMatch {
     let line = line.trim_end_matches(['\n', '\r']);
     let (time, text) = match time::parse_time(line, now(), fs.datepattern.as_ref()) {
         Some((t, r)) => (
@@ -481,7 +481,7 @@ fn general(fs: &FilterSet, line: &str) -> LineMatch {
 /// Variants of a log line an attacker could produce: decoy addresses before
 /// and after, an invalid address in place of the real one, glued text,
 /// many addresses, a very long line, lossily decoded bytes.
-fn hostile_variants(line: &str) -> Vec<String> {
+pub(super) fn hostile_variants(line: &str) -> Vec<String> {
     let mut out = vec![line.to_string()];
     let swap = |from: &str, to: &str| line.replacen(from, to, 1);
     for (from, to) in [
@@ -494,6 +494,26 @@ fn hostile_variants(line: &str) -> Vec<String> {
         (" port ", " port 22 ssh2 from 192.0.2.77 port "),
     ] {
         out.push(swap(from, to));
+    }
+    // The line's address in other forms: IPv4-mapped and scoped IPv6,
+    // bracketed, glued to more digits or letters.
+    if let Some(addr) = line
+        .split([' ', '(', ')', '[', ']', ','])
+        .find(|w| w.parse::<IpAddr>().is_ok())
+    {
+        for to in [
+            format!("::ffff:{addr}"),
+            format!("::FFFF:{addr}"),
+            "fe80::1%eth0".to_string(),
+            "fe80::1%eth0.100".to_string(),
+            "[2001:db8::7]".to_string(),
+            format!("{addr}.5"),
+            format!("{addr}x"),
+            format!("1{addr}"),
+            "mail.example.com".to_string(),
+        ] {
+            out.push(line.replacen(addr, &to, 1));
+        }
     }
     let addrs = (0..200).map(|i| format!("198.51.100.{} ", i % 250));
     out.push(format!("{line} {}", addrs.collect::<String>()));
