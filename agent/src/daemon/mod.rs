@@ -22,6 +22,7 @@ mod event_loop;
 mod reload;
 mod sources;
 mod startup;
+pub mod turn_log;
 
 use event_loop::{Inbox, LineSender, TaggedLine};
 use reload::start_refresher;

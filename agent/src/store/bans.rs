@@ -82,16 +82,63 @@ impl BanStore {
         }
     }
 
-    /// Bans, each with its own history time, in one transaction.
-    pub fn put_bans_at(&mut self, recs: &[(BanRecord, UnixSecs)]) -> Result<(), StoreError> {
+    /// Bans, each with its own history time: in the armed batch's
+    /// transaction (a failure leaves it for the caller to abort: no
+    /// savepoint per ban), else in one transaction of their own.
+    pub fn put_bans_at<'a>(
+        &mut self,
+        recs: impl IntoIterator<Item = (&'a BanRecord, UnixSecs)>,
+    ) -> Result<(), StoreError> {
+        let path = self.path.clone();
+        let wrap = |source| StoreError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let mut recs = recs.into_iter().peekable();
+        if recs.peek().is_none() {
+            return Ok(());
+        }
+        let write =
+            |conn: &Connection, recs: &mut dyn Iterator<Item = (&'a BanRecord, UnixSecs)>| {
+                for (rec, at) in recs {
+                    write_bans(conn, std::slice::from_ref(rec), Some(at))?;
+                }
+                Ok(())
+            };
+        match self.batch {
+            Batch::Off => {
+                let tx = self.conn.transaction().map_err(wrap)?;
+                write(&tx, &mut recs).map_err(wrap)?;
+                tx.commit().map_err(wrap)
+            }
+            Batch::Armed | Batch::Open => {
+                if self.batch == Batch::Armed {
+                    self.conn.execute_batch("BEGIN IMMEDIATE").map_err(wrap)?;
+                    self.batch = Batch::Open;
+                }
+                write(&self.conn, &mut recs).map_err(wrap)
+            }
+        }
+    }
+
+    /// Remove these jails' bans, in one transaction.
+    pub fn delete_bans<'a>(
+        &mut self,
+        bans: impl IntoIterator<Item = (&'a Target, &'a str)>,
+    ) -> Result<(), StoreError> {
         let path = self.path.clone();
         let wrap = |source| StoreError::Sqlite {
             path: path.clone(),
             source,
         };
         let tx = self.conn.transaction().map_err(wrap)?;
-        for (rec, at) in recs {
-            write_bans(&tx, std::slice::from_ref(rec), Some(*at)).map_err(wrap)?;
+        {
+            let mut del = tx
+                .prepare_cached("DELETE FROM bans WHERE target = ?1 AND jail = ?2")
+                .map_err(wrap)?;
+            for (t, j) in bans {
+                del.execute(params![t.to_string(), j]).map_err(wrap)?;
+            }
         }
         tx.commit().map_err(wrap)
     }
@@ -295,6 +342,42 @@ impl BanStore {
                 }),
         }
         .map_err(self.wrap())
+    }
+
+    /// The history times behind [`earlier_ban_count`](Self::earlier_ban_count),
+    /// in one query: escalation counts them per window itself.
+    pub fn earlier_ban_times(
+        &self,
+        target: &Target,
+        only_jail: Option<&str>,
+        jail: &str,
+        event_at: UnixSecs,
+        offence: &str,
+    ) -> Result<Vec<UnixSecs>, StoreError> {
+        let t = target.to_string();
+        let mut out = Vec::new();
+        let mut collect = |mut rows: rusqlite::Rows<'_>| -> rusqlite::Result<()> {
+            while let Some(r) = rows.next()? {
+                out.push(r.get(0)?);
+            }
+            Ok(())
+        };
+        match only_jail {
+            Some(j) => self
+                .conn
+                .prepare_cached(
+                    "SELECT banned_at FROM ban_history WHERE target = ?1 AND jail = ?2 AND NOT (jail = ?3 AND banned_at = ?4 AND offence IN ('', ?5))",
+                )
+                .and_then(|mut s| collect(s.query(params![t, j, jail, event_at, offence])?)),
+            None => self
+                .conn
+                .prepare_cached(
+                    "SELECT banned_at FROM ban_history WHERE target = ?1 AND NOT (jail = ?2 AND banned_at = ?3 AND offence IN ('', ?4))",
+                )
+                .and_then(|mut s| collect(s.query(params![t, jail, event_at, offence])?)),
+        }
+        .map_err(self.wrap())?;
+        Ok(out)
     }
 
     /// Host and prefix bans in the history since `since`, oldest first.
