@@ -78,6 +78,10 @@ impl Agent {
         let mut req = req;
         req.bantime = self.bantime_for(&req.jail, req.addr, req.bantime);
         let per_jail = (!self.escalator.config.overalljails).then_some(req.jail.as_str());
+        if self.escalator.config.enabled && self.bans.batching {
+            // A failure here shows in the lookup below.
+            let _ = self.bans.store.open_batch();
+        }
         let (store, staged) = (&self.bans.store, &self.bans.staged);
         let mut lookup_error = None;
         let offence = crate::store::offence_key(&req.matches);

@@ -17,12 +17,16 @@ pub(super) fn write_bans(
         "INSERT OR REPLACE INTO bans (target, jail, class, banned_at, expires_at, failures, matches)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
     )?;
+    // A row from before migration 3 has no offence key: it is taken as
+    // this offence, so a replay across the upgrade is not counted twice.
+    // A lookup, then a plain insert: an INSERT ... SELECT on the same table
+    // would build a temporary table for every ban.
+    let mut seen = conn.prepare_cached(
+        "SELECT 1 FROM ban_history
+         WHERE target = ?1 AND jail = ?2 AND banned_at = ?3 AND offence IN ('', ?4)",
+    )?;
     let mut hist = conn.prepare_cached(
-        // A row from before migration 3 has no offence key: it is taken as
-        // this offence, so a replay across the upgrade is not counted twice.
-        "INSERT INTO ban_history (target, jail, banned_at, offence) SELECT ?1, ?2, ?3, ?4
-         WHERE NOT EXISTS (SELECT 1 FROM ban_history
-             WHERE target = ?1 AND jail = ?2 AND banned_at = ?3 AND offence IN ('', ?4))",
+        "INSERT INTO ban_history (target, jail, banned_at, offence) VALUES (?1, ?2, ?3, ?4)",
     )?;
     for rec in recs {
         let target = rec.target.to_string();
@@ -37,7 +41,10 @@ pub(super) fn write_bans(
             matches
         ])?;
         if let Some(at) = event_at {
-            hist.execute(params![target, rec.jail, at, offence_key(&rec.matches)])?;
+            let offence = offence_key(&rec.matches);
+            if !seen.exists(params![target, rec.jail, at, offence])? {
+                hist.execute(params![target, rec.jail, at, offence])?;
+            }
         }
     }
     Ok(())
@@ -342,6 +349,18 @@ impl BanStore {
                 }),
         }
         .map_err(self.wrap())
+    }
+
+    /// Opens the armed batch's transaction now, so that the reads before
+    /// its writes share it (one read transaction instead of one each).
+    pub fn open_batch(&mut self) -> Result<(), StoreError> {
+        if self.batch == Batch::Armed {
+            self.conn
+                .execute_batch("BEGIN IMMEDIATE")
+                .map_err(self.wrap())?;
+            self.batch = Batch::Open;
+        }
+        Ok(())
     }
 
     /// The history times behind [`earlier_ban_count`](Self::earlier_ban_count),
