@@ -200,13 +200,13 @@ impl Agent {
             ..*rec
         });
         self.bans.enforcer.apply(&rec.target, change)?;
-        self.banned(rec);
+        self.banned(rec.clone());
         Ok(())
     }
 
     /// A ban is in the kernel: the blocklist file (permanent bans, when
     /// asked), its log line and its event.
-    pub(super) fn banned(&mut self, rec: &BanRecord) {
+    pub(super) fn banned(&mut self, rec: BanRecord) {
         if self.blocklists.append && rec.expires_at.is_none() && rec.jail != BLOCKLIST_JAIL {
             match self
                 .blocklists
@@ -244,7 +244,7 @@ impl Agent {
         );
         self.bans.events.push(BanEvent {
             kind: BanEventKind::Ban,
-            record: rec.clone(),
+            record: rec,
             reason: "",
         });
     }

@@ -133,16 +133,16 @@ impl Agent {
     pub(super) fn close_batch(&mut self, on_error: OnStoreError) -> Result<()> {
         self.bans.batching = false;
         let staged = self.bans.staged.take();
-        let mut error = None;
-        if error.is_none() {
-            let to_write = staged
-                .iter()
-                .filter(|b| b.write)
-                .map(|b| (&b.rec, b.event_at));
-            if let Err(e) = self.bans.store.put_bans_at(to_write) {
-                error = Some(format!("{e:#}"));
-            }
-        }
+        let to_write = staged
+            .iter()
+            .filter(|b| b.write)
+            .map(|b| (&b.rec, b.event_at));
+        let mut error = self
+            .bans
+            .store
+            .put_bans_at(to_write)
+            .err()
+            .map(|e| format!("{e:#}"));
         match &error {
             // Rolled back with the batch: none of its bans is stored.
             Some(_) => self.bans.store.abort_batch(),
@@ -152,28 +152,27 @@ impl Agent {
                 }
             }
         }
-        if let (Some(e), OnStoreError::Drop) = (&error, on_error) {
-            anyhow::bail!("ban database: {e}");
-        }
-        let recs: Vec<&BanRecord> = staged.iter().map(|b| &b.rec).collect();
-        self.enforce_bans(&recs);
         if let Some(e) = error {
+            if on_error == OnStoreError::Drop {
+                anyhow::bail!("ban database: {e}");
+            }
             let failed: Vec<(BanRecord, UnixSecs)> = staged
-                .into_iter()
+                .iter()
                 .filter(|b| b.write)
-                .map(|b| (b.rec, b.event_at))
+                .map(|b| (b.rec.clone(), b.event_at))
                 .collect();
             if !failed.is_empty() {
                 self.bans.backlog.failed(failed, &e, now_secs());
             }
         }
+        self.enforce_bans(staged.into_iter().map(|b| b.rec).collect());
         Ok(())
     }
 
     /// Stored bans into the book and the kernel (one batch: steering
     /// first), then each one's log line and event. A ban the kernel
     /// refused is in the book and the store; the error is logged.
-    pub(super) fn enforce_bans(&mut self, recs: &[&BanRecord]) {
+    pub(super) fn enforce_bans(&mut self, recs: Vec<BanRecord>) {
         if recs.is_empty() {
             return;
         }
@@ -184,13 +183,13 @@ impl Agent {
                 let change = self.bans.book.add(BanRecord {
                     jail: rec.jail.clone(),
                     matches: Vec::new(),
-                    ..**rec
+                    ..*rec
                 });
                 (rec.target, change)
             })
             .collect();
         let failed = self.bans.enforcer.apply_all(&changes);
-        for &rec in recs {
+        for rec in recs {
             match failed.iter().find(|(t, _)| *t == rec.target) {
                 Some((_, e)) => tracing::error!("jail {}: {e:#}", rec.jail),
                 None => self.banned(rec),
