@@ -28,6 +28,9 @@ const LINE_CHUNK: usize = 128;
 /// A turn of the loop stops taking chunks after this long, so that a
 /// request waits a few milliseconds behind a burst, not the whole batch.
 const LINE_TURN_BUDGET: Duration = Duration::from_millis(5);
+/// A turn also stops taking chunks once this many bans wait for its end:
+/// storing and applying them (about 15 µs each) is part of the turn too.
+const TURN_BANS_MAX: usize = 128;
 
 /// Lines from every source, tagged with their jail's name and the
 /// generation of the source that read them.
@@ -231,7 +234,7 @@ impl Daemon {
                 .collect();
             banned.extend(self.core.feed_lines(&chunk));
             taken.extend(chunk.into_iter().map(|(_, line)| line));
-            if started.elapsed() >= LINE_TURN_BUDGET {
+            if started.elapsed() >= LINE_TURN_BUDGET || self.core.staged_bans() >= TURN_BANS_MAX {
                 break;
             }
         }

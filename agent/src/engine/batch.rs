@@ -105,6 +105,11 @@ impl Agent {
         self.bans.batching = true;
     }
 
+    /// Bans waiting in the open batch.
+    pub fn staged_bans(&self) -> usize {
+        self.bans.staged.bans.len()
+    }
+
     /// Lines into the open batch; returns when each line that banned was
     /// read (the ban is applied at [`finish_batch`](Self::finish_batch)).
     pub fn feed_lines(&mut self, lines: &[(Arc<str>, SourceLine)]) -> Vec<SystemTime> {
