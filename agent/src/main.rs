@@ -19,7 +19,7 @@ fn main() -> ExitCode {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(xban::daemon::turn_log::TurnLog);
     // Under systemd, journald stamps each line itself: no time, no colours.
     if std::env::var_os("JOURNAL_STREAM").is_some() {
         logs.without_time().with_ansi(false).init();

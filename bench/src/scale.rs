@@ -45,6 +45,9 @@ fn failure_lines(base: u32, count: u64, passes: u64) -> Vec<u8> {
 
 pub(crate) fn scale(ctx: &Ctx) -> Result<Vec<Section>> {
     fine_timer_slack();
+    if only_burst() {
+        return burst_only(ctx);
+    }
     let mut mem = Table::new(&[
         "agent state",
         "RssAnon",
@@ -111,15 +114,162 @@ pub(crate) fn scale(ctx: &Ctx) -> Result<Vec<Section>> {
     rig.stop()?;
     drop(rig);
 
-    // A burst: 100,000 addresses, maxretry failures each, in one write.
+    let burst = burst(ctx, &mut mem)?;
+    let mut resp = Table::new(&["request", "samples", "round trip p50", "max"]);
+    resp.rows.push(burst.status_row.clone());
+    let mut resp_notes = vec![burst.turns_note.clone()];
+
+    // A million bans restored at start.
+    let bans = ctx.size(1_000_000, 20_000);
+    let (restore_table, restore_notes) =
+        restore(ctx, bans, &mut mem, Some((&mut resp, &mut resp_notes)))?;
+
+    Ok(vec![
+        Section {
+            title: "Memory at scale".into(),
+            method: "The real agent (one sshd jail, maxretry 3) in its own network namespace. Agent memory from /proc/PID/status: RssAnon (its own heap, now), VmRSS (now; it also counts the mmapped fast-path maps, which are kernel memory) and VmHWM (peak); kernel memory of the two ban LPM tries is bpftool's `bytes_memlock`. Failing addresses: one failure line each for distinct addresses (IPv4 and every 7th IPv6), appended at once, read once the jail has counted them all. Bans: see the burst and restore sections.".into(),
+            commands,
+            table: mem,
+            notes: mem_notes,
+        },
+        burst.section(vec![]),
+        restore_section(bans, restore_table, restore_notes),
+        Section {
+            title: "Responsiveness: requests while banning, and with a million bans".into(),
+            method: format!(
+                "Control requests on the agent's socket, timed by the client (connect, request, whole reply read). During the burst above a thread asks `status` every 20 ms. Then, with the {} restored bans held (warm start above): 30 `status` and 30 `metrics` requests one after another; one `banned` listing of every ban, and a `ban` sent 20 ms after it (answered while the listing is read a slice per loop turn); the agent's own event-loop timings close the section.",
+                thousands(bans)
+            ),
+            commands: vec![],
+            table: resp,
+            notes: resp_notes,
+        },
+    ])
+}
+
+/// `XBAN_BENCH_SCALE=burst`: the area runs the burst alone (seconds, not
+/// the minutes the million-entry parts take), for work on the ban path.
+const ONLY_VAR: &str = "XBAN_BENCH_SCALE";
+
+/// `XBAN_BENCH_BURST_PERF=FILE`: `perf record --call-graph dwarf` the agent during the
+/// burst into FILE (read it with `perf report -i FILE`).
+const PERF_VAR: &str = "XBAN_BENCH_BURST_PERF";
+
+fn only_burst() -> bool {
+    std::env::var(ONLY_VAR).is_ok_and(|v| v == "burst")
+}
+
+/// The burst alone: its section, with the `status` probe and the loop's
+/// timings as notes (the responsiveness section needs the restore too).
+fn burst_only(ctx: &Ctx) -> Result<Vec<Section>> {
+    let mut mem = Table::new(&["agent state", "RssAnon", "VmRSS", "VmHWM", "tries"]);
+    let burst = burst(ctx, &mut mem)?;
+    let row = &burst.status_row;
+    let notes = vec![
+        format!(
+            "Only the burst ran ({ONLY_VAR}=burst). {}: {} samples, p50 {}, max {}.",
+            row[0], row[1], row[2], row[3]
+        ),
+        burst.turns_note.clone(),
+        format!(
+            "Memory after the burst: RssAnon {}, VmRSS {}, VmHWM {}.",
+            mem.rows[0][1], mem.rows[0][2], mem.rows[0][3]
+        ),
+    ];
+    Ok(vec![burst.section(notes)])
+}
+
+/// What the burst measured.
+struct Burst {
+    size: u64,
+    table: Table,
+    /// `status` every 20 ms during the burst: a row of the responsiveness table.
+    status_row: Vec<String>,
+    /// The agent's own event-loop timings during the burst.
+    turns_note: String,
+}
+
+impl Burst {
+    fn section(&self, notes: Vec<String>) -> Section {
+        Section {
+            title: format!("Burst: {} offenders at once", thousands(self.size)),
+            method: format!(
+                "{} distinct addresses, {MAXRETRY} failure lines each (every address once, then again, then a third time), appended to the followed log in one write; the clock runs until the last address's entry is in the pinned trie (looked up with bpf(2) every 200 µs); the agent then reports exactly that many active bans (`xban status --json`). Each ban is written to SQLite, checked against the ban history (escalation), put in the XDP trie and logged. Agent CPU is its user + system time over the same span (/proc/PID/stat), which other load on the machine disturbs less than the wall clock.",
+                thousands(self.size)
+            ),
+            commands: vec![],
+            table: self.table.clone(),
+            notes,
+        }
+    }
+}
+
+/// User + system CPU time of a process so far (/proc/PID/stat).
+fn cpu_time(pid: u32) -> Result<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name (which may hold spaces) in parentheses.
+    let rest = stat.rsplit_once(')').context("no ')' in stat")?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| -> Result<u64> { Ok(f.get(i).context("short stat")?.parse()?) };
+    // utime and stime are fields 14 and 15; `rest` starts at field 3.
+    let total = ticks(11)? + ticks(12)?;
+    // SAFETY: sysconf takes a plain integer and reads no memory of ours.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Ok(Duration::from_millis(total * 1000 / hz))
+}
+
+/// `perf record` (DWARF call graphs) of the agent while it runs, when asked (PERF_VAR).
+struct PerfRecord(Option<std::process::Child>);
+
+impl PerfRecord {
+    fn start(pid: u32) -> Result<PerfRecord> {
+        let Some(out) = std::env::var_os(PERF_VAR) else {
+            return Ok(PerfRecord(None));
+        };
+        let child = Command::new("perf")
+            .args([
+                "record",
+                "--call-graph",
+                "dwarf,16384",
+                "-F",
+                "499",
+                "-p",
+                &pid.to_string(),
+                "-o",
+            ])
+            .arg(&out)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .context("start perf record")?;
+        // perf attaches within a few milliseconds.
+        std::thread::sleep(Duration::from_millis(300));
+        Ok(PerfRecord(Some(child)))
+    }
+
+    fn stop(self) -> Result<()> {
+        if let Some(mut child) = self.0 {
+            // SAFETY: kill takes plain integers; the pid is our own child's.
+            unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
+            child.wait()?;
+        }
+        Ok(())
+    }
+}
+
+/// A burst: 100,000 addresses (quick: 5,000), maxretry failures each, in
+/// one write; its memory row goes into `mem`.
+fn burst(ctx: &Ctx, mem: &mut Table) -> Result<Burst> {
     let burst = ctx.size(100_000, 5_000);
     let mut rig = AgentRig::new(ctx, &jail_config(MAXRETRY))?;
     rig.start_and_wait()?;
+    let pid = rig.running()?.pid();
     let tries = Tries::open(&rig.dir.pin_dir)?;
     let base = 1_000_000u32;
     let last = attacker_addr(base + burst as u32 - 1);
     let data = failure_lines(base, burst, MAXRETRY);
+    let perf = PerfRecord::start(pid)?;
     let probe = StatusProbe::start(rig.requester(), Duration::from_millis(20));
+    let cpu_before = cpu_time(pid)?;
     let started = Instant::now();
     rig.append(&data)?;
     drop(data);
@@ -130,8 +280,10 @@ pub(crate) fn scale(ctx: &Ctx) -> Result<Vec<Section>> {
         tries.contains(last).then_some(())
     });
     let burst_time = started.elapsed();
+    let cpu = cpu_time(pid)?.saturating_sub(cpu_before);
     let mut during_burst = probe.stop();
-    let burst_turns = loop_turns_note(
+    perf.stop()?;
+    let turns_note = loop_turns_note(
         &rig.status()?,
         &format!("during the burst of {}", thousands(burst)),
     );
@@ -157,63 +309,36 @@ pub(crate) fn scale(ctx: &Ctx) -> Result<Vec<Section>> {
     ]);
     rig.stop()?;
     drop(rig);
-    let mut burst_table = Table::new(&["burst", "lines", "time to the last ban in XDP", "bans/s"]);
-    burst_table.row(vec![
+    let mut table = Table::new(&[
+        "burst",
+        "lines",
+        "time to the last ban in XDP",
+        "bans/s",
+        "agent CPU",
+    ]);
+    table.row(vec![
         format!("{} addresses × {MAXRETRY} failures", thousands(burst)),
         thousands(burst * MAXRETRY),
         format!("{:.2} s", burst_time.as_secs_f64()),
         num(burst as f64 / burst_time.as_secs_f64()),
+        format!("{:.2} s", cpu.as_secs_f64()),
     ]);
-
-    let mut resp = Table::new(&["request", "samples", "round trip p50", "max"]);
-    let mut resp_notes = vec![burst_turns];
     let samples = during_burst.len();
     let (p50, max) = p50_max(&mut during_burst);
-    resp.row(vec![
-        format!(
-            "`status` every 20 ms during the burst of {}",
-            thousands(burst)
-        ),
-        samples.to_string(),
-        p50,
-        max,
-    ]);
-
-    // A million bans restored at start.
-    let bans = ctx.size(1_000_000, 20_000);
-    let (restore_table, restore_notes) =
-        restore(ctx, bans, &mut mem, Some((&mut resp, &mut resp_notes)))?;
-
-    Ok(vec![
-        Section {
-            title: "Memory at scale".into(),
-            method: "The real agent (one sshd jail, maxretry 3) in its own network namespace. Agent memory from /proc/PID/status: RssAnon (its own heap, now), VmRSS (now; it also counts the mmapped fast-path maps, which are kernel memory) and VmHWM (peak); kernel memory of the two ban LPM tries is bpftool's `bytes_memlock`. Failing addresses: one failure line each for distinct addresses (IPv4 and every 7th IPv6), appended at once, read once the jail has counted them all. Bans: see the burst and restore sections.".into(),
-            commands,
-            table: mem,
-            notes: mem_notes,
-        },
-        Section {
-            title: format!("Burst: {} offenders at once", thousands(burst)),
-            method: format!(
-                "{} distinct addresses, {MAXRETRY} failure lines each (every address once, then again, then a third time), appended to the followed log in one write; the clock runs until the last address's entry is in the pinned trie (looked up with bpf(2) every 200 µs); the agent then reports exactly that many active bans (`xban status --json`). Each ban is written to SQLite, checked against the ban history (escalation), put in the XDP trie and logged.",
+    Ok(Burst {
+        size: burst,
+        table,
+        status_row: vec![
+            format!(
+                "`status` every 20 ms during the burst of {}",
                 thousands(burst)
             ),
-            commands: vec![],
-            table: burst_table,
-            notes: vec![],
-        },
-        restore_section(bans, restore_table, restore_notes),
-        Section {
-            title: "Responsiveness: requests while banning, and with a million bans".into(),
-            method: format!(
-                "Control requests on the agent's socket, timed by the client (connect, request, whole reply read). During the burst above a thread asks `status` every 20 ms. Then, with the {} restored bans held (warm start above): 30 `status` and 30 `metrics` requests one after another; one `banned` listing of every ban, and a `ban` sent 20 ms after it (answered while the listing is read a slice per loop turn); the agent's own event-loop timings close the section.",
-                thousands(bans)
-            ),
-            commands: vec![],
-            table: resp,
-            notes: resp_notes,
-        },
-    ])
+            samples.to_string(),
+            p50,
+            max,
+        ],
+        turns_note,
+    })
 }
 
 /// Seconds since the epoch of a tracing timestamp (`2026-11-21T06:04:23.123456Z`).

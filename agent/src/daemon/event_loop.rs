@@ -22,12 +22,15 @@ use crate::source::SourceLine;
 
 /// Lines taken from the channel at once, at most.
 const LINE_BATCH: usize = 1024;
-/// Lines handled (and committed) together: a chunk costs about a
-/// millisecond even when most of its lines ban.
+/// Lines handled between two looks at the clock (a turn's chunks are
+/// committed together at its end).
 const LINE_CHUNK: usize = 128;
 /// A turn of the loop stops taking chunks after this long, so that a
 /// request waits a few milliseconds behind a burst, not the whole batch.
 const LINE_TURN_BUDGET: Duration = Duration::from_millis(5);
+/// A turn also stops taking chunks once this many bans wait for its end:
+/// storing and applying them (about 15 µs each) is part of the turn too.
+const TURN_BANS_MAX: usize = 128;
 
 /// Lines from every source, tagged with the reader that read them.
 pub(super) type TaggedLine = (ReaderId, SourceLine);
@@ -133,6 +136,7 @@ pub(super) async fn run(d: &mut Daemon, mut inbox: Inbox) -> Result<bool> {
             }
             _ = tick.tick() => {
                 let started = Instant::now();
+                let _log = super::turn_log::hold();
                 ticks += 1;
                 if d.core.geo_changed() {
                     if let Err(e) = d.core.reload_geo() {
@@ -208,35 +212,39 @@ impl Daemon {
         }
     }
 
-    /// A batch of lines: the bans they cause share one database commit.
     /// Handle pending lines a chunk at a time until they are done or the
-    /// turn's budget is spent; the rest wait for the next turn.
+    /// turn's budget is spent; the rest wait for the next turn. The turn is
+    /// one batch: the bans of all its chunks share one database commit and
+    /// one kernel batch.
     pub(super) fn take_lines(&mut self) {
         let started = Instant::now();
+        // The turn's log lines (one per ban) are written together at its end.
+        let _log = super::turn_log::hold();
+        let mut taken: Vec<ReaderLine> = Vec::new();
+        let mut banned = Vec::new();
+        self.core.begin_batch();
         while !self.pending_lines.is_empty() {
             let n = self.pending_lines.len().min(LINE_CHUNK);
-            let chunk: Vec<TaggedLine> = self.pending_lines.drain(..n).collect();
-            self.on_lines(chunk);
-            if started.elapsed() >= LINE_TURN_BUDGET {
+            // Lines of a stopped reader are dropped.
+            let chunk: Vec<ReaderLine> = self
+                .pending_lines
+                .drain(..n)
+                .filter_map(|(id, line)| Some(self.readers.get(&id)?.route(id, line)))
+                .collect();
+            banned.extend(self.core.feed_reader_lines(&chunk));
+            taken.extend(chunk);
+            if started.elapsed() >= LINE_TURN_BUDGET || self.core.staged_bans() >= TURN_BANS_MAX {
                 break;
             }
         }
-    }
-
-    pub(super) fn on_lines(&mut self, batch: Vec<TaggedLine>) {
-        // Lines of a stopped reader are dropped.
-        let lines: Vec<ReaderLine> = batch
-            .into_iter()
-            .filter_map(|(id, line)| Some(self.readers.get(&id)?.route(id, line)))
-            .collect();
-        let banned = self.core.on_reader_lines(&lines);
+        self.core.finish_batch();
         // Only now may the saved positions pass these lines: a stop with
         // lines still queued re-reads them at the next start. Every jail of
-        // a reader had each line in this call.
-        for l in &lines {
+        // a reader had each line in this turn.
+        for l in &taken {
             l.line.processed();
         }
-        // After on_lines: the bans are in the kernel now.
+        // After finish_batch: the bans are in the kernel now.
         let now = SystemTime::now();
         for read_at in banned {
             self.metrics

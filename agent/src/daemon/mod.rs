@@ -23,6 +23,7 @@ mod readers;
 mod reload;
 mod sources;
 mod startup;
+pub mod turn_log;
 
 use crate::engine::routes::ReaderId;
 use event_loop::{Inbox, LineSender, TaggedLine};

@@ -17,6 +17,15 @@ use tarpit::Engine;
 /// agent's logic use a recorder.
 pub trait Enforcer: Send {
     fn apply(&mut self, target: &Target, change: MapChange) -> Result<()>;
+    /// Many changes at once, in order; returns the ones that failed (the
+    /// rest are applied). An enforcer with steering steers the whole batch
+    /// first, so XDP never passes a tarpit address before it is steered.
+    fn apply_all(&mut self, changes: &[(Target, MapChange)]) -> Vec<(Target, anyhow::Error)> {
+        changes
+            .iter()
+            .filter_map(|(t, c)| self.apply(t, *c).err().map(|e| (*t, e)))
+            .collect()
+    }
     fn set_allowlist(&mut self, list: &[Target]) -> Result<()>;
     /// Many `MapChange::Set`s at once (restore); the kernel's enforcer
     /// writes them in batches.
@@ -205,6 +214,74 @@ impl KernelEnforcer {
     }
 }
 
+/// An enforcer whose tarpit class needs steering: what a batch asks of it.
+trait SteeredMaps {
+    /// Must `target` join the steering sets before this change is written?
+    fn needs_steering(&self, target: &Target, change: MapChange) -> bool;
+    /// All of them into the sets at once.
+    fn steer(&mut self, targets: &[Target]) -> Result<()>;
+    /// One change into the maps (and out of the sets, when it leaves the
+    /// class: after XDP drops it).
+    fn write(&mut self, target: &Target, change: MapChange) -> Result<()>;
+}
+
+/// A batch of changes: every tarpit-class target that needs steering is
+/// steered first, together; then each change is written in order. A target
+/// the sets refused gets no XDP entry (XDP would pass it unsteered): it is
+/// returned with the error, as is every write that failed.
+fn apply_steered(
+    maps: &mut impl SteeredMaps,
+    changes: &[(Target, MapChange)],
+) -> Vec<(Target, anyhow::Error)> {
+    let mut failed: Vec<(Target, anyhow::Error)> = Vec::new();
+    let to_steer: Vec<Target> = changes
+        .iter()
+        .filter(|(t, c)| maps.needs_steering(t, *c))
+        .map(|(t, _)| *t)
+        .collect();
+    let mut unsteered = std::collections::HashSet::new();
+    if !to_steer.is_empty() {
+        if let Err(e) = maps.steer(&to_steer) {
+            for t in to_steer {
+                unsteered.insert(t);
+                failed.push((t, anyhow::anyhow!("steering {t}: {e:#}")));
+            }
+        }
+    }
+    for (t, c) in changes {
+        if unsteered.contains(t) {
+            continue;
+        }
+        if let Err(e) = maps.write(t, *c) {
+            failed.push((*t, e));
+        }
+    }
+    failed
+}
+
+impl SteeredMaps for KernelEnforcer {
+    fn needs_steering(&self, target: &Target, change: MapChange) -> bool {
+        change == MapChange::Set(BanClass::Tarpit)
+            && self.engine() == Engine::Pass
+            && self.steering.is_some()
+            && !self.steered.contains(target)
+    }
+
+    fn steer(&mut self, targets: &[Target]) -> Result<()> {
+        if let Some(s) = self.steering.as_mut() {
+            s.add_all(targets)?;
+            self.steered.extend(targets.iter().copied());
+        }
+        Ok(())
+    }
+
+    /// Steered already ([`steer`](Self::steer)): `apply` finds the target
+    /// in the sets and only writes XDP.
+    fn write(&mut self, target: &Target, change: MapChange) -> Result<()> {
+        self.apply(target, change)
+    }
+}
+
 impl Enforcer for KernelEnforcer {
     /// Order matters: a tarpit-class address joins the steering set before
     /// XDP starts passing it, and leaves the set only after XDP drops it, so
@@ -243,6 +320,12 @@ impl Enforcer for KernelEnforcer {
             }
             MapChange::Unchanged => Ok(()),
         }
+    }
+
+    /// The batch's tarpit-class targets join the steering sets in one
+    /// `ipset restore` first ([`apply_steered`]).
+    fn apply_all(&mut self, changes: &[(Target, MapChange)]) -> Vec<(Target, anyhow::Error)> {
+        apply_steered(self, changes)
     }
 
     fn set_allowlist(&mut self, list: &[Target]) -> Result<()> {
@@ -342,6 +425,82 @@ impl Enforcer for KernelEnforcer {
 mod tests {
     use super::*;
     use steering::{FamilyCounters, SteeringCounters};
+
+    /// Records what a batch did, in order; steering can be made to fail.
+    #[derive(Default)]
+    struct Recording {
+        ops: Vec<String>,
+        steered: std::collections::HashSet<Target>,
+        steer_fails: bool,
+    }
+
+    impl SteeredMaps for Recording {
+        fn needs_steering(&self, target: &Target, change: MapChange) -> bool {
+            change == MapChange::Set(BanClass::Tarpit) && !self.steered.contains(target)
+        }
+        fn steer(&mut self, targets: &[Target]) -> Result<()> {
+            if self.steer_fails {
+                anyhow::bail!("ipset: injected failure");
+            }
+            let names: Vec<String> = targets.iter().map(Target::to_string).collect();
+            self.ops.push(format!("steer {}", names.join(" ")));
+            self.steered.extend(targets.iter().copied());
+            Ok(())
+        }
+        fn write(&mut self, target: &Target, change: MapChange) -> Result<()> {
+            self.ops.push(format!("write {target} {change:?}"));
+            Ok(())
+        }
+    }
+
+    fn t(s: &str) -> Target {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn a_batch_steers_its_tarpit_targets_together_before_any_xdp_entry() {
+        let mut m = Recording::default();
+        m.steered.insert(t("203.0.113.9"));
+        let changes = [
+            (t("203.0.113.1"), MapChange::Set(BanClass::Drop)),
+            (t("203.0.113.2"), MapChange::Set(BanClass::Tarpit)),
+            (t("2001:db8::3"), MapChange::Set(BanClass::Tarpit)),
+            // Steered already: not again.
+            (t("203.0.113.9"), MapChange::Set(BanClass::Tarpit)),
+        ];
+        assert!(apply_steered(&mut m, &changes).is_empty());
+        assert_eq!(
+            m.ops,
+            [
+                "steer 203.0.113.2 2001:db8::3",
+                "write 203.0.113.1 Set(Drop)",
+                "write 203.0.113.2 Set(Tarpit)",
+                "write 2001:db8::3 Set(Tarpit)",
+                "write 203.0.113.9 Set(Tarpit)",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_batch_whose_steering_fails_writes_no_tarpit_entry_and_says_so() {
+        let mut m = Recording {
+            steer_fails: true,
+            ..Default::default()
+        };
+        let changes = [
+            (t("203.0.113.1"), MapChange::Set(BanClass::Drop)),
+            (t("203.0.113.2"), MapChange::Set(BanClass::Tarpit)),
+            (t("203.0.113.3"), MapChange::Remove),
+        ];
+        let failed = apply_steered(&mut m, &changes);
+        assert_eq!(
+            m.ops,
+            ["write 203.0.113.1 Set(Drop)", "write 203.0.113.3 Remove"]
+        );
+        assert_eq!(failed.len(), 1);
+        assert_eq!(failed[0].0, t("203.0.113.2"));
+        assert!(format!("{:#}", failed[0].1).contains("injected failure"));
+    }
 
     /// The wire format of `status`'s `tarpit`, as the JSON object the
     /// enforcer built before it was typed.

@@ -13,6 +13,7 @@ use crate::ban::{now_secs, BanBook, BanEvent, BanEventKind, BanRecord, MapChange
 use crate::blocklist::BLOCKLIST_JAIL;
 use crate::enforce::Enforcer;
 use crate::engine::backlog::StoreBacklog;
+use crate::engine::batch::{OnStoreError, StagedBan, StagedBans};
 use crate::source::SourceLine;
 use crate::store::BanStore;
 
@@ -24,15 +25,10 @@ pub struct BanEngine {
     pub(super) dbpurgeage: Duration,
     /// Bans and unbans since the last `take_events`.
     pub(super) events: Vec<BanEvent>,
-    /// Bans stored in the open store batch, applied once it commits
-    /// (see [`Agent::on_lines`]), with their history time.
-    pub(super) staged: Vec<(BanRecord, UnixSecs)>,
-    /// (target, jail) of `staged`: a jail's failures for an address it has
-    /// just banned in this batch do not count either.
-    pub(super) staged_keys: std::collections::HashSet<(Target, String)>,
+    /// Bans decided in the open batch: stored when it closes, then
+    /// applied (see [`Agent::finish_batch`]).
+    pub(super) staged: StagedBans,
     pub(super) batching: bool,
-    /// The batch's store write failed: its bans skip the store.
-    pub(super) batch_error: Option<String>,
     /// Bans enforced but not yet stored (full disk).
     pub(super) backlog: StoreBacklog,
 }
@@ -50,10 +46,8 @@ impl BanEngine {
             enforcer,
             dbpurgeage,
             events: Vec::new(),
-            staged: Vec::new(),
-            staged_keys: Default::default(),
+            staged: StagedBans::default(),
             batching: false,
-            batch_error: None,
             backlog: StoreBacklog::default(),
         }
     }
@@ -95,7 +89,7 @@ impl BanEngine {
                     .map(|b| (b.clone(), *at))
             })
             .collect();
-        match self.store.put_bans_at(&recs) {
+        match self.store.put_bans_at(recs.iter().map(|(r, at)| (r, *at))) {
             Ok(()) => self.backlog.written(),
             Err(e) => self
                 .backlog
@@ -118,23 +112,33 @@ impl BanEngine {
         Ok(purged)
     }
 
-    /// End the bans that are due; returns how many ended.
+    /// End the bans that are due, all in one store transaction and one
+    /// kernel batch; returns how many ended.
     pub fn expire(&mut self, now: UnixSecs) -> Result<usize> {
         let ended = self.book.expire(now);
+        if ended.is_empty() {
+            return Ok(0);
+        }
+        // A row the store cannot delete now (full disk) has expired
+        // anyway: the next start deletes it. The kernel entry goes now.
+        if let Err(e) = self
+            .store
+            .delete_bans(ended.iter().map(|(r, _)| (&r.target, r.jail.as_str())))
+        {
+            tracing::warn!("expired bans lifted, but not deleted from the store (done at the next start): {e:#}");
+        }
+        let changes: Vec<(Target, MapChange)> = ended
+            .iter()
+            .map(|(r, change)| (r.target, *change))
+            .collect();
+        let failed = self.enforcer.apply_all(&changes);
         let n = ended.len();
-        let mut store_error = None;
-        for (rec, change) in ended {
-            // A row the store cannot delete now (full disk) has expired
-            // anyway: the next start deletes it. The kernel entry goes now.
-            if let Err(e) = self.store.delete_ban(&rec.target, Some(&rec.jail)) {
-                store_error = Some(e);
-            }
+        for (rec, _) in ended {
             self.backlog.forget(&rec.target, Some(&rec.jail));
-            self.enforcer.apply(&rec.target, change)?;
             self.unbanned(rec, "expired");
         }
-        if let Some(e) = store_error {
-            tracing::warn!("expired bans lifted, but not deleted from the store (done at the next start): {e:#}");
+        if let Some((target, e)) = failed.into_iter().next() {
+            return Err(e.context(format!("expiring the ban of {target}")));
         }
         Ok(n)
     }
@@ -148,89 +152,33 @@ impl Agent {
     /// the kernel anyway and wait in the backlog. Returns when each applied
     /// ban's line was read.
     pub fn on_lines(&mut self, lines: &[(std::sync::Arc<str>, SourceLine)]) -> Vec<SystemTime> {
-        self.in_line_batch(|agent| {
-            let mut read_at = Vec::new();
-            for (jail, line) in lines {
-                match agent.on_line(jail, line) {
-                    Ok(Some(_)) => read_at.push(line.read_at),
-                    Ok(None) => {}
-                    Err(e) => tracing::error!("jail {jail}: {e:#}"),
-                }
-            }
-            read_at
-        })
-    }
-
-    /// Run `feed` (lines into jails) as one batch of [`on_lines`](Self::on_lines);
-    /// `feed` returns when each ban's line was read.
-    pub(super) fn in_line_batch(
-        &mut self,
-        feed: impl FnOnce(&mut Agent) -> Vec<SystemTime>,
-    ) -> Vec<SystemTime> {
-        self.bans.store.arm_batch();
-        self.bans.batching = true;
-        let read_at = feed(self);
-        self.bans.batching = false;
-        self.bans.staged_keys.clear();
-        let staged = std::mem::take(&mut self.bans.staged);
-        let error = match self.bans.batch_error.take() {
-            Some(e) => Some(e),
-            None => self
-                .bans
-                .store
-                .commit_batch()
-                .err()
-                .map(|e| format!("{e:#}")),
-        };
-        for (rec, _) in &staged {
-            if let Err(e) = self.enforce_ban(rec) {
-                tracing::error!("jail {}: {e:#}", rec.jail);
-            }
-        }
-        if let Some(e) = error {
-            if !staged.is_empty() {
-                self.bans.backlog.failed(staged, &e, now_secs());
-            }
-        }
+        self.begin_batch();
+        let read_at = self.feed_lines(lines);
+        self.finish_batch();
         read_at
     }
 
     /// Run `f` with ban writes sharing one commit (as [`on_lines`](Self::on_lines)
-    /// does); the bans reach the kernel after the commit. On a failed
-    /// commit none of them is applied.
+    /// does); the bans reach the kernel after the commit. If the store
+    /// cannot take them, none of them is applied.
     pub fn batched(&mut self, f: impl FnOnce(&mut Agent)) -> Result<()> {
-        self.bans.store.arm_batch();
-        self.bans.batching = true;
+        self.begin_batch();
         f(self);
-        self.bans.batching = false;
-        self.bans.staged_keys.clear();
-        let staged = std::mem::take(&mut self.bans.staged);
-        if let Err(e) = self.bans.store.commit_batch() {
-            // Dropped with the transaction: the book never saw them.
-            return Err(e.into());
-        }
-        for (rec, _) in &staged {
-            if let Err(e) = self.enforce_ban(rec) {
-                tracing::error!("jail {}: {e:#}", rec.jail);
-            }
-        }
-        Ok(())
+        self.close_batch(OnStoreError::Drop)
     }
 
     /// Store, then the kernel, then the log line: a ban reported is a ban kept.
-    /// Callers have asked the guard ([`guard_ban`](Self::guard_ban)).
+    /// Callers have asked the guard ([`guard_ban`](Self::guard_ban)). In a
+    /// batch the ban is staged: stored and applied when the batch closes.
     pub(super) fn apply_ban(&mut self, rec: BanRecord, event_at: UnixSecs) -> Result<BanRecord> {
         if self.bans.batching {
-            self.bans.staged_keys.insert((rec.target, rec.jail.clone()));
-            if self.bans.batch_error.is_none() {
-                if let Err(e) = self.bans.store.put_ban(&rec, event_at) {
-                    // The rest of the batch skips the store: the bans staged
-                    // so far were rolled back with it and join the backlog.
-                    self.bans.store.abort_batch();
-                    self.bans.batch_error = Some(format!("{e:#}"));
-                }
-            }
-            self.bans.staged.push((rec.clone(), event_at));
+            let offence = crate::store::offence_key(&rec.matches);
+            self.bans.staged.push(StagedBan {
+                rec: rec.clone(),
+                event_at,
+                offence,
+                write: true,
+            });
             return Ok(rec);
         }
         let stored = self.bans.store.put_ban(&rec, event_at);
@@ -251,8 +199,14 @@ impl Agent {
             matches: Vec::new(),
             ..*rec
         });
-        let rec = rec.clone();
         self.bans.enforcer.apply(&rec.target, change)?;
+        self.banned(rec.clone());
+        Ok(())
+    }
+
+    /// A ban is in the kernel: the blocklist file (permanent bans, when
+    /// asked), its log line and its event.
+    pub(super) fn banned(&mut self, rec: BanRecord) {
         if self.blocklists.append && rec.expires_at.is_none() && rec.jail != BLOCKLIST_JAIL {
             match self
                 .blocklists
@@ -290,10 +244,9 @@ impl Agent {
         );
         self.bans.events.push(BanEvent {
             kind: BanEventKind::Ban,
-            record: rec.clone(),
+            record: rec,
             reason: "",
         });
-        Ok(())
     }
 
     pub fn unban(&mut self, target: &Target, jail: Option<&str>) -> Result<Vec<BanRecord>> {

@@ -78,19 +78,32 @@ impl Agent {
         let mut req = req;
         req.bantime = self.bantime_for(&req.jail, req.addr, req.bantime);
         let per_jail = (!self.escalator.config.overalljails).then_some(req.jail.as_str());
-        let store = &self.bans.store;
+        if self.escalator.config.enabled && self.bans.batching {
+            // A failure here shows in the lookup below.
+            let _ = self.bans.store.open_batch();
+        }
+        let (store, staged) = (&self.bans.store, &self.bans.staged);
         let mut lookup_error = None;
-        let jail_name = req.jail.clone();
         let offence = crate::store::offence_key(&req.matches);
+        // The address's earlier bans, read once (stored ones, and this
+        // batch's): each step of the ladder counts its own window of them.
+        let mut history: Option<Vec<UnixSecs>> = None;
         let decision =
             escalation::decide(&self.escalator.config, req.bantime, req.class, |window| {
+                let times = history.get_or_insert_with(|| {
+                    let mut times = store
+                        .earlier_ban_times(&target, per_jail, &req.jail, event_at, &offence)
+                        .unwrap_or_else(|e| {
+                            lookup_error = Some(e);
+                            Vec::new()
+                        });
+                    times.extend(
+                        staged.history_of(&target, per_jail, &req.jail, event_at, &offence),
+                    );
+                    times
+                });
                 let since = window.map(|w| event_at - w.as_secs() as i64).unwrap_or(0);
-                store
-                    .earlier_ban_count(&target, per_jail, since, &jail_name, event_at, &offence)
-                    .unwrap_or_else(|e| {
-                        lookup_error = Some(e);
-                        0
-                    })
+                times.iter().filter(|&&t| t >= since).count() as u32
             });
         if let Some(e) = lookup_error {
             tracing::warn!("escalation history unreadable, banning without it: {e}");

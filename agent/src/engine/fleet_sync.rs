@@ -582,8 +582,12 @@ impl Agent {
             .store
             .put_bans(std::slice::from_ref(&rec), history.then_some(rec.banned_at))?;
         if self.bans.batching {
-            let at = rec.banned_at;
-            self.bans.staged.push((rec, at));
+            self.bans.staged.push(super::batch::StagedBan {
+                event_at: rec.banned_at,
+                rec,
+                offence: String::new(),
+                write: false,
+            });
         } else {
             self.enforce_ban(&rec)?;
         }

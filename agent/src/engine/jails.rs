@@ -57,13 +57,12 @@ impl Agent {
             return Ok(None);
         };
         let now = now_secs();
-        let (book, staged) = (&self.bans.book, &self.bans.staged_keys);
+        let (book, staged) = (&self.bans.book, &self.bans.staged);
         let j = &mut self.jails.list[jail];
         // Asked only for failure lines: no per-line copy of the name.
         let banned = |addr: IpAddr| {
             let t = Target::host(addr);
-            book.has_active(&t, name, now)
-                || (!staged.is_empty() && staged.contains(&(t, name.to_string())))
+            book.has_active(&t, name, now) || staged.contains(&t, name)
         };
         let verdict = j.process_with(&line.text, line.read_at, line.time, &banned);
         self.take_verdict(jail, verdict)

@@ -19,6 +19,9 @@ use crate::units::BanTime;
 
 pub mod backlog;
 mod bans;
+mod batch;
+#[cfg(test)]
+mod batch_tests;
 mod blocklist_sync;
 mod dynamic;
 #[cfg(test)]

@@ -168,7 +168,10 @@ impl Agent {
     /// batched as in [`on_lines`](Self::on_lines). Returns when each applied
     /// ban's line was read. Lines of a reader with no route are dropped.
     pub fn on_reader_lines(&mut self, lines: &[ReaderLine]) -> Vec<SystemTime> {
-        self.in_line_batch(|agent| agent.feed_reader_lines(lines))
+        self.begin_batch();
+        let read_at = self.feed_reader_lines(lines);
+        self.finish_batch();
+        read_at
     }
 
     /// [`on_reader_lines`](Self::on_reader_lines) without the batch around
@@ -218,11 +221,10 @@ impl Agent {
             };
             for (_, idx, name) in members {
                 let verdict = {
-                    let (book, staged) = (&self.bans.book, &self.bans.staged_keys);
+                    let (book, staged) = (&self.bans.book, &self.bans.staged);
                     let banned = |addr: IpAddr| {
                         let t = Target::host(addr);
-                        book.has_active(&t, name, now)
-                            || (!staged.is_empty() && staged.contains(&(t, name.to_string())))
+                        book.has_active(&t, name, now) || staged.contains(&t, name)
                     };
                     self.jails.list[*idx].take_match(
                         &found,

@@ -77,12 +77,16 @@ pub(super) fn write_bans(
         "INSERT OR REPLACE INTO bans (target, jail, class, banned_at, expires_at, failures, matches)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
     )?;
+    // A row from before migration 3 has no offence key: it is taken as
+    // this offence, so a replay across the upgrade is not counted twice.
+    // A lookup, then a plain insert: an INSERT ... SELECT on the same table
+    // would build a temporary table for every ban.
+    let mut seen = conn.prepare_cached(
+        "SELECT 1 FROM ban_history
+         WHERE target = ?1 AND jail = ?2 AND banned_at = ?3 AND offence IN ('', ?4)",
+    )?;
     let mut hist = conn.prepare_cached(
-        // A row from before migration 3 has no offence key: it is taken as
-        // this offence, so a replay across the upgrade is not counted twice.
-        "INSERT INTO ban_history (target, jail, banned_at, offence) SELECT ?1, ?2, ?3, ?4
-         WHERE NOT EXISTS (SELECT 1 FROM ban_history
-             WHERE target = ?1 AND jail = ?2 AND banned_at = ?3 AND offence IN ('', ?4))",
+        "INSERT INTO ban_history (target, jail, banned_at, offence) VALUES (?1, ?2, ?3, ?4)",
     )?;
     for rec in recs {
         let target = rec.target.to_string();
@@ -97,7 +101,10 @@ pub(super) fn write_bans(
             matches
         ])?;
         if let Some(at) = event_at {
-            hist.execute(params![target, rec.jail, at, offence_key(&rec.matches)])?;
+            let offence = offence_key(&rec.matches);
+            if !seen.exists(params![target, rec.jail, at, offence])? {
+                hist.execute(params![target, rec.jail, at, offence])?;
+            }
         }
     }
     Ok(())
@@ -142,16 +149,63 @@ impl BanStore {
         }
     }
 
-    /// Bans, each with its own history time, in one transaction.
-    pub fn put_bans_at(&mut self, recs: &[(BanRecord, UnixSecs)]) -> Result<(), StoreError> {
+    /// Bans, each with its own history time: in the armed batch's
+    /// transaction (a failure leaves it for the caller to abort: no
+    /// savepoint per ban), else in one transaction of their own.
+    pub fn put_bans_at<'a>(
+        &mut self,
+        recs: impl IntoIterator<Item = (&'a BanRecord, UnixSecs)>,
+    ) -> Result<(), StoreError> {
+        let path = self.path.clone();
+        let wrap = |source| StoreError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let mut recs = recs.into_iter().peekable();
+        if recs.peek().is_none() {
+            return Ok(());
+        }
+        let write =
+            |conn: &Connection, recs: &mut dyn Iterator<Item = (&'a BanRecord, UnixSecs)>| {
+                for (rec, at) in recs {
+                    write_bans(conn, std::slice::from_ref(rec), Some(at))?;
+                }
+                Ok(())
+            };
+        match self.batch {
+            Batch::Off => {
+                let tx = self.conn.transaction().map_err(wrap)?;
+                write(&tx, &mut recs).map_err(wrap)?;
+                tx.commit().map_err(wrap)
+            }
+            Batch::Armed | Batch::Open => {
+                if self.batch == Batch::Armed {
+                    self.conn.execute_batch("BEGIN IMMEDIATE").map_err(wrap)?;
+                    self.batch = Batch::Open;
+                }
+                write(&self.conn, &mut recs).map_err(wrap)
+            }
+        }
+    }
+
+    /// Remove these jails' bans, in one transaction.
+    pub fn delete_bans<'a>(
+        &mut self,
+        bans: impl IntoIterator<Item = (&'a Target, &'a str)>,
+    ) -> Result<(), StoreError> {
         let path = self.path.clone();
         let wrap = |source| StoreError::Sqlite {
             path: path.clone(),
             source,
         };
         let tx = self.conn.transaction().map_err(wrap)?;
-        for (rec, at) in recs {
-            write_bans(&tx, std::slice::from_ref(rec), Some(*at)).map_err(wrap)?;
+        {
+            let mut del = tx
+                .prepare_cached("DELETE FROM bans WHERE target = ?1 AND jail = ?2")
+                .map_err(wrap)?;
+            for (t, j) in bans {
+                del.execute(params![t.to_string(), j]).map_err(wrap)?;
+            }
         }
         tx.commit().map_err(wrap)
     }
@@ -376,6 +430,54 @@ impl BanStore {
                 }),
         }
         .map_err(self.wrap())
+    }
+
+    /// Opens the armed batch's transaction now, so that the reads before
+    /// its writes share it (one read transaction instead of one each).
+    pub fn open_batch(&mut self) -> Result<(), StoreError> {
+        if self.batch == Batch::Armed {
+            self.conn
+                .execute_batch("BEGIN IMMEDIATE")
+                .map_err(self.wrap())?;
+            self.batch = Batch::Open;
+        }
+        Ok(())
+    }
+
+    /// The history times behind [`earlier_ban_count`](Self::earlier_ban_count),
+    /// in one query: escalation counts them per window itself.
+    pub fn earlier_ban_times(
+        &self,
+        target: &Target,
+        only_jail: Option<&str>,
+        jail: &str,
+        event_at: UnixSecs,
+        offence: &str,
+    ) -> Result<Vec<UnixSecs>, StoreError> {
+        let t = target.to_string();
+        let mut out = Vec::new();
+        let mut collect = |mut rows: rusqlite::Rows<'_>| -> rusqlite::Result<()> {
+            while let Some(r) = rows.next()? {
+                out.push(r.get(0)?);
+            }
+            Ok(())
+        };
+        match only_jail {
+            Some(j) => self
+                .conn
+                .prepare_cached(
+                    "SELECT banned_at FROM ban_history WHERE target = ?1 AND jail = ?2 AND NOT (jail = ?3 AND banned_at = ?4 AND offence IN ('', ?5))",
+                )
+                .and_then(|mut s| collect(s.query(params![t, j, jail, event_at, offence])?)),
+            None => self
+                .conn
+                .prepare_cached(
+                    "SELECT banned_at FROM ban_history WHERE target = ?1 AND NOT (jail = ?2 AND banned_at = ?3 AND offence IN ('', ?4))",
+                )
+                .and_then(|mut s| collect(s.query(params![t, jail, event_at, offence])?)),
+        }
+        .map_err(self.wrap())?;
+        Ok(out)
     }
 
     /// Host and prefix bans in the history since `since`, oldest first.

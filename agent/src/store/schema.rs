@@ -43,6 +43,10 @@ pub(super) const MIGRATIONS: &[&str] = &[
     "ALTER TABLE ban_history ADD COLUMN offence TEXT NOT NULL DEFAULT '';
     DROP INDEX ban_history_once;
     CREATE UNIQUE INDEX ban_history_once ON ban_history (target, jail, banned_at, offence);",
+    // 4: ban_history_once begins with the target too, so it serves every
+    // lookup by target; the second index only cost each ban another
+    // random page write.
+    "DROP INDEX IF EXISTS ban_history_target;",
 ];
 
 impl BanStore {

@@ -313,6 +313,25 @@ impl TarpitSteering {
         self.member_op("add", t)
     }
 
+    /// Steer every one of `targets` with one `ipset -exist restore` (a
+    /// burst of tarpit-class bans costs one process, not one each). A no-op
+    /// when steering is inactive.
+    pub fn add_all(&mut self, targets: &[Target]) -> Result<(), SteeringError> {
+        if !self.mode.is_active() || targets.is_empty() {
+            return Ok(());
+        }
+        for t in targets {
+            check_target(t)?;
+        }
+        let p = &self.plumbing;
+        let mut script = String::new();
+        for t in targets {
+            script.push_str(&format!("add {} {t}\n", p.cfg.set(Family::of(t))));
+        }
+        p.ipset(&["-exist", "restore"], Some(&script))?.ok()?;
+        Ok(())
+    }
+
     /// Stop steering `t` (`ipset del -exist`). A no-op when inactive.
     pub fn remove(&mut self, t: &Target) -> Result<(), SteeringError> {
         self.member_op("del", t)

@@ -1186,3 +1186,30 @@ fn command_runner_reports_exit_output_and_missing_programs() {
     let ran = runner.run("sh", &["-c", "echo $LC_ALL"], None).unwrap();
     assert_eq!(ran.ok().unwrap(), "C\n");
 }
+
+/// A batch of tarpit-class bans joins the sets in one `ipset restore`,
+/// both families at once; an inactive steering runs nothing.
+#[test]
+fn add_all_steers_a_batch_with_one_restore() {
+    let cfg = substitute_cfg();
+    let (model, runner) = fake(Netfilter::default());
+    let mut st = TarpitSteering::setup_with(&cfg, runner.clone()).unwrap();
+    runner.clear();
+    st.add_all(&[t("198.51.100.7"), t("2001:db8:7::/64"), t("198.51.100.8")])
+        .unwrap();
+    let calls = runner.calls();
+    assert_eq!(writes(&calls), ["ipset -exist restore"], "{calls:?}");
+    assert_eq!(
+        calls[0].stdin.as_deref(),
+        Some(
+            "add xban-tarpit-v4 198.51.100.7\nadd xban-tarpit-v6 2001:db8:7::/64\nadd xban-tarpit-v4 198.51.100.8\n"
+        )
+    );
+    let m = model.lock().unwrap();
+    assert_eq!(m.sets["xban-tarpit-v4"].2.len(), 2);
+    assert_eq!(m.sets["xban-tarpit-v6"].2.len(), 1);
+    drop(m);
+    runner.clear();
+    st.add_all(&[]).unwrap();
+    assert!(writes(&runner.calls()).is_empty());
+}
