@@ -34,6 +34,17 @@ pub fn xban_bin() -> PathBuf {
     p
 }
 
+/// Appends `lines` to the log at `path` (which must exist), as a service
+/// would.
+pub fn append_lines(path: &Path, lines: &[String]) -> Result<()> {
+    let mut f = OpenOptions::new().append(true).open(path)?;
+    for l in lines {
+        writeln!(f, "{l}")?;
+    }
+    f.flush()?;
+    Ok(())
+}
+
 /// Poll `f` until it returns true or `timeout` passes.
 pub fn wait_for(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
@@ -145,12 +156,7 @@ impl AgentDir {
 
     /// Append lines to the log, as a service would.
     pub fn append_log(&self, lines: &[String]) -> Result<()> {
-        let mut f = self.log_writer()?;
-        for l in lines {
-            writeln!(f, "{l}")?;
-        }
-        f.flush()?;
-        Ok(())
+        append_lines(&self.log_path(), lines)
     }
 
     /// Appends bytes to the followed log in one write, as a syslog daemon

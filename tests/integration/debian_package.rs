@@ -117,15 +117,11 @@ fn the_package_installs_enables_nothing_upgrades_without_a_gap_removes_and_purge
     c.ok("systemctl", &["start", "xban"]);
     assert!(lab.xdp_attached(), "started:\n{}", c.journal());
     assert!(lab.udp_reaches(ATK_V4, SRV_V4));
-    let mut f = std::fs::OpenOptions::new()
-        .append(true)
-        .open(logs.join("auth.log"))
-        .unwrap();
-    for n in 0..2 {
-        use std::io::Write;
-        writeln!(f, "{}", sshd_failure(ATK_V4, n)).unwrap();
-    }
-    drop(f);
+    append_lines(
+        &logs.join("auth.log"),
+        &[sshd_failure(ATK_V4, 0), sshd_failure(ATK_V4, 1)],
+    )
+    .unwrap();
     assert!(
         wait_for(Duration::from_secs(10), || !lab.udp_reaches(ATK_V4, SRV_V4)),
         "banned from the log:\n{}",

@@ -13,32 +13,17 @@ const SSHD_JAIL: &str = "[jails.sshd]\nfilter = \"sshd\"\nlogpath = [\"{LOG}\"]\
 const USED: &str = "the ban tries are not read back";
 
 fn sqlite(db: &Path, sql: &str) -> String {
-    let out = std::process::Command::new("sqlite3")
-        .arg(db)
-        .arg(sql)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
+    run("sqlite3", &[db.to_str().unwrap(), sql])
+        .unwrap()
+        .trim()
+        .to_string()
 }
 
 /// Every key of a pinned ban trie, as bpftool prints it.
 fn trie_keys(dir: &AgentDir, name: &str) -> Vec<String> {
-    let out = std::process::Command::new("bpftool")
-        .args(["-j", "map", "dump", "pinned"])
-        .arg(dir.pin_dir.join(name))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let pin = dir.pin_dir.join(name);
+    let out = run("bpftool", &["-j", "map", "dump", "pinned", pin.to_str().unwrap()]).unwrap();
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
     rows.iter().map(|r| r["key"].to_string()).collect()
 }
 

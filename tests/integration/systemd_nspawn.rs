@@ -61,15 +61,11 @@ fn the_unit_under_a_booted_systemd_starts_bans_reloads_stops_and_adopts() {
 
     // A ban from a log line.
     assert!(lab.udp_reaches(ATK_V4, SRV_V4));
-    let mut f = std::fs::OpenOptions::new()
-        .append(true)
-        .open(logs.join("auth.log"))
-        .unwrap();
-    for n in 0..2 {
-        use std::io::Write;
-        writeln!(f, "{}", sshd_failure(ATK_V4, n)).unwrap();
-    }
-    drop(f);
+    append_lines(
+        &logs.join("auth.log"),
+        &[sshd_failure(ATK_V4, 0), sshd_failure(ATK_V4, 1)],
+    )
+    .unwrap();
     assert!(
         wait_for(Duration::from_secs(10), || !lab.udp_reaches(ATK_V4, SRV_V4)),
         "banned from the log:\n{}",

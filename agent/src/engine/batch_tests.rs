@@ -26,15 +26,7 @@ impl Enforcer for Kernel {
             anyhow::bail!("injected: the map refused {target}");
         }
         let mut m = self.entries.lock().unwrap();
-        match change {
-            MapChange::Set(c) => {
-                m.insert(*target, c);
-            }
-            MapChange::Remove => {
-                m.remove(target);
-            }
-            MapChange::Unchanged => {}
-        }
+        crate::engine::test_kernel::apply_change(&mut m, target, change);
         Ok(())
     }
     fn apply_all(&mut self, changes: &[(Target, MapChange)]) -> Vec<(Target, anyhow::Error)> {

@@ -34,6 +34,8 @@ mod restore;
 pub mod routes;
 pub mod status;
 #[cfg(test)]
+mod test_kernel;
+#[cfg(test)]
 mod tests;
 
 pub use bans::BanEngine;

@@ -29,15 +29,7 @@ impl Enforcer for WarmKernel {
     fn apply(&mut self, target: &Target, change: MapChange) -> Result<()> {
         self.writes.lock().unwrap().push((*target, change));
         let mut m = self.held.lock().unwrap();
-        match change {
-            MapChange::Set(c) => {
-                m.insert(*target, c);
-            }
-            MapChange::Remove => {
-                m.remove(target);
-            }
-            MapChange::Unchanged => {}
-        }
+        crate::engine::test_kernel::apply_change(&mut m, target, change);
         Ok(())
     }
     fn set_allowlist(&mut self, _list: &[Target]) -> Result<()> {

@@ -28,15 +28,7 @@ impl Recorder {
 impl Enforcer for Recorder {
     fn apply(&mut self, target: &Target, change: MapChange) -> Result<()> {
         let mut m = self.0.lock().unwrap();
-        match change {
-            MapChange::Set(c) => {
-                m.insert(*target, c);
-            }
-            MapChange::Remove => {
-                m.remove(target);
-            }
-            MapChange::Unchanged => {}
-        }
+        crate::engine::test_kernel::apply_change(&mut m, target, change);
         Ok(())
     }
     fn set_allowlist(&mut self, _list: &[Target]) -> Result<()> {
