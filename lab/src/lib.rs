@@ -30,7 +30,7 @@ pub use container::{debian_tree, Container};
 pub use lines::{sshd_failed_password, sshd_failure, syslog_now};
 pub use netns::{in_ns, mac_of, next_id, reap_leftovers, spawn_in_ns, NetNsGuard};
 pub use rig::{
-    agent_section, append_lines, path_exists, pin_prefix, tail, wait_for, xban_bin, AgentDir, AgentProcess,
-    Control, RawReply, Rig, Start, STATUS_REQUEST,
+    agent_section, append_lines, path_exists, pin_prefix, tail, wait_for, xban_bin, AgentDir,
+    AgentProcess, Control, RawReply, Rig, Start, STATUS_REQUEST,
 };
 pub use veth::{Lab, LabSpec, ATK2_V4, ATK3_V4, ATK_V4, ATK_V6, SRV_V4, SRV_V6};

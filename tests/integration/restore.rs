@@ -22,7 +22,11 @@ fn sqlite(db: &Path, sql: &str) -> String {
 /// Every key of a pinned ban trie, as bpftool prints it.
 fn trie_keys(dir: &AgentDir, name: &str) -> Vec<String> {
     let pin = dir.pin_dir.join(name);
-    let out = run("bpftool", &["-j", "map", "dump", "pinned", pin.to_str().unwrap()]).unwrap();
+    let out = run(
+        "bpftool",
+        &["-j", "map", "dump", "pinned", pin.to_str().unwrap()],
+    )
+    .unwrap();
     let rows: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
     rows.iter().map(|r| r["key"].to_string()).collect()
 }
