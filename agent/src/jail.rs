@@ -324,7 +324,10 @@ impl Jail {
     }
 
     /// Read one line. `read_at` is when it was read; the line's own
-    /// timestamp, when it has one, is the failure's time.
+    /// timestamp, when it has one, is the failure's time. (The agent
+    /// matches once per filter and hands the match to each jail,
+    /// [`take_match`](Self::take_match); this is the one-jail way, for tests.)
+    #[cfg(test)]
     pub fn process(
         &mut self,
         text: &str,
@@ -336,6 +339,7 @@ impl Jail {
 
     /// [`process`](Self::process), where `banned(addr)` says whether this
     /// jail has banned `addr` already: its failures then do not count.
+    #[cfg(test)]
     pub fn process_with(
         &mut self,
         text: &str,

@@ -3,7 +3,7 @@
 //! commit, the backlog of bans the store could not take, and the events
 //! (bans and unbans) the daemon turns into actions and metrics.
 
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use anyhow::Result;
 
@@ -14,7 +14,6 @@ use crate::blocklist::BLOCKLIST_JAIL;
 use crate::enforce::Enforcer;
 use crate::engine::backlog::StoreBacklog;
 use crate::engine::batch::{OnStoreError, StagedBan, StagedBans};
-use crate::source::SourceLine;
 use crate::store::BanStore;
 
 /// The bans: book (in memory), store (on disk), enforcer (the kernel).
@@ -145,19 +144,6 @@ impl BanEngine {
 }
 
 impl Agent {
-    /// Feed a batch of lines. The bans they cause are stored in one
-    /// transaction, then written to the kernel and logged: a burst of
-    /// offenders costs one commit, and a ban is in the database before it is
-    /// in the kernel. If the store cannot write (full disk), the bans go to
-    /// the kernel anyway and wait in the backlog. Returns when each applied
-    /// ban's line was read.
-    pub fn on_lines(&mut self, lines: &[(std::sync::Arc<str>, SourceLine)]) -> Vec<SystemTime> {
-        self.begin_batch();
-        let read_at = self.feed_lines(lines);
-        self.finish_batch();
-        read_at
-    }
-
     /// Run `f` with ban writes sharing one commit (as [`on_lines`](Self::on_lines)
     /// does); the bans reach the kernel after the commit. If the store
     /// cannot take them, none of them is applied.

@@ -5,15 +5,12 @@
 //! batch to the backlog (they still go to the kernel), so none is lost.
 
 use std::collections::HashMap;
-use std::sync::Arc;
-use std::time::SystemTime;
 
 use anyhow::Result;
 
 use super::Agent;
 use crate::addr::Target;
 use crate::ban::{now_secs, BanRecord, MapChange, UnixSecs};
-use crate::source::SourceLine;
 
 /// A ban decided in the open batch, not yet stored or applied.
 #[derive(Debug)]
@@ -108,20 +105,6 @@ impl Agent {
     /// Bans waiting in the open batch.
     pub fn staged_bans(&self) -> usize {
         self.bans.staged.bans.len()
-    }
-
-    /// Lines into the open batch; returns when each line that banned was
-    /// read (the ban is applied at [`finish_batch`](Self::finish_batch)).
-    pub fn feed_lines(&mut self, lines: &[(Arc<str>, SourceLine)]) -> Vec<SystemTime> {
-        let mut read_at = Vec::new();
-        for (jail, line) in lines {
-            match self.on_line(jail, line) {
-                Ok(Some(_)) => read_at.push(line.read_at),
-                Ok(None) => {}
-                Err(e) => tracing::error!("jail {jail}: {e:#}"),
-            }
-        }
-        read_at
     }
 
     /// Close the batch: its bans into the store (one transaction), then

@@ -26,7 +26,7 @@ impl Enforcer for Kernel {
             anyhow::bail!("injected: the map refused {target}");
         }
         let mut m = self.entries.lock().unwrap();
-        crate::engine::test_kernel::apply_change(&mut m, target, change);
+        crate::engine::test_support::apply_change(&mut m, target, change);
         Ok(())
     }
     fn apply_all(&mut self, changes: &[(Target, MapChange)]) -> Vec<(Target, anyhow::Error)> {

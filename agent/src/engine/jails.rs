@@ -1,5 +1,5 @@
 //! The jails: each counts its failures in a window and asks for a ban.
-//! Lines go in here ([`Agent::on_line`], [`Agent::on_lines`] in `bans`).
+//! Lines reach them through the readers' routes (`routes`).
 
 use std::net::IpAddr;
 use std::time::SystemTime;
@@ -7,10 +7,7 @@ use std::time::SystemTime;
 use anyhow::Result;
 
 use super::Agent;
-use crate::addr::Target;
-use crate::ban::{now_secs, BanRecord};
 use crate::jail::Jail;
-use crate::source::SourceLine;
 
 /// The configured jails, in config order.
 #[derive(Default)]
@@ -49,25 +46,6 @@ impl JailSet {
 }
 
 impl Agent {
-    /// Feed one line to a jail; ban when it asks. Lines of a jail that a
-    /// reload removed are dropped.
-    pub fn on_line(&mut self, jail: &str, line: &SourceLine) -> Result<Option<BanRecord>> {
-        let name = jail;
-        let Some(jail) = self.jails.list.iter().position(|j| j.name() == name) else {
-            return Ok(None);
-        };
-        let now = now_secs();
-        let (book, staged) = (&self.bans.book, &self.bans.staged);
-        let j = &mut self.jails.list[jail];
-        // Asked only for failure lines: no per-line copy of the name.
-        let banned = |addr: IpAddr| {
-            let t = Target::host(addr);
-            book.has_active(&t, name, now) || staged.contains(&t, name)
-        };
-        let verdict = j.process_with(&line.text, line.read_at, line.time, &banned);
-        self.take_verdict(jail, verdict)
-    }
-
     pub fn prune_windows(&mut self, now: SystemTime) {
         self.jails.prune(now);
         let secs = now

@@ -34,7 +34,7 @@ mod restore;
 pub mod routes;
 pub mod status;
 #[cfg(test)]
-mod test_kernel;
+mod test_support;
 #[cfg(test)]
 mod tests;
 

@@ -29,7 +29,7 @@ impl Enforcer for WarmKernel {
     fn apply(&mut self, target: &Target, change: MapChange) -> Result<()> {
         self.writes.lock().unwrap().push((*target, change));
         let mut m = self.held.lock().unwrap();
-        crate::engine::test_kernel::apply_change(&mut m, target, change);
+        crate::engine::test_support::apply_change(&mut m, target, change);
         Ok(())
     }
     fn set_allowlist(&mut self, _list: &[Target]) -> Result<()> {

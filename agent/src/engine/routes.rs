@@ -163,17 +163,6 @@ impl Agent {
         self.routes.remove(reader);
     }
 
-    /// Feed a batch of lines from readers, each to the jails of its route
-    /// (one match per class of jails with the same filter). Bans are
-    /// batched as in [`on_lines`](Self::on_lines). Returns when each applied
-    /// ban's line was read. Lines of a reader with no route are dropped.
-    pub fn on_reader_lines(&mut self, lines: &[ReaderLine]) -> Vec<SystemTime> {
-        self.begin_batch();
-        let read_at = self.feed_reader_lines(lines);
-        self.finish_batch();
-        read_at
-    }
-
     /// [`on_reader_lines`](Self::on_reader_lines) without the batch around
     /// it: for a caller that batches several calls.
     pub fn feed_reader_lines(&mut self, lines: &[ReaderLine]) -> Vec<SystemTime> {

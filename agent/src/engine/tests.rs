@@ -28,7 +28,7 @@ impl Recorder {
 impl Enforcer for Recorder {
     fn apply(&mut self, target: &Target, change: MapChange) -> Result<()> {
         let mut m = self.0.lock().unwrap();
-        crate::engine::test_kernel::apply_change(&mut m, target, change);
+        crate::engine::test_support::apply_change(&mut m, target, change);
         Ok(())
     }
     fn set_allowlist(&mut self, _list: &[Target]) -> Result<()> {
