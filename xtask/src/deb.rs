@@ -16,8 +16,7 @@
 //! bans without a gap. Purging also removes `/var/lib/xban`, the ban database.
 
 use std::fs;
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -70,7 +69,7 @@ pub(crate) fn build(ws: &Workspace, binary: &Path) -> Result<PathBuf> {
         &fs::read(deploy.join("xban.toml")).context("read deploy/xban.toml")?,
         0o600,
     )?;
-    dir(&root.join(FILTERS), 0o755)?;
+    dir(&root.join(FILTERS))?;
 
     let man_tmp = out_dir.join("man");
     let _ = fs::remove_dir_all(&man_tmp);
@@ -132,6 +131,12 @@ pub(crate) fn build(ws: &Workspace, binary: &Path) -> Result<PathBuf> {
     put(&debian.join("postrm"), POSTRM.as_bytes(), 0o755)?;
     put(&debian.join("md5sums"), md5sums(&root)?.as_bytes(), 0o644)?;
 
+    // Every directory of the package is 0755, whatever the umask made of
+    // the parents `create_dir_all` added on the way (dpkg-deb records them,
+    // and refuses a DEBIAN/ that is not 0755).
+    for d in walk(&root)?.iter().chain([&root]).filter(|p| p.is_dir()) {
+        fs::set_permissions(d, fs::Permissions::from_mode(0o755))?;
+    }
     let deb = out_dir.join(format!("xban_{version}_{arch}.deb"));
     cmd::run(
         Command::new("dpkg-deb")
@@ -207,7 +212,7 @@ fn depends(binary: &Path, scratch: &Path) -> Result<String> {
     // dpkg-shlibdeps wants a source package around it: a stub control file.
     let src = scratch.join("shlibdeps");
     let _ = fs::remove_dir_all(&src);
-    dir(&src.join("debian"), 0o755)?;
+    dir(&src.join("debian"))?;
     fs::write(
         src.join("debian/control"),
         "Source: xban\n\nPackage: xban\nArchitecture: any\n",
@@ -306,24 +311,14 @@ fn gzip(path: &Path) -> Result<Vec<u8>> {
     Ok(out.stdout)
 }
 
-/// Writes `bytes` at `path` with `mode`, parents 0755.
+/// Writes `bytes` at `path` with `mode`, as `cargo xtask install` writes
+/// its files (directory modes are set once the tree is complete).
 fn put(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
-    dir(path.parent().unwrap(), 0o755)?;
-    let mut f = fs::File::create(path).with_context(|| format!("create {}", path.display()))?;
-    f.write_all(bytes)?;
-    // Explicit: the umask must not decide a packaged file's mode.
-    fs::set_permissions(path, fs::Permissions::from_mode(mode))?;
-    Ok(())
+    crate::install::replace_file(path, bytes, mode)
 }
 
-fn dir(path: &Path, mode: u32) -> Result<()> {
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(mode)
-        .create(path)
-        .with_context(|| format!("mkdir {}", path.display()))?;
-    fs::set_permissions(path, fs::Permissions::from_mode(mode))?;
-    Ok(())
+fn dir(path: &Path) -> Result<()> {
+    fs::create_dir_all(path).with_context(|| format!("mkdir {}", path.display()))
 }
 
 /// After unpacking: tell systemd about the unit, restart a running agent on

@@ -221,7 +221,7 @@ fn make_dirs(dir: &Path) -> Result<()> {
 /// Writes `path` through a temporary file and a rename, so that a running
 /// binary is replaced rather than written into (ETXTBSY) and nobody ever
 /// reads a half-written file.
-fn replace_file(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
+pub(crate) fn replace_file(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
     let dir = path.parent().context("a file path has a parent")?;
     make_dirs(dir)?;
     let name = path.file_name().context("a file path has a name")?;
