@@ -61,6 +61,7 @@
 //! xban matches single lines and has no interpolation.
 
 pub mod builtin;
+mod dfa;
 pub mod host;
 mod prefilter;
 pub mod regex_tool;
@@ -78,8 +79,10 @@ use std::time::SystemTime;
 use regex::RegexSet;
 use regex_automata::util::primitives::NonMaxUsize;
 use regex_automata::{meta, Anchored, Input, PatternID};
+use regex_syntax::hir::Hir;
 use serde::{Deserialize, Serialize};
 
+use self::dfa::ForwardDfa;
 use self::host::HostKind;
 use self::prefilter::Prefilter;
 use self::split::SplitPlan;
@@ -243,8 +246,8 @@ struct FailRegex {
     /// Slots needed to resolve every host and user group: 2 per group up
     /// to the highest one used.
     slots: usize,
-    /// The expanded pattern, to plan [`FailRegex::split`] from.
-    pattern: String,
+    /// The parsed pattern, to plan [`FailRegex::split`] from.
+    hir: Hir,
     /// Host and user spans from DFA passes ([`split`]), planned on the
     /// first match of this failregex (most are never matched, so a jail
     /// does not pay for planning them); `None` when the groups do not allow
@@ -262,7 +265,7 @@ impl FailRegex {
                     .map(|h| h.0)
                     .chain(self.users.iter().copied())
                     .collect();
-                SplitPlan::new(&self.pattern, &groups)
+                SplitPlan::new(&self.hir, &groups)
             })
             .as_ref()
     }
@@ -278,8 +281,14 @@ pub struct FilterSet {
     /// All failregexes as one leftmost-first regex, when every one of them
     /// is anchored at the text start: its match names the first failregex
     /// that matches and where that match ends.
-    first: Option<meta::Regex>,
-    fail_set: RegexSet,
+    first: Option<ForwardDfa>,
+    /// Which failregexes match, for the general path. With `first`, that
+    /// path runs only when the first matching failregex captured no valid
+    /// address, so the set is built on that first need: `xban regex` and
+    /// a jail under attack rarely pay for it.
+    fail_set: OnceLock<Option<RegexSet>>,
+    /// The expanded failregexes, to build `fail_set` from.
+    expanded: Vec<String>,
     fails: Vec<FailRegex>,
     ignore_set: Option<RegexSet>,
     prefilter: Prefilter,
@@ -291,20 +300,33 @@ pub struct FilterSet {
 /// hostile line cannot make matching quadratic.
 const MAX_ATTEMPTS: usize = 8;
 
-fn compile_one(pattern: &str, place: &str) -> Result<(meta::Regex, host::Expanded), FilterError> {
+/// A failregex or ignoreregex, tags expanded, parsed once for all its uses.
+struct Compiled {
+    regex: meta::Regex,
+    exp: host::Expanded,
+    hir: Hir,
+}
+
+fn compile_one(pattern: &str, place: &str) -> Result<Compiled, FilterError> {
     let exp = host::expand(pattern, place)?;
-    let built = meta::Regex::builder()
-        .configure(meta::Config::new().hybrid(false).dfa(false))
-        .build(&exp.pattern);
+    let built = regex_automata::util::syntax::parse(&exp.pattern)
+        .map_err(|e| e.to_string())
+        .and_then(|hir| {
+            meta::Regex::builder()
+                .configure(meta::Config::new().hybrid(false).dfa(false))
+                .build_from_hir(&hir)
+                .map(|regex| (regex, hir))
+                .map_err(|e| e.to_string())
+        });
     match built {
-        Ok(regex) => Ok((regex, exp)),
+        Ok((regex, hir)) => Ok(Compiled { regex, exp, hir }),
         // The regex crate words syntax errors best (with a caret).
         Err(e) => Err(FilterError::BadRegex {
             place: place.to_string(),
             expanded: exp.pattern.clone(),
             reason: match regex::Regex::new(&exp.pattern) {
                 Err(re) => re.to_string(),
-                Ok(_) => e.to_string(),
+                Ok(_) => e,
             },
         }),
     }
@@ -323,9 +345,10 @@ impl FilterSet {
         }
         let mut fails = Vec::with_capacity(failregex.len());
         let mut expanded = Vec::with_capacity(failregex.len());
+        let mut hirs = Vec::with_capacity(failregex.len());
         for (i, src) in failregex.iter().enumerate() {
             let place = format!("failregex[{i}]");
-            let (regex, exp) = compile_one(src, &place)?;
+            let Compiled { regex, exp, hir } = compile_one(src, &place)?;
             if exp.hosts.is_empty() {
                 return Err(FilterError::NoHostTag { place });
             }
@@ -349,21 +372,16 @@ impl FilterSet {
                 hosts,
                 users,
                 slots: 2 * (top + 1),
-                pattern: exp.pattern.clone(),
+                hir: hir.clone(),
                 split: OnceLock::new(),
             });
             expanded.push(exp.pattern);
+            hirs.push(hir);
         }
-        let fail_set = RegexSet::new(&expanded).map_err(|e| FilterError::BadRegex {
-            place: "failregex (combined set)".to_string(),
-            expanded: "all failregexes".to_string(),
-            reason: e.to_string(),
-        })?;
-
         let mut ignore_expanded = Vec::with_capacity(ignoreregex.len());
         for (i, src) in ignoreregex.iter().enumerate() {
-            let (_, exp) = compile_one(src, &format!("ignoreregex[{i}]"))?;
-            ignore_expanded.push(exp.pattern);
+            let c = compile_one(src, &format!("ignoreregex[{i}]"))?;
+            ignore_expanded.push(c.exp.pattern);
         }
         let ignore_set = if ignore_expanded.is_empty() {
             None
@@ -377,21 +395,27 @@ impl FilterSet {
             )
         };
         let datepattern = datepattern.map(DatePattern::parse).transpose()?;
-        let first = if expanded.iter().all(|p| anchored_at_start(p)) {
-            meta::Regex::builder()
-                .configure(
-                    meta::Config::new()
-                        .which_captures(regex_automata::nfa::thompson::WhichCaptures::Implicit),
-                )
-                .build_many(&expanded)
-                .ok()
+        let first = if hirs.iter().all(anchored_at_start) {
+            ForwardDfa::many(&hirs)
         } else {
             None
         };
+        let fail_set = OnceLock::new();
+        if first.is_none() {
+            // Every line takes the general path: build the set now, and
+            // report a set that does not build.
+            let set = RegexSet::new(&expanded).map_err(|e| FilterError::BadRegex {
+                place: "failregex (combined set)".to_string(),
+                expanded: "all failregexes".to_string(),
+                reason: e.to_string(),
+            })?;
+            let _ = fail_set.set(Some(set));
+        }
         Ok(FilterSet {
             first,
-            prefilter: Prefilter::new(&expanded),
+            prefilter: Prefilter::from_hirs(&hirs),
             fail_set,
+            expanded,
             fails,
             ignore_set,
             datepattern,
@@ -449,12 +473,15 @@ impl FilterSet {
             return LineMatch::NoMatch { time };
         }
         if let Some(first) = &self.first {
-            let Some(m) = first.search(&Input::new(text)) else {
-                return LineMatch::NoMatch { time };
-            };
-            let idx = m.pattern().as_usize();
-            if let Some((host, user)) = self.capture_first(idx, text, m.end()) {
-                return self.failure(text, idx, host, user, time);
+            // An error (the lazy DFA gave up) leaves it to the general path.
+            if let Ok(found) = first.find(text, 0, false) {
+                let Some(m) = found else {
+                    return LineMatch::NoMatch { time };
+                };
+                let idx = m.pattern().as_usize();
+                if let Some((host, user)) = self.capture_first(idx, text, m.offset()) {
+                    return self.failure(text, idx, host, user, time);
+                }
             }
             // The first matching failregex captured no valid address: the
             // general path tries the others (and that one again, bounded).
@@ -486,11 +513,30 @@ impl FilterSet {
 
     /// The general path: every failregex that matches, in list order.
     fn match_all(&self, text: &str, time: TimeFound) -> LineMatch {
-        let matched = self.fail_set.matches(text);
+        let set = self
+            .fail_set
+            .get_or_init(|| RegexSet::new(&self.expanded).ok());
+        let Some(set) = set else {
+            // `first` built from the same patterns, so the set builds too;
+            // should it not, each failregex is tried in list order, which
+            // is what the set's answer is used for.
+            return self.capture_in_order(0..self.fails.len(), text, time);
+        };
+        let matched = set.matches(text);
         if !matched.matched_any() {
             return LineMatch::NoMatch { time };
         }
-        for idx in matched.iter() {
+        self.capture_in_order(matched.iter(), text, time)
+    }
+
+    /// The first of failregexes `idxs` whose captured address is valid.
+    fn capture_in_order(
+        &self,
+        idxs: impl Iterator<Item = usize>,
+        text: &str,
+        time: TimeFound,
+    ) -> LineMatch {
+        for idx in idxs {
             if let Some((host, user)) = self.capture(idx, text) {
                 return self.failure(text, idx, host, user, time);
             }
@@ -594,17 +640,12 @@ fn resolve(
     }
 }
 
-/// Whether every match of `pattern` starts at the start of the text (`^`
+/// Whether every match of `hir` starts at the start of the text (`^`
 /// without multi-line mode, on every branch).
-fn anchored_at_start(pattern: &str) -> bool {
-    regex_syntax::ParserBuilder::new()
-        .build()
-        .parse(pattern)
-        .is_ok_and(|hir| {
-            hir.properties()
-                .look_set_prefix()
-                .contains(regex_syntax::hir::Look::Start)
-        })
+fn anchored_at_start(hir: &Hir) -> bool {
+    hir.properties()
+        .look_set_prefix()
+        .contains(regex_syntax::hir::Look::Start)
 }
 
 impl FilterDef {
