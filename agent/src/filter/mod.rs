@@ -19,9 +19,11 @@
 //!    passes over its pieces ([`split`]), else (or when those decline) by a
 //!    bounded backtracker. If its captured address does not validate, the
 //!    general path below decides;
-//! 4. otherwise a [`regex::RegexSet`] tells which failregexes match, and
-//!    only those are run again for captures, in list order, and the first
-//!    whose captured address survives validation wins;
+//! 4. otherwise a [`regex::RegexSet`] (built on first need when step 3
+//!    exists, since it then serves only hostile lines) tells which
+//!    failregexes match, and only those are run again for captures, in
+//!    list order, and the first whose captured address survives validation
+//!    wins;
 //! 5. ignoreregexes are checked only for lines that produced a failure.
 //!
 //! # Tags in patterns
@@ -271,6 +273,9 @@ impl FailRegex {
     }
 }
 
+/// A captured group's byte range in the matched text.
+type Span = (usize, usize);
+
 /// Capture slots kept on the stack; a failregex whose tags sit in later
 /// groups uses a heap buffer instead.
 const STACK_SLOTS: usize = 32;
@@ -458,6 +463,16 @@ impl FilterSet {
 
     /// Matches one log line. `now` is used for year inference.
     pub fn match_line(&self, line: &str, now: SystemTime) -> LineMatch {
+        self.match_line_with(line, now, true)
+    }
+
+    /// [`FilterSet::match_line`] for a caller that only counts: a failure's
+    /// `user` is left `None`, which saves copying it out of every line.
+    pub fn match_line_uncopied_user(&self, line: &str, now: SystemTime) -> LineMatch {
+        self.match_line_with(line, now, false)
+    }
+
+    fn match_line_with(&self, line: &str, now: SystemTime, keep_user: bool) -> LineMatch {
         let line = line.trim_end_matches(['\n', '\r']);
         let (time, text) = match time::parse_time(line, now, self.datepattern.as_ref()) {
             Some((t, range)) => {
@@ -480,13 +495,13 @@ impl FilterSet {
                 };
                 let idx = m.pattern().as_usize();
                 if let Some((host, user)) = self.capture_first(idx, text, m.offset()) {
-                    return self.failure(text, idx, host, user, time);
+                    return self.failure(text, idx, host, user.filter(|_| keep_user), time);
                 }
             }
             // The first matching failregex captured no valid address: the
             // general path tries the others (and that one again, bounded).
         }
-        self.match_all(text, time)
+        self.match_all(text, time, keep_user)
     }
 
     /// A failure of failregex `idx`, unless an ignoreregex matches too.
@@ -495,7 +510,7 @@ impl FilterSet {
         text: &str,
         idx: usize,
         host: Host,
-        user: Option<String>,
+        user: Option<Span>,
         time: TimeFound,
     ) -> LineMatch {
         if let Some(ign) = &self.ignore_set {
@@ -506,13 +521,13 @@ impl FilterSet {
         LineMatch::Failure(Failure {
             host,
             regex: idx,
-            user,
+            user: user.map(|(s, e)| text[s..e].to_string()),
             time,
         })
     }
 
     /// The general path: every failregex that matches, in list order.
-    fn match_all(&self, text: &str, time: TimeFound) -> LineMatch {
+    fn match_all(&self, text: &str, time: TimeFound, keep_user: bool) -> LineMatch {
         let set = self
             .fail_set
             .get_or_init(|| RegexSet::new(&self.expanded).ok());
@@ -520,13 +535,13 @@ impl FilterSet {
             // `first` built from the same patterns, so the set builds too;
             // should it not, each failregex is tried in list order, which
             // is what the set's answer is used for.
-            return self.capture_in_order(0..self.fails.len(), text, time);
+            return self.capture_in_order(0..self.fails.len(), text, time, keep_user);
         };
         let matched = set.matches(text);
         if !matched.matched_any() {
             return LineMatch::NoMatch { time };
         }
-        self.capture_in_order(matched.iter(), text, time)
+        self.capture_in_order(matched.iter(), text, time, keep_user)
     }
 
     /// The first of failregexes `idxs` whose captured address is valid.
@@ -535,10 +550,11 @@ impl FilterSet {
         idxs: impl Iterator<Item = usize>,
         text: &str,
         time: TimeFound,
+        keep_user: bool,
     ) -> LineMatch {
         for idx in idxs {
             if let Some((host, user)) = self.capture(idx, text) {
-                return self.failure(text, idx, host, user, time);
+                return self.failure(text, idx, host, user.filter(|_| keep_user), time);
             }
         }
         LineMatch::NoMatch { time }
@@ -547,7 +563,7 @@ impl FilterSet {
     /// Runs failregex `idx` for captures. If the address it captured is not
     /// valid, searches again after the match start (bounded), so that a
     /// decoy earlier in the line does not hide a real address later.
-    fn capture(&self, idx: usize, text: &str) -> Option<(Host, Option<String>)> {
+    fn capture(&self, idx: usize, text: &str) -> Option<(Host, Option<Span>)> {
         let mut start = 0;
         for _ in 0..MAX_ATTEMPTS {
             let input = Input::new(text).range(start..);
@@ -569,7 +585,7 @@ impl FilterSet {
     /// Captures of failregex `idx`, whose match (found by the set's DFA)
     /// is `0..end`: from DFA passes when the regex allows it, else from the
     /// backtracker on that span. No retry.
-    fn capture_first(&self, idx: usize, text: &str, end: usize) -> Option<(Host, Option<String>)> {
+    fn capture_first(&self, idx: usize, text: &str, end: usize) -> Option<(Host, Option<Span>)> {
         let fr = &self.fails[idx];
         with_slots(fr.slots, |slots| {
             let split = fr
@@ -590,7 +606,7 @@ impl FilterSet {
         idx: usize,
         text: &str,
         input: &Input<'_>,
-    ) -> Option<Result<(Host, Option<String>), usize>> {
+    ) -> Option<Result<(Host, Option<Span>), usize>> {
         let fr = &self.fails[idx];
         with_slots(fr.slots, |slots| {
             fr.regex.search_slots(input, slots)?;
@@ -616,7 +632,7 @@ fn resolve(
     fr: &FailRegex,
     text: &str,
     slots: &[Option<NonMaxUsize>],
-) -> Option<Result<(Host, Option<String>), usize>> {
+) -> Option<Result<(Host, Option<Span>), usize>> {
     let group = |g: usize| -> Option<(usize, usize)> {
         Some((slots[2 * g]?.get(), slots[2 * g + 1]?.get()))
     };
@@ -629,11 +645,7 @@ fn resolve(
     });
     match host {
         Some(host) => {
-            let user = fr
-                .users
-                .iter()
-                .find_map(|&g| group(g))
-                .map(|(s, e)| text[s..e].to_string());
+            let user = fr.users.iter().find_map(|&g| group(g));
             Some(Ok((host, user)))
         }
         None => Some(Err(group(0)?.0)),

@@ -6,7 +6,8 @@
 //! top-level concatenation (`^<SSHD>Failed ... for <F-USER>.*?</F-USER>
 //! from <HOST>(?: port \d+)?$`), the regex is cut at those groups into
 //! pieces, and the spans are found by walking the pieces with anchored
-//! lazy-DFA searches:
+//! forward DFA searches ([`dfa`](super::dfa): a full DFA for a small piece,
+//! else a lazy one):
 //!
 //! * a piece (or a group's body) ends where its own leftmost-first match
 //!   ends, i.e. at the end of its first path in backtracking order;
@@ -97,7 +98,7 @@ enum Rest {
 }
 
 fn build(hir: &Hir) -> Option<ForwardDfa> {
-    ForwardDfa::new(hir)
+    ForwardDfa::anchored(hir)
 }
 
 /// `Some(except_lf)` when `hir` is a lazy `.*?` (or `(?s:.*?)`).

@@ -29,7 +29,11 @@ enum Walk {
 /// for the failregex it names, and checks that every host and user span and
 /// the whole match agree when the plan answers.
 fn compare(fs: &FilterSet, text: &str, what: &str) -> Walk {
-    let Some(m) = fs.first.as_ref().and_then(|f| f.find(text, 0, false).unwrap()) else {
+    let Some(m) = fs
+        .first
+        .as_ref()
+        .and_then(|f| f.find(text, 0, false).unwrap())
+    else {
         return Walk::NotPlanned;
     };
     let fr = &fs.fails[m.pattern().as_usize()];
