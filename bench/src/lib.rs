@@ -20,6 +20,8 @@ mod napi;
 mod rig;
 mod scale;
 pub mod tarpit;
+
+pub use logmatch::write_logs as write_logmatch_logs;
 pub mod xdp;
 
 use std::fmt::Write as _;

@@ -181,6 +181,20 @@ pub(crate) fn run(ctx: &Ctx) -> Result<Vec<Section>> {
     Ok(sections)
 }
 
+/// Writes the two logs this area matches, at full size and with the
+/// published seed, into `dir`: `auth-mixed.log` (1,000,000 lines) and
+/// `auth-attack.log` (200,000 lines, half failures), so that the matcher
+/// can be profiled on the very data the figures come from
+/// (`cargo run -p xban-bench --release --example logmatch_logs -- DIR`).
+pub fn write_logs(dir: &Path) -> Result<Vec<std::path::PathBuf>> {
+    std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    let mixed = dir.join("auth-mixed.log");
+    generate(&mixed, 1_000_000, loggen::generate)?;
+    let attack = dir.join("auth-attack.log");
+    generate(&attack, 200_000, loggen::generate_attack)?;
+    Ok(vec![mixed, attack])
+}
+
 type Gen = fn(File, u64, u64) -> std::io::Result<LogStats>;
 
 /// Writes the log with `gen` and reads it once, so that every tool reads it

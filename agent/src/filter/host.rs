@@ -314,8 +314,10 @@ pub fn parse_host(text: &str, kind: HostKind) -> Option<Host> {
         .strip_prefix('[')
         .and_then(|t| t.strip_suffix(']'))
         .unwrap_or(text);
-    let addr_text = match inner.find('%') {
-        Some(p) if inner.contains(':') => &inner[..p],
+    // Byte searches: `%` and `:` are ASCII, and this runs on every failure.
+    let has_colon = memchr::memchr(b':', inner.as_bytes()).is_some();
+    let addr_text = match memchr::memchr(b'%', inner.as_bytes()) {
+        Some(p) if has_colon => &inner[..p],
         _ => inner,
     };
     if let Ok(ip) = IpAddr::from_str(addr_text) {
@@ -325,7 +327,11 @@ pub fn parse_host(text: &str, kind: HostKind) -> Option<Host> {
         };
         return match (kind, ip) {
             (HostKind::Ip4, IpAddr::V6(_)) => None,
-            (HostKind::Ip6, IpAddr::V4(_)) if !addr_text.contains(':') => None,
+            (HostKind::Ip6, IpAddr::V4(_))
+                if memchr::memchr(b':', addr_text.as_bytes()).is_none() =>
+            {
+                None
+            }
             _ => Some(Host::Addr(ip)),
         };
     }

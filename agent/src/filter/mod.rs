@@ -19,9 +19,11 @@
 //!    passes over its pieces ([`split`]), else (or when those decline) by a
 //!    bounded backtracker. If its captured address does not validate, the
 //!    general path below decides;
-//! 4. otherwise a [`regex::RegexSet`] tells which failregexes match, and
-//!    only those are run again for captures, in list order, and the first
-//!    whose captured address survives validation wins;
+//! 4. otherwise a [`regex::RegexSet`] (built on first need when step 3
+//!    exists, since it then serves only hostile lines) tells which
+//!    failregexes match, and only those are run again for captures, in
+//!    list order, and the first whose captured address survives validation
+//!    wins;
 //! 5. ignoreregexes are checked only for lines that produced a failure.
 //!
 //! # Tags in patterns
@@ -61,6 +63,7 @@
 //! xban matches single lines and has no interpolation.
 
 pub mod builtin;
+mod dfa;
 pub mod host;
 mod prefilter;
 pub mod regex_tool;
@@ -78,8 +81,10 @@ use std::time::SystemTime;
 use regex::RegexSet;
 use regex_automata::util::primitives::NonMaxUsize;
 use regex_automata::{meta, Anchored, Input, PatternID};
+use regex_syntax::hir::Hir;
 use serde::{Deserialize, Serialize};
 
+use self::dfa::ForwardDfa;
 use self::host::HostKind;
 use self::prefilter::Prefilter;
 use self::split::SplitPlan;
@@ -243,8 +248,8 @@ struct FailRegex {
     /// Slots needed to resolve every host and user group: 2 per group up
     /// to the highest one used.
     slots: usize,
-    /// The expanded pattern, to plan [`FailRegex::split`] from.
-    pattern: String,
+    /// The parsed pattern, to plan [`FailRegex::split`] from.
+    hir: Hir,
     /// Host and user spans from DFA passes ([`split`]), planned on the
     /// first match of this failregex (most are never matched, so a jail
     /// does not pay for planning them); `None` when the groups do not allow
@@ -262,11 +267,14 @@ impl FailRegex {
                     .map(|h| h.0)
                     .chain(self.users.iter().copied())
                     .collect();
-                SplitPlan::new(&self.pattern, &groups)
+                SplitPlan::new(&self.hir, &groups)
             })
             .as_ref()
     }
 }
+
+/// A captured group's byte range in the matched text.
+type Span = (usize, usize);
 
 /// Capture slots kept on the stack; a failregex whose tags sit in later
 /// groups uses a heap buffer instead.
@@ -278,8 +286,14 @@ pub struct FilterSet {
     /// All failregexes as one leftmost-first regex, when every one of them
     /// is anchored at the text start: its match names the first failregex
     /// that matches and where that match ends.
-    first: Option<meta::Regex>,
-    fail_set: RegexSet,
+    first: Option<ForwardDfa>,
+    /// Which failregexes match, for the general path. With `first`, that
+    /// path runs only when the first matching failregex captured no valid
+    /// address, so the set is built on that first need: `xban regex` and
+    /// a jail under attack rarely pay for it.
+    fail_set: OnceLock<Option<RegexSet>>,
+    /// The expanded failregexes, to build `fail_set` from.
+    expanded: Vec<String>,
     fails: Vec<FailRegex>,
     ignore_set: Option<RegexSet>,
     prefilter: Prefilter,
@@ -291,20 +305,33 @@ pub struct FilterSet {
 /// hostile line cannot make matching quadratic.
 const MAX_ATTEMPTS: usize = 8;
 
-fn compile_one(pattern: &str, place: &str) -> Result<(meta::Regex, host::Expanded), FilterError> {
+/// A failregex or ignoreregex, tags expanded, parsed once for all its uses.
+struct Compiled {
+    regex: meta::Regex,
+    exp: host::Expanded,
+    hir: Hir,
+}
+
+fn compile_one(pattern: &str, place: &str) -> Result<Compiled, FilterError> {
     let exp = host::expand(pattern, place)?;
-    let built = meta::Regex::builder()
-        .configure(meta::Config::new().hybrid(false).dfa(false))
-        .build(&exp.pattern);
+    let built = regex_automata::util::syntax::parse(&exp.pattern)
+        .map_err(|e| e.to_string())
+        .and_then(|hir| {
+            meta::Regex::builder()
+                .configure(meta::Config::new().hybrid(false).dfa(false))
+                .build_from_hir(&hir)
+                .map(|regex| (regex, hir))
+                .map_err(|e| e.to_string())
+        });
     match built {
-        Ok(regex) => Ok((regex, exp)),
+        Ok((regex, hir)) => Ok(Compiled { regex, exp, hir }),
         // The regex crate words syntax errors best (with a caret).
         Err(e) => Err(FilterError::BadRegex {
             place: place.to_string(),
             expanded: exp.pattern.clone(),
             reason: match regex::Regex::new(&exp.pattern) {
                 Err(re) => re.to_string(),
-                Ok(_) => e.to_string(),
+                Ok(_) => e,
             },
         }),
     }
@@ -323,9 +350,10 @@ impl FilterSet {
         }
         let mut fails = Vec::with_capacity(failregex.len());
         let mut expanded = Vec::with_capacity(failregex.len());
+        let mut hirs = Vec::with_capacity(failregex.len());
         for (i, src) in failregex.iter().enumerate() {
             let place = format!("failregex[{i}]");
-            let (regex, exp) = compile_one(src, &place)?;
+            let Compiled { regex, exp, hir } = compile_one(src, &place)?;
             if exp.hosts.is_empty() {
                 return Err(FilterError::NoHostTag { place });
             }
@@ -349,21 +377,16 @@ impl FilterSet {
                 hosts,
                 users,
                 slots: 2 * (top + 1),
-                pattern: exp.pattern.clone(),
+                hir: hir.clone(),
                 split: OnceLock::new(),
             });
             expanded.push(exp.pattern);
+            hirs.push(hir);
         }
-        let fail_set = RegexSet::new(&expanded).map_err(|e| FilterError::BadRegex {
-            place: "failregex (combined set)".to_string(),
-            expanded: "all failregexes".to_string(),
-            reason: e.to_string(),
-        })?;
-
         let mut ignore_expanded = Vec::with_capacity(ignoreregex.len());
         for (i, src) in ignoreregex.iter().enumerate() {
-            let (_, exp) = compile_one(src, &format!("ignoreregex[{i}]"))?;
-            ignore_expanded.push(exp.pattern);
+            let c = compile_one(src, &format!("ignoreregex[{i}]"))?;
+            ignore_expanded.push(c.exp.pattern);
         }
         let ignore_set = if ignore_expanded.is_empty() {
             None
@@ -377,21 +400,27 @@ impl FilterSet {
             )
         };
         let datepattern = datepattern.map(DatePattern::parse).transpose()?;
-        let first = if expanded.iter().all(|p| anchored_at_start(p)) {
-            meta::Regex::builder()
-                .configure(
-                    meta::Config::new()
-                        .which_captures(regex_automata::nfa::thompson::WhichCaptures::Implicit),
-                )
-                .build_many(&expanded)
-                .ok()
+        let first = if hirs.iter().all(anchored_at_start) {
+            ForwardDfa::many(&hirs)
         } else {
             None
         };
+        let fail_set = OnceLock::new();
+        if first.is_none() {
+            // Every line takes the general path: build the set now, and
+            // report a set that does not build.
+            let set = RegexSet::new(&expanded).map_err(|e| FilterError::BadRegex {
+                place: "failregex (combined set)".to_string(),
+                expanded: "all failregexes".to_string(),
+                reason: e.to_string(),
+            })?;
+            let _ = fail_set.set(Some(set));
+        }
         Ok(FilterSet {
             first,
-            prefilter: Prefilter::new(&expanded),
+            prefilter: Prefilter::from_hirs(&hirs),
             fail_set,
+            expanded,
             fails,
             ignore_set,
             datepattern,
@@ -434,6 +463,16 @@ impl FilterSet {
 
     /// Matches one log line. `now` is used for year inference.
     pub fn match_line(&self, line: &str, now: SystemTime) -> LineMatch {
+        self.match_line_with(line, now, true)
+    }
+
+    /// [`FilterSet::match_line`] for a caller that only counts: a failure's
+    /// `user` is left `None`, which saves copying it out of every line.
+    pub fn match_line_uncopied_user(&self, line: &str, now: SystemTime) -> LineMatch {
+        self.match_line_with(line, now, false)
+    }
+
+    fn match_line_with(&self, line: &str, now: SystemTime, keep_user: bool) -> LineMatch {
         let line = line.trim_end_matches(['\n', '\r']);
         let (time, text) = match time::parse_time(line, now, self.datepattern.as_ref()) {
             Some((t, range)) => {
@@ -449,17 +488,20 @@ impl FilterSet {
             return LineMatch::NoMatch { time };
         }
         if let Some(first) = &self.first {
-            let Some(m) = first.search(&Input::new(text)) else {
-                return LineMatch::NoMatch { time };
-            };
-            let idx = m.pattern().as_usize();
-            if let Some((host, user)) = self.capture_first(idx, text, m.end()) {
-                return self.failure(text, idx, host, user, time);
+            // An error (the lazy DFA gave up) leaves it to the general path.
+            if let Ok(found) = first.find(text, 0, false) {
+                let Some(m) = found else {
+                    return LineMatch::NoMatch { time };
+                };
+                let idx = m.pattern().as_usize();
+                if let Some((host, user)) = self.capture_first(idx, text, m.offset()) {
+                    return self.failure(text, idx, host, user.filter(|_| keep_user), time);
+                }
             }
             // The first matching failregex captured no valid address: the
             // general path tries the others (and that one again, bounded).
         }
-        self.match_all(text, time)
+        self.match_all(text, time, keep_user)
     }
 
     /// A failure of failregex `idx`, unless an ignoreregex matches too.
@@ -468,7 +510,7 @@ impl FilterSet {
         text: &str,
         idx: usize,
         host: Host,
-        user: Option<String>,
+        user: Option<Span>,
         time: TimeFound,
     ) -> LineMatch {
         if let Some(ign) = &self.ignore_set {
@@ -479,20 +521,40 @@ impl FilterSet {
         LineMatch::Failure(Failure {
             host,
             regex: idx,
-            user,
+            user: user.map(|(s, e)| text[s..e].to_string()),
             time,
         })
     }
 
     /// The general path: every failregex that matches, in list order.
-    fn match_all(&self, text: &str, time: TimeFound) -> LineMatch {
-        let matched = self.fail_set.matches(text);
+    fn match_all(&self, text: &str, time: TimeFound, keep_user: bool) -> LineMatch {
+        let set = self
+            .fail_set
+            .get_or_init(|| RegexSet::new(&self.expanded).ok());
+        let Some(set) = set else {
+            // `first` built from the same patterns, so the set builds too;
+            // should it not, each failregex is tried in list order, which
+            // is what the set's answer is used for.
+            return self.capture_in_order(0..self.fails.len(), text, time, keep_user);
+        };
+        let matched = set.matches(text);
         if !matched.matched_any() {
             return LineMatch::NoMatch { time };
         }
-        for idx in matched.iter() {
+        self.capture_in_order(matched.iter(), text, time, keep_user)
+    }
+
+    /// The first of failregexes `idxs` whose captured address is valid.
+    fn capture_in_order(
+        &self,
+        idxs: impl Iterator<Item = usize>,
+        text: &str,
+        time: TimeFound,
+        keep_user: bool,
+    ) -> LineMatch {
+        for idx in idxs {
             if let Some((host, user)) = self.capture(idx, text) {
-                return self.failure(text, idx, host, user, time);
+                return self.failure(text, idx, host, user.filter(|_| keep_user), time);
             }
         }
         LineMatch::NoMatch { time }
@@ -501,7 +563,7 @@ impl FilterSet {
     /// Runs failregex `idx` for captures. If the address it captured is not
     /// valid, searches again after the match start (bounded), so that a
     /// decoy earlier in the line does not hide a real address later.
-    fn capture(&self, idx: usize, text: &str) -> Option<(Host, Option<String>)> {
+    fn capture(&self, idx: usize, text: &str) -> Option<(Host, Option<Span>)> {
         let mut start = 0;
         for _ in 0..MAX_ATTEMPTS {
             let input = Input::new(text).range(start..);
@@ -523,7 +585,7 @@ impl FilterSet {
     /// Captures of failregex `idx`, whose match (found by the set's DFA)
     /// is `0..end`: from DFA passes when the regex allows it, else from the
     /// backtracker on that span. No retry.
-    fn capture_first(&self, idx: usize, text: &str, end: usize) -> Option<(Host, Option<String>)> {
+    fn capture_first(&self, idx: usize, text: &str, end: usize) -> Option<(Host, Option<Span>)> {
         let fr = &self.fails[idx];
         with_slots(fr.slots, |slots| {
             let split = fr
@@ -544,7 +606,7 @@ impl FilterSet {
         idx: usize,
         text: &str,
         input: &Input<'_>,
-    ) -> Option<Result<(Host, Option<String>), usize>> {
+    ) -> Option<Result<(Host, Option<Span>), usize>> {
         let fr = &self.fails[idx];
         with_slots(fr.slots, |slots| {
             fr.regex.search_slots(input, slots)?;
@@ -570,7 +632,7 @@ fn resolve(
     fr: &FailRegex,
     text: &str,
     slots: &[Option<NonMaxUsize>],
-) -> Option<Result<(Host, Option<String>), usize>> {
+) -> Option<Result<(Host, Option<Span>), usize>> {
     let group = |g: usize| -> Option<(usize, usize)> {
         Some((slots[2 * g]?.get(), slots[2 * g + 1]?.get()))
     };
@@ -583,28 +645,19 @@ fn resolve(
     });
     match host {
         Some(host) => {
-            let user = fr
-                .users
-                .iter()
-                .find_map(|&g| group(g))
-                .map(|(s, e)| text[s..e].to_string());
+            let user = fr.users.iter().find_map(|&g| group(g));
             Some(Ok((host, user)))
         }
         None => Some(Err(group(0)?.0)),
     }
 }
 
-/// Whether every match of `pattern` starts at the start of the text (`^`
+/// Whether every match of `hir` starts at the start of the text (`^`
 /// without multi-line mode, on every branch).
-fn anchored_at_start(pattern: &str) -> bool {
-    regex_syntax::ParserBuilder::new()
-        .build()
-        .parse(pattern)
-        .is_ok_and(|hir| {
-            hir.properties()
-                .look_set_prefix()
-                .contains(regex_syntax::hir::Look::Start)
-        })
+fn anchored_at_start(hir: &Hir) -> bool {
+    hir.properties()
+        .look_set_prefix()
+        .contains(regex_syntax::hir::Look::Start)
 }
 
 impl FilterDef {

@@ -27,10 +27,24 @@ pub(crate) struct Prefilter {
 impl Prefilter {
     /// Builds a prefilter for a set of expanded patterns. If any pattern
     /// has no required literal, the prefilter lets every line through.
+    #[cfg(test)]
     pub(crate) fn new(patterns: &[String]) -> Prefilter {
+        let hirs: Option<Vec<Hir>> = patterns
+            .iter()
+            .map(|p| regex_automata::util::syntax::parse(p).ok())
+            .collect();
+        match hirs {
+            Some(hirs) => Prefilter::from_hirs(&hirs),
+            None => Prefilter::default(),
+        }
+    }
+
+    /// [`Prefilter::new`] from the patterns' parsed forms (the filter
+    /// parses each pattern once for all its uses).
+    pub(crate) fn from_hirs(patterns: &[Hir]) -> Prefilter {
         let mut all: Vec<Vec<u8>> = Vec::new();
         for p in patterns {
-            match required_literals(p) {
+            match analyze(p).best() {
                 Some(set) => all.extend(set),
                 None => return Prefilter::default(),
             }
@@ -70,11 +84,9 @@ impl Prefilter {
 }
 
 /// The literal set for one pattern: every match contains one of them.
+#[cfg(test)]
 fn required_literals(pattern: &str) -> Option<Vec<Vec<u8>>> {
-    let hir = regex_syntax::ParserBuilder::new()
-        .build()
-        .parse(pattern)
-        .ok()?;
+    let hir = regex_automata::util::syntax::parse(pattern).ok()?;
     analyze(&hir).best()
 }
 

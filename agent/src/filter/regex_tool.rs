@@ -262,7 +262,7 @@ struct Tally {
 impl Tally {
     fn line(&mut self, set: &FilterSet, text: &str, now: SystemTime, keep_missed: bool) {
         self.total += 1;
-        let m = set.match_line(text, now);
+        let m = set.match_line_uncopied_user(text, now);
         let time = match &m {
             LineMatch::NoMatch { time } | LineMatch::Ignored { time, .. } => *time,
             LineMatch::Failure(f) => f.time,

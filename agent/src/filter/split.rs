@@ -6,7 +6,8 @@
 //! top-level concatenation (`^<SSHD>Failed ... for <F-USER>.*?</F-USER>
 //! from <HOST>(?: port \d+)?$`), the regex is cut at those groups into
 //! pieces, and the spans are found by walking the pieces with anchored
-//! lazy-DFA searches:
+//! forward DFA searches ([`dfa`](super::dfa): a full DFA for a small piece,
+//! else a lazy one):
 //!
 //! * a piece (or a group's body) ends where its own leftmost-first match
 //!   ends, i.e. at the end of its first path in backtracking order;
@@ -27,8 +28,10 @@
 
 use memchr::memchr;
 use regex_automata::util::primitives::NonMaxUsize;
-use regex_automata::{meta, Anchored, Input};
+use regex_automata::{meta, Input};
 use regex_syntax::hir::{Dot, Hir, HirKind};
+
+use super::dfa::ForwardDfa;
 
 /// The pieces of one failregex, in order.
 #[derive(Debug, Clone)]
@@ -65,9 +68,9 @@ enum Step {
     /// Plain text: one path, no search needed.
     Literal(Box<[u8]>),
     /// Text between groups: advance to the end of its first path.
-    Piece(meta::Regex),
+    Piece(ForwardDfa),
     /// A wanted group: its span is its body's first path.
-    Group { group: usize, body: meta::Regex },
+    Group { group: usize, body: ForwardDfa },
     /// A wanted lazy `.*?` group: it ends where `rest` (everything after it)
     /// first matches.
     LazyAny {
@@ -87,14 +90,15 @@ enum Rest {
         lead: Box<memchr::memmem::Finder<'static>>,
         /// The whole rest, to tell a place where it does not match from
         /// one where only a path other than the walk's matches.
-        rest: meta::Regex,
+        rest: ForwardDfa,
     },
-    /// A search for the whole rest: its leftmost start.
+    /// A search for the whole rest: its leftmost start (which a forward
+    /// DFA does not give, hence a whole regex).
     Search(meta::Regex),
 }
 
-fn build(hir: &Hir) -> Option<meta::Regex> {
-    meta::Regex::builder().build_from_hir(hir).ok()
+fn build(hir: &Hir) -> Option<ForwardDfa> {
+    ForwardDfa::anchored(hir)
 }
 
 /// `Some(except_lf)` when `hir` is a lazy `.*?` (or `(?s:.*?)`).
@@ -119,11 +123,10 @@ impl SplitPlan {
     /// when a wanted group is not a direct item of the top-level
     /// concatenation (inside an alternation or a repetition), or when a
     /// piece does not compile on its own.
-    pub(super) fn new(pattern: &str, groups: &[usize]) -> Option<SplitPlan> {
-        let hir = regex_automata::util::syntax::parse(pattern).ok()?;
+    pub(super) fn new(hir: &Hir, groups: &[usize]) -> Option<SplitPlan> {
         let items: Vec<Hir> = match hir.kind() {
             HirKind::Concat(items) => items.clone(),
-            _ => vec![hir],
+            _ => vec![hir.clone()],
         };
         let wanted = |h: &Hir| match h.kind() {
             HirKind::Capture(c) if groups.contains(&(c.index as usize)) => Some(c.clone()),
@@ -165,13 +168,13 @@ impl SplitPlan {
             let rest = &items[i + 1..];
             match lazy_any(&cap.sub) {
                 Some(except_lf) if !rest.is_empty() => {
-                    let whole = build(&Hir::concat(rest.to_vec()))?;
+                    let whole = Hir::concat(rest.to_vec());
                     let rest = match rest.first().map(Hir::kind) {
                         Some(HirKind::Literal(lit)) => Rest::Lead {
                             lead: Box::new(memchr::memmem::Finder::new(&lit.0).into_owned()),
-                            rest: whole,
+                            rest: build(&whole)?,
                         },
-                        _ => Rest::Search(whole),
+                        _ => Rest::Search(meta::Regex::builder().build_from_hir(&whole).ok()?),
                     };
                     steps.push(Step::LazyAny {
                         group,
@@ -215,10 +218,7 @@ impl SplitPlan {
         text: &str,
         slots: &mut [Option<NonMaxUsize>],
     ) -> Option<usize> {
-        let first_end = |re: &meta::Regex, at: usize| {
-            re.search(&Input::new(text).range(at..).anchored(Anchored::Yes))
-                .map(|m| m.end())
-        };
+        let first_end = |re: &ForwardDfa, at: usize| re.anchored_end(text, at);
         for (k, step) in self.steps.iter().enumerate().skip(i) {
             match step {
                 Step::Literal(lit) => {
@@ -264,8 +264,8 @@ impl SplitPlan {
                         if let Some(e) = self.walk(k + 1, q, text, slots) {
                             return Some(e);
                         }
-                        let input = Input::new(text).range(q..).anchored(Anchored::Yes);
-                        if rest.is_match(input) {
+                        // A DFA that gave up cannot tell: decline.
+                        if rest.matches_at(text, q).unwrap_or(true) {
                             return None;
                         }
                         from = q + 1;

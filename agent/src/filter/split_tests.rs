@@ -29,7 +29,11 @@ enum Walk {
 /// for the failregex it names, and checks that every host and user span and
 /// the whole match agree when the plan answers.
 fn compare(fs: &FilterSet, text: &str, what: &str) -> Walk {
-    let Some(m) = fs.first.as_ref().and_then(|f| f.search(&Input::new(text))) else {
+    let Some(m) = fs
+        .first
+        .as_ref()
+        .and_then(|f| f.find(text, 0, false).unwrap())
+    else {
         return Walk::NotPlanned;
     };
     let fr = &fs.fails[m.pattern().as_usize()];
@@ -37,12 +41,12 @@ fn compare(fs: &FilterSet, text: &str, what: &str) -> Walk {
         return Walk::NotPlanned;
     };
     let mut back = vec![None; fr.slots];
-    let input = Input::new(text).span(m.range()).anchored(Anchored::Yes);
+    let input = Input::new(text).span(0..m.offset()).anchored(Anchored::Yes);
     fr.regex
         .search_slots(&input, &mut back)
         .expect("the set's match is the failregex's");
     let mut split = vec![None; fr.slots];
-    if !plan.spans(text, m.end(), &mut split) {
+    if !plan.spans(text, m.offset(), &mut split) {
         return Walk::Declined;
     }
     let groups = fr

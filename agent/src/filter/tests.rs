@@ -475,7 +475,7 @@ pub(super) fn general(fs: &FilterSet, line: &str) -> LineMatch {
         ),
         None => (TimeFound::Missing, line),
     };
-    fs.match_all(text, time)
+    fs.match_all(text, time, true)
 }
 
 /// Variants of a log line an attacker could produce: decoy addresses before
@@ -550,6 +550,12 @@ fn fast_path_agrees_with_general_path() {
                     let got = fs.match_line(&v, now());
                     failures += usize::from(matches!(got, LineMatch::Failure(_)));
                     assert_eq!(got, general(&fs, &v), "{name} {mode:?}: {v:?}");
+                    // The counting entry differs only in leaving the user out.
+                    let mut counted = got.clone();
+                    if let LineMatch::Failure(f) = &mut counted {
+                        f.user = None;
+                    }
+                    assert_eq!(fs.match_line_uncopied_user(&v, now()), counted);
                 }
             }
         }

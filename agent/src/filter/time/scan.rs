@@ -4,11 +4,13 @@
 
 use super::{Fields, Tok, F_CLF, F_EPOCH, F_ISO, F_NGINX};
 
+#[inline]
 pub(super) fn digits(b: &[u8], i: usize, n: usize) -> Option<u32> {
     u32::try_from(digits_u64(b, i, n)?).ok()
 }
 
 /// `n` (at most 19) ASCII digits at `i`.
+#[inline]
 pub(super) fn digits_u64(b: &[u8], i: usize, n: usize) -> Option<u64> {
     let s = b.get(i..i.checked_add(n)?)?;
     let mut v = 0u64;
@@ -22,6 +24,7 @@ pub(super) fn digits_u64(b: &[u8], i: usize, n: usize) -> Option<u64> {
 }
 
 /// 1 or 2 digits; returns (value, bytes used).
+#[inline]
 pub(super) fn digits12(b: &[u8], i: usize) -> Option<(u32, usize)> {
     let d1 = digits(b, i, 1)?;
     match digits(b, i + 1, 1) {
@@ -30,10 +33,12 @@ pub(super) fn digits12(b: &[u8], i: usize) -> Option<(u32, usize)> {
     }
 }
 
+#[inline]
 pub(super) fn not_digit_at(b: &[u8], i: usize) -> bool {
     b.get(i).is_none_or(|c| !c.is_ascii_digit())
 }
 
+#[inline]
 pub(super) fn month_name(b: &[u8], i: usize) -> Option<u32> {
     let s = b.get(i..i + 3)?;
     let m = match [s[0], s[1].to_ascii_lowercase(), s[2].to_ascii_lowercase()] {
@@ -54,6 +59,7 @@ pub(super) fn month_name(b: &[u8], i: usize) -> Option<u32> {
     Some(m)
 }
 
+#[inline]
 pub(super) fn is_weekday(b: &[u8], i: usize) -> bool {
     let Some(s) = b.get(i..i + 3) else {
         return false;
@@ -71,6 +77,7 @@ pub(super) fn is_weekday(b: &[u8], i: usize) -> bool {
 }
 
 /// `HH:MM:SS` at `i` with an optional `.fff`/`,fff`; returns the end.
+#[inline]
 pub(super) fn hms(b: &[u8], i: usize, f: &mut Fields) -> Option<usize> {
     f.hour = digits(b, i, 2)?;
     (b.get(i + 2) == Some(&b':')).then_some(())?;
@@ -83,6 +90,7 @@ pub(super) fn hms(b: &[u8], i: usize, f: &mut Fields) -> Option<usize> {
     Some(fraction(b, i + 8, f))
 }
 
+#[inline]
 pub(super) fn fraction(b: &[u8], i: usize, f: &mut Fields) -> usize {
     if matches!(b.get(i), Some(b'.' | b',')) && b.get(i + 1).is_some_and(u8::is_ascii_digit) {
         let mut j = i + 1;
@@ -212,6 +220,7 @@ pub(super) fn scan_digit(
     None
 }
 
+#[inline]
 pub(super) fn scan_syslog(b: &[u8], i: usize) -> Option<(Fields, usize)> {
     let mut f = Fields::default();
     let mut j = i;
