@@ -24,6 +24,11 @@
 //!    whose captured address survives validation wins;
 //! 5. ignoreregexes are checked only for lines that produced a failure.
 //!
+//! A filter may have a `prefregex` (fail2ban's): it is searched after step
+//! 2 and a line it does not match is no failure; its
+//! `<F-CONTENT>...</F-CONTENT>` span is the text steps 3 to 5 see, and a
+//! `<HOST>` (or `<F-USER>`) in it stands for failregexes that have none.
+//!
 //! # Tags in patterns
 //!
 //! * `<HOST>`: an IPv4 address, an IPv6 address in any textual form
@@ -55,8 +60,9 @@
 //! and a Unicode `\b` disables the DFA. Log formats are ASCII; `\pN` or
 //! `\p{L}` are there for Unicode.
 //!
-//! Any other `<...>` text is literal (`from=<>`). fail2ban's other field
-//! tags (`<F-NOFAIL>`, `<F-MLFID>`, ...), `<CIDR>`, `<SUBNET>`, `<DNS>`,
+//! Any other `<...>` text is literal (`from=<>`). `<F-CONTENT>` is for a
+//! prefregex only. fail2ban's other field tags (`<F-NOFAIL>`, `<F-MLFID>`,
+//! ...), `<CIDR>`, `<SUBNET>`, `<DNS>`,
 //! `<SKIPLINES>` and `%(name)s` interpolation are rejected with an error:
 //! xban matches single lines and has no interpolation.
 
@@ -115,7 +121,7 @@ pub enum FilterError {
         #[source]
         source: std::io::Error,
     },
-    #[error("{}: invalid filter file: {source}; fix the TOML (keys: failregex, ignoreregex, datepattern, modes, default_mode, description)", .path.display())]
+    #[error("{}: invalid filter file: {source}; fix the TOML (keys: prefregex, failregex, ignoreregex, datepattern, modes, default_mode, description)", .path.display())]
     Toml {
         path: PathBuf,
         #[source]
@@ -158,6 +164,12 @@ pub struct FilterMode {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FilterDef {
+    /// fail2ban's `prefregex`: matched first on every line (after the
+    /// timestamp cut); a line it does not match is no failure. Its
+    /// `<F-CONTENT>...</F-CONTENT>` part is what the failregexes and
+    /// ignoreregexes then see (the whole line when it has none), and a
+    /// `<HOST>` in it serves the failregexes that have none of their own.
+    pub prefregex: Option<String>,
     pub failregex: Vec<String>,
     pub ignoreregex: Vec<String>,
     pub datepattern: Option<String>,
@@ -285,6 +297,92 @@ pub struct FilterSet {
     prefilter: Prefilter,
     datepattern: Option<DatePattern>,
     sources: Vec<String>,
+    prefix: Option<Prefix>,
+    /// With a prefregex and many more failregexes than ignoreregexes,
+    /// fail2ban tries the ignoreregexes on the whole line before anything
+    /// else; this keeps that behaviour (it differs from the content check
+    /// when an ignoreregex matches the prefix part).
+    ignore_whole_line: bool,
+}
+
+/// A compiled `prefregex`.
+#[derive(Debug, Clone)]
+struct Prefix {
+    regex: meta::Regex,
+    /// Group of `<F-CONTENT>`, when it has one.
+    content: Option<usize>,
+    hosts: Vec<(usize, HostKind)>,
+    users: Vec<usize>,
+    slots: usize,
+}
+
+/// What a prefregex found on a line.
+struct PrefixMatch {
+    content: std::ops::Range<usize>,
+    host: Option<Host>,
+    user: Option<String>,
+}
+
+impl Prefix {
+    fn compile(pattern: &str) -> Result<Prefix, FilterError> {
+        let place = "prefregex";
+        let exp = host::expand_prefix(pattern, place)?;
+        let regex = meta::Regex::new(&exp.pattern).map_err(|e| FilterError::BadRegex {
+            place: place.to_string(),
+            expanded: exp.pattern.clone(),
+            reason: e.to_string(),
+        })?;
+        let index_of = |name: &str| -> usize {
+            regex
+                .group_info()
+                .to_index(PatternID::ZERO, name)
+                .expect("tag group exists")
+        };
+        let hosts = exp.hosts.iter().map(|(n, k)| (index_of(n), *k)).collect();
+        let users = exp.users.iter().map(|n| index_of(n)).collect();
+        let content = exp.content.as_deref().map(index_of);
+        let slots = regex.group_info().implicit_slot_len() + regex.group_info().explicit_slot_len();
+        Ok(Prefix {
+            regex,
+            content,
+            hosts,
+            users,
+            slots,
+        })
+    }
+
+    fn search(&self, text: &str) -> Option<PrefixMatch> {
+        with_slots(self.slots, |slots| {
+            self.regex.search_slots(&Input::new(text), slots)?;
+            let group = |g: usize| -> Option<(usize, usize)> {
+                Some((slots[2 * g]?.get(), slots[2 * g + 1]?.get()))
+            };
+            let content = match self.content {
+                Some(g) => {
+                    let (s, e) = group(g)?;
+                    s..e
+                }
+                None => 0..text.len(),
+            };
+            let host = self.hosts.iter().find_map(|&(g, kind)| {
+                let (s, e) = group(g)?;
+                if !host::boundary_ok(text, s, e) {
+                    return None;
+                }
+                host::parse_host(&text[s..e], kind)
+            });
+            let user = self
+                .users
+                .iter()
+                .find_map(|&g| group(g))
+                .map(|(s, e)| text[s..e].to_string());
+            Some(PrefixMatch {
+                content,
+                host,
+                user,
+            })
+        })
+    }
 }
 
 /// Bound on re-searches when a match's address does not validate, so that a
@@ -318,15 +416,28 @@ impl FilterSet {
         ignoreregex: &[String],
         datepattern: Option<&str>,
     ) -> Result<FilterSet, FilterError> {
+        FilterSet::compile_prefixed(None, failregex, ignoreregex, datepattern)
+    }
+
+    /// [`FilterSet::compile`] behind a `prefregex` ([`FilterDef::prefregex`]):
+    /// a failregex may then leave the host to the prefregex's `<HOST>`.
+    pub fn compile_prefixed(
+        prefregex: Option<&str>,
+        failregex: &[String],
+        ignoreregex: &[String],
+        datepattern: Option<&str>,
+    ) -> Result<FilterSet, FilterError> {
         if failregex.is_empty() {
             return Err(FilterError::NoFailregex);
         }
+        let prefix = prefregex.map(Prefix::compile).transpose()?;
+        let prefix_has_host = prefix.as_ref().is_some_and(|p| !p.hosts.is_empty());
         let mut fails = Vec::with_capacity(failregex.len());
         let mut expanded = Vec::with_capacity(failregex.len());
         for (i, src) in failregex.iter().enumerate() {
             let place = format!("failregex[{i}]");
             let (regex, exp) = compile_one(src, &place)?;
-            if exp.hosts.is_empty() {
+            if exp.hosts.is_empty() && !prefix_has_host {
                 return Err(FilterError::NoHostTag { place });
             }
             let index_of = |name: &str| -> usize {
@@ -396,6 +507,8 @@ impl FilterSet {
             ignore_set,
             datepattern,
             sources: failregex.to_vec(),
+            ignore_whole_line: prefix.is_some() && ignoreregex.len() + 2 < failregex.len(),
+            prefix,
         })
     }
 
@@ -404,7 +517,13 @@ impl FilterSet {
     pub fn from_def(def: &FilterDef, mode: Option<&str>) -> Result<FilterSet, FilterError> {
         let (fail, ignore) = def.lists(mode)?;
         let place = mode.or(def.default_mode.as_deref());
-        FilterSet::compile(&fail, &ignore, def.datepattern.as_deref()).map_err(|e| match place {
+        FilterSet::compile_prefixed(
+            def.prefregex.as_deref(),
+            &fail,
+            &ignore,
+            def.datepattern.as_deref(),
+        )
+        .map_err(|e| match place {
             Some(m) => FilterError::InMode {
                 place: format!("mode {m:?}"),
                 source: Box::new(e),
@@ -448,51 +567,79 @@ impl FilterSet {
         if !self.prefilter.may_match(text) {
             return LineMatch::NoMatch { time };
         }
+        let Some(prefix) = &self.prefix else {
+            return self.match_content(text, time, None);
+        };
+        if self.ignore_whole_line {
+            if let Some(regex) = self
+                .ignore_set
+                .as_ref()
+                .and_then(|i| i.matches(text).iter().next())
+            {
+                return LineMatch::Ignored { regex, time };
+            }
+        }
+        match prefix.search(text) {
+            Some(pm) => self.match_content(&text[pm.content.clone()], time, Some(&pm)),
+            None => LineMatch::NoMatch { time },
+        }
+    }
+
+    /// The failregexes on `text` (the line after its timestamp, or the
+    /// prefregex's content).
+    fn match_content(&self, text: &str, time: TimeFound, pm: Option<&PrefixMatch>) -> LineMatch {
         if let Some(first) = &self.first {
             let Some(m) = first.search(&Input::new(text)) else {
                 return LineMatch::NoMatch { time };
             };
             let idx = m.pattern().as_usize();
-            if let Some((host, user)) = self.capture_first(idx, text, m.end()) {
-                return self.failure(text, idx, host, user, time);
+            if let Some(found) = self.capture_first(idx, text, m.end()) {
+                if let Some(hit) = self.failure(text, idx, found, pm, time) {
+                    return hit;
+                }
             }
             // The first matching failregex captured no valid address: the
             // general path tries the others (and that one again, bounded).
         }
-        self.match_all(text, time)
+        self.match_all(text, time, pm)
     }
 
-    /// A failure of failregex `idx`, unless an ignoreregex matches too.
+    /// A failure of failregex `idx`, unless an ignoreregex matches too;
+    /// `None` when neither the failregex nor the prefregex gave a host.
     fn failure(
         &self,
         text: &str,
         idx: usize,
-        host: Host,
-        user: Option<String>,
+        (host, user): Captured,
+        pm: Option<&PrefixMatch>,
         time: TimeFound,
-    ) -> LineMatch {
+    ) -> Option<LineMatch> {
+        let host = host.or_else(|| pm.and_then(|p| p.host.clone()))?;
+        let user = user.or_else(|| pm.and_then(|p| p.user.clone()));
         if let Some(ign) = &self.ignore_set {
             if let Some(regex) = ign.matches(text).iter().next() {
-                return LineMatch::Ignored { regex, time };
+                return Some(LineMatch::Ignored { regex, time });
             }
         }
-        LineMatch::Failure(Failure {
+        Some(LineMatch::Failure(Failure {
             host,
             regex: idx,
             user,
             time,
-        })
+        }))
     }
 
     /// The general path: every failregex that matches, in list order.
-    fn match_all(&self, text: &str, time: TimeFound) -> LineMatch {
+    fn match_all(&self, text: &str, time: TimeFound, pm: Option<&PrefixMatch>) -> LineMatch {
         let matched = self.fail_set.matches(text);
         if !matched.matched_any() {
             return LineMatch::NoMatch { time };
         }
         for idx in matched.iter() {
-            if let Some((host, user)) = self.capture(idx, text) {
-                return self.failure(text, idx, host, user, time);
+            if let Some(found) = self.capture(idx, text) {
+                if let Some(hit) = self.failure(text, idx, found, pm, time) {
+                    return hit;
+                }
             }
         }
         LineMatch::NoMatch { time }
@@ -501,7 +648,7 @@ impl FilterSet {
     /// Runs failregex `idx` for captures. If the address it captured is not
     /// valid, searches again after the match start (bounded), so that a
     /// decoy earlier in the line does not hide a real address later.
-    fn capture(&self, idx: usize, text: &str) -> Option<(Host, Option<String>)> {
+    fn capture(&self, idx: usize, text: &str) -> Option<Captured> {
         let mut start = 0;
         for _ in 0..MAX_ATTEMPTS {
             let input = Input::new(text).range(start..);
@@ -523,7 +670,7 @@ impl FilterSet {
     /// Captures of failregex `idx`, whose match (found by the set's DFA)
     /// is `0..end`: from DFA passes when the regex allows it, else from the
     /// backtracker on that span. No retry.
-    fn capture_first(&self, idx: usize, text: &str, end: usize) -> Option<(Host, Option<String>)> {
+    fn capture_first(&self, idx: usize, text: &str, end: usize) -> Option<Captured> {
         let fr = &self.fails[idx];
         with_slots(fr.slots, |slots| {
             let split = fr
@@ -544,7 +691,7 @@ impl FilterSet {
         idx: usize,
         text: &str,
         input: &Input<'_>,
-    ) -> Option<Result<(Host, Option<String>), usize>> {
+    ) -> Option<Result<Captured, usize>> {
         let fr = &self.fails[idx];
         with_slots(fr.slots, |slots| {
             fr.regex.search_slots(input, slots)?;
@@ -552,6 +699,10 @@ impl FilterSet {
         })
     }
 }
+
+/// A failregex's host (`None` when it has no host tag and leaves it to the
+/// prefregex) and user.
+type Captured = (Option<Host>, Option<String>);
 
 /// Runs `f` with `n` empty capture slots, on the stack when they fit.
 fn with_slots<T>(n: usize, f: impl FnOnce(&mut [Option<NonMaxUsize>]) -> T) -> T {
@@ -570,10 +721,21 @@ fn resolve(
     fr: &FailRegex,
     text: &str,
     slots: &[Option<NonMaxUsize>],
-) -> Option<Result<(Host, Option<String>), usize>> {
+) -> Option<Result<Captured, usize>> {
     let group = |g: usize| -> Option<(usize, usize)> {
         Some((slots[2 * g]?.get(), slots[2 * g + 1]?.get()))
     };
+    let user = || {
+        fr.users
+            .iter()
+            .find_map(|&g| group(g))
+            .map(|(s, e)| text[s..e].to_string())
+    };
+    if fr.hosts.is_empty() {
+        // The prefregex holds the host (compile checked that it has one);
+        // the caller has the match.
+        return Some(Ok((None, user())));
+    }
     let host = fr.hosts.iter().find_map(|&(g, kind)| {
         let (s, e) = group(g)?;
         if !host::boundary_ok(text, s, e) {
@@ -582,14 +744,7 @@ fn resolve(
         host::parse_host(&text[s..e], kind)
     });
     match host {
-        Some(host) => {
-            let user = fr
-                .users
-                .iter()
-                .find_map(|&g| group(g))
-                .map(|(s, e)| text[s..e].to_string());
-            Some(Ok((host, user)))
-        }
+        Some(host) => Some(Ok((Some(host), user()))),
         None => Some(Err(group(0)?.0)),
     }
 }
@@ -647,6 +802,8 @@ impl FilterDef {
 
 #[cfg(test)]
 mod corpus_tests;
+#[cfg(test)]
+mod prefix_tests;
 #[cfg(test)]
 mod split_tests;
 #[cfg(test)]

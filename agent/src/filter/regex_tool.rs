@@ -107,7 +107,12 @@ struct Resolved {
 fn from_def(def: &FilterDef, args: &RegexToolArgs, label: String) -> Result<Resolved, FilterError> {
     let (failregex, mut ignoreregex) = def.lists(args.mode.as_deref())?;
     ignoreregex.extend(args.ignoreregex.iter().cloned());
-    let set = FilterSet::compile(&failregex, &ignoreregex, def.datepattern.as_deref())?;
+    let set = FilterSet::compile_prefixed(
+        def.prefregex.as_deref(),
+        &failregex,
+        &ignoreregex,
+        def.datepattern.as_deref(),
+    )?;
     Ok(Resolved {
         set,
         label,

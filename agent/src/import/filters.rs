@@ -17,9 +17,6 @@ use crate::filter::{FilterDef, FilterError, FilterSet};
 /// variant of a filter using one is refused, never imported in part.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Missing {
-    /// `prefregex` with `<F-CONTENT>`: a common prefix matched first, the
-    /// failregexes then run on the content it captured.
-    Prefregex,
     /// `maxlines` above 1: failregexes spanning several lines.
     MultiLine,
     /// `<F-MLFID>`, `<F-MLFFORGET>`, `<F-MLFGAINED>`: per-connection state
@@ -53,7 +50,6 @@ pub enum Missing {
 impl fmt::Display for Missing {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
-            Missing::Prefregex => "prefregex (<F-CONTENT>)",
             Missing::MultiLine => "maxlines > 1 (multi-line matching)",
             Missing::MultiLineState => "multi-line state (<F-MLFID>, <F-MLFFORGET>, <F-MLFGAINED>)",
             Missing::NoFail => "<F-NOFAIL>",
@@ -99,9 +95,35 @@ pub struct Translated {
 
 /// Translates the filter part of an expanded jail.
 pub fn translate(jail: &ExpandedJail) -> Result<Translated, Refusal> {
-    if let Some(p) = jail.prefregex.as_deref().filter(|p| !p.is_empty()) {
-        return Err(refuse(Missing::Prefregex, format!("prefregex = {p}")));
-    }
+    let prefregex = match jail.prefregex.as_deref().filter(|p| !p.is_empty()) {
+        Some(p) => {
+            let translated = translate_regex(p).map_err(|e| Refusal {
+                missing: e.missing,
+                detail: format!("prefregex {}: {p}", e.detail),
+            })?;
+            if needs_emptied_brackets(p) {
+                return Err(refuse(
+                    Missing::DateCut,
+                    format!(
+                        "prefregex needs the [] fail2ban leaves where it cut a date mid-line: {p}"
+                    ),
+                ));
+            }
+            if needs_leading_blank(&translated, true) == Some(true) {
+                return Err(refuse(
+                    Missing::DateCut,
+                    format!("prefregex needs the blank fail2ban leaves where it cut a leading date: {p}"),
+                ));
+            }
+            Some(translated)
+        }
+        None => None,
+    };
+    // Behind a prefregex's <F-CONTENT> the failregexes do not start where
+    // the date was cut.
+    let failregex_at_line_start = prefregex
+        .as_deref()
+        .is_none_or(|p| !p.contains("<F-CONTENT>"));
     if let Some(m) = &jail.maxlines {
         let n: i64 = m.trim().parse().unwrap_or(i64::MAX);
         if n > 1 {
@@ -122,7 +144,7 @@ pub fn translate(jail: &ExpandedJail) -> Result<Translated, Refusal> {
                 ),
             ));
         }
-        if needs_leading_blank(&translated) == Some(true) {
+        if failregex_at_line_start && needs_leading_blank(&translated, false) == Some(true) {
             return Err(refuse(
                 Missing::DateCut,
                 format!("failregex[{i}] needs the blank fail2ban leaves where it cut a leading date: {r}"),
@@ -150,6 +172,7 @@ pub fn translate(jail: &ExpandedJail) -> Result<Translated, Refusal> {
         Some(d) => translate_datepattern(d, &mut notes)?,
     };
     let def = FilterDef {
+        prefregex,
         failregex,
         ignoreregex,
         datepattern,
@@ -219,10 +242,15 @@ fn needs_emptied_brackets(regex: &str) -> bool {
 /// blank: fail2ban leaves one where it cut a leading date, xban cuts the
 /// blanks with the date. Decided on the anchored DFA: no non-blank first
 /// byte leads anywhere. `None` when the DFA is too large to tell.
-fn needs_leading_blank(translated: &str) -> Option<bool> {
+fn needs_leading_blank(translated: &str, prefregex: bool) -> Option<bool> {
     use regex_automata::dfa::{dense, Automaton, StartKind};
     use regex_automata::{Anchored, Input};
-    let expanded = crate::filter::host::expand(translated, "failregex").ok()?;
+    let expanded = if prefregex {
+        crate::filter::host::expand_prefix(translated, "prefregex")
+    } else {
+        crate::filter::host::expand(translated, "failregex")
+    }
+    .ok()?;
     let dfa = dense::Builder::new()
         .configure(
             dense::Config::new()
@@ -521,7 +549,8 @@ fn translate_tag(chars: &[char]) -> Result<(usize, String), Refusal> {
         "F-USER" => Ok((len, tag)),
         "F-NOFAIL" => Err(refuse(Missing::NoFail, tag)),
         "F-MLFID" | "F-MLFFORGET" | "F-MLFGAINED" => Err(refuse(Missing::MultiLineState, tag)),
-        "F-CONTENT" => Err(refuse(Missing::Prefregex, tag)),
+        // A prefregex's content; the engine refuses it anywhere else.
+        "F-CONTENT" => Ok((len, tag)),
         // Captures fail2ban takes the failure's identity from.
         "F-ID" | "F-IP4" | "F-IP6" | "F-ADDR" | "F-DNS" | "F-HOST" | "F-CIDR" | "F-SUBNET" => {
             Err(refuse(Missing::Tag, tag))

@@ -319,7 +319,7 @@ fn refused_variants_name_the_feature_and_leave_the_jail_out() {
         .map(|l| (l.jail.clone(), l.detail.clone()))
         .collect();
     for (jail, missing) in [
-        ("withpref", Missing::Prefregex),
+        ("withpref", Missing::MultiLineState),
         ("lookahead", Missing::LookAround),
         ("backref", Missing::BackReference),
         ("nofail", Missing::NoFail),

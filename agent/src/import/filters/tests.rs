@@ -54,7 +54,7 @@ fn regexes_that_need_the_date_cut_are_found() {
         r"^(?: \[\d+\]| \w+ x:)? \S+ F=<HOST>",
     ] {
         assert_eq!(
-            needs_leading_blank(&translate_regex(r).unwrap()),
+            needs_leading_blank(&translate_regex(r).unwrap(), false),
             Some(true),
             "{r}"
         );
@@ -66,7 +66,7 @@ fn regexes_that_need_the_date_cut_are_found() {
         r"<HOST> x",
     ] {
         assert_eq!(
-            needs_leading_blank(&translate_regex(r).unwrap()),
+            needs_leading_blank(&translate_regex(r).unwrap(), false),
             Some(false),
             "{r}"
         );
