@@ -235,6 +235,13 @@ fn expand_tags(regex: &str, place: &str, prefix: bool) -> Result<Expanded, Filte
         rest = after;
     }
     out.push_str(rest);
+    // fail2ban names the <F-USER> group `user`; a back-reference to it
+    // means the first one here.
+    if !users.is_empty() {
+        out = out
+            .replace("(?P=user)", &format!("(?P={})", users[0]))
+            .replace("\\k<user>", &format!("\\k<{}>", users[0]));
+    }
     let out = asciify(&out);
     if open_user {
         return Err(FilterError::BadTag {

@@ -24,6 +24,11 @@
 //!    whose captured address survives validation wins;
 //! 5. ignoreregexes are checked only for lines that produced a failure.
 //!
+//! A regex the `regex` crate cannot build (look-around, back-references,
+//! conditionals, atomic groups) runs in a backtracker ([`fancy`]) behind a
+//! `regex`-crate superset of it, which takes its place in steps 2 to 4: the
+//! backtracker only resolves lines the superset matched.
+//!
 //! A filter may have a `prefregex` (fail2ban's): it is searched after step
 //! 2 and a line it does not match is no failure; its
 //! `<F-CONTENT>...</F-CONTENT>` span is the text steps 3 to 5 see, and a
@@ -67,6 +72,7 @@
 //! xban matches single lines and has no interpolation.
 
 pub mod builtin;
+mod fancy;
 pub mod host;
 mod prefilter;
 pub mod regex_tool;
@@ -78,7 +84,8 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
 use std::path::PathBuf;
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::SystemTime;
 
 use regex::RegexSet;
@@ -86,6 +93,7 @@ use regex_automata::util::primitives::NonMaxUsize;
 use regex_automata::{meta, Anchored, Input, PatternID};
 use serde::{Deserialize, Serialize};
 
+use self::fancy::Fancy;
 use self::host::HostKind;
 use self::prefilter::Prefilter;
 use self::split::SplitPlan;
@@ -262,10 +270,16 @@ struct FailRegex {
     /// does not pay for planning them); `None` when the groups do not allow
     /// it.
     split: OnceLock<Option<SplitPlan>>,
+    /// When the regex needs the backtracker ([`fancy`]): `regex` and
+    /// `pattern` are then its superset, and `hosts`/`users` index this.
+    fancy: Option<Fancy>,
 }
 
 impl FailRegex {
     fn split_plan(&self) -> Option<&SplitPlan> {
+        if self.fancy.is_some() {
+            return None;
+        }
         self.split
             .get_or_init(|| {
                 let groups: Vec<usize> = self
@@ -294,6 +308,11 @@ pub struct FilterSet {
     fail_set: RegexSet,
     fails: Vec<FailRegex>,
     ignore_set: Option<RegexSet>,
+    /// Per ignoreregex, the backtracker when it needs one (`ignore_set`
+    /// then holds its superset).
+    ignore_fancy: Vec<Option<Fancy>>,
+    /// Searches of this filter's backtracker regexes that hit the limit.
+    limit_hits: Arc<AtomicU64>,
     prefilter: Prefilter,
     datepattern: Option<DatePattern>,
     sources: Vec<String>,
@@ -309,6 +328,7 @@ pub struct FilterSet {
 #[derive(Debug, Clone)]
 struct Prefix {
     regex: meta::Regex,
+    fancy: Option<Fancy>,
     /// Group of `<F-CONTENT>`, when it has one.
     content: Option<usize>,
     hosts: Vec<(usize, HostKind)>,
@@ -324,26 +344,27 @@ struct PrefixMatch {
 }
 
 impl Prefix {
-    fn compile(pattern: &str) -> Result<Prefix, FilterError> {
+    fn compile(pattern: &str, limit_hits: &Arc<AtomicU64>) -> Result<Prefix, FilterError> {
         let place = "prefregex";
         let exp = host::expand_prefix(pattern, place)?;
-        let regex = meta::Regex::new(&exp.pattern).map_err(|e| FilterError::BadRegex {
-            place: place.to_string(),
-            expanded: exp.pattern.clone(),
-            reason: e.to_string(),
-        })?;
+        let Compiled { regex, exp, fancy } = build(exp, place, meta::Config::new(), limit_hits)?;
         let index_of = |name: &str| -> usize {
-            regex
-                .group_info()
-                .to_index(PatternID::ZERO, name)
-                .expect("tag group exists")
+            match &fancy {
+                Some(f) => f.group_index(name),
+                None => regex.group_info().to_index(PatternID::ZERO, name),
+            }
+            .expect("tag group exists")
         };
         let hosts = exp.hosts.iter().map(|(n, k)| (index_of(n), *k)).collect();
         let users = exp.users.iter().map(|n| index_of(n)).collect();
         let content = exp.content.as_deref().map(index_of);
-        let slots = regex.group_info().implicit_slot_len() + regex.group_info().explicit_slot_len();
+        let slots = 2 * match &fancy {
+            Some(f) => f.group_count(),
+            None => regex.group_info().group_len(PatternID::ZERO),
+        };
         Ok(Prefix {
             regex,
+            fancy,
             content,
             hosts,
             users,
@@ -353,7 +374,12 @@ impl Prefix {
 
     fn search(&self, text: &str) -> Option<PrefixMatch> {
         with_slots(self.slots, |slots| {
-            self.regex.search_slots(&Input::new(text), slots)?;
+            match &self.fancy {
+                Some(f) => f.search_slots(text, 0, slots)?,
+                None => {
+                    self.regex.search_slots(&Input::new(text), slots)?;
+                }
+            }
             let group = |g: usize| -> Option<(usize, usize)> {
                 Some((slots[2 * g]?.get(), slots[2 * g + 1]?.get()))
             };
@@ -389,23 +415,69 @@ impl Prefix {
 /// hostile line cannot make matching quadratic.
 const MAX_ATTEMPTS: usize = 8;
 
-fn compile_one(pattern: &str, place: &str) -> Result<(meta::Regex, host::Expanded), FilterError> {
+/// A regex ready to run, from its expanded pattern.
+struct Compiled {
+    regex: meta::Regex,
+    /// Its pattern is the superset when `fancy` is set.
+    exp: host::Expanded,
+    fancy: Option<Fancy>,
+}
+
+fn compile_one(
+    pattern: &str,
+    place: &str,
+    limit_hits: &Arc<AtomicU64>,
+) -> Result<Compiled, FilterError> {
     let exp = host::expand(pattern, place)?;
-    let built = meta::Regex::builder()
-        .configure(meta::Config::new().hybrid(false).dfa(false))
-        .build(&exp.pattern);
-    match built {
-        Ok(regex) => Ok((regex, exp)),
-        // The regex crate words syntax errors best (with a caret).
-        Err(e) => Err(FilterError::BadRegex {
-            place: place.to_string(),
-            expanded: exp.pattern.clone(),
-            reason: match regex::Regex::new(&exp.pattern) {
-                Err(re) => re.to_string(),
-                Ok(_) => e.to_string(),
-            },
-        }),
+    // The set scan finds the matches; this one resolves groups only.
+    let config = meta::Config::new().hybrid(false).dfa(false);
+    build(exp, place, config, limit_hits)
+}
+
+/// Builds `exp` in the regex crate, or when that lacks what it needs, in
+/// the backtracker behind a superset ([`fancy`]).
+fn build(
+    mut exp: host::Expanded,
+    place: &str,
+    config: meta::Config,
+    limit_hits: &Arc<AtomicU64>,
+) -> Result<Compiled, FilterError> {
+    let build_meta = |p: &str| {
+        meta::Regex::builder()
+            .configure(config.clone())
+            .build(p)
+            .map_err(|e| e.to_string())
+    };
+    let e = match build_meta(&exp.pattern) {
+        Ok(regex) => {
+            return Ok(Compiled {
+                regex,
+                exp,
+                fancy: None,
+            })
+        }
+        Err(e) => e,
+    };
+    if let Ok(f) = Fancy::new(&exp.pattern, limit_hits.clone()) {
+        let sup = fancy::superset(&exp.pattern);
+        if let Ok(regex) = build_meta(&sup) {
+            exp.pattern = sup;
+            return Ok(Compiled {
+                regex,
+                exp,
+                fancy: Some(f),
+            });
+        }
     }
+    // The regex crate words syntax errors best (with a caret).
+    Err(FilterError::BadRegex {
+        place: place.to_string(),
+        expanded: exp.pattern.clone(),
+        reason: match regex::Regex::new(&exp.pattern) {
+            Err(re) => re.to_string(),
+            Ok(_) => e,
+        },
+    })
 }
 
 impl FilterSet {
@@ -430,21 +502,25 @@ impl FilterSet {
         if failregex.is_empty() {
             return Err(FilterError::NoFailregex);
         }
-        let prefix = prefregex.map(Prefix::compile).transpose()?;
+        let limit_hits = Arc::new(AtomicU64::new(0));
+        let prefix = prefregex
+            .map(|p| Prefix::compile(p, &limit_hits))
+            .transpose()?;
         let prefix_has_host = prefix.as_ref().is_some_and(|p| !p.hosts.is_empty());
         let mut fails = Vec::with_capacity(failregex.len());
         let mut expanded = Vec::with_capacity(failregex.len());
         for (i, src) in failregex.iter().enumerate() {
             let place = format!("failregex[{i}]");
-            let (regex, exp) = compile_one(src, &place)?;
+            let Compiled { regex, exp, fancy } = compile_one(src, &place, &limit_hits)?;
             if exp.hosts.is_empty() && !prefix_has_host {
                 return Err(FilterError::NoHostTag { place });
             }
             let index_of = |name: &str| -> usize {
-                regex
-                    .group_info()
-                    .to_index(PatternID::ZERO, name)
-                    .expect("tag group exists")
+                match &fancy {
+                    Some(f) => f.group_index(name),
+                    None => regex.group_info().to_index(PatternID::ZERO, name),
+                }
+                .expect("tag group exists")
             };
             let hosts: Vec<(usize, HostKind)> =
                 exp.hosts.iter().map(|(n, k)| (index_of(n), *k)).collect();
@@ -462,6 +538,7 @@ impl FilterSet {
                 slots: 2 * (top + 1),
                 pattern: exp.pattern.clone(),
                 split: OnceLock::new(),
+                fancy,
             });
             expanded.push(exp.pattern);
         }
@@ -472,9 +549,11 @@ impl FilterSet {
         })?;
 
         let mut ignore_expanded = Vec::with_capacity(ignoreregex.len());
+        let mut ignore_fancy = Vec::with_capacity(ignoreregex.len());
         for (i, src) in ignoreregex.iter().enumerate() {
-            let (_, exp) = compile_one(src, &format!("ignoreregex[{i}]"))?;
-            ignore_expanded.push(exp.pattern);
+            let c = compile_one(src, &format!("ignoreregex[{i}]"), &limit_hits)?;
+            ignore_expanded.push(c.exp.pattern);
+            ignore_fancy.push(c.fancy);
         }
         let ignore_set = if ignore_expanded.is_empty() {
             None
@@ -505,6 +584,8 @@ impl FilterSet {
             fail_set,
             fails,
             ignore_set,
+            ignore_fancy,
+            limit_hits,
             datepattern,
             sources: failregex.to_vec(),
             ignore_whole_line: prefix.is_some() && ignoreregex.len() + 2 < failregex.len(),
@@ -616,10 +697,8 @@ impl FilterSet {
     ) -> Option<LineMatch> {
         let host = host.or_else(|| pm.and_then(|p| p.host.clone()))?;
         let user = user.or_else(|| pm.and_then(|p| p.user.clone()));
-        if let Some(ign) = &self.ignore_set {
-            if let Some(regex) = ign.matches(text).iter().next() {
-                return Some(LineMatch::Ignored { regex, time });
-            }
+        if let Some(regex) = self.ignored(text) {
+            return Some(LineMatch::Ignored { regex, time });
         }
         Some(LineMatch::Failure(Failure {
             host,
@@ -627,6 +706,22 @@ impl FilterSet {
             user,
             time,
         }))
+    }
+
+    /// The first ignoreregex that matches `text`.
+    fn ignored(&self, text: &str) -> Option<usize> {
+        let set = self.ignore_set.as_ref()?;
+        set.matches(text).iter().find(|&i| {
+            self.ignore_fancy[i]
+                .as_ref()
+                .is_none_or(|f| f.is_match(text))
+        })
+    }
+
+    /// Searches of this filter's look-around / back-reference regexes that
+    /// gave up at the backtrack limit (each counted as no match).
+    pub fn backtrack_limit_hits(&self) -> u64 {
+        self.limit_hits.load(Ordering::Relaxed)
     }
 
     /// The general path: every failregex that matches, in list order.
@@ -672,6 +767,12 @@ impl FilterSet {
     /// backtracker on that span. No retry.
     fn capture_first(&self, idx: usize, text: &str, end: usize) -> Option<Captured> {
         let fr = &self.fails[idx];
+        if let Some(f) = &fr.fancy {
+            return with_slots(fr.slots, |slots| {
+                f.search_slots(text, 0, slots)?;
+                resolve(fr, text, slots)?.ok()
+            });
+        }
         with_slots(fr.slots, |slots| {
             let split = fr
                 .split_plan()
@@ -694,7 +795,12 @@ impl FilterSet {
     ) -> Option<Result<Captured, usize>> {
         let fr = &self.fails[idx];
         with_slots(fr.slots, |slots| {
-            fr.regex.search_slots(input, slots)?;
+            match &fr.fancy {
+                Some(f) => f.search_slots(text, input.start(), slots)?,
+                None => {
+                    fr.regex.search_slots(input, slots)?;
+                }
+            }
             resolve(fr, text, slots)
         })
     }
@@ -747,6 +853,13 @@ fn resolve(
         Some(host) => Some(Ok((Some(host), user()))),
         None => Some(Err(group(0)?.0)),
     }
+}
+
+/// A `regex`-crate pattern matching every text `pattern` (expanded, maybe
+/// with look-around or back-references) matches; `pattern` itself when the
+/// regex crate takes it.
+pub(crate) fn regex_superset(pattern: &str) -> String {
+    fancy::superset(pattern)
 }
 
 /// Whether every match of `pattern` starts at the start of the text (`^`

@@ -5,8 +5,10 @@
 //! The regexes are Python `re` syntax with fail2ban's tags. Rewrites are
 //! made only where both mean exactly the same (`\Z` is `\z`, a `{` that is
 //! no quantifier is a literal, `[` inside a class is a literal, `\<` is
-//! `<`, `{,n}` is `{0,n}`, `(?#...)` is nothing); everything else that the
-//! `regex` crate or the engine cannot do refuses the variant.
+//! `<`, `{,n}` is `{0,n}`, `(?#...)` is nothing). Look-around,
+//! back-references, conditionals and atomic groups pass as written: the
+//! engine runs those regexes in its backtracker. Everything else the engine
+//! cannot do refuses the variant.
 
 use std::fmt;
 
@@ -27,14 +29,6 @@ pub enum Missing {
     /// `<SKIPLINES>`, `<DNS>`, `<CIDR>`, `<SUBNET>`, `<F-ID>` and other
     /// field tags xban's engine does not know.
     Tag,
-    /// `(?=`, `(?!`, `(?<=`, `(?<!`.
-    LookAround,
-    /// `\1`, `(?P=name)`.
-    BackReference,
-    /// `(?(name)yes|no)`.
-    Conditional,
-    /// `(?>...)`, `*+`, `++`, `?+`.
-    Atomic,
     /// A datepattern xban cannot express (regex syntax, `{DATE}`,
     /// directives it lacks, several patterns).
     DatePattern,
@@ -54,10 +48,6 @@ impl fmt::Display for Missing {
             Missing::MultiLineState => "multi-line state (<F-MLFID>, <F-MLFFORGET>, <F-MLFGAINED>)",
             Missing::NoFail => "<F-NOFAIL>",
             Missing::Tag => "a tag xban's engine does not have",
-            Missing::LookAround => "look-around",
-            Missing::BackReference => "back-references",
-            Missing::Conditional => "conditional groups",
-            Missing::Atomic => "atomic groups / possessive quantifiers",
             Missing::DatePattern => "datepattern form",
             Missing::DateCut => "fail2ban's date cut (a regex expecting what it leaves)",
             Missing::Syntax => "regex syntax the regex crate cannot compile",
@@ -251,6 +241,9 @@ fn needs_leading_blank(translated: &str, prefregex: bool) -> Option<bool> {
         crate::filter::host::expand(translated, "failregex")
     }
     .ok()?;
+    // A look-around or back-reference regex: its superset (a blank that
+    // the superset requires, the regex requires too).
+    let pattern = crate::filter::regex_superset(&expanded.pattern);
     let dfa = dense::Builder::new()
         .configure(
             dense::Config::new()
@@ -258,7 +251,7 @@ fn needs_leading_blank(translated: &str, prefregex: bool) -> Option<bool> {
                 .dfa_size_limit(Some(16 << 20))
                 .determinize_size_limit(Some(16 << 20)),
         )
-        .build(&expanded.pattern)
+        .build(&pattern)
         .ok()?;
     let start = dfa
         .start_state_forward(&Input::new("").anchored(Anchored::Yes))
@@ -290,8 +283,10 @@ pub fn translate_regex(src: &str) -> Result<String, Refusal> {
                 i += 2;
                 quantifiable = true;
                 match n {
+                    // A back-reference: the engine's backtracker runs it.
                     '1'..='9' => {
-                        return Err(refuse(Missing::BackReference, format!("\\{n}")));
+                        out.push('\\');
+                        out.push(n);
                     }
                     'Z' => out.push_str("\\z"),
                     '<' => out.push_str("\\x3C"),
@@ -314,21 +309,27 @@ pub fn translate_regex(src: &str) -> Result<String, Refusal> {
             }
             '(' => {
                 let rest: String = chars[i..chars.len().min(i + 4)].iter().collect();
-                if rest.starts_with("(?=")
-                    || rest.starts_with("(?!")
-                    || rest.starts_with("(?<=")
-                    || rest.starts_with("(?<!")
+                // Look-around, conditionals, named back-references and
+                // atomic groups: the engine's backtracker runs them as
+                // written (the `(?P<`/`(?<` group-name rule below must not
+                // take a look-behind for a name).
+                if let Some(p) = ["(?<=", "(?<!", "(?=", "(?!", "(?(", "(?P=", "(?>"]
+                    .iter()
+                    .find(|p| rest.starts_with(*p))
                 {
-                    return Err(refuse(Missing::LookAround, rest));
-                }
-                if rest.starts_with("(?(") {
-                    return Err(refuse(Missing::Conditional, "(?(...)"));
-                }
-                if rest.starts_with("(?P=") {
-                    return Err(refuse(Missing::BackReference, "(?P=name)"));
-                }
-                if rest.starts_with("(?>") {
-                    return Err(refuse(Missing::Atomic, "(?>...)"));
+                    out.push_str(p);
+                    i += p.chars().count();
+                    quantifiable = false;
+                    if *p == "(?(" || *p == "(?P=" {
+                        // The condition / name up to its `)`, verbatim.
+                        let Some(q) = chars[i..].iter().position(|&c| c == ')') else {
+                            return Err(refuse(Missing::Syntax, format!("unterminated {p}")));
+                        };
+                        out.extend(&chars[i..=i + q]);
+                        i += q + 1;
+                        quantifiable = *p == "(?P=";
+                    }
+                    continue;
                 }
                 if rest.starts_with("(?#") {
                     // A comment: Python skips to the next `)`.
@@ -360,8 +361,10 @@ pub fn translate_regex(src: &str) -> Result<String, Refusal> {
                 Some((end, text)) if quantifiable => {
                     out.push_str(&text);
                     i = end;
+                    // Possessive: the engine's backtracker runs it.
                     if chars.get(i) == Some(&'+') {
-                        return Err(refuse(Missing::Atomic, "possessive {m,n}+"));
+                        out.push('+');
+                        i += 1;
                     }
                     quantifiable = false;
                 }
@@ -379,8 +382,12 @@ pub fn translate_regex(src: &str) -> Result<String, Refusal> {
             '*' | '+' | '?' => {
                 out.push(c);
                 i += 1;
+                // Possessive: the engine's backtracker runs it.
                 if quantifiable && chars.get(i) == Some(&'+') {
-                    return Err(refuse(Missing::Atomic, format!("possessive {c}+")));
+                    out.push('+');
+                    i += 1;
+                    quantifiable = false;
+                    continue;
                 }
                 // A lazy `?` after a quantifier belongs to it.
                 if chars.get(i) == Some(&'?') && quantifiable {
