@@ -231,6 +231,10 @@ pub struct JailCounters {
     pub failures_while_banned: u64,
     /// Addresses forgotten because the jail tracked `max_tracked` already.
     pub window_evictions: u64,
+    /// Searches of the filter's look-around / back-reference regexes that
+    /// gave up at the backtrack limit (each counted as no match). Jails
+    /// with the same filter share one match: the jail that ran it counts.
+    pub backtrack_limit_hits: u64,
 }
 
 pub struct Jail {

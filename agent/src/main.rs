@@ -519,6 +519,12 @@ fn print_status(s: &StatusView) {
                 c.window_evictions
             );
         }
+        if c.backtrack_limit_hits > 0 {
+            println!(
+                "  {} regex searches gave up at the backtrack limit (counted as no match)",
+                c.backtrack_limit_hits
+            );
+        }
         if !j.following.is_empty() {
             println!("  following: {}", j.following.join(", "));
         }

@@ -86,7 +86,7 @@ impl Metrics {
             &mut o,
             "xban_parse_errors_total",
             "counter",
-            "Lines with a problem, per jail and kind (no_timestamp, truncated, invalid_utf8).",
+            "Lines with a problem, per jail and kind (no_timestamp, truncated, invalid_utf8, backtrack_limit).",
         );
         for j in &status.jails {
             let _ = writeln!(
@@ -104,6 +104,11 @@ impl Metrics {
                 o,
                 "xban_parse_errors_total{{jail=\"{}\",kind=\"invalid_utf8\"}} {utf8}",
                 j.name
+            );
+            let _ = writeln!(
+                o,
+                "xban_parse_errors_total{{jail=\"{}\",kind=\"backtrack_limit\"}} {}",
+                j.name, j.counters.backtrack_limit_hits
             );
         }
         family(

@@ -66,14 +66,20 @@ struct MatchClass {
     jails: Vec<(usize, usize, Arc<str>)>,
 }
 
-/// What makes two jails' filters the same.
-type FilterKey = (Vec<String>, Vec<String>, Option<String>);
+/// What makes two jails' filters the same: prefregex, failregexes,
+/// ignoreregexes, datepattern.
+type FilterKey = (Option<String>, Vec<String>, Vec<String>, Option<String>);
 
 fn filter_key(jail: &Jail) -> FilterKey {
     let s = &jail.settings;
     // The jail's filter compiled, so its lists resolve.
     let (fail, ignore) = s.filter.lists(s.mode.as_deref()).unwrap_or_default();
-    (fail, ignore, s.filter.datepattern.clone())
+    (
+        s.filter.prefregex.clone(),
+        fail,
+        ignore,
+        s.filter.datepattern.clone(),
+    )
 }
 
 /// Match classes of `members` (jail names) over `jails`; names no jail has

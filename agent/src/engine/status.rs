@@ -369,7 +369,10 @@ impl Agent {
             name: j.name().to_string(),
             failing_now: j.window.failing_count(),
             bans_now,
-            counters: j.counters.clone(),
+            counters: JailCountersView {
+                backtrack_limit_hits: j.filter().backtrack_limit_hits(),
+                ..j.counters.clone()
+            },
             following: Vec::new(),
             failing,
         }

@@ -82,11 +82,26 @@ pub(crate) struct Expanded {
     pub hosts: Vec<(String, HostKind)>,
     /// Capture-group names of user tags.
     pub users: Vec<String>,
+    /// The group of `<F-CONTENT>...</F-CONTENT>` (a prefregex only).
+    pub content: Option<String>,
 }
+
+/// The group name `<F-CONTENT>` expands to.
+const CONTENT_GROUP: &str = "xban_content";
 
 /// Expands macros, host tags and `<F-USER>` in `regex`. `place` names the
 /// regex in errors (e.g. `failregex[2]`).
 pub(crate) fn expand(regex: &str, place: &str) -> Result<Expanded, FilterError> {
+    expand_tags(regex, place, false)
+}
+
+/// [`expand`] for a `prefregex`, which may also hold one
+/// `<F-CONTENT>...</F-CONTENT>`: the part of the line its failregexes see.
+pub(crate) fn expand_prefix(regex: &str, place: &str) -> Result<Expanded, FilterError> {
+    expand_tags(regex, place, true)
+}
+
+fn expand_tags(regex: &str, place: &str, prefix: bool) -> Result<Expanded, FilterError> {
     // fail2ban's `%(name)s` interpolation would otherwise be literal text
     // that never matches.
     if let Some(p) = regex.find("%(") {
@@ -112,6 +127,8 @@ pub(crate) fn expand(regex: &str, place: &str) -> Result<Expanded, FilterError> 
     let mut hosts = Vec::new();
     let mut users = Vec::new();
     let mut open_user = false;
+    // None: no <F-CONTENT> yet; Some(true): open; Some(false): closed.
+    let mut content: Option<bool> = None;
     let mut rest = src.as_str();
     while let Some(lt) = rest.find('<') {
         out.push_str(&rest[..lt]);
@@ -169,13 +186,39 @@ pub(crate) fn expand(regex: &str, place: &str) -> Result<Expanded, FilterError> 
             }
             out.push(')');
             open_user = false;
+        } else if prefix && tag == "<F-CONTENT>" {
+            if content.is_some() {
+                return Err(FilterError::BadTag {
+                    place: place.to_string(),
+                    tag: tag.to_string(),
+                    fix: "a prefregex has one <F-CONTENT>...</F-CONTENT>; remove the second"
+                        .to_string(),
+                });
+            }
+            out.push_str(&format!("(?P<{CONTENT_GROUP}>"));
+            content = Some(true);
+        } else if prefix && tag == "</F-CONTENT>" {
+            if content != Some(true) {
+                return Err(FilterError::BadTag {
+                    place: place.to_string(),
+                    tag: tag.to_string(),
+                    fix: "add the opening <F-CONTENT> before it or remove it".to_string(),
+                });
+            }
+            out.push(')');
+            content = Some(false);
         } else if tag.starts_with("<F-") || tag.starts_with("</F-") {
+            let fix = if tag.contains("F-CONTENT") {
+                "<F-CONTENT> belongs in a prefregex; in a failregex, remove it"
+            } else if prefix {
+                "a prefregex supports <F-CONTENT>...</F-CONTENT> and <F-USER>...</F-USER> among fail2ban's field tags; remove it"
+            } else {
+                "xban supports only <F-USER>...</F-USER> among fail2ban's field tags; remove it"
+            };
             return Err(FilterError::BadTag {
                 place: place.to_string(),
                 tag: tag.to_string(),
-                fix:
-                    "xban supports only <F-USER>...</F-USER> among fail2ban's field tags; remove it"
-                        .to_string(),
+                fix: fix.to_string(),
             });
         } else if matches!(tag, "<CIDR>" | "<SUBNET>" | "<DNS>" | "<SKIPLINES>") {
             return Err(FilterError::BadTag {
@@ -192,6 +235,13 @@ pub(crate) fn expand(regex: &str, place: &str) -> Result<Expanded, FilterError> 
         rest = after;
     }
     out.push_str(rest);
+    // fail2ban names the <F-USER> group `user`; a back-reference to it
+    // means the first one here.
+    if !users.is_empty() {
+        out = out
+            .replace("(?P=user)", &format!("(?P={})", users[0]))
+            .replace("\\k<user>", &format!("\\k<{}>", users[0]));
+    }
     let out = asciify(&out);
     if open_user {
         return Err(FilterError::BadTag {
@@ -200,10 +250,18 @@ pub(crate) fn expand(regex: &str, place: &str) -> Result<Expanded, FilterError> 
             fix: "close it with </F-USER>".to_string(),
         });
     }
+    if content == Some(true) {
+        return Err(FilterError::BadTag {
+            place: place.to_string(),
+            tag: "<F-CONTENT>".to_string(),
+            fix: "close it with </F-CONTENT>".to_string(),
+        });
+    }
     Ok(Expanded {
         pattern: out,
         hosts,
         users,
+        content: content.map(|_| CONTENT_GROUP.to_string()),
     })
 }
 

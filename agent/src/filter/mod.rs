@@ -19,12 +19,20 @@
 //!    passes over its pieces ([`split`]), else (or when those decline) by a
 //!    bounded backtracker. If its captured address does not validate, the
 //!    general path below decides;
-//! 4. otherwise a [`regex::RegexSet`] (built on first need when step 3
-//!    exists, since it then serves only hostile lines) tells which
-//!    failregexes match, and only those are run again for captures, in
-//!    list order, and the first whose captured address survives validation
-//!    wins;
+//! 4. otherwise a [`regex::RegexSet`] tells which failregexes match, and
+//!    only those are run again for captures, in list order, and the first
+//!    whose captured address survives validation wins;
 //! 5. ignoreregexes are checked only for lines that produced a failure.
+//!
+//! A regex the `regex` crate cannot build (look-around, back-references,
+//! conditionals, atomic groups) runs in a backtracker ([`fancy`]) behind a
+//! `regex`-crate superset of it, which takes its place in steps 2 to 4: the
+//! backtracker only resolves lines the superset matched.
+//!
+//! A filter may have a `prefregex` (fail2ban's): it is searched after step
+//! 2 and a line it does not match is no failure; its
+//! `<F-CONTENT>...</F-CONTENT>` span is the text steps 3 to 5 see, and a
+//! `<HOST>` (or `<F-USER>`) in it stands for failregexes that have none.
 //!
 //! # Tags in patterns
 //!
@@ -57,13 +65,15 @@
 //! and a Unicode `\b` disables the DFA. Log formats are ASCII; `\pN` or
 //! `\p{L}` are there for Unicode.
 //!
-//! Any other `<...>` text is literal (`from=<>`). fail2ban's other field
-//! tags (`<F-NOFAIL>`, `<F-MLFID>`, ...), `<CIDR>`, `<SUBNET>`, `<DNS>`,
+//! Any other `<...>` text is literal (`from=<>`). `<F-CONTENT>` is for a
+//! prefregex only. fail2ban's other field tags (`<F-NOFAIL>`, `<F-MLFID>`,
+//! ...), `<CIDR>`, `<SUBNET>`, `<DNS>`,
 //! `<SKIPLINES>` and `%(name)s` interpolation are rejected with an error:
 //! xban matches single lines and has no interpolation.
 
 pub mod builtin;
 mod dfa;
+mod fancy;
 pub mod host;
 mod prefilter;
 pub mod regex_tool;
@@ -75,7 +85,8 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
 use std::path::PathBuf;
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::SystemTime;
 
 use regex::RegexSet;
@@ -85,6 +96,7 @@ use regex_syntax::hir::Hir;
 use serde::{Deserialize, Serialize};
 
 use self::dfa::ForwardDfa;
+use self::fancy::Fancy;
 use self::host::HostKind;
 use self::prefilter::Prefilter;
 use self::split::SplitPlan;
@@ -120,7 +132,7 @@ pub enum FilterError {
         #[source]
         source: std::io::Error,
     },
-    #[error("{}: invalid filter file: {source}; fix the TOML (keys: failregex, ignoreregex, datepattern, modes, default_mode, description)", .path.display())]
+    #[error("{}: invalid filter file: {source}; fix the TOML (keys: prefregex, failregex, ignoreregex, datepattern, modes, default_mode, description)", .path.display())]
     Toml {
         path: PathBuf,
         #[source]
@@ -163,6 +175,12 @@ pub struct FilterMode {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FilterDef {
+    /// fail2ban's `prefregex`: matched first on every line (after the
+    /// timestamp cut); a line it does not match is no failure. Its
+    /// `<F-CONTENT>...</F-CONTENT>` part is what the failregexes and
+    /// ignoreregexes then see (the whole line when it has none), and a
+    /// `<HOST>` in it serves the failregexes that have none of their own.
+    pub prefregex: Option<String>,
     pub failregex: Vec<String>,
     pub ignoreregex: Vec<String>,
     pub datepattern: Option<String>,
@@ -255,10 +273,16 @@ struct FailRegex {
     /// does not pay for planning them); `None` when the groups do not allow
     /// it.
     split: OnceLock<Option<SplitPlan>>,
+    /// When the regex needs the backtracker ([`fancy`]): `regex` and `hir`
+    /// are then its superset's, and `hosts`/`users` index this.
+    fancy: Option<Fancy>,
 }
 
 impl FailRegex {
     fn split_plan(&self) -> Option<&SplitPlan> {
+        if self.fancy.is_some() {
+            return None;
+        }
         self.split
             .get_or_init(|| {
                 let groups: Vec<usize> = self
@@ -296,9 +320,109 @@ pub struct FilterSet {
     expanded: Vec<String>,
     fails: Vec<FailRegex>,
     ignore_set: Option<RegexSet>,
+    /// Per ignoreregex, the backtracker when it needs one (`ignore_set`
+    /// then holds its superset).
+    ignore_fancy: Vec<Option<Fancy>>,
+    /// Searches of this filter's backtracker regexes that hit the limit.
+    limit_hits: Arc<AtomicU64>,
     prefilter: Prefilter,
     datepattern: Option<DatePattern>,
     sources: Vec<String>,
+    prefix: Option<Prefix>,
+    /// With a prefregex and many more failregexes than ignoreregexes,
+    /// fail2ban tries the ignoreregexes on the whole line before anything
+    /// else; this keeps that behaviour (it differs from the content check
+    /// when an ignoreregex matches the prefix part).
+    ignore_whole_line: bool,
+}
+
+/// A compiled `prefregex`.
+#[derive(Debug, Clone)]
+struct Prefix {
+    regex: meta::Regex,
+    fancy: Option<Fancy>,
+    /// Group of `<F-CONTENT>`, when it has one.
+    content: Option<usize>,
+    hosts: Vec<(usize, HostKind)>,
+    users: Vec<usize>,
+    slots: usize,
+}
+
+/// What a prefregex found on a line.
+struct PrefixMatch {
+    content: std::ops::Range<usize>,
+    host: Option<Host>,
+    user: Option<String>,
+}
+
+impl Prefix {
+    fn compile(pattern: &str, limit_hits: &Arc<AtomicU64>) -> Result<Prefix, FilterError> {
+        let place = "prefregex";
+        let exp = host::expand_prefix(pattern, place)?;
+        let Compiled {
+            regex, exp, fancy, ..
+        } = build(exp, place, meta::Config::new(), limit_hits)?;
+        let index_of = |name: &str| -> usize {
+            match &fancy {
+                Some(f) => f.group_index(name),
+                None => regex.group_info().to_index(PatternID::ZERO, name),
+            }
+            .expect("tag group exists")
+        };
+        let hosts = exp.hosts.iter().map(|(n, k)| (index_of(n), *k)).collect();
+        let users = exp.users.iter().map(|n| index_of(n)).collect();
+        let content = exp.content.as_deref().map(index_of);
+        let slots = 2 * match &fancy {
+            Some(f) => f.group_count(),
+            None => regex.group_info().group_len(PatternID::ZERO),
+        };
+        Ok(Prefix {
+            regex,
+            fancy,
+            content,
+            hosts,
+            users,
+            slots,
+        })
+    }
+
+    fn search(&self, text: &str) -> Option<PrefixMatch> {
+        with_slots(self.slots, |slots| {
+            match &self.fancy {
+                Some(f) => f.search_slots(text, 0, slots)?,
+                None => {
+                    self.regex.search_slots(&Input::new(text), slots)?;
+                }
+            }
+            let group = |g: usize| -> Option<(usize, usize)> {
+                Some((slots[2 * g]?.get(), slots[2 * g + 1]?.get()))
+            };
+            let content = match self.content {
+                Some(g) => {
+                    let (s, e) = group(g)?;
+                    s..e
+                }
+                None => 0..text.len(),
+            };
+            let host = self.hosts.iter().find_map(|&(g, kind)| {
+                let (s, e) = group(g)?;
+                if !host::boundary_ok(text, s, e) {
+                    return None;
+                }
+                host::parse_host(&text[s..e], kind)
+            });
+            let user = self
+                .users
+                .iter()
+                .find_map(|&g| group(g))
+                .map(|(s, e)| text[s..e].to_string());
+            Some(PrefixMatch {
+                content,
+                host,
+                user,
+            })
+        })
+    }
 }
 
 /// Bound on re-searches when a match's address does not validate, so that a
@@ -308,33 +432,75 @@ const MAX_ATTEMPTS: usize = 8;
 /// A failregex or ignoreregex, tags expanded, parsed once for all its uses.
 struct Compiled {
     regex: meta::Regex,
+    /// Its pattern is the superset when `fancy` is set.
     exp: host::Expanded,
+    /// The parsed pattern (the superset's when `fancy` is set).
     hir: Hir,
+    fancy: Option<Fancy>,
 }
 
-fn compile_one(pattern: &str, place: &str) -> Result<Compiled, FilterError> {
+fn compile_one(
+    pattern: &str,
+    place: &str,
+    limit_hits: &Arc<AtomicU64>,
+) -> Result<Compiled, FilterError> {
     let exp = host::expand(pattern, place)?;
-    let built = regex_automata::util::syntax::parse(&exp.pattern)
-        .map_err(|e| e.to_string())
-        .and_then(|hir| {
-            meta::Regex::builder()
-                .configure(meta::Config::new().hybrid(false).dfa(false))
-                .build_from_hir(&hir)
-                .map(|regex| (regex, hir))
-                .map_err(|e| e.to_string())
-        });
-    match built {
-        Ok((regex, hir)) => Ok(Compiled { regex, exp, hir }),
-        // The regex crate words syntax errors best (with a caret).
-        Err(e) => Err(FilterError::BadRegex {
-            place: place.to_string(),
-            expanded: exp.pattern.clone(),
-            reason: match regex::Regex::new(&exp.pattern) {
-                Err(re) => re.to_string(),
-                Ok(_) => e,
-            },
-        }),
+    // The combined search finds the matches; this one resolves groups only.
+    let config = meta::Config::new().hybrid(false).dfa(false);
+    build(exp, place, config, limit_hits)
+}
+
+/// Builds `exp` in the regex crate, or when that lacks what it needs, in
+/// the backtracker behind a superset ([`fancy`]).
+fn build(
+    mut exp: host::Expanded,
+    place: &str,
+    config: meta::Config,
+    limit_hits: &Arc<AtomicU64>,
+) -> Result<Compiled, FilterError> {
+    let build_meta = |p: &str| {
+        regex_automata::util::syntax::parse(p)
+            .map_err(|e| e.to_string())
+            .and_then(|hir| {
+                meta::Regex::builder()
+                    .configure(config.clone())
+                    .build_from_hir(&hir)
+                    .map(|regex| (regex, hir))
+                    .map_err(|e| e.to_string())
+            })
+    };
+    let e = match build_meta(&exp.pattern) {
+        Ok((regex, hir)) => {
+            return Ok(Compiled {
+                regex,
+                exp,
+                hir,
+                fancy: None,
+            })
+        }
+        Err(e) => e,
+    };
+    if let Ok(f) = Fancy::new(&exp.pattern, limit_hits.clone()) {
+        let sup = fancy::superset(&exp.pattern);
+        if let Ok((regex, hir)) = build_meta(&sup) {
+            exp.pattern = sup;
+            return Ok(Compiled {
+                regex,
+                exp,
+                hir,
+                fancy: Some(f),
+            });
+        }
     }
+    // The regex crate words syntax errors best (with a caret).
+    Err(FilterError::BadRegex {
+        place: place.to_string(),
+        expanded: exp.pattern.clone(),
+        reason: match regex::Regex::new(&exp.pattern) {
+            Err(re) => re.to_string(),
+            Ok(_) => e,
+        },
+    })
 }
 
 impl FilterSet {
@@ -345,23 +511,45 @@ impl FilterSet {
         ignoreregex: &[String],
         datepattern: Option<&str>,
     ) -> Result<FilterSet, FilterError> {
+        FilterSet::compile_prefixed(None, failregex, ignoreregex, datepattern)
+    }
+
+    /// [`FilterSet::compile`] behind a `prefregex` ([`FilterDef::prefregex`]):
+    /// a failregex may then leave the host to the prefregex's `<HOST>`.
+    pub fn compile_prefixed(
+        prefregex: Option<&str>,
+        failregex: &[String],
+        ignoreregex: &[String],
+        datepattern: Option<&str>,
+    ) -> Result<FilterSet, FilterError> {
         if failregex.is_empty() {
             return Err(FilterError::NoFailregex);
         }
+        let limit_hits = Arc::new(AtomicU64::new(0));
+        let prefix = prefregex
+            .map(|p| Prefix::compile(p, &limit_hits))
+            .transpose()?;
+        let prefix_has_host = prefix.as_ref().is_some_and(|p| !p.hosts.is_empty());
         let mut fails = Vec::with_capacity(failregex.len());
         let mut expanded = Vec::with_capacity(failregex.len());
         let mut hirs = Vec::with_capacity(failregex.len());
         for (i, src) in failregex.iter().enumerate() {
             let place = format!("failregex[{i}]");
-            let Compiled { regex, exp, hir } = compile_one(src, &place)?;
-            if exp.hosts.is_empty() {
+            let Compiled {
+                regex,
+                exp,
+                hir,
+                fancy,
+            } = compile_one(src, &place, &limit_hits)?;
+            if exp.hosts.is_empty() && !prefix_has_host {
                 return Err(FilterError::NoHostTag { place });
             }
             let index_of = |name: &str| -> usize {
-                regex
-                    .group_info()
-                    .to_index(PatternID::ZERO, name)
-                    .expect("tag group exists")
+                match &fancy {
+                    Some(f) => f.group_index(name),
+                    None => regex.group_info().to_index(PatternID::ZERO, name),
+                }
+                .expect("tag group exists")
             };
             let hosts: Vec<(usize, HostKind)> =
                 exp.hosts.iter().map(|(n, k)| (index_of(n), *k)).collect();
@@ -379,14 +567,17 @@ impl FilterSet {
                 slots: 2 * (top + 1),
                 hir: hir.clone(),
                 split: OnceLock::new(),
+                fancy,
             });
             expanded.push(exp.pattern);
             hirs.push(hir);
         }
         let mut ignore_expanded = Vec::with_capacity(ignoreregex.len());
+        let mut ignore_fancy = Vec::with_capacity(ignoreregex.len());
         for (i, src) in ignoreregex.iter().enumerate() {
-            let c = compile_one(src, &format!("ignoreregex[{i}]"))?;
+            let c = compile_one(src, &format!("ignoreregex[{i}]"), &limit_hits)?;
             ignore_expanded.push(c.exp.pattern);
+            ignore_fancy.push(c.fancy);
         }
         let ignore_set = if ignore_expanded.is_empty() {
             None
@@ -423,8 +614,12 @@ impl FilterSet {
             expanded,
             fails,
             ignore_set,
+            ignore_fancy,
+            limit_hits,
             datepattern,
             sources: failregex.to_vec(),
+            ignore_whole_line: prefix.is_some() && ignoreregex.len() + 2 < failregex.len(),
+            prefix,
         })
     }
 
@@ -433,7 +628,13 @@ impl FilterSet {
     pub fn from_def(def: &FilterDef, mode: Option<&str>) -> Result<FilterSet, FilterError> {
         let (fail, ignore) = def.lists(mode)?;
         let place = mode.or(def.default_mode.as_deref());
-        FilterSet::compile(&fail, &ignore, def.datepattern.as_deref()).map_err(|e| match place {
+        FilterSet::compile_prefixed(
+            def.prefregex.as_deref(),
+            &fail,
+            &ignore,
+            def.datepattern.as_deref(),
+        )
+        .map_err(|e| match place {
             Some(m) => FilterError::InMode {
                 place: format!("mode {m:?}"),
                 source: Box::new(e),
@@ -487,6 +688,29 @@ impl FilterSet {
         if !self.prefilter.may_match(text) {
             return LineMatch::NoMatch { time };
         }
+        let Some(prefix) = &self.prefix else {
+            return self.match_content(text, time, keep_user, None);
+        };
+        if self.ignore_whole_line {
+            if let Some(regex) = self.ignored(text) {
+                return LineMatch::Ignored { regex, time };
+            }
+        }
+        match prefix.search(text) {
+            Some(pm) => self.match_content(&text[pm.content.clone()], time, keep_user, Some(&pm)),
+            None => LineMatch::NoMatch { time },
+        }
+    }
+
+    /// The failregexes on `text` (the line after its timestamp, or the
+    /// prefregex's content).
+    fn match_content(
+        &self,
+        text: &str,
+        time: TimeFound,
+        keep_user: bool,
+        pm: Option<&PrefixMatch>,
+    ) -> LineMatch {
         if let Some(first) = &self.first {
             // An error (the lazy DFA gave up) leaves it to the general path.
             if let Ok(found) = first.find(text, 0, false) {
@@ -494,40 +718,71 @@ impl FilterSet {
                     return LineMatch::NoMatch { time };
                 };
                 let idx = m.pattern().as_usize();
-                if let Some((host, user)) = self.capture_first(idx, text, m.offset()) {
-                    return self.failure(text, idx, host, user.filter(|_| keep_user), time);
+                if let Some(found) = self.capture_first(idx, text, m.offset()) {
+                    if let Some(hit) = self.failure(text, idx, found, keep_user, pm, time) {
+                        return hit;
+                    }
                 }
             }
             // The first matching failregex captured no valid address: the
             // general path tries the others (and that one again, bounded).
         }
-        self.match_all(text, time, keep_user)
+        self.match_all(text, time, keep_user, pm)
     }
 
-    /// A failure of failregex `idx`, unless an ignoreregex matches too.
+    /// A failure of failregex `idx`, unless an ignoreregex matches too;
+    /// `None` when neither the failregex nor the prefregex gave a host.
     fn failure(
         &self,
         text: &str,
         idx: usize,
-        host: Host,
-        user: Option<Span>,
+        (host, user): Captured,
+        keep_user: bool,
+        pm: Option<&PrefixMatch>,
         time: TimeFound,
-    ) -> LineMatch {
-        if let Some(ign) = &self.ignore_set {
-            if let Some(regex) = ign.matches(text).iter().next() {
-                return LineMatch::Ignored { regex, time };
-            }
+    ) -> Option<LineMatch> {
+        let host = host.or_else(|| pm.and_then(|p| p.host.clone()))?;
+        if let Some(regex) = self.ignored(text) {
+            return Some(LineMatch::Ignored { regex, time });
         }
-        LineMatch::Failure(Failure {
+        let user = if keep_user {
+            user.map(|(s, e)| text[s..e].to_string())
+                .or_else(|| pm.and_then(|p| p.user.clone()))
+        } else {
+            None
+        };
+        Some(LineMatch::Failure(Failure {
             host,
             regex: idx,
-            user: user.map(|(s, e)| text[s..e].to_string()),
+            user,
             time,
+        }))
+    }
+
+    /// The first ignoreregex that matches `text`.
+    fn ignored(&self, text: &str) -> Option<usize> {
+        let set = self.ignore_set.as_ref()?;
+        set.matches(text).iter().find(|&i| {
+            self.ignore_fancy[i]
+                .as_ref()
+                .is_none_or(|f| f.is_match(text))
         })
     }
 
+    /// Searches of this filter's look-around / back-reference regexes that
+    /// gave up at the backtrack limit (each counted as no match).
+    pub fn backtrack_limit_hits(&self) -> u64 {
+        self.limit_hits.load(Ordering::Relaxed)
+    }
+
     /// The general path: every failregex that matches, in list order.
-    fn match_all(&self, text: &str, time: TimeFound, keep_user: bool) -> LineMatch {
+    fn match_all(
+        &self,
+        text: &str,
+        time: TimeFound,
+        keep_user: bool,
+        pm: Option<&PrefixMatch>,
+    ) -> LineMatch {
         let set = self
             .fail_set
             .get_or_init(|| RegexSet::new(&self.expanded).ok());
@@ -535,13 +790,13 @@ impl FilterSet {
             // `first` built from the same patterns, so the set builds too;
             // should it not, each failregex is tried in list order, which
             // is what the set's answer is used for.
-            return self.capture_in_order(0..self.fails.len(), text, time, keep_user);
+            return self.capture_in_order(0..self.fails.len(), text, time, keep_user, pm);
         };
         let matched = set.matches(text);
         if !matched.matched_any() {
             return LineMatch::NoMatch { time };
         }
-        self.capture_in_order(matched.iter(), text, time, keep_user)
+        self.capture_in_order(matched.iter(), text, time, keep_user, pm)
     }
 
     /// The first of failregexes `idxs` whose captured address is valid.
@@ -551,10 +806,13 @@ impl FilterSet {
         text: &str,
         time: TimeFound,
         keep_user: bool,
+        pm: Option<&PrefixMatch>,
     ) -> LineMatch {
         for idx in idxs {
-            if let Some((host, user)) = self.capture(idx, text) {
-                return self.failure(text, idx, host, user.filter(|_| keep_user), time);
+            if let Some(found) = self.capture(idx, text) {
+                if let Some(hit) = self.failure(text, idx, found, keep_user, pm, time) {
+                    return hit;
+                }
             }
         }
         LineMatch::NoMatch { time }
@@ -563,7 +821,7 @@ impl FilterSet {
     /// Runs failregex `idx` for captures. If the address it captured is not
     /// valid, searches again after the match start (bounded), so that a
     /// decoy earlier in the line does not hide a real address later.
-    fn capture(&self, idx: usize, text: &str) -> Option<(Host, Option<Span>)> {
+    fn capture(&self, idx: usize, text: &str) -> Option<Captured> {
         let mut start = 0;
         for _ in 0..MAX_ATTEMPTS {
             let input = Input::new(text).range(start..);
@@ -585,8 +843,14 @@ impl FilterSet {
     /// Captures of failregex `idx`, whose match (found by the set's DFA)
     /// is `0..end`: from DFA passes when the regex allows it, else from the
     /// backtracker on that span. No retry.
-    fn capture_first(&self, idx: usize, text: &str, end: usize) -> Option<(Host, Option<Span>)> {
+    fn capture_first(&self, idx: usize, text: &str, end: usize) -> Option<Captured> {
         let fr = &self.fails[idx];
+        if let Some(f) = &fr.fancy {
+            return with_slots(fr.slots, |slots| {
+                f.search_slots(text, 0, slots)?;
+                resolve(fr, text, slots)?.ok()
+            });
+        }
         with_slots(fr.slots, |slots| {
             let split = fr
                 .split_plan()
@@ -606,14 +870,23 @@ impl FilterSet {
         idx: usize,
         text: &str,
         input: &Input<'_>,
-    ) -> Option<Result<(Host, Option<Span>), usize>> {
+    ) -> Option<Result<Captured, usize>> {
         let fr = &self.fails[idx];
         with_slots(fr.slots, |slots| {
-            fr.regex.search_slots(input, slots)?;
+            match &fr.fancy {
+                Some(f) => f.search_slots(text, input.start(), slots)?,
+                None => {
+                    fr.regex.search_slots(input, slots)?;
+                }
+            }
             resolve(fr, text, slots)
         })
     }
 }
+
+/// A failregex's host (`None` when it has no host tag and leaves it to the
+/// prefregex) and user span.
+type Captured = (Option<Host>, Option<Span>);
 
 /// Runs `f` with `n` empty capture slots, on the stack when they fit.
 fn with_slots<T>(n: usize, f: impl FnOnce(&mut [Option<NonMaxUsize>]) -> T) -> T {
@@ -632,10 +905,16 @@ fn resolve(
     fr: &FailRegex,
     text: &str,
     slots: &[Option<NonMaxUsize>],
-) -> Option<Result<(Host, Option<Span>), usize>> {
+) -> Option<Result<Captured, usize>> {
     let group = |g: usize| -> Option<(usize, usize)> {
         Some((slots[2 * g]?.get(), slots[2 * g + 1]?.get()))
     };
+    let user = fr.users.iter().find_map(|&g| group(g));
+    if fr.hosts.is_empty() {
+        // The prefregex holds the host (compile checked that it has one);
+        // the caller has the match.
+        return Some(Ok((None, user)));
+    }
     let host = fr.hosts.iter().find_map(|&(g, kind)| {
         let (s, e) = group(g)?;
         if !host::boundary_ok(text, s, e) {
@@ -644,12 +923,16 @@ fn resolve(
         host::parse_host(&text[s..e], kind)
     });
     match host {
-        Some(host) => {
-            let user = fr.users.iter().find_map(|&g| group(g));
-            Some(Ok((host, user)))
-        }
+        Some(host) => Some(Ok((Some(host), user))),
         None => Some(Err(group(0)?.0)),
     }
+}
+
+/// A `regex`-crate pattern matching every text `pattern` (expanded, maybe
+/// with look-around or back-references) matches; `pattern` itself when the
+/// regex crate takes it.
+pub(crate) fn regex_superset(pattern: &str) -> String {
+    fancy::superset(pattern)
 }
 
 /// Whether every match of `hir` starts at the start of the text (`^`
@@ -700,6 +983,8 @@ impl FilterDef {
 
 #[cfg(test)]
 mod corpus_tests;
+#[cfg(test)]
+mod prefix_tests;
 #[cfg(test)]
 mod split_tests;
 #[cfg(test)]

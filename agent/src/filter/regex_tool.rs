@@ -92,6 +92,9 @@ pub struct RegexReport {
     pub missed: Vec<MissedLine>,
     /// Missed lines not listed because of the cap.
     pub missed_omitted: u64,
+    /// Searches of look-around / back-reference regexes that gave up at
+    /// the backtrack limit (counted as no match).
+    pub backtrack_limit_hits: u64,
     pub elapsed_secs: f64,
     pub lines_per_sec: f64,
 }
@@ -107,7 +110,12 @@ struct Resolved {
 fn from_def(def: &FilterDef, args: &RegexToolArgs, label: String) -> Result<Resolved, FilterError> {
     let (failregex, mut ignoreregex) = def.lists(args.mode.as_deref())?;
     ignoreregex.extend(args.ignoreregex.iter().cloned());
-    let set = FilterSet::compile(&failregex, &ignoreregex, def.datepattern.as_deref())?;
+    let set = FilterSet::compile_prefixed(
+        def.prefregex.as_deref(),
+        &failregex,
+        &ignoreregex,
+        def.datepattern.as_deref(),
+    )?;
     Ok(Resolved {
         set,
         label,
@@ -382,6 +390,7 @@ pub fn run(args: &RegexToolArgs) -> Result<RegexReport, FilterError> {
         no_timestamp: t.no_time,
         missed: t.missed_lines,
         missed_omitted: t.missed_omitted,
+        backtrack_limit_hits: resolved.set.backtrack_limit_hits(),
         elapsed_secs: elapsed,
         lines_per_sec: if elapsed > 0.0 {
             t.total as f64 / elapsed
@@ -430,6 +439,13 @@ impl fmt::Display for RegexReport {
             )?;
         }
         writeln!(f)?;
+        if self.backtrack_limit_hits > 0 {
+            writeln!(
+                f,
+                "Limit:   {} searches gave up at the backtrack limit (counted as no match)",
+                self.backtrack_limit_hits
+            )?;
+        }
         write!(
             f,
             "Times:   {} found, {} missing",

@@ -475,7 +475,7 @@ pub(super) fn general(fs: &FilterSet, line: &str) -> LineMatch {
         ),
         None => (TimeFound::Missing, line),
     };
-    fs.match_all(text, time, true)
+    fs.match_all(text, time, true, None)
 }
 
 /// Variants of a log line an attacker could produce: decoy addresses before

@@ -781,7 +781,12 @@ fn corpus_agreement(dir: &Path, ours: &[ExpandedJail]) -> CorpusAgreement {
                 if agrees {
                     result.agreed += 1;
                     slot.0 += 1;
-                } else if got.is_some() {
+                } else if std::env::var_os("XBAN_CORPUS_VERBOSE").is_some() {
+                    eprintln!(
+                        "MISS {label}: {line} -> {got:?}, fail2ban: {want_match} {want_host:?}"
+                    );
+                }
+                if !agrees && got.is_some() {
                     result.wrong.push(format!(
                         "{label}: {line} -> {got:?}, fail2ban: {want_match} {want_host:?}"
                     ));

@@ -5,8 +5,10 @@
 //! The regexes are Python `re` syntax with fail2ban's tags. Rewrites are
 //! made only where both mean exactly the same (`\Z` is `\z`, a `{` that is
 //! no quantifier is a literal, `[` inside a class is a literal, `\<` is
-//! `<`, `{,n}` is `{0,n}`, `(?#...)` is nothing); everything else that the
-//! `regex` crate or the engine cannot do refuses the variant.
+//! `<`, `{,n}` is `{0,n}`, `(?#...)` is nothing). Look-around,
+//! back-references, conditionals and atomic groups pass as written: the
+//! engine runs those regexes in its backtracker. Everything else the engine
+//! cannot do refuses the variant.
 
 use std::fmt;
 
@@ -17,9 +19,6 @@ use crate::filter::{FilterDef, FilterError, FilterSet};
 /// variant of a filter using one is refused, never imported in part.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Missing {
-    /// `prefregex` with `<F-CONTENT>`: a common prefix matched first, the
-    /// failregexes then run on the content it captured.
-    Prefregex,
     /// `maxlines` above 1: failregexes spanning several lines.
     MultiLine,
     /// `<F-MLFID>`, `<F-MLFFORGET>`, `<F-MLFGAINED>`: per-connection state
@@ -30,14 +29,6 @@ pub enum Missing {
     /// `<SKIPLINES>`, `<DNS>`, `<CIDR>`, `<SUBNET>`, `<F-ID>` and other
     /// field tags xban's engine does not know.
     Tag,
-    /// `(?=`, `(?!`, `(?<=`, `(?<!`.
-    LookAround,
-    /// `\1`, `(?P=name)`.
-    BackReference,
-    /// `(?(name)yes|no)`.
-    Conditional,
-    /// `(?>...)`, `*+`, `++`, `?+`.
-    Atomic,
     /// A datepattern xban cannot express (regex syntax, `{DATE}`,
     /// directives it lacks, several patterns).
     DatePattern,
@@ -53,15 +44,10 @@ pub enum Missing {
 impl fmt::Display for Missing {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
-            Missing::Prefregex => "prefregex (<F-CONTENT>)",
             Missing::MultiLine => "maxlines > 1 (multi-line matching)",
             Missing::MultiLineState => "multi-line state (<F-MLFID>, <F-MLFFORGET>, <F-MLFGAINED>)",
             Missing::NoFail => "<F-NOFAIL>",
             Missing::Tag => "a tag xban's engine does not have",
-            Missing::LookAround => "look-around",
-            Missing::BackReference => "back-references",
-            Missing::Conditional => "conditional groups",
-            Missing::Atomic => "atomic groups / possessive quantifiers",
             Missing::DatePattern => "datepattern form",
             Missing::DateCut => "fail2ban's date cut (a regex expecting what it leaves)",
             Missing::Syntax => "regex syntax the regex crate cannot compile",
@@ -99,9 +85,35 @@ pub struct Translated {
 
 /// Translates the filter part of an expanded jail.
 pub fn translate(jail: &ExpandedJail) -> Result<Translated, Refusal> {
-    if let Some(p) = jail.prefregex.as_deref().filter(|p| !p.is_empty()) {
-        return Err(refuse(Missing::Prefregex, format!("prefregex = {p}")));
-    }
+    let prefregex = match jail.prefregex.as_deref().filter(|p| !p.is_empty()) {
+        Some(p) => {
+            let translated = translate_regex(p).map_err(|e| Refusal {
+                missing: e.missing,
+                detail: format!("prefregex {}: {p}", e.detail),
+            })?;
+            if needs_emptied_brackets(p) {
+                return Err(refuse(
+                    Missing::DateCut,
+                    format!(
+                        "prefregex needs the [] fail2ban leaves where it cut a date mid-line: {p}"
+                    ),
+                ));
+            }
+            if needs_leading_blank(&translated, true) == Some(true) {
+                return Err(refuse(
+                    Missing::DateCut,
+                    format!("prefregex needs the blank fail2ban leaves where it cut a leading date: {p}"),
+                ));
+            }
+            Some(translated)
+        }
+        None => None,
+    };
+    // Behind a prefregex's <F-CONTENT> the failregexes do not start where
+    // the date was cut.
+    let failregex_at_line_start = prefregex
+        .as_deref()
+        .is_none_or(|p| !p.contains("<F-CONTENT>"));
     if let Some(m) = &jail.maxlines {
         let n: i64 = m.trim().parse().unwrap_or(i64::MAX);
         if n > 1 {
@@ -122,7 +134,7 @@ pub fn translate(jail: &ExpandedJail) -> Result<Translated, Refusal> {
                 ),
             ));
         }
-        if needs_leading_blank(&translated) == Some(true) {
+        if failregex_at_line_start && needs_leading_blank(&translated, false) == Some(true) {
             return Err(refuse(
                 Missing::DateCut,
                 format!("failregex[{i}] needs the blank fail2ban leaves where it cut a leading date: {r}"),
@@ -150,6 +162,7 @@ pub fn translate(jail: &ExpandedJail) -> Result<Translated, Refusal> {
         Some(d) => translate_datepattern(d, &mut notes)?,
     };
     let def = FilterDef {
+        prefregex,
         failregex,
         ignoreregex,
         datepattern,
@@ -219,10 +232,18 @@ fn needs_emptied_brackets(regex: &str) -> bool {
 /// blank: fail2ban leaves one where it cut a leading date, xban cuts the
 /// blanks with the date. Decided on the anchored DFA: no non-blank first
 /// byte leads anywhere. `None` when the DFA is too large to tell.
-fn needs_leading_blank(translated: &str) -> Option<bool> {
+fn needs_leading_blank(translated: &str, prefregex: bool) -> Option<bool> {
     use regex_automata::dfa::{dense, Automaton, StartKind};
     use regex_automata::{Anchored, Input};
-    let expanded = crate::filter::host::expand(translated, "failregex").ok()?;
+    let expanded = if prefregex {
+        crate::filter::host::expand_prefix(translated, "prefregex")
+    } else {
+        crate::filter::host::expand(translated, "failregex")
+    }
+    .ok()?;
+    // A look-around or back-reference regex: its superset (a blank that
+    // the superset requires, the regex requires too).
+    let pattern = crate::filter::regex_superset(&expanded.pattern);
     let dfa = dense::Builder::new()
         .configure(
             dense::Config::new()
@@ -230,7 +251,7 @@ fn needs_leading_blank(translated: &str) -> Option<bool> {
                 .dfa_size_limit(Some(16 << 20))
                 .determinize_size_limit(Some(16 << 20)),
         )
-        .build(&expanded.pattern)
+        .build(&pattern)
         .ok()?;
     let start = dfa
         .start_state_forward(&Input::new("").anchored(Anchored::Yes))
@@ -262,8 +283,10 @@ pub fn translate_regex(src: &str) -> Result<String, Refusal> {
                 i += 2;
                 quantifiable = true;
                 match n {
+                    // A back-reference: the engine's backtracker runs it.
                     '1'..='9' => {
-                        return Err(refuse(Missing::BackReference, format!("\\{n}")));
+                        out.push('\\');
+                        out.push(n);
                     }
                     'Z' => out.push_str("\\z"),
                     '<' => out.push_str("\\x3C"),
@@ -286,21 +309,27 @@ pub fn translate_regex(src: &str) -> Result<String, Refusal> {
             }
             '(' => {
                 let rest: String = chars[i..chars.len().min(i + 4)].iter().collect();
-                if rest.starts_with("(?=")
-                    || rest.starts_with("(?!")
-                    || rest.starts_with("(?<=")
-                    || rest.starts_with("(?<!")
+                // Look-around, conditionals, named back-references and
+                // atomic groups: the engine's backtracker runs them as
+                // written (the `(?P<`/`(?<` group-name rule below must not
+                // take a look-behind for a name).
+                if let Some(p) = ["(?<=", "(?<!", "(?=", "(?!", "(?(", "(?P=", "(?>"]
+                    .iter()
+                    .find(|p| rest.starts_with(*p))
                 {
-                    return Err(refuse(Missing::LookAround, rest));
-                }
-                if rest.starts_with("(?(") {
-                    return Err(refuse(Missing::Conditional, "(?(...)"));
-                }
-                if rest.starts_with("(?P=") {
-                    return Err(refuse(Missing::BackReference, "(?P=name)"));
-                }
-                if rest.starts_with("(?>") {
-                    return Err(refuse(Missing::Atomic, "(?>...)"));
+                    out.push_str(p);
+                    i += p.chars().count();
+                    quantifiable = false;
+                    if *p == "(?(" || *p == "(?P=" {
+                        // The condition / name up to its `)`, verbatim.
+                        let Some(q) = chars[i..].iter().position(|&c| c == ')') else {
+                            return Err(refuse(Missing::Syntax, format!("unterminated {p}")));
+                        };
+                        out.extend(&chars[i..=i + q]);
+                        i += q + 1;
+                        quantifiable = *p == "(?P=";
+                    }
+                    continue;
                 }
                 if rest.starts_with("(?#") {
                     // A comment: Python skips to the next `)`.
@@ -332,8 +361,10 @@ pub fn translate_regex(src: &str) -> Result<String, Refusal> {
                 Some((end, text)) if quantifiable => {
                     out.push_str(&text);
                     i = end;
+                    // Possessive: the engine's backtracker runs it.
                     if chars.get(i) == Some(&'+') {
-                        return Err(refuse(Missing::Atomic, "possessive {m,n}+"));
+                        out.push('+');
+                        i += 1;
                     }
                     quantifiable = false;
                 }
@@ -351,8 +382,12 @@ pub fn translate_regex(src: &str) -> Result<String, Refusal> {
             '*' | '+' | '?' => {
                 out.push(c);
                 i += 1;
+                // Possessive: the engine's backtracker runs it.
                 if quantifiable && chars.get(i) == Some(&'+') {
-                    return Err(refuse(Missing::Atomic, format!("possessive {c}+")));
+                    out.push('+');
+                    i += 1;
+                    quantifiable = false;
+                    continue;
                 }
                 // A lazy `?` after a quantifier belongs to it.
                 if chars.get(i) == Some(&'?') && quantifiable {
@@ -521,7 +556,8 @@ fn translate_tag(chars: &[char]) -> Result<(usize, String), Refusal> {
         "F-USER" => Ok((len, tag)),
         "F-NOFAIL" => Err(refuse(Missing::NoFail, tag)),
         "F-MLFID" | "F-MLFFORGET" | "F-MLFGAINED" => Err(refuse(Missing::MultiLineState, tag)),
-        "F-CONTENT" => Err(refuse(Missing::Prefregex, tag)),
+        // A prefregex's content; the engine refuses it anywhere else.
+        "F-CONTENT" => Ok((len, tag)),
         // Captures fail2ban takes the failure's identity from.
         "F-ID" | "F-IP4" | "F-IP6" | "F-ADDR" | "F-DNS" | "F-HOST" | "F-CIDR" | "F-SUBNET" => {
             Err(refuse(Missing::Tag, tag))

@@ -319,12 +319,9 @@ fn refused_variants_name_the_feature_and_leave_the_jail_out() {
         .map(|l| (l.jail.clone(), l.detail.clone()))
         .collect();
     for (jail, missing) in [
-        ("withpref", Missing::Prefregex),
-        ("lookahead", Missing::LookAround),
-        ("backref", Missing::BackReference),
+        ("withpref", Missing::MultiLineState),
         ("nofail", Missing::NoFail),
         ("multi", Missing::MultiLine),
-        ("conditional", Missing::Conditional),
         ("dates", Missing::DatePattern),
     ] {
         let detail = &refused
@@ -338,6 +335,14 @@ fn refused_variants_name_the_feature_and_leave_the_jail_out() {
             "{jail} left out"
         );
     }
+    // Look-around, back-references and conditionals run in the engine's
+    // backtracker: imported.
+    for jail in ["lookahead", "backref", "conditional"] {
+        assert!(
+            import.config.contains(&format!("[jails.{jail}]")),
+            "{jail} imported: {refused:?}"
+        );
+    }
     // The other jails are imported all the same, and the result checks.
     import
         .write(out.path(), crate::config::DEFAULT_CONFIG)
@@ -346,7 +351,7 @@ fn refused_variants_name_the_feature_and_leave_the_jail_out() {
         .unwrap()
         .validate()
         .unwrap();
-    assert_eq!(resolved.jails.len(), 2);
+    assert_eq!(resolved.jails.len(), 5);
 }
 
 #[test]
