@@ -21,7 +21,7 @@ use crate::addr::Target;
 use crate::ban::{now_secs, BanRecord};
 use crate::filter::shared::SharedPrefilter;
 use crate::filter::LineMatch;
-use crate::jail::{Jail, JailVerdict};
+use crate::jail::{Jail, JailVerdict, MatchedLine};
 use crate::source::SourceLine;
 
 /// Identifies a reader (one running source) for as long as it runs; a
@@ -200,14 +200,18 @@ impl Agent {
                 }
                 continue;
             }
-            let found = self.jails.list[class.filter_of]
-                .filter()
-                .match_line(&line.text, line.read_at);
+            let found = self.jails.list[class.filter_of].filter().match_screened(
+                &line.text,
+                line.read_at,
+                screened,
+            );
             // Asked only for failures, by each jail: the clock read once.
             let now = match found {
                 LineMatch::Failure(_) => now_secs(),
                 _ => 0,
             };
+            // Copied once for the jails that keep it.
+            let matched = MatchedLine::new(&line.text);
             for (_, idx, name) in members {
                 let verdict = {
                     let (book, staged) = (&self.bans.book, &self.bans.staged);
@@ -217,7 +221,7 @@ impl Agent {
                     };
                     self.jails.list[*idx].take_match(
                         &found,
-                        &line.text,
+                        &matched,
                         line.read_at,
                         line.time,
                         &banned,

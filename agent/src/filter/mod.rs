@@ -434,6 +434,13 @@ impl FilterSet {
 
     /// Matches one log line. `now` is used for year inference.
     pub fn match_line(&self, line: &str, now: SystemTime) -> LineMatch {
+        self.match_screened(line, now, false)
+    }
+
+    /// [`match_line`](Self::match_line) for a line a [`shared::SharedPrefilter`]
+    /// (`shared`) admitted for this filter when `admitted`: its own
+    /// literal scan would only say so again.
+    pub fn match_screened(&self, line: &str, now: SystemTime, admitted: bool) -> LineMatch {
         let line = line.trim_end_matches(['\n', '\r']);
         let (time, text) = match time::parse_time(line, now, self.datepattern.as_ref()) {
             Some((t, range)) => {
@@ -445,7 +452,7 @@ impl FilterSet {
             }
             None => (TimeFound::Missing, line),
         };
-        if !self.prefilter.may_match(text) {
+        if !admitted && !self.prefilter.may_match(text) {
             return LineMatch::NoMatch { time };
         }
         if let Some(first) = &self.first {
