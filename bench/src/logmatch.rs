@@ -141,7 +141,8 @@ fn f2b_regex_cmd(log: &Path) -> Command {
 }
 
 /// `XBAN_BENCH_LOGMATCH=agent`: the area runs the agent section alone (1
-/// and 20 jails on one log), without the `xban regex` / fail2ban-regex runs.
+/// and 20 jails on one log), without the `xban regex` / fail2ban-regex runs;
+/// with `XBAN_BIN`, of that agent (an older build, for a before/after).
 const ONLY_VAR: &str = "XBAN_BENCH_LOGMATCH";
 
 /// `XBAN_BENCH_LOGMATCH_PERF=PREFIX`: `perf record` the agent during the
@@ -157,6 +158,12 @@ pub(crate) fn run(ctx: &Ctx) -> Result<Vec<Section>> {
     let lines = ctx.size(1_000_000, 100_000);
     let runs = ctx.size(3, 1) as usize;
     if only_agent() {
+        // XBAN_BIN: another agent build, for a before/after.
+        let ctx = &Ctx {
+            xban: crate::rig::agent_binary(ctx)?,
+            scratch: ctx.scratch.clone(),
+            quick: ctx.quick,
+        };
         let log = ctx.scratch.join("auth-mixed.log");
         let stats = generate(&log, lines, loggen::generate)?;
         let mut section = agent_section(ctx, &log, &stats)?;
