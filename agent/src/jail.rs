@@ -11,7 +11,7 @@ use crate::filter::{FilterSet, Host, LineMatch, TimeFound, UseDns};
 use crate::units::BanTime;
 
 mod window;
-pub use window::{JailWindow, MatchedLine};
+pub(crate) use window::{JailWindow, MatchedLine};
 
 /// What a jail wants after reading a line.
 #[derive(Debug, PartialEq)]
