@@ -108,8 +108,8 @@ fn classes_of(members: &[String], jails: &[Jail]) -> Vec<MatchClass> {
             }
         }
     }
-    for c in 0..classes.len() {
-        classes[c].within = within(&keys, c);
+    for (c, class) in classes.iter_mut().enumerate() {
+        class.within = within(&keys, c);
     }
     classes
 }

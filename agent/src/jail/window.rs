@@ -190,14 +190,20 @@ impl Failures {
             }
             Failures::Many(q) => q,
         };
-        // In order almost always: the search ends at the back.
-        let pos = q.iter().rposition(|f| f.0 <= at).map_or(0, |p| p + 1);
         let n = q.len();
+        // In order almost always: at the back.
+        let pos = match q.back().is_none_or(|f| f.0 <= at) {
+            true => n,
+            false => q.iter().rposition(|f| f.0 <= at).map_or(0, |p| p + 1),
+        };
         // Lines are kept in the newest KEPT_LINES places only.
         if pos + KEPT_LINES < n + 1 {
             q.insert(pos, (at, None));
         } else {
-            q.insert(pos, (at, Some(line)));
+            match pos == n {
+                true => q.push_back((at, Some(line))),
+                false => q.insert(pos, (at, Some(line))),
+            }
             if n >= KEPT_LINES {
                 q[n - KEPT_LINES].1 = None;
             }
