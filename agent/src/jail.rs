@@ -1,9 +1,8 @@
 //! A jail: one filter over one source, counting failures per address in a
 //! window (`findtime`) and asking for a ban at `maxretry`.
 
-use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use crate::addr::{canonical_ip, Target};
 use crate::ban::BanClass;
@@ -11,182 +10,8 @@ use crate::config::JailSettings;
 use crate::filter::{FilterSet, Host, LineMatch, TimeFound, UseDns};
 use crate::units::BanTime;
 
-/// Matched lines kept per failure are cut to this, so a hostile log line
-/// cannot make the window hold megabytes per address.
-const MAX_KEPT_LINE: usize = 512;
-
-fn millis(t: SystemTime) -> i64 {
-    t.duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
-/// Failures per address within `findtime`, in log time, for at most
-/// `max_tracked` addresses.
-///
-/// At the cap, the address to forget is the oldest one with a single
-/// failure; only when there is none, the least recently failing one. So a
-/// flood of one-time (spoofed, random) addresses churns among themselves
-/// and an address failing repeatedly keeps its count.
-#[derive(Debug)]
-pub struct JailWindow {
-    findtime_ms: i64,
-    maxretry: u32,
-    max_tracked: usize,
-    failures: HashMap<IpAddr, Tracked>,
-    /// Eviction order, oldest first: `(seq, addr)` of addresses with one
-    /// failure, and of those with more. An entry whose address has been
-    /// touched since (another `seq`) is stale and skipped.
-    singles: VecDeque<(u64, IpAddr)>,
-    repeats: VecDeque<(u64, IpAddr)>,
-    next_seq: u64,
-    /// Addresses forgotten at the cap since the last `take_evictions`.
-    evicted: u64,
-}
-
-#[derive(Debug)]
-struct Tracked {
-    seq: u64,
-    failures: VecDeque<(i64, String)>,
-}
-
-impl JailWindow {
-    pub fn new(findtime: Duration, maxretry: u32) -> Self {
-        JailWindow {
-            findtime_ms: findtime.as_millis() as i64,
-            maxretry,
-            max_tracked: crate::config::DEFAULT_MAX_TRACKED,
-            failures: HashMap::new(),
-            singles: VecDeque::new(),
-            repeats: VecDeque::new(),
-            next_seq: 0,
-            evicted: 0,
-        }
-    }
-
-    /// Cap the addresses tracked at once (evicting down to it now).
-    pub fn set_max_tracked(&mut self, max: usize) {
-        self.max_tracked = max.max(1);
-        while self.failures.len() > self.max_tracked {
-            if !self.evict_one() {
-                break;
-            }
-        }
-    }
-
-    /// Evictions since the last call.
-    pub fn take_evictions(&mut self) -> u64 {
-        std::mem::take(&mut self.evicted)
-    }
-
-    /// Forget the address that matters least (see the type's doc).
-    fn evict_one(&mut self) -> bool {
-        for queue in [&mut self.singles, &mut self.repeats] {
-            while let Some((seq, addr)) = queue.pop_front() {
-                if self.failures.get(&addr).is_some_and(|t| t.seq == seq) {
-                    self.failures.remove(&addr);
-                    self.evicted += 1;
-                    return true;
-                }
-            }
-        }
-        false
-    }
-
-    /// Drop stale queue entries once they outnumber the live ones.
-    fn compact(&mut self) {
-        if self.singles.len() + self.repeats.len() <= 2 * self.failures.len() + 64 {
-            return;
-        }
-        let mut live: Vec<(u64, IpAddr, bool)> = self
-            .failures
-            .iter()
-            .map(|(a, t)| (t.seq, *a, t.failures.len() == 1))
-            .collect();
-        live.sort_unstable_by_key(|(seq, _, _)| *seq);
-        self.singles = live.iter().filter(|l| l.2).map(|l| (l.0, l.1)).collect();
-        self.repeats = live.iter().filter(|l| !l.2).map(|l| (l.0, l.1)).collect();
-    }
-
-    pub fn max_tracked(&self) -> usize {
-        self.max_tracked
-    }
-
-    /// Count one failure at `at` (log time). Returns the failures' lines when
-    /// this one reaches `maxretry`, and forgets them: the ban takes over.
-    pub fn record(&mut self, addr: IpAddr, at: SystemTime, line: &str) -> Option<Vec<String>> {
-        let at = millis(at);
-        // At the cap only: the common case looks the address up once.
-        if self.failures.len() >= self.max_tracked && !self.failures.contains_key(&addr) {
-            self.evict_one();
-        }
-        let seq = self.next_seq;
-        self.next_seq += 1;
-        // Most addresses fail once or twice: room for one, not the four a
-        // first push reserves (a million failing addresses, ~100 MB).
-        let tracked = self.failures.entry(addr).or_insert_with(|| Tracked {
-            seq,
-            failures: VecDeque::with_capacity(1),
-        });
-        tracked.seq = seq;
-        let q = &mut tracked.failures;
-        // A line of at most MAX_KEPT_LINE bytes has at most as many
-        // characters: no need to count them.
-        let cut = match line.len() > MAX_KEPT_LINE {
-            true => line.char_indices().nth(MAX_KEPT_LINE).map(|(cut, _)| cut),
-            false => None,
-        };
-        let kept = line[..cut.unwrap_or(line.len())].to_string();
-        q.push_back((at, kept));
-        // Failures older than findtime before this one no longer count.
-        // Lines may arrive slightly out of order (several files): compare
-        // against the newest time seen, not just the front.
-        let newest = q.iter().map(|(t, _)| *t).max().unwrap_or(at);
-        q.retain(|(t, _)| newest - *t <= self.findtime_ms);
-        if q.len() >= self.maxretry as usize {
-            let lines = self
-                .failures
-                .remove(&addr)
-                .map(|t| t.failures.into_iter().map(|(_, l)| l).collect())
-                .unwrap_or_default();
-            return Some(lines);
-        }
-        if q.len() == 1 {
-            self.singles.push_back((seq, addr));
-        } else {
-            self.repeats.push_back((seq, addr));
-        }
-        self.compact();
-        None
-    }
-
-    /// Drop addresses whose newest failure left the window before `now`.
-    pub fn prune(&mut self, now: SystemTime) {
-        let now = millis(now);
-        let findtime = self.findtime_ms;
-        self.failures.retain(|_, t| {
-            t.failures
-                .iter()
-                .map(|(t, _)| *t)
-                .max()
-                .is_some_and(|t| now - t <= findtime)
-        });
-        self.compact();
-    }
-
-    pub fn forget(&mut self, addr: &IpAddr) {
-        self.failures.remove(addr);
-    }
-
-    /// Addresses failing now, with their failure counts.
-    pub fn failing(&self) -> impl Iterator<Item = (IpAddr, usize)> + '_ {
-        self.failures.iter().map(|(a, t)| (*a, t.failures.len()))
-    }
-
-    pub fn failing_count(&self) -> usize {
-        self.failures.len()
-    }
-}
+mod window;
+pub(crate) use window::{JailWindow, MatchedLine};
 
 /// What a jail wants after reading a line.
 #[derive(Debug, PartialEq)]
@@ -352,7 +177,7 @@ impl Jail {
         banned: &dyn Fn(IpAddr) -> bool,
     ) -> JailVerdict {
         let found = self.filter.match_line(text, read_at);
-        self.take_match(&found, text, read_at, known_time, banned)
+        self.take_match(&found, &MatchedLine::new(text), read_at, known_time, banned)
     }
 
     /// The jail's filter: jails with the same one share its match of a
@@ -368,11 +193,12 @@ impl Jail {
     }
 
     /// [`process_with`](Self::process_with) for a line already matched by
-    /// this jail's filter, or by an identical one (`found`).
+    /// this jail's filter, or by an identical one (`found`). `line` is
+    /// shared by the jails that count it: its copy is made once.
     pub fn take_match(
         &mut self,
         found: &LineMatch,
-        text: &str,
+        line: &MatchedLine,
         read_at: SystemTime,
         known_time: Option<SystemTime>,
         banned: &dyn Fn(IpAddr) -> bool,
@@ -411,11 +237,11 @@ impl Jail {
             return JailVerdict::AlreadyBanned(addr);
         }
         self.counters.failures_total += 1;
-        let verdict = self.window.record(addr, at, text);
+        let verdict = self.window.record(addr, at, line);
         self.counters.window_evictions += self.window.take_evictions();
         match verdict {
             None => JailVerdict::Failure(addr),
-            Some(matches) => {
+            Some(caught) => {
                 self.counters.bans_total += 1;
                 JailVerdict::Ban(BanRequest {
                     addr,
@@ -423,8 +249,8 @@ impl Jail {
                     jail: self.settings.name.clone(),
                     class: self.settings.class,
                     bantime: self.settings.bantime,
-                    failures: matches.len() as u32,
-                    matches,
+                    failures: caught.failures,
+                    matches: caught.lines.iter().map(|l| l.to_string()).collect(),
                 })
             }
         }

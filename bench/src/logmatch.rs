@@ -140,9 +140,38 @@ fn f2b_regex_cmd(log: &Path) -> Command {
     c
 }
 
+/// `XBAN_BENCH_LOGMATCH=agent`: the area runs the agent section alone (1
+/// and 20 jails on one log), without the `xban regex` / fail2ban-regex runs;
+/// with `XBAN_BIN`, of that agent (an older build, for a before/after).
+const ONLY_VAR: &str = "XBAN_BENCH_LOGMATCH";
+
+/// `XBAN_BENCH_LOGMATCH_PERF=PREFIX`: `perf record` the agent during the
+/// first run of each jail configuration into PREFIX-1-sshd, PREFIX-20-sshd
+/// and PREFIX-20-filters.
+const PERF_VAR: &str = "XBAN_BENCH_LOGMATCH_PERF";
+
+fn only_agent() -> bool {
+    std::env::var(ONLY_VAR).is_ok_and(|v| v == "agent")
+}
+
 pub(crate) fn run(ctx: &Ctx) -> Result<Vec<Section>> {
     let lines = ctx.size(1_000_000, 100_000);
     let runs = ctx.size(3, 1) as usize;
+    if only_agent() {
+        // XBAN_BIN: another agent build, for a before/after.
+        let ctx = &Ctx {
+            xban: crate::rig::agent_binary(ctx)?,
+            scratch: ctx.scratch.clone(),
+            quick: ctx.quick,
+        };
+        let log = ctx.scratch.join("auth-mixed.log");
+        let stats = generate(&log, lines, loggen::generate)?;
+        let mut section = agent_section(ctx, &log, &stats)?;
+        section
+            .notes
+            .push(format!("Only this section ran ({ONLY_VAR}=agent)."));
+        return Ok(vec![section]);
+    }
     let cfg = ctx.scratch.join("regex.toml");
     std::fs::write(
         &cfg,
@@ -448,6 +477,14 @@ impl Jails {
         }
     }
 
+    /// A short name for file names.
+    fn tag(self) -> String {
+        match self {
+            Jails::Sshd(n) => format!("{n}-sshd"),
+            Jails::Mixed => "20-filters".into(),
+        }
+    }
+
     fn label(self) -> String {
         match self {
             Jails::Sshd(1) => "xban run, 1 jail, sshd filter".into(),
@@ -457,10 +494,24 @@ impl Jails {
     }
 }
 
+/// What one agent run measured.
+struct AgentRun {
+    wall: Duration,
+    /// The agent's user + system CPU time over the same span.
+    cpu: f64,
+    command: String,
+}
+
 /// The real agent following the log with the given jails, all on the same
 /// file: the file is appended in one go and the clock stops when every jail
-/// has counted every line.
-fn agent_run(ctx: &Ctx, log: &Path, lines: u64, jails: Jails) -> Result<(Duration, String)> {
+/// has counted every line. `perf` names a `perf record` output, if any.
+fn agent_run(
+    ctx: &Ctx,
+    log: &Path,
+    lines: u64,
+    jails: Jails,
+    perf: Option<std::ffi::OsString>,
+) -> Result<AgentRun> {
     let mut rest = String::from(
         "[defaults]\n# Far above any address's failures: this measures the line path, not bans.\nmaxretry = 1000000\nfindtime = \"10m\"\nbantime = \"1h\"\n\n",
     );
@@ -476,6 +527,8 @@ fn agent_run(ctx: &Ctx, log: &Path, lines: u64, jails: Jails) -> Result<(Duratio
     let mut rig = AgentRig::new(ctx, &rest)?;
     rig.start_and_wait()?;
     let data = std::fs::read(log)?;
+    let perf = crate::scale::PerfRecord::start_to(perf, rig.running()?.pid())?;
+    let cpu_before = rig.cpu_secs()?;
     let started = Instant::now();
     rig.append(&data)?;
     let jails_n = jails.count();
@@ -489,15 +542,21 @@ fn agent_run(ctx: &Ctx, log: &Path, lines: u64, jails: Jails) -> Result<(Duratio
         all.then_some(())
     });
     let elapsed = started.elapsed();
+    let cpu_after = rig.cpu_secs()?;
+    perf.stop()?;
     if done.is_none() {
         bail!(
             "the agent with {jails_n} jails did not count {lines} lines within {timeout:?}: {}",
             rig.status().map(|s| s.to_string()).unwrap_or_default()
         );
     }
-    let cmd = rig.run_command_text();
+    let command = rig.run_command_text();
     rig.stop()?;
-    Ok((elapsed, cmd))
+    Ok(AgentRun {
+        wall: elapsed,
+        cpu: (cpu_after.0 + cpu_after.1) - (cpu_before.0 + cpu_before.1),
+        command,
+    })
 }
 
 fn agent_section(ctx: &Ctx, log: &Path, stats: &LogStats) -> Result<Section> {
@@ -507,21 +566,29 @@ fn agent_section(ctx: &Ctx, log: &Path, stats: &LogStats) -> Result<Section> {
         "line×jail checks/s",
         "log lines/s",
         "time for the whole log",
+        "agent CPU",
     ]);
     let mut notes = Vec::new();
     let mut commands = Vec::new();
     let mut times_of = Vec::new();
     for jails in [Jails::Sshd(1), Jails::Sshd(20), Jails::Mixed] {
         let mut times = Vec::new();
+        let mut cpus = Vec::new();
         for r in 0..runs {
             eprintln!("xtask: {}, run {}/{runs}", jails.label(), r + 1);
-            let (t, cmd) = agent_run(ctx, log, stats.lines, jails)?;
-            times.push(t.as_secs_f64());
+            let perf = std::env::var_os(PERF_VAR).filter(|_| r == 0).map(|mut p| {
+                p.push(format!("-{}", jails.tag()));
+                p
+            });
+            let run = agent_run(ctx, log, stats.lines, jails, perf)?;
+            times.push(run.wall.as_secs_f64());
+            cpus.push(run.cpu);
             if r == 0 {
-                commands.push(format!("{cmd}   # {}", jails.label()));
+                commands.push(format!("{}   # {}", run.command, jails.label()));
             }
         }
         let t = median(&mut times);
+        let cpu = median(&mut cpus);
         let checks = (stats.lines * jails.count() as u64) as f64 / t;
         times_of.push(t);
         table.row(vec![
@@ -529,6 +596,7 @@ fn agent_section(ctx: &Ctx, log: &Path, stats: &LogStats) -> Result<Section> {
             num(checks),
             num(stats.lines as f64 / t),
             format!("{t:.2} s"),
+            format!("{cpu:.2} s"),
         ]);
     }
     notes.push(format!(
@@ -539,7 +607,7 @@ fn agent_section(ctx: &Ctx, log: &Path, stats: &LogStats) -> Result<Section> {
     Ok(Section {
         title: "Log matching in the agent: 1 and 20 jails on one log".into(),
         method: format!(
-            "The real agent (`xban run`, in its own network namespace, XDP on a veth) follows the same {}-line log with 1 jail, 20 jails all using the sshd filter (every line tested by every jail: the worst case, since sshd lines pass the sshd filter's literal prefilter), and 20 jails with 20 different filters (every built-in filter, plus the ddos/aggressive modes of those that have them), all on that one file. The whole file is appended at once; the time runs until every jail's `lines` counter (`xban status --json`, polled every 50 ms) reaches the line count. maxretry is set above any address's failure count, so this is the line path (read, match, count failures), not the ban path (see latency and scale). Each configuration ran {}, median; not pinned (the agent reads the file in one task shared by the jails that follow it, and matches in its main loop).",
+            "The real agent (`xban run`, in its own network namespace, XDP on a veth) follows the same {}-line log with 1 jail, 20 jails all using the sshd filter (every line tested by every jail: the worst case, since sshd lines pass the sshd filter's literal prefilter), and 20 jails with 20 different filters (every built-in filter, plus the ddos/aggressive modes of those that have them), all on that one file. The whole file is appended at once; the time runs until every jail's `lines` counter (`xban status --json`, polled every 50 ms) reaches the line count. maxretry is set above any address's failure count, so this is the line path (read, match, count failures), not the ban path (see latency and scale). Agent CPU is its user + system time over the same span (/proc/PID/stat), less disturbed by other load than the wall clock. Each configuration ran {}, median; not pinned (the agent reads the file in one task shared by the jails that follow it, and matches in its main loop).",
             thousands(stats.lines),
             super::times(runs)
         ),

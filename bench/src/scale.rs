@@ -218,12 +218,18 @@ fn cpu_time(pid: u32) -> Result<Duration> {
     Ok(Duration::from_millis(total * 1000 / hz))
 }
 
-/// `perf record` (DWARF call graphs) of the agent while it runs, when asked (PERF_VAR).
-struct PerfRecord(Option<std::process::Child>);
+/// `perf record` (DWARF call graphs) of the agent while it runs, when asked
+/// (the environment variable `var` names the output file).
+pub(crate) struct PerfRecord(Option<std::process::Child>);
 
 impl PerfRecord {
-    fn start(pid: u32) -> Result<PerfRecord> {
-        let Some(out) = std::env::var_os(PERF_VAR) else {
+    pub(crate) fn start(var: &str, pid: u32) -> Result<PerfRecord> {
+        PerfRecord::start_to(std::env::var_os(var), pid)
+    }
+
+    /// Into `out`, when there is one.
+    pub(crate) fn start_to(out: Option<std::ffi::OsString>, pid: u32) -> Result<PerfRecord> {
+        let Some(out) = out else {
             return Ok(PerfRecord(None));
         };
         let child = Command::new("perf")
@@ -246,7 +252,7 @@ impl PerfRecord {
         Ok(PerfRecord(Some(child)))
     }
 
-    fn stop(self) -> Result<()> {
+    pub(crate) fn stop(self) -> Result<()> {
         if let Some(mut child) = self.0 {
             // SAFETY: kill takes plain integers; the pid is our own child's.
             unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
@@ -267,7 +273,7 @@ fn burst(ctx: &Ctx, mem: &mut Table) -> Result<Burst> {
     let base = 1_000_000u32;
     let last = attacker_addr(base + burst as u32 - 1);
     let data = failure_lines(base, burst, MAXRETRY);
-    let perf = PerfRecord::start(pid)?;
+    let perf = PerfRecord::start(PERF_VAR, pid)?;
     let probe = StatusProbe::start(rig.requester(), Duration::from_millis(20));
     let cpu_before = cpu_time(pid)?;
     let started = Instant::now();

@@ -7,7 +7,10 @@
 //!   counted in each of them;
 //! - when a route has several classes, one [`SharedPrefilter`] scan over all
 //!   their literals decides which classes can match the line at all; the
-//!   others only count it (every jail's `lines` counts every line it saw).
+//!   others only count it (every jail's `lines` counts every line it saw);
+//! - a class whose failregexes are all among another's (sshd's normal and
+//!   ddos modes, within aggressive) is not matched when that other class
+//!   found no failure: none of its regexes can match either.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -21,7 +24,7 @@ use crate::addr::Target;
 use crate::ban::{now_secs, BanRecord};
 use crate::filter::shared::SharedPrefilter;
 use crate::filter::LineMatch;
-use crate::jail::{Jail, JailVerdict};
+use crate::jail::{Jail, JailVerdict, MatchedLine};
 use crate::source::SourceLine;
 
 /// Identifies a reader (one running source) for as long as it runs; a
@@ -43,8 +46,10 @@ pub struct ReaderLine {
 #[derive(Default)]
 pub struct LineRoutes {
     routes: HashMap<ReaderId, Route>,
-    /// Reused for the prefilter's verdicts.
+    /// Reused for the prefilter's verdicts ...
     admitted: Vec<bool>,
+    /// ... and for each class's match of the line at hand.
+    found: Vec<Option<LineMatch>>,
 }
 
 /// One reader's jails, as the daemon lists them, and how its lines are
@@ -64,6 +69,10 @@ struct MatchClass {
     filter_of: usize,
     /// (position in the route's members, jail index, jail name).
     jails: Vec<(usize, usize, Arc<str>)>,
+    /// A class whose failregexes include all of this one's (and the same
+    /// datepattern): when it finds no failure in a line, neither can this
+    /// one.
+    within: Option<usize>,
 }
 
 /// What makes two jails' filters the same: prefregex, failregexes,
@@ -100,11 +109,28 @@ fn classes_of(members: &[String], jails: &[Jail]) -> Vec<MatchClass> {
                 classes.push(MatchClass {
                     filter_of: idx,
                     jails: vec![entry],
+                    within: None,
                 });
             }
         }
     }
+    for (c, class) in classes.iter_mut().enumerate() {
+        class.within = within(&keys, c);
+    }
     classes
+}
+
+/// The class with the most failregexes among those that have all of
+/// class `c`'s, and its prefregex and datepattern (which decide the text
+/// matched).
+fn within(keys: &[FilterKey], c: usize) -> Option<usize> {
+    let (pref, fail, _, date) = &keys[c];
+    (0..keys.len())
+        .filter(|&o| {
+            o != c && keys[o].0 == *pref && keys[o].3 == *date && keys[o].1.len() >= fail.len()
+        })
+        .filter(|&o| fail.iter().all(|f| keys[o].1.contains(f)))
+        .max_by_key(|&o| (keys[o].1.len(), std::cmp::Reverse(o)))
 }
 
 impl Route {
@@ -176,17 +202,34 @@ impl Agent {
         let mut read_at = Vec::new();
         for l in lines {
             if let Some(route) = routes.routes.get(&l.reader) {
-                self.route_line(route, &mut routes.admitted, l, &mut read_at);
+                let scratch = (&mut routes.admitted, &mut routes.found);
+                self.route_line(route, scratch, l, &mut read_at);
             }
         }
         self.routes = routes;
         read_at
     }
 
+    /// Class `c`'s match of `line`, made once per line.
+    fn class_match<'f>(
+        &self,
+        route: &Route,
+        c: usize,
+        line: &SourceLine,
+        screened: bool,
+        found: &'f mut [Option<LineMatch>],
+    ) -> &'f LineMatch {
+        found[c].get_or_insert_with(|| {
+            self.jails.list[route.classes[c].filter_of]
+                .filter()
+                .match_screened(&line.text, line.read_at, screened)
+        })
+    }
+
     fn route_line(
         &mut self,
         route: &Route,
-        admitted: &mut Vec<bool>,
+        (admitted, found): (&mut Vec<bool>, &mut Vec<Option<LineMatch>>),
         l: &ReaderLine,
         read_at: &mut Vec<SystemTime>,
     ) {
@@ -198,22 +241,34 @@ impl Agent {
             }
             None => false,
         };
+        found.clear();
+        found.resize(route.classes.len(), None);
         for (c, class) in route.classes.iter().enumerate() {
             let members = class.jails.iter().filter(|j| !l.except.contains(&j.0));
-            if screened && !admitted[c] {
+            // Turned away by the prefilter, or by a class whose regexes
+            // include all of this one's and found no failure.
+            let cannot_match = (screened && !admitted[c])
+                || class.within.is_some_and(|o| {
+                    (screened && !admitted[o])
+                        || matches!(
+                            self.class_match(route, o, line, screened, found),
+                            LineMatch::NoMatch { .. }
+                        )
+                });
+            if cannot_match {
                 for &(_, idx, _) in members {
                     self.jails.list[idx].take_unmatched();
                 }
                 continue;
             }
-            let found = self.jails.list[class.filter_of]
-                .filter()
-                .match_line(&line.text, line.read_at);
+            let found = self.class_match(route, c, line, screened, found);
             // Asked only for failures, by each jail: the clock read once.
             let now = match found {
                 LineMatch::Failure(_) => now_secs(),
                 _ => 0,
             };
+            // Copied once for the jails that keep it.
+            let matched = MatchedLine::new(&line.text);
             for (_, idx, name) in members {
                 let verdict = {
                     let (book, staged) = (&self.bans.book, &self.bans.staged);
@@ -222,8 +277,8 @@ impl Agent {
                         book.has_active(&t, name, now) || staged.contains(&t, name)
                     };
                     self.jails.list[*idx].take_match(
-                        &found,
-                        &line.text,
+                        found,
+                        &matched,
                         line.read_at,
                         line.time,
                         &banned,
@@ -451,6 +506,90 @@ mod tests {
             assert_eq!(x.counters, y.counters, "jail {j}");
             assert!(x.counters.bans_total > 0, "jail {j} banned something");
         }
+    }
+
+    /// A filter is within another only with the same prefregex and
+    /// datepattern: those decide which text the failregexes see.
+    #[test]
+    fn within_needs_the_same_prefregex_and_datepattern() {
+        let key = |pref: Option<&str>, fail: &[&str], date: Option<&str>| -> FilterKey {
+            (
+                pref.map(String::from),
+                fail.iter().map(|f| f.to_string()).collect(),
+                Vec::new(),
+                date.map(String::from),
+            )
+        };
+        let big = key(None, &["a", "b"], None);
+        assert_eq!(within(&[key(None, &["a"], None), big.clone()], 0), Some(1));
+        assert_eq!(
+            within(&[key(Some("^p"), &["a"], None), big.clone()], 0),
+            None
+        );
+        assert_eq!(
+            within(&[key(None, &["a"], Some("%s")), big.clone()], 0),
+            None
+        );
+        assert_eq!(within(&[key(None, &["c"], None), big], 0), None);
+    }
+
+    /// sshd's normal and ddos modes have their failregexes within
+    /// aggressive's: they are not matched on a line aggressive finds no
+    /// failure in, and every jail still counts as when reading alone.
+    #[test]
+    fn a_class_within_another_counts_as_when_matched_alone() {
+        let jails = format!(
+            "{JAILS}[jails.f]\nfilter = \"sshd\"\nmode = \"aggressive\"\nlogpath = [\"/l\"]\nmaxretry = 4\n"
+        );
+        let (mut alone, _d1) = core(&jails);
+        let (mut shared, _d2) = core(&jails);
+        let members = ["a", "c", "f", "d"];
+        shared.set_route(1, names(&members));
+        let within: Vec<Option<usize>> = shared.routes.routes[&1]
+            .classes
+            .iter()
+            .map(|c| c.within)
+            .collect();
+        assert_eq!(within, [Some(2), Some(2), None, None], "a and c within f");
+        let sample =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("filters/samples/sshd.log");
+        let mut texts: Vec<String> = std::fs::read_to_string(sample)
+            .unwrap()
+            .lines()
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .map(String::from)
+            .collect();
+        for i in 0..10 {
+            texts.push(ssh_fail(&format!("198.18.0.{}", i % 3)));
+            texts.push(format!("web fail from 203.0.113.{}", i % 4));
+        }
+        let lines: Vec<SourceLine> = texts.iter().map(|t| line(t)).collect();
+        let per_jail: Vec<(Arc<str>, SourceLine)> = lines
+            .iter()
+            .flat_map(|l| members.map(|j| (Arc::from(j), l.clone())))
+            .collect();
+        let routed: Vec<ReaderLine> = lines
+            .iter()
+            .map(|l| ReaderLine {
+                reader: 1,
+                line: l.clone(),
+                except: Vec::new(),
+            })
+            .collect();
+        assert_eq!(
+            shared.on_reader_lines(&routed).len(),
+            alone.on_lines(&per_jail).len()
+        );
+        for j in members {
+            let (x, y) = (alone.jails.find(j).unwrap(), shared.jails.find(j).unwrap());
+            assert_eq!(x.counters, y.counters, "jail {j}");
+            assert!(x.counters.matched > 0, "jail {j} matched something");
+        }
+        let (a, f) = (
+            &shared.jails.find("a").unwrap().counters,
+            &shared.jails.find("f").unwrap().counters,
+        );
+        assert!(f.matched > a.matched, "aggressive matches more than normal");
     }
 
     #[test]

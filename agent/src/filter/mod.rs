@@ -664,16 +664,29 @@ impl FilterSet {
 
     /// Matches one log line. `now` is used for year inference.
     pub fn match_line(&self, line: &str, now: SystemTime) -> LineMatch {
-        self.match_line_with(line, now, true)
+        self.match_line_with(line, now, true, false)
     }
 
     /// [`FilterSet::match_line`] for a caller that only counts: a failure's
     /// `user` is left `None`, which saves copying it out of every line.
     pub fn match_line_uncopied_user(&self, line: &str, now: SystemTime) -> LineMatch {
-        self.match_line_with(line, now, false)
+        self.match_line_with(line, now, false, false)
     }
 
-    fn match_line_with(&self, line: &str, now: SystemTime, keep_user: bool) -> LineMatch {
+    /// [`match_line`](Self::match_line) for a line a [`shared::SharedPrefilter`]
+    /// (`shared`) admitted for this filter when `admitted`: its own
+    /// literal scan would only say so again.
+    pub fn match_screened(&self, line: &str, now: SystemTime, admitted: bool) -> LineMatch {
+        self.match_line_with(line, now, true, admitted)
+    }
+
+    fn match_line_with(
+        &self,
+        line: &str,
+        now: SystemTime,
+        keep_user: bool,
+        admitted: bool,
+    ) -> LineMatch {
         let line = line.trim_end_matches(['\n', '\r']);
         let (time, text) = match time::parse_time(line, now, self.datepattern.as_ref()) {
             Some((t, range)) => {
@@ -685,7 +698,7 @@ impl FilterSet {
             }
             None => (TimeFound::Missing, line),
         };
-        if !self.prefilter.may_match(text) {
+        if !admitted && !self.prefilter.may_match(text) {
             return LineMatch::NoMatch { time };
         }
         let Some(prefix) = &self.prefix else {
