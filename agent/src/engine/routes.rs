@@ -467,19 +467,24 @@ mod tests {
 
     /// The same lines, given per jail ([`Agent::on_lines`], each jail
     /// matching alone) and through one route: the same counters and bans.
+    /// The built-in sshd filter's sample lines.
+    fn sshd_samples() -> Vec<String> {
+        let sample =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("filters/samples/sshd.log");
+        std::fs::read_to_string(sample)
+            .unwrap()
+            .lines()
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .map(String::from)
+            .collect()
+    }
+
     #[test]
     fn a_route_counts_and_bans_as_jails_reading_alone_do() {
         let (mut alone, _d1) = core(JAILS);
         let (mut shared, _d2) = core(JAILS);
         shared.set_route(1, names(&["a", "b", "c", "d"]));
-        let sample =
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("filters/samples/sshd.log");
-        let mut texts: Vec<String> = std::fs::read_to_string(sample)
-            .unwrap()
-            .lines()
-            .filter(|l| !l.is_empty() && !l.starts_with('#'))
-            .map(String::from)
-            .collect();
+        let mut texts = sshd_samples();
         for i in 0..20 {
             texts.push(format!("web fail from 203.0.113.{}", i % 4));
             texts.push(ssh_fail(&format!("198.18.0.{}", i % 3)));
@@ -551,14 +556,7 @@ mod tests {
             .map(|c| c.within)
             .collect();
         assert_eq!(within, [Some(2), Some(2), None, None], "a and c within f");
-        let sample =
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("filters/samples/sshd.log");
-        let mut texts: Vec<String> = std::fs::read_to_string(sample)
-            .unwrap()
-            .lines()
-            .filter(|l| !l.is_empty() && !l.starts_with('#'))
-            .map(String::from)
-            .collect();
+        let mut texts = sshd_samples();
         for i in 0..10 {
             texts.push(ssh_fail(&format!("198.18.0.{}", i % 3)));
             texts.push(format!("web fail from 203.0.113.{}", i % 4));
