@@ -367,6 +367,18 @@ mod tests {
         }
     }
 
+    /// `lines` as reader 1 delivers them, no jail excepted.
+    fn routed(lines: &[SourceLine]) -> Vec<ReaderLine> {
+        lines
+            .iter()
+            .map(|l| ReaderLine {
+                reader: 1,
+                line: l.clone(),
+                except: Vec::new(),
+            })
+            .collect()
+    }
+
     fn ssh_fail(addr: &str) -> String {
         format!("Jan  2 03:04:05 host sshd[12]: Failed password for root from {addr} port 22 ssh2")
     }
@@ -403,15 +415,8 @@ mod tests {
         let x = "203.0.113.7";
         let y = "203.0.113.8";
         let feed = |core: &mut Agent, texts: &[String]| {
-            let lines: Vec<ReaderLine> = texts
-                .iter()
-                .map(|t| ReaderLine {
-                    reader: 1,
-                    line: line(t),
-                    except: Vec::new(),
-                })
-                .collect();
-            core.on_reader_lines(&lines).len()
+            let lines: Vec<SourceLine> = texts.iter().map(|t| line(t)).collect();
+            core.on_reader_lines(&routed(&lines)).len()
         };
         let bans = feed(
             &mut core,
@@ -496,15 +501,7 @@ mod tests {
                 .flat_map(|l| ["a", "b", "c", "d"].map(|j| (Arc::from(j), l.clone())))
                 .collect();
             let a = alone.on_lines(&per_jail).len();
-            let routed: Vec<ReaderLine> = chunk
-                .iter()
-                .map(|l| ReaderLine {
-                    reader: 1,
-                    line: l.clone(),
-                    except: Vec::new(),
-                })
-                .collect();
-            assert_eq!(shared.on_reader_lines(&routed).len(), a);
+            assert_eq!(shared.on_reader_lines(&routed(chunk)).len(), a);
         }
         for j in ["a", "b", "c", "d"] {
             let (x, y) = (alone.jails.find(j).unwrap(), shared.jails.find(j).unwrap());
@@ -566,16 +563,8 @@ mod tests {
             .iter()
             .flat_map(|l| members.map(|j| (Arc::from(j), l.clone())))
             .collect();
-        let routed: Vec<ReaderLine> = lines
-            .iter()
-            .map(|l| ReaderLine {
-                reader: 1,
-                line: l.clone(),
-                except: Vec::new(),
-            })
-            .collect();
         assert_eq!(
-            shared.on_reader_lines(&routed).len(),
+            shared.on_reader_lines(&routed(&lines)).len(),
             alone.on_lines(&per_jail).len()
         );
         for j in members {

@@ -88,7 +88,7 @@ impl Fancy {
 /// maybe more): look-arounds removed, back-references as any text, atomic
 /// groups and possessive quantifiers as plain ones, a conditional as an
 /// optional group of its branches. Capture groups keep their names.
-pub(super) fn superset(pattern: &str) -> String {
+pub(crate) fn superset(pattern: &str) -> String {
     let c: Vec<char> = pattern.chars().collect();
     let mut out = String::with_capacity(pattern.len());
     let mut i = 0;

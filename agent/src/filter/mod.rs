@@ -73,7 +73,7 @@
 
 pub mod builtin;
 mod dfa;
-mod fancy;
+pub(crate) mod fancy;
 pub mod host;
 mod prefilter;
 pub mod regex_tool;
@@ -349,36 +349,27 @@ struct Prefix {
 }
 
 /// What a prefregex found on a line.
-struct PrefixMatch {
+struct PrefixMatch<'a> {
     content: std::ops::Range<usize>,
     host: Option<Host>,
-    user: Option<String>,
+    /// Copied only when a failure needs it.
+    user: Option<&'a str>,
 }
 
 impl Prefix {
     fn compile(pattern: &str, limit_hits: &Arc<AtomicU64>) -> Result<Prefix, FilterError> {
         let place = "prefregex";
         let exp = host::expand_prefix(pattern, place)?;
-        let Compiled {
-            regex, exp, fancy, ..
-        } = build(exp, place, meta::Config::new(), limit_hits)?;
-        let index_of = |name: &str| -> usize {
-            match &fancy {
-                Some(f) => f.group_index(name),
-                None => regex.group_info().to_index(PatternID::ZERO, name),
-            }
-            .expect("tag group exists")
-        };
-        let hosts = exp.hosts.iter().map(|(n, k)| (index_of(n), *k)).collect();
-        let users = exp.users.iter().map(|n| index_of(n)).collect();
-        let content = exp.content.as_deref().map(index_of);
-        let slots = 2 * match &fancy {
+        let c = build(exp, place, meta::Config::new(), limit_hits)?;
+        let (hosts, users) = c.tag_groups();
+        let content = c.exp.content.as_deref().map(|n| c.group_index(n));
+        let slots = 2 * match &c.fancy {
             Some(f) => f.group_count(),
-            None => regex.group_info().group_len(PatternID::ZERO),
+            None => c.regex.group_info().group_len(PatternID::ZERO),
         };
         Ok(Prefix {
-            regex,
-            fancy,
+            regex: c.regex,
+            fancy: c.fancy,
             content,
             hosts,
             users,
@@ -386,7 +377,7 @@ impl Prefix {
         })
     }
 
-    fn search(&self, text: &str) -> Option<PrefixMatch> {
+    fn search<'a>(&self, text: &'a str) -> Option<PrefixMatch<'a>> {
         with_slots(self.slots, |slots| {
             match &self.fancy {
                 Some(f) => f.search_slots(text, 0, slots)?,
@@ -394,32 +385,17 @@ impl Prefix {
                     self.regex.search_slots(&Input::new(text), slots)?;
                 }
             }
-            let group = |g: usize| -> Option<(usize, usize)> {
-                Some((slots[2 * g]?.get(), slots[2 * g + 1]?.get()))
-            };
             let content = match self.content {
                 Some(g) => {
-                    let (s, e) = group(g)?;
+                    let (s, e) = group_span(slots, g)?;
                     s..e
                 }
                 None => 0..text.len(),
             };
-            let host = self.hosts.iter().find_map(|&(g, kind)| {
-                let (s, e) = group(g)?;
-                if !host::boundary_ok(text, s, e) {
-                    return None;
-                }
-                host::parse_host(&text[s..e], kind)
-            });
-            let user = self
-                .users
-                .iter()
-                .find_map(|&g| group(g))
-                .map(|(s, e)| text[s..e].to_string());
             Some(PrefixMatch {
                 content,
-                host,
-                user,
+                host: first_host(text, slots, &self.hosts),
+                user: first_span(slots, &self.users).map(|(s, e)| &text[s..e]),
             })
         })
     }
@@ -437,6 +413,29 @@ struct Compiled {
     /// The parsed pattern (the superset's when `fancy` is set).
     hir: Hir,
     fancy: Option<Fancy>,
+}
+
+impl Compiled {
+    /// Index of the tag group `name` in whichever engine runs the regex.
+    fn group_index(&self, name: &str) -> usize {
+        match &self.fancy {
+            Some(f) => f.group_index(name),
+            None => self.regex.group_info().to_index(PatternID::ZERO, name),
+        }
+        .expect("tag group exists")
+    }
+
+    /// (group, kind) of each host tag, and the group of each user tag.
+    fn tag_groups(&self) -> (Vec<(usize, HostKind)>, Vec<usize>) {
+        let hosts = self
+            .exp
+            .hosts
+            .iter()
+            .map(|(n, k)| (self.group_index(n), *k))
+            .collect();
+        let users = self.exp.users.iter().map(|n| self.group_index(n)).collect();
+        (hosts, users)
+    }
 }
 
 fn compile_one(
@@ -535,25 +534,17 @@ impl FilterSet {
         let mut hirs = Vec::with_capacity(failregex.len());
         for (i, src) in failregex.iter().enumerate() {
             let place = format!("failregex[{i}]");
+            let c = compile_one(src, &place, &limit_hits)?;
+            if c.exp.hosts.is_empty() && !prefix_has_host {
+                return Err(FilterError::NoHostTag { place });
+            }
+            let (hosts, users) = c.tag_groups();
             let Compiled {
                 regex,
                 exp,
                 hir,
                 fancy,
-            } = compile_one(src, &place, &limit_hits)?;
-            if exp.hosts.is_empty() && !prefix_has_host {
-                return Err(FilterError::NoHostTag { place });
-            }
-            let index_of = |name: &str| -> usize {
-                match &fancy {
-                    Some(f) => f.group_index(name),
-                    None => regex.group_info().to_index(PatternID::ZERO, name),
-                }
-                .expect("tag group exists")
-            };
-            let hosts: Vec<(usize, HostKind)> =
-                exp.hosts.iter().map(|(n, k)| (index_of(n), *k)).collect();
-            let users: Vec<usize> = exp.users.iter().map(|n| index_of(n)).collect();
+            } = c;
             let top = hosts
                 .iter()
                 .map(|h| h.0)
@@ -760,7 +751,7 @@ impl FilterSet {
         }
         let user = if keep_user {
             user.map(|(s, e)| text[s..e].to_string())
-                .or_else(|| pm.and_then(|p| p.user.clone()))
+                .or_else(|| pm.and_then(|p| p.user.map(str::to_string)))
         } else {
             None
         };
@@ -919,33 +910,42 @@ fn resolve(
     text: &str,
     slots: &[Option<NonMaxUsize>],
 ) -> Option<Result<Captured, usize>> {
-    let group = |g: usize| -> Option<(usize, usize)> {
-        Some((slots[2 * g]?.get(), slots[2 * g + 1]?.get()))
-    };
-    let user = fr.users.iter().find_map(|&g| group(g));
+    let user = first_span(slots, &fr.users);
     if fr.hosts.is_empty() {
         // The prefregex holds the host (compile checked that it has one);
         // the caller has the match.
         return Some(Ok((None, user)));
     }
-    let host = fr.hosts.iter().find_map(|&(g, kind)| {
-        let (s, e) = group(g)?;
+    match first_host(text, slots, &fr.hosts) {
+        Some(host) => Some(Ok((Some(host), user))),
+        None => Some(Err(group_span(slots, 0)?.0)),
+    }
+}
+
+/// The span of group `g`, when it took part in the match.
+fn group_span(slots: &[Option<NonMaxUsize>], g: usize) -> Option<Span> {
+    Some((slots[2 * g]?.get(), slots[2 * g + 1]?.get()))
+}
+
+/// The span of the first of `groups` that took part.
+fn first_span(slots: &[Option<NonMaxUsize>], groups: &[usize]) -> Option<Span> {
+    groups.iter().find_map(|&g| group_span(slots, g))
+}
+
+/// The first host group holding a valid address, not glued to its
+/// neighbours.
+fn first_host(
+    text: &str,
+    slots: &[Option<NonMaxUsize>],
+    hosts: &[(usize, HostKind)],
+) -> Option<Host> {
+    hosts.iter().find_map(|&(g, kind)| {
+        let (s, e) = group_span(slots, g)?;
         if !host::boundary_ok(text, s, e) {
             return None;
         }
         host::parse_host(&text[s..e], kind)
-    });
-    match host {
-        Some(host) => Some(Ok((Some(host), user))),
-        None => Some(Err(group(0)?.0)),
-    }
-}
-
-/// A `regex`-crate pattern matching every text `pattern` (expanded, maybe
-/// with look-around or back-references) matches; `pattern` itself when the
-/// regex crate takes it.
-pub(crate) fn regex_superset(pattern: &str) -> String {
-    fancy::superset(pattern)
+    })
 }
 
 /// Whether every match of `hir` starts at the start of the text (`^`

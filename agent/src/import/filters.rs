@@ -85,33 +85,15 @@ pub struct Translated {
 
 /// Translates the filter part of an expanded jail.
 pub fn translate(jail: &ExpandedJail) -> Result<Translated, Refusal> {
-    let prefregex = match jail.prefregex.as_deref().filter(|p| !p.is_empty()) {
-        Some(p) => {
-            let translated = translate_regex(p).map_err(|e| Refusal {
-                missing: e.missing,
-                detail: format!("prefregex {}: {p}", e.detail),
-            })?;
-            if needs_emptied_brackets(p) {
-                return Err(refuse(
-                    Missing::DateCut,
-                    format!(
-                        "prefregex needs the [] fail2ban leaves where it cut a date mid-line: {p}"
-                    ),
-                ));
-            }
-            if needs_leading_blank(&translated, true) == Some(true) {
-                return Err(refuse(
-                    Missing::DateCut,
-                    format!("prefregex needs the blank fail2ban leaves where it cut a leading date: {p}"),
-                ));
-            }
-            Some(translated)
-        }
-        None => None,
-    };
+    let prefregex = jail
+        .prefregex
+        .as_deref()
+        .filter(|p| !p.is_empty())
+        .map(|p| translate_checked("prefregex", p, Role::Prefregex))
+        .transpose()?;
     // Behind a prefregex's <F-CONTENT> the failregexes do not start where
     // the date was cut.
-    let failregex_at_line_start = prefregex
+    let at_line_start = prefregex
         .as_deref()
         .is_none_or(|p| !p.contains("<F-CONTENT>"));
     if let Some(m) = &jail.maxlines {
@@ -120,35 +102,24 @@ pub fn translate(jail: &ExpandedJail) -> Result<Translated, Refusal> {
             return Err(refuse(Missing::MultiLine, format!("maxlines = {m}")));
         }
     }
-    let mut failregex = Vec::new();
-    for (i, r) in jail.failregex.iter().enumerate() {
-        let translated = translate_regex(r).map_err(|e| Refusal {
-            missing: e.missing,
-            detail: format!("failregex[{i}] {}: {r}", e.detail),
-        })?;
-        if needs_emptied_brackets(r) {
-            return Err(refuse(
-                Missing::DateCut,
-                format!(
-                    "failregex[{i}] needs the [] fail2ban leaves where it cut a date mid-line: {r}"
-                ),
-            ));
-        }
-        if failregex_at_line_start && needs_leading_blank(&translated, false) == Some(true) {
-            return Err(refuse(
-                Missing::DateCut,
-                format!("failregex[{i}] needs the blank fail2ban leaves where it cut a leading date: {r}"),
-            ));
-        }
-        failregex.push(translated);
-    }
-    let mut ignoreregex = Vec::new();
-    for (i, r) in jail.ignoreregex.iter().enumerate() {
-        ignoreregex.push(translate_regex(r).map_err(|e| Refusal {
-            missing: e.missing,
-            detail: format!("ignoreregex[{i}] {}: {r}", e.detail),
-        })?);
-    }
+    let failregex = jail
+        .failregex
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            translate_checked(
+                &format!("failregex[{i}]"),
+                r,
+                Role::Failregex { at_line_start },
+            )
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let ignoreregex = jail
+        .ignoreregex
+        .iter()
+        .enumerate()
+        .map(|(i, r)| translate_checked(&format!("ignoreregex[{i}]"), r, Role::Ignoreregex))
+        .collect::<Result<Vec<_>, _>>()?;
     let mut notes = Vec::new();
     let datepattern = match jail.datepattern.as_deref() {
         None => {
@@ -188,6 +159,50 @@ pub fn translate(jail: &ExpandedJail) -> Result<Translated, Refusal> {
         }
         Err(e) => Err(refuse(Missing::Syntax, e.to_string())),
     }
+}
+
+/// What a regex is in its filter, which decides what of fail2ban's date
+/// cut it may rely on.
+#[derive(Debug, Clone, Copy)]
+enum Role {
+    Prefregex,
+    /// `at_line_start`: it meets the line where a leading date was cut
+    /// (no prefregex content before it).
+    Failregex {
+        at_line_start: bool,
+    },
+    Ignoreregex,
+}
+
+/// Translates regex `r` (named `place` in a refusal), refusing one that
+/// needs what fail2ban's date cut leaves: emptied brackets (a prefregex or
+/// failregex), or the blank after a leading date (one that meets the line
+/// start).
+fn translate_checked(place: &str, r: &str, role: Role) -> Result<String, Refusal> {
+    let translated = translate_regex(r).map_err(|e| Refusal {
+        missing: e.missing,
+        detail: format!("{place} {}: {r}", e.detail),
+    })?;
+    let leading = match role {
+        Role::Ignoreregex => return Ok(translated),
+        Role::Prefregex => Some(true),
+        Role::Failregex { at_line_start } => at_line_start.then_some(false),
+    };
+    if needs_emptied_brackets(r) {
+        return Err(refuse(
+            Missing::DateCut,
+            format!("{place} needs the [] fail2ban leaves where it cut a date mid-line: {r}"),
+        ));
+    }
+    if let Some(prefregex) = leading {
+        if needs_leading_blank(&translated, prefregex) == Some(true) {
+            return Err(refuse(
+                Missing::DateCut,
+                format!("{place} needs the blank fail2ban leaves where it cut a leading date: {r}"),
+            ));
+        }
+    }
+    Ok(translated)
 }
 
 /// Whether a failregex needs the brackets fail2ban empties when it cuts
@@ -243,7 +258,7 @@ fn needs_leading_blank(translated: &str, prefregex: bool) -> Option<bool> {
     .ok()?;
     // A look-around or back-reference regex: its superset (a blank that
     // the superset requires, the regex requires too).
-    let pattern = crate::filter::regex_superset(&expanded.pattern);
+    let pattern = crate::filter::fancy::superset(&expanded.pattern);
     let dfa = dense::Builder::new()
         .configure(
             dense::Config::new()
