@@ -160,6 +160,7 @@ impl XdpEnforcer {
                 );
             }
         }
+        let started = std::time::Instant::now();
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(pin_dir)
             .map_max_entries(xban_common::MAP_OVER_V4, over)
@@ -171,6 +172,7 @@ impl XdpEnforcer {
                     pin_dir.display()
                 )
             })?;
+        let object = started.elapsed();
         // After the loader: it has opened (or made) every pinned map.
         let adopted = warm
             .as_ref()
@@ -191,7 +193,20 @@ impl XdpEnforcer {
             prog.pin(&prog_pin)
                 .with_context(|| format!("pin program at {}", prog_pin.display()))?;
         }
+        let program = started.elapsed();
+        let was_adopted = adopted.is_some();
         let maps = XdpMaps::from_ebpf(&mut ebpf, warm, capacity as usize)?;
+        let secs = |d: std::time::Duration| d.as_secs_f64();
+        tracing::info!(
+            phases = format!(
+                "object and maps {:.2} s, program {:.2} s ({}), fast path {:.2} s",
+                secs(object),
+                secs(program - object),
+                if was_adopted { "adopted" } else { "verified" },
+                secs(started.elapsed() - program)
+            ),
+            "XDP program loaded"
+        );
         let enforcer = XdpEnforcer {
             ebpf,
             adopted,
