@@ -98,7 +98,7 @@ use serde::{Deserialize, Serialize};
 use self::dfa::ForwardDfa;
 use self::fancy::Fancy;
 use self::host::HostKind;
-use self::prefilter::Prefilter;
+use self::prefilter::{Prefilter, PrefilterGauge, Screen};
 use self::split::SplitPlan;
 use self::time::DatePattern;
 
@@ -326,6 +326,9 @@ pub struct FilterSet {
     /// Searches of this filter's backtracker regexes that hit the limit.
     limit_hits: Arc<AtomicU64>,
     prefilter: Prefilter,
+    /// Whether `prefilter` pays on this log (only with `first` and no
+    /// prefregex: see [`PrefilterGauge`]).
+    gauge: PrefilterGauge,
     datepattern: Option<DatePattern>,
     sources: Vec<String>,
     prefix: Option<Prefix>,
@@ -601,6 +604,7 @@ impl FilterSet {
         Ok(FilterSet {
             first,
             prefilter: Prefilter::from_hirs(&hirs),
+            gauge: PrefilterGauge::default(),
             fail_set,
             expanded,
             fails,
@@ -689,7 +693,7 @@ impl FilterSet {
             }
             None => (TimeFound::Missing, line),
         };
-        if !admitted && !self.prefilter.may_match(text) {
+        if !admitted && !self.screen(text) {
             return LineMatch::NoMatch { time };
         }
         let Some(prefix) = &self.prefix else {
@@ -704,6 +708,37 @@ impl FilterSet {
             Some(pm) => self.match_content(&text[pm.content.clone()], time, keep_user, Some(&pm)),
             None => LineMatch::NoMatch { time },
         }
+    }
+
+    /// The literal prefilter's verdict on `text`: `false` when no
+    /// failregex can match it. With an anchored first-match DFA (and no
+    /// prefregex to spare) the scan is a shortcut the gauge may skip.
+    fn screen(&self, text: &str) -> bool {
+        let first = match &self.first {
+            Some(first) if self.prefix.is_none() && self.prefilter.literals().is_some() => first,
+            _ => return self.prefilter.may_match(text),
+        };
+        match self.gauge.next() {
+            Screen::Scan => self.prefilter.may_match(text),
+            Screen::Skip => true,
+            Screen::Sample => {
+                let started = std::time::Instant::now();
+                let may = self.prefilter.may_match(text);
+                let scan = started.elapsed();
+                let spared = (!may).then(|| {
+                    let started = std::time::Instant::now();
+                    let _ = std::hint::black_box(first.find(text, 0, false));
+                    started.elapsed()
+                });
+                self.gauge.record(scan, spared);
+                may
+            }
+        }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn gauge(&self) -> &PrefilterGauge {
+        &self.gauge
     }
 
     /// The failregexes on `text` (the line after its timestamp, or the

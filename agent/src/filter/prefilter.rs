@@ -8,6 +8,9 @@
 //! middle. We compute, per pattern, a set of strings of which every match must
 //! contain at least one, and keep the most selective set.
 
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
 use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
 use regex_syntax::hir::{Class, Hir, HirKind};
 
@@ -80,6 +83,98 @@ impl Prefilter {
     #[cfg(test)]
     pub(crate) fn is_active(&self) -> bool {
         self.ac.is_some()
+    }
+}
+
+/// One line in this many is a sample for [`PrefilterGauge`].
+const SAMPLE_EVERY: u64 = 64;
+/// Samples between two decisions.
+const SAMPLES_PER_DECISION: u64 = 64;
+
+/// Whether the literal scan pays, on the lines this filter actually sees,
+/// for a filter whose anchored first-match DFA turns lines away by itself
+/// (the scan is then only a shortcut, never needed for the answer). A scan
+/// whose literals start with common bytes (` `, `:`, `]`) verifies a
+/// candidate on nearly every line and costs more than the DFA, which
+/// mostly stops within the first words; a rare literal is cheaper than a
+/// DFA that must read far. Which one wins depends on the log, so one line
+/// in [`SAMPLE_EVERY`] times both: the scan, and when it turned the line
+/// away, the DFA's verdict it spared. Every [`SAMPLES_PER_DECISION`]
+/// samples the scan is kept or skipped by which cost more (halved sums, so
+/// it follows a log that changes). Either way the answer is the same.
+#[derive(Debug, Default)]
+pub(crate) struct PrefilterGauge {
+    lines: AtomicU64,
+    skip: AtomicBool,
+    samples: AtomicU64,
+    /// Time spent in sampled scans, in nanoseconds.
+    scan_ns: AtomicU64,
+    /// Time the DFA took on the sampled lines the scan turned away.
+    spared_ns: AtomicU64,
+}
+
+impl Clone for PrefilterGauge {
+    /// A copy measures its own lines from the start.
+    fn clone(&self) -> PrefilterGauge {
+        PrefilterGauge::default()
+    }
+}
+
+/// What to do with the literal scan on one line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Screen {
+    Scan,
+    Skip,
+    /// Scan, and time it (and the DFA it spares): [`PrefilterGauge::record`].
+    Sample,
+}
+
+impl PrefilterGauge {
+    /// The next line's treatment. Relaxed atomics: a filter is matched on
+    /// one thread at a time, and a stale decision only costs time.
+    pub(crate) fn next(&self) -> Screen {
+        let n = self.lines.load(Ordering::Relaxed);
+        self.lines.store(n.wrapping_add(1), Ordering::Relaxed);
+        if n % SAMPLE_EVERY == SAMPLE_EVERY - 1 {
+            Screen::Sample
+        } else if self.skip.load(Ordering::Relaxed) {
+            Screen::Skip
+        } else {
+            Screen::Scan
+        }
+    }
+
+    /// A sample: the scan took `scan`; `spared` is the DFA's time on the
+    /// same line when the scan turned it away.
+    pub(crate) fn record(&self, scan: Duration, spared: Option<Duration>) {
+        let add = |a: &AtomicU64, d: Duration| {
+            let v = a.load(Ordering::Relaxed);
+            a.store(v.saturating_add(d.as_nanos() as u64), Ordering::Relaxed);
+        };
+        add(&self.scan_ns, scan);
+        if let Some(d) = spared {
+            add(&self.spared_ns, d);
+        }
+        let n = self.samples.load(Ordering::Relaxed) + 1;
+        self.samples.store(n, Ordering::Relaxed);
+        if n % SAMPLES_PER_DECISION == 0 {
+            let scan = self.scan_ns.load(Ordering::Relaxed);
+            let spared = self.spared_ns.load(Ordering::Relaxed);
+            self.skip.store(scan > spared, Ordering::Relaxed);
+            self.scan_ns.store(scan / 2, Ordering::Relaxed);
+            self.spared_ns.store(spared / 2, Ordering::Relaxed);
+        }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn skipping(&self) -> bool {
+        self.skip.load(Ordering::Relaxed)
+    }
+
+    /// Tests: decide now, as if measured.
+    #[cfg(test)]
+    pub(crate) fn force(&self, skip: bool) {
+        self.skip.store(skip, Ordering::Relaxed);
     }
 }
 
@@ -280,6 +375,49 @@ fn analyze(hir: &Hir) -> Info {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Runs `n` lines through the gauge, each sample with these costs.
+    fn feed(g: &PrefilterGauge, n: u64, scan_ns: u64, spared_ns: Option<u64>) -> Vec<Screen> {
+        (0..n)
+            .map(|_| {
+                let s = g.next();
+                if s == Screen::Sample {
+                    g.record(
+                        Duration::from_nanos(scan_ns),
+                        spared_ns.map(Duration::from_nanos),
+                    );
+                }
+                s
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_gauge_skips_a_scan_that_costs_more_than_it_spares_and_comes_back() {
+        let g = PrefilterGauge::default();
+        // One line in 64 is a sample; until a decision, every other scans.
+        let first = feed(&g, 64 * 63, 500, Some(100));
+        assert_eq!(first.iter().filter(|s| **s == Screen::Sample).count(), 63);
+        assert!(first.iter().all(|s| *s != Screen::Skip));
+        // The 64th sample decides: scans of 500 ns spared DFA runs of 100.
+        feed(&g, 64, 500, Some(100));
+        assert!(g.skipping());
+        let skipped = feed(&g, 64 * 64, 500, None);
+        assert!(skipped.iter().all(|s| *s != Screen::Scan));
+        assert_eq!(skipped.iter().filter(|s| **s == Screen::Sample).count(), 64);
+        // The log changes: cheap scans that spare long DFA runs. The
+        // halved sums let it turn back within a few decisions.
+        for _ in 0..4 {
+            feed(&g, 64 * 64, 50, Some(2_000));
+        }
+        assert!(!g.skipping());
+        assert!(feed(&g, 63, 50, Some(2_000))
+            .iter()
+            .all(|s| *s == Screen::Scan));
+        // A copy measures from the start.
+        g.force(true);
+        assert!(!g.clone().skipping());
+    }
 
     fn lits(p: &str) -> Option<Vec<String>> {
         required_literals(p).map(|s| {
