@@ -76,8 +76,13 @@ struct MatchClass {
 }
 
 /// What makes two jails' filters the same: prefregex, failregexes,
-/// ignoreregexes, datepattern.
-type FilterKey = (Option<String>, Vec<String>, Vec<String>, Option<String>);
+/// ignoreregexes, datepattern and date cut.
+type FilterKey = (
+    Option<String>,
+    Vec<String>,
+    Vec<String>,
+    (Option<String>, crate::filter::time::DateCut),
+);
 
 fn filter_key(jail: &Jail) -> FilterKey {
     let s = &jail.settings;
@@ -87,7 +92,7 @@ fn filter_key(jail: &Jail) -> FilterKey {
         s.filter.prefregex.clone(),
         fail,
         ignore,
-        s.filter.datepattern.clone(),
+        (s.filter.datepattern.clone(), s.filter.date_cut),
     )
 }
 
@@ -514,14 +519,16 @@ mod tests {
     /// datepattern: those decide which text the failregexes see.
     #[test]
     fn within_needs_the_same_prefregex_and_datepattern() {
-        let key = |pref: Option<&str>, fail: &[&str], date: Option<&str>| -> FilterKey {
+        use crate::filter::time::DateCut;
+        let key_cut = |pref: Option<&str>, fail: &[&str], date: Option<&str>, cut| -> FilterKey {
             (
                 pref.map(String::from),
                 fail.iter().map(|f| f.to_string()).collect(),
                 Vec::new(),
-                date.map(String::from),
+                (date.map(String::from), cut),
             )
         };
+        let key = |pref, fail, date| key_cut(pref, fail, date, DateCut::Leading);
         let big = key(None, &["a", "b"], None);
         assert_eq!(within(&[key(None, &["a"], None), big.clone()], 0), Some(1));
         assert_eq!(
@@ -530,6 +537,13 @@ mod tests {
         );
         assert_eq!(
             within(&[key(None, &["a"], Some("%s")), big.clone()], 0),
+            None
+        );
+        assert_eq!(
+            within(
+                &[key_cut(None, &["a"], None, DateCut::Anywhere), big.clone()],
+                0
+            ),
             None
         );
         assert_eq!(within(&[key(None, &["c"], None), big], 0), None);
