@@ -30,6 +30,12 @@
 //! position: anchored with `^`, at the start; otherwise its leftmost match
 //! (give it literal context, e.g. `] %d/%b/%Y`, to pin it down).
 //!
+//! A filter with `date_cut = "anywhere"` ([`DateCut`]) follows fail2ban's
+//! line model instead: its datepattern is read in fail2ban's syntax
+//! ([`Templates`]), the date is looked for wherever fail2ban would, and
+//! only its text is cut. A pattern in that syntax only (`{^LN-BEG}`,
+//! `{DATE}`, `%Ex..`, regex parts) is accepted by the default cut too.
+//!
 //! Timestamps without a year take the latest year that puts them no more
 //! than one day after `now`, so a `Dec 31` line read on Jan 1 is last year.
 //! "Local" is the machine's time zone (`chrono::Local`).

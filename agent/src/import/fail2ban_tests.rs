@@ -438,8 +438,8 @@ const STOCK_REFUSED_HEADER: &str =
 # XBAN_BLESS=1 rewrites it from the current result.\n";
 const CORPUS_MISSES_HEADER: &str =
     "# Imported stock variants that miss some of fail2ban's annotated sample lines\n\
-# (agreed/evaluated): leading dates xban's time detection does not know, so they are\n\
-# not cut before matching. Checked by fail2ban_tests.rs; it may only shrink.\n";
+# (agreed/evaluated): IPv4 addresses in brackets, which fail2ban's <HOST>/<ADDR>\n\
+# take and xban's do not. Checked by fail2ban_tests.rs; it may only shrink.\n";
 
 /// With `XBAN_BLESS=1`, rewrites a pinned list from the current result.
 fn bless(path: &Path, header: &str, listing: &str) {
@@ -525,9 +525,8 @@ fn every_stock_filter_variant_expands_as_fail2ban_does() {
         corpus.wrong.is_empty(),
         "imported filters ban where fail2ban does not:\n{corpus}"
     );
-    // Where an imported variant misses annotated lines (a leading date
-    // xban's detection does not know, so it is not cut before matching),
-    // the variant is pinned here: the list may only shrink.
+    // Where an imported variant misses annotated lines, the variant is
+    // pinned here: the list may only shrink.
     let mut disagreeing = String::new();
     for (v, (agreed, n)) in &corpus.per_variant {
         if agreed != n {
