@@ -110,7 +110,11 @@ impl Templates {
     /// fail2ban's default: every default form, first at the line start,
     /// then anywhere.
     pub fn defaults() -> Templates {
-        Templates::parse("{DEFAULT}").expect("the default forms compile")
+        // Compiled once: the regexes inside are shared by every clone.
+        static DEFAULTS: std::sync::OnceLock<Templates> = std::sync::OnceLock::new();
+        DEFAULTS
+            .get_or_init(|| Templates::parse("{DEFAULT}").expect("the default forms compile"))
+            .clone()
     }
 
     fn from_list(src: &str, list: Vec<Template>) -> Templates {

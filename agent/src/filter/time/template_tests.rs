@@ -1,4 +1,5 @@
 use super::*;
+use crate::filter::Failure;
 use std::time::{Duration, UNIX_EPOCH};
 
 fn now() -> SystemTime {
@@ -183,4 +184,72 @@ fn bad_patterns_say_what_to_fix() {
     let e = Templates::parse(r"(?P<s>\d)%m(?P=s)%d").unwrap_err();
     assert!(e.contains("back-references"), "{e}");
     assert!(Templates::parse("  \n ").is_err());
+}
+
+/// The filter engine under `date_cut = "anywhere"`: the failregexes see
+/// the line with the date's own text cut, wherever it stood.
+#[test]
+fn a_filter_with_the_anywhere_cut_matches_what_fail2ban_leaves() {
+    use crate::filter::time::DateCut;
+    use crate::filter::{FilterDef, FilterSet, LineMatch, TimeFound};
+    let def = |fail: &str, date: Option<&str>| FilterDef {
+        failregex: vec![fail.into()],
+        datepattern: date.map(String::from),
+        date_cut: DateCut::Anywhere,
+        ..FilterDef::default()
+    };
+    let set = FilterSet::from_def(&def(r#"^<HOST> - \S+ \[\] "GET /admin"#, None), None).unwrap();
+    match set.match_line(
+        r#"198.51.100.7 - bob [07/Dec/2026:10:11:12 +0000] "GET /admin HTTP/1.1""#,
+        now(),
+    ) {
+        LineMatch::Failure(f) => {
+            assert_eq!(f.host.to_string(), "198.51.100.7");
+            assert_eq!(
+                f.time,
+                TimeFound::Parsed(UNIX_EPOCH + Duration::from_secs(1_796_638_272))
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    // A date at the end; and a line without a date is matched whole.
+    let set = FilterSet::from_def(&def(r"^fail from <HOST> at $", None), None).unwrap();
+    assert!(matches!(
+        set.match_line("fail from 198.51.100.7 at 2026-12-07 10:11:12", now()),
+        LineMatch::Failure(_)
+    ));
+    assert!(matches!(
+        set.match_line("fail from 198.51.100.7 at ", now()),
+        LineMatch::Failure(Failure {
+            time: TimeFound::Missing,
+            ..
+        })
+    ));
+    // A client-written date after the line's own leading one is text.
+    let set = FilterSet::from_def(
+        &def(
+            r"^ host app: user (?P<u>.+) from <HOST>$",
+            Some("{^LN-BEG}"),
+        ),
+        None,
+    )
+    .unwrap();
+    match set.match_line(
+        "2026-12-07 10:11:12 host app: user 2001-01-01 00:00:00 from 198.51.100.7",
+        now(),
+    ) {
+        LineMatch::Failure(f) => match f.time {
+            // 2026-12-07 local, not 2001.
+            TimeFound::Parsed(t) => {
+                assert!(t > UNIX_EPOCH + Duration::from_secs(1_796_500_000), "{t:?}")
+            }
+            other => panic!("{other:?}"),
+        },
+        other => panic!("{other:?}"),
+    }
+    // A bad datepattern names the key and what to write.
+    let e = FilterSet::from_def(&def("^x <HOST>", Some("%ExQ")), None)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("datepattern") && e.contains("%ExY"), "{e}");
 }
