@@ -52,7 +52,14 @@ struct Template {
     regex: Regex,
     /// Anchored at the line start: a match wins at once.
     at_start: bool,
+    /// The group index of each of [`FIELDS`] (looked up once, not per line).
+    groups: [Option<usize>; FIELDS.len()],
 }
+
+/// The named groups a time is read from.
+const FIELDS: [&str; 17] = [
+    "E", "L", "T", "Y", "y", "m", "b", "B", "d", "H", "I", "p", "M", "S", "f", "z", "Z",
+];
 
 /// The default forms, in the order fail2ban tries them. Each is written in
 /// the datepattern syntax this module reads; separators that must repeat
@@ -83,10 +90,20 @@ const DEFAULT_FORMS: &[&str] = &[
 
 const LN_BEG: &str = "{^LN-BEG}";
 
+/// Word boundaries and non-word characters are ASCII's (as `\b` and `\W`
+/// on ASCII text): Unicode ones would keep the regex crate off its DFAs.
+const WORD_EDGE: &str = r"(?-u:\b)";
+/// The start of a template: the line's, a word's, or after a non-word byte.
+const BEGIN: &str = r"(?:^|(?-u:\b)|[^0-9A-Za-z_])";
+/// The end of a template: a word's end, a non-word byte, or the line's end.
+const END: &str = r"(?:(?-u:\b)|[^0-9A-Za-z_]|$)";
+/// `{^LN-BEG}`: the line start, then at most two non-word characters.
+const LINE_BEGIN: &str = "^[^0-9A-Za-z_]{0,2}";
+
 /// Epoch seconds (10–11 digits, optionally a 3–6 digit fraction).
-const EPOCH_RE: &str = r"(?P<E>\d{10,11}\b(?:\.\d{3,6})?)";
+const EPOCH_RE: &str = r"(?P<E>[0-9]{10,11}(?-u:\b)(?:\.[0-9]{3,6})?)";
 /// Epoch seconds, milliseconds or microseconds.
-const LEPOCH_RE: &str = r"(?P<L>\d{10,11}(?:\d{3}(?:\.\d{1,6}|\d{3})?)?)";
+const LEPOCH_RE: &str = r"(?P<L>[0-9]{10,11}(?:[0-9]{3}(?:\.[0-9]{1,6}|[0-9]{3})?)?)";
 const TAI64N_RE: &str = r"(?P<T>@[0-9a-f]{24})";
 
 impl Templates {
@@ -132,6 +149,7 @@ impl Templates {
     /// date, e.g. Feb 30) and the byte range to cut out.
     pub fn find(&self, line: &str, now: SystemTime) -> Option<(Option<SystemTime>, Range<usize>)> {
         let matched = self.set.as_ref().map(|s| s.matches(line));
+        // (template, its match)
         let mut best: Option<(usize, Captures)> = None;
         for (i, t) in self.list.iter().enumerate() {
             if matched.as_ref().is_some_and(|m| !m.matched(i)) {
@@ -142,16 +160,17 @@ impl Templates {
             };
             let Some(g) = c.get(1) else { continue };
             if t.at_start || g.start() <= 1 {
-                best = Some((g.start(), c));
+                best = Some((i, c));
                 break;
             }
-            if best.as_ref().is_none_or(|(s, _)| g.start() < *s) {
-                best = Some((g.start(), c));
+            let start = |c: &Captures| c.get(1).map_or(usize::MAX, |g| g.start());
+            if best.as_ref().is_none_or(|(_, b)| g.start() < start(b)) {
+                best = Some((i, c));
             }
         }
-        let (_, c) = best?;
+        let (i, c) = best?;
         let g = c.get(1)?;
-        Some((resolve(&c, now), g.range()))
+        Some((resolve(&self.list[i], &c, now), g.range()))
     }
 }
 
@@ -295,21 +314,21 @@ fn compile(pattern: &str) -> Result<Template, String> {
         "EPOCH" | "^EPOCH" => {
             at_start |= upper.starts_with('^');
             if at_start {
-                format!(r"^\W{{0,2}}({EPOCH_RE})")
+                format!("{LINE_BEGIN}({EPOCH_RE}){END}")
             } else {
                 // At the line start, in a leading `[...]`, or in an audit
                 // record's `audit(EPOCH:serial)`.
-                format!(r"(?:^|^\[|\baudit\()({EPOCH_RE})(?:\]|:\d+\)|\b|\W|$)")
+                format!(r"(?:^|^\[|{WORD_EDGE}audit\()({EPOCH_RE})(?:\]|:[0-9]+\)|{END})")
             }
         }
         "LEPOCH" | "^LEPOCH" => {
             at_start |= upper.starts_with('^');
-            format!(r"^\W{{0,2}}({LEPOCH_RE})(?:\b|\W|$)")
+            format!("{LINE_BEGIN}({LEPOCH_RE}){END}")
         }
         "TAI64N" | "^TAI64N" => {
             at_start |= upper.starts_with('^');
-            let lead = if at_start { r"^\W{0,2}" } else { "" };
-            format!("{lead}({TAI64N_RE})(?:\\b|\\W|$)")
+            let lead = if at_start { LINE_BEGIN } else { "" };
+            format!("{lead}({TAI64N_RE}){END}")
         }
         _ => expand(p, word_begin, word_end, at_start)?,
     };
@@ -326,7 +345,15 @@ fn compile(pattern: &str) -> Result<Template, String> {
     if regex.captures_len() < 2 {
         return Err(format!("template {pattern:?} cuts nothing out"));
     }
-    Ok(Template { regex, at_start })
+    let mut groups = [None; FIELDS.len()];
+    for (slot, name) in groups.iter_mut().zip(FIELDS) {
+        *slot = regex.capture_names().position(|n| n == Some(name));
+    }
+    Ok(Template {
+        regex,
+        at_start,
+        groups,
+    })
 }
 
 /// A `%`-template as a regex: directives expanded, the date in group 1,
@@ -393,12 +420,12 @@ fn expand(p: &str, word_begin: bool, word_end: bool, at_start: bool) -> Result<S
         format!("{head}({mid}){tail}")
     };
     if at_start {
-        body = format!(r"^\W{{0,2}}{body}");
+        body = format!("{LINE_BEGIN}{body}");
     } else if word_begin && !no_begin && !anchored_itself {
-        body = format!(r"(?:^|\b|\W){body}");
+        body = format!("{BEGIN}{body}");
     }
     if word_end && !no_end && !ends_itself {
-        body.push_str(r"(?:\b|\W|$)");
+        body.push_str(END);
     }
     if names {
         body = format!("(?i){body}");
@@ -436,16 +463,16 @@ fn directive(d: &str) -> Result<(String, usize, bool), String> {
         let c = x.chars().next().unwrap_or(' ');
         let re = match c {
             'Y' => g("Y", &strict_years()),
-            'y' => g("y", r"\d{2}"),
+            'y' => g("y", r"[0-9]{2}"),
             'm' => g("m", "1[0-2]|0[1-9]"),
-            'd' => g("d", "3[01]|[12]\\d|0[1-9]"),
-            'H' => g("H", "2[0-3]|[01]\\d"),
-            'k' => format!(" ?{}", g("H", "2[0-3]|[01]?\\d")),
-            'l' => format!(" ?{}", g("I", "1[0-2]|\\d")),
-            'M' => g("M", "[0-5]\\d"),
-            'S' => g("S", "6[01]|[0-5]\\d"),
+            'd' => g("d", "3[01]|[12][0-9]|0[1-9]"),
+            'H' => g("H", "2[0-3]|[01][0-9]"),
+            'k' => format!(" ?{}", g("H", "2[0-3]|[01]?[0-9]")),
+            'l' => format!(" ?{}", g("I", "1[0-2]|[0-9]")),
+            'M' => g("M", "[0-5][0-9]"),
+            'S' => g("S", "6[01]|[0-5][0-9]"),
             'Z' => g("Z", "[A-Z](?:[A-Z]{2,4})?"),
-            'z' => g("z", "(?:[A-Z]{3,5})?[+-][01]\\d(?::?\\d{2})?|[A-Z]{3,5}"),
+            'z' => g("z", "(?:[A-Z]{3,5})?[+-][01][0-9](?::?[0-9]{2})?|[A-Z]{3,5}"),
             _ => {
                 return Err(format!(
                     "unknown directive %Ex{c}; the strict forms are %ExY %Exy %Exm %Exd %ExH %Exk %Exl %ExM %ExS %ExZ %Exz"
@@ -465,22 +492,22 @@ fn directive(d: &str) -> Result<(String, usize, bool), String> {
         'b' => (g("b", MON), true),
         'B' => (g("B", MONTHS), true),
         'p' => (g("p", "am|pm"), true),
-        'd' => (g("d", "3[01]|[12]\\d|[0 ]?[1-9]"), false),
-        'f' => (g("f", r"\d{1,6}"), false),
-        'H' => (g("H", "2[0-3]|[01]?\\d"), false),
-        'k' => (format!(" ?{}", g("H", "[0-2]?\\d")), false),
+        'd' => (g("d", "3[01]|[12][0-9]|[0 ]?[1-9]"), false),
+        'f' => (g("f", r"[0-9]{1,6}"), false),
+        'H' => (g("H", "2[0-3]|[01]?[0-9]"), false),
+        'k' => (format!(" ?{}", g("H", "[0-2]?[0-9]")), false),
         'I' => (g("I", "1[0-2]|0?[1-9]"), false),
-        'l' => (format!(" ?{}", g("I", "1?\\d")), false),
-        'j' => (g("j", r"\d{1,3}"), false),
+        'l' => (format!(" ?{}", g("I", "1?[0-9]")), false),
+        'j' => (g("j", r"[0-9]{1,3}"), false),
         'm' => (g("m", "1[0-2]|0?[1-9]"), false),
-        'M' => (g("M", "[0-5]?\\d"), false),
-        'S' => (g("S", "6[01]|[0-5]?\\d"), false),
-        'U' => (g("U", r"\d{1,2}"), false),
-        'W' => (g("W", r"\d{1,2}"), false),
+        'M' => (g("M", "[0-5]?[0-9]"), false),
+        'S' => (g("S", "6[01]|[0-5]?[0-9]"), false),
+        'U' => (g("U", r"[0-9]{1,2}"), false),
+        'W' => (g("W", r"[0-9]{1,2}"), false),
         'w' => (g("w", "[0-6]"), false),
-        'y' => (g("y", r"\d\d"), false),
-        'Y' => (g("Y", r"\d{4}"), false),
-        'z' => (g("z", "Z|UTC|GMT|[+-][01]\\d(?::?\\d{2})?"), false),
+        'y' => (g("y", r"[0-9][0-9]"), false),
+        'Y' => (g("Y", r"[0-9]{4}"), false),
+        'z' => (g("z", "Z|UTC|GMT|[+-][01][0-9](?::?[0-9]{2})?"), false),
         'Z' => (g("Z", "Z|[A-Z]{3,5}"), false),
         other => {
             return Err(format!(
@@ -496,12 +523,15 @@ fn directive(d: &str) -> Result<(String, usize, bool), String> {
 fn strict_years() -> String {
     let last = Local::now().year() + 3;
     let decades: Vec<String> = (200..=last / 10).map(|d| d.to_string()).collect();
-    format!(r"(?:{})\d", decades.join("|"))
+    format!(r"(?:{})[0-9]", decades.join("|"))
 }
 
 /// The time of a template match; `None` when it is no valid date.
-fn resolve(c: &Captures, now: SystemTime) -> Option<SystemTime> {
-    let text = |n: &str| c.name(n).map(|m| m.as_str());
+fn resolve(t: &Template, c: &Captures, now: SystemTime) -> Option<SystemTime> {
+    let text = |n: &str| {
+        let k = FIELDS.iter().position(|f| *f == n)?;
+        c.get(t.groups[k]?).map(|m| m.as_str())
+    };
     let num = |n: &str| text(n).and_then(|s| s.trim().parse::<u32>().ok());
     let mut f = Fields::default();
     if let Some(e) = text("E") {
