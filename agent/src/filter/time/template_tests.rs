@@ -253,3 +253,16 @@ fn a_filter_with_the_anywhere_cut_matches_what_fail2ban_leaves() {
         .to_string();
     assert!(e.contains("datepattern") && e.contains("%ExY"), "{e}");
 }
+
+#[test]
+fn word_edges_can_be_lifted() {
+    // By default a date glued to a word is no date ...
+    let t = Templates::parse("%Y-%m-%d %H:%M:%S").unwrap();
+    assert!(t.find("id2026-12-07 10:11:12", now()).is_none());
+    // ... `**` lifts the check on its side, `{UNB}` on both.
+    let t = Templates::parse("**%Y-%m-%d %H:%M:%S").unwrap();
+    assert!(t.find("id2026-12-07 10:11:12", now()).is_some());
+    let t = Templates::parse("{UNB}%Y-%m-%d %H:%M:%S").unwrap();
+    let (_, date, rest) = cut(&t, "id2026-12-07 10:11:12x").unwrap();
+    assert_eq!((date, rest.as_str()), ("2026-12-07 10:11:12", "idx"));
+}
