@@ -227,7 +227,7 @@ impl Agent {
         found[c].get_or_insert_with(|| {
             self.jails.list[route.classes[c].filter_of]
                 .filter()
-                .match_screened(&line.text, line.read_at, screened)
+                .match_entry(&line.text, line.read_at, screened, line.time)
         })
     }
 

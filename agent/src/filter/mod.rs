@@ -706,6 +706,25 @@ impl FilterSet {
         self.match_line_with(line, now, true, admitted)
     }
 
+    /// [`match_screened`](Self::match_screened) for a line whose source
+    /// knows its time (`entry_time`, the journal's): under fail2ban's line
+    /// model no date is looked for in it, as fail2ban does not.
+    pub fn match_entry(
+        &self,
+        line: &str,
+        now: SystemTime,
+        admitted: bool,
+        entry_time: Option<SystemTime>,
+    ) -> LineMatch {
+        match entry_time {
+            Some(t) if self.date_cut == DateCut::Anywhere => {
+                let line = line.trim_end_matches(['\n', '\r']);
+                self.match_text(line, TimeFound::Parsed(t), true, admitted)
+            }
+            _ => self.match_line_with(line, now, true, admitted),
+        }
+    }
+
     fn match_line_with(
         &self,
         line: &str,

@@ -247,6 +247,17 @@ fn a_filter_with_the_anywhere_cut_matches_what_fail2ban_leaves() {
         },
         other => panic!("{other:?}"),
     }
+    // A journal entry has its own time: no date is cut from its text.
+    let set = FilterSet::from_def(&def(r"^fail at  from <HOST>$", None), None).unwrap();
+    let entry = "fail at 2026-12-07 10:11:12 from 198.51.100.7";
+    assert!(matches!(
+        set.match_line(entry, now()),
+        LineMatch::Failure(_)
+    ));
+    assert!(matches!(
+        set.match_entry(entry, now(), false, Some(now())),
+        LineMatch::NoMatch { .. }
+    ));
     // A bad datepattern names the key and what to write.
     let e = FilterSet::from_def(&def("^x <HOST>", Some("%ExQ")), None)
         .unwrap_err()
