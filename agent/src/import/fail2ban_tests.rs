@@ -795,3 +795,71 @@ fn corpus_agreement(dir: &Path, ours: &[ExpandedJail]) -> CorpusAgreement {
     }
     result
 }
+
+/// fail2ban's own date detector (a fresh one per line, as for the first
+/// line it sees) on every line of its sample logs: xban's default date
+/// templates cut exactly the same characters, or none where it finds none.
+#[test]
+fn the_default_date_cut_equals_fail2bans_on_its_sample_logs() {
+    let client = fail2ban_client();
+    let shebang = std::fs::read_to_string(&client).unwrap();
+    let python = shebang
+        .lines()
+        .next()
+        .and_then(|l| l.strip_prefix("#!"))
+        .map(|l| l.split_whitespace().next().unwrap().to_string())
+        .unwrap();
+    // Prints, per sample line, the character span fail2ban cuts (or -1).
+    let script = r##"
+import os, sys
+from fail2ban.server.datedetector import DateDetector
+root = sys.argv[1]
+for name in sorted(os.listdir(root)):
+    path = os.path.join(root, name)
+    if not os.path.isfile(path):
+        continue
+    for line in open(path, encoding="utf-8", errors="replace"):
+        line = line.rstrip("\n")
+        if not line or line.startswith("#") or "\t" in line:
+            continue
+        detector = DateDetector()
+        detector.addDefaultTemplate()
+        m, _ = detector.matchTime(line)
+        span = (m.start(1), m.end(1)) if m else (-1, -1)
+        print("%d\t%d\t%s" % (span[0], span[1], line))
+"##;
+    let out = Command::new(python)
+        .args(["-c", script, CORPUS])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let templates = crate::filter::time::Templates::defaults();
+    let now = std::time::SystemTime::now();
+    let mut differ = Vec::new();
+    let mut lines = 0;
+    for row in text.lines() {
+        let mut it = row.splitn(3, '\t');
+        let (s, e, line) = (it.next().unwrap(), it.next().unwrap(), it.next().unwrap());
+        let theirs: (i64, i64) = (s.parse().unwrap(), e.parse().unwrap());
+        let chars = |b: usize| line[..b].chars().count() as i64;
+        let ours = templates
+            .find(line, now)
+            .map_or((-1, -1), |(_, r)| (chars(r.start), chars(r.end)));
+        lines += 1;
+        if ours != theirs {
+            differ.push(format!("{line}: fail2ban {theirs:?}, xban {ours:?}"));
+        }
+    }
+    assert!(lines > 1000, "only {lines} sample lines");
+    assert!(
+        differ.is_empty(),
+        "{} of {lines} differ:\n{}",
+        differ.len(),
+        differ.join("\n")
+    );
+}
