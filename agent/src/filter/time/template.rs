@@ -204,8 +204,18 @@ fn add_line(line: &str, list: &mut Vec<Template>) -> Result<(), String> {
         "{NONE}" => {}
         _ if key.contains("{DATE}") => {
             for form in DEFAULT_FORMS {
-                let inner = unbound(form);
-                list.push(compile(&line.replace("{DATE}", &inner))?);
+                match *form {
+                    // The named forms stand in `{DATE}` only alone or
+                    // after a line-start anchor (fail2ban reads them by
+                    // name there; elsewhere as their literal name, which
+                    // no log line has).
+                    "EPOCH" | "TAI64N" => {
+                        if matches!(key, "{DATE}" | "^{DATE}" | "{^LN-BEG}{DATE}") {
+                            list.push(compile(&line.replace("{DATE}", form))?);
+                        }
+                    }
+                    _ => list.push(compile(&line.replace("{DATE}", unbound(form)))?),
+                }
             }
         }
         _ => {
@@ -283,13 +293,9 @@ fn is_start_form(form: &str) -> bool {
 }
 
 /// A default form as it stands inside a `{DATE}` template: without its
-/// own line-start anchor, and the named forms as their plain regexes.
-fn unbound(form: &str) -> String {
-    match form {
-        "EPOCH" => "{EPOCH}".into(),
-        "TAI64N" => TAI64N_RE.into(),
-        f => f.strip_prefix(LN_BEG).unwrap_or(f).to_string(),
-    }
+/// own `{^LN-BEG}`.
+fn unbound(form: &str) -> &str {
+    form.strip_prefix(LN_BEG).unwrap_or(form)
 }
 
 /// Compiles one template.
