@@ -76,8 +76,13 @@ struct MatchClass {
 }
 
 /// What makes two jails' filters the same: prefregex, failregexes,
-/// ignoreregexes, datepattern.
-type FilterKey = (Option<String>, Vec<String>, Vec<String>, Option<String>);
+/// ignoreregexes, datepattern and date cut.
+type FilterKey = (
+    Option<String>,
+    Vec<String>,
+    Vec<String>,
+    (Option<String>, crate::filter::time::DateCut),
+);
 
 fn filter_key(jail: &Jail) -> FilterKey {
     let s = &jail.settings;
@@ -87,7 +92,7 @@ fn filter_key(jail: &Jail) -> FilterKey {
         s.filter.prefregex.clone(),
         fail,
         ignore,
-        s.filter.datepattern.clone(),
+        (s.filter.datepattern.clone(), s.filter.date_cut),
     )
 }
 
@@ -222,7 +227,7 @@ impl Agent {
         found[c].get_or_insert_with(|| {
             self.jails.list[route.classes[c].filter_of]
                 .filter()
-                .match_screened(&line.text, line.read_at, screened)
+                .match_entry(&line.text, line.read_at, screened, line.time)
         })
     }
 
@@ -517,14 +522,16 @@ mod tests {
     /// datepattern: those decide which text the failregexes see.
     #[test]
     fn within_needs_the_same_prefregex_and_datepattern() {
-        let key = |pref: Option<&str>, fail: &[&str], date: Option<&str>| -> FilterKey {
+        use crate::filter::time::DateCut;
+        let key_cut = |pref: Option<&str>, fail: &[&str], date: Option<&str>, cut| -> FilterKey {
             (
                 pref.map(String::from),
                 fail.iter().map(|f| f.to_string()).collect(),
                 Vec::new(),
-                date.map(String::from),
+                (date.map(String::from), cut),
             )
         };
+        let key = |pref, fail, date| key_cut(pref, fail, date, DateCut::Leading);
         let big = key(None, &["a", "b"], None);
         assert_eq!(within(&[key(None, &["a"], None), big.clone()], 0), Some(1));
         assert_eq!(
@@ -533,6 +540,13 @@ mod tests {
         );
         assert_eq!(
             within(&[key(None, &["a"], Some("%s")), big.clone()], 0),
+            None
+        );
+        assert_eq!(
+            within(
+                &[key_cut(None, &["a"], None, DateCut::Anywhere), big.clone()],
+                0
+            ),
             None
         );
         assert_eq!(within(&[key(None, &["c"], None), big], 0), None);

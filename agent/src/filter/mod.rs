@@ -100,7 +100,7 @@ use self::fancy::Fancy;
 use self::host::HostKind;
 use self::prefilter::{Prefilter, PrefilterGauge, Screen};
 use self::split::SplitPlan;
-use self::time::DatePattern;
+use self::time::{DateCut, DatePattern};
 
 /// Errors from compiling filters or loading filter files. Each message names
 /// the place (regex index, file, mode) and what to do about it.
@@ -132,7 +132,7 @@ pub enum FilterError {
         #[source]
         source: std::io::Error,
     },
-    #[error("{}: invalid filter file: {source}; fix the TOML (keys: prefregex, failregex, ignoreregex, datepattern, modes, default_mode, description)", .path.display())]
+    #[error("{}: invalid filter file: {source}; fix the TOML (keys: prefregex, failregex, ignoreregex, datepattern, date_cut, modes, default_mode, description)", .path.display())]
     Toml {
         path: PathBuf,
         #[source]
@@ -184,6 +184,10 @@ pub struct FilterDef {
     pub failregex: Vec<String>,
     pub ignoreregex: Vec<String>,
     pub datepattern: Option<String>,
+    /// Where a line's date is looked for and what is cut ([`DateCut`]):
+    /// `leading` (default) or `anywhere` (fail2ban's line model, with its
+    /// datepattern syntax).
+    pub date_cut: DateCut,
     /// Named modes (e.g. sshd: normal, ddos, aggressive): each adds its
     /// failregex list to the base list.
     pub modes: BTreeMap<String, FilterMode>,
@@ -330,6 +334,7 @@ pub struct FilterSet {
     /// prefregex: see [`PrefilterGauge`]).
     gauge: PrefilterGauge,
     datepattern: Option<DatePattern>,
+    date_cut: DateCut,
     sources: Vec<String>,
     prefix: Option<Prefix>,
     /// With a prefregex and many more failregexes than ignoreregexes,
@@ -516,13 +521,31 @@ impl FilterSet {
         FilterSet::compile_prefixed(None, failregex, ignoreregex, datepattern)
     }
 
-    /// [`FilterSet::compile`] behind a `prefregex` ([`FilterDef::prefregex`]):
-    /// a failregex may then leave the host to the prefregex's `<HOST>`.
+    /// [`FilterSet::compile_prefixed`] with xban's date cut.
     pub fn compile_prefixed(
         prefregex: Option<&str>,
         failregex: &[String],
         ignoreregex: &[String],
         datepattern: Option<&str>,
+    ) -> Result<FilterSet, FilterError> {
+        FilterSet::compile_cut(
+            prefregex,
+            failregex,
+            ignoreregex,
+            datepattern,
+            DateCut::Leading,
+        )
+    }
+
+    /// [`FilterSet::compile`] behind a `prefregex` ([`FilterDef::prefregex`]):
+    /// a failregex may then leave the host to the prefregex's `<HOST>`;
+    /// `date_cut` decides what of a line's date is cut ([`DateCut`]).
+    pub fn compile_cut(
+        prefregex: Option<&str>,
+        failregex: &[String],
+        ignoreregex: &[String],
+        datepattern: Option<&str>,
+        date_cut: DateCut,
     ) -> Result<FilterSet, FilterError> {
         if failregex.is_empty() {
             return Err(FilterError::NoFailregex);
@@ -584,7 +607,13 @@ impl FilterSet {
                 })?,
             )
         };
-        let datepattern = datepattern.map(DatePattern::parse).transpose()?;
+        let datepattern = match date_cut {
+            DateCut::Leading => datepattern.map(DatePattern::parse).transpose()?,
+            DateCut::Anywhere => Some(match datepattern {
+                Some(d) => DatePattern::parse_fail2ban(d)?,
+                None => DatePattern::fail2ban_default(),
+            }),
+        };
         let first = if hirs.iter().all(anchored_at_start) {
             ForwardDfa::many(&hirs)
         } else {
@@ -612,6 +641,7 @@ impl FilterSet {
             ignore_fancy,
             limit_hits,
             datepattern,
+            date_cut,
             sources: failregex.to_vec(),
             ignore_whole_line: prefix.is_some() && ignoreregex.len() + 2 < failregex.len(),
             prefix,
@@ -623,11 +653,12 @@ impl FilterSet {
     pub fn from_def(def: &FilterDef, mode: Option<&str>) -> Result<FilterSet, FilterError> {
         let (fail, ignore) = def.lists(mode)?;
         let place = mode.or(def.default_mode.as_deref());
-        FilterSet::compile_prefixed(
+        FilterSet::compile_cut(
             def.prefregex.as_deref(),
             &fail,
             &ignore,
             def.datepattern.as_deref(),
+            def.date_cut,
         )
         .map_err(|e| match place {
             Some(m) => FilterError::InMode {
@@ -649,6 +680,10 @@ impl FilterSet {
     /// Jails on one file share one search for all their filters' literals
     /// ([`shared`]).
     pub fn required_literals(&self) -> Option<&[Vec<u8>]> {
+        // A date cut from mid-line joins text a literal may span.
+        if self.date_cut == DateCut::Anywhere {
+            return None;
+        }
         self.prefilter.literals()
     }
 
@@ -675,6 +710,25 @@ impl FilterSet {
         self.match_line_with(line, now, true, admitted)
     }
 
+    /// [`match_screened`](Self::match_screened) for a line whose source
+    /// knows its time (`entry_time`, the journal's): under fail2ban's line
+    /// model no date is looked for in it, as fail2ban does not.
+    pub fn match_entry(
+        &self,
+        line: &str,
+        now: SystemTime,
+        admitted: bool,
+        entry_time: Option<SystemTime>,
+    ) -> LineMatch {
+        match entry_time {
+            Some(t) if self.date_cut == DateCut::Anywhere => {
+                let line = line.trim_end_matches(['\n', '\r']);
+                self.match_text(line, TimeFound::Parsed(t), true, admitted)
+            }
+            _ => self.match_line_with(line, now, true, admitted),
+        }
+    }
+
     fn match_line_with(
         &self,
         line: &str,
@@ -683,6 +737,9 @@ impl FilterSet {
         admitted: bool,
     ) -> LineMatch {
         let line = line.trim_end_matches(['\n', '\r']);
+        if self.date_cut == DateCut::Anywhere {
+            return self.match_cut_anywhere(line, now, keep_user, admitted);
+        }
         let (time, text) = match time::parse_time(line, now, self.datepattern.as_ref()) {
             Some((t, range)) => {
                 let text = match time::leading_stamp_end(line, &range) {
@@ -693,6 +750,46 @@ impl FilterSet {
             }
             None => (TimeFound::Missing, line),
         };
+        self.match_text(text, time, keep_user, admitted)
+    }
+
+    /// fail2ban's line model: the date cut out wherever it stands, the
+    /// text before and after it joined.
+    fn match_cut_anywhere(
+        &self,
+        line: &str,
+        now: SystemTime,
+        keep_user: bool,
+        admitted: bool,
+    ) -> LineMatch {
+        let found = self
+            .datepattern
+            .as_ref()
+            .and_then(|d| time::find_date(line, now, d));
+        let Some((t, range)) = found else {
+            return self.match_text(line, TimeFound::Missing, keep_user, admitted);
+        };
+        let time = t.map_or(TimeFound::Missing, TimeFound::Parsed);
+        if range.start == 0 {
+            return self.match_text(&line[range.end..], time, keep_user, admitted);
+        }
+        let mut joined = String::with_capacity(line.len() - range.len());
+        joined.push_str(&line[..range.start]);
+        joined.push_str(&line[range.end..]);
+        self.match_text(&joined, time, keep_user, admitted)
+    }
+
+    /// The prefregex and failregexes on `text` (the line after its date cut).
+    /// Inlined: on the leading-cut path a call costs more than the rest of
+    /// a line that the prefilter turns away.
+    #[inline(always)]
+    fn match_text(
+        &self,
+        text: &str,
+        time: TimeFound,
+        keep_user: bool,
+        admitted: bool,
+    ) -> LineMatch {
         if !admitted && !self.screen(text) {
             return LineMatch::NoMatch { time };
         }

@@ -110,11 +110,12 @@ struct Resolved {
 fn from_def(def: &FilterDef, args: &RegexToolArgs, label: String) -> Result<Resolved, FilterError> {
     let (failregex, mut ignoreregex) = def.lists(args.mode.as_deref())?;
     ignoreregex.extend(args.ignoreregex.iter().cloned());
-    let set = FilterSet::compile_prefixed(
+    let set = FilterSet::compile_cut(
         def.prefregex.as_deref(),
         &failregex,
         &ignoreregex,
         def.datepattern.as_deref(),
+        def.date_cut,
     )?;
     Ok(Resolved {
         set,

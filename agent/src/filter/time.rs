@@ -30,6 +30,12 @@
 //! position: anchored with `^`, at the start; otherwise its leftmost match
 //! (give it literal context, e.g. `] %d/%b/%Y`, to pin it down).
 //!
+//! A filter with `date_cut = "anywhere"` ([`DateCut`]) follows fail2ban's
+//! line model instead: its datepattern is read in fail2ban's syntax
+//! ([`Templates`]), the date is looked for wherever fail2ban would, and
+//! only its text is cut. A pattern in that syntax only (`{^LN-BEG}`,
+//! `{DATE}`, `%Ex..`, regex parts) is accepted by the default cut too.
+//!
 //! Timestamps without a year take the latest year that puts them no more
 //! than one day after `now`, so a `Dec 31` line read on Jan 1 is last year.
 //! "Local" is the machine's time zone (`chrono::Local`).
@@ -44,6 +50,9 @@ use scan::{match_custom, scan_digit, scan_syslog, scan_tai64n};
 
 mod calendar;
 mod scan;
+mod template;
+
+pub use template::Templates;
 
 const F_SYSLOG: u8 = 1;
 const F_ISO: u8 = 2;
@@ -52,6 +61,25 @@ const F_NGINX: u8 = 8;
 const F_EPOCH: u8 = 16;
 const F_TAI64N: u8 = 32;
 const F_ALL: u8 = 63;
+
+/// What the failregexes see of a line once its date is found (a filter's
+/// `date_cut`).
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, serde::Deserialize, serde::Serialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum DateCut {
+    /// xban's: a date counts where its format puts it (module docs), and a
+    /// leading one is cut with the brackets and blanks around it; the
+    /// failregexes start at the host name.
+    #[default]
+    Leading,
+    /// fail2ban's: the date is found wherever it stands (fail2ban's
+    /// datepattern syntax, or its default forms) and only its own text is
+    /// cut; the failregexes see the text before and after it joined, as
+    /// fail2ban's filters expect (`xban import` writes this).
+    Anywhere,
+}
 
 /// How to find a line's timestamp: a named format family or a
 /// strftime-like pattern.
@@ -77,6 +105,8 @@ pub struct DatePattern {
 enum DpKind {
     Formats(u8),
     Custom(Vec<Tok>),
+    /// fail2ban's syntax ([`Templates`]).
+    Fail2ban(Box<Templates>),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -99,7 +129,46 @@ enum Tok {
 
 impl DatePattern {
     /// Parses a `datepattern` value; errors say which directive is wrong.
+    /// A value in fail2ban's syntax only (`{^LN-BEG}`, `{DATE}`, `%Ex..`,
+    /// regex parts, several lines) is read as fail2ban reads it.
     pub fn parse(s: &str) -> Result<DatePattern, FilterError> {
+        let own = match DatePattern::parse_own(s) {
+            Ok(d) => return Ok(d),
+            Err(e) => e,
+        };
+        if !looks_fail2ban(s) {
+            return Err(own);
+        }
+        DatePattern::parse_fail2ban(s).map_err(|e| match e {
+            FilterError::DatePattern { pattern, reason } => FilterError::DatePattern {
+                pattern,
+                reason: format!("{reason} (read in fail2ban's syntax)"),
+            },
+            other => other,
+        })
+    }
+
+    /// Parses a `datepattern` in fail2ban's syntax (`date_cut = "anywhere"`).
+    pub fn parse_fail2ban(s: &str) -> Result<DatePattern, FilterError> {
+        let t = Templates::parse(s).map_err(|reason| FilterError::DatePattern {
+            pattern: s.to_string(),
+            reason,
+        })?;
+        Ok(DatePattern {
+            kind: DpKind::Fail2ban(Box::new(t)),
+            anchored: false,
+        })
+    }
+
+    /// fail2ban's default date detection (no `datepattern`, `date_cut = "anywhere"`).
+    pub fn fail2ban_default() -> DatePattern {
+        DatePattern {
+            kind: DpKind::Fail2ban(Box::new(Templates::defaults())),
+            anchored: false,
+        }
+    }
+
+    fn parse_own(s: &str) -> Result<DatePattern, FilterError> {
         let err = |reason: String| FilterError::DatePattern {
             pattern: s.to_string(),
             reason,
@@ -175,6 +244,26 @@ impl DatePattern {
     }
 }
 
+/// Whether a datepattern uses what only fail2ban's syntax has.
+fn looks_fail2ban(s: &str) -> bool {
+    s.contains(['{', '(', '[', '\\', '|', '?', '*', '+', '$', '\n'])
+        || s.contains("%Ex")
+        || s.trim().eq_ignore_ascii_case("lepoch")
+}
+
+/// The date fail2ban's line model cuts out of `line`, wherever it stands:
+/// its time (`None` when the text is no valid date) and byte range.
+pub fn find_date(
+    line: &str,
+    now: SystemTime,
+    datepattern: &DatePattern,
+) -> Option<(Option<SystemTime>, Range<usize>)> {
+    match &datepattern.kind {
+        DpKind::Fail2ban(t) => t.find(line, now),
+        _ => parse_time(line, now, Some(datepattern)).map(|(t, r)| (Some(t), r)),
+    }
+}
+
 /// Finds the first timestamp in `line` and returns it with its byte range.
 /// `now` is the reference for year inference.
 pub fn parse_time(
@@ -188,6 +277,10 @@ pub fn parse_time(
     }
     let (mask, anchored, custom) = match datepattern {
         None => (F_ALL, false, None),
+        Some(DatePattern {
+            kind: DpKind::Fail2ban(t),
+            ..
+        }) => return fail2ban_time(t, line, now),
         Some(DatePattern {
             kind: DpKind::Formats(m),
             anchored,
@@ -250,6 +343,14 @@ pub fn parse_time(
         return access_log_date(b, lead_end, now);
     }
     None
+}
+
+/// [`parse_time`] for a datepattern in fail2ban's syntax: out of line, so
+/// that the byte scanners' path keeps its shape.
+#[inline(never)]
+fn fail2ban_time(t: &Templates, line: &str, now: SystemTime) -> Option<(SystemTime, Range<usize>)> {
+    let (time, range) = t.find(line, now)?;
+    Some((time?, range))
 }
 
 /// The date of an access-log line, `HOST IDENT USER [dd/Mon/yyyy:...] "`:

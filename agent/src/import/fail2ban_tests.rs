@@ -438,8 +438,8 @@ const STOCK_REFUSED_HEADER: &str =
 # XBAN_BLESS=1 rewrites it from the current result.\n";
 const CORPUS_MISSES_HEADER: &str =
     "# Imported stock variants that miss some of fail2ban's annotated sample lines\n\
-# (agreed/evaluated): leading dates xban's time detection does not know, so they are\n\
-# not cut before matching. Checked by fail2ban_tests.rs; it may only shrink.\n";
+# (agreed/evaluated): IPv4 addresses in brackets, which fail2ban's <HOST>/<ADDR>\n\
+# take and xban's do not. Checked by fail2ban_tests.rs; it may only shrink.\n";
 
 /// With `XBAN_BLESS=1`, rewrites a pinned list from the current result.
 fn bless(path: &Path, header: &str, listing: &str) {
@@ -525,9 +525,8 @@ fn every_stock_filter_variant_expands_as_fail2ban_does() {
         corpus.wrong.is_empty(),
         "imported filters ban where fail2ban does not:\n{corpus}"
     );
-    // Where an imported variant misses annotated lines (a leading date
-    // xban's detection does not know, so it is not cut before matching),
-    // the variant is pinned here: the list may only shrink.
+    // Where an imported variant misses annotated lines, the variant is
+    // pinned here: the list may only shrink.
     let mut disagreeing = String::new();
     for (v, (agreed, n)) in &corpus.per_variant {
         if agreed != n {
@@ -795,4 +794,108 @@ fn corpus_agreement(dir: &Path, ours: &[ExpandedJail]) -> CorpusAgreement {
         }
     }
     result
+}
+
+/// fail2ban's own date detector (a fresh one per line, as for the first
+/// line it sees) on every line of its sample logs, with its default
+/// templates and with each datepattern of the stock filters: xban's cut
+/// is exactly the same characters, or none where it finds none.
+#[test]
+fn the_default_date_cut_equals_fail2bans_on_its_sample_logs() {
+    let client = fail2ban_client();
+    let shebang = std::fs::read_to_string(&client).unwrap();
+    let python = shebang
+        .lines()
+        .next()
+        .and_then(|l| l.strip_prefix("#!"))
+        .map(|l| l.split_whitespace().next().unwrap().to_string())
+        .unwrap();
+    // Prints the stock filters' own datepatterns (`P\tINDEX\tPATTERN`),
+    // then per datepattern (-1: the default) and sample line the
+    // character span fail2ban cuts (or -1).
+    let script = r##"
+import os, re, sys
+from fail2ban.server.datedetector import DateDetector
+root, filters = sys.argv[1], sys.argv[2]
+patterns = set()
+for name in os.listdir(filters):
+    if name.endswith(".conf"):
+        for line in open(os.path.join(filters, name)):
+            m = re.match(r"datepattern\s*=\s*(.+)$", line)
+            if m and "<" not in m.group(1) and "%(" not in m.group(1):
+                patterns.add(m.group(1).strip().replace("%%", "%"))
+patterns = sorted(patterns)
+for i, p in enumerate(patterns):
+    print("P\t%d\t%s" % (i, p))
+lines = []
+for name in sorted(os.listdir(root)):
+    path = os.path.join(root, name)
+    if os.path.isfile(path):
+        for line in open(path, encoding="utf-8", errors="replace"):
+            line = line.rstrip("\n")
+            if line and not line.startswith("#") and "\t" not in line:
+                lines.append(line)
+for i in range(-1, len(patterns)):
+    for line in lines:
+        detector = DateDetector()
+        if i < 0:
+            detector.addDefaultTemplate()
+        else:
+            detector.appendTemplate(patterns[i])
+        m, _ = detector.matchTime(line)
+        span = (m.start(1), m.end(1)) if m else (-1, -1)
+        print("%d\t%d\t%d\t%s" % (i, span[0], span[1], line))
+"##;
+    let out = Command::new(python)
+        .args(["-c", script, CORPUS, &format!("{STOCK}/filter.d")])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let mut templates = vec![crate::filter::time::Templates::defaults()];
+    let mut names = vec!["(default)".to_string()];
+    let now = std::time::SystemTime::now();
+    let mut differ = Vec::new();
+    let mut lines = 0;
+    for row in text.lines() {
+        if let Some(p) = row.strip_prefix("P\t") {
+            let p = p.split_once('\t').unwrap().1;
+            let t = crate::filter::time::Templates::parse(p)
+                .unwrap_or_else(|e| panic!("stock datepattern {p}: {e}"));
+            templates.push(t);
+            names.push(p.to_string());
+            continue;
+        }
+        let mut it = row.splitn(4, '\t');
+        let i: i64 = it.next().unwrap().parse().unwrap();
+        let (s, e, line) = (it.next().unwrap(), it.next().unwrap(), it.next().unwrap());
+        let theirs: (i64, i64) = (s.parse().unwrap(), e.parse().unwrap());
+        let chars = |b: usize| line[..b].chars().count() as i64;
+        let k = (i + 1) as usize;
+        let ours = templates[k]
+            .find(line, now)
+            .map_or((-1, -1), |(_, r)| (chars(r.start), chars(r.end)));
+        lines += 1;
+        if ours != theirs {
+            differ.push(format!(
+                "{} on {line}: fail2ban {theirs:?}, xban {ours:?}",
+                names[k]
+            ));
+        }
+    }
+    assert!(
+        names.len() > 15 && lines > 20_000,
+        "{} datepatterns, {lines} cuts",
+        names.len()
+    );
+    assert!(
+        differ.is_empty(),
+        "{} of {lines} differ:\n{}",
+        differ.len(),
+        differ.join("\n")
+    );
 }

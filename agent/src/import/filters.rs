@@ -13,6 +13,7 @@
 use std::fmt;
 
 use super::reader::ExpandedJail;
+use crate::filter::time::DateCut;
 use crate::filter::{FilterDef, FilterError, FilterSet};
 
 /// Features of fail2ban filters that xban's engine does not have. The
@@ -29,14 +30,9 @@ pub enum Missing {
     /// `<SKIPLINES>`, `<DNS>`, `<CIDR>`, `<SUBNET>`, `<F-ID>` and other
     /// field tags xban's engine does not know.
     Tag,
-    /// A datepattern xban cannot express (regex syntax, `{DATE}`,
-    /// directives it lacks, several patterns).
+    /// A datepattern xban's reading of fail2ban's syntax refuses
+    /// (back-references or look-around in it, an unknown directive).
     DatePattern,
-    /// A regex that relies on what fail2ban's date cut leaves behind: the
-    /// blank before the rest of the line (`^\s`, `^ `) or the emptied
-    /// brackets of a date (`\[\]`). xban cuts a leading date together with
-    /// the blanks after it, and no date in the middle of a line.
-    DateCut,
     /// Anything else the `regex` crate or the engine refuses.
     Syntax,
 }
@@ -49,7 +45,6 @@ impl fmt::Display for Missing {
             Missing::NoFail => "<F-NOFAIL>",
             Missing::Tag => "a tag xban's engine does not have",
             Missing::DatePattern => "datepattern form",
-            Missing::DateCut => "fail2ban's date cut (a regex expecting what it leaves)",
             Missing::Syntax => "regex syntax the regex crate cannot compile",
         })
     }
@@ -89,13 +84,8 @@ pub fn translate(jail: &ExpandedJail) -> Result<Translated, Refusal> {
         .prefregex
         .as_deref()
         .filter(|p| !p.is_empty())
-        .map(|p| translate_checked("prefregex", p, Role::Prefregex))
+        .map(|p| translate_checked("prefregex", p))
         .transpose()?;
-    // Behind a prefregex's <F-CONTENT> the failregexes do not start where
-    // the date was cut.
-    let at_line_start = prefregex
-        .as_deref()
-        .is_none_or(|p| !p.contains("<F-CONTENT>"));
     if let Some(m) = &jail.maxlines {
         let n: i64 = m.trim().parse().unwrap_or(i64::MAX);
         if n > 1 {
@@ -106,37 +96,33 @@ pub fn translate(jail: &ExpandedJail) -> Result<Translated, Refusal> {
         .failregex
         .iter()
         .enumerate()
-        .map(|(i, r)| {
-            translate_checked(
-                &format!("failregex[{i}]"),
-                r,
-                Role::Failregex { at_line_start },
-            )
-        })
+        .map(|(i, r)| translate_checked(&format!("failregex[{i}]"), r))
         .collect::<Result<Vec<_>, _>>()?;
     let ignoreregex = jail
         .ignoreregex
         .iter()
         .enumerate()
-        .map(|(i, r)| translate_checked(&format!("ignoreregex[{i}]"), r, Role::Ignoreregex))
+        .map(|(i, r)| translate_checked(&format!("ignoreregex[{i}]"), r))
         .collect::<Result<Vec<_>, _>>()?;
-    let mut notes = Vec::new();
-    let datepattern = match jail.datepattern.as_deref() {
-        None => {
-            notes.push(
-                "no datepattern: fail2ban cuts a date found anywhere in the line before matching; \
-                 xban takes the time from the line's start (or an access log's [date]) and cuts only a leading one"
-                    .to_string(),
-            );
-            None
+    let notes = Vec::new();
+    // fail2ban's line model: the datepattern as fail2ban reads it (its
+    // default forms without one), the date cut wherever it stands.
+    let datepattern = jail
+        .datepattern
+        .as_deref()
+        .filter(|d| !d.trim().is_empty())
+        .map(str::to_string);
+    if let Some(d) = &datepattern {
+        if let Err(e) = crate::filter::time::Templates::parse(d) {
+            return Err(refuse(Missing::DatePattern, format!("{d}: {e}")));
         }
-        Some(d) => translate_datepattern(d, &mut notes)?,
-    };
+    }
     let def = FilterDef {
         prefregex,
         failregex,
         ignoreregex,
         datepattern,
+        date_cut: DateCut::Anywhere,
         description: Some(format!(
             "imported from fail2ban filter {}{}",
             jail.filter_spec,
@@ -161,124 +147,12 @@ pub fn translate(jail: &ExpandedJail) -> Result<Translated, Refusal> {
     }
 }
 
-/// What a regex is in its filter, which decides what of fail2ban's date
-/// cut it may rely on.
-#[derive(Debug, Clone, Copy)]
-enum Role {
-    Prefregex,
-    /// `at_line_start`: it meets the line where a leading date was cut
-    /// (no prefregex content before it).
-    Failregex {
-        at_line_start: bool,
-    },
-    Ignoreregex,
-}
-
-/// Translates regex `r` (named `place` in a refusal), refusing one that
-/// needs what fail2ban's date cut leaves: emptied brackets (a prefregex or
-/// failregex), or the blank after a leading date (one that meets the line
-/// start).
-fn translate_checked(place: &str, r: &str, role: Role) -> Result<String, Refusal> {
-    let translated = translate_regex(r).map_err(|e| Refusal {
+/// Translates regex `r`, named `place` in a refusal.
+fn translate_checked(place: &str, r: &str) -> Result<String, Refusal> {
+    translate_regex(r).map_err(|e| Refusal {
         missing: e.missing,
         detail: format!("{place} {}: {r}", e.detail),
-    })?;
-    let leading = match role {
-        Role::Ignoreregex => return Ok(translated),
-        Role::Prefregex => Some(true),
-        Role::Failregex { at_line_start } => at_line_start.then_some(false),
-    };
-    if needs_emptied_brackets(r) {
-        return Err(refuse(
-            Missing::DateCut,
-            format!("{place} needs the [] fail2ban leaves where it cut a date mid-line: {r}"),
-        ));
-    }
-    if let Some(prefregex) = leading {
-        if needs_leading_blank(&translated, prefregex) == Some(true) {
-            return Err(refuse(
-                Missing::DateCut,
-                format!("{place} needs the blank fail2ban leaves where it cut a leading date: {r}"),
-            ));
-        }
-    }
-    Ok(translated)
-}
-
-/// Whether a failregex needs the brackets fail2ban empties when it cuts
-/// a date out of the middle of a line: a `\[\]` that is not optional.
-fn needs_emptied_brackets(regex: &str) -> bool {
-    let b = regex.as_bytes();
-    // Open groups (start index) and, for each `\[\]`, the groups around it.
-    let mut open: Vec<usize> = Vec::new();
-    let mut found: Vec<(Vec<usize>, usize)> = Vec::new();
-    let mut optional_groups: Vec<usize> = Vec::new();
-    let mut in_class = false;
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'\\' if b[i..].starts_with(br"\[\]") && !in_class => {
-                found.push((open.clone(), i + 4));
-                i += 4;
-                continue;
-            }
-            b'\\' => i += 1,
-            b'[' if !in_class => in_class = true,
-            b']' if in_class => in_class = false,
-            b'(' if !in_class => open.push(i),
-            b')' if !in_class => {
-                if let Some(g) = open.pop() {
-                    if matches!(b.get(i + 1), Some(b'?' | b'*')) || b[i + 1..].starts_with(b"{0") {
-                        optional_groups.push(g);
-                    }
-                }
-            }
-            _ => {}
-        }
-        i += 1;
-    }
-    found.iter().any(|(groups, end)| {
-        let optional_itself = matches!(b.get(*end), Some(b'?' | b'*'));
-        !optional_itself && !groups.iter().any(|g| optional_groups.contains(g))
     })
-}
-
-/// Whether a translated failregex can only match text that starts with a
-/// blank: fail2ban leaves one where it cut a leading date, xban cuts the
-/// blanks with the date. Decided on the anchored DFA: no non-blank first
-/// byte leads anywhere. `None` when the DFA is too large to tell.
-fn needs_leading_blank(translated: &str, prefregex: bool) -> Option<bool> {
-    use regex_automata::dfa::{dense, Automaton, StartKind};
-    use regex_automata::{Anchored, Input};
-    let expanded = if prefregex {
-        crate::filter::host::expand_prefix(translated, "prefregex")
-    } else {
-        crate::filter::host::expand(translated, "failregex")
-    }
-    .ok()?;
-    // A look-around or back-reference regex: its superset (a blank that
-    // the superset requires, the regex requires too).
-    let pattern = crate::filter::fancy::superset(&expanded.pattern);
-    let dfa = dense::Builder::new()
-        .configure(
-            dense::Config::new()
-                .start_kind(StartKind::Anchored)
-                .dfa_size_limit(Some(16 << 20))
-                .determinize_size_limit(Some(16 << 20)),
-        )
-        .build(&pattern)
-        .ok()?;
-    let start = dfa
-        .start_state_forward(&Input::new("").anchored(Anchored::Yes))
-        .ok()?;
-    if dfa.is_match_state(dfa.next_eoi_state(start)) {
-        return Some(false);
-    }
-    let blank = |c: u8| matches!(c, b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c);
-    let leads = |c: u8| !dfa.is_dead_state(dfa.next_state(start, c));
-    let some_blank_leads = (0u8..=255).filter(|&c| blank(c)).any(leads);
-    let no_other_leads = !(0u8..=255).filter(|&c| !blank(c)).any(leads);
-    Some(some_blank_leads && no_other_leads)
 }
 
 /// Python `re` + fail2ban tags → the xban engine's syntax.
@@ -611,137 +485,6 @@ fn escape_literal(s: &str) -> String {
             }
         })
         .collect()
-}
-
-/// fail2ban's `datepattern` → xban's, or refused.
-fn translate_datepattern(src: &str, notes: &mut Vec<String>) -> Result<Option<String>, Refusal> {
-    let lines: Vec<&str> = src.split('\n').filter(|l| !l.trim().is_empty()).collect();
-    if lines.len() > 1 {
-        // fail2ban tries each in turn. xban takes one: that works when all
-        // but one are `{^LN-BEG}` (a leading date of any known form, which
-        // is xban's own detection) and that one is a leading date form
-        // xban's detection knows by name.
-        let mut own_notes = Vec::new();
-        let translated: Vec<Option<String>> = lines
-            .iter()
-            .map(|l| translate_datepattern(l, &mut own_notes))
-            .collect::<Result<_, _>>()
-            .map_err(|e| Refusal {
-                missing: Missing::DatePattern,
-                detail: format!("several datepatterns ({}): {}", lines.join(" | "), e.detail),
-            })?;
-        let named_leading = |d: &Option<String>| {
-            d.as_deref()
-                .is_none_or(|d| matches!(d, "^epoch" | "^iso8601" | "^tai64n"))
-        };
-        if translated.iter().all(named_leading) {
-            notes.push(format!(
-                "datepattern {}: xban's own detection of a leading timestamp (syslog, ISO 8601, epoch, ...) stands for these",
-                lines.join(" | ")
-            ));
-            return Ok(None);
-        }
-        return Err(refuse(
-            Missing::DatePattern,
-            format!(
-                "several datepatterns xban cannot try in turn: {}",
-                lines.join(" | ")
-            ),
-        ));
-    }
-    let Some(p) = lines.first().map(|l| l.trim()) else {
-        return Ok(None);
-    };
-    let (anchored, body) = if let Some(rest) = p.strip_prefix("{^LN-BEG}") {
-        (true, rest)
-    } else if let Some(rest) = p.strip_prefix('^') {
-        (true, rest)
-    } else {
-        (false, p)
-    };
-    let named = match body
-        .trim_matches(|c| c == '{' || c == '}')
-        .to_ascii_uppercase()
-        .as_str()
-    {
-        "" => return Ok(None),
-        "EPOCH" => Some("epoch"),
-        "TAI64N" => Some("tai64n"),
-        "ISO8601" => Some("iso8601"),
-        _ => None,
-    };
-    let prefix = if anchored { "^" } else { "" };
-    if let Some(n) = named {
-        return Ok(Some(format!("{prefix}{n}")));
-    }
-    let chars: Vec<char> = body.chars().collect();
-    let mut out = String::from(prefix);
-    let mut i = 0;
-    let mut strict = false;
-    while i < chars.len() {
-        match chars[i] {
-            '%' => {
-                let mut d = *chars.get(i + 1).ok_or_else(|| {
-                    refuse(Missing::DatePattern, format!("{p}: ends with a lone %"))
-                })?;
-                i += 2;
-                if d == 'E' && chars.get(i) == Some(&'x') {
-                    d = *chars.get(i + 1).unwrap_or(&' ');
-                    i += 2;
-                    strict = true;
-                }
-                if !matches!(
-                    d,
-                    'Y' | 'y'
-                        | 'm'
-                        | 'd'
-                        | 'e'
-                        | 'H'
-                        | 'M'
-                        | 'S'
-                        | 'b'
-                        | 'a'
-                        | 'z'
-                        | 'f'
-                        | 's'
-                        | '%'
-                ) {
-                    return Err(refuse(Missing::DatePattern, format!("{p}: directive %{d}")));
-                }
-                out.push('%');
-                out.push(d);
-            }
-            // An escaped punctuation character is that character.
-            '\\' => match chars.get(i + 1) {
-                Some(&c) if c.is_ascii_punctuation() => {
-                    out.push(c);
-                    i += 2;
-                }
-                _ => return Err(refuse(Missing::DatePattern, format!("{p}: regex escape"))),
-            },
-            c if "()[]{}?*+|$".contains(c) => {
-                return Err(refuse(
-                    Missing::DatePattern,
-                    format!("{p}: regex syntax `{c}`"),
-                ));
-            }
-            c => {
-                out.push(c);
-                i += 1;
-            }
-        }
-    }
-    if strict {
-        notes.push(format!(
-            "datepattern {p}: fail2ban's %Ex... directives accept a narrower range than xban's plain ones"
-        ));
-    }
-    if !anchored {
-        notes.push(format!(
-            "datepattern {p} is not anchored: fail2ban cuts the date out wherever it is found; xban cuts only a leading one"
-        ));
-    }
-    Ok(Some(out))
 }
 
 #[cfg(test)]

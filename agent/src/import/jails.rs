@@ -189,6 +189,12 @@ fn filter_file(def: &crate::filter::FilterDef) -> String {
     if let Some(d) = &def.datepattern {
         text.push_str(&format!("datepattern = {}\n", Value::String(d.clone())));
     }
+    if def.date_cut == crate::filter::time::DateCut::Anywhere {
+        text.push_str("date_cut = \"anywhere\"\n");
+    }
+    if let Some(p) = &def.prefregex {
+        text.push_str(&format!("prefregex = {}\n", Value::String(p.clone())));
+    }
     for (key, list) in [
         ("failregex", &def.failregex),
         ("ignoreregex", &def.ignoreregex),
