@@ -30,7 +30,7 @@ impl Fancy {
     /// Builds `pattern` (tags already expanded) in fancy-regex; `Err` holds
     /// fancy-regex's message.
     pub(super) fn new(pattern: &str, limit_hits: Arc<AtomicU64>) -> Result<Fancy, String> {
-        let regex = fancy_regex::RegexBuilder::new(pattern)
+        let regex = fancy_regex::RegexBuilder::new(&ascii_boundaries(pattern))
             .backtrack_limit(BACKTRACK_LIMIT)
             .build()
             .map_err(|e| e.to_string())?;
@@ -82,6 +82,21 @@ impl Fancy {
             }
         }
     }
+}
+
+/// An ASCII word character, as `(?-u:\w)`.
+const WORD: &str = "[0-9A-Za-z_]";
+
+/// The engine writes word boundaries as ASCII ones, `(?-u:\b)` (see
+/// `host::asciify`), which fancy-regex cannot parse (it does not switch
+/// Unicode mode): spelled out as the look-arounds they are, so the
+/// backtracker sees the same boundaries as the `regex`-crate superset.
+fn ascii_boundaries(pattern: &str) -> String {
+    let b = format!("(?:(?<={WORD})(?!{WORD})|(?<!{WORD})(?={WORD}))");
+    let not_b = format!("(?:(?<={WORD})(?={WORD})|(?<!{WORD})(?!{WORD}))");
+    pattern
+        .replace(r"(?-u:\b)", &b)
+        .replace(r"(?-u:\B)", &not_b)
 }
 
 /// A `regex`-crate pattern that matches every text `pattern` matches (and
@@ -246,6 +261,55 @@ mod tests {
 
     fn fancy(p: &str) -> fancy_regex::Regex {
         fancy_regex::Regex::new(p).unwrap()
+    }
+
+    /// A look-around next to a word boundary (fail2ban's apache-auth): the
+    /// backtracker takes the engine's ASCII `\b`, with the same answers as
+    /// the `regex` crate's on ASCII and non-ASCII neighbours.
+    #[test]
+    fn ascii_word_boundaries_reach_the_backtracker_unchanged_in_meaning() {
+        let hits = Arc::new(AtomicU64::new(0));
+        for (p, texts) in [
+            (
+                r"(?-u:\b)x(?-u:\b)",
+                ["x", "a x", "ax", "x_", "éxé", "éx1", "x-"],
+            ),
+            (
+                r"(?-u:\B)x(?-u:\B)",
+                ["x", "axa", "ax", "_x_", "éxé", "1x1", "-x-"],
+            ),
+        ] {
+            let plain = regex::Regex::new(p).unwrap();
+            let f = Fancy::new(&format!("(?=.){p}"), hits.clone()).unwrap();
+            for t in texts {
+                assert_eq!(
+                    f.regex.is_match(t).unwrap(),
+                    plain.is_match(t),
+                    "{p} on {t:?}"
+                );
+            }
+        }
+        let set = crate::filter::FilterSet::from_def(
+            &crate::filter::FilterDef {
+                failregex: vec![
+                    r"^user (?!`)<F-USER>(?:\S*|.*?)</F-USER> (?:authentication failure|not found)\b from <HOST>$".into(),
+                ],
+                ..Default::default()
+            },
+            None,
+        )
+        .expect("a look-ahead beside a word boundary compiles");
+        let now = std::time::SystemTime::now();
+        let hit = set.match_line("user bob not found from 198.51.100.7", now);
+        assert!(
+            matches!(&hit, crate::filter::LineMatch::Failure(f) if f.user.as_deref() == Some("bob")),
+            "{hit:?}"
+        );
+        let quoted = set.match_line("user `bob` not found from 198.51.100.7", now);
+        assert!(
+            matches!(quoted, crate::filter::LineMatch::NoMatch { .. }),
+            "{quoted:?}"
+        );
     }
 
     #[test]
