@@ -522,6 +522,7 @@ mod tests {
                     overflow_capacity: 4,
                     trie_only: 2,
                     fallback_regions: 1,
+                    trie_pending: 0,
                 },
                 v6: FastPathFamily::default(),
             }),
