@@ -138,10 +138,12 @@ fn restore_trusts_a_clean_stops_marker_and_detects_every_lie() {
 }
 
 /// Bans in the bulk of the large cold start below (2001:db8:f11::/48).
+/// Written as the agent writes addresses (canonical text: no zero group
+/// before the `::`), so that an unban finds the stored row.
 const BULK: u32 = 150_000;
 
 fn bulk_addr(i: u32) -> std::net::Ipv6Addr {
-    format!("2001:db8:f11:{:x}::{:x}", i >> 15, (i & 0x7fff) + 1)
+    format!("2001:db8:f11:{:x}::{:x}", (i >> 15) + 1, (i & 0x7fff) + 1)
         .parse()
         .unwrap()
 }
@@ -205,7 +207,7 @@ fn a_large_cold_starts_tries_are_filled_behind_the_fast_path_and_equal_the_store
         &format!(
             "WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < {last})
              INSERT INTO bans (target, jail, class, banned_at, expires_at, failures, matches)
-             SELECT printf('2001:db8:f11:%x::%x', i >> 15, (i & 32767) + 1), 'sshd', 'drop',
+             SELECT printf('2001:db8:f11:%x::%x', (i >> 15) + 1, (i & 32767) + 1), 'sshd', 'drop',
                     {now}, {exp}, 3, '[]' FROM n",
             last = BULK - 1,
             exp = now + 86_400
@@ -286,7 +288,7 @@ fn a_crash_during_the_fill_loses_no_ban() {
         &format!(
             "WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < {last})
              INSERT INTO bans (target, jail, class, banned_at, expires_at, failures, matches)
-             SELECT printf('2001:db8:f11:%x::%x', i >> 15, (i & 32767) + 1), 'sshd', 'drop',
+             SELECT printf('2001:db8:f11:%x::%x', (i >> 15) + 1, (i & 32767) + 1), 'sshd', 'drop',
                     strftime('%s', 'now'), NULL, 3, '[]' FROM n",
             last = BULK - 1
         ),

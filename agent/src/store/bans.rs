@@ -404,7 +404,7 @@ impl BanStore {
         };
         // Bounded: at most this many chunks wait for the book.
         let (tx, rx) = std::sync::mpsc::sync_channel(64);
-        let step = (high - low) / AHEAD_READERS + 1;
+        let step = high.saturating_sub(low) / AHEAD_READERS + 1;
         for i in 0..AHEAD_READERS {
             let from = low.saturating_add(i * step);
             let to = if i + 1 == AHEAD_READERS {

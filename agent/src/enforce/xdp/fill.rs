@@ -15,6 +15,7 @@
 //! ([`TrieFill::wait`]).
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 
@@ -33,6 +34,9 @@ pub(super) const BACKGROUND_MIN: usize = 50_000;
 pub(super) struct Family {
     state: Mutex<FillState>,
     done: Condvar,
+    /// Entries still to write while the fill runs (0 otherwise), read
+    /// without the lock: `status` never waits behind a chunk for it.
+    left: AtomicUsize,
 }
 
 #[derive(Default)]
@@ -111,6 +115,7 @@ impl Family {
             return Err(e);
         }
         st.pending -= chunk.len();
+        self.left.store(st.pending, Ordering::Relaxed);
         Ok(())
     }
 
@@ -119,6 +124,7 @@ impl Family {
         let mut st = lock(&self.state);
         st.running = false;
         st.touched = HashSet::new();
+        self.left.store(0, Ordering::Relaxed);
         self.done.notify_all();
     }
 
@@ -131,6 +137,7 @@ impl Family {
             total,
             ..FillState::default()
         };
+        self.left.store(total, Ordering::Relaxed);
     }
 
     /// Blocks until no fill runs.
@@ -143,12 +150,7 @@ impl Family {
 
     /// Entries still to be written into the trie (0: complete, or failed).
     pub(super) fn pending(&self) -> usize {
-        let st = lock(&self.state);
-        if st.running {
-            st.pending
-        } else {
-            0
-        }
+        self.left.load(Ordering::Relaxed)
     }
 
     /// The closing log line of a fill (`map`: the trie's name).
@@ -195,6 +197,12 @@ impl TrieFill {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .push(thread);
+    }
+
+    /// Did a fill stop short (its error logged)? The tries then lack
+    /// entries the fast path holds, until a start reads them back.
+    pub(super) fn stopped_short(&self) -> bool {
+        self.families.iter().any(|f| lock(&f.state).error.is_some())
     }
 
     /// Blocks until both fills are done: before the tries are read back,
@@ -316,7 +324,8 @@ mod tests {
     #[test]
     fn a_failed_write_ends_the_fill_with_its_error() {
         let rows = rows();
-        let fam = Family::default();
+        let fill = TrieFill::default();
+        let fam = fill.family(true);
         fam.begin(rows.len());
         let mut n = 0;
         let r = fam.fill(
@@ -336,5 +345,6 @@ mod tests {
         assert_eq!((written, total), (2 * CHUNK, rows.len()));
         assert!(error.is_some());
         assert!(fam.touch(&t(1)).is_none());
+        assert!(fill.stopped_short(), "no restore marker vouches for it");
     }
 }
