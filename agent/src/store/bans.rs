@@ -6,16 +6,11 @@ use super::{offence_key, BanStore, Batch, StoreError};
 use crate::addr::Target;
 use crate::ban::{BanClass, BanRecord, UnixSecs};
 
-/// Stored bans read by threads of their own, in chunks (see
+/// Stored bans read by a thread of their own, in chunks (see
 /// [`BanStore::read_bans_ahead`]).
 pub(super) struct Ahead {
     rows: std::sync::mpsc::Receiver<Result<Vec<BanRecord>, StoreError>>,
 }
-
-/// Threads reading the stored bans at start, each a range of rowids: the
-/// scan (SQLite's row decoding and the address parse) is the longest part
-/// of a warm start, and the event loop's thread only sorts what they read.
-const AHEAD_READERS: i64 = 2;
 
 /// Bans per chunk handed from the reading thread.
 const AHEAD_CHUNK: usize = 4096;
@@ -25,16 +20,6 @@ const AHEAD_CHUNK: usize = 4096;
 fn read_bans(
     conn: &Connection,
     path: &std::path::Path,
-    f: impl FnMut(BanRecord) -> bool,
-) -> Result<usize, StoreError> {
-    read_bans_in(conn, path, i64::MIN..=i64::MAX, f)
-}
-
-/// [`read_bans`] of the rows whose rowid is in `rowids`.
-fn read_bans_in(
-    conn: &Connection,
-    path: &std::path::Path,
-    rowids: std::ops::RangeInclusive<i64>,
     mut f: impl FnMut(BanRecord) -> bool,
 ) -> Result<usize, StoreError> {
     let wrap = |source| StoreError::Sqlite {
@@ -42,14 +27,9 @@ fn read_bans_in(
         source,
     };
     let mut stmt = conn
-        .prepare(
-            "SELECT target, jail, class, banned_at, expires_at, failures FROM bans
-             WHERE rowid BETWEEN ?1 AND ?2",
-        )
+        .prepare("SELECT target, jail, class, banned_at, expires_at, failures FROM bans")
         .map_err(wrap)?;
-    let mut rows = stmt
-        .query(params![rowids.start(), rowids.end()])
-        .map_err(wrap)?;
+    let mut rows = stmt.query([]).map_err(wrap)?;
     let mut n = 0;
     while let Some(row) = rows.next().map_err(wrap)? {
         let get = |row: &rusqlite::Row| -> rusqlite::Result<_> {
@@ -84,42 +64,6 @@ fn read_bans_in(
         }
     }
     Ok(n)
-}
-
-/// One reader of [`BanStore::read_bans_ahead`]: the rows of `rowids`, in
-/// chunks, to `tx`; an error ends the reading (and the restore).
-fn read_ahead(
-    path: &std::path::Path,
-    rowids: std::ops::RangeInclusive<i64>,
-    tx: &std::sync::mpsc::SyncSender<Result<Vec<BanRecord>, StoreError>>,
-) {
-    let conn = match Connection::open_with_flags(
-        path,
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    ) {
-        Ok(c) => c,
-        Err(source) => {
-            let _ = tx.send(Err(StoreError::Sqlite {
-                path: path.to_path_buf(),
-                source,
-            }));
-            return;
-        }
-    };
-    // Pages read through a mapping, not copied by read(2): a million bans
-    // with their matched lines are hundreds of megabytes of pages.
-    let _ = conn.execute_batch("PRAGMA mmap_size = 4294967296");
-    let mut chunk = Vec::with_capacity(AHEAD_CHUNK);
-    let read = read_bans_in(&conn, path, rowids, |rec| {
-        chunk.push(rec);
-        if chunk.len() == AHEAD_CHUNK {
-            let full = std::mem::replace(&mut chunk, Vec::with_capacity(AHEAD_CHUNK));
-            // Nobody reads any more (start-up failed): stop.
-            return tx.send(Ok(full)).is_ok();
-        }
-        true
-    });
-    let _ = tx.send(read.map(|_| chunk));
 }
 
 /// The statements of [`BanStore::put_bans`], on a transaction or on the
@@ -382,47 +326,47 @@ impl BanStore {
         Ok(n)
     }
 
-    /// Starts reading every stored ban on threads with their own
-    /// connections, so that at start the reading overlaps the XDP load; the
-    /// next [`for_each_ban`](Self::for_each_ban) takes the rows. They are
-    /// the database as the threads' reads began: call it before any ban is
+    /// Starts reading every stored ban on a thread with its own connection,
+    /// so that at start the reading overlaps the XDP load; the next
+    /// [`for_each_ban`](Self::for_each_ban) takes the rows. They are the
+    /// database as the thread's read began: call it before any ban is
     /// written (start-up writes none before the restore).
     pub fn read_bans_ahead(&mut self) {
         if self.path.as_os_str() == ":memory:" {
             return;
         }
-        // Rowids split evenly: the table's rows are in rowid order.
-        let span: Option<(i64, i64)> = self
-            .conn
-            .query_row("SELECT min(rowid), max(rowid) FROM bans", [], |r| {
-                Ok(r.get::<_, Option<i64>>(0)?.zip(r.get::<_, Option<i64>>(1)?))
-            })
-            .ok()
-            .flatten();
-        let Some((low, high)) = span else {
-            return;
-        };
+        let path = self.path.clone();
         // Bounded: at most this many chunks wait for the book.
         let (tx, rx) = std::sync::mpsc::sync_channel(64);
-        let step = high.saturating_sub(low) / AHEAD_READERS + 1;
-        for i in 0..AHEAD_READERS {
-            let from = low.saturating_add(i * step);
-            let to = if i + 1 == AHEAD_READERS {
-                i64::MAX
-            } else {
-                from.saturating_add(step - 1)
-            };
-            let path = self.path.clone();
-            let tx = tx.clone();
-            let spawned = std::thread::Builder::new()
-                .name("xban-read-bans".into())
-                .spawn(move || read_ahead(&path, from..=to, &tx));
-            if spawned.is_err() {
-                // Read on the loop's thread instead (`for_each_ban`).
-                return;
-            }
+        let spawned = std::thread::Builder::new()
+            .name("xban-read-bans".into())
+            .spawn(move || {
+                let conn = match Connection::open_with_flags(
+                    &path,
+                    rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY
+                        | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                ) {
+                    Ok(c) => c,
+                    Err(source) => {
+                        let _ = tx.send(Err(StoreError::Sqlite { path, source }));
+                        return;
+                    }
+                };
+                let mut chunk = Vec::with_capacity(AHEAD_CHUNK);
+                let read = read_bans(&conn, &path, |rec| {
+                    chunk.push(rec);
+                    if chunk.len() == AHEAD_CHUNK {
+                        let full = std::mem::replace(&mut chunk, Vec::with_capacity(AHEAD_CHUNK));
+                        // Nobody reads any more (start-up failed): stop.
+                        return tx.send(Ok(full)).is_ok();
+                    }
+                    true
+                });
+                let _ = tx.send(read.map(|_| chunk));
+            });
+        if spawned.is_ok() {
+            self.ahead = Some(Ahead { rows: rx });
         }
-        self.ahead = Some(Ahead { rows: rx });
     }
 
     /// How many times the target was banned since `since` (all jails, or one).
