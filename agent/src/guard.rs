@@ -256,7 +256,23 @@ impl HostAddrs {
     pub fn contains(&self, ip: IpAddr) -> bool {
         self.current().iter().any(|t| t.contains(ip))
     }
+
+    /// [`contains`](Self::contains), reading the addresses at most once
+    /// per `seen`: the jails that count one line ask for the same view,
+    /// and each read takes a lock and a clock.
+    pub fn contains_seen(&self, ip: IpAddr, seen: &HostSeen) -> bool {
+        seen.0
+            .get_or_init(|| self.current())
+            .iter()
+            .any(|t| t.contains(ip))
+    }
 }
+
+/// The host's addresses as read once for one log line (see
+/// [`HostAddrs::contains_seen`]); every jail of an agent follows the same
+/// [`HostAddrs`].
+#[derive(Default)]
+pub struct HostSeen(std::cell::OnceCell<Arc<Vec<Target>>>);
 
 /// A thread blocked on a netlink socket subscribed to IPv4 and IPv6 address
 /// events; each message (or an overflow) bumps the generation.
@@ -392,5 +408,27 @@ mod tests {
         for a in crate::sys::interfaces::read_host_addresses() {
             assert!(now.contains(&a), "{a}");
         }
+    }
+
+    #[test]
+    fn a_line_reads_the_host_addresses_once_and_keeps_that_view() {
+        let host = HostAddrs::fixed(vec![t("203.0.113.1")]);
+        let seen = HostSeen::default();
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert!(host.contains_seen(ip("203.0.113.1"), &seen));
+        assert!(!host.contains_seen(ip("203.0.113.2"), &seen));
+        assert!(host.contains_seen(ip("127.0.0.1"), &seen), "loopback");
+        // The host's addresses change: the line's view stays, the next
+        // line's view follows.
+        host.set_fixed(vec![t("203.0.113.2")]);
+        assert!(host.contains_seen(ip("203.0.113.1"), &seen));
+        assert!(!host.contains_seen(ip("203.0.113.2"), &seen));
+        let next = HostSeen::default();
+        assert!(host.contains_seen(ip("203.0.113.2"), &next));
+        assert!(!host.contains_seen(ip("203.0.113.1"), &next));
+        assert_eq!(
+            host.contains(ip("203.0.113.2")),
+            host.contains_seen(ip("203.0.113.2"), &next)
+        );
     }
 }

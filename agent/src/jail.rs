@@ -8,6 +8,7 @@ use crate::addr::{canonical_ip, Target};
 use crate::ban::BanClass;
 use crate::config::JailSettings;
 use crate::filter::{FilterSet, Host, LineMatch, TimeFound, UseDns};
+use crate::guard::HostSeen;
 use crate::units::BanTime;
 
 mod window;
@@ -139,12 +140,14 @@ impl Jail {
         self.warnings.suppressed_total
     }
 
-    pub fn is_ignored(&self, addr: IpAddr) -> bool {
+    /// `addr` is in ignoreip (or its names' addresses), or is the host's
+    /// own with ignoreself; `seen` holds the host's addresses once read.
+    pub fn is_ignored(&self, addr: IpAddr, seen: &HostSeen) -> bool {
         self.ignore
             .iter()
             .chain(&self.ignore_resolved)
             .any(|t| t.contains(addr))
-            || (self.settings.ignoreself && self.host.contains(addr))
+            || (self.settings.ignoreself && self.host.contains_seen(addr, seen))
     }
 
     /// The addresses the jail's ignoreip names resolve to now.
@@ -177,7 +180,15 @@ impl Jail {
         banned: &dyn Fn(IpAddr) -> bool,
     ) -> JailVerdict {
         let found = self.filter.match_line(text, read_at);
-        self.take_match(&found, &MatchedLine::new(text), read_at, known_time, banned)
+        let line = MatchedLine::new(text);
+        self.take_match(
+            &found,
+            &line,
+            read_at,
+            known_time,
+            banned,
+            &HostSeen::default(),
+        )
     }
 
     /// The jail's filter: jails with the same one share its match of a
@@ -194,7 +205,8 @@ impl Jail {
 
     /// [`process_with`](Self::process_with) for a line already matched by
     /// this jail's filter, or by an identical one (`found`). `line` is
-    /// shared by the jails that count it: its copy is made once.
+    /// shared by the jails that count it: its copy is made once; so is
+    /// the read of the host's addresses (`seen`).
     pub fn take_match(
         &mut self,
         found: &LineMatch,
@@ -202,6 +214,7 @@ impl Jail {
         read_at: SystemTime,
         known_time: Option<SystemTime>,
         banned: &dyn Fn(IpAddr) -> bool,
+        seen: &HostSeen,
     ) -> JailVerdict {
         self.counters.lines += 1;
         let failure = match found {
@@ -228,7 +241,7 @@ impl Jail {
                 None => return JailVerdict::Nothing,
             },
         };
-        if self.is_ignored(addr) {
+        if self.is_ignored(addr, seen) {
             self.counters.ignored_addresses += 1;
             return JailVerdict::Ignored(addr);
         }

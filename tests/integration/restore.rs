@@ -137,6 +137,127 @@ fn restore_trusts_a_clean_stops_marker_and_detects_every_lie() {
     agent.stop().unwrap();
 }
 
+/// The pinned program's kernel id, and the program id of every pinned link.
+fn program_ids(dir: &AgentDir) -> (u64, Vec<u64>) {
+    let pin = dir.pin_dir.join("prog_xdp");
+    let out = run(
+        "bpftool",
+        &["-j", "prog", "show", "pinned", pin.to_str().unwrap()],
+    )
+    .unwrap();
+    let prog: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let mut links = Vec::new();
+    for e in std::fs::read_dir(dir.pin_dir.join("links")).unwrap() {
+        let p = e.unwrap().path();
+        let out = run(
+            "bpftool",
+            &["-j", "link", "show", "pinned", p.to_str().unwrap()],
+        )
+        .unwrap();
+        let l: serde_json::Value = serde_json::from_str(&out).unwrap();
+        links.push(l["prog_id"].as_u64().unwrap());
+    }
+    (prog["id"].as_u64().unwrap(), links)
+}
+
+/// Rewrites the marker's program mark (`[id, object digest]`).
+fn edit_program_mark(marker: &Path, edit: impl FnOnce(&mut Vec<serde_json::Value>)) {
+    let mut m: serde_json::Value = serde_json::from_slice(&std::fs::read(marker).unwrap()).unwrap();
+    let mark = m["program"]
+        .as_array_mut()
+        .expect("the marker has a program mark");
+    assert_eq!(mark.len(), 2);
+    edit(mark);
+    std::fs::write(marker, serde_json::to_vec(&m).unwrap()).unwrap();
+}
+
+const ADOPTED: &str = "adopted the pinned XDP program";
+
+#[test]
+fn a_warm_start_adopts_the_pinned_program_only_while_it_is_the_same() {
+    require_root();
+    let lab = Lab::new().unwrap();
+    let dir = AgentDir::new().unwrap();
+    dir.write_config(&lab, SSHD_JAIL).unwrap();
+    let marker = dir.path("state").join("restore-marker.json");
+
+    // Cold: the program is loaded (and verified) by the kernel.
+    let agent = AgentProcess::start(&lab, &dir).unwrap();
+    assert!(!agent.log().contains(ADOPTED));
+    dir.xban_ok(&["ban", ATK_V4]).unwrap();
+    let (first, links) = program_ids(&dir);
+    assert_eq!(links, vec![first], "the link runs the pinned program");
+    agent.stop().unwrap();
+
+    // Warm: the same program goes on running, and the agent works through
+    // it: an old ban drops, a new ban drops, an unban passes.
+    let agent = AgentProcess::start(&lab, &dir).unwrap();
+    assert!(agent.log().contains(ADOPTED), "{}", agent.log());
+    assert_eq!(program_ids(&dir), (first, vec![first]));
+    assert!(!lab.udp_reaches(ATK_V4, SRV_V4), "restored ban drops");
+    dir.xban_ok(&["ban", ATK2_V4]).unwrap();
+    assert!(!lab.udp_reaches(ATK2_V4, SRV_V4), "new ban drops");
+    dir.xban_ok(&["unban", ATK_V4]).unwrap();
+    assert!(lab.udp_reaches(ATK_V4, SRV_V4), "unbanned passes");
+    dir.xban_ok(&["ban", ATK_V4]).unwrap();
+    agent.stop().unwrap();
+
+    // The mark names another program (as after a reload by another
+    // agent): loaded again, swapped into the link, bans kept.
+    edit_program_mark(&marker, |m| m[0] = serde_json::json!(first + 100_000));
+    let agent = AgentProcess::start(&lab, &dir).unwrap();
+    let log = agent.log();
+    assert!(log.contains("not the"), "{log}");
+    assert!(!log.contains(ADOPTED), "{log}");
+    let (second, links) = program_ids(&dir);
+    assert_ne!(second, first);
+    assert_eq!(links, vec![second], "the link was swapped to the new one");
+    kernel_equals_store(&lab, &dir, &[ATK_V4, ATK2_V4]);
+    agent.stop().unwrap();
+
+    // Another binary's object: loaded again.
+    edit_program_mark(&marker, |m| {
+        m[1] = serde_json::json!(m[1].as_u64().unwrap() ^ 1)
+    });
+    let agent = AgentProcess::start(&lab, &dir).unwrap();
+    assert!(
+        agent.log().contains("another XDP object"),
+        "{}",
+        agent.log()
+    );
+    let (third, links) = program_ids(&dir);
+    assert_ne!(third, second);
+    assert_eq!(links, vec![third]);
+    agent.stop().unwrap();
+
+    // A map made again (the overflow hashes grown): the pinned program
+    // still uses the old one, so it is not adopted.
+    dir.write_config_with_agent(&lab, "fast_path_capacity = 2000000\n", SSHD_JAIL)
+        .unwrap();
+    let agent = AgentProcess::start(&lab, &dir).unwrap();
+    let log = agent.log();
+    assert!(log.contains("is no longer the pinned one"), "{log}");
+    let (fourth, links) = program_ids(&dir);
+    assert_ne!(fourth, third);
+    assert_eq!(links, vec![fourth]);
+    kernel_equals_store(&lab, &dir, &[ATK_V4, ATK2_V4]);
+    agent.stop().unwrap();
+    // The same configuration again: adopted.
+    let agent = AgentProcess::start(&lab, &dir).unwrap();
+    assert!(agent.log().contains(ADOPTED), "{}", agent.log());
+    assert_eq!(program_ids(&dir), (fourth, vec![fourth]));
+
+    // A crash leaves no marker: loaded again.
+    agent.kill9().unwrap();
+    let agent = AgentProcess::start(&lab, &dir).unwrap();
+    assert!(!agent.log().contains(ADOPTED), "{}", agent.log());
+    let (fifth, links) = program_ids(&dir);
+    assert_ne!(fifth, fourth);
+    assert_eq!(links, vec![fifth]);
+    kernel_equals_store(&lab, &dir, &[ATK_V4, ATK2_V4]);
+    agent.stop().unwrap();
+}
+
 /// Bans in the bulk of the large cold start below (2001:db8:f11::/48).
 /// Written as the agent writes addresses (canonical text: no zero group
 /// before the `::`), so that an unban finds the stored row.

@@ -152,6 +152,7 @@ pub async fn run(config_path: &Path, opts: RunOptions) -> Result<()> {
     let _ = std::fs::remove_file(&agent.socket);
     // Taken while the maps are open; written once the store is closed.
     let marker = d.core.restore_marker();
+    let program_mark = d.xdp.as_mut().and_then(|p| p.mark());
     // The agent's own link handles go with it; the pins keep XDP attached.
     drop(d);
     if opts.dry_run {
@@ -167,7 +168,8 @@ pub async fn run(config_path: &Path, opts: RunOptions) -> Result<()> {
     } else {
         if let Some((maps, extra)) = marker {
             // The next start need not read the maps back (store::marker).
-            if let Err(e) = crate::store::marker::write(&agent.state_dir, maps, &extra) {
+            let program = program_mark.map(|m| m.to_words()).unwrap_or_default();
+            if let Err(e) = crate::store::marker::write(&agent.state_dir, maps, &extra, program) {
                 tracing::warn!("restore marker not written: {e}");
             }
         }

@@ -97,6 +97,7 @@ pub(super) async fn start(config_path: &Path, opts: RunOptions) -> Result<Starte
                 Ok(w) => Some(xdp::WarmMaps {
                     fingerprint: w.maps,
                     extra: w.extra,
+                    program: xdp::ProgramMark::from_words(&w.program),
                 }),
                 Err(why) => {
                     tracing::info!("restore marker not used: {why}; the ban maps are read back");

@@ -267,8 +267,10 @@ impl Agent {
                 LineMatch::Failure(_) => now_secs(),
                 _ => 0,
             };
-            // Copied once for the jails that keep it.
+            // Copied once for the jails that keep it; the host's
+            // addresses read once for the jails that check them.
             let matched = MatchedLine::new(&line.text);
+            let seen = crate::guard::HostSeen::default();
             for (_, idx, name) in members {
                 let verdict = {
                     let (book, staged) = (&self.bans.book, &self.bans.staged);
@@ -282,6 +284,7 @@ impl Agent {
                         line.read_at,
                         line.time,
                         &banned,
+                        &seen,
                     )
                 };
                 match self.take_verdict(*idx, verdict) {

@@ -67,28 +67,36 @@ fn read_bans(
 }
 
 /// The statements of [`BanStore::put_bans`], on a transaction or on the
-/// connection inside an open batch.
-pub(super) fn write_bans(
+/// connection inside an open batch. With a history time, each ban goes
+/// into the history too. Statements are prepared once for the whole batch.
+pub(super) fn write_bans<'a>(
     conn: &Connection,
-    recs: &[BanRecord],
-    event_at: Option<UnixSecs>,
+    recs: impl IntoIterator<Item = (&'a BanRecord, Option<UnixSecs>)>,
 ) -> rusqlite::Result<()> {
     let mut put = conn.prepare_cached(
         "INSERT OR REPLACE INTO bans (target, jail, class, banned_at, expires_at, failures, matches)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
     )?;
-    // A row from before migration 3 has no offence key: it is taken as
-    // this offence, so a replay across the upgrade is not counted twice.
-    // A lookup, then a plain insert: an INSERT ... SELECT on the same table
-    // would build a temporary table for every ban.
-    let mut seen = conn.prepare_cached(
-        "SELECT 1 FROM ban_history
-         WHERE target = ?1 AND jail = ?2 AND banned_at = ?3 AND offence IN ('', ?4)",
-    )?;
+    // The unique index keeps a replay (same target, jail, time and
+    // offence) out of the history, without a lookup first.
     let mut hist = conn.prepare_cached(
-        "INSERT INTO ban_history (target, jail, banned_at, offence) VALUES (?1, ?2, ?3, ?4)",
+        "INSERT OR IGNORE INTO ban_history (target, jail, banned_at, offence) VALUES (?1, ?2, ?3, ?4)",
     )?;
-    for rec in recs {
+    // Rows from before migration 3 have no offence key (marked '*' by
+    // migration 5): such a row stands for any offence of its time, so a
+    // replay across the upgrade is not counted twice. Only while some are
+    // left (a partial index answers) does each ban look for one.
+    let legacy: bool = conn
+        .prepare_cached("SELECT EXISTS (SELECT 1 FROM ban_history WHERE offence = '*')")?
+        .query_row([], |r| r.get(0))?;
+    let mut seen = match legacy {
+        true => Some(conn.prepare_cached(
+            "SELECT 1 FROM ban_history
+             WHERE target = ?1 AND jail = ?2 AND banned_at = ?3 AND offence = '*'",
+        )?),
+        false => None,
+    };
+    for (rec, event_at) in recs {
         let target = rec.target.to_string();
         let matches = serde_json::to_string(&rec.matches).unwrap_or_else(|_| "[]".into());
         put.execute(params![
@@ -100,12 +108,13 @@ pub(super) fn write_bans(
             rec.failures,
             matches
         ])?;
-        if let Some(at) = event_at {
-            let offence = offence_key(&rec.matches);
-            if !seen.exists(params![target, rec.jail, at, offence])? {
-                hist.execute(params![target, rec.jail, at, offence])?;
+        let Some(at) = event_at else { continue };
+        if let Some(seen) = seen.as_mut() {
+            if seen.exists(params![target, rec.jail, at])? {
+                continue;
             }
         }
+        hist.execute(params![target, rec.jail, at, offence_key(&rec.matches)])?;
     }
     Ok(())
 }
@@ -133,7 +142,7 @@ impl BanStore {
         match self.batch {
             Batch::Off => {
                 let tx = self.conn.transaction().map_err(wrap)?;
-                write_bans(&tx, recs, event_at).map_err(wrap)?;
+                write_bans(&tx, recs.iter().map(|r| (r, event_at))).map_err(wrap)?;
                 tx.commit().map_err(wrap)
             }
             Batch::Armed | Batch::Open => {
@@ -143,7 +152,7 @@ impl BanStore {
                 }
                 // A savepoint keeps this call all-or-nothing within the batch.
                 let sp = self.conn.savepoint().map_err(wrap)?;
-                write_bans(&sp, recs, event_at).map_err(wrap)?;
+                write_bans(&sp, recs.iter().map(|r| (r, event_at))).map_err(wrap)?;
                 sp.commit().map_err(wrap)
             }
         }
@@ -161,21 +170,14 @@ impl BanStore {
             path: path.clone(),
             source,
         };
-        let mut recs = recs.into_iter().peekable();
+        let mut recs = recs.into_iter().map(|(r, at)| (r, Some(at))).peekable();
         if recs.peek().is_none() {
             return Ok(());
         }
-        let write =
-            |conn: &Connection, recs: &mut dyn Iterator<Item = (&'a BanRecord, UnixSecs)>| {
-                for (rec, at) in recs {
-                    write_bans(conn, std::slice::from_ref(rec), Some(at))?;
-                }
-                Ok(())
-            };
         match self.batch {
             Batch::Off => {
                 let tx = self.conn.transaction().map_err(wrap)?;
-                write(&tx, &mut recs).map_err(wrap)?;
+                write_bans(&tx, recs).map_err(wrap)?;
                 tx.commit().map_err(wrap)
             }
             Batch::Armed | Batch::Open => {
@@ -183,7 +185,7 @@ impl BanStore {
                     self.conn.execute_batch("BEGIN IMMEDIATE").map_err(wrap)?;
                     self.batch = Batch::Open;
                 }
-                write(&self.conn, &mut recs).map_err(wrap)
+                write_bans(&self.conn, recs).map_err(wrap)
             }
         }
     }
@@ -415,7 +417,7 @@ impl BanStore {
             Some(j) => self
                 .conn
                 .prepare_cached(
-                    "SELECT COUNT(*) FROM ban_history WHERE target = ?1 AND jail = ?2 AND banned_at >= ?3 AND NOT (jail = ?4 AND banned_at = ?5 AND offence IN ('', ?6))",
+                    "SELECT COUNT(*) FROM ban_history WHERE target = ?1 AND jail = ?2 AND banned_at >= ?3 AND NOT (jail = ?4 AND banned_at = ?5 AND offence IN ('', '*', ?6))",
                 )
                 .and_then(|mut s| {
                     s.query_row(params![t, j, since, jail, event_at, offence], |r| r.get(0))
@@ -423,7 +425,7 @@ impl BanStore {
             None => self
                 .conn
                 .prepare_cached(
-                    "SELECT COUNT(*) FROM ban_history WHERE target = ?1 AND banned_at >= ?2 AND NOT (jail = ?3 AND banned_at = ?4 AND offence IN ('', ?5))",
+                    "SELECT COUNT(*) FROM ban_history WHERE target = ?1 AND banned_at >= ?2 AND NOT (jail = ?3 AND banned_at = ?4 AND offence IN ('', '*', ?5))",
                 )
                 .and_then(|mut s| {
                     s.query_row(params![t, since, jail, event_at, offence], |r| r.get(0))
@@ -466,13 +468,13 @@ impl BanStore {
             Some(j) => self
                 .conn
                 .prepare_cached(
-                    "SELECT banned_at FROM ban_history WHERE target = ?1 AND jail = ?2 AND NOT (jail = ?3 AND banned_at = ?4 AND offence IN ('', ?5))",
+                    "SELECT banned_at FROM ban_history WHERE target = ?1 AND jail = ?2 AND NOT (jail = ?3 AND banned_at = ?4 AND offence IN ('', '*', ?5))",
                 )
                 .and_then(|mut s| collect(s.query(params![t, j, jail, event_at, offence])?)),
             None => self
                 .conn
                 .prepare_cached(
-                    "SELECT banned_at FROM ban_history WHERE target = ?1 AND NOT (jail = ?2 AND banned_at = ?3 AND offence IN ('', ?4))",
+                    "SELECT banned_at FROM ban_history WHERE target = ?1 AND NOT (jail = ?2 AND banned_at = ?3 AND offence IN ('', '*', ?4))",
                 )
                 .and_then(|mut s| collect(s.query(params![t, jail, event_at, offence])?)),
         }

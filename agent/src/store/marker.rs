@@ -10,7 +10,9 @@
 //!   process (`xban` offline, `sqlite3`) changes them;
 //! - the boot (`boot_id`): map ids start again after a reboot;
 //! - `maps`: the enforcer's fingerprint of its maps (ids, entry counts,
-//!   checksums of the fast tables), compared by the enforcer at load.
+//!   checksums of the fast tables), compared by the enforcer at load;
+//! - `program`: the enforcer's mark of its loaded XDP program, which the
+//!   next load adopts instead of having the kernel verify it again.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -72,6 +74,10 @@ pub(crate) struct RestoreMarker {
     /// Kernel entries no stored ban accounts for (geo bans, which live in
     /// the book only), as text.
     pub(crate) extra: Vec<String>,
+    /// The enforcer's mark of its program (empty: none; a marker written
+    /// before this field existed has none).
+    #[serde(default)]
+    pub(crate) program: Vec<u64>,
 }
 
 /// A marker that held at start: the maps' part is still to be checked
@@ -80,6 +86,7 @@ pub(crate) struct RestoreMarker {
 pub(crate) struct WarmStart {
     pub(crate) maps: Vec<u64>,
     pub(crate) extra: Vec<Target>,
+    pub(crate) program: Vec<u64>,
 }
 
 /// Why a marker was not believed (for the log).
@@ -110,11 +117,17 @@ pub(crate) fn take(state_dir: &Path) -> Result<WarmStart, Refusal> {
     Ok(WarmStart {
         maps: m.maps,
         extra,
+        program: m.program,
     })
 }
 
 /// Writes the marker after a clean stop, once the store is closed.
-pub(crate) fn write(state_dir: &Path, maps: Vec<u64>, extra: &[Target]) -> std::io::Result<()> {
+pub(crate) fn write(
+    state_dir: &Path,
+    maps: Vec<u64>,
+    extra: &[Target],
+    program: Vec<u64>,
+) -> std::io::Result<()> {
     let Some(db) = DbFingerprint::of(state_dir) else {
         return Ok(());
     };
@@ -123,6 +136,7 @@ pub(crate) fn write(state_dir: &Path, maps: Vec<u64>, extra: &[Target]) -> std::
         db,
         maps,
         extra: extra.iter().map(|t| t.to_string()).collect(),
+        program,
     };
     let path = state_dir.join(MARKER_FILE);
     let tmp = state_dir.join(format!("{MARKER_FILE}.tmp"));
@@ -144,10 +158,11 @@ mod tests {
         assert!(take(dir.path()).is_err(), "none yet");
         db(dir.path(), b"one");
         let extra: Vec<Target> = vec!["198.51.100.0/24".parse().unwrap()];
-        write(dir.path(), vec![1, 2, 3], &extra).unwrap();
+        write(dir.path(), vec![1, 2, 3], &extra, vec![7, 8]).unwrap();
         let w = take(dir.path()).expect("unchanged database");
         assert_eq!(w.maps, vec![1, 2, 3]);
         assert_eq!(w.extra, extra);
+        assert_eq!(w.program, vec![7, 8]);
         // Read once: a second start (as after a crash) finds none.
         assert_eq!(
             take(dir.path()),
@@ -155,19 +170,19 @@ mod tests {
         );
 
         // Any write to the database while stopped refuses it.
-        write(dir.path(), vec![1], &[]).unwrap();
+        write(dir.path(), vec![1], &[], Vec::new()).unwrap();
         db(dir.path(), b"two!");
         assert_eq!(
             take(dir.path()),
             Err("the ban database changed since the last stop")
         );
         // So does a write-ahead log left with frames in it.
-        write(dir.path(), vec![1], &[]).unwrap();
+        write(dir.path(), vec![1], &[], Vec::new()).unwrap();
         std::fs::write(dir.path().join("xban.sqlite3-wal"), b"frames").unwrap();
         assert!(take(dir.path()).is_err());
         std::fs::remove_file(dir.path().join("xban.sqlite3-wal")).unwrap();
         // And another boot.
-        write(dir.path(), vec![1], &[]).unwrap();
+        write(dir.path(), vec![1], &[], Vec::new()).unwrap();
         let path = dir.path().join(MARKER_FILE);
         let mut m: RestoreMarker = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
         m.boot_id = "another-boot".into();

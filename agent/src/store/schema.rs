@@ -47,6 +47,12 @@ pub(super) const MIGRATIONS: &[&str] = &[
     // lookup by target; the second index only cost each ban another
     // random page write.
     "DROP INDEX IF EXISTS ban_history_target;",
+    // 5: rows without an offence key (from before migration 3) stand for
+    // any offence of their time: marked '*', with a partial index, so a new
+    // history row looks for one only while such rows are left (see
+    // `write_bans`); other rows rely on the unique index alone.
+    "UPDATE ban_history SET offence = '*' WHERE offence = '';
+    CREATE INDEX ban_history_legacy ON ban_history (offence) WHERE offence = '*';",
 ];
 
 impl BanStore {

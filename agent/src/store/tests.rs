@@ -232,3 +232,89 @@ fn newer_schema_is_refused_and_left_intact() {
     let err = BanStore::open(dir.path()).err().unwrap().to_string();
     assert!(err.contains("schema version 99"), "{err}");
 }
+
+/// Migration 5 marks rows without an offence key '*' (any offence of their
+/// time); a history without such rows keeps a replay out through its
+/// unique index alone, in one batch as across calls.
+#[test]
+fn a_fresh_history_counts_each_offence_once_without_legacy_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let t: Target = "203.0.113.6".parse().unwrap();
+    let mut s = BanStore::open(dir.path()).unwrap();
+    let legacy = |s: &BanStore| -> i64 {
+        s.read(|c| {
+            c.query_row(
+                "SELECT COUNT(*) FROM ban_history WHERE offence IN ('', '*')",
+                [],
+                |r| r.get(0),
+            )
+        })
+        .unwrap()
+    };
+    let a = rec("203.0.113.6", "sshd", Some(700));
+    let mut b = a.clone();
+    b.matches = vec!["sshd[9]: another line from 203.0.113.6".into()];
+    // A replay inside one batch, another offence in the same second,
+    // another second.
+    s.put_bans_at([(&a, 100), (&a, 100), (&b, 100), (&a, 101)])
+        .unwrap();
+    assert_eq!(legacy(&s), 0);
+    assert_eq!(s.ban_count_since(&t, None, 0).unwrap(), 3);
+    // Replayed again, in an armed batch and alone: nothing new.
+    s.arm_batch();
+    s.put_bans_at([(&b, 100), (&a, 101)]).unwrap();
+    s.commit_batch().unwrap();
+    s.put_ban(&a, 100).unwrap();
+    assert_eq!(s.ban_count_since(&t, None, 0).unwrap(), 3);
+    // The ban being decided leaves itself out, not the other offence.
+    let key = offence_key(&b.matches);
+    assert_eq!(
+        s.earlier_ban_count(&t, Some("sshd"), 0, "sshd", 100, &key)
+            .unwrap(),
+        2
+    );
+}
+
+/// A database from before migration 3 (history rows without an offence):
+/// after the upgrade its rows are marked '*' and stand for any offence of
+/// their time, in a batch too.
+#[test]
+fn legacy_history_rows_are_marked_and_stand_for_any_offence_of_their_time() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let conn = rusqlite::Connection::open(dir.path().join("xban.sqlite3")).unwrap();
+        conn.execute_batch(MIGRATIONS[0]).unwrap();
+        conn.execute_batch(MIGRATIONS[1]).unwrap();
+        conn.execute_batch("PRAGMA user_version = 2").unwrap();
+        conn.execute(
+            "INSERT INTO ban_history (target, jail, banned_at) VALUES ('203.0.113.7', 'sshd', 100)",
+            [],
+        )
+        .unwrap();
+    }
+    let t: Target = "203.0.113.7".parse().unwrap();
+    let mut s = BanStore::open(dir.path()).unwrap();
+    let marked: i64 = s
+        .read(|c| {
+            c.query_row(
+                "SELECT COUNT(*) FROM ban_history WHERE offence = '*'",
+                [],
+                |r| r.get(0),
+            )
+        })
+        .unwrap();
+    assert_eq!(marked, 1);
+    let a = rec("203.0.113.7", "sshd", Some(700));
+    let mut b = a.clone();
+    b.matches = vec!["sshd[9]: another line from 203.0.113.7".into()];
+    // Both lines at the marked row's time are that one ban; another
+    // second is another.
+    s.put_bans_at([(&a, 100), (&b, 100), (&a, 101)]).unwrap();
+    assert_eq!(s.ban_count_since(&t, None, 0).unwrap(), 2);
+    let key = offence_key(&a.matches);
+    assert_eq!(
+        s.earlier_ban_count(&t, None, 0, "sshd", 100, &key).unwrap(),
+        1,
+        "the marked row is this very ban; the one at 101 is earlier-counted"
+    );
+}

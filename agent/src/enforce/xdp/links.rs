@@ -189,7 +189,10 @@ fn link_info(fd: BorrowedFd<'_>) -> std::io::Result<XdpLinkInfo> {
 }
 
 impl XdpEnforcer {
-    fn prog(&mut self) -> Result<&mut Xdp> {
+    pub(super) fn prog(&mut self) -> Result<&mut Xdp> {
+        if let Some(p) = self.adopted.as_mut() {
+            return Ok(p);
+        }
         Ok(self
             .ebpf
             .program_mut(PROGRAM_NAME)

@@ -35,7 +35,7 @@ use mapped::{Dir, Table};
 
 pub use maps::stats_from_pins;
 pub(super) use program::{link_dir, xdp_mode, PROGRAM_NAME};
-pub use program::{pinned_interfaces, teardown, XdpEnforcer};
+pub use program::{pinned_interfaces, teardown, ProgramMark, XdpEnforcer};
 pub use warm::WarmMaps;
 
 /// `[agent] xdp_mode`: how XDP attaches.

@@ -1,12 +1,16 @@
 //! The XDP program: load it (adopting pinned maps), pin it, attach it to
 //! interfaces through pinned links (swapped atomically, see `links`), and
-//! tear everything down.
+//! tear everything down. A warm start adopts the pinned program instead of
+//! loading it again, when the last clean stop's mark says it is this
+//! binary's object on these maps: the kernel's verifier pass is most of a
+//! warm start's CPU.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use aya::programs::{Xdp, XdpMode};
 use aya::{Ebpf, EbpfLoader};
+use aya_obj::programs::XdpAttachType;
 
 use super::{XdpMaps, XdpModeSetting};
 use crate::sys::paths::pins;
@@ -18,6 +22,9 @@ pub(in crate::enforce) const PROGRAM_NAME: &str = "xban_xdp";
 /// The loaded program. Dropping it leaves pinned things in place.
 pub struct XdpEnforcer {
     pub(in crate::enforce) ebpf: Ebpf,
+    /// The pinned program, when a warm start adopted it (the object's own
+    /// copy in `ebpf` is then never loaded).
+    pub(in crate::enforce) adopted: Option<Xdp>,
     pub(in crate::enforce) pin_dir: PathBuf,
     /// Interfaces configured.
     pub attached: Vec<String>,
@@ -32,10 +39,96 @@ pub(in crate::enforce) fn link_dir(pin_dir: &Path) -> PathBuf {
     pin_dir.join(pins::LINKS)
 }
 
+/// What a clean stop records of the loaded program, for the next start to
+/// adopt it: its kernel id (ids are not reused within a boot, and the
+/// marker holds only for the boot that wrote it) and a digest of the XDP
+/// object it was loaded from (another xban binary loads its own).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProgramMark {
+    pub id: u32,
+    pub object: u64,
+}
+
+impl ProgramMark {
+    /// As the restore marker stores it (opaque words, like the maps').
+    pub fn to_words(self) -> Vec<u64> {
+        vec![self.id as u64, self.object]
+    }
+
+    pub fn from_words(w: &[u64]) -> Option<ProgramMark> {
+        match *w {
+            [id, object] => Some(ProgramMark {
+                id: u32::try_from(id).ok()?,
+                object,
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// FNV-1a over the embedded object: cheap (a few hundred KiB, once per
+/// start and stop) and any rebuild that changes the program changes it.
+fn object_digest(object: &[u8]) -> u64 {
+    object.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// The pinned program, if `mark` names it, this binary built it, and every
+/// map it uses is still the one pinned under its name (so it and the
+/// agent's map handles see the same maps; a map made again, as after a
+/// `fast_path_capacity` change, has another id). Otherwise `None`, with
+/// the reason logged, and the program is loaded as on a cold start.
+fn adopt_pinned(pin_dir: &Path, mark: ProgramMark) -> Option<Xdp> {
+    let why = (|| -> std::result::Result<Xdp, String> {
+        if mark.object != object_digest(XDP_OBJECT) {
+            return Err("this xban binary carries another XDP object".into());
+        }
+        let prog = Xdp::from_pin(pin_dir.join(pins::PROGRAM), XdpAttachType::Interface)
+            .map_err(|e| format!("no pinned program ({e})"))?;
+        let info = prog.info().map_err(|e| format!("program info: {e}"))?;
+        if info.id() != mark.id {
+            return Err(format!(
+                "the pinned program is {}, not the {} the last stop left",
+                info.id(),
+                mark.id
+            ));
+        }
+        let ids = info
+            .map_ids()
+            .map_err(|e| format!("program map ids: {e}"))?
+            .unwrap_or_default();
+        for id in ids {
+            let map = aya::maps::MapData::from_id(id).map_err(|e| format!("map {id}: {e}"))?;
+            let name = map
+                .info()
+                .ok()
+                .and_then(|i| i.name_as_str().map(str::to_owned))
+                .unwrap_or_default();
+            let pinned = aya::maps::MapData::from_pin(pin_dir.join(&name))
+                .ok()
+                .and_then(|m| m.info().ok())
+                .map(|i| i.id());
+            if pinned != Some(id) {
+                return Err(format!("its map {name} is no longer the pinned one"));
+            }
+        }
+        Ok(prog)
+    })();
+    match why {
+        Ok(prog) => Some(prog),
+        Err(why) => {
+            tracing::info!("pinned XDP program not adopted: {why}; loading it again");
+            None
+        }
+    }
+}
+
 impl XdpEnforcer {
     /// Load the program, reusing maps already pinned in `pin_dir` (so bans
     /// written by a previous agent stay), or creating and pinning them.
-    /// `warm`: what a clean stop recorded of the maps (see `warm`).
+    /// `warm`: what a clean stop recorded of the maps (see `warm`) and of
+    /// the program (adopted instead of verified again when it still holds).
     /// `capacity`: `[agent] fast_path_capacity`, which sizes the overflow
     /// hashes (pinned ones of another size are made again, and filled from
     /// the tries before the program is swapped in).
@@ -67,6 +160,7 @@ impl XdpEnforcer {
                 );
             }
         }
+        let started = std::time::Instant::now();
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(pin_dir)
             .map_max_entries(xban_common::MAP_OVER_V4, over)
@@ -78,20 +172,44 @@ impl XdpEnforcer {
                     pin_dir.display()
                 )
             })?;
-        let prog: &mut Xdp = ebpf
-            .program_mut(PROGRAM_NAME)
-            .context("the XDP object has no program xban_xdp")?
-            .try_into()?;
-        prog.load()
-            .context("the kernel's verifier refused the XDP program")?;
-        // Re-pin the program for bpftool (`bpftool prog run pinned ...`).
-        let prog_pin = pin_dir.join(pins::PROGRAM);
-        let _ = std::fs::remove_file(&prog_pin);
-        prog.pin(&prog_pin)
-            .with_context(|| format!("pin program at {}", prog_pin.display()))?;
+        let object = started.elapsed();
+        // After the loader: it has opened (or made) every pinned map.
+        let adopted = warm
+            .as_ref()
+            .and_then(|w| w.program)
+            .and_then(|mark| adopt_pinned(pin_dir, mark));
+        if adopted.is_some() {
+            tracing::info!("warm start: adopted the pinned XDP program (not verified again)");
+        } else {
+            let prog: &mut Xdp = ebpf
+                .program_mut(PROGRAM_NAME)
+                .context("the XDP object has no program xban_xdp")?
+                .try_into()?;
+            prog.load()
+                .context("the kernel's verifier refused the XDP program")?;
+            // Re-pin the program for bpftool (`bpftool prog run pinned ...`).
+            let prog_pin = pin_dir.join(pins::PROGRAM);
+            let _ = std::fs::remove_file(&prog_pin);
+            prog.pin(&prog_pin)
+                .with_context(|| format!("pin program at {}", prog_pin.display()))?;
+        }
+        let program = started.elapsed();
+        let was_adopted = adopted.is_some();
         let maps = XdpMaps::from_ebpf(&mut ebpf, warm, capacity as usize)?;
+        let secs = |d: std::time::Duration| d.as_secs_f64();
+        tracing::info!(
+            phases = format!(
+                "object and maps {:.2} s, program {:.2} s ({}), fast path {:.2} s",
+                secs(object),
+                secs(program - object),
+                if was_adopted { "adopted" } else { "verified" },
+                secs(started.elapsed() - program)
+            ),
+            "XDP program loaded"
+        );
         let enforcer = XdpEnforcer {
             ebpf,
+            adopted,
             pin_dir: pin_dir.to_path_buf(),
             attached: Vec::new(),
             links: Vec::new(),
@@ -99,6 +217,15 @@ impl XdpEnforcer {
             pin_repairs: 0,
         };
         Ok((enforcer, maps))
+    }
+
+    /// For the restore marker at a clean stop: the program now loaded.
+    pub fn mark(&mut self) -> Option<ProgramMark> {
+        let id = self.prog().ok()?.info().ok()?.id();
+        Some(ProgramMark {
+            id,
+            object: object_digest(XDP_OBJECT),
+        })
     }
 
     /// Attach to each interface, adopting links a previous agent pinned

@@ -30,6 +30,8 @@ pub struct WarmMaps {
     pub fingerprint: Vec<u64>,
     /// Kernel entries the store does not hold (see `KernelBans::AsStored`).
     pub extra: Vec<Target>,
+    /// The program the stop left loaded (see `program::ProgramMark`).
+    pub program: Option<super::ProgramMark>,
 }
 
 fn mix(h: u64, w: u64) -> u64 {
