@@ -411,6 +411,12 @@ fn print_status(s: &StatusView) {
                 "fast path {name}: {} in table ({} max), {} in overflow ({} max), capacity {}, {} in the trie only, {} regions in trie fallback",
                 f.table_entries, f.table_capacity, f.overflow_entries, f.overflow_capacity, f.capacity, f.trie_only, f.fallback_regions
             );
+            if f.trie_pending > 0 {
+                println!(
+                    "ban trie {name}: {} entries still being written behind the fast path (which drops them meanwhile)",
+                    f.trie_pending
+                );
+            }
         }
     }
     println!(

@@ -257,3 +257,179 @@ fn a_warm_start_adopts_the_pinned_program_only_while_it_is_the_same() {
     kernel_equals_store(&lab, &dir, &[ATK_V4, ATK2_V4]);
     agent.stop().unwrap();
 }
+
+/// Bans in the bulk of the large cold start below (2001:db8:f11::/48).
+/// Written as the agent writes addresses (canonical text: no zero group
+/// before the `::`), so that an unban finds the stored row.
+const BULK: u32 = 150_000;
+
+fn bulk_addr(i: u32) -> std::net::Ipv6Addr {
+    format!("2001:db8:f11:{:x}::{:x}", (i >> 15) + 1, (i & 0x7fff) + 1)
+        .parse()
+        .unwrap()
+}
+
+/// Is `addr` (a host) in the pinned bans_v6 trie? An exact-key lookup.
+fn in_trie_v6(dir: &AgentDir, addr: std::net::Ipv6Addr) -> bool {
+    let pin = dir.pin_dir.join("bans_v6");
+    let mut args: Vec<String> = [
+        "map",
+        "lookup",
+        "pinned",
+        pin.to_str().unwrap(),
+        "key",
+        "hex",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    // struct { u32 prefix_len (little-endian); u8 addr[16] }.
+    args.extend(["80", "00", "00", "00"].map(String::from));
+    args.extend(addr.octets().iter().map(|b| format!("{b:02x}")));
+    std::process::Command::new("bpftool")
+        .args(&args)
+        .output()
+        .unwrap()
+        .status
+        .success()
+}
+
+fn trie_pending(dir: &AgentDir) -> u64 {
+    let st = dir.json(&["status"]).unwrap();
+    ["v4", "v6"]
+        .iter()
+        .map(|f| st["fast_path"][f]["trie_pending"].as_u64().unwrap_or(0))
+        .sum()
+}
+
+/// A large cold start answers before its ban tries are complete: the fast
+/// path drops every ban meanwhile, and the tries are filled behind it. An
+/// unban and a ban made during the fill stay as made (the fill never adds
+/// back what the agent removed), and once it ends the tries hold exactly
+/// the store, which the next (warm) start trusts.
+#[test]
+fn a_large_cold_starts_tries_are_filled_behind_the_fast_path_and_equal_the_store() {
+    require_root();
+    let lab = Lab::new().unwrap();
+    let dir = AgentDir::new().unwrap();
+    dir.write_config(&lab, SSHD_JAIL).unwrap();
+    let db = dir.path("state").join("xban.sqlite3");
+    // A first run creates the schema; the attacker's ban is stored.
+    let agent = AgentProcess::start(&lab, &dir).unwrap();
+    dir.xban_ok(&["ban", ATK_V6]).unwrap();
+    agent.stop().unwrap();
+    dir.xban_ok(&["teardown"]).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    sqlite(
+        &db,
+        &format!(
+            "WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < {last})
+             INSERT INTO bans (target, jail, class, banned_at, expires_at, failures, matches)
+             SELECT printf('2001:db8:f11:%x::%x', (i >> 15) + 1, (i & 32767) + 1), 'sshd', 'drop',
+                    {now}, {exp}, 3, '[]' FROM n",
+            last = BULK - 1,
+            exp = now + 86_400
+        ),
+    );
+
+    // Cold: empty maps, no marker.
+    let agent = AgentProcess::start(&lab, &dir).unwrap();
+    let pending_at_ready = trie_pending(&dir);
+    assert!(
+        !lab.udp_reaches(ATK_V6, SRV_V6),
+        "a ban drops from ready on"
+    );
+    // The last entry the fill writes (the highest address) and the first,
+    // unbanned; a new ban.
+    let (last, first) = (bulk_addr(BULK - 1), bulk_addr(0));
+    let new = "2001:db8:f12::1";
+    dir.xban_ok(&["unban", &last.to_string()]).unwrap();
+    dir.xban_ok(&["unban", &first.to_string()]).unwrap();
+    dir.xban_ok(&["ban", new]).unwrap();
+    eprintln!("entries still to write at ready: {pending_at_ready}");
+    assert!(
+        wait_for(std::time::Duration::from_secs(120), || trie_pending(&dir)
+            == 0),
+        "the fill ends"
+    );
+    let log = agent.log();
+    assert!(
+        log.contains("ban tries: written behind the fast path"),
+        "{log}"
+    );
+    assert!(log.contains(" written"), "{log}");
+    assert!(
+        !in_trie_v6(&dir, last),
+        "an unban during the fill never comes back"
+    );
+    assert!(!in_trie_v6(&dir, first));
+    assert!(in_trie_v6(&dir, new.parse().unwrap()));
+    assert!(in_trie_v6(&dir, bulk_addr(BULK / 2)));
+    assert!(in_trie_v6(&dir, ATK_V6.parse().unwrap()));
+    // The tries equal the store: one entry per stored target.
+    let stored: usize = sqlite(&db, "SELECT count(DISTINCT target) FROM bans")
+        .parse()
+        .unwrap();
+    assert_eq!(stored, BULK as usize - 2 + 2);
+    let in_tries = trie_keys(&dir, "bans_v4").len() + trie_keys(&dir, "bans_v6").len();
+    assert_eq!(in_tries, stored, "one trie entry per stored target");
+    assert!(!lab.udp_reaches(ATK_V6, SRV_V6));
+    agent.stop().unwrap();
+
+    // Warm: the marker written after the fill holds.
+    let agent = AgentProcess::start(&lab, &dir).unwrap();
+    assert!(agent.log().contains(USED), "{}", agent.log());
+    assert!(!in_trie_v6(&dir, last));
+    assert_eq!(
+        trie_keys(&dir, "bans_v4").len() + trie_keys(&dir, "bans_v6").len(),
+        stored
+    );
+    agent.stop().unwrap();
+}
+
+/// A crash while the tries are still being filled: the next start finds
+/// bans the fast path holds and the tries lack, and writes them into the
+/// tries instead of removing them (they are live bans).
+#[test]
+fn a_crash_during_the_fill_loses_no_ban() {
+    require_root();
+    let lab = Lab::new().unwrap();
+    let dir = AgentDir::new().unwrap();
+    dir.write_config(&lab, SSHD_JAIL).unwrap();
+    let db = dir.path("state").join("xban.sqlite3");
+    let agent = AgentProcess::start(&lab, &dir).unwrap();
+    dir.xban_ok(&["ban", ATK_V6]).unwrap();
+    agent.stop().unwrap();
+    dir.xban_ok(&["teardown"]).unwrap();
+    sqlite(
+        &db,
+        &format!(
+            "WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < {last})
+             INSERT INTO bans (target, jail, class, banned_at, expires_at, failures, matches)
+             SELECT printf('2001:db8:f11:%x::%x', (i >> 15) + 1, (i & 32767) + 1), 'sshd', 'drop',
+                    strftime('%s', 'now'), NULL, 3, '[]' FROM n",
+            last = BULK - 1
+        ),
+    );
+    let agent = AgentProcess::start(&lab, &dir).unwrap();
+    agent.kill9().unwrap();
+    let partial = trie_keys(&dir, "bans_v6").len();
+    eprintln!("entries in bans_v6 at the crash: {partial} of {}", BULK + 1);
+    let agent = AgentProcess::start(&lab, &dir).unwrap();
+    assert!(
+        !lab.udp_reaches(ATK_V6, SRV_V6),
+        "the ban never stopped dropping"
+    );
+    assert!(
+        wait_for(std::time::Duration::from_secs(120), || trie_pending(&dir)
+            == 0),
+        "any fill ends"
+    );
+    assert_eq!(trie_keys(&dir, "bans_v6").len(), BULK as usize + 1);
+    let banned = dir.json(&["status"]).unwrap();
+    assert_eq!(banned["bans_active"].as_u64(), Some(BULK as u64 + 1));
+    agent.stop().unwrap();
+}

@@ -212,7 +212,7 @@ impl Metrics {
             }
         }
         if let Some(fp) = &status.fast_path {
-            let rows: [(&str, &str, FamilyField); 7] = [
+            let rows: [(&str, &str, FamilyField); 8] = [
                 (
                     "xban_fastpath_capacity",
                     "Bans the XDP fast path holds at most ([agent] fast_path_capacity), per family.",
@@ -247,6 +247,11 @@ impl Metrics {
                     "xban_fastpath_fallback_regions",
                     "Directory regions whose sources are looked up in the ban trie, per family.",
                     |f| f.fallback_regions,
+                ),
+                (
+                    "xban_fastpath_trie_pending",
+                    "Bans of a large cold start not yet written into the ban trie (the fast path drops them meanwhile), per family.",
+                    |f| f.trie_pending,
                 ),
             ];
             for (name, help, get) in rows {
@@ -522,6 +527,7 @@ mod tests {
                     overflow_capacity: 4,
                     trie_only: 2,
                     fallback_regions: 1,
+                    trie_pending: 5,
                 },
                 v6: FastPathFamily::default(),
             }),
@@ -587,6 +593,7 @@ mod tests {
             "xban_fastpath_overflow_capacity{family=\"ipv4\"} 4",
             "xban_fastpath_trie_only{family=\"ipv4\"} 2",
             "xban_fastpath_fallback_regions{family=\"ipv4\"} 1",
+            "xban_fastpath_trie_pending{family=\"ipv4\"} 5",
             "xban_fastpath_trie_only{family=\"ipv6\"} 0",
             "xban_xdp_attached{interface=\"eth9\"} 1",
             "xban_xdp_attached{interface=\"late0\"} 0",

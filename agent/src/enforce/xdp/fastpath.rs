@@ -280,8 +280,9 @@ impl XdpMaps {
     /// Rebuild the in-memory counts (overflow, table, directory) from the
     /// fast maps and the allowlist, each read once. Trie-only entries are
     /// not known here (see `read_state`). Returns the fast maps' entries
-    /// with their class, sorted.
-    pub(super) fn read_fast(&mut self) -> Result<Vec<(Entry, u32)>> {
+    /// with their class, sorted, when `list` asks for them (a warm start
+    /// with a restore marker needs the counts only).
+    pub(super) fn read_fast(&mut self, list: bool) -> Result<Vec<(Entry, u32)>> {
         let over = self.over_rows()?;
         self.spilled.clear();
         self.in_over = [0; 2];
@@ -290,6 +291,32 @@ impl XdpMaps {
             self.in_over[e.v6() as usize] += 1;
         }
         self.dir = Directory::default();
+        self.trie_only.clear();
+        for t in self.allow_entries()? {
+            self.dir
+                .count(!t.is_ipv4(), &dir_slots(&t), &Touch::Allow, true);
+        }
+        if !list {
+            // Counted where they are. An entry in two places (a crash
+            // between writes) counts twice here, so the counts differ from
+            // the marker's and the start reads everything back.
+            let mut in_table = [0; 2];
+            let mut nets = Vec::new();
+            for tab in [&self.tab_v4, &self.tab_v6] {
+                tab.for_each(|e, _| {
+                    in_table[e.v6() as usize] += 1;
+                    if !e.is_host() {
+                        nets.push(e);
+                    }
+                });
+            }
+            self.in_table = in_table;
+            nets.extend(over.iter().map(|(e, _)| *e).filter(|e| !e.is_host()));
+            for e in nets {
+                self.count_net(&e)?;
+            }
+            return Ok(Vec::new());
+        }
         // Sorted, and joined by a merge in `read_state`: hash sets of a
         // million entries took seconds at start.
         let mut fast = self.tab_v4.entries();
@@ -305,24 +332,25 @@ impl XdpMaps {
         });
         for (e, _) in &fast {
             if !e.is_host() {
-                let t = e.target()?;
-                self.dir
-                    .count(e.v6(), &dir_slots(&t), &Touch::Net(t.prefix()), true);
+                self.count_net(e)?;
             }
         }
-        self.trie_only.clear();
-        for t in self.allow_entries()? {
-            self.dir
-                .count(!t.is_ipv4(), &dir_slots(&t), &Touch::Allow, true);
-        }
         Ok(fast)
+    }
+
+    /// A prefix entry of the fast maps into the directory's counts.
+    fn count_net(&mut self, e: &Entry) -> Result<()> {
+        let t = e.target()?;
+        self.dir
+            .count(e.v6(), &dir_slots(&t), &Touch::Net(t.prefix()), true);
+        Ok(())
     }
 
     /// Rebuild the in-memory counts (directory, overflow, trie-only) from
     /// the maps. Returns what it read of the ban tries and of the fast
     /// maps: with a million bans each read takes a second or more.
     pub(super) fn read_state(&mut self) -> Result<Read> {
-        let fast = self.read_fast()?;
+        let fast = self.read_fast(true)?;
         // What the trie holds beyond the fast maps is trie-only: its
         // regions stay in fallback until it finds room.
         let mut trie: Vec<(Entry, Target, BanValue)> = self
@@ -382,7 +410,7 @@ impl XdpMaps {
         }
         let read = self.read_state()?;
         // Both sorted by entry: one merge finds what differs.
-        let mut stale = Vec::new();
+        let mut stale: Vec<Entry> = Vec::new();
         let mut differ = Vec::new();
         let mut f = read.fast.iter().peekable();
         for (e, t, v) in &read.trie {
@@ -395,19 +423,17 @@ impl XdpMaps {
             }
         }
         stale.extend(f.map(|(x, _)| *x));
+        let fast_only = self.write_fast_only(&read.fast, &stale)?;
         self.at_load = Some(AtLoad {
             read: KernelAtLoad::Read(
                 read.trie
                     .iter()
                     .map(|(_, t, v)| (*t, class_of(v)))
+                    .chain(fast_only)
                     .collect(),
             ),
             since: Default::default(),
         });
-        // Stale entries first, to make room.
-        for e in stale {
-            self.fast_remove(&e.target()?)?;
-        }
         for (e, t, v) in differ {
             if self.trie_only.contains_key(&e) {
                 // Room may have been made since: try the fast maps again.
@@ -418,6 +444,52 @@ impl XdpMaps {
         }
         self.write_flags_and_slots();
         Ok(())
+    }
+
+    /// Entries the fast maps hold and the tries lack (`stale`, of `fast`):
+    /// a crash while a cold start's tries were filled behind the fast path
+    /// (see `fill`), or a trie entry deleted by hand. The program drops them,
+    /// so they are written into the tries, never removed: restore keeps,
+    /// adopts or expires them like any kernel entry. Returns them with
+    /// their class.
+    fn write_fast_only(
+        &mut self,
+        fast: &[(Entry, u32)],
+        stale: &[Entry],
+    ) -> Result<Vec<(Target, Option<crate::ban::BanClass>)>> {
+        if stale.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut rows4 = Vec::new();
+        let mut rows6 = Vec::new();
+        let mut out = Vec::with_capacity(stale.len());
+        for e in stale {
+            let Ok(i) = fast.binary_search_by_key(e, |(x, _)| *x) else {
+                continue;
+            };
+            let value = BanValue {
+                class: fast[i].1,
+                flags: 0,
+            };
+            let t = e.target()?;
+            match (t.v4_octets(), t.v6_octets()) {
+                (Some(a), _) => rows4.push((t.prefix() as u32, a, value)),
+                (_, Some(a)) => rows6.push((t.prefix() as u32, a, value)),
+                _ => unreachable!("a target is IPv4 or IPv6"),
+            }
+            out.push((t, class_of(&value)));
+        }
+        use aya::maps::IterableMap;
+        use std::os::fd::{AsFd, AsRawFd};
+        super::maps::update_trie::<4>(self.bans_v4.map().fd().as_fd().as_raw_fd(), &rows4)
+            .context("write into bans_v4 the entries only the fast path held")?;
+        super::maps::update_trie::<16>(self.bans_v6.map().fd().as_fd().as_raw_fd(), &rows6)
+            .context("write into bans_v6 the entries only the fast path held")?;
+        tracing::warn!(
+            entries = out.len(),
+            "the fast path held bans the ban tries lacked (a crash while a cold start filled them, or entries deleted by hand): written into the tries, never removed"
+        );
+        Ok(out)
     }
 
     /// Overflow flags and directory slots as the counts say, whatever a
@@ -623,6 +695,7 @@ impl XdpMaps {
                 overflow_capacity: self.over_capacity,
                 trie_only: self.trie_only.len(v6),
                 fallback_regions: self.dir.fallback_regions(v6),
+                trie_pending: self.fill.family(v6).pending(),
             }
         };
         FastPathStatus {

@@ -177,13 +177,20 @@ impl Table {
     /// Every entry in the table, with its class.
     pub(super) fn entries(&self) -> Vec<(Entry, u32)> {
         let mut out = Vec::new();
+        self.for_each(|e, class| out.push((e, class)));
+        out
+    }
+
+    /// Each entry in the table with its class, in table order.
+    pub(super) fn for_each(&self, mut f: impl FnMut(Entry, u32)) {
         for b in 0..xban_common::TAB_BUCKETS {
             let bucket = self.bucket(b);
             for i in 0..fastpath::ways(self.v6) {
-                out.extend(fastpath::way_entry(&bucket, self.v6, i));
+                if let Some((e, class)) = fastpath::way_entry(&bucket, self.v6, i) {
+                    f(e, class);
+                }
             }
         }
-        out
     }
 }
 

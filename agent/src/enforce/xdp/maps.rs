@@ -13,7 +13,7 @@ use aya::sys::SyscallError;
 use aya::Ebpf;
 use xban_common::{stats, AllowValue, BanValue};
 
-use super::fastpath::{dir_slots, Directory, Touch};
+use super::fastpath::{dir_slots, Directory, Entry, EntryExt, Touch};
 use super::mapped::{Dir, Table};
 use super::{AtLoad, KernelAtLoad, XdpMaps, XdpStats};
 use crate::addr::Target;
@@ -277,6 +277,7 @@ impl XdpMaps {
             warned: [0; 2],
             dir: Directory::default(),
             at_load: None,
+            fill: Default::default(),
         })
     }
 }
@@ -293,12 +294,15 @@ impl XdpMaps {
             ..ban_value(class)
         };
         // The trie first: it is the record a restarted agent rebuilds from.
+        // Held across the write: a background fill leaves the target be.
+        let held = self.fill.family(!target.is_ipv4()).touch(target);
         if target.is_ipv4() {
             self.bans_v4.insert(&key4(target), value, 0)
         } else {
             self.bans_v6.insert(&key6(target), value, 0)
         }
         .with_context(|| format!("write ban of {target} into the XDP map (is it full?)"))?;
+        drop(held);
         if let Some(a) = self.at_load.as_mut() {
             a.since.insert(*target, Some(class));
         }
@@ -307,8 +311,14 @@ impl XdpMaps {
 
     /// Many bans at once (a cold start writes a million): the tries in
     /// batches, IPv4 and IPv6 on threads of their own, while this thread
-    /// fills the fast maps. Each `(target, class, geo label)`.
+    /// fills the fast maps. Each `(target, class, geo label)`. From
+    /// [`fill::BACKGROUND_MIN`](super::fill) bans on, the threads go on
+    /// after the return: the fast path then holds every ban, and the tries
+    /// every entry the program looks up there (prefixes, and what the fast
+    /// path has no room for); the tries' host entries follow (see `fill`).
     pub fn set_bans(&mut self, bans: &[(Target, BanClass, u32)]) -> Result<()> {
+        // One fill at a time: a second one starts from complete tries.
+        self.fill.wait();
         let value = |class, label: u32| BanValue {
             flags: label & 0xffff,
             ..ban_value(class)
@@ -322,6 +332,9 @@ impl XdpMaps {
                 (_, Some(a)) => rows6.push((len, a, value(*class, *label))),
                 _ => unreachable!("a target is IPv4 or IPv6"),
             }
+        }
+        if bans.len() >= super::fill::BACKGROUND_MIN {
+            return self.set_bans_filling(bans, rows4, rows6);
         }
         // Plain descriptors: the writers borrow nothing of `self`, which
         // this thread changes meanwhile. Both maps outlive the scope.
@@ -338,16 +351,7 @@ impl XdpMaps {
             let v6 = s.spawn(move || update_trie::<16>(fd6, &rows6));
             // The program finds each entry in the fast maps or, where
             // they are full, in the tries: both are complete on return.
-            let mut fast = Ok(());
-            for (t, class, label) in bans {
-                if let Some(a) = self.at_load.as_mut() {
-                    a.since.insert(*t, Some(*class));
-                }
-                fast = self.fast_set(t, value(*class, *label));
-                if fast.is_err() {
-                    break;
-                }
-            }
+            let fast = self.fast_set_all(bans);
             for (name, h) in [("bans_v4", v4), ("bans_v6", v6)] {
                 h.join()
                     .map_err(|_| anyhow::anyhow!("the {name} writer panicked"))?
@@ -357,11 +361,129 @@ impl XdpMaps {
         })
     }
 
+    /// The fast-map half of `set_bans`.
+    fn fast_set_all(&mut self, bans: &[(Target, BanClass, u32)]) -> Result<()> {
+        for (t, class, label) in bans {
+            if let Some(a) = self.at_load.as_mut() {
+                a.since.insert(*t, Some(*class));
+            }
+            self.fast_set(
+                t,
+                BanValue {
+                    flags: label & 0xffff,
+                    ..ban_value(*class)
+                },
+            )?;
+        }
+        Ok(())
+    }
+
+    /// `set_bans` of many: the tries' fill goes on behind the return.
+    fn set_bans_filling(
+        &mut self,
+        bans: &[(Target, BanClass, u32)],
+        rows4: Vec<TrieRow<4>>,
+        rows6: Vec<TrieRow<16>>,
+    ) -> Result<()> {
+        let started = std::time::Instant::now();
+        tracing::info!(
+            entries = rows4.len() + rows6.len(),
+            "ban tries: written behind the fast path (the agent is ready before they are complete)"
+        );
+        let dup = |trie: &MapData, name: &str| {
+            trie.fd()
+                .as_fd()
+                .try_clone_to_owned()
+                .with_context(|| format!("a descriptor of {name} for its fill"))
+        };
+        // Owned descriptors: the maps stay open for the fill whatever
+        // happens to this XdpMaps meanwhile.
+        let fd4 = dup(aya::maps::IterableMap::map(&self.bans_v4), "bans_v4")?;
+        let fd6 = dup(aya::maps::IterableMap::map(&self.bans_v6), "bans_v6")?;
+        self.spawn_fill::<4>(false, fd4, rows4, started, |len, a| {
+            Target::from_v4(*a, *len).ok()
+        })?;
+        self.spawn_fill::<16>(true, fd6, rows6, started, |len, a| {
+            Target::from_v6(*a, *len).ok()
+        })?;
+        self.fast_set_all(bans)?;
+        // What the program looks up in the tries, there before ready: the
+        // prefixes, and the bans the fast path has no room for. Written as
+        // the agent's own (the fill skips them).
+        for (t, class, label) in bans {
+            if t.is_host() && !self.trie_only.contains_key(&Entry::of(t)) {
+                continue;
+            }
+            let v = BanValue {
+                flags: label & 0xffff,
+                ..ban_value(*class)
+            };
+            let _held = self.fill.family(!t.is_ipv4()).touch(t);
+            if t.is_ipv4() {
+                self.bans_v4.insert(&key4(t), v, 0)
+            } else {
+                self.bans_v6.insert(&key6(t), v, 0)
+            }
+            .with_context(|| format!("write ban of {t} into the XDP map (is it full?)"))?;
+        }
+        Ok(())
+    }
+
+    fn spawn_fill<const N: usize>(
+        &self,
+        v6: bool,
+        fd: std::os::fd::OwnedFd,
+        rows: Vec<TrieRow<N>>,
+        started: std::time::Instant,
+        target_of: fn(&u32, &[u8; N]) -> Option<Target>,
+    ) -> Result<()> {
+        let name = if v6 { "bans_v6" } else { "bans_v4" };
+        let families = std::sync::Arc::clone(&self.fill.families);
+        families[v6 as usize].begin(rows.len());
+        let spawned = std::thread::Builder::new()
+            .name(format!("xban-fill-{name}"))
+            .spawn(move || {
+                // Behind start-up and the event loop: on a small machine
+                // they get the CPU first, and the fast path drops meanwhile.
+                // SAFETY: plain system calls on this thread's own task id.
+                unsafe {
+                    libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 19);
+                }
+                let fam = &families[v6 as usize];
+                let r = fam.fill(
+                    &rows,
+                    |(len, a, _)| target_of(len, a),
+                    |chunk| update_trie::<N>(fd.as_raw_fd(), chunk),
+                );
+                fam.report(name, started, r);
+                // Start-up trimmed the allocator before these rows were
+                // freed: a million of them go back to the system too.
+                drop(rows);
+                #[cfg(target_env = "gnu")]
+                // SAFETY: malloc_trim only returns free memory of glibc's arenas.
+                unsafe {
+                    libc::malloc_trim(0);
+                }
+            });
+        match spawned {
+            Ok(h) => {
+                self.fill.adopt(h);
+                Ok(())
+            }
+            Err(e) => {
+                self.fill.family(v6).end();
+                Err(e).with_context(|| format!("start the fill of {name}"))
+            }
+        }
+    }
+
     pub fn remove_ban(&mut self, target: &Target) -> Result<()> {
         if let Some(a) = self.at_load.as_mut() {
             a.since.insert(*target, None);
         }
         self.fast_remove(target)?;
+        // Held across the removal: a background fill never adds it back.
+        let _held = self.fill.family(!target.is_ipv4()).touch(target);
         gone_ok(if target.is_ipv4() {
             self.bans_v4.remove(&key4(target))
         } else {
@@ -400,6 +522,7 @@ impl XdpMaps {
 
     /// Every entry of the ban tries.
     pub fn bans(&self) -> Result<Vec<(Target, Option<BanClass>)>> {
+        self.fill.wait();
         Ok(self
             .trie_entries()?
             .into_iter()
@@ -469,6 +592,7 @@ impl XdpMaps {
 
     /// Does the XDP program see `ip` as banned (longest-prefix match)?
     pub fn lookup(&self, ip: IpAddr) -> Option<BanClass> {
+        self.fill.wait();
         let t = Target::host(ip);
         let v = if t.is_ipv4() {
             self.bans_v4.get(&key4(&t), 0).ok()

@@ -18,6 +18,7 @@
 //! mappings of `mapped` and the layout of `xban_common::fastpath`.
 
 mod fastpath;
+mod fill;
 pub mod links;
 mod mapped;
 mod maps;
@@ -211,6 +212,8 @@ pub struct XdpMaps {
     /// The ban tries as read at load, and what was written since, until
     /// restore takes them (see `bans_for_restore`).
     at_load: Option<AtLoad>,
+    /// A cold start's trie entries being written behind the fast path.
+    fill: fill::TrieFill,
 }
 
 /// The ban tries as read at load (or as the restore marker vouched for
@@ -244,6 +247,10 @@ pub struct FastPathFamily {
     pub trie_only: usize,
     /// Directory slots whose sources are looked up in the trie for that reason.
     pub fallback_regions: usize,
+    /// Bans of a large cold start not yet written into the ban trie (its
+    /// background fill); the fast path drops them meanwhile.
+    #[serde(default)]
+    pub trie_pending: usize,
 }
 
 /// [`FastPathFamily`] for both families.

@@ -42,6 +42,13 @@ impl XdpMaps {
     /// The maps as they are now, for the restore marker: equal at stop and
     /// at the next load only if nothing wrote the ban maps in between.
     pub(super) fn fingerprint(&self) -> Result<Vec<u64>> {
+        // Of complete tries only (their memlock counts their entries); after
+        // a fill that stopped short the next start reads them back.
+        self.fill.wait();
+        anyhow::ensure!(
+            !self.fill.stopped_short(),
+            "a ban trie's fill stopped short"
+        );
         let id = |m: &aya::maps::MapData| -> Result<u64> { Ok(m.info()?.id() as u64) };
         let mut out = vec![
             FINGERPRINT_VERSION,
@@ -99,7 +106,7 @@ impl XdpMaps {
     /// still match it, the counts rebuilt from the fast maps and restore
     /// told to take the stored bans as the kernel's.
     pub(super) fn sync_warm(&mut self, warm: WarmMaps) -> Result<bool> {
-        self.read_fast()?;
+        self.read_fast(false)?;
         if self.fingerprint()? != warm.fingerprint {
             tracing::info!(
                 "warm start: the pinned ban maps changed since the last clean stop; reading them back"
