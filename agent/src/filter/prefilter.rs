@@ -157,7 +157,7 @@ impl PrefilterGauge {
         }
         let n = self.samples.load(Ordering::Relaxed) + 1;
         self.samples.store(n, Ordering::Relaxed);
-        if n % SAMPLES_PER_DECISION == 0 {
+        if n.is_multiple_of(SAMPLES_PER_DECISION) {
             let scan = self.scan_ns.load(Ordering::Relaxed);
             let spared = self.spared_ns.load(Ordering::Relaxed);
             self.skip.store(scan > spared, Ordering::Relaxed);

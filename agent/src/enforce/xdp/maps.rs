@@ -443,12 +443,10 @@ impl XdpMaps {
         let spawned = std::thread::Builder::new()
             .name(format!("xban-fill-{name}"))
             .spawn(move || {
-                // Behind start-up and the event loop: on a small machine
-                // they get the CPU first, and the fast path drops meanwhile.
-                // SAFETY: plain system calls on this thread's own task id.
-                unsafe {
-                    libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 19);
-                }
+                // At the agent's own priority: a chunk is written under the
+                // lock the event loop's trie writes take, and a niced
+                // thread preempted inside it would stall the loop for a
+                // long time on a busy machine (priority inversion).
                 let fam = &families[v6 as usize];
                 let r = fam.fill(
                     &rows,
