@@ -193,6 +193,13 @@ fn a_warm_start_adopts_the_pinned_program_only_while_it_is_the_same() {
     // it: an old ban drops, a new ban drops, an unban passes.
     let agent = AgentProcess::start(&lab, &dir).unwrap();
     assert!(agent.log().contains(ADOPTED), "{}", agent.log());
+    assert!(
+        agent
+            .log()
+            .contains("adopted pinned XDP link, already running this program"),
+        "{}",
+        agent.log()
+    );
     assert_eq!(program_ids(&dir), (first, vec![first]));
     assert!(!lab.udp_reaches(ATK_V4, SRV_V4), "restored ban drops");
     dir.xban_ok(&["ban", ATK2_V4]).unwrap();
@@ -294,6 +301,30 @@ fn in_trie_v6(dir: &AgentDir, addr: std::net::Ipv6Addr) -> bool {
         .success()
 }
 
+/// A store holding `ATK_V6`'s ban and `BULK` more (`bulk_addr`), made
+/// `expires` (SQL), with nothing pinned: the next start is a large cold
+/// one. Returns the database's path.
+fn bulk_store(lab: &Lab, dir: &AgentDir, expires: &str) -> std::path::PathBuf {
+    dir.write_config(lab, SSHD_JAIL).unwrap();
+    let db = dir.path("state").join("xban.sqlite3");
+    // A first run creates the schema; the attacker's ban is stored.
+    let agent = AgentProcess::start(lab, dir).unwrap();
+    dir.xban_ok(&["ban", ATK_V6]).unwrap();
+    agent.stop().unwrap();
+    dir.xban_ok(&["teardown"]).unwrap();
+    sqlite(
+        &db,
+        &format!(
+            "WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < {last})
+             INSERT INTO bans (target, jail, class, banned_at, expires_at, failures, matches)
+             SELECT printf('2001:db8:f11:%x::%x', (i >> 15) + 1, (i & 32767) + 1), 'sshd', 'drop',
+                    strftime('%s', 'now'), {expires}, 3, '[]' FROM n",
+            last = BULK - 1,
+        ),
+    );
+    db
+}
+
 fn trie_pending(dir: &AgentDir) -> u64 {
     let st = dir.json(&["status"]).unwrap();
     ["v4", "v6"]
@@ -312,28 +343,7 @@ fn a_large_cold_starts_tries_are_filled_behind_the_fast_path_and_equal_the_store
     require_root();
     let lab = Lab::new().unwrap();
     let dir = AgentDir::new().unwrap();
-    dir.write_config(&lab, SSHD_JAIL).unwrap();
-    let db = dir.path("state").join("xban.sqlite3");
-    // A first run creates the schema; the attacker's ban is stored.
-    let agent = AgentProcess::start(&lab, &dir).unwrap();
-    dir.xban_ok(&["ban", ATK_V6]).unwrap();
-    agent.stop().unwrap();
-    dir.xban_ok(&["teardown"]).unwrap();
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    sqlite(
-        &db,
-        &format!(
-            "WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < {last})
-             INSERT INTO bans (target, jail, class, banned_at, expires_at, failures, matches)
-             SELECT printf('2001:db8:f11:%x::%x', (i >> 15) + 1, (i & 32767) + 1), 'sshd', 'drop',
-                    {now}, {exp}, 3, '[]' FROM n",
-            last = BULK - 1,
-            exp = now + 86_400
-        ),
-    );
+    let db = bulk_store(&lab, &dir, "strftime('%s', 'now') + 86400");
 
     // Cold: empty maps, no marker.
     let agent = AgentProcess::start(&lab, &dir).unwrap();
@@ -398,22 +408,7 @@ fn a_crash_during_the_fill_loses_no_ban() {
     require_root();
     let lab = Lab::new().unwrap();
     let dir = AgentDir::new().unwrap();
-    dir.write_config(&lab, SSHD_JAIL).unwrap();
-    let db = dir.path("state").join("xban.sqlite3");
-    let agent = AgentProcess::start(&lab, &dir).unwrap();
-    dir.xban_ok(&["ban", ATK_V6]).unwrap();
-    agent.stop().unwrap();
-    dir.xban_ok(&["teardown"]).unwrap();
-    sqlite(
-        &db,
-        &format!(
-            "WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < {last})
-             INSERT INTO bans (target, jail, class, banned_at, expires_at, failures, matches)
-             SELECT printf('2001:db8:f11:%x::%x', (i >> 15) + 1, (i & 32767) + 1), 'sshd', 'drop',
-                    strftime('%s', 'now'), NULL, 3, '[]' FROM n",
-            last = BULK - 1
-        ),
-    );
+    bulk_store(&lab, &dir, "NULL");
     let agent = AgentProcess::start(&lab, &dir).unwrap();
     agent.kill9().unwrap();
     let partial = trie_keys(&dir, "bans_v6").len();

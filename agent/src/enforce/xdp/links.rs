@@ -265,6 +265,8 @@ impl XdpEnforcer {
                 Ok((Ok(i), fd)) if i.ifindex == want_ifindex => {
                     if i.prog_id != prog_id {
                         self.swap_into(&pin, &ifname)?;
+                    } else {
+                        tracing::info!(interface = %ifname, "adopted pinned XDP link, already running this program");
                     }
                     let w = &mut self.links[idx];
                     w.held = Some(fd);
