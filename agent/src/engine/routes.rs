@@ -478,8 +478,6 @@ mod tests {
         assert_eq!(lines_of(&core, "a"), 2);
     }
 
-    /// The same lines, given per jail ([`Agent::on_lines`], each jail
-    /// matching alone) and through one route: the same counters and bans.
     /// The built-in sshd filter's sample lines.
     fn sshd_samples() -> Vec<String> {
         let sample =
@@ -492,6 +490,8 @@ mod tests {
             .collect()
     }
 
+    /// The same lines, given per jail ([`Agent::on_lines`], each jail
+    /// matching alone) and through one route: the same counters and bans.
     #[test]
     fn a_route_counts_and_bans_as_jails_reading_alone_do() {
         let (mut alone, _d1) = core(JAILS);

@@ -460,9 +460,7 @@ impl XdpMaps {
         if stale.is_empty() {
             return Ok(Vec::new());
         }
-        let mut rows4 = Vec::new();
-        let mut rows6 = Vec::new();
-        let mut out = Vec::with_capacity(stale.len());
+        let mut rows = Vec::with_capacity(stale.len());
         for e in stale {
             let Ok(i) = fast.binary_search_by_key(e, |(x, _)| *x) else {
                 continue;
@@ -471,14 +469,13 @@ impl XdpMaps {
                 class: fast[i].1,
                 flags: 0,
             };
-            let t = e.target()?;
-            match (t.v4_octets(), t.v6_octets()) {
-                (Some(a), _) => rows4.push((t.prefix() as u32, a, value)),
-                (_, Some(a)) => rows6.push((t.prefix() as u32, a, value)),
-                _ => unreachable!("a target is IPv4 or IPv6"),
-            }
-            out.push((t, class_of(&value)));
+            rows.push((e.target()?, value));
         }
+        let out = rows
+            .iter()
+            .map(|(t, v)| (*t, class_of(v)))
+            .collect::<Vec<_>>();
+        let (rows4, rows6) = super::maps::rows_by_family(rows);
         use aya::maps::IterableMap;
         use std::os::fd::{AsFd, AsRawFd};
         super::maps::update_trie::<4>(self.bans_v4.map().fd().as_fd().as_raw_fd(), &rows4)

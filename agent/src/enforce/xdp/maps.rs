@@ -210,6 +210,30 @@ pub(super) fn ban_value(class: BanClass) -> BanValue {
     }
 }
 
+/// A ban's value whose drops count for geo label `label`.
+fn labelled_value(class: BanClass, label: u32) -> BanValue {
+    BanValue {
+        flags: label & 0xffff,
+        ..ban_value(class)
+    }
+}
+
+/// Ban-trie rows of `entries`, by family, for [`update_trie`].
+pub(super) fn rows_by_family(
+    entries: impl IntoIterator<Item = (Target, BanValue)>,
+) -> (Vec<TrieRow<4>>, Vec<TrieRow<16>>) {
+    let (mut rows4, mut rows6) = (Vec::new(), Vec::new());
+    for (t, value) in entries {
+        let len = t.prefix() as u32;
+        match (t.v4_octets(), t.v6_octets()) {
+            (Some(a), _) => rows4.push((len, a, value)),
+            (_, Some(a)) => rows6.push((len, a, value)),
+            _ => unreachable!("a target is IPv4 or IPv6"),
+        }
+    }
+    (rows4, rows6)
+}
+
 impl XdpMaps {
     /// Open the pinned maps of a pin directory (for commands run while the
     /// agent is stopped, and for tests). The counts behind the directory and
@@ -289,24 +313,25 @@ impl XdpMaps {
 
     /// A ban whose drops count for a geo label ([`xban_common::GEO_LABELS`]).
     pub fn set_ban_labelled(&mut self, target: &Target, class: BanClass, label: u32) -> Result<()> {
-        let value = BanValue {
-            flags: label & 0xffff,
-            ..ban_value(class)
-        };
+        let value = labelled_value(class, label);
         // The trie first: it is the record a restarted agent rebuilds from.
-        // Held across the write: a background fill leaves the target be.
-        let held = self.fill.family(!target.is_ipv4()).touch(target);
+        self.trie_insert(target, value)?;
+        if let Some(a) = self.at_load.as_mut() {
+            a.since.insert(*target, Some(class));
+        }
+        self.fast_set(target, value)
+    }
+
+    /// `target` into its ban trie, as the agent's own write: held across
+    /// the write, a background fill leaves the target be.
+    fn trie_insert(&mut self, target: &Target, value: BanValue) -> Result<()> {
+        let _held = self.fill.family(!target.is_ipv4()).touch(target);
         if target.is_ipv4() {
             self.bans_v4.insert(&key4(target), value, 0)
         } else {
             self.bans_v6.insert(&key6(target), value, 0)
         }
-        .with_context(|| format!("write ban of {target} into the XDP map (is it full?)"))?;
-        drop(held);
-        if let Some(a) = self.at_load.as_mut() {
-            a.since.insert(*target, Some(class));
-        }
-        self.fast_set(target, value)
+        .with_context(|| format!("write ban of {target} into the XDP map (is it full?)"))
     }
 
     /// Many bans at once (a cold start writes a million): the tries in
@@ -319,20 +344,10 @@ impl XdpMaps {
     pub fn set_bans(&mut self, bans: &[(Target, BanClass, u32)]) -> Result<()> {
         // One fill at a time: a second one starts from complete tries.
         self.fill.wait();
-        let value = |class, label: u32| BanValue {
-            flags: label & 0xffff,
-            ..ban_value(class)
-        };
-        let mut rows4: Vec<TrieRow<4>> = Vec::new();
-        let mut rows6: Vec<TrieRow<16>> = Vec::new();
-        for (t, class, label) in bans {
-            let len = t.prefix() as u32;
-            match (t.v4_octets(), t.v6_octets()) {
-                (Some(a), _) => rows4.push((len, a, value(*class, *label))),
-                (_, Some(a)) => rows6.push((len, a, value(*class, *label))),
-                _ => unreachable!("a target is IPv4 or IPv6"),
-            }
-        }
+        let (rows4, rows6) = rows_by_family(
+            bans.iter()
+                .map(|(t, class, label)| (*t, labelled_value(*class, *label))),
+        );
         if bans.len() >= super::fill::BACKGROUND_MIN {
             return self.set_bans_filling(bans, rows4, rows6);
         }
@@ -367,13 +382,7 @@ impl XdpMaps {
             if let Some(a) = self.at_load.as_mut() {
                 a.since.insert(*t, Some(*class));
             }
-            self.fast_set(
-                t,
-                BanValue {
-                    flags: label & 0xffff,
-                    ..ban_value(*class)
-                },
-            )?;
+            self.fast_set(t, labelled_value(*class, *label))?;
         }
         Ok(())
     }
@@ -414,17 +423,7 @@ impl XdpMaps {
             if t.is_host() && !self.trie_only.contains_key(&Entry::of(t)) {
                 continue;
             }
-            let v = BanValue {
-                flags: label & 0xffff,
-                ..ban_value(*class)
-            };
-            let _held = self.fill.family(!t.is_ipv4()).touch(t);
-            if t.is_ipv4() {
-                self.bans_v4.insert(&key4(t), v, 0)
-            } else {
-                self.bans_v6.insert(&key6(t), v, 0)
-            }
-            .with_context(|| format!("write ban of {t} into the XDP map (is it full?)"))?;
+            self.trie_insert(t, labelled_value(*class, *label))?;
         }
         Ok(())
     }

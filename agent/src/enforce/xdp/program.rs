@@ -66,13 +66,12 @@ impl ProgramMark {
     }
 }
 
-/// FNV-1a over the embedded object: cheap (a few hundred KiB, once per
-/// start and stop) and any rebuild that changes the program changes it.
-fn object_digest(object: &[u8]) -> u64 {
-    object.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
-        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
-    })
-}
+/// A digest of the embedded object (build.rs): any rebuild that changes
+/// the program changes it.
+const XDP_OBJECT_DIGEST: u64 = match u64::from_str_radix(env!("XBAN_XDP_OBJECT_DIGEST"), 10) {
+    Ok(d) => d,
+    Err(_) => panic!("build.rs writes the XDP object's digest in decimal"),
+};
 
 /// The pinned program, if `mark` names it, this binary built it, and every
 /// map it uses is still the one pinned under its name (so it and the
@@ -81,7 +80,7 @@ fn object_digest(object: &[u8]) -> u64 {
 /// the reason logged, and the program is loaded as on a cold start.
 fn adopt_pinned(pin_dir: &Path, mark: ProgramMark) -> Option<Xdp> {
     let why = (|| -> std::result::Result<Xdp, String> {
-        if mark.object != object_digest(XDP_OBJECT) {
+        if mark.object != XDP_OBJECT_DIGEST {
             return Err("this xban binary carries another XDP object".into());
         }
         let prog = Xdp::from_pin(pin_dir.join(pins::PROGRAM), XdpAttachType::Interface)
@@ -224,7 +223,7 @@ impl XdpEnforcer {
         let id = self.prog().ok()?.info().ok()?.id();
         Some(ProgramMark {
             id,
-            object: object_digest(XDP_OBJECT),
+            object: XDP_OBJECT_DIGEST,
         })
     }
 
