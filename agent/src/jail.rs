@@ -7,6 +7,7 @@ use std::time::SystemTime;
 use crate::addr::{canonical_ip, Target};
 use crate::ban::BanClass;
 use crate::config::JailSettings;
+use crate::filter::conn::Connections;
 use crate::filter::{FilterSet, Host, LineMatch, TimeFound, UseDns};
 use crate::guard::HostSeen;
 use crate::units::BanTime;
@@ -61,12 +62,18 @@ pub struct JailCounters {
     /// gave up at the backtrack limit (each counted as no match). Jails
     /// with the same filter share one match: the jail that ran it counts.
     pub backtrack_limit_hits: u64,
+    /// Connections (`<F-MLFID>`) pushed out of the full table by newer
+    /// ones before they ended.
+    pub connection_evictions: u64,
 }
 
 pub struct Jail {
     pub settings: JailSettings,
     filter: FilterSet,
     pub window: JailWindow,
+    /// The connections its filter's lines belong to (`<F-MLFID>`); jails
+    /// that share a match share the state of the one that matched.
+    pub connections: Connections,
     /// ignoreip of the jail.
     ignore: Vec<Target>,
     /// This machine's addresses now, ignored with `ignoreself`.
@@ -101,6 +108,7 @@ impl Jail {
         window.set_max_tracked(settings.max_tracked);
         Ok(Jail {
             window,
+            connections: Connections::new(),
             ignore: settings.ignoreip.clone(),
             settings,
             filter,
@@ -180,6 +188,7 @@ impl Jail {
         banned: &dyn Fn(IpAddr) -> bool,
     ) -> JailVerdict {
         let found = self.filter.match_line(text, read_at);
+        let found = self.resolve_connection(found, read_at);
         let line = MatchedLine::new(text);
         self.take_match(
             &found,
@@ -195,6 +204,17 @@ impl Jail {
     /// line ([`take_match`](Self::take_match)).
     pub fn filter(&self) -> &FilterSet {
         &self.filter
+    }
+
+    /// Its filter's match of a line read at `read_at`, decided by the
+    /// line's connection when the filter tracks them.
+    pub fn resolve_connection(&mut self, found: LineMatch, read_at: SystemTime) -> LineMatch {
+        if !matches!(found, LineMatch::Connection(_)) {
+            return found;
+        }
+        let found = self.connections.resolve(found, read_at);
+        self.counters.connection_evictions += self.connections.take_evictions();
+        found
     }
 
     /// A line this jail's filter cannot match (a shared prefilter said
@@ -218,7 +238,8 @@ impl Jail {
     ) -> JailVerdict {
         self.counters.lines += 1;
         let failure = match found {
-            LineMatch::NoMatch { .. } => return JailVerdict::Nothing,
+            // Decided by `resolve_connection` before it gets here.
+            LineMatch::NoMatch { .. } | LineMatch::Connection(_) => return JailVerdict::Nothing,
             LineMatch::Ignored { .. } => {
                 self.counters.ignored_lines += 1;
                 return JailVerdict::Nothing;

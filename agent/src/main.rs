@@ -525,6 +525,12 @@ fn print_status(s: &StatusView) {
                 c.window_evictions
             );
         }
+        if c.connection_evictions > 0 {
+            println!(
+                "  stopped following {} connections before they ended (table full)",
+                c.connection_evictions
+            );
+        }
         if c.backtrack_limit_hits > 0 {
             println!(
                 "  {} regex searches gave up at the backtrack limit (counted as no match)",

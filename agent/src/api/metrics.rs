@@ -139,6 +139,19 @@ impl Metrics {
         }
         family(
             &mut o,
+            "xban_connection_evictions_total",
+            "counter",
+            "Connections (<F-MLFID>) a jail's filter stopped following before they ended: its table was full.",
+        );
+        for j in &status.jails {
+            let _ = writeln!(
+                o,
+                "xban_connection_evictions_total{{jail=\"{}\"}} {}",
+                j.name, j.counters.connection_evictions
+            );
+        }
+        family(
+            &mut o,
             "xban_ban_refusals_total",
             "counter",
             "Bans refused by the guard, per rule (min_prefix, allowlist, host_address) and origin.",

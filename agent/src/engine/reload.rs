@@ -1,6 +1,7 @@
 //! A reload: prepared whole (every jail built, filters compiled) before
-//! anything running changes, then switched to, keeping the jails' counters
-//! and the failures they are counting.
+//! anything running changes, then switched to, keeping the jails' counters,
+//! the failures they are counting and, under an unchanged filter, the
+//! connections they follow.
 
 use anyhow::{Context, Result};
 
@@ -52,6 +53,12 @@ impl Agent {
         for jail in &mut jails {
             if let Some(old) = self.jails.list.iter_mut().find(|j| j.name() == jail.name()) {
                 jail.counters = std::mem::take(&mut old.counters);
+                // Connections half read stay followed under the same filter.
+                if old.settings.filter == jail.settings.filter
+                    && old.settings.mode == jail.settings.mode
+                {
+                    std::mem::swap(&mut jail.connections, &mut old.connections);
+                }
                 if old.settings.findtime == jail.settings.findtime
                     && old.settings.maxretry == jail.settings.maxretry
                 {

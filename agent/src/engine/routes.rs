@@ -49,7 +49,16 @@ pub struct LineRoutes {
     /// Reused for the prefilter's verdicts ...
     admitted: Vec<bool>,
     /// ... and for each class's match of the line at hand.
-    found: Vec<Option<LineMatch>>,
+    found: Vec<Option<ClassMatch>>,
+}
+
+/// A class's match of a line.
+#[derive(Clone)]
+struct ClassMatch {
+    /// Whether any failregex matched: a class within this one can match
+    /// only then. (A connection's line may match and yet be no failure.)
+    matched: bool,
+    found: LineMatch,
 }
 
 /// One reader's jails, as the daemon lists them, and how its lines are
@@ -215,26 +224,35 @@ impl Agent {
         read_at
     }
 
-    /// Class `c`'s match of `line`, made once per line.
+    /// Class `c`'s match of `line`, made once per line (and decided by
+    /// the line's connection, in the state of the jail that matched).
     fn class_match<'f>(
-        &self,
+        &mut self,
         route: &Route,
         c: usize,
         line: &SourceLine,
         screened: bool,
-        found: &'f mut [Option<LineMatch>],
-    ) -> &'f LineMatch {
-        found[c].get_or_insert_with(|| {
-            self.jails.list[route.classes[c].filter_of]
+        found: &'f mut [Option<ClassMatch>],
+    ) -> &'f ClassMatch {
+        if found[c].is_none() {
+            let jail = &mut self.jails.list[route.classes[c].filter_of];
+            let raw = jail
                 .filter()
-                .match_entry(&line.text, line.read_at, screened, line.time)
-        })
+                .match_entry(&line.text, line.read_at, screened, line.time);
+            let matched = !matches!(raw, LineMatch::NoMatch { .. });
+            let found_now = jail.resolve_connection(raw, line.read_at);
+            found[c] = Some(ClassMatch {
+                matched,
+                found: found_now,
+            });
+        }
+        found[c].as_ref().expect("set above")
     }
 
     fn route_line(
         &mut self,
         route: &Route,
-        (admitted, found): (&mut Vec<bool>, &mut Vec<Option<LineMatch>>),
+        (admitted, found): (&mut Vec<bool>, &mut Vec<Option<ClassMatch>>),
         l: &ReaderLine,
         read_at: &mut Vec<SystemTime>,
     ) {
@@ -255,10 +273,7 @@ impl Agent {
             let cannot_match = (screened && !admitted[c])
                 || class.within.is_some_and(|o| {
                     (screened && !admitted[o])
-                        || matches!(
-                            self.class_match(route, o, line, screened, found),
-                            LineMatch::NoMatch { .. }
-                        )
+                        || !self.class_match(route, o, line, screened, found).matched
                 });
             if cannot_match {
                 for &(_, idx, _) in members {
@@ -266,7 +281,7 @@ impl Agent {
                 }
                 continue;
             }
-            let found = self.class_match(route, c, line, screened, found);
+            let found = &self.class_match(route, c, line, screened, found).found;
             // Asked only for failures, by each jail: the clock read once.
             let now = match found {
                 LineMatch::Failure(_) => now_secs(),

@@ -10,7 +10,7 @@ impl Prefix {
         let place = "prefregex";
         let exp = host::expand_prefix(pattern, place)?;
         let c = build(exp, place, meta::Config::new(), limit_hits)?;
-        let (hosts, users) = c.tag_groups();
+        let (hosts, fields) = c.tag_groups();
         let content = c.exp.content.as_deref().map(|n| c.group_index(n));
         let slots = 2 * match &c.fancy {
             Some(f) => f.group_count(),
@@ -21,7 +21,7 @@ impl Prefix {
             fancy: c.fancy,
             content,
             hosts,
-            users,
+            fields,
             slots,
         })
     }
@@ -47,16 +47,30 @@ impl Compiled {
         .expect("tag group exists")
     }
 
-    /// (group, kind) of each host tag, and the group of each user tag.
-    fn tag_groups(&self) -> (Vec<(usize, HostKind)>, Vec<usize>) {
+    /// (group, kind) of each host tag, and the groups of the other tags.
+    fn tag_groups(&self) -> (Vec<(usize, HostKind)>, FieldGroups) {
         let hosts = self
             .exp
             .hosts
             .iter()
             .map(|(n, k)| (self.group_index(n), *k))
             .collect();
-        let users = self.exp.users.iter().map(|n| self.group_index(n)).collect();
-        (hosts, users)
+        let groups = |names: &[String]| names.iter().map(|n| self.group_index(n)).collect();
+        let fields = FieldGroups {
+            users: groups(&self.exp.users),
+            alt_users: groups(&self.exp.alt_users),
+            marks: self
+                .exp
+                .marks
+                .iter()
+                .map(|(n, m)| (self.group_index(n), *m))
+                .collect(),
+        };
+        (hosts, fields)
+    }
+
+    fn has_id(&self) -> bool {
+        self.exp.marks.iter().any(|m| m.1 == Mark::Id)
     }
 }
 
@@ -169,16 +183,25 @@ impl FilterSet {
             .map(|p| Prefix::compile(p, &limit_hits))
             .transpose()?;
         let prefix_has_host = prefix.as_ref().is_some_and(|p| !p.hosts.is_empty());
+        let mut compiled = Vec::with_capacity(failregex.len());
+        for (i, src) in failregex.iter().enumerate() {
+            compiled.push(compile_one(src, &format!("failregex[{i}]"), &limit_hits)?);
+        }
+        // With <F-MLFID>, a line may leave the host to its connection.
+        let connections = prefix
+            .as_ref()
+            .is_some_and(|p| p.fields.marks.iter().any(|m| m.1 == Mark::Id))
+            || compiled.iter().any(Compiled::has_id);
         let mut fails = Vec::with_capacity(failregex.len());
         let mut expanded = Vec::with_capacity(failregex.len());
         let mut hirs = Vec::with_capacity(failregex.len());
-        for (i, src) in failregex.iter().enumerate() {
-            let place = format!("failregex[{i}]");
-            let c = compile_one(src, &place, &limit_hits)?;
-            if c.exp.hosts.is_empty() && !prefix_has_host {
-                return Err(FilterError::NoHostTag { place });
+        for (i, c) in compiled.into_iter().enumerate() {
+            if c.exp.hosts.is_empty() && !prefix_has_host && !connections {
+                return Err(FilterError::NoHostTag {
+                    place: format!("failregex[{i}]"),
+                });
             }
-            let (hosts, users) = c.tag_groups();
+            let (hosts, fields) = c.tag_groups();
             let Compiled {
                 regex,
                 exp,
@@ -188,13 +211,14 @@ impl FilterSet {
             let top = hosts
                 .iter()
                 .map(|h| h.0)
-                .chain(users.iter().copied())
                 .max()
-                .unwrap_or(0);
+                .unwrap_or(0)
+                .max(fields.top());
             fails.push(FailRegex {
                 regex,
                 hosts,
-                users,
+                fields,
+                host_optional: connections,
                 slots: 2 * (top + 1),
                 hir: hir.clone(),
                 split: OnceLock::new(),
@@ -248,6 +272,7 @@ impl FilterSet {
             first,
             prefilter: Prefilter::from_hirs(&hirs),
             gauge: PrefilterGauge::default(),
+            connections,
             fail_set,
             expanded,
             fails,

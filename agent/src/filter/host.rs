@@ -35,13 +35,19 @@ const IP6: &str = concat!(
 const HOSTNAME: &str = r"[A-Za-z0-9](?:[A-Za-z0-9_.-]*[A-Za-z0-9])?";
 
 fn host_body(kind: HostKind) -> String {
+    // An IPv4 address may stand in brackets (`TCP:[1.2.3.4]:5060`,
+    // `client [1.2.3.4]`), the closing one optional as in fail2ban
+    // (`- <ADDR>\b` on `- [1.2.3.4] x` ends before the `]`); parse_host
+    // strips them. A bare address takes no `]`: `unknown\[<HOST>\]`
+    // stays one path, which the split walk follows.
+    let ip4 = format!(r"\[{IP4}\]?|{IP4}");
     match kind {
-        HostKind::Ip4 => IP4.to_string(),
+        HostKind::Ip4 => ip4,
         // Brackets are optional on each side to keep the automaton small;
         // parse_host only strips a matched pair, so `[::1` is rejected.
         HostKind::Ip6 => format!(r"\[?{IP6}\]?"),
-        HostKind::Addr => format!(r"{IP4}|\[?{IP6}\]?"),
-        HostKind::Host => format!(r"{IP4}|\[?{IP6}\]?|{HOSTNAME}"),
+        HostKind::Addr => format!(r"{ip4}|\[?{IP6}\]?"),
+        HostKind::Host => format!(r"{ip4}|\[?{IP6}\]?|{HOSTNAME}"),
     }
 }
 
@@ -84,6 +90,38 @@ pub(crate) struct Expanded {
     pub users: Vec<String>,
     /// The group of `<F-CONTENT>...</F-CONTENT>` (a prefregex only).
     pub content: Option<String>,
+    /// Capture-group names of `<F-ALT_USER>`: the user when no `<F-USER>`
+    /// captured one.
+    pub alt_users: Vec<String>,
+    /// Capture-group names of the connection tags ([`Mark`]).
+    pub marks: Vec<(String, Mark)>,
+}
+
+/// fail2ban's per-connection field tags, each a paired group
+/// (`<F-MLFID>...</F-MLFID>`): what they captured, or whether they took
+/// part, drives the connection state ([`super::conn`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mark {
+    /// `<F-MLFID>`: the connection's identity (e.g. `host sshd[pid]: `).
+    Id,
+    /// `<F-NOFAIL>`: the line belongs to a connection but is no failure.
+    NoFail,
+    /// `<F-MLFFORGET>`: the connection ended; forget it.
+    Forget,
+    /// `<F-MLFGAINED>`: the connection logged in.
+    Gained,
+}
+
+impl Mark {
+    fn of(tag: &str) -> Option<(Mark, &'static str)> {
+        Some(match tag {
+            "F-MLFID" => (Mark::Id, "mlfid"),
+            "F-NOFAIL" => (Mark::NoFail, "nofail"),
+            "F-MLFFORGET" => (Mark::Forget, "forget"),
+            "F-MLFGAINED" => (Mark::Gained, "gained"),
+            _ => return None,
+        })
+    }
 }
 
 /// The group name `<F-CONTENT>` expands to.
@@ -127,6 +165,10 @@ fn expand_tags(regex: &str, place: &str, prefix: bool) -> Result<Expanded, Filte
     let mut hosts = Vec::new();
     let mut users = Vec::new();
     let mut open_user = false;
+    let mut alt_users = Vec::new();
+    let mut marks: Vec<(String, Mark)> = Vec::new();
+    // Paired field tags (connection marks, <F-ALT_USER>) open now.
+    let mut open_fields: Vec<String> = Vec::new();
     // None: no <F-CONTENT> yet; Some(true): open; Some(false): closed.
     let mut content: Option<bool> = None;
     let mut rest = src.as_str();
@@ -207,13 +249,41 @@ fn expand_tags(regex: &str, place: &str, prefix: bool) -> Result<Expanded, Filte
             }
             out.push(')');
             content = Some(false);
+        } else if let Some(field) = paired_field(tag) {
+            let (closing, name) = field;
+            if closing {
+                if open_fields.last().map(String::as_str) != Some(name) {
+                    return Err(FilterError::BadTag {
+                        place: place.to_string(),
+                        tag: tag.to_string(),
+                        fix: format!("it closes no open <{name}>: add <{name}> before it, or close the inner field tags first"),
+                    });
+                }
+                open_fields.pop();
+                out.push(')');
+            } else {
+                let group = match Mark::of(name) {
+                    Some((mark, short)) => {
+                        let g = format!("xban_{short}{}", marks.len());
+                        marks.push((g.clone(), mark));
+                        g
+                    }
+                    None => {
+                        let g = format!("xban_altuser{}", alt_users.len());
+                        alt_users.push(g.clone());
+                        g
+                    }
+                };
+                out.push_str(&format!("(?P<{group}>"));
+                open_fields.push(name.to_string());
+            }
         } else if tag.starts_with("<F-") || tag.starts_with("</F-") {
             let fix = if tag.contains("F-CONTENT") {
                 "<F-CONTENT> belongs in a prefregex; in a failregex, remove it"
             } else if prefix {
-                "a prefregex supports <F-CONTENT>...</F-CONTENT> and <F-USER>...</F-USER> among fail2ban's field tags; remove it"
+                "a prefregex supports <F-CONTENT>, <F-USER>, <F-ALT_USER>, <F-MLFID>, <F-NOFAIL>, <F-MLFFORGET> and <F-MLFGAINED> among fail2ban's field tags; remove it"
             } else {
-                "xban supports only <F-USER>...</F-USER> among fail2ban's field tags; remove it"
+                "xban supports <F-USER>, <F-ALT_USER>, <F-MLFID>, <F-NOFAIL>, <F-MLFFORGET> and <F-MLFGAINED> among fail2ban's field tags; remove it"
             };
             return Err(FilterError::BadTag {
                 place: place.to_string(),
@@ -250,6 +320,13 @@ fn expand_tags(regex: &str, place: &str, prefix: bool) -> Result<Expanded, Filte
             fix: "close it with </F-USER>".to_string(),
         });
     }
+    if let Some(name) = open_fields.pop() {
+        return Err(FilterError::BadTag {
+            place: place.to_string(),
+            tag: format!("<{name}>"),
+            fix: format!("close it with </{name}>"),
+        });
+    }
     if content == Some(true) {
         return Err(FilterError::BadTag {
             place: place.to_string(),
@@ -262,7 +339,19 @@ fn expand_tags(regex: &str, place: &str, prefix: bool) -> Result<Expanded, Filte
         hosts,
         users,
         content: content.map(|_| CONTENT_GROUP.to_string()),
+        alt_users,
+        marks,
     })
+}
+
+/// A paired field tag other than `<F-USER>`/`<F-CONTENT>`: (closing, name).
+fn paired_field(tag: &str) -> Option<(bool, &str)> {
+    let inner = tag.strip_prefix('<')?.strip_suffix('>')?;
+    let (closing, name) = match inner.strip_prefix('/') {
+        Some(n) => (true, n),
+        None => (false, inner),
+    };
+    (Mark::of(name).is_some() || name == "F-ALT_USER").then_some((closing, name))
 }
 
 /// Rewrites the Perl classes `\d \w \s` (and their negations) to their
@@ -337,17 +426,26 @@ pub(crate) fn boundary_ok(hay: &str, start: usize, end: usize) -> bool {
     let mut back = before.chars().rev();
     match back.next() {
         Some(c) if is_word(c) || c == '.' => return false,
-        // `dead:1.2.3.4`: a colon glued to hex digits means we cut an IPv6.
+        // `dead:1.2.3.4`: a colon glued to hex digits means we cut an IPv6;
+        // a word that merely ends in one (`IPv6:2001:db8::1`) is a label.
         Some(':') => {
             let starts_hex = captured
                 .chars()
                 .next()
                 .is_some_and(|c| c.is_ascii_hexdigit());
-            if starts_hex
-                && back
-                    .next()
-                    .is_some_and(|c| c.is_ascii_hexdigit() || c == ':')
-            {
+            let mut run = 0;
+            let mut colon_before = false;
+            let mut label = false;
+            for c in back {
+                if c.is_ascii_hexdigit() && run < 5 {
+                    run += 1;
+                    continue;
+                }
+                colon_before = c == ':' && run == 0;
+                label = is_word(c) || c == '.' || run > 4;
+                break;
+            }
+            if starts_hex && (colon_before || (run > 0 && !label)) {
                 return false;
             }
         }
@@ -368,10 +466,18 @@ pub(crate) fn boundary_ok(hay: &str, start: usize, end: usize) -> bool {
 /// [`HostKind::Host`]. `None` means "not a real address": the line is then
 /// not a failure.
 pub fn parse_host(text: &str, kind: HostKind) -> Option<Host> {
-    let inner = text
-        .strip_prefix('[')
-        .and_then(|t| t.strip_suffix(']'))
-        .unwrap_or(text);
+    let inner = match text.strip_prefix('[').and_then(|t| t.strip_suffix(']')) {
+        Some(pair) => pair,
+        // One bracket of a pair the pattern cut: only around IPv4.
+        None => {
+            let t = text.strip_prefix('[').unwrap_or(text);
+            let t = t.strip_suffix(']').unwrap_or(t);
+            if t.len() != text.len() && memchr::memchr(b':', t.as_bytes()).is_some() {
+                return None;
+            }
+            t
+        }
+    };
     // Byte searches: `%` and `:` are ASCII, and this runs on every failure.
     let has_colon = memchr::memchr(b':', inner.as_bytes()).is_some();
     let addr_text = match memchr::memchr(b'%', inner.as_bytes()) {
@@ -524,6 +630,15 @@ mod tests {
         assert!(!boundary_ok(s, 5, 12));
         let s = "host:1.2.3.4 ";
         assert!(boundary_ok(s, 5, 12));
+        // A label ending in a hex digit is no address part (sendmail).
+        let s = "[IPv6:2001:db8::1]";
+        assert!(boundary_ok(s, 6, 17));
+        let s = "x beef:2001:db8::1";
+        assert!(!boundary_ok(s, 7, 18), "a cut IPv6");
+        let s = "x ::2001:db8::1";
+        assert!(!boundary_ok(s, 4, 15));
+        let s = "x abcdef:2001:db8::1";
+        assert!(boundary_ok(s, 9, 20), "six hex digits are no IPv6 group");
     }
 
     #[test]
@@ -578,12 +693,36 @@ mod tests {
 
     #[test]
     fn expand_rejects_unknown_field_tags() {
-        let err = expand(r"<F-NOFAIL>x</F-NOFAIL> <HOST>", "failregex[3]").unwrap_err();
+        let err = expand(r"<F-ID>x</F-ID> <HOST>", "failregex[3]").unwrap_err();
         let msg = err.to_string();
         assert!(
-            msg.contains("failregex[3]") && msg.contains("<F-NOFAIL>"),
+            msg.contains("failregex[3]") && msg.contains("<F-ID>"),
             "{msg}"
         );
+        // Connection tags pair up and nest like the groups they become.
+        let ok = expand(
+            r"^<F-NOFAIL>Received <F-MLFFORGET>disconnect</F-MLFFORGET></F-NOFAIL> from <HOST>",
+            "failregex[0]",
+        )
+        .unwrap();
+        let marks: Vec<Mark> = ok.marks.iter().map(|m| m.1).collect();
+        assert_eq!(marks, [Mark::NoFail, Mark::Forget]);
+        assert!(regex::Regex::new(&ok.pattern).is_ok(), "{}", ok.pattern);
+        for (bad, names) in [
+            (r"<F-NOFAIL>x <HOST>", "<F-NOFAIL>"),
+            (r"x</F-MLFID> <HOST>", "</F-MLFID>"),
+            (
+                r"<F-NOFAIL><F-MLFFORGET>x</F-NOFAIL></F-MLFFORGET> <HOST>",
+                "</F-NOFAIL>",
+            ),
+            (r"<F-ALT_USER>\S+ <HOST>", "<F-ALT_USER>"),
+        ] {
+            let msg = expand(bad, "failregex[1]").unwrap_err().to_string();
+            assert!(
+                msg.contains("failregex[1]") && msg.contains(names),
+                "{bad}: {msg}"
+            );
+        }
         let err = expand(r"<F-USER>.* <HOST> <F-USER>.*</F-USER>", "failregex[0]");
         assert!(err.is_ok(), "lone <F-USER> then a paired one is allowed");
         let err = expand(r"^%(__prefix_line)sFailed from <HOST>", "failregex[4]").unwrap_err();

@@ -36,8 +36,9 @@
 //!
 //! # Tags in patterns
 //!
-//! * `<HOST>`: an IPv4 address, an IPv6 address in any textual form
-//!   (compressed, embedded IPv4, `[bracketed]`, `%zone`), or a hostname.
+//! * `<HOST>`: an IPv4 address (also `[bracketed]`), an IPv6 address in
+//!   any textual form (compressed, embedded IPv4, `[bracketed]`, `%zone`),
+//!   or a hostname.
 //!   The hostname is returned as [`Host::Name`]; the caller resolves it or
 //!   not according to [`UseDns`].
 //! * `<ADDR>`: an address only, never a hostname. `<IP4>` / `<IP6>`: one
@@ -65,14 +66,23 @@
 //! and a Unicode `\b` disables the DFA. Log formats are ASCII; `\pN` or
 //! `\p{L}` are there for Unicode.
 //!
+//! * `<F-ALT_USER>...</F-ALT_USER>`: the user when `<F-USER>` captured none.
+//! * Connection tags, each a pair around a sub-pattern ([`conn`]):
+//!   `<F-MLFID>` (the connection's identity, e.g. `host sshd[pid]: `),
+//!   `<F-NOFAIL>` (a line of the connection that is no failure),
+//!   `<F-MLFFORGET>` (the connection ended), `<F-MLFGAINED>` (it logged
+//!   in). With `<F-MLFID>` in the prefregex or a failregex, a failregex
+//!   may leave out the host: the connection's earlier lines give it.
+//!
 //! Any other `<...>` text is literal (`from=<>`). `<F-CONTENT>` is for a
-//! prefregex only. fail2ban's other field tags (`<F-NOFAIL>`, `<F-MLFID>`,
-//! ...), `<CIDR>`, `<SUBNET>`, `<DNS>`,
-//! `<SKIPLINES>` and `%(name)s` interpolation are rejected with an error:
-//! xban matches single lines and has no interpolation.
+//! prefregex only. fail2ban's other field tags (`<F-ID>`, ...), `<CIDR>`,
+//! `<SUBNET>`, `<DNS>`, `<SKIPLINES>` and `%(name)s` interpolation are
+//! rejected with an error: xban matches single lines and has no
+//! interpolation.
 
 pub mod builtin;
 mod compile;
+pub mod conn;
 mod dfa;
 pub(crate) mod fancy;
 pub mod host;
@@ -96,9 +106,10 @@ use regex_automata::{meta, Anchored, Input, PatternID};
 use regex_syntax::hir::Hir;
 use serde::{Deserialize, Serialize};
 
+use self::conn::{ConnLine, Marks};
 use self::dfa::ForwardDfa;
 use self::fancy::Fancy;
-use self::host::HostKind;
+use self::host::{HostKind, Mark};
 use self::prefilter::{Prefilter, PrefilterGauge, Screen};
 use self::split::SplitPlan;
 use self::time::{DateCut, DatePattern};
@@ -257,6 +268,73 @@ pub enum LineMatch {
         time: TimeFound,
     },
     Failure(Failure),
+    /// A failregex matched in a filter that tracks connections
+    /// ([`FilterSet::tracks_connections`]): what the line is, failure or
+    /// not, is for the connection's state to say ([`conn::Connections`]).
+    Connection(Box<ConnLine>),
+}
+
+/// Group indices of a regex's field tags besides the hosts.
+#[derive(Debug, Clone, Default)]
+struct FieldGroups {
+    users: Vec<usize>,
+    /// `<F-ALT_USER>`: the user when no `<F-USER>` captured a non-empty one.
+    alt_users: Vec<usize>,
+    marks: Vec<(usize, Mark)>,
+}
+
+impl FieldGroups {
+    /// The user span: the first `<F-USER>` that took part, unless it is
+    /// empty and an `<F-ALT_USER>` captured something.
+    fn user(&self, slots: &[Option<NonMaxUsize>]) -> Option<Span> {
+        let user = first_span(slots, &self.users);
+        if user.is_some_and(|(s, e)| s < e) || self.alt_users.is_empty() {
+            return user;
+        }
+        self.alt_users
+            .iter()
+            .filter_map(|&g| group_span(slots, g))
+            .find(|(s, e)| s < e)
+            .or(user)
+    }
+
+    /// The connection id's span and the marks that took part with a
+    /// non-empty capture (fail2ban tests a field's truth).
+    fn marks(&self, slots: &[Option<NonMaxUsize>]) -> (Option<Span>, Marks) {
+        let mut id = None;
+        let mut marks = Marks::default();
+        for &(g, mark) in &self.marks {
+            let Some((s, e)) = group_span(slots, g) else {
+                continue;
+            };
+            match mark {
+                Mark::Id => id = id.or(Some((s, e))),
+                Mark::NoFail => marks.nofail |= s < e,
+                Mark::Forget => marks.forget |= s < e,
+                Mark::Gained => marks.gained |= s < e,
+            }
+        }
+        (id, marks)
+    }
+
+    /// The highest group index used.
+    fn top(&self) -> usize {
+        self.users
+            .iter()
+            .chain(&self.alt_users)
+            .chain(self.marks.iter().map(|m| &m.0))
+            .copied()
+            .max()
+            .unwrap_or(0)
+    }
+
+    fn all(&self) -> impl Iterator<Item = usize> + '_ {
+        self.users
+            .iter()
+            .chain(&self.alt_users)
+            .chain(self.marks.iter().map(|m| &m.0))
+            .copied()
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -267,9 +345,12 @@ struct FailRegex {
     regex: meta::Regex,
     /// (capture index, kind) of each host tag.
     hosts: Vec<(usize, HostKind)>,
-    users: Vec<usize>,
-    /// Slots needed to resolve every host and user group: 2 per group up
-    /// to the highest one used.
+    fields: FieldGroups,
+    /// In a filter that tracks connections, a match whose host groups
+    /// took no part is still a match: the connection may know the host.
+    host_optional: bool,
+    /// Slots needed to resolve every tag group: 2 per group up to the
+    /// highest one used.
     slots: usize,
     /// The parsed pattern, to plan [`FailRegex::split`] from.
     hir: Hir,
@@ -294,7 +375,7 @@ impl FailRegex {
                     .hosts
                     .iter()
                     .map(|h| h.0)
-                    .chain(self.users.iter().copied())
+                    .chain(self.fields.all())
                     .collect();
                 SplitPlan::new(&self.hir, &groups)
             })
@@ -334,6 +415,9 @@ pub struct FilterSet {
     /// Whether `prefilter` pays on this log (only with `first` and no
     /// prefregex: see [`PrefilterGauge`]).
     gauge: PrefilterGauge,
+    /// The prefregex or a failregex has `<F-MLFID>`: matches are
+    /// [`LineMatch::Connection`]s.
+    connections: bool,
     datepattern: Option<DatePattern>,
     date_cut: DateCut,
     sources: Vec<String>,
@@ -353,7 +437,7 @@ struct Prefix {
     /// Group of `<F-CONTENT>`, when it has one.
     content: Option<usize>,
     hosts: Vec<(usize, HostKind)>,
-    users: Vec<usize>,
+    fields: FieldGroups,
     slots: usize,
 }
 
@@ -363,6 +447,9 @@ struct PrefixMatch<'a> {
     host: Option<Host>,
     /// Copied only when a failure needs it.
     user: Option<&'a str>,
+    /// `<F-MLFID>`'s capture.
+    id: Option<&'a str>,
+    marks: Marks,
 }
 
 impl Prefix {
@@ -381,10 +468,13 @@ impl Prefix {
                 }
                 None => 0..text.len(),
             };
+            let (id, marks) = self.fields.marks(slots);
             Some(PrefixMatch {
                 content,
                 host: first_host(text, slots, &self.hosts),
-                user: first_span(slots, &self.users).map(|(s, e)| &text[s..e]),
+                user: self.fields.user(slots).map(|(s, e)| &text[s..e]),
+                id: id.map(|(s, e)| &text[s..e]),
+                marks,
             })
         })
     }
@@ -411,6 +501,12 @@ impl FilterSet {
             return None;
         }
         self.prefilter.literals()
+    }
+
+    /// Whether the filter reads lines by connection (`<F-MLFID>`): its
+    /// matches then go through a [`conn::Connections`].
+    pub fn tracks_connections(&self) -> bool {
+        self.connections
     }
 
     /// The failregex sources, in index order.
@@ -593,28 +689,53 @@ impl FilterSet {
     }
 
     /// A failure of failregex `idx`, unless an ignoreregex matches too;
-    /// `None` when neither the failregex nor the prefregex gave a host.
+    /// `None` when neither the failregex nor the prefregex gave a host
+    /// (or a connection that may know it).
     fn failure(
         &self,
         text: &str,
         idx: usize,
-        (host, user): Captured,
+        cap: Captured,
         keep_user: bool,
         pm: Option<&PrefixMatch>,
         time: TimeFound,
     ) -> Option<LineMatch> {
-        let host = host.or_else(|| pm.and_then(|p| p.host.clone()))?;
+        let host = cap.host.or_else(|| pm.and_then(|p| p.host.clone()));
+        let id = cap
+            .id
+            .map(|(s, e)| &text[s..e])
+            .or_else(|| pm.and_then(|p| p.id));
+        if id.is_none() && host.is_none() {
+            return None;
+        }
         if let Some(regex) = self.ignored(text) {
             return Some(LineMatch::Ignored { regex, time });
         }
-        let user = if keep_user {
-            user.map(|(s, e)| text[s..e].to_string())
+        let marks = cap.marks.or(pm.map_or(Marks::default(), |p| p.marks));
+        // A connection's state needs its user names.
+        let user = if keep_user || id.is_some() {
+            cap.user
+                .map(|(s, e)| text[s..e].to_string())
                 .or_else(|| pm.and_then(|p| p.user.map(str::to_string)))
         } else {
             None
         };
+        if let Some(id) = id {
+            return Some(LineMatch::Connection(Box::new(ConnLine {
+                id: id.into(),
+                regex: idx,
+                host,
+                user,
+                marks,
+                time,
+            })));
+        }
+        // Outside a connection, a no-failure line is just that.
+        if marks.nofail || marks.gained {
+            return Some(LineMatch::NoMatch { time });
+        }
         Some(LineMatch::Failure(Failure {
-            host,
+            host: host?,
             regex: idx,
             user,
             time,
@@ -746,9 +867,15 @@ impl FilterSet {
     }
 }
 
-/// A failregex's host (`None` when it has no host tag and leaves it to the
-/// prefregex) and user span.
-type Captured = (Option<Host>, Option<Span>);
+/// What a failregex captured: its host (`None` when it has no host tag
+/// and leaves it to the prefregex or the connection), user span,
+/// connection id span and marks.
+struct Captured {
+    host: Option<Host>,
+    user: Option<Span>,
+    id: Option<Span>,
+    marks: Marks,
+}
 
 /// Runs `f` with `n` empty capture slots, on the stack when they fit.
 fn with_slots<T>(n: usize, f: impl FnOnce(&mut [Option<NonMaxUsize>]) -> T) -> T {
@@ -768,14 +895,23 @@ fn resolve(
     text: &str,
     slots: &[Option<NonMaxUsize>],
 ) -> Option<Result<Captured, usize>> {
-    let user = first_span(slots, &fr.users);
+    let (id, marks) = fr.fields.marks(slots);
+    let captured = |host| Captured {
+        host,
+        user: fr.fields.user(slots),
+        id,
+        marks,
+    };
     if fr.hosts.is_empty() {
-        // The prefregex holds the host (compile checked that it has one);
-        // the caller has the match.
-        return Some(Ok((None, user)));
+        // The prefregex or the connection holds the host (compile checked
+        // that one can); the caller has the match.
+        return Some(Ok(captured(None)));
     }
     match first_host(text, slots, &fr.hosts) {
-        Some(host) => Some(Ok((Some(host), user))),
+        Some(host) => Some(Ok(captured(Some(host)))),
+        None if fr.host_optional && fr.hosts.iter().all(|h| group_span(slots, h.0).is_none()) => {
+            Some(Ok(captured(None)))
+        }
         None => Some(Err(group_span(slots, 0)?.0)),
     }
 }

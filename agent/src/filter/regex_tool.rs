@@ -266,6 +266,8 @@ struct Tally {
     no_time: NoTimestamp,
     missed_lines: Vec<MissedLine>,
     missed_omitted: u64,
+    /// The lines' connections, for a filter with `<F-MLFID>`.
+    conns: super::conn::Connections,
 }
 
 impl Tally {
@@ -275,7 +277,9 @@ impl Tally {
         let time = match &m {
             LineMatch::NoMatch { time } | LineMatch::Ignored { time, .. } => *time,
             LineMatch::Failure(f) => f.time,
+            LineMatch::Connection(c) => c.time,
         };
+        let m = self.conns.resolve(m, now);
         match time {
             TimeFound::Parsed(_) => self.times += 1,
             TimeFound::Missing => {
@@ -295,7 +299,8 @@ impl Tally {
                 self.ignored += 1;
                 self.ignore_hits[regex] += 1;
             }
-            LineMatch::NoMatch { .. } => {
+            // A connection's line that is no failure (yet).
+            LineMatch::NoMatch { .. } | LineMatch::Connection(_) => {
                 self.missed += 1;
                 if keep_missed {
                     if self.missed_lines.len() < MAX_MISSED {

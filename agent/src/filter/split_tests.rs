@@ -47,13 +47,16 @@ fn compare(fs: &FilterSet, text: &str, what: &str) -> Walk {
         .expect("the set's match is the failregex's");
     let mut split = vec![None; fr.slots];
     if !plan.spans(text, m.offset(), &mut split) {
+        if std::env::var_os("XBAN_SPLIT_DEBUG").is_some() {
+            eprintln!("DECLINED {what}: {text}");
+        }
         return Walk::Declined;
     }
     let groups = fr
         .hosts
         .iter()
         .map(|h| h.0)
-        .chain(fr.users.iter().copied())
+        .chain(fr.fields.all())
         .chain([0]);
     for g in groups {
         assert_eq!(

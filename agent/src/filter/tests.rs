@@ -177,6 +177,48 @@ fn ipv6_in_every_textual_form() {
 }
 
 #[test]
+fn bracketed_ipv4() {
+    let fs = set(
+        &[
+            r"^call \(TCP:<HOST>:\d+\)$",
+            r"^client <ADDR> denied$",
+            r"^ip4 <IP4>$",
+        ],
+        &[],
+    );
+    assert_eq!(
+        host_of(&fs, "call (TCP:[198.51.100.4]:61470)"),
+        v4("198.51.100.4")
+    );
+    assert_eq!(
+        host_of(&fs, "call (TCP:198.51.100.4:61470)"),
+        v4("198.51.100.4")
+    );
+    assert_eq!(
+        host_of(&fs, "client [203.0.113.8] denied"),
+        v4("203.0.113.8")
+    );
+    assert_eq!(host_of(&fs, "ip4 [203.0.113.9]"), v4("203.0.113.9"));
+    // The opening bracket alone too, as in fail2ban (a `\b` after the
+    // address leaves the `]` out) ...
+    assert_eq!(
+        host_of(&fs, "client [203.0.113.8 denied"),
+        v4("203.0.113.8")
+    );
+    assert_eq!(host_of(&fs, "client 203.0.113.8] denied"), None);
+    let fs = set(&[r"^- <ADDR>\b"], &[]);
+    assert_eq!(
+        host_of(&fs, "- [127.0.0.1] File does not exist"),
+        v4("127.0.0.1")
+    );
+    let fs = set(&[r"^from <HOST>\] x$"], &[]);
+    assert_eq!(host_of(&fs, "from 198.51.100.5] x"), v4("198.51.100.5"));
+    // ... but not around IPv6, where a lone bracket is a cut address.
+    let fs = set(&[r"^client <ADDR> denied$"], &[]);
+    assert_eq!(host_of(&fs, "client [2001:db8::1 denied"), None);
+}
+
+#[test]
 fn hostnames_only_through_host() {
     let fs = set(&[r"^a <HOST>$", r"^b <ADDR>$"], &[]);
     assert_eq!(

@@ -22,11 +22,6 @@ use crate::filter::{FilterDef, FilterError, FilterSet};
 pub enum Missing {
     /// `maxlines` above 1: failregexes spanning several lines.
     MultiLine,
-    /// `<F-MLFID>`, `<F-MLFFORGET>`, `<F-MLFGAINED>`: per-connection state
-    /// carried across lines.
-    MultiLineState,
-    /// `<F-NOFAIL>`: lines that match but are no failure on their own.
-    NoFail,
     /// `<SKIPLINES>`, `<DNS>`, `<CIDR>`, `<SUBNET>`, `<F-ID>` and other
     /// field tags xban's engine does not know.
     Tag,
@@ -41,8 +36,6 @@ impl fmt::Display for Missing {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             Missing::MultiLine => "maxlines > 1 (multi-line matching)",
-            Missing::MultiLineState => "multi-line state (<F-MLFID>, <F-MLFFORGET>, <F-MLFGAINED>)",
-            Missing::NoFail => "<F-NOFAIL>",
             Missing::Tag => "a tag xban's engine does not have",
             Missing::DatePattern => "datepattern form",
             Missing::Syntax => "regex syntax the regex crate cannot compile",
@@ -210,11 +203,19 @@ pub fn translate_regex(src: &str) -> Result<String, Refusal> {
                     i += p.chars().count();
                     quantifiable = false;
                     if *p == "(?(" || *p == "(?P=" {
-                        // The condition / name up to its `)`, verbatim.
+                        // The condition / name up to its `)`.
                         let Some(q) = chars[i..].iter().position(|&c| c == ')') else {
                             return Err(refuse(Missing::Syntax, format!("unterminated {p}")));
                         };
-                        out.extend(&chars[i..=i + q]);
+                        let name: String = chars[i..i + q].iter().collect();
+                        // Python's condition is a group number or name;
+                        // the backtracker reads a bare name as a pattern
+                        // to look for, so a name goes in angle brackets.
+                        if *p == "(?(" && !name.chars().all(|c| c.is_ascii_digit()) {
+                            out.push_str(&format!("<{name}>)"));
+                        } else {
+                            out.extend(&chars[i..=i + q]);
+                        }
                         i += q + 1;
                         quantifiable = *p == "(?P=";
                     }
@@ -442,16 +443,17 @@ fn translate_tag(chars: &[char]) -> Result<(usize, String), Refusal> {
     }
     match bare {
         "HOST" | "ADDR" | "IP4" | "IP6" if !closing => Ok((len, tag)),
-        "F-USER" => Ok((len, tag)),
-        "F-NOFAIL" => Err(refuse(Missing::NoFail, tag)),
-        "F-MLFID" | "F-MLFFORGET" | "F-MLFGAINED" => Err(refuse(Missing::MultiLineState, tag)),
+        // The engine's own field tags: users and connection state.
+        "F-USER" | "F-ALT_USER" | "F-NOFAIL" | "F-MLFID" | "F-MLFFORGET" | "F-MLFGAINED" => {
+            Ok((len, tag))
+        }
         // A prefregex's content; the engine refuses it anywhere else.
         "F-CONTENT" => Ok((len, tag)),
         // Captures fail2ban takes the failure's identity from.
         "F-ID" | "F-IP4" | "F-IP6" | "F-ADDR" | "F-DNS" | "F-HOST" | "F-CIDR" | "F-SUBNET" => {
             Err(refuse(Missing::Tag, tag))
         }
-        // Any other field (F-ALT_USER, F-ERROR, F-PORT ...) only stores
+        // Any other field (F-ERROR, F-PORT ...) only stores
         // the text it matched for actions: a group that captures nothing
         // matches the same.
         b if b.starts_with("F-")

@@ -327,8 +327,6 @@ fn refused_variants_name_the_feature_and_leave_the_jail_out() {
         .map(|l| (l.jail.clone(), l.detail.clone()))
         .collect();
     for (jail, missing) in [
-        ("withpref", Missing::MultiLineState),
-        ("nofail", Missing::NoFail),
         ("multi", Missing::MultiLine),
         ("dates", Missing::DatePattern),
     ] {
@@ -344,8 +342,8 @@ fn refused_variants_name_the_feature_and_leave_the_jail_out() {
         );
     }
     // Look-around, back-references and conditionals run in the engine's
-    // backtracker: imported.
-    for jail in ["lookahead", "backref", "conditional"] {
+    // backtracker, connection state in its own: imported.
+    for jail in ["withpref", "nofail", "lookahead", "backref", "conditional"] {
         assert!(
             import.config.contains(&format!("[jails.{jail}]")),
             "{jail} imported: {refused:?}"
@@ -359,7 +357,7 @@ fn refused_variants_name_the_feature_and_leave_the_jail_out() {
         .unwrap()
         .validate()
         .unwrap();
-    assert_eq!(resolved.jails.len(), 5);
+    assert_eq!(resolved.jails.len(), 7);
 }
 
 #[test]
@@ -367,7 +365,7 @@ fn a_refused_filter_with_an_xban_built_in_uses_the_built_in() {
     let dir = fixture_copy();
     std::fs::write(
         dir.path().join("filter.d/sshd.conf"),
-        "[Definition]\nprefregex = ^<F-MLFID>\\S+</F-MLFID> <F-CONTENT>.+</F-CONTENT>$\nfailregex = ^Failed for <HOST>$\n",
+        "[Definition]\nfailregex = ^Failed for <HOST>$\nmaxlines = 2\n",
     )
     .unwrap();
     std::fs::write(
@@ -380,7 +378,7 @@ fn a_refused_filter_with_an_xban_built_in_uses_the_built_in() {
     let line = import.report.find("sshd", "filter").unwrap();
     assert_eq!(line.outcome, Outcome::Approximated);
     assert!(
-        line.detail.contains("prefregex") && line.detail.contains("built-in"),
+        line.detail.contains("maxlines") && line.detail.contains("built-in"),
         "{}",
         line.detail
     );

@@ -1,6 +1,7 @@
 //! Every built-in filter against its sample log, plus loading rules.
 
 use super::*;
+use crate::filter::conn::Connections;
 use crate::filter::{FilterSet, Host, LineMatch};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -99,13 +100,17 @@ fn every_sample_line_meets_its_expectation() {
         let def = builtin(name).unwrap();
         let cases = parse_sample(name, sample(name));
         assert!(cases.len() >= 5, "{name}: sample too small");
-        let mut sets: BTreeMap<Option<String>, FilterSet> = BTreeMap::new();
+        // Lines are read in order, per mode: a filter that follows
+        // connections sees the lines before.
+        let mut sets: BTreeMap<Option<String>, (FilterSet, Connections)> = BTreeMap::new();
         for case in &cases {
             for mode in &case.modes {
-                let set = sets
-                    .entry(mode.clone())
-                    .or_insert_with(|| FilterSet::from_def(&def, mode.as_deref()).unwrap());
-                let got = match set.match_line(&case.text, now()) {
+                let (set, conns) = sets.entry(mode.clone()).or_insert_with(|| {
+                    let set = FilterSet::from_def(&def, mode.as_deref()).unwrap();
+                    (set, Connections::new())
+                });
+                let found = conns.resolve(set.match_line(&case.text, now()), now());
+                let got = match found {
                     LineMatch::Failure(f) => {
                         let host = match f.host {
                             Host::Addr(a) => a.to_string(),
@@ -114,7 +119,7 @@ fn every_sample_line_meets_its_expectation() {
                         Expect::Host(host, f.user)
                     }
                     LineMatch::Ignored { .. } => Expect::Ignored,
-                    LineMatch::NoMatch { .. } => Expect::None,
+                    LineMatch::NoMatch { .. } | LineMatch::Connection(_) => Expect::None,
                 };
                 let ok = match (&case.expect, &got) {
                     // Without user= in the expectation the user is not checked.
