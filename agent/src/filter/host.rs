@@ -63,6 +63,19 @@ const MACROS: &[(&str, &str)] = &[
         "<SSHD>",
         r"(?:[\w.@:-]+ )?(?:sshd(?:-session|-auth)?(?:\[[0-9]+\])?:?|\[sshd\]:?) (?:\[ID [0-9]+ [\w.]+\] )?(?:(?:error|fatal): )?",
     ),
+    // <SSHD> with the connection (`host sshd[pid]: `) as <F-MLFID>, one
+    // group at the top level (so the split walk still plans the line).
+    (
+        "<SSHD_CONN>",
+        r"<F-MLFID>(?:[\w.@:-]+ )?(?:sshd(?:-session|-auth)?(?:\[[0-9]+\])?:?|\[sshd\]:?) </F-MLFID>(?:\[ID [0-9]+ [\w.]+\] )?(?:(?:error|fatal): )?",
+    ),
+    // The same with the pid required: for lines that take their host from
+    // the connection, or say it is no failure. Without a pid, every line
+    // of the host would be one connection.
+    (
+        "<SSHD_PID>",
+        r"<F-MLFID>(?:[\w.@:-]+ )?sshd(?:-session|-auth)?\[[0-9]+\]:? </F-MLFID>(?:\[ID [0-9]+ [\w.]+\] )?(?:(?:error|fatal): )?",
+    ),
     // Apache error-log head up to and including `[client ADDR(:port)] ` and
     // an optional `AHnnnnn: ` message id. Works for the file (timestamp cut)
     // and for `ErrorLog syslog`.
@@ -78,7 +91,14 @@ const MACROS: &[(&str, &str)] = &[
 ];
 
 /// Names of the macros, for documentation and error messages.
-pub const MACRO_NAMES: &[&str] = &["<PREFIX>", "<SSHD>", "<APACHE_CLIENT>", "<NGINX_ERROR>"];
+pub const MACRO_NAMES: &[&str] = &[
+    "<PREFIX>",
+    "<SSHD>",
+    "<SSHD_CONN>",
+    "<SSHD_PID>",
+    "<APACHE_CLIENT>",
+    "<NGINX_ERROR>",
+];
 
 /// A failregex after tag expansion.
 #[derive(Debug, Clone)]

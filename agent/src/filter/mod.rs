@@ -51,6 +51,9 @@
 //!   * `<SSHD>`: `<PREFIX>` plus `sshd[pid]: ` (also `sshd-session`,
 //!     `sshd-auth`, `[sshd]`), Solaris `[ID n auth.info] ` and an optional
 //!     `error: `/`fatal: `;
+//!   * `<SSHD_CONN>`: `<SSHD>` with its `host sshd[pid]: ` part as the
+//!     connection (`<F-MLFID>`); `<SSHD_PID>`: the same, the pid required
+//!     (for lines that take their host from the connection);
 //!   * `<APACHE_CLIENT>`: an Apache error-log head through
 //!     `[client <HOST>(:port)] ` and an optional `AHnnnnn: `, for the log
 //!     file and for `ErrorLog syslog`;
@@ -722,7 +725,7 @@ impl FilterSet {
         };
         if let Some(id) = id {
             return Some(LineMatch::Connection(Box::new(ConnLine {
-                id: id.into(),
+                id: conn::ConnId::new(id),
                 regex: idx,
                 host,
                 user,

@@ -128,9 +128,10 @@ fn syslog_and_journal_lines_give_the_same_failure() {
     let fs = FilterSet::from_def(&def, None).unwrap();
     let msg = "sshd[4242]: Failed password for invalid user admin from 203.0.113.7 port 50022 ssh2";
     let syslog = format!("Nov 21 05:28:31 bastion {msg}");
-    let (LineMatch::Failure(a), LineMatch::Failure(b)) =
-        (fs.match_line(&syslog, now()), fs.match_line(msg, now()))
-    else {
+    let (LineMatch::Failure(a), LineMatch::Failure(b)) = (
+        fs.match_line(&syslog, now()).alone(now()),
+        fs.match_line(msg, now()).alone(now()),
+    ) else {
         panic!("both must match");
     };
     assert_eq!(a.host, b.host);
@@ -474,7 +475,12 @@ fn filterset_is_shared_between_threads() {
             std::thread::spawn(move || {
                 let line = format!("sshd[1]: Invalid user u{i} from 192.0.2.{i} port 22");
                 (0..200)
-                    .filter(|_| matches!(fs.match_line(&line, now()), LineMatch::Failure(_)))
+                    .filter(|_| {
+                        matches!(
+                            fs.match_line(&line, now()).alone(now()),
+                            LineMatch::Failure(_)
+                        )
+                    })
                     .count()
             })
         })
@@ -497,7 +503,7 @@ fn a_client_written_date_is_not_the_failure_time() {
         "sshd[1]: Failed password for [01/Jan/2001:00:00:00 +0000] \"x from 203.0.113.7 port 22 ssh2",
         "sshd[1]: Invalid user [1000000000] from 203.0.113.7 port 22",
     ] {
-        let LineMatch::Failure(f) = fs.match_line(line, now()) else {
+        let LineMatch::Failure(f) = fs.match_line(line, now()).alone(now()) else {
             panic!("no failure: {line}")
         };
         assert_eq!(Some(f.host), v4("203.0.113.7"), "{line}");

@@ -776,7 +776,7 @@ fn corpus_agreement(dir: &Path, ours: &[ExpandedJail]) -> CorpusAgreement {
                     .and_then(|p| p.as_str())
                     .unwrap_or("")
                     .to_string(),
-                conns: crate::filter::conn::Connections::new(),
+                conns: crate::filter::conn::Connections::with_names(),
             })
         };
         // `name=='x'`, the only condition the samples use: the filter

@@ -33,7 +33,7 @@ impl Run {
     fn new() -> Run {
         Run {
             set: filter(),
-            conns: Connections::new(),
+            conns: Connections::with_names(),
             now: SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000),
         }
     }
@@ -63,7 +63,7 @@ fn a_filter_with_mlfid_reports_connection_lines() {
         now,
     ) {
         LineMatch::Connection(c) => {
-            assert_eq!(&*c.id, "sshd[7]: ");
+            assert_eq!(c.id.as_bytes(), b"sshd[7]: ");
             assert_eq!(c.host, None);
             assert_eq!(c.regex, 1);
         }
