@@ -115,6 +115,11 @@ pub(crate) fn parse_fail2ban_regex(text: &str) -> Result<F2bRegexOut> {
 /// an empty filters_dir, so the built-in sshd filter is used whatever
 /// /etc/xban holds.
 fn xban_regex_cmd(ctx: &Ctx, cfg: &Path, log: &Path) -> Command {
+    xban_regex_filter_cmd(ctx, cfg, log, Path::new("sshd"))
+}
+
+/// `xban regex` with `filter`: a built-in's name or a filter file.
+fn xban_regex_filter_cmd(ctx: &Ctx, cfg: &Path, log: &Path, filter: &Path) -> Command {
     let mut c = Command::new("taskset");
     c.args(["-c", "0"])
         .arg(&ctx.xban)
@@ -122,8 +127,125 @@ fn xban_regex_cmd(ctx: &Ctx, cfg: &Path, log: &Path) -> Command {
         .arg(cfg)
         .arg("regex")
         .arg(log)
-        .args(["sshd", "--json"]);
+        .arg(filter)
+        .arg("--json");
     c
+}
+
+/// Minimum ratio of the imported stock sshd filter's lines/s to
+/// fail2ban-regex's with the same filter (issue 14).
+const IMPORTED_RATIO: f64 = 30.0;
+
+/// fail2ban's own sshd filter, imported by `xban import` from a copy of
+/// /etc/fail2ban with an `[sshd]` jail enabled, run by `xban regex` on the
+/// ordinary log against `f2b` (fail2ban-regex with that same filter).
+fn imported_section(
+    ctx: &Ctx,
+    cfg: &Path,
+    log: &Path,
+    stats: &LogStats,
+    f2b: &[(F2bRegexOut, Duration, Duration)],
+    runs: usize,
+) -> Result<Section> {
+    let etc = ctx.scratch.join("fail2ban-etc");
+    let out = ctx.scratch.join("imported");
+    let _ = std::fs::remove_dir_all(&etc);
+    let _ = std::fs::remove_dir_all(&out);
+    let copied = Command::new("cp")
+        .args(["-a", "/etc/fail2ban"])
+        .arg(&etc)
+        .status()?;
+    if !copied.success() {
+        bail!("cp -a /etc/fail2ban {} failed", etc.display());
+    }
+    let _ = std::fs::remove_file(etc.join("jail.local"));
+    let _ = std::fs::remove_dir_all(etc.join("jail.d"));
+    std::fs::create_dir(etc.join("jail.d"))?;
+    std::fs::write(
+        etc.join("jail.d/bench.local"),
+        format!("[sshd]\nenabled = true\nlogpath = {}\n", log.display()),
+    )?;
+    let mut import = Command::new(&ctx.xban);
+    import.arg("import").arg(&etc).arg("--out").arg(&out);
+    let t = run_timed(&mut import, &ctx.scratch, Duration::from_secs(120))?;
+    let filters: Vec<_> = std::fs::read_dir(out.join("filters"))
+        .with_context(|| format!("xban import wrote no filters: {}", t.stdout))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
+    let [filter] = filters.as_slice() else {
+        bail!("xban import wrote {} filters, expected sshd's alone", filters.len());
+    };
+    let mut xban = Vec::new();
+    for i in 0..runs {
+        eprintln!(
+            "xtask: logmatch {} run {}/{runs}: xban regex, imported sshd",
+            log.display(),
+            i + 1
+        );
+        let t = run_timed(
+            &mut xban_regex_filter_cmd(ctx, cfg, log, filter),
+            &ctx.scratch,
+            Duration::from_secs(300),
+        )?;
+        xban.push((parse_xban_regex(&t.stdout)?, t.wall, t.cpu));
+    }
+    let n = stats.lines as f64;
+    let rate = |xs: Vec<f64>| median(&mut xs.into_iter().map(|s| n / s).collect::<Vec<_>>());
+    let x_wall = rate(xban.iter().map(|r| r.1.as_secs_f64()).collect());
+    let x_cpu = rate(xban.iter().map(|r| r.2.as_secs_f64()).collect());
+    let f_wall = rate(f2b.iter().map(|r| r.1.as_secs_f64()).collect());
+    let f_cpu = rate(f2b.iter().map(|r| r.2.as_secs_f64()).collect());
+    let ratio = x_wall / f_wall;
+    let (x_matched, f_matched) = (xban[0].0.matched, f2b[0].0.matched);
+    let mut table = Table::new(&["tool", "lines/s (wall)", "lines/s (CPU time)", "lines matched"]);
+    table.row(vec![
+        "xban regex, imported sshd.conf".into(),
+        num(x_wall),
+        num(x_cpu),
+        thousands(x_matched),
+    ]);
+    table.row(vec![
+        "fail2ban-regex 1.0.2 (sshd.conf)".into(),
+        num(f_wall),
+        num(f_cpu),
+        thousands(f_matched),
+    ]);
+    table.row(vec![
+        "ratio xban / fail2ban".into(),
+        format!("{ratio:.0}×"),
+        format!("{:.0}×", x_cpu / f_cpu),
+        String::new(),
+    ]);
+    Ok(Section {
+        title: "Log matching: fail2ban's own sshd filter, imported".into(),
+        method: format!(
+            "The ordinary log above ({} lines). `xban import` read a copy of /etc/fail2ban with `[sshd]` enabled (fail2ban's sshd.conf, mode normal, its prefregex, connection state and all) and wrote the filter; `xban regex` ran it {}, pinned to CPU 0; fail2ban-regex's runs with the same sshd.conf are the ones above. Medians.",
+            thousands(stats.lines),
+            super::times(xban.len())
+        ),
+        commands: vec![
+            xban_lab::cmd::display(&import),
+            xban_lab::cmd::display(&xban_regex_filter_cmd(ctx, cfg, log, filter)),
+        ],
+        table,
+        notes: vec![
+            format!(
+                "Target ≥ {IMPORTED_RATIO}× fail2ban-regex with the same filter: {} ({ratio:.0}× by wall time, {:.0}× by CPU time).",
+                met(ratio >= IMPORTED_RATIO),
+                x_cpu / f_cpu
+            ),
+            format!(
+                "Agreement: the same filter found {} failures in xban, {} in fail2ban{}.",
+                thousands(x_matched),
+                thousands(f_matched),
+                if x_matched == f_matched {
+                    ": equal".to_string()
+                } else {
+                    format!(" ({:+})", x_matched as i64 - f_matched as i64)
+                }
+            ),
+        ],
+    })
 }
 
 fn f2b_regex_cmd(log: &Path) -> Command {
@@ -193,6 +315,7 @@ pub(crate) fn run(ctx: &Ctx) -> Result<Vec<Section>> {
         "Log matching: sshd filter, xban vs fail2ban",
         TARGETS,
     )?];
+    sections.push(imported_section(ctx, &cfg, &log, &stats, &f2b, runs)?);
     let attack = ctx.scratch.join("auth-attack.log");
     let attack_stats = generate(&attack, ctx.size(200_000, 50_000), loggen::generate_attack)?;
     let (xban_a, f2b_a) = regex_runs(ctx, &cfg, &attack, runs)?;

@@ -16,8 +16,24 @@ impl Prefix {
             Some(f) => f.group_count(),
             None => c.regex.group_info().group_len(PatternID::ZERO),
         };
+        // Its spans from DFA passes, as for a failregex: the backtracker
+        // over a whole line (the content runs to its end) cost more than
+        // the rest of matching it.
+        let walk = (c.fancy.is_none() && anchored_at_start(&c.hir))
+            .then(|| {
+                let groups: Vec<usize> = hosts
+                    .iter()
+                    .map(|h| h.0)
+                    .chain(fields.all())
+                    .chain(content)
+                    .collect();
+                let plan = SplitPlan::new(&c.hir, &groups)?;
+                Some((ForwardDfa::many(std::slice::from_ref(&c.hir))?, plan))
+            })
+            .flatten();
         Ok(Prefix {
             regex: c.regex,
+            walk,
             fancy: c.fancy,
             content,
             hosts,

@@ -436,6 +436,9 @@ pub struct FilterSet {
 #[derive(Debug, Clone)]
 struct Prefix {
     regex: meta::Regex,
+    /// The match's end by a DFA, its groups by a split walk ([`split`]),
+    /// when the prefregex is anchored and its groups allow it.
+    walk: Option<(ForwardDfa, SplitPlan)>,
     fancy: Option<Fancy>,
     /// Group of `<F-CONTENT>`, when it has one.
     content: Option<usize>,
@@ -458,10 +461,23 @@ struct PrefixMatch<'a> {
 impl Prefix {
     fn search<'a>(&self, text: &'a str) -> Option<PrefixMatch<'a>> {
         with_slots(self.slots, |slots| {
-            match &self.fancy {
-                Some(f) => f.search_slots(text, 0, slots)?,
-                None => {
-                    self.regex.search_slots(&Input::new(text), slots)?;
+            let walked = match &self.walk {
+                // An error (the lazy DFA gave up) or a declined walk leaves
+                // it to the search below.
+                Some((dfa, plan)) => match dfa.find(text, 0, false) {
+                    Ok(None) => return None,
+                    Ok(Some(m)) => plan.spans(text, m.offset(), slots),
+                    Err(_) => false,
+                },
+                None => false,
+            };
+            if !walked {
+                slots.fill(None);
+                match &self.fancy {
+                    Some(f) => f.search_slots(text, 0, slots)?,
+                    None => {
+                        self.regex.search_slots(&Input::new(text), slots)?;
+                    }
                 }
             }
             let content = match self.content {
