@@ -23,7 +23,7 @@ use regex_automata::hybrid::dfa::{Cache, DFA};
 use regex_automata::nfa::thompson::{self, WhichCaptures, NFA};
 use regex_automata::util::pool::Pool;
 use regex_automata::{Anchored, HalfMatch, Input, MatchError, MatchKind};
-use regex_syntax::hir::{Hir, Look};
+use regex_syntax::hir::Hir;
 
 /// The NFA size limit of a default `meta::Regex`, so that a pattern builds
 /// here exactly when it did there.
@@ -44,15 +44,7 @@ type CreateCache = Box<dyn Fn() -> Cache + Send + Sync + UnwindSafe + RefUnwindS
 
 /// A forward DFA: a full one for a small anchored piece, else a lazy one
 /// with its per-thread caches.
-pub(super) struct ForwardDfa {
-    engine: Engine,
-    /// Every pattern starts with `^` (the text start): a search from the
-    /// text start is run anchored. Unanchored, the DFA would carry its
-    /// `.*?` prefix state to the line's end on a line that no pattern
-    /// matches; anchored, it dies at the first byte no pattern admits.
-    /// Same answer: every match of such patterns starts at 0.
-    starts_at_text_start: bool,
-}
+pub(super) struct ForwardDfa(Engine);
 
 enum Engine {
     /// Boxed: a full DFA's header is large beside the lazy one's.
@@ -91,10 +83,7 @@ impl ForwardDfa {
                 )
                 .build_from_nfa(&nfa);
             if let Ok(dfa) = dense {
-                return Some(ForwardDfa {
-                    engine: Engine::Dense(Box::new(dfa)),
-                    starts_at_text_start: false,
-                });
+                return Some(ForwardDfa(Engine::Dense(Box::new(dfa))));
             }
         }
         ForwardDfa::lazy(nfa)
@@ -103,11 +92,7 @@ impl ForwardDfa {
     /// Several regexes; a match names the first one, in order, that matches
     /// at the leftmost position.
     pub(super) fn many(hirs: &[Hir]) -> Option<ForwardDfa> {
-        let mut dfa = ForwardDfa::lazy(nfa(hirs)?)?;
-        dfa.starts_at_text_start = hirs
-            .iter()
-            .all(|h| h.properties().look_set_prefix().contains(Look::Start));
-        Some(dfa)
+        ForwardDfa::lazy(nfa(hirs)?)
     }
 
     fn lazy(nfa: NFA) -> Option<ForwardDfa> {
@@ -128,13 +113,10 @@ impl ForwardDfa {
 
     fn with_dfa(dfa: Arc<DFA>) -> ForwardDfa {
         let for_pool = Arc::clone(&dfa);
-        ForwardDfa {
-            engine: Engine::Lazy {
-                dfa,
-                caches: Pool::new(Box::new(move || for_pool.create_cache())),
-            },
-            starts_at_text_start: false,
-        }
+        ForwardDfa(Engine::Lazy {
+            dfa,
+            caches: Pool::new(Box::new(move || for_pool.create_cache())),
+        })
     }
 
     /// The leftmost-first match in `text[at..]` (starting at `at` when
@@ -146,13 +128,12 @@ impl ForwardDfa {
         at: usize,
         anchored: bool,
     ) -> Result<Option<HalfMatch>, MatchError> {
-        let anchored = anchored || (at == 0 && self.starts_at_text_start);
         let input = Input::new(text).range(at..).anchored(if anchored {
             Anchored::Yes
         } else {
             Anchored::No
         });
-        match &self.engine {
+        match &self.0 {
             Engine::Dense(dfa) => dfa.try_search_fwd(&input),
             Engine::Lazy { dfa, caches } => dfa.try_search_fwd(&mut caches.get(), &input),
         }
@@ -174,18 +155,9 @@ impl ForwardDfa {
 
 impl Clone for ForwardDfa {
     fn clone(&self) -> ForwardDfa {
-        let engine = match &self.engine {
-            Engine::Dense(dfa) => Engine::Dense(dfa.clone()),
-            Engine::Lazy { dfa, .. } => {
-                return ForwardDfa {
-                    starts_at_text_start: self.starts_at_text_start,
-                    ..ForwardDfa::with_dfa(Arc::clone(dfa))
-                }
-            }
-        };
-        ForwardDfa {
-            engine,
-            starts_at_text_start: self.starts_at_text_start,
+        match &self.0 {
+            Engine::Dense(dfa) => ForwardDfa(Engine::Dense(dfa.clone())),
+            Engine::Lazy { dfa, .. } => ForwardDfa::with_dfa(Arc::clone(dfa)),
         }
     }
 }
@@ -248,7 +220,7 @@ mod tests {
                 "{p:?} on {text:?} at {at}"
             );
             let lazy = ForwardDfa::many(std::slice::from_ref(&hir)).unwrap();
-            assert!(matches!(lazy.engine, Engine::Lazy { .. }));
+            assert!(matches!(lazy.0, Engine::Lazy { .. }));
             assert_eq!(lazy.anchored_end(text, at), want, "lazy {p:?} on {text:?}");
             assert_eq!(piece.matches_at(text, at).unwrap(), want.is_some());
             // A clone searches alike.
@@ -257,13 +229,11 @@ mod tests {
         // Both engines were exercised: a small piece is a full DFA, a
         // large one (Unicode `\w`) stays lazy.
         assert!(matches!(
-            ForwardDfa::anchored(&parse(r" port [0-9]+"))
-                .unwrap()
-                .engine,
+            ForwardDfa::anchored(&parse(r" port [0-9]+")).unwrap().0,
             Engine::Dense(_)
         ));
         assert!(matches!(
-            ForwardDfa::anchored(&parse(r"\w+")).unwrap().engine,
+            ForwardDfa::anchored(&parse(r"\w+")).unwrap().0,
             Engine::Lazy { .. }
         ));
     }
@@ -279,15 +249,6 @@ mod tests {
         let m = set.find("b1", 0, false).unwrap().unwrap();
         assert_eq!((m.pattern().as_usize(), m.offset()), (2, 1));
         assert_eq!(set.find("c", 0, false).unwrap(), None);
-        // All start with `^`: searched anchored from 0, same answers.
-        assert!(set.starts_at_text_start);
-        assert_eq!(set.find("xa1", 0, false).unwrap(), None);
-        assert_eq!(set.find("ca1", 1, false).unwrap(), None);
-        // One without: unanchored, it finds a later start.
-        let mixed = ForwardDfa::many(&[parse(r"^a\d+"), parse(r"b\d")]).unwrap();
-        assert!(!mixed.starts_at_text_start);
-        let m = mixed.find("xxb1", 0, false).unwrap().unwrap();
-        assert_eq!((m.pattern().as_usize(), m.offset()), (1, 4));
     }
 
     /// A Unicode `\b` next to a non-ASCII byte: the DFA cannot tell and
