@@ -42,13 +42,15 @@ pub(super) fn host_end(text: &[u8], at: usize) -> Option<usize> {
         .or_else(|| hostname_end(text, at))
 }
 
+/// The length of the run of `class` bytes at `at`, counted up to `max`.
+#[inline]
 fn run(text: &[u8], at: usize, max: usize, class: impl Fn(u8) -> bool) -> usize {
-    text.get(at..)
-        .unwrap_or_default()
-        .iter()
-        .take(max)
-        .take_while(|&&c| class(c))
-        .count()
+    let rest = text.get(at..).unwrap_or_default();
+    let mut n = 0;
+    while n < max && n < rest.len() && class(rest[n]) {
+        n += 1;
+    }
+    n
 }
 
 fn digit(c: u8) -> bool {
@@ -143,8 +145,8 @@ fn hostname_end(text: &[u8], at: usize) -> Option<usize> {
 
 #[cfg(test)]
 mod tests {
-    use crate::filter::dfa::ForwardDfa;
     use super::*;
+    use crate::filter::dfa::ForwardDfa;
 
     fn dfa() -> ForwardDfa {
         let hir = regex_automata::util::syntax::parse(HOST_BODY).unwrap();

@@ -582,7 +582,7 @@ impl SyslogStamp {
     fn lookup(b: &[u8], now_s: i64) -> Option<(SystemTime, Range<usize>)> {
         STAMP.with_borrow(|s| {
             (s.len > 0 && s.now_s == now_s && b.get(..s.len) == Some(&s.bytes[..s.len]))
-                .then(|| (s.time, 0..s.end))
+                .then_some((s.time, 0..s.end))
         })
     }
 
