@@ -13,6 +13,7 @@
 //!   ends, i.e. at the end of its first path in backtracking order;
 //! * a lazy `(?P<g>.*?)` group ends where the rest of the regex first
 //!   matches (its paths, in backtracking order, are by increasing length);
+//! * a `<HOST>` group is followed by hand ([`host`]), not by its DFA;
 //! * the line's head, before the first group, is not searched when the
 //!   text that ends it (` for ` in sshd's) occurs once in the match: every
 //!   matching path crosses it there.
@@ -32,6 +33,9 @@ use regex_automata::{meta, Input};
 use regex_syntax::hir::{Dot, Hir, HirKind};
 
 use super::dfa::ForwardDfa;
+
+#[path = "split_host.rs"]
+mod host;
 
 /// The pieces of one failregex, in order.
 #[derive(Debug, Clone)]
@@ -71,6 +75,8 @@ enum Step {
     Piece(ForwardDfa),
     /// A wanted group: its span is its body's first path.
     Group { group: usize, body: ForwardDfa },
+    /// A wanted `<HOST>` group, followed by hand ([`host`]).
+    Host { group: usize },
     /// A wanted lazy `.*?` group: it ends where `rest` (everything after it)
     /// first matches.
     LazyAny {
@@ -182,6 +188,7 @@ impl SplitPlan {
                         except_lf,
                     })
                 }
+                _ if host::is_host_body(&cap.sub) => steps.push(Step::Host { group }),
                 _ => steps.push(Step::Group {
                     group,
                     body: build(&cap.sub)?,
@@ -230,6 +237,11 @@ impl SplitPlan {
                 Step::Piece(re) => at = first_end(re, at)?,
                 Step::Group { group, body } => {
                     let e = first_end(body, at)?;
+                    set(slots, *group, at, e);
+                    at = e;
+                }
+                Step::Host { group } => {
+                    let e = host::host_end(text.as_bytes(), at)?;
                     set(slots, *group, at, e);
                     at = e;
                 }
@@ -313,6 +325,31 @@ fn flush(piece: &mut Vec<Hir>, steps: &mut Vec<Step>) -> Option<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// sshd's failregexes, as the built-in filter writes them, follow their
+    /// `<HOST>` group by hand.
+    #[test]
+    fn a_host_group_is_followed_by_hand() {
+        let e = super::super::host::expand(
+            r"^<SSHD>Failed password for (?:invalid user )?<F-USER>.*?</F-USER> from <HOST>(?: port \d+)?(?: ssh\d*)?$",
+            "failregex[0]",
+        )
+        .unwrap();
+        let hir = regex_automata::util::syntax::parse(&e.pattern).unwrap();
+        let plan = SplitPlan::new(&hir, &[1, 2]).unwrap();
+        assert!(
+            plan.steps.iter().any(|s| matches!(s, Step::Host { .. })),
+            "{plan:?}"
+        );
+        let text = "h sshd[1]: Failed password for root from 2001:db8::1 port 22 ssh2";
+        let mut slots = vec![None; 6];
+        assert!(plan.spans(text, text.len(), &mut slots));
+        let span = |g: usize| {
+            let (s, e) = (slots[2 * g].unwrap().get(), slots[2 * g + 1].unwrap().get());
+            &text[s..e]
+        };
+        assert_eq!((span(1), span(2)), ("root", "2001:db8::1"));
+    }
 
     #[test]
     fn an_anchor_counts_overlapping_occurrences() {

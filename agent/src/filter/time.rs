@@ -40,12 +40,14 @@
 //! than one day after `now`, so a `Dec 31` line read on Jan 1 is last year.
 //! "Local" is the machine's time zone (`chrono::Local`).
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::ops::Range;
-use std::time::SystemTime;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::FilterError;
-use calendar::{days_from_civil, infer_year, local_secs_to_utc, to_system_time, unix_secs};
+#[cfg(test)]
+use calendar::infer_year;
+use calendar::{civil_year, days_from_civil, local_secs_to_utc, to_system_time, unix_secs};
 use scan::{match_custom, scan_digit, scan_syslog, scan_tai64n};
 
 mod calendar;
@@ -290,6 +292,18 @@ pub fn parse_time(
             anchored,
         }) => (0, *anchored, Some(t.as_slice())),
     };
+    // A syslog stamp at the very start (the one place the loop below
+    // then looks): the last line's, if its bytes are the same.
+    let syslog_at_start = custom.is_none() && mask & F_SYSLOG != 0 && b[0].is_ascii_uppercase();
+    let now_s = if syslog_at_start {
+        let now_s = now_secs(now);
+        if let Some(hit) = SyslogStamp::lookup(b, now_s) {
+            return Some(hit);
+        }
+        Some(now_s)
+    } else {
+        None
+    };
     // The line's start: its first non-blank byte, or the one after a
     // leading `[`.
     let lead = b.iter().position(|c| !c.is_ascii_whitespace())?;
@@ -335,6 +349,9 @@ pub fn parse_time(
         };
         if let Some((fields, end)) = found {
             if let Some(t) = fields.resolve(now) {
+                if let (Some(now_s), 0) = (now_s, i) {
+                    SyslogStamp::store(b, end, now_s, t);
+                }
                 return Some((t, i..end));
             }
         }
@@ -423,11 +440,170 @@ struct Fields {
 }
 
 thread_local! {
-    /// The last stamp resolved: (fields, `now` in whole seconds, result).
-    /// Busy logs carry the same second on many consecutive lines, and the
-    /// result depends on nothing else (year inference reads `now` to the
-    /// second; the zone offset is cached per hour in [`local_secs_to_utc`]).
-    static RESOLVED: Cell<Option<(Fields, i64, Option<SystemTime>)>> = const { Cell::new(None) };
+    /// The last `now` converted to Unix seconds: one caller passes the
+    /// same `now` for many lines.
+    static NOW: Cell<(SystemTime, i64)> = const { Cell::new((UNIX_EPOCH, 0)) };
+    /// The candidate days of the last date resolved ([`DayPlan`]): log
+    /// lines come in time order, so nearly every line has the day of the
+    /// line before.
+    static DAY: RefCell<DayPlan> = const { RefCell::new(DayPlan::EMPTY) };
+    /// The last syslog stamp read at a line's start ([`SyslogStamp`]).
+    static STAMP: RefCell<SyslogStamp> = const { RefCell::new(SyslogStamp::EMPTY) };
+}
+
+/// Unix seconds of `now`, converted once per distinct `now`.
+fn now_secs(now: SystemTime) -> i64 {
+    let (at, secs) = NOW.get();
+    if at == now {
+        return secs;
+    }
+    let secs = unix_secs(now);
+    NOW.set((now, secs));
+    secs
+}
+
+/// Most years a date without one is tried in ([`infer_year`]'s range).
+const YEAR_CANDIDATES: usize = 10;
+
+/// The part of resolving a date that depends on its day and on `now`
+/// only, not on its time of day or zone: the days (since 1970-01-01) of
+/// the years it may be in, in the order [`infer_year`] tries them, with
+/// the invalid dates and the years whose midnight is past every zone's
+/// limit already dropped. A line then costs one addition and a zone
+/// conversion per remaining candidate (one, unless the date is within a
+/// day of `now`), where [`Fields::resolve_uncached`] computes the calendar
+/// for up to ten years.
+#[derive(Clone, Copy)]
+struct DayPlan {
+    /// (year as written, month, day, `now` in whole seconds); `month` 0
+    /// never occurs in a valid key, so [`DayPlan::EMPTY`] matches nothing.
+    key: (Option<i32>, u32, u32, i64),
+    /// Whether the year is inferred (each candidate must then be at most
+    /// one day after `now`) or written (one candidate, no limit).
+    inferred: bool,
+    n: u8,
+    days: [i64; YEAR_CANDIDATES],
+}
+
+impl DayPlan {
+    const EMPTY: DayPlan = DayPlan {
+        key: (None, 0, 0, 0),
+        inferred: false,
+        n: 0,
+        days: [0; YEAR_CANDIDATES],
+    };
+
+    fn new(year: Option<i32>, month: u32, day: u32, now_s: i64) -> DayPlan {
+        let mut plan = DayPlan {
+            key: (year, month, day, now_s),
+            inferred: year.is_none(),
+            ..DayPlan::EMPTY
+        };
+        let mut push = |d: i64| {
+            plan.days[usize::from(plan.n)] = d;
+            plan.n += 1;
+        };
+        match year {
+            Some(y) => {
+                if let Some(d) = days_from_civil(y, month, day) {
+                    push(d);
+                }
+            }
+            None => {
+                // As `infer_year`: the same years, in the same order, and
+                // the same zone-independent skip.
+                let limit = now_s + 86_400;
+                let this = civil_year(now_s.div_euclid(86_400));
+                for y in (this - 8..=this + 1).rev() {
+                    let Some(d) = days_from_civil(y, month, day) else {
+                        continue;
+                    };
+                    if d * 86_400 - 14 * 3600 > limit {
+                        continue;
+                    }
+                    push(d);
+                }
+            }
+        }
+        plan
+    }
+
+    /// The Unix seconds of the time `tod` seconds into this plan's day, at
+    /// `offset` (local time when `None`).
+    fn secs(&self, tod: i64, offset: Option<i32>) -> Option<i64> {
+        let to_secs = |days: i64| {
+            let naive = days * 86_400 + tod;
+            match offset {
+                Some(off) => Some(naive - i64::from(off)),
+                None => local_secs_to_utc(naive),
+            }
+        };
+        let days = &self.days[..usize::from(self.n)];
+        if !self.inferred {
+            return to_secs(*days.first()?);
+        }
+        let limit = self.key.3 + 86_400;
+        days.iter()
+            .find_map(|&d| to_secs(d).filter(|&t| t <= limit))
+    }
+}
+
+/// The bytes a syslog stamp at a line's start was read from, and the time
+/// it resolved to. [`parse_time`] on such a line (no datepattern or a
+/// named one with syslog) reads nothing but the stamp and the
+/// [`SYSLOG_LOOKAHEAD`] bytes after it (a ctime year), and resolves it
+/// with nothing but `now`'s second: a line whose first `len` bytes are
+/// the same, read in the same second, has the same time. Busy logs
+/// write many lines a second, each then a comparison of a few bytes.
+struct SyslogStamp {
+    now_s: i64,
+    /// The stamp ends here; `len` bytes (stamp and lookahead) are kept.
+    end: usize,
+    len: usize,
+    bytes: [u8; SYSLOG_STAMP_BYTES],
+    time: SystemTime,
+}
+
+/// Bytes [`scan::scan_syslog`] may read after the stamp's end: a blank,
+/// a 4-digit year and the byte after it.
+const SYSLOG_LOOKAHEAD: usize = 6;
+/// A longer stamp (a long fraction) is not cached.
+const SYSLOG_STAMP_BYTES: usize = 48;
+
+impl SyslogStamp {
+    const EMPTY: SyslogStamp = SyslogStamp {
+        now_s: 0,
+        end: 0,
+        len: 0,
+        bytes: [0; SYSLOG_STAMP_BYTES],
+        time: UNIX_EPOCH,
+    };
+
+    fn lookup(b: &[u8], now_s: i64) -> Option<(SystemTime, Range<usize>)> {
+        STAMP.with_borrow(|s| {
+            (s.len > 0 && s.now_s == now_s && b.get(..s.len) == Some(&s.bytes[..s.len]))
+                .then_some((s.time, 0..s.end))
+        })
+    }
+
+    /// Keeps a stamp read at `0..end` when the line holds all the bytes the
+    /// scanner may have read (a shorter line is not cached).
+    fn store(b: &[u8], end: usize, now_s: i64, time: SystemTime) {
+        let len = end + SYSLOG_LOOKAHEAD;
+        if len > SYSLOG_STAMP_BYTES || len > b.len() {
+            return;
+        }
+        STAMP.with_borrow_mut(|s| {
+            s.bytes[..len].copy_from_slice(&b[..len]);
+            *s = SyslogStamp {
+                now_s,
+                end,
+                len,
+                time,
+                ..*s
+            };
+        });
+    }
 }
 
 impl Fields {
@@ -435,19 +611,30 @@ impl Fields {
         if let Some((s, n)) = self.epoch {
             return to_system_time(s, n);
         }
-        let now_s = unix_secs(now);
-        if let Some((f, at, t)) = RESOLVED.get() {
-            if f == *self && at == now_s {
-                return t;
-            }
+        if self.hour > 23 || self.min > 59 {
+            return None;
         }
-        let t = self.resolve_uncached(now);
-        RESOLVED.set(Some((*self, now_s, t)));
-        t
+        let now_s = now_secs(now);
+        let key = (self.year, self.month, self.day, now_s);
+        let sec = self.sec.min(59); // a leap second is read as :59
+        let tod = i64::from(self.hour * 3600 + self.min * 60 + sec);
+        let secs = DAY.with_borrow_mut(|plan| {
+            if plan.key != key {
+                *plan = DayPlan::new(self.year, self.month, self.day, now_s);
+            }
+            plan.secs(tod, self.offset)
+        })?;
+        to_system_time(secs, self.nanos)
     }
 
+    /// [`Fields::resolve`] without the day cache: the reference the cached
+    /// path is checked against.
+    #[cfg(test)]
     fn resolve_uncached(&self, now: SystemTime) -> Option<SystemTime> {
-        let sec = self.sec.min(59); // a leap second is read as :59
+        if let Some((s, n)) = self.epoch {
+            return to_system_time(s, n);
+        }
+        let sec = self.sec.min(59);
         let to_secs = |year: i32| -> Option<i64> {
             if self.hour > 23 || self.min > 59 {
                 return None;

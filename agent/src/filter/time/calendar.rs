@@ -25,7 +25,10 @@ pub(super) fn to_system_time(secs: i64, nanos: u32) -> Option<SystemTime> {
 }
 
 /// The latest year that puts the time at most one day after `now`. Tries a
-/// few years back so that Feb 29 finds a leap year.
+/// few years back so that Feb 29 finds a leap year. The per-line path
+/// reaches the same answer through its day plan (`DayPlan` in `time.rs`);
+/// this is the reference its tests compare with.
+#[cfg(test)]
 pub(super) fn infer_year(
     now: SystemTime,
     month: u32,
@@ -86,9 +89,18 @@ pub(super) fn local_secs_to_utc(naive: i64) -> Option<i64> {
             )
         }
     };
-    // Zone transitions fall on whole hours in practice, so a whole local
-    // hour shares one offset unless it is ambiguous or skipped.
-    if cacheable {
+    // A local hour shares one offset when its first and last seconds are
+    // each unambiguous with that offset: a transition inside it (a
+    // half-hour zone's, Lord Howe's) changes the offset or makes one of
+    // them ambiguous or skipped.
+    let single = |secs: i64| {
+        let ndt = chrono::DateTime::from_timestamp(secs, 0)?.naive_utc();
+        match chrono::Local.from_local_datetime(&ndt) {
+            LocalResult::Single(dt) => Some(dt.offset().fix().local_minus_utc()),
+            _ => None,
+        }
+    };
+    if cacheable && single(hour * 3600) == Some(off) && single(hour * 3600 + 3599) == Some(off) {
         LOCAL_CACHE.with(|c| c[slot].set(Some((hour, off))));
     }
     Some(naive - i64::from(off))

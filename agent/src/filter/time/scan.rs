@@ -4,9 +4,30 @@
 
 use super::{Fields, Tok, F_CLF, F_EPOCH, F_ISO, F_NGINX};
 
+/// `n` ASCII digits at `i`, as a `u32`.
 #[inline]
 pub(super) fn digits(b: &[u8], i: usize, n: usize) -> Option<u32> {
-    u32::try_from(digits_u64(b, i, n)?).ok()
+    if n > 9 {
+        return u32::try_from(digits_u64(b, i, n)?).ok();
+    }
+    // Nine digits fit a u32: no overflow checks on this per-line path.
+    let s = b.get(i..i.checked_add(n)?)?;
+    let mut v = 0u32;
+    for &c in s {
+        let d = c.wrapping_sub(b'0');
+        if d > 9 {
+            return None;
+        }
+        v = v * 10 + u32::from(d);
+    }
+    Some(v)
+}
+
+/// Two ASCII digits at the start of `s`.
+#[inline]
+fn two(s: &[u8]) -> Option<u32> {
+    let (a, b) = (s[0].wrapping_sub(b'0'), s[1].wrapping_sub(b'0'));
+    (a <= 9 && b <= 9).then(|| u32::from(a) * 10 + u32::from(b))
 }
 
 /// `n` (at most 19) ASCII digits at `i`.
@@ -79,11 +100,13 @@ pub(super) fn is_weekday(b: &[u8], i: usize) -> bool {
 /// `HH:MM:SS` at `i` with an optional `.fff`/`,fff`; returns the end.
 #[inline]
 pub(super) fn hms(b: &[u8], i: usize, f: &mut Fields) -> Option<usize> {
-    f.hour = digits(b, i, 2)?;
-    (b.get(i + 2) == Some(&b':')).then_some(())?;
-    f.min = digits(b, i + 3, 2)?;
-    (b.get(i + 5) == Some(&b':')).then_some(())?;
-    f.sec = digits(b, i + 6, 2)?;
+    let s = b.get(i..i.checked_add(8)?)?;
+    if s[2] != b':' || s[5] != b':' {
+        return None;
+    }
+    f.hour = two(s)?;
+    f.min = two(&s[3..])?;
+    f.sec = two(&s[6..])?;
     if f.hour > 23 || f.min > 59 || f.sec > 60 {
         return None;
     }
@@ -220,6 +243,8 @@ pub(super) fn scan_digit(
     None
 }
 
+/// Reads nothing past [`super::SYSLOG_LOOKAHEAD`] bytes after the end it
+/// returns (the ctime year check): the stamp cache relies on it.
 #[inline]
 pub(super) fn scan_syslog(b: &[u8], i: usize) -> Option<(Fields, usize)> {
     let mut f = Fields::default();

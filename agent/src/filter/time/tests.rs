@@ -85,7 +85,7 @@ fn civil_days_agree_with_chrono() {
     }
 }
 
-/// The last-stamp cache is keyed by the reading time too: the same
+/// The day cache is keyed by the reading time too: the same
 /// stamp read a year apart, or either side of a year's end, resolves
 /// to different years, in any order.
 #[test]
@@ -398,4 +398,220 @@ fn local_cache_agrees_with_chrono_over_a_year() {
             assert_eq!(local_to_utc(ndt), Some(expect), "{ndt}");
         }
     }
+}
+
+fn fields(
+    year: Option<i32>,
+    month: u32,
+    day: u32,
+    hms: (u32, u32, u32),
+    offset: Option<i32>,
+) -> Fields {
+    Fields {
+        year,
+        month,
+        day,
+        hour: hms.0,
+        min: hms.1,
+        sec: hms.2,
+        nanos: 5,
+        offset,
+        epoch: None,
+    }
+}
+
+/// The day cache gives the uncached path's answer on a log read in
+/// order, across a day change, a year change and dates that go back,
+/// for written and inferred years, fixed offsets and local time, near
+/// `now` (where the time of day decides the year) and invalid dates.
+#[test]
+fn day_cache_agrees_with_the_uncached_path() {
+    let nows = [
+        utc("2027-01-01T00:30:00Z"),
+        utc("2026-12-31T23:50:00Z"),
+        utc("2026-06-01T00:00:00Z"),
+        utc("2028-03-01T12:00:00Z"),
+        utc("2026-03-29T01:30:00Z"),
+    ];
+    let days = [
+        (12, 30),
+        (12, 31),
+        (1, 1),
+        (1, 2),
+        (12, 31),
+        (5, 31),
+        (6, 1),
+        (6, 2),
+        (6, 3),
+        (6, 1),
+        (2, 28),
+        (2, 29),
+        (3, 1),
+        (2, 30),
+        (3, 29),
+        (10, 25),
+        (13, 1),
+    ];
+    let times = [
+        (0, 0, 0),
+        (0, 30, 0),
+        (1, 59, 59),
+        (2, 30, 0),
+        (12, 0, 0),
+        (23, 59, 60),
+        (24, 0, 0),
+        (10, 60, 0),
+    ];
+    let zones = [None, Some(0), Some(3600), Some(-5 * 3600), Some(14 * 3600)];
+    let mut checked = 0;
+    for now in nows {
+        for year in [None, Some(2026), Some(2027)] {
+            for zone in zones {
+                for (month, day) in days {
+                    for hms in times {
+                        let f = fields(year, month, day, hms, zone);
+                        assert_eq!(
+                            f.resolve(now),
+                            f.resolve_uncached(now),
+                            "{f:?} read at {now:?}"
+                        );
+                        checked += 1;
+                    }
+                }
+            }
+        }
+    }
+    assert_eq!(checked, 5 * 3 * 5 * 17 * 8);
+}
+
+/// One day plan, two years: near `now` the time of day decides whether
+/// a date without a year is this year's (at most a day ahead) or last
+/// year's, and lines of the same day on either side of that limit get
+/// each its own year, in either order.
+#[test]
+fn same_day_either_side_of_the_limit() {
+    let dp = DatePattern::parse("%b %d %H:%M:%S %z").unwrap();
+    let now = utc("2026-06-01T00:00:00Z");
+    let at_dp = |line: &str| parse_time(line, now, Some(&dp)).unwrap().0;
+    for _ in 0..2 {
+        assert_eq!(
+            at_dp("Jun 02 00:00:00 +0000 x"),
+            utc("2026-06-02T00:00:00Z")
+        );
+        assert_eq!(
+            at_dp("Jun 02 00:00:01 +0000 x"),
+            utc("2025-06-02T00:00:01Z")
+        );
+        assert_eq!(
+            at_dp("Jun 02 01:00:01 +0100 x"),
+            utc("2025-06-02T00:00:01Z")
+        );
+        assert_eq!(
+            at_dp("Jun 02 00:59:59 +0100 x"),
+            utc("2026-06-01T23:59:59Z")
+        );
+        assert_eq!(
+            at_dp("Jun 01 23:00:00 +0000 x"),
+            utc("2026-06-01T23:00:00Z")
+        );
+    }
+}
+
+/// A log read in order across the new year, then a line from the day
+/// before: each resolves as if read alone.
+#[test]
+fn a_log_across_new_year_and_back() {
+    let now = utc("2027-01-01T06:00:00Z");
+    let lines = [
+        ("Dec 31 23:59:58 h x", (2026, 12, 31, 23, 59, 58)),
+        ("Dec 31 23:59:59 h x", (2026, 12, 31, 23, 59, 59)),
+        ("Jan  1 00:00:00 h x", (2027, 1, 1, 0, 0, 0)),
+        ("Jan  1 00:00:01 h x", (2027, 1, 1, 0, 0, 1)),
+        ("Dec 31 23:59:59 h x", (2026, 12, 31, 23, 59, 59)),
+        ("Jan  1 05:00:00 h x", (2027, 1, 1, 5, 0, 0)),
+        ("Dec 30 12:00:00 h x", (2026, 12, 30, 12, 0, 0)),
+    ];
+    for (line, (y, mo, d, h, mi, s)) in lines {
+        assert_eq!(at(line, now).0, local(y, mo, d, h, mi, s), "{line}");
+    }
+    // The same lines read a year later: the cache is keyed by `now`.
+    let later = utc("2028-01-01T06:00:00Z");
+    assert_eq!(
+        at("Dec 31 23:59:59 h x", later).0,
+        local(2027, 12, 31, 23, 59, 59)
+    );
+    assert_eq!(
+        at("Jan  1 00:00:00 h x", later).0,
+        local(2028, 1, 1, 0, 0, 0)
+    );
+}
+
+/// `parse_time` in a thread of its own: no cache holds anything yet.
+fn fresh(
+    line: &str,
+    now: SystemTime,
+    dp: Option<&DatePattern>,
+) -> Option<(SystemTime, Range<usize>)> {
+    let (line, dp) = (line.to_string(), dp.cloned());
+    std::thread::spawn(move || parse_time(&line, now, dp.as_ref()))
+        .join()
+        .unwrap()
+}
+
+/// The syslog stamp cache answers only for a line with the same bytes as
+/// far as the scanner reads (a ctime year, a fraction, the line's end),
+/// read in the same second: lines that differ just past the stamp, a
+/// shorter line, another `now` and another datepattern all get what a
+/// fresh read gives.
+#[test]
+fn syslog_stamp_cache_reads_what_the_scanner_reads() {
+    let now = utc("2026-11-21T12:00:00Z");
+    let syslog = DatePattern::parse("syslog").unwrap();
+    let iso = DatePattern::parse("iso8601").unwrap();
+    let lines = [
+        "Jun  9 07:57:47 host sshd[1]: x",
+        "Jun  9 07:57:47 host sshd[2]: y",
+        "Jun  9 07:57:47 2013 host x",
+        "Jun  9 07:57:47 host sshd[1]: x",
+        "Jun  9 07:57:47 20134 x",
+        "Jun  9 07:57:47.5 host x",
+        "Jun  9 07:57:47.25 host x",
+        "Jun  9 07:57:47. host x",
+        "Jun  9 07:57:47",
+        "Jun  9 07:57:47 h",
+        "Jun  9 07:57:47 host sshd[1]: x",
+        "Jun  9 07:57:4",
+        "Jun  9 07:57:48 host x",
+        "Sun Jun  9 07:57:47 2013 x",
+        "Sun Jun  9 07:57:47 host x",
+        "Jun 31 07:57:47 host x",
+        "Jun  9 25:57:47 host x",
+        "Jun  9 07:57:47 host sshd[1]: x",
+        "Jun  9 07:57:47 host sshd[1]: x",
+    ];
+    let nows = [
+        now,
+        now + Duration::from_millis(300),
+        now + Duration::from_secs(1),
+        utc("2013-06-09T00:00:00Z"),
+        now,
+    ];
+    let mut cached = 0;
+    for n in nows {
+        for dp in [None, Some(&syslog), Some(&iso)] {
+            for line in lines {
+                let got = parse_time(line, n, dp);
+                assert_eq!(got, fresh(line, n, dp), "{line:?} at {n:?} with {dp:?}");
+                cached += usize::from(got.is_some());
+            }
+        }
+    }
+    assert!(cached > 0);
+    // The ctime year after a cached stamp of the same bytes is read.
+    assert_eq!(
+        at("Jun  9 07:57:47 host x", now).0,
+        local(2026, 6, 9, 7, 57, 47)
+    );
+    let (t, r) = at("Jun  9 07:57:47 2013 x", now);
+    assert_eq!((t, r), (local(2013, 6, 9, 7, 57, 47), 0..20));
 }
