@@ -173,7 +173,10 @@ fn imported_section(
         .filter_map(|e| e.ok().map(|e| e.path()))
         .collect();
     let [filter] = filters.as_slice() else {
-        bail!("xban import wrote {} filters, expected sshd's alone", filters.len());
+        bail!(
+            "xban import wrote {} filters, expected sshd's alone",
+            filters.len()
+        );
     };
     let mut xban = Vec::new();
     for i in 0..runs {
@@ -197,7 +200,12 @@ fn imported_section(
     let f_cpu = rate(f2b.iter().map(|r| r.2.as_secs_f64()).collect());
     let ratio = x_wall / f_wall;
     let (x_matched, f_matched) = (xban[0].0.matched, f2b[0].0.matched);
-    let mut table = Table::new(&["tool", "lines/s (wall)", "lines/s (CPU time)", "lines matched"]);
+    let mut table = Table::new(&[
+        "tool",
+        "lines/s (wall)",
+        "lines/s (CPU time)",
+        "lines matched",
+    ]);
     table.row(vec![
         "xban regex, imported sshd.conf".into(),
         num(x_wall),

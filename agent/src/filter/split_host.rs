@@ -18,10 +18,12 @@ use std::sync::OnceLock;
 
 use regex_syntax::hir::Hir;
 
-/// `<HOST>`'s body as `filter::host` writes it (IPv4, IPv6 with optional
-/// brackets and zone, host name), in that priority.
+/// `<HOST>`'s body as `filter::host` writes it (IPv4 after `[` with an
+/// optional `]`, IPv4, IPv6 with optional brackets and zone, host name),
+/// in that priority.
 const HOST_BODY: &str = concat!(
-    r"[0-9]{1,3}(?:\.[0-9]{1,3}){3}",
+    r"\[[0-9]{1,3}(?:\.[0-9]{1,3}){3}\]?",
+    r"|[0-9]{1,3}(?:\.[0-9]{1,3}){3}",
     r"|\[?(?:[0-9A-Fa-f]{0,4}:){2,7}(?:[0-9]{1,3}(?:\.[0-9]{1,3}){3}|[0-9A-Fa-f]{1,4})?(?:%[0-9A-Za-z_.-]+)?\]?",
     r"|[A-Za-z0-9](?:[A-Za-z0-9_.-]*[A-Za-z0-9])?"
 );
@@ -37,7 +39,8 @@ pub(super) fn is_host_body(hir: &Hir) -> bool {
 
 /// Where [`HOST_BODY`]'s leftmost-first match anchored at `at` ends.
 pub(super) fn host_end(text: &[u8], at: usize) -> Option<usize> {
-    ip4_end(text, at)
+    bracketed_ip4_end(text, at)
+        .or_else(|| ip4_end(text, at))
         .or_else(|| bracketed_ip6_end(text, at))
         .or_else(|| hostname_end(text, at))
 }
@@ -80,6 +83,15 @@ fn ip4_end(text: &[u8], at: usize) -> Option<usize> {
         pos += n;
     }
     Some(pos)
+}
+
+/// `\[IP4\]?`: the `]` taken when it is there.
+fn bracketed_ip4_end(text: &[u8], at: usize) -> Option<usize> {
+    if text.get(at) != Some(&b'[') {
+        return None;
+    }
+    let pos = ip4_end(text, at + 1)?;
+    Some(pos + usize::from(text.get(pos) == Some(&b']')))
 }
 
 /// `\[?IP6\]?`. With a `[` that IP6 does not follow, the path without it
@@ -177,6 +189,11 @@ mod tests {
         let dfa = dfa();
         let cases = [
             "1.2.3.4",
+            "[1.2.3.4]",
+            "[1.2.3.4]:22",
+            "[1.2.3.4 x",
+            "[1.2.3",
+            "[1.2.3.4::1]",
             "1.2.3.4567 x",
             "1234.5.6.7",
             "100.64.6.116 port 22",
