@@ -64,14 +64,9 @@ const MACROS: &[(&str, &str)] = &[
         r"(?:[\w.@:-]+ )?(?:sshd(?:-session|-auth)?(?:\[[0-9]+\])?:?|\[sshd\]:?) (?:\[ID [0-9]+ [\w.]+\] )?(?:(?:error|fatal): )?",
     ),
     // <SSHD> with the connection (`host sshd[pid]: `) as <F-MLFID>, one
-    // group at the top level (so the split walk still plans the line).
-    (
-        "<SSHD_CONN>",
-        r"<F-MLFID>(?:[\w.@:-]+ )?(?:sshd(?:-session|-auth)?(?:\[[0-9]+\])?:?|\[sshd\]:?) </F-MLFID>(?:\[ID [0-9]+ [\w.]+\] )?(?:(?:error|fatal): )?",
-    ),
-    // The same with the pid required: for lines that take their host from
-    // the connection, or say it is no failure. Without a pid, every line
-    // of the host would be one connection.
+    // group at the top level (so the split walk still plans the line), the
+    // pid required: without one, every line of the host would be one
+    // connection.
     (
         "<SSHD_PID>",
         r"<F-MLFID>(?:[\w.@:-]+ )?sshd(?:-session|-auth)?\[[0-9]+\]:? </F-MLFID>(?:\[ID [0-9]+ [\w.]+\] )?(?:(?:error|fatal): )?",
@@ -94,7 +89,6 @@ const MACROS: &[(&str, &str)] = &[
 pub const MACRO_NAMES: &[&str] = &[
     "<PREFIX>",
     "<SSHD>",
-    "<SSHD_CONN>",
     "<SSHD_PID>",
     "<APACHE_CLIENT>",
     "<NGINX_ERROR>",

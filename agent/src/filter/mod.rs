@@ -51,9 +51,8 @@
 //!   * `<SSHD>`: `<PREFIX>` plus `sshd[pid]: ` (also `sshd-session`,
 //!     `sshd-auth`, `[sshd]`), Solaris `[ID n auth.info] ` and an optional
 //!     `error: `/`fatal: `;
-//!   * `<SSHD_CONN>`: `<SSHD>` with its `host sshd[pid]: ` part as the
-//!     connection (`<F-MLFID>`); `<SSHD_PID>`: the same, the pid required
-//!     (for lines that take their host from the connection);
+//!   * `<SSHD_PID>`: `<SSHD>` with a pid, its `host sshd[pid]: ` part as
+//!     the connection (`<F-MLFID>`);
 //!   * `<APACHE_CLIENT>`: an Apache error-log head through
 //!     `[client <HOST>(:port)] ` and an optional `AHnnnnn: `, for the log
 //!     file and for `ErrorLog syslog`;

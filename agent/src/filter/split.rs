@@ -77,6 +77,8 @@ enum Step {
     Group { group: usize, body: ForwardDfa },
     /// A wanted `<HOST>` group, followed by hand ([`host`]).
     Host { group: usize },
+    /// A wanted `<SSHD_PID>` connection group, followed by hand ([`host`]).
+    SshdPid { group: usize },
     /// A wanted lazy `.*?` group: it ends where `rest` (everything after it)
     /// first matches.
     LazyAny {
@@ -189,6 +191,7 @@ impl SplitPlan {
                     })
                 }
                 _ if host::is_host_body(&cap.sub) => steps.push(Step::Host { group }),
+                _ if host::is_sshd_pid_body(&cap.sub) => steps.push(Step::SshdPid { group }),
                 _ => steps.push(Step::Group {
                     group,
                     body: build(&cap.sub)?,
@@ -242,6 +245,11 @@ impl SplitPlan {
                 }
                 Step::Host { group } => {
                     let e = host::host_end(text.as_bytes(), at)?;
+                    set(slots, *group, at, e);
+                    at = e;
+                }
+                Step::SshdPid { group } => {
+                    let e = host::sshd_pid_end(text.as_bytes(), at)?;
                     set(slots, *group, at, e);
                     at = e;
                 }

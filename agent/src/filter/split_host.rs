@@ -37,6 +37,62 @@ pub(super) fn is_host_body(hir: &Hir) -> bool {
         .is_some_and(|body| body == hir)
 }
 
+/// `<SSHD_PID>`'s connection group as `filter::host` writes it.
+const SSHD_PID_BODY: &str = r"(?:[\w.@:-]+ )?sshd(?:-session|-auth)?\[[0-9]+\]:? ";
+
+/// Whether `hir` is [`SSHD_PID_BODY`], parsed as a failregex is (after the
+/// ASCII rewrite of `\w`).
+pub(super) fn is_sshd_pid_body(hir: &Hir) -> bool {
+    static BODY: OnceLock<Option<Hir>> = OnceLock::new();
+    BODY.get_or_init(|| {
+        regex_automata::util::syntax::parse(&crate::filter::host::asciify(SSHD_PID_BODY)).ok()
+    })
+    .as_ref()
+    .is_some_and(|body| body == hir)
+}
+
+/// Where [`SSHD_PID_BODY`]'s leftmost-first match anchored at `at` ends:
+/// with the host field when one is there and the daemon follows it, else
+/// the daemon right at `at`.
+pub(super) fn sshd_pid_end(text: &[u8], at: usize) -> Option<usize> {
+    let n = run(text, at, usize::MAX, |c| {
+        c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'@' | b':' | b'-')
+    });
+    if n > 0 && text.get(at + n) == Some(&b' ') {
+        if let Some(e) = sshd_daemon_end(text, at + n + 1) {
+            return Some(e);
+        }
+    }
+    sshd_daemon_end(text, at)
+}
+
+/// `sshd(?:-session|-auth)?\[[0-9]+\]:? ` at `at`.
+fn sshd_daemon_end(text: &[u8], at: usize) -> Option<usize> {
+    let rest = text.get(at..)?;
+    let mut pos = at + 4;
+    if !rest.starts_with(b"sshd") {
+        return None;
+    }
+    for suffix in [&b"-session"[..], b"-auth"] {
+        if text[pos..].starts_with(suffix) {
+            pos += suffix.len();
+            break;
+        }
+    }
+    if text.get(pos) != Some(&b'[') {
+        return None;
+    }
+    let digits = run(text, pos + 1, usize::MAX, digit);
+    if digits == 0 || text.get(pos + 1 + digits) != Some(&b']') {
+        return None;
+    }
+    pos += digits + 2;
+    if text.get(pos) == Some(&b':') && text.get(pos + 1) == Some(&b' ') {
+        return Some(pos + 2);
+    }
+    (text.get(pos) == Some(&b' ')).then_some(pos + 1)
+}
+
 /// Where [`HOST_BODY`]'s leftmost-first match anchored at `at` ends.
 pub(super) fn host_end(text: &[u8], at: usize) -> Option<usize> {
     bracketed_ip4_end(text, at)
@@ -232,6 +288,77 @@ mod tests {
                 }
                 assert_eq!(
                     host_end(text.as_bytes(), at),
+                    dfa.anchored_end(text, at),
+                    "{text:?} at {at}"
+                );
+            }
+        }
+    }
+
+    /// `<SSHD_PID>`'s group is found in the built-in sshd filter's plans,
+    /// and ends where its DFA does.
+    #[test]
+    fn the_sshd_connection_head_is_followed_by_hand() {
+        let e = crate::filter::host::expand(r"^<SSHD_PID>x <HOST>$", "failregex[0]").unwrap();
+        let hir = regex_automata::util::syntax::parse(&e.pattern).unwrap();
+        let regex_syntax::hir::HirKind::Concat(items) = hir.kind() else {
+            panic!("{hir:?}")
+        };
+        let body = items
+            .iter()
+            .find_map(|h| match h.kind() {
+                regex_syntax::hir::HirKind::Capture(c) if is_sshd_pid_body(&c.sub) => {
+                    Some(c.sub.clone())
+                }
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("no connection group in {}", e.pattern));
+        let dfa = ForwardDfa::anchored(&body).unwrap();
+        let parts = [
+            "sshd",
+            "sshd-session",
+            "sshd-auth",
+            "-sess",
+            "[",
+            "]",
+            "12",
+            ":",
+            " ",
+            "host",
+            "a.b",
+            "@",
+            "x",
+            "[1]",
+            "sshd[7]: ",
+            "h ",
+            "-",
+        ];
+        let mut rng = fastrand::Rng::with_seed(7);
+        let mut text = String::new();
+        for _ in 0..40_000 {
+            text.clear();
+            for _ in 0..rng.usize(0..8) {
+                text.push_str(parts[rng.usize(..parts.len())]);
+            }
+            for at in 0..=text.len() {
+                assert_eq!(
+                    sshd_pid_end(text.as_bytes(), at),
+                    dfa.anchored_end(&text, at),
+                    "{text:?} at {at}"
+                );
+            }
+        }
+        for text in [
+            "bastion sshd[12]: x",
+            "sshd[12]: x",
+            "bastion sshd-session[1] x",
+            "a b sshd[1]: ",
+            "sshd-auth[2]:x",
+            "host sshd: x",
+        ] {
+            for at in 0..=text.len() {
+                assert_eq!(
+                    sshd_pid_end(text.as_bytes(), at),
                     dfa.anchored_end(text, at),
                     "{text:?} at {at}"
                 );
