@@ -185,12 +185,10 @@ fn imported_section(
             log.display(),
             i + 1
         );
-        let t = run_timed(
+        xban.push(xban_regex_run(
+            ctx,
             &mut xban_regex_filter_cmd(ctx, cfg, log, filter),
-            &ctx.scratch,
-            Duration::from_secs(300),
-        )?;
-        xban.push((parse_xban_regex(&t.stdout)?, t.wall, t.cpu));
+        )?);
     }
     let n = stats.lines as f64;
     let rate = |xs: Vec<f64>| median(&mut xs.into_iter().map(|s| n / s).collect::<Vec<_>>());
@@ -375,6 +373,12 @@ fn generate(log: &Path, lines: u64, gen: Gen) -> Result<LogStats> {
 
 type Runs<T> = Vec<(T, Duration, Duration)>;
 
+/// One `xban regex --json` run: what it reported, wall and CPU time.
+fn xban_regex_run(ctx: &Ctx, cmd: &mut Command) -> Result<(XbanRegexOut, Duration, Duration)> {
+    let t = run_timed(cmd, &ctx.scratch, Duration::from_secs(300))?;
+    Ok((parse_xban_regex(&t.stdout)?, t.wall, t.cpu))
+}
+
 /// `runs` runs of each tool on `log`, alternating.
 fn regex_runs(
     ctx: &Ctx,
@@ -390,12 +394,7 @@ fn regex_runs(
             log.display(),
             i + 1
         );
-        let t = run_timed(
-            &mut xban_regex_cmd(ctx, cfg, log),
-            &ctx.scratch,
-            Duration::from_secs(300),
-        )?;
-        xban.push((parse_xban_regex(&t.stdout)?, t.wall, t.cpu));
+        xban.push(xban_regex_run(ctx, &mut xban_regex_cmd(ctx, cfg, log))?);
         let t = run_timed(
             &mut f2b_regex_cmd(log),
             &ctx.scratch,
