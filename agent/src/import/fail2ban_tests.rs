@@ -438,7 +438,9 @@ const STOCK_REFUSED_HEADER: &str =
 # XBAN_BLESS=1 rewrites it from the current result.\n";
 const CORPUS_MISSES_HEADER: &str =
     "# Imported stock variants that miss some of fail2ban's sample lines\n\
-# (agreed/evaluated on match and host, then strictly: every annotated field).\n\
+# (agreed/evaluated on match and host, then strictly: every annotated field,\n\
+# the time too, in whole seconds in fail2ban's test zone Europe/Zurich).\n\
+# monit: the zone name PDT, which xban's %Z does not take (UTC, GMT, Z only).\n\
 # An IPv4 address with leading-zero octets (192.030.0.6) is no address to xban:\n\
 # decimal or octal (inet_aton reads 030 as 24) would be a guess, and a wrong\n\
 # guess bans someone else. Checked by fail2ban_tests.rs; it may only shrink.\n";
@@ -456,6 +458,24 @@ fn bless(path: &Path, header: &str, listing: &str) {
 /// read from a file (backend auto) and from the journal (systemd).
 #[test]
 fn every_stock_filter_variant_expands_as_fail2ban_does() {
+    // The corpus's annotated times are local times of fail2ban's test zone:
+    // the test runs there, in a child of this test binary.
+    if std::env::var("TZ").ok().as_deref() != Some(FAIL2BAN_TEST_TZ) {
+        let status = Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "import::fail2ban_tests::every_stock_filter_variant_expands_as_fail2ban_does",
+                "--nocapture",
+            ])
+            .env("TZ", FAIL2BAN_TEST_TZ)
+            .status()
+            .unwrap();
+        assert!(
+            status.success(),
+            "the run with TZ={FAIL2BAN_TEST_TZ} failed (its output is above)"
+        );
+        return;
+    }
     let dir = stock_copy();
     let log = dir.path().join("test.log");
     std::fs::write(&log, "").unwrap();
@@ -702,6 +722,9 @@ impl std::fmt::Display for CorpusAgreement {
     }
 }
 
+/// The time zone fail2ban's sample test runs in (its `setUpMyTime`).
+const FAIL2BAN_TEST_TZ: &str = "Europe/Zurich";
+
 /// fail2ban's test clock (`TEST_NOW`): year inference and journal times.
 const TEST_NOW: u64 = 1_124_013_600;
 
@@ -714,7 +737,34 @@ struct OptionRun {
     conns: crate::filter::conn::Connections,
 }
 
+/// An annotation's `time` (local time, as fail2ban's test reads it in its
+/// time zone): the failure time the line must give.
+fn annotated_time(t: &str) -> Option<crate::filter::TimeFound> {
+    use chrono::TimeZone;
+    let naive = chrono::NaiveDateTime::parse_from_str(t, "%Y-%m-%dT%H:%M:%S%.f").ok()?;
+    let local = chrono::Local.from_local_datetime(&naive).earliest()?;
+    Some(crate::filter::TimeFound::Parsed(
+        std::time::SystemTime::from(local),
+    ))
+}
+
+/// A failure's time in whole seconds: fail2ban's times drop the fraction.
+fn whole_seconds(t: crate::filter::TimeFound) -> Option<crate::filter::TimeFound> {
+    match t {
+        crate::filter::TimeFound::Parsed(t) => {
+            let secs = t.duration_since(std::time::UNIX_EPOCH).ok()?.as_secs();
+            Some(crate::filter::TimeFound::Parsed(
+                std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs),
+            ))
+        }
+        missing => Some(missing),
+    }
+}
+
 fn corpus_agreement(dir: &Path, ours: &[ExpandedJail]) -> CorpusAgreement {
+    // Times compare only in fail2ban's test zone: the annotations are its
+    // local times there.
+    let check_time = std::env::var("TZ").is_ok_and(|z| z == FAIL2BAN_TEST_TZ);
     use serde_json::{Map, Value};
     let mut result = CorpusAgreement {
         evaluated: 0,
@@ -926,7 +976,12 @@ fn corpus_agreement(dir: &Path, ours: &[ExpandedJail]) -> CorpusAgreement {
                             let attempts = ann
                                 .get("attempts")
                                 .is_none_or(|a| a.as_u64() == Some(u64::from(view.lines)));
-                            user && users && attempts
+                            let time = !check_time
+                                || ann
+                                    .get("time")
+                                    .and_then(|t| t.as_str())
+                                    .is_none_or(|t| annotated_time(t) == whole_seconds(f.time));
+                            user && users && attempts && time
                         });
                     result.evaluated += 1;
                     let slot = result.per_variant.entry(run.label.clone()).or_default();
