@@ -12,11 +12,12 @@ pub(super) struct Ahead {
     thread: std::thread::JoinHandle<Result<BuiltBook, StoreError>>,
 }
 
-/// Every ban of `conn` without its matched lines, into `rows`; how many.
-fn read_ban_rows(
+/// Every ban of `conn` without its matched lines, parsed, to `f` until it
+/// answers `false`; how many it was given.
+pub(super) fn for_each_row(
     conn: &Connection,
     path: &std::path::Path,
-    rows: &mut BookRows,
+    mut f: impl FnMut(Target, &str, BanClass, UnixSecs, Option<UnixSecs>, u32) -> bool,
 ) -> Result<usize, StoreError> {
     let wrap = |source| StoreError::Sqlite {
         path: path.to_path_buf(),
@@ -42,8 +43,10 @@ fn read_ban_rows(
             other => return Err(bad(other.parse::<BanClass>().unwrap_err())),
         };
         let target = target.parse::<Target>().map_err(|e| bad(e.to_string()))?;
-        rows.push(target, jail, class, banned_at, expires_at, failures);
         n += 1;
+        if !f(target, jail, class, banned_at, expires_at, failures) {
+            break;
+        }
     }
     Ok(n)
 }
@@ -65,7 +68,10 @@ fn ban_fields<'r>(row: &'r rusqlite::Row<'_>) -> rusqlite::Result<BanFields<'r>>
 /// Every ban of `conn`, made into the book's structures.
 fn read_book(conn: &Connection, path: &std::path::Path) -> Result<BuiltBook, StoreError> {
     let mut rows = BookRows::default();
-    read_ban_rows(conn, path, &mut rows)?;
+    for_each_row(conn, path, |target, jail, class, at, exp, failures| {
+        rows.push(target, jail, class, at, exp, failures);
+        true
+    })?;
     Ok(rows.build())
 }
 
@@ -333,7 +339,10 @@ impl BanStore {
     /// [`read_book`](Self::read_book) takes the result. It is the database
     /// as the thread's read began: call it before any ban is written
     /// (start-up writes none before the restore).
-    pub fn read_bans_ahead(&mut self) {
+    /// With `snapshot` (a clean stop's copy of these rows, see
+    /// `store::snapshot`), the rows come from it, or from the database
+    /// when it turns out torn or damaged.
+    pub(crate) fn read_bans_ahead(&mut self, snapshot: Option<super::snapshot::Snapshot>) {
         if self.path.as_os_str() == ":memory:" {
             return;
         }
@@ -341,6 +350,18 @@ impl BanStore {
         let spawned = std::thread::Builder::new()
             .name("xban-read-bans".into())
             .spawn(move || {
+                if let Some(snapshot) = snapshot {
+                    let mut rows = BookRows::default();
+                    match snapshot.read_into(&mut rows) {
+                        Ok(()) => {
+                            tracing::info!("bans read from the snapshot of the last clean stop");
+                            return Ok(rows.build());
+                        }
+                        Err(why) => tracing::warn!(
+                            "bans snapshot not used: {why}; the ban database is read instead"
+                        ),
+                    }
+                }
                 let conn = Connection::open_with_flags(
                     &path,
                     rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY

@@ -140,7 +140,7 @@ fn bans_survive_reopen_and_expire() {
         b.iter().collect::<Vec<_>>()
     };
     assert_eq!(book(s.read_book().unwrap()), without_matches);
-    s.read_bans_ahead();
+    s.read_bans_ahead(None);
     assert!(s.ahead.is_some());
     assert_eq!(book(s.read_book().unwrap()), without_matches);
     assert_eq!(s.delete_expired(100).unwrap(), 1);
