@@ -140,30 +140,73 @@ fn count_down(counts: &mut BTreeMap<String, usize>, key: &str) {
 /// See [`BanBook::loader`].
 pub struct BookLoader<'a> {
     book: &'a mut BanBook,
-    bulk: bool,
-    rows: Vec<(Key, Slot)>,
+    /// Into an empty book: gathered, then installed whole.
+    bulk: Option<BookRows>,
 }
 
 impl BookLoader<'_> {
     pub fn push(&mut self, rec: BanRecord) {
-        if self.bulk {
-            let id = self.book.jails.intern(&rec.jail);
-            self.rows.push(((rec.target, id), Slot::of(&rec)));
-        } else {
-            self.book.add(rec);
+        match &mut self.bulk {
+            Some(rows) => rows.push_record(&rec),
+            None => {
+                self.book.add(rec);
+            }
         }
     }
 
     pub fn finish(self) {
-        let BookLoader {
-            book,
-            bulk,
-            mut rows,
-        } = self;
-        if !bulk {
-            return;
+        if let Some(rows) = self.bulk {
+            self.book.install(rows.build(), UnixSecs::MIN);
         }
-        // Stable: of equal keys the last one read stays last.
+    }
+}
+
+/// Many bans gathered away from the book (at start, on the store's reading
+/// thread, while the XDP program loads), then made into the book's own
+/// structures there ([`build`](Self::build)), so that the book only takes
+/// them over ([`BanBook::install`]). Per row: no heap allocation (the jail
+/// name is interned from the borrowed text).
+#[derive(Default)]
+pub struct BookRows {
+    jails: JailNames,
+    rows: Vec<(Key, Slot)>,
+}
+
+impl BookRows {
+    /// One jail's ban of one target; a later push of the same target and
+    /// jail replaces it.
+    pub fn push(
+        &mut self,
+        target: Target,
+        jail: &str,
+        class: BanClass,
+        banned_at: UnixSecs,
+        expires_at: Option<UnixSecs>,
+        failures: u32,
+    ) {
+        let id = self.jails.intern(jail);
+        let slot = Slot::new(class, banned_at, expires_at, failures);
+        self.rows.push(((target, id), slot));
+    }
+
+    pub fn push_record(&mut self, rec: &BanRecord) {
+        self.push(
+            rec.target,
+            &rec.jail,
+            rec.class,
+            rec.banned_at,
+            rec.expires_at,
+            rec.failures,
+        );
+    }
+
+    /// Sorted into the book's map (nodes full), with its expiry heap and
+    /// counts (all but the labels, which need the book's labeller).
+    pub fn build(self) -> BuiltBook {
+        let BookRows { jails, mut rows } = self;
+        // Stable: of equal keys the last one pushed stays last. Rows come
+        // mostly in order (ban order, or a snapshot's), which this sort
+        // finds as runs.
         rows.sort_by_key(|(k, _)| *k);
         rows.dedup_by(|later, earlier| {
             if later.0 == earlier.0 {
@@ -177,11 +220,33 @@ impl BookLoader<'_> {
             .iter()
             .filter_map(|((t, id), s)| s.expiry().map(|e| Reverse((e, *t, *id))))
             .collect();
-        book.expiry = BinaryHeap::from(expiry);
-        book.records = rows.into_iter().collect();
-        let labeller = book.labeller.take();
-        book.tally = book.recount();
-        book.set_labeller(labeller);
+        let mut built = BuiltBook {
+            jails,
+            records: rows.into_iter().collect(),
+            expiry: BinaryHeap::from(expiry),
+            tally: BanTally::default(),
+        };
+        built.tally = tally_of(&built.records, &built.jails, None);
+        built
+    }
+}
+
+/// A book's content made away from it: see [`BookRows`].
+pub struct BuiltBook {
+    jails: JailNames,
+    records: BTreeMap<Key, Slot>,
+    expiry: BinaryHeap<Reverse<(UnixSecs, Target, JailId)>>,
+    tally: BanTally,
+}
+
+impl BuiltBook {
+    /// Records (target and jail pairs) it holds.
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
     }
 }
 
@@ -239,12 +304,21 @@ struct Slot {
 
 impl Slot {
     fn of(rec: &BanRecord) -> Slot {
+        Slot::new(rec.class, rec.banned_at, rec.expires_at, rec.failures)
+    }
+
+    fn new(
+        class: BanClass,
+        banned_at: UnixSecs,
+        expires_at: Option<UnixSecs>,
+        failures: u32,
+    ) -> Slot {
         Slot {
-            banned_at: rec.banned_at,
+            banned_at,
             // A finite expiry never reads as permanent.
-            expires_at: rec.expires_at.map_or(PERMANENT, |e| e.min(PERMANENT - 1)),
-            failures: rec.failures,
-            class: rec.class,
+            expires_at: expires_at.map_or(PERMANENT, |e| e.min(PERMANENT - 1)),
+            failures,
+            class,
         }
     }
 
@@ -409,16 +483,7 @@ impl BanBook {
     /// Each banned target with the class of its map entry, in one pass (no
     /// per-target lookups).
     pub fn effective_all(&self) -> impl Iterator<Item = (Target, BanClass)> + '_ {
-        let mut rest = self.records.iter().peekable();
-        std::iter::from_fn(move || {
-            let (first, mut best) = rest.next()?;
-            while let Some((_, s)) = rest.next_if(|(k, _)| k.0 == first.0) {
-                if s.outlasts(best) {
-                    best = s;
-                }
-            }
-            Some((first.0, best.class))
-        })
+        effective_of(&self.records)
     }
 
     /// Add (or replace) `jail`'s ban of the target. The matched lines are
@@ -459,10 +524,43 @@ impl BanBook {
     /// Later records replace earlier ones of the same target and jail.
     pub fn loader(&mut self) -> BookLoader<'_> {
         BookLoader {
-            bulk: self.records.is_empty(),
+            bulk: self.records.is_empty().then(BookRows::default),
             book: self,
-            rows: Vec::new(),
         }
+    }
+
+    /// Takes over `built` (start-up): whole into an empty book, else
+    /// record by record as [`add`](Self::add) does. Records that expired
+    /// at or before `now` are left out. Returns how many records it took.
+    pub fn install(&mut self, built: BuiltBook, now: UnixSecs) -> usize {
+        if !self.records.is_empty() || !self.jails.names.is_empty() {
+            let mut taken = 0;
+            for (k, s) in &built.records {
+                if s.expires_at > now {
+                    self.add(BanRecord {
+                        target: k.0,
+                        jail: built.jails.name(k.1).to_string(),
+                        class: s.class,
+                        banned_at: s.banned_at,
+                        expires_at: s.expiry(),
+                        failures: s.failures,
+                        matches: Vec::new(),
+                    });
+                    taken += 1;
+                }
+            }
+            return taken;
+        }
+        let labeller = self.labeller.take();
+        self.jails = built.jails;
+        self.records = built.records;
+        self.expiry = built.expiry;
+        self.tally = built.tally;
+        // Rows read ahead predate the store's own expiry at start.
+        self.expire(now);
+        self.settle();
+        self.set_labeller(labeller);
+        self.records.len()
     }
 
     fn push_expiry(&mut self, slot: &Slot, target: Target, id: JailId) {
@@ -582,23 +680,49 @@ impl BanBook {
     /// The counts made again by walking the book: what the running ones
     /// must always equal.
     pub fn recount(&self) -> BanTally {
-        let mut t = BanTally::default();
-        let mut per_jail: BTreeMap<JailId, usize> = BTreeMap::new();
-        for (_, id) in self.records.keys() {
-            *per_jail.entry(*id).or_default() += 1;
+        tally_of(&self.records, &self.jails, self.labeller.as_ref())
+    }
+}
+
+/// The counts of `records`, by one walk.
+fn tally_of(
+    records: &BTreeMap<Key, Slot>,
+    jails: &JailNames,
+    labeller: Option<&Labeller>,
+) -> BanTally {
+    let mut t = BanTally::default();
+    let mut per_jail = vec![0usize; jails.names.len()];
+    for (_, id) in records.keys() {
+        per_jail[id.0 as usize] += 1;
+    }
+    t.records_by_jail = per_jail
+        .into_iter()
+        .enumerate()
+        .filter(|(_, n)| *n > 0)
+        .map(|(id, n)| (jails.name(JailId(id as u32)).to_string(), n))
+        .collect();
+    for (target, class) in effective_of(records) {
+        *t.class(class) += 1;
+        if let Some(name) = labeller.and_then(|l| l(&target)) {
+            count_up(&mut t.by_label, &name);
         }
-        t.records_by_jail = per_jail
-            .into_iter()
-            .map(|(id, n)| (self.jails.name(id).to_string(), n))
-            .collect();
-        for (target, class) in self.effective_all() {
-            *t.class(class) += 1;
-            if let Some(name) = self.labeller.as_ref().and_then(|l| l(&target)) {
-                count_up(&mut t.by_label, &name);
+    }
+    t
+}
+
+/// Each target of `records` with the class of its map entry (the record
+/// lasting longest decides), in one pass.
+fn effective_of(records: &BTreeMap<Key, Slot>) -> impl Iterator<Item = (Target, BanClass)> + '_ {
+    let mut rest = records.iter().peekable();
+    std::iter::from_fn(move || {
+        let (first, mut best) = rest.next()?;
+        while let Some((_, s)) = rest.next_if(|(k, _)| k.0 == first.0) {
+            if s.outlasts(best) {
+                best = s;
             }
         }
-        t
-    }
+        Some((first.0, best.class))
+    })
 }
 
 /// The jail name of bans made by hand with `xban ban`.

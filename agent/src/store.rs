@@ -6,7 +6,8 @@
 //! `schema.rs` (migrations), `bans.rs` (bans and their history),
 //! `positions.rs` (where each log source got to); `checkpoint.rs` runs the
 //! write-ahead log checkpoints on their own thread; `marker.rs` is the
-//! restore marker a clean stop leaves beside the database.
+//! restore marker a clean stop leaves beside the database, `snapshot.rs`
+//! the compact copy of the ban rows it leaves there too.
 
 use std::path::{Path, PathBuf};
 
@@ -19,6 +20,7 @@ mod checkpoint;
 pub(crate) mod marker;
 mod positions;
 mod schema;
+pub(crate) mod snapshot;
 
 /// What tells one offence from another within the same second of log time:
 /// a digest of the line that caused the ban (the last matched line), so a
@@ -49,6 +51,11 @@ pub enum StoreError {
         path: PathBuf,
         found: i64,
         known: usize,
+    },
+    #[error("bans snapshot {path}: {source}")]
+    Snapshot {
+        path: PathBuf,
+        source: std::io::Error,
     },
     #[error("ban database {path}, row {target}/{jail}: {message}")]
     BadRow {

@@ -491,6 +491,8 @@ fn restore(
         // How the maps were taken at load (restore marker or read back).
         for l in log.lines().filter(|l| {
             l.contains("restore marker")
+                || l.contains("bans snapshot")
+                || l.contains("from the snapshot")
                 || l.contains("warm start")
                 || l.contains("XDP program loaded")
         }) {

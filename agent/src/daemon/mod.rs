@@ -158,6 +158,16 @@ pub async fn run(config_path: &Path, opts: RunOptions) -> Result<()> {
     if opts.dry_run {
         return Ok(());
     }
+    // The store is closed: the next start reads its bans from one compact
+    // file instead of the database (store::snapshot).
+    let writing = std::time::Instant::now();
+    match crate::store::snapshot::write(&agent.state_dir) {
+        Ok(()) => tracing::info!(
+            secs = format!("{:.2}", writing.elapsed().as_secs_f64()),
+            "bans snapshot written"
+        ),
+        Err(e) => tracing::warn!("bans snapshot not written: {e}"),
+    }
     if teardown_requested || !agent.keep_on_exit {
         TarpitSteering::teardown(&resolved.tarpit)?;
         let removed = xdp::teardown(&agent.bpf_pin_dir)?;

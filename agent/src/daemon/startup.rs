@@ -104,9 +104,17 @@ pub(super) async fn start(config_path: &Path, opts: RunOptions) -> Result<Starte
                     None
                 }
             };
+            // Also before: it holds only for the database as it was written.
+            let snapshot = match crate::store::snapshot::take(&agent.state_dir) {
+                Ok(s) => Some(s),
+                Err(why) => {
+                    tracing::info!("bans snapshot not used: {why}; the ban database is read");
+                    None
+                }
+            };
             let mut store = BanStore::open(&agent.state_dir)?;
             // The book's rows are read meanwhile, on a thread of their own.
-            store.read_bans_ahead();
+            store.read_bans_ahead(snapshot);
             let (program, mut maps) =
                 XdpEnforcer::load(&agent.bpf_pin_dir, warm, agent.fast_path_capacity)?;
             tracing::info!(

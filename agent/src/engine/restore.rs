@@ -86,19 +86,9 @@ impl Agent {
         self.rebuild_allowlist()?;
         self.bans.enforcer.set_allowlist(&self.allowlist)?;
         self.refresh_jail_ignores();
-        // Streamed without the matched lines: they stay in the database, the
-        // agent never shows them, and a million bans' worth is gigabytes.
-        let mut loader = self.bans.book.loader();
-        let mut restored = 0;
-        // Rows read ahead (during the XDP load) predate `delete_expired`.
-        self.bans.store.for_each_ban(|rec| {
-            if rec.expires_at.is_none_or(|e| e > now) {
-                loader.push(rec);
-                restored += 1;
-            }
-        })?;
-        report.restored = restored;
-        loader.finish();
+        // Read (and built) on a thread of its own during the XDP load.
+        let built = self.bans.store.read_book()?;
+        report.restored = self.bans.book.install(built, now);
         phases.mark("book");
         // What the kernel held at load, before the lists add to the book:
         // "as stored" is the book as loaded now.

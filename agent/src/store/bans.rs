@@ -4,23 +4,20 @@ use rusqlite::{params, Connection};
 
 use super::{offence_key, BanStore, Batch, StoreError};
 use crate::addr::Target;
-use crate::ban::{BanClass, BanRecord, UnixSecs};
+use crate::ban::{BanClass, BanRecord, BookRows, BuiltBook, UnixSecs};
 
-/// Stored bans read by a thread of their own, in chunks (see
-/// [`BanStore::read_bans_ahead`]).
+/// Stored bans being read by a thread of their own, into the book's
+/// structures (see [`BanStore::read_bans_ahead`]).
 pub(super) struct Ahead {
-    rows: std::sync::mpsc::Receiver<Result<Vec<BanRecord>, StoreError>>,
+    thread: std::thread::JoinHandle<Result<BuiltBook, StoreError>>,
 }
 
-/// Bans per chunk handed from the reading thread.
-const AHEAD_CHUNK: usize = 4096;
-
-/// Every ban of `conn` without its matched lines, to `f` until it answers
-/// `false`; how many it was given.
-fn read_bans(
+/// Every ban of `conn` without its matched lines, parsed, to `f` until it
+/// answers `false`; how many it was given.
+pub(super) fn for_each_row(
     conn: &Connection,
     path: &std::path::Path,
-    mut f: impl FnMut(BanRecord) -> bool,
+    mut f: impl FnMut(Target, &str, BanClass, UnixSecs, Option<UnixSecs>, u32) -> bool,
 ) -> Result<usize, StoreError> {
     let wrap = |source| StoreError::Sqlite {
         path: path.to_path_buf(),
@@ -29,41 +26,53 @@ fn read_bans(
     let mut stmt = conn
         .prepare("SELECT target, jail, class, banned_at, expires_at, failures FROM bans")
         .map_err(wrap)?;
-    let mut rows = stmt.query([]).map_err(wrap)?;
+    let mut found = stmt.query([]).map_err(wrap)?;
     let mut n = 0;
-    while let Some(row) = rows.next().map_err(wrap)? {
-        let get = |row: &rusqlite::Row| -> rusqlite::Result<_> {
-            Ok((
-                row.get_ref(0)?.as_str()?.parse::<Target>(),
-                row.get::<_, String>(1)?,
-                row.get_ref(2)?.as_str()?.parse::<BanClass>(),
-                row.get::<_, i64>(3)?,
-                row.get::<_, Option<i64>>(4)?,
-                row.get::<_, u32>(5)?,
-            ))
-        };
-        let (target, jail, class, banned_at, expires_at, failures) = get(row).map_err(wrap)?;
+    while let Some(row) = found.next().map_err(wrap)? {
+        let (target, jail, class, banned_at, expires_at, failures) =
+            ban_fields(row).map_err(wrap)?;
         let bad = |message: String| StoreError::BadRow {
             path: path.to_path_buf(),
-            target: row.get::<_, String>(0).unwrap_or_default(),
-            jail: jail.clone(),
+            target: target.to_string(),
+            jail: jail.to_string(),
             message,
         };
+        let class = match class {
+            "drop" => BanClass::Drop,
+            "tarpit" => BanClass::Tarpit,
+            other => return Err(bad(other.parse::<BanClass>().unwrap_err())),
+        };
+        let target = target.parse::<Target>().map_err(|e| bad(e.to_string()))?;
         n += 1;
-        let more = f(BanRecord {
-            target: target.map_err(|e| bad(e.to_string()))?,
-            class: class.map_err(bad)?,
-            jail,
-            banned_at,
-            expires_at,
-            failures,
-            matches: Vec::new(),
-        });
-        if !more {
+        if !f(target, jail, class, banned_at, expires_at, failures) {
             break;
         }
     }
     Ok(n)
+}
+
+/// A `bans` row's fields, the text borrowed (no allocation per row).
+type BanFields<'r> = (&'r str, &'r str, &'r str, i64, Option<i64>, u32);
+
+fn ban_fields<'r>(row: &'r rusqlite::Row<'_>) -> rusqlite::Result<BanFields<'r>> {
+    Ok((
+        row.get_ref(0)?.as_str()?,
+        row.get_ref(1)?.as_str()?,
+        row.get_ref(2)?.as_str()?,
+        row.get(3)?,
+        row.get(4)?,
+        row.get(5)?,
+    ))
+}
+
+/// Every ban of `conn`, made into the book's structures.
+fn read_book(conn: &Connection, path: &std::path::Path) -> Result<BuiltBook, StoreError> {
+    let mut rows = BookRows::default();
+    for_each_row(conn, path, |target, jail, class, at, exp, failures| {
+        rows.push(target, jail, class, at, exp, failures);
+        true
+    })?;
+    Ok(rows.build())
 }
 
 /// The statements of [`BanStore::put_bans`], on a transaction or on the
@@ -307,67 +316,65 @@ impl BanStore {
         Ok(out)
     }
 
-    /// Every stored ban without its matched lines (`matches` is empty),
-    /// handed to `f` row by row so that all bans are never in memory twice.
-    /// Returns how many there were. After [`read_bans_ahead`](Self::read_bans_ahead),
-    /// the rows come from that thread (the database as it was then).
-    pub fn for_each_ban(&mut self, mut f: impl FnMut(BanRecord)) -> Result<usize, StoreError> {
-        let Some(ahead) = self.ahead.take() else {
-            return read_bans(&self.conn, &self.path, |r| {
-                f(r);
-                true
-            });
-        };
-        let mut n = 0;
-        for chunk in ahead.rows {
-            for rec in chunk? {
-                f(rec);
-                n += 1;
+    /// Every stored ban without its matched lines (they stay in the
+    /// database: the agent never shows them, and a million bans' worth is
+    /// gigabytes), made into the book's structures. After
+    /// [`read_bans_ahead`](Self::read_bans_ahead), from that thread (the
+    /// database as it was then).
+    pub fn read_book(&mut self) -> Result<BuiltBook, StoreError> {
+        if let Some(ahead) = self.ahead.take() {
+            match ahead.thread.join() {
+                Ok(built) => return built,
+                Err(_) => tracing::warn!(
+                    "the thread reading the stored bans ahead failed; reading them again"
+                ),
             }
         }
-        Ok(n)
+        read_book(&self.conn, &self.path)
     }
 
     /// Starts reading every stored ban on a thread with its own connection,
-    /// so that at start the reading overlaps the XDP load; the next
-    /// [`for_each_ban`](Self::for_each_ban) takes the rows. They are the
-    /// database as the thread's read began: call it before any ban is
-    /// written (start-up writes none before the restore).
-    pub fn read_bans_ahead(&mut self) {
+    /// and building the book's structures of them there, so that at start
+    /// all of it overlaps the XDP load; the next
+    /// [`read_book`](Self::read_book) takes the result. It is the database
+    /// as the thread's read began: call it before any ban is written
+    /// (start-up writes none before the restore).
+    /// With `snapshot` (a clean stop's copy of these rows, see
+    /// `store::snapshot`), the rows come from it, or from the database
+    /// when it turns out torn or damaged.
+    pub(crate) fn read_bans_ahead(&mut self, snapshot: Option<super::snapshot::Snapshot>) {
         if self.path.as_os_str() == ":memory:" {
             return;
         }
         let path = self.path.clone();
-        // Bounded: at most this many chunks wait for the book.
-        let (tx, rx) = std::sync::mpsc::sync_channel(64);
         let spawned = std::thread::Builder::new()
             .name("xban-read-bans".into())
             .spawn(move || {
-                let conn = match Connection::open_with_flags(
+                if let Some(snapshot) = snapshot {
+                    let mut rows = BookRows::default();
+                    match snapshot.read_into(&mut rows) {
+                        Ok(()) => {
+                            tracing::info!("bans read from the snapshot of the last clean stop");
+                            return Ok(rows.build());
+                        }
+                        Err(why) => tracing::warn!(
+                            "bans snapshot not used: {why}; the ban database is read instead"
+                        ),
+                    }
+                }
+                let conn = Connection::open_with_flags(
                     &path,
                     rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY
                         | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
-                ) {
-                    Ok(c) => c,
-                    Err(source) => {
-                        let _ = tx.send(Err(StoreError::Sqlite { path, source }));
-                        return;
-                    }
-                };
-                let mut chunk = Vec::with_capacity(AHEAD_CHUNK);
-                let read = read_bans(&conn, &path, |rec| {
-                    chunk.push(rec);
-                    if chunk.len() == AHEAD_CHUNK {
-                        let full = std::mem::replace(&mut chunk, Vec::with_capacity(AHEAD_CHUNK));
-                        // Nobody reads any more (start-up failed): stop.
-                        return tx.send(Ok(full)).is_ok();
-                    }
-                    true
-                });
-                let _ = tx.send(read.map(|_| chunk));
+                )
+                .map_err(|source| StoreError::Sqlite {
+                    path: path.clone(),
+                    source,
+                })?;
+                read_book(&conn, &path)
             });
-        if spawned.is_ok() {
-            self.ahead = Some(Ahead { rows: rx });
+        if let Ok(thread) = spawned {
+            self.ahead = Some(Ahead { thread });
         }
     }
 
