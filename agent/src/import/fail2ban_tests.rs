@@ -448,7 +448,8 @@ fn bless(path: &Path, header: &str, listing: &str) {
     if std::env::var_os("XBAN_BLESS").is_some() {
         let mut lines: Vec<&str> = listing.lines().collect();
         lines.sort();
-        std::fs::write(path, format!("{header}{}\n", lines.join("\n"))).unwrap();
+        let body: String = lines.iter().map(|l| format!("{l}\n")).collect();
+        std::fs::write(path, format!("{header}{body}")).unwrap();
     }
 }
 
@@ -712,6 +713,7 @@ struct OptionRun {
     journal: bool,
     prefix_line: String,
     conns: crate::filter::conn::Connections,
+    lines: crate::filter::lines::LineBuffer,
 }
 
 fn corpus_agreement(dir: &Path, ours: &[ExpandedJail]) -> CorpusAgreement {
@@ -777,6 +779,7 @@ fn corpus_agreement(dir: &Path, ours: &[ExpandedJail]) -> CorpusAgreement {
                     .unwrap_or("")
                     .to_string(),
                 conns: crate::filter::conn::Connections::new(),
+                lines: crate::filter::lines::LineBuffer::new(),
             })
         };
         // `name=='x'`, the only condition the samples use: the filter
@@ -840,6 +843,10 @@ fn corpus_agreement(dir: &Path, ours: &[ExpandedJail]) -> CorpusAgreement {
                         }
                         active.push(key);
                     }
+                    // Option sets none of which can run (e.g. guacamole's
+                    // `logging`): the block's lines are theirs, not the
+                    // plain run's.
+                    ignore_block |= active.is_empty();
                     continue;
                 }
                 if let Some(j) = line.strip_prefix("# failJSON:") {
@@ -883,9 +890,9 @@ fn corpus_agreement(dir: &Path, ours: &[ExpandedJail]) -> CorpusAgreement {
                     let Some(set) = set else { continue };
                     let raw = if run.journal {
                         let text = format!("{}{line}", run.prefix_line);
-                        set.match_entry(&text, now, false, Some(now))
+                        run.lines.match_entry(set, &text, now, Some(now))
                     } else {
-                        set.match_line(line, now)
+                        run.lines.match_entry(set, line, now, None)
                     };
                     let (found, view) = run.conns.resolve_viewed(raw, now);
                     let got = match &found {
