@@ -8,6 +8,7 @@ use crate::addr::{canonical_ip, Target};
 use crate::ban::BanClass;
 use crate::config::JailSettings;
 use crate::filter::conn::Connections;
+use crate::filter::lines::LineBuffer;
 use crate::filter::{FilterSet, Host, LineMatch, TimeFound, UseDns};
 use crate::guard::HostSeen;
 use crate::units::BanTime;
@@ -74,6 +75,8 @@ pub struct Jail {
     /// The connections its filter's lines belong to (`<F-MLFID>`); jails
     /// that share a match share the state of the one that matched.
     pub connections: Connections,
+    /// The last lines, for a filter with `maxlines` above 1.
+    pub lines: LineBuffer,
     /// ignoreip of the jail.
     ignore: Vec<Target>,
     /// This machine's addresses now, ignored with `ignoreself`.
@@ -109,6 +112,7 @@ impl Jail {
         Ok(Jail {
             window,
             connections: Connections::new(),
+            lines: LineBuffer::new(),
             ignore: settings.ignoreip.clone(),
             settings,
             filter,
@@ -187,7 +191,7 @@ impl Jail {
         known_time: Option<SystemTime>,
         banned: &dyn Fn(IpAddr) -> bool,
     ) -> JailVerdict {
-        let found = self.filter.match_line(text, read_at);
+        let found = self.lines.match_entry(&self.filter, text, read_at, None);
         let found = self.resolve_connection(found, read_at);
         let line = MatchedLine::new(text);
         self.take_match(
@@ -204,6 +208,18 @@ impl Jail {
     /// line ([`take_match`](Self::take_match)).
     pub fn filter(&self) -> &FilterSet {
         &self.filter
+    }
+
+    /// Its filter's match of a line through its [`LineBuffer`], for a
+    /// filter with `maxlines` above 1.
+    pub fn match_lines(
+        &mut self,
+        text: &str,
+        read_at: SystemTime,
+        entry_time: Option<SystemTime>,
+    ) -> LineMatch {
+        self.lines
+            .match_entry(&self.filter, text, read_at, entry_time)
     }
 
     /// Its filter's match of a line read at `read_at`, decided by the

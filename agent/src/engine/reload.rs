@@ -58,6 +58,7 @@ impl Agent {
                     && old.settings.mode == jail.settings.mode
                 {
                     std::mem::swap(&mut jail.connections, &mut old.connections);
+                    std::mem::swap(&mut jail.lines, &mut old.lines);
                 }
                 if old.settings.findtime == jail.settings.findtime
                     && old.settings.maxretry == jail.settings.maxretry

@@ -236,9 +236,12 @@ impl Agent {
     ) -> &'f ClassMatch {
         if found[c].is_none() {
             let jail = &mut self.jails.list[route.classes[c].filter_of];
-            let raw = jail
-                .filter()
-                .match_entry(&line.text, line.read_at, screened, line.time);
+            let raw = if jail.filter().max_lines() > 1 {
+                jail.match_lines(&line.text, line.read_at, line.time)
+            } else {
+                jail.filter()
+                    .match_entry(&line.text, line.read_at, screened, line.time)
+            };
             let matched = !matches!(raw, LineMatch::NoMatch { .. });
             let found_now = jail.resolve_connection(raw, line.read_at);
             found[c] = Some(ClassMatch {

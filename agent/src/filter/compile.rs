@@ -285,6 +285,7 @@ impl FilterSet {
             let _ = fail_set.set(Some(set));
         }
         Ok(FilterSet {
+            max_lines: 1,
             first,
             prefilter: Prefilter::from_hirs(&hirs),
             gauge: PrefilterGauge::default(),
@@ -308,20 +309,56 @@ impl FilterSet {
     pub fn from_def(def: &FilterDef, mode: Option<&str>) -> Result<FilterSet, FilterError> {
         let (fail, ignore) = def.lists(mode)?;
         let place = mode.or(def.default_mode.as_deref());
-        FilterSet::compile_cut(
-            def.prefregex.as_deref(),
-            &fail,
-            &ignore,
-            def.datepattern.as_deref(),
-            def.date_cut,
-        )
-        .map_err(|e| match place {
+        FilterSet::compile_def(def, &fail, &ignore).map_err(|e| match place {
             Some(m) => FilterError::InMode {
                 place: format!("mode {m:?}"),
                 source: Box::new(e),
             },
             None => e,
         })
+    }
+}
+
+impl FilterSet {
+    /// `def`'s prefregex, date and `maxlines` around the lists `fail` and
+    /// `ignore` (its own, or with a mode's or the command line's added).
+    pub(crate) fn compile_def(
+        def: &FilterDef,
+        fail: &[String],
+        ignore: &[String],
+    ) -> Result<FilterSet, FilterError> {
+        let max_lines = def.maxlines.unwrap_or(1);
+        if max_lines == 0 || max_lines > lines::MAX_LINES {
+            return Err(FilterError::MaxLines {
+                value: max_lines,
+                max: lines::MAX_LINES,
+            });
+        }
+        if max_lines == 1 {
+            return FilterSet::compile_cut(
+                def.prefregex.as_deref(),
+                fail,
+                ignore,
+                def.datepattern.as_deref(),
+                def.date_cut,
+            );
+        }
+        if def.prefregex.is_some() {
+            return Err(FilterError::MaxLinesPrefregex { value: max_lines });
+        }
+        // fail2ban compiles failregexes (not ignoreregexes) in multi-line
+        // mode when maxlines is above 1.
+        let multi: Vec<String> = fail.iter().map(|f| format!("(?m:{f})")).collect();
+        let mut set = FilterSet::compile_cut(
+            None,
+            &multi,
+            ignore,
+            def.datepattern.as_deref(),
+            def.date_cut,
+        )?;
+        set.sources = fail.to_vec();
+        set.max_lines = max_lines;
+        Ok(set)
     }
 }
 

@@ -94,6 +94,9 @@ pub const MACRO_NAMES: &[&str] = &[
     "<NGINX_ERROR>",
 ];
 
+/// Prefix of the groups `<SKIPLINES>` expands to, numbered from 0.
+pub(crate) const SKIPLINES_GROUP: &str = "xban_skiplines";
+
 /// A failregex after tag expansion.
 #[derive(Debug, Clone)]
 pub(crate) struct Expanded {
@@ -304,7 +307,13 @@ fn expand_tags(regex: &str, place: &str, prefix: bool) -> Result<Expanded, Filte
                 tag: tag.to_string(),
                 fix: fix.to_string(),
             });
-        } else if matches!(tag, "<CIDR>" | "<SUBNET>" | "<DNS>" | "<SKIPLINES>") {
+        } else if tag == "<SKIPLINES>" {
+            // fail2ban's meaning: the rest of this line, then any whole lines
+            // (of a multi-line buffer, [`super::lines`]) before the next
+            // part; the lines it skips stay in the buffer.
+            let n = out.matches(SKIPLINES_GROUP).count();
+            out.push_str(&format!(r"\n(?P<{SKIPLINES_GROUP}{n}>(?:.*\n)*?)"));
+        } else if matches!(tag, "<CIDR>" | "<SUBNET>" | "<DNS>") {
             return Err(FilterError::BadTag {
                 place: place.to_string(),
                 tag: tag.to_string(),
@@ -442,6 +451,15 @@ pub(crate) fn boundary_ok(hay: &str, start: usize, end: usize) -> bool {
         Some(c) if is_word(c) || c == '.' => return false,
         // `dead:1.2.3.4`: a colon glued to hex digits means we cut an IPv6;
         // a word that merely ends in one (`IPv6:2001:db8::1`) is a label.
+        // `::ffff:1.2.3.4` is the IPv4 address 1.2.3.4: a pattern that
+        // matched the mapped prefix itself captured all of the address.
+        Some(':')
+            if !captured.contains(':')
+                && before
+                    .as_bytes()
+                    .rsplit(|&b| b == b' ')
+                    .next()
+                    .is_some_and(|w| w.eq_ignore_ascii_case(b"::ffff:")) => {}
         Some(':') => {
             let starts_hex = captured
                 .chars()

@@ -78,9 +78,19 @@
 //!
 //! Any other `<...>` text is literal (`from=<>`). `<F-CONTENT>` is for a
 //! prefregex only. fail2ban's other field tags (`<F-ID>`, ...), `<CIDR>`,
-//! `<SUBNET>`, `<DNS>`, `<SKIPLINES>` and `%(name)s` interpolation are
-//! rejected with an error: xban matches single lines and has no
-//! interpolation.
+//! `<SUBNET>`, `<DNS>` and `%(name)s` interpolation are rejected with an
+//! error: xban has no interpolation.
+//!
+//! # Several lines at once
+//!
+//! A filter with `maxlines = N` (fail2ban's key; 1 to [`lines::MAX_LINES`],
+//! default 1) has its failregexes see the last N lines, each after its date
+//! cut, joined with newlines, in multi-line mode (`^` and `$` at every
+//! line); a failregex's matched lines then leave the buffer
+//! ([`lines::LineBuffer`], per jail). `<SKIPLINES>` in a failregex is a
+//! newline followed by any whole lines, which stay in the buffer. The
+//! failure's time is the newest line's. With N = 1 (every built-in filter)
+//! none of this runs.
 
 pub mod builtin;
 mod compile;
@@ -88,6 +98,7 @@ pub mod conn;
 mod dfa;
 pub(crate) mod fancy;
 pub mod host;
+pub mod lines;
 mod prefilter;
 pub mod regex_tool;
 pub mod shared;
@@ -160,6 +171,10 @@ pub enum FilterError {
     },
     #[error("--mode applies to named filters and .toml files, not to a literal regex: drop --mode or name a filter")]
     ModeOnRegex,
+    #[error("maxlines = {value}: it must be 1 to {max} (1 reads lines one by one); set a value in that range or remove the key")]
+    MaxLines { value: usize, max: usize },
+    #[error("maxlines = {value} with a prefregex: xban runs a prefregex on single lines only; set maxlines = 1 or fold the prefregex into the failregexes")]
+    MaxLinesPrefregex { value: usize },
     #[error("{place}: {source}")]
     InMode {
         place: String,
@@ -207,6 +222,11 @@ pub struct FilterDef {
     pub modes: BTreeMap<String, FilterMode>,
     pub default_mode: Option<String>,
     pub description: Option<String>,
+    /// fail2ban's `maxlines`: how many lines (each after its date cut,
+    /// joined with newlines) the failregexes see at once; unset means 1.
+    /// Above 1 the failregexes run in multi-line mode (`^`/`$` at each
+    /// line) and a line's match goes through a [`lines::LineBuffer`].
+    pub maxlines: Option<usize>,
 }
 
 /// Whether hostnames captured by `<HOST>` are resolved.
@@ -420,6 +440,9 @@ pub struct FilterSet {
     /// The prefregex or a failregex has `<F-MLFID>`: matches are
     /// [`LineMatch::Connection`]s.
     connections: bool,
+    /// `maxlines`: above 1, lines are matched through a
+    /// [`lines::LineBuffer`].
+    max_lines: usize,
     datepattern: Option<DatePattern>,
     date_cut: DateCut,
     sources: Vec<String>,
@@ -514,8 +537,9 @@ impl FilterSet {
     /// Jails on one file share one search for all their filters' literals
     /// ([`shared`]).
     pub fn required_literals(&self) -> Option<&[Vec<u8>]> {
-        // A date cut from mid-line joins text a literal may span.
-        if self.date_cut == DateCut::Anywhere {
+        // A date cut from mid-line joins text a literal may span; a
+        // multi-line filter needs every line in its buffer.
+        if self.date_cut == DateCut::Anywhere || self.max_lines > 1 {
             return None;
         }
         self.prefilter.literals()
@@ -525,6 +549,12 @@ impl FilterSet {
     /// matches then go through a [`conn::Connections`].
     pub fn tracks_connections(&self) -> bool {
         self.connections
+    }
+
+    /// fail2ban's `maxlines`: above 1, feed lines through a
+    /// [`lines::LineBuffer`] rather than [`match_entry`](Self::match_entry).
+    pub fn max_lines(&self) -> usize {
+        self.max_lines
     }
 
     /// The failregex sources, in index order.

@@ -110,13 +110,7 @@ struct Resolved {
 fn from_def(def: &FilterDef, args: &RegexToolArgs, label: String) -> Result<Resolved, FilterError> {
     let (failregex, mut ignoreregex) = def.lists(args.mode.as_deref())?;
     ignoreregex.extend(args.ignoreregex.iter().cloned());
-    let set = FilterSet::compile_cut(
-        def.prefregex.as_deref(),
-        &failregex,
-        &ignoreregex,
-        def.datepattern.as_deref(),
-        def.date_cut,
-    )?;
+    let set = FilterSet::compile_def(def, &failregex, &ignoreregex)?;
     Ok(Resolved {
         set,
         label,
@@ -268,12 +262,18 @@ struct Tally {
     missed_omitted: u64,
     /// The lines' connections, for a filter with `<F-MLFID>`.
     conns: super::conn::Connections,
+    /// The last lines, for a filter with `maxlines` above 1.
+    lines: super::lines::LineBuffer,
 }
 
 impl Tally {
     fn line(&mut self, set: &FilterSet, text: &str, now: SystemTime, keep_missed: bool) {
         self.total += 1;
-        let m = set.match_line_uncopied_user(text, now);
+        let m = if set.max_lines() > 1 {
+            self.lines.match_entry(set, text, now, None)
+        } else {
+            set.match_line_uncopied_user(text, now)
+        };
         let time = match &m {
             LineMatch::NoMatch { time } | LineMatch::Ignored { time, .. } => *time,
             LineMatch::Failure(f) => f.time,

@@ -242,6 +242,13 @@ fn address_boundaries_are_strict() {
     assert_eq!(host_of(&fs, "from 1.2.3.4.5"), None);
     assert_eq!(host_of(&fs, "from 1.2.3.4x"), None);
     assert_eq!(host_of(&fs, "from 1.2.3.4."), v4("1.2.3.4"));
+    // A pattern that spells out the mapped prefix captures the IPv4
+    // address it maps (ejabberd's `from ::FFFF:192.0.2.3`); a prefix of
+    // other hex groups is still a cut IPv6 address.
+    let fs = set(&[r"from (?:::FFFF:)?<HOST>:"], &[]);
+    assert_eq!(host_of(&fs, "from ::FFFF:1.2.3.4: x"), v4("1.2.3.4"));
+    let fs = set(&[r"from \S*:<ADDR>$"], &[]);
+    assert_eq!(host_of(&fs, "from 2001:db8::ffff:1.2.3.4"), None);
 }
 
 #[test]

@@ -20,9 +20,9 @@ use crate::filter::{FilterDef, FilterError, FilterSet};
 /// variant of a filter using one is refused, never imported in part.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Missing {
-    /// `maxlines` above 1: failregexes spanning several lines.
+    /// `maxlines` above 1 with a prefregex, or above the engine's bound.
     MultiLine,
-    /// `<SKIPLINES>`, `<DNS>`, `<CIDR>`, `<SUBNET>`, `<F-ID>` and other
+    /// `<DNS>`, `<CIDR>`, `<SUBNET>`, `<F-ID>` and other
     /// field tags xban's engine does not know.
     Tag,
     /// A datepattern xban's reading of fail2ban's syntax refuses
@@ -35,7 +35,7 @@ pub enum Missing {
 impl fmt::Display for Missing {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
-            Missing::MultiLine => "maxlines > 1 (multi-line matching)",
+            Missing::MultiLine => "maxlines > 1 with a prefregex, or above 1000",
             Missing::Tag => "a tag xban's engine does not have",
             Missing::DatePattern => "datepattern form",
             Missing::Syntax => "regex syntax the regex crate cannot compile",
@@ -79,10 +79,16 @@ pub fn translate(jail: &ExpandedJail) -> Result<Translated, Refusal> {
         .filter(|p| !p.is_empty())
         .map(|p| translate_checked("prefregex", p))
         .transpose()?;
+    let mut maxlines = None;
     if let Some(m) = &jail.maxlines {
         let n: i64 = m.trim().parse().unwrap_or(i64::MAX);
         if n > 1 {
-            return Err(refuse(Missing::MultiLine, format!("maxlines = {m}")));
+            // The engine buffers up to MAX_LINES lines, and runs a
+            // prefregex on single lines only.
+            if n > crate::filter::lines::MAX_LINES as i64 || prefregex.is_some() {
+                return Err(refuse(Missing::MultiLine, format!("maxlines = {m}")));
+            }
+            maxlines = Some(n as usize);
         }
     }
     let failregex = jail
@@ -116,6 +122,7 @@ pub fn translate(jail: &ExpandedJail) -> Result<Translated, Refusal> {
         ignoreregex,
         datepattern,
         date_cut: DateCut::Anywhere,
+        maxlines,
         description: Some(format!(
             "imported from fail2ban filter {}{}",
             jail.filter_spec,
@@ -464,6 +471,7 @@ fn translate_tag(chars: &[char]) -> Result<(usize, String), Refusal> {
         {
             Ok((len, if closing { ")" } else { "(?:" }.into()))
         }
+        "SKIPLINES" if !closing => Ok((len, tag)),
         "DNS" | "CIDR" | "SUBNET" | "SKIPLINES" => Err(refuse(Missing::Tag, tag)),
         b if b
             .chars()

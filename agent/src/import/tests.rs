@@ -298,7 +298,7 @@ fn refused_variants_name_the_feature_and_leave_the_jail_out() {
         ("lookahead", "failregex = ^(?!ok)\\S+ from <HOST>$\n"),
         ("backref", "failregex = ^(\\w+) \\1 <HOST>$\n"),
         ("nofail", "failregex = ^<F-NOFAIL>hello</F-NOFAIL> <HOST>$\n"),
-        ("multi", "failregex = ^x <HOST>$\nmaxlines = 3\n"),
+        ("multi", "failregex = ^x <HOST>$\nmaxlines = 5000\n"),
         ("conditional", "failregex = ^(a)?(?(1)b|c) <HOST>$\n"),
         ("dates", "failregex = ^x <HOST>$\ndatepattern = ^%%Y(?P<s>-)%%m(?P=s)%%d\n"),
     ] {
@@ -365,7 +365,7 @@ fn a_refused_filter_with_an_xban_built_in_uses_the_built_in() {
     let dir = fixture_copy();
     std::fs::write(
         dir.path().join("filter.d/sshd.conf"),
-        "[Definition]\nfailregex = ^Failed for <HOST>$\nmaxlines = 2\n",
+        "[Definition]\nfailregex = ^Failed for <HOST>$\nmaxlines = 2000\n",
     )
     .unwrap();
     std::fs::write(

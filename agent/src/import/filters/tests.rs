@@ -36,7 +36,7 @@ fn equivalent_rewrites() {
 #[test]
 fn refusals_name_the_feature() {
     for (py, missing) in [
-        ("<SKIPLINES> <HOST>", Missing::Tag),
+        ("</SKIPLINES> <HOST>", Missing::Tag),
         ("<F-ID>x</F-ID>", Missing::Tag),
         ("<F-ID/>", Missing::Tag),
         ("<F-IP4>\\S+</F-IP4>", Missing::Tag),
