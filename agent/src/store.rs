@@ -19,6 +19,7 @@ mod bans;
 mod checkpoint;
 pub(crate) mod marker;
 mod positions;
+mod rows;
 mod schema;
 pub(crate) mod snapshot;
 

@@ -174,7 +174,7 @@ pub(crate) fn write(state_dir: &Path) -> Result<(), StoreError> {
             source,
         })?;
     let mut failed = None;
-    super::bans::for_each_row(&conn, &db_path, |target, jail, class, at, exp, failures| {
+    super::rows::for_each_row(&conn, &db_path, |target, jail, class, at, exp, failures| {
         let id = match jails.iter().position(|j| j == jail) {
             Some(i) => i,
             None => {
