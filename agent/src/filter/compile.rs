@@ -203,16 +203,18 @@ impl FilterSet {
         for (i, src) in failregex.iter().enumerate() {
             compiled.push(compile_one(src, &format!("failregex[{i}]"), &limit_hits)?);
         }
-        // With <F-MLFID>, a line may leave the host to its connection.
-        let connections = prefix
+        // With <F-MLFID>, a line may leave the host to its connection: the
+        // prefregex's, or the failregex's own (a failregex with neither a
+        // host nor a connection could never name anyone).
+        let prefix_has_id = prefix
             .as_ref()
-            .is_some_and(|p| p.fields.marks.iter().any(|m| m.1 == Mark::Id))
-            || compiled.iter().any(Compiled::has_id);
+            .is_some_and(|p| p.fields.marks.iter().any(|m| m.1 == Mark::Id));
+        let connections = prefix_has_id || compiled.iter().any(Compiled::has_id);
         let mut fails = Vec::with_capacity(failregex.len());
         let mut expanded = Vec::with_capacity(failregex.len());
         let mut hirs = Vec::with_capacity(failregex.len());
         for (i, c) in compiled.into_iter().enumerate() {
-            if c.exp.hosts.is_empty() && !prefix_has_host && !connections {
+            if c.exp.hosts.is_empty() && !prefix_has_host && !prefix_has_id && !c.has_id() {
                 return Err(FilterError::NoHostTag {
                     place: format!("failregex[{i}]"),
                 });

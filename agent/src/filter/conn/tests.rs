@@ -88,9 +88,23 @@ fn a_filter_with_mlfid_reports_connection_lines() {
         set.match_line("sshd[7]: Server listening on 0.0.0.0", now),
         LineMatch::NoMatch { .. }
     ));
-    // A filter without <F-MLFID> may not leave out the host.
+    // A filter without <F-MLFID> may not leave out the host; nor may a
+    // failregex without one of its own when only another has it.
     let err = FilterSet::compile(&[r"^Disconnecting".to_string()], &[], None).unwrap_err();
     assert!(matches!(err, crate::filter::FilterError::NoHostTag { .. }));
+    let err = FilterSet::compile(
+        &[
+            r"^<F-MLFID>sshd\[\d+\]: </F-MLFID>Disconnecting".to_string(),
+            r"^no host tag here".to_string(),
+        ],
+        &[],
+        None,
+    )
+    .unwrap_err();
+    assert!(
+        matches!(&err, crate::filter::FilterError::NoHostTag { place } if place == "failregex[1]"),
+        "{err}"
+    );
 }
 
 #[test]
