@@ -216,6 +216,17 @@ mod tests {
     use super::*;
     use crate::filter::dfa::ForwardDfa;
 
+    /// The hand matcher `end` and the DFA end at every start in `text`.
+    fn same_ends(end: fn(&[u8], usize) -> Option<usize>, dfa: &ForwardDfa, text: &str) {
+        for at in (0..=text.len()).filter(|&at| text.is_char_boundary(at)) {
+            assert_eq!(
+                end(text.as_bytes(), at),
+                dfa.anchored_end(text, at),
+                "{text:?} at {at}"
+            );
+        }
+    }
+
     fn dfa() -> ForwardDfa {
         let hir = regex_automata::util::syntax::parse(HOST_BODY).unwrap();
         ForwardDfa::anchored(&hir).unwrap()
@@ -282,16 +293,7 @@ mod tests {
             "aé",
         ];
         for text in cases {
-            for at in 0..=text.len() {
-                if !text.is_char_boundary(at) {
-                    continue;
-                }
-                assert_eq!(
-                    host_end(text.as_bytes(), at),
-                    dfa.anchored_end(text, at),
-                    "{text:?} at {at}"
-                );
-            }
+            same_ends(host_end, &dfa, text);
         }
     }
 
@@ -340,13 +342,7 @@ mod tests {
             for _ in 0..rng.usize(0..8) {
                 text.push_str(parts[rng.usize(..parts.len())]);
             }
-            for at in 0..=text.len() {
-                assert_eq!(
-                    sshd_pid_end(text.as_bytes(), at),
-                    dfa.anchored_end(&text, at),
-                    "{text:?} at {at}"
-                );
-            }
+            same_ends(sshd_pid_end, &dfa, &text);
         }
         for text in [
             "bastion sshd[12]: x",
@@ -356,13 +352,7 @@ mod tests {
             "sshd-auth[2]:x",
             "host sshd: x",
         ] {
-            for at in 0..=text.len() {
-                assert_eq!(
-                    sshd_pid_end(text.as_bytes(), at),
-                    dfa.anchored_end(text, at),
-                    "{text:?} at {at}"
-                );
-            }
+            same_ends(sshd_pid_end, &dfa, text);
         }
     }
 
@@ -380,13 +370,7 @@ mod tests {
             for _ in 0..rng.usize(0..12) {
                 text.push_str(parts[rng.usize(..parts.len())]);
             }
-            for at in 0..=text.len() {
-                assert_eq!(
-                    host_end(text.as_bytes(), at),
-                    dfa.anchored_end(&text, at),
-                    "{text:?} at {at}"
-                );
-            }
+            same_ends(host_end, &dfa, &text);
         }
     }
 }
